@@ -1,0 +1,53 @@
+# Weft developer entry points. Each target installs what it needs itself.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+APT_TEST_PKGS  := curl nginx-light
+APT_BENCH_PKGS := curl nginx-light wrk util-linux
+
+.PHONY: demo test lint typecheck pytest bench sysdeps sysdeps-bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null; fi; \
+	  $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+# Test peers from Debian (installed only when running as root; otherwise tests that
+# need a missing peer are skipped with the reason).
+sysdeps:
+	@if [ "$$(id -u)" = 0 ]; then \
+	  missing=""; for p in $(APT_TEST_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi; \
+	fi
+
+sysdeps-bench:
+	@if [ "$$(id -u)" = 0 ]; then \
+	  missing=""; for p in $(APT_BENCH_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi; \
+	fi
+
+demo: $(STAMP)
+	$(PY) -m examples.edge_demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+pytest: $(STAMP) sysdeps
+	$(PY) -m pytest -q
+
+test: lint typecheck pytest
+
+bench: $(STAMP) sysdeps-bench
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

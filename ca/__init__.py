@@ -1,0 +1,1 @@
+"""The Weft certificate authority (arrives with the identity work)."""

@@ -1,0 +1,1 @@
+"""The Weft control plane and the meshctl CLI."""

@@ -1,0 +1,1 @@
+"""Configuration: resource parsing, validation, compilation into snapshots, and loading."""

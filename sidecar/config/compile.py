@@ -1,0 +1,377 @@
+"""Compile validated resources into one immutable Snapshot (Gateway API semantics).
+
+Route attachment (parentRefs, sectionName, port, allowedRoutes, hostname intersection),
+backend resolution (Services, EndpointSlices, ReferenceGrants) and rule precedence are
+decided here, once per configuration; the data path only does compiled lookups.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from sidecar.config import resources as r
+from sidecar.config.model import (
+    Backend,
+    ClusterSpec,
+    Endpoint,
+    Limits,
+    ListenerKey,
+    Mirror,
+    RedirectAction,
+    RewriteAction,
+    RouteAction,
+    Snapshot,
+)
+from sidecar.http.filters import HeaderOps
+from sidecar.http.router import CompiledMatch, Condition, HostTable, ListenerRoutes, PortRouter
+
+SUPPORTED_LISTENER_PROTOCOLS = ("HTTP",)
+DEFAULT_GATEWAY_CLASS = "weft"
+
+
+@dataclass(slots=True)
+class _Index:
+    namespaces: dict[str, r.Namespace] = field(default_factory=dict)
+    gateways: list[r.Gateway] = field(default_factory=list)
+    routes: list[r.HTTPRoute] = field(default_factory=list)
+    grants: list[r.ReferenceGrant] = field(default_factory=list)
+    services: dict[tuple[str, str], r.Service] = field(default_factory=dict)
+    slices: dict[tuple[str, str], list[r.EndpointSlice]] = field(default_factory=dict)
+
+
+def compile_snapshot(
+    resources: Iterable[r.Resource],
+    *,
+    version: int,
+    gateway_class: str = DEFAULT_GATEWAY_CLASS,
+    limits: Limits | None = None,
+) -> Snapshot:
+    idx = _Index()
+    for res in resources:
+        if isinstance(res, r.Namespace):
+            idx.namespaces[res.meta.name] = res
+        elif isinstance(res, r.Gateway):
+            idx.gateways.append(res)
+        elif isinstance(res, r.HTTPRoute):
+            idx.routes.append(res)
+        elif isinstance(res, r.ReferenceGrant):
+            idx.grants.append(res)
+        elif isinstance(res, r.Service):
+            idx.services[(res.meta.namespace, res.meta.name)] = res
+        else:
+            idx.slices.setdefault((res.meta.namespace, res.service_name), []).append(res)
+    return _Compiler(idx, gateway_class).build(version, limits or Limits())
+
+
+@dataclass(slots=True, kw_only=True)
+class _Attached:
+    gateway: r.Gateway
+    listener: r.Listener
+    routes: HostTable
+
+
+class _Compiler:
+    def __init__(self, idx: _Index, gateway_class: str) -> None:
+        self.idx = idx
+        self.gateway_class = gateway_class
+        self.clusters: dict[str, ClusterSpec] = {}
+        self.warnings: list[str] = []
+
+    # -- top level ----------------------------------------------------------------------
+    def build(self, version: int, limits: Limits) -> Snapshot:
+        served = [g for g in self.idx.gateways if g.class_name in (None, self.gateway_class)]
+        attached: dict[tuple[str, str, str], _Attached] = {}
+        for gw in served:
+            for lst in gw.listeners:
+                if lst.protocol not in SUPPORTED_LISTENER_PROTOCOLS:
+                    self.warnings.append(
+                        f"Gateway {_nn(gw.meta)} listener {lst.name}: protocol {lst.protocol} "
+                        "is not supported yet; listener not served"
+                    )
+                    continue
+                key = (gw.meta.namespace, gw.meta.name, lst.name)
+                attached[key] = _Attached(gateway=gw, listener=lst, routes=HostTable())
+        for route in sorted(self.idx.routes, key=_route_age):
+            self._attach(route, attached)
+        routers: dict[ListenerKey, PortRouter] = {}
+        for att in attached.values():
+            att.routes.seal()
+            lkey = ListenerKey(address=_bind_address(att.gateway), port=att.listener.port)
+            router = routers.setdefault(lkey, PortRouter())
+            router.add(
+                ListenerRoutes(
+                    name=f"{_nn(att.gateway.meta)}/{att.listener.name}",
+                    hostname=att.listener.hostname,
+                    port=att.listener.port,
+                    hosts=att.routes,
+                )
+            )
+        return Snapshot(
+            version=version,
+            routers=routers,
+            clusters=dict(self.clusters),
+            limits=limits,
+            warnings=tuple(self.warnings),
+        )
+
+    # -- attachment -----------------------------------------------------------------------
+    def _attach(self, route: r.HTTPRoute, attached: dict[tuple[str, str, str], _Attached]) -> None:
+        actions: list[RouteAction] | None = None
+        targets: dict[tuple[str, str, str], list[str | None]] = {}
+        for pref in route.parent_refs:
+            if pref.group != r.GATEWAY_GROUP or pref.kind != "Gateway":
+                continue  # Service parents (GAMMA) are mesh routes, not edge routes
+            ns = pref.namespace or route.meta.namespace
+            for (gns, gname, lname), att in attached.items():
+                if (gns, gname) != (ns, pref.name):
+                    continue
+                if pref.section_name is not None and pref.section_name != lname:
+                    continue
+                if pref.port is not None and pref.port != att.listener.port:
+                    continue
+                if not self._allowed(att.listener, route, gns):
+                    continue
+                hosts = _intersect(att.listener.hostname, route.hostnames)
+                if hosts is None:
+                    continue
+                targets.setdefault((gns, gname, lname), []).extend(hosts)
+        if not targets:
+            return
+        actions = [self._action(route, i, rule) for i, rule in enumerate(route.rules)]
+        for key, hosts in targets.items():
+            host_table = attached[key].routes
+            for host in dict.fromkeys(hosts):
+                table = host_table.table_for(host)
+                for i, rule in enumerate(route.rules):
+                    for j, match in enumerate(rule.matches):
+                        table.add(_compile_match(route, i, j, match, actions[i]))
+
+    def _allowed(self, listener: r.Listener, route: r.HTTPRoute, gateway_ns: str) -> bool:
+        ar = listener.allowed_routes
+        if ar.kinds and not any(
+            k.group == r.GATEWAY_GROUP and k.kind == "HTTPRoute" for k in ar.kinds
+        ):
+            return False
+        if ar.namespaces_from == "All":
+            return True
+        if ar.namespaces_from == "Same":
+            return route.meta.namespace == gateway_ns
+        ns = self.idx.namespaces.get(route.meta.namespace)
+        labels = dict(ns.meta.labels) if ns else {}
+        labels.setdefault("kubernetes.io/metadata.name", route.meta.namespace)
+        assert ar.selector is not None
+        return ar.selector.matches(labels)
+
+    # -- actions --------------------------------------------------------------------------
+    def _action(self, route: r.HTTPRoute, index: int, rule: r.RouteRule) -> RouteAction:
+        ns = route.meta.namespace
+        req_h = resp_h = None
+        redirect = rewrite = None
+        mirrors = []
+        for f in rule.filters:
+            if f.request_headers is not None:
+                req_h = _ops(f.request_headers)
+            elif f.response_headers is not None:
+                resp_h = _ops(f.response_headers)
+            elif f.redirect is not None:
+                rd = f.redirect
+                redirect = RedirectAction(
+                    scheme=rd.scheme,
+                    hostname=rd.hostname,
+                    path_type=rd.path.type if rd.path else None,
+                    path_value=rd.path.value if rd.path else "",
+                    port=rd.port,
+                    status_code=rd.status_code,
+                )
+            elif f.rewrite is not None:
+                rw = f.rewrite
+                rewrite = RewriteAction(
+                    hostname=rw.hostname,
+                    path_type=rw.path.type if rw.path else None,
+                    path_value=rw.path.value if rw.path else "",
+                )
+            elif f.mirror is not None:
+                cluster, why = self._resolve(f.mirror.backend, ns)
+                if cluster is None:
+                    self.warnings.append(f"HTTPRoute {_nn(route.meta)}: mirror {why}")
+                mirrors.append(
+                    Mirror(
+                        cluster=cluster,
+                        numerator=f.mirror.numerator,
+                        denominator=f.mirror.denominator,
+                    )
+                )
+        backends = []
+        for br in rule.backend_refs:
+            cluster, why = self._resolve(br.ref, ns)
+            if cluster is None:
+                self.warnings.append(f"HTTPRoute {_nn(route.meta)} rule {index}: {why}")
+            b_req = b_resp = None
+            for f in br.filters:
+                if f.request_headers is not None:
+                    b_req = _ops(f.request_headers)
+                elif f.response_headers is not None:
+                    b_resp = _ops(f.response_headers)
+            backends.append(
+                Backend(
+                    cluster=cluster,
+                    weight=br.weight,
+                    request_headers=b_req,
+                    response_headers=b_resp,
+                    reason=why,
+                )
+            )
+        cumulative, total = [], 0
+        for b in backends:
+            total += b.weight
+            cumulative.append(total)
+        return RouteAction(
+            route=_nn(route.meta),
+            rule=index,
+            rule_name=rule.name,
+            request_headers=req_h,
+            response_headers=resp_h,
+            redirect=redirect,
+            rewrite=rewrite,
+            mirrors=tuple(mirrors),
+            backends=tuple(backends),
+            cumulative_weights=tuple(cumulative),
+            request_timeout_s=rule.request_timeout_s,
+            backend_request_timeout_s=rule.backend_request_timeout_s,
+        )
+
+    # -- backends -------------------------------------------------------------------------
+    def _resolve(self, ref: r.BackendObjectRef, route_ns: str) -> tuple[str | None, str]:
+        if ref.group != "" or ref.kind != "Service":
+            return None, f"backend kind {ref.group or 'core'}/{ref.kind} is not supported"
+        ns = ref.namespace or route_ns
+        if ns != route_ns and not self._granted(route_ns, ns, ref.name):
+            return None, f"Service {ns}/{ref.name} is not permitted by a ReferenceGrant"
+        svc = self.idx.services.get((ns, ref.name))
+        if svc is None:
+            return None, f"Service {ns}/{ref.name} not found"
+        if ref.port is None:
+            return None, f"backendRef to Service {ns}/{ref.name} needs a port"
+        sport = next((p for p in svc.ports if p.port == ref.port), None)
+        if sport is None:
+            return None, f"Service {ns}/{ref.name} has no port {ref.port}"
+        if svc.service_type == "ExternalName":
+            return None, f"Service {ns}/{ref.name} of type ExternalName is not supported"
+        name = f"{ns}/{ref.name}:{ref.port}"
+        if name not in self.clusters:
+            self.clusters[name] = ClusterSpec(
+                name=name,
+                service=ref.name,
+                namespace=ns,
+                protocol=sport.protocol,
+                endpoints=self._endpoints(svc, sport),
+            )
+        return name, ""
+
+    def _endpoints(self, svc: r.Service, sport: r.ServicePort) -> tuple[Endpoint, ...]:
+        if not svc.kubernetes:
+            return tuple(
+                Endpoint(address=e.address, port=e.port or sport.port, version=e.version)
+                for e in svc.endpoints
+                if e.ready
+            )
+        out: list[Endpoint] = []
+        for es in self.idx.slices.get((svc.meta.namespace, svc.meta.name), []):
+            port = next((p for n, p in es.ports if n == sport.name), None)
+            if port is None and isinstance(sport.target_port, int) and not es.ports:
+                port = sport.target_port
+            if port is None:
+                continue
+            out.extend(
+                Endpoint(address=e.address, port=port, version=e.version)
+                for e in es.endpoints
+                if e.ready
+            )
+        return tuple(dict.fromkeys(out))
+
+    def _granted(self, from_ns: str, to_ns: str, name: str) -> bool:
+        for g in self.idx.grants:
+            if g.meta.namespace != to_ns:
+                continue
+            if not any(
+                grp == r.GATEWAY_GROUP and kind == "HTTPRoute" and ns == from_ns
+                for grp, kind, ns in g.from_
+            ):
+                continue
+            if any(grp == "" and k == "Service" and n in (None, name) for grp, k, n in g.to):
+                return True
+        return False
+
+
+# -- helpers ------------------------------------------------------------------------------
+def _nn(meta: r.Meta) -> str:
+    return f"{meta.namespace}/{meta.name}"
+
+
+def _route_age(route: r.HTTPRoute) -> tuple[str, str, str]:
+    return (route.meta.creation_timestamp, route.meta.namespace, route.meta.name)
+
+
+def _bind_address(gw: r.Gateway) -> str:
+    return gw.bind_address or "0.0.0.0"
+
+
+def _ops(mod: r.HeaderModifier) -> HeaderOps:
+    return HeaderOps.build(set_=mod.set, add=mod.add, remove=mod.remove)
+
+
+def _intersect(listener_host: str | None, route_hosts: tuple[str, ...]) -> list[str | None] | None:
+    """Effective hostnames of a route on a listener; None when they do not intersect."""
+    if not route_hosts:
+        return [listener_host]
+    if listener_host is None:
+        return list(route_hosts)
+    out: list[str | None] = []
+    for h in route_hosts:
+        both = _host_intersection(listener_host, h)
+        if both is not None:
+            out.append(both)
+    return out or None
+
+
+def _host_intersection(a: str, b: str) -> str | None:
+    if a == b:
+        return a
+    if a.startswith("*.") and b.endswith(a[1:]):
+        return b
+    if b.startswith("*.") and a.endswith(b[1:]):
+        return a
+    return None
+
+
+def _compile_match(
+    route: r.HTTPRoute, rule_index: int, match_index: int, m: r.RouteMatch, action: RouteAction
+) -> CompiledMatch:
+    def conds(vs: tuple[r.ValueMatch, ...]) -> tuple[Condition, ...]:
+        return tuple(
+            (v.name, v.value, None) if v.type == "Exact" else (v.name, None, re.compile(v.value))
+            for v in vs
+        )
+
+    specificity = 0 if m.path.type == "Exact" else -len(m.path.value)
+    order = (
+        specificity,
+        0 if m.method else 1,
+        -len(m.headers),
+        -len(m.query_params),
+        *_route_age(route),
+        rule_index,
+        match_index,
+    )
+    return CompiledMatch(
+        action=action,
+        path_type=m.path.type,
+        path_value=m.path.value,
+        method=m.method,
+        headers=conds(m.headers),
+        query=conds(m.query_params),
+        path_regex=re.compile(m.path.value) if m.path.type == "RegularExpression" else None,
+        order=order,
+    )

@@ -1,0 +1,117 @@
+"""Frozen snapshot types: what the data plane serves, compiled once per configuration."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sidecar.http.filters import HeaderOps
+    from sidecar.http.router import PortRouter
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Endpoint:
+    address: str
+    port: int
+    version: str = ""
+
+    @property
+    def key(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterSpec:
+    """An upstream cluster: one service port and its endpoints."""
+
+    name: str  # "namespace/service:port"
+    service: str
+    namespace: str
+    protocol: str = "HTTP"
+    endpoints: tuple[Endpoint, ...] = ()
+    lb_policy: str = "p2c_ewma"  # p2c_ewma | round_robin | least_request
+    connect_timeout_s: float = 5.0
+    idle_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Backend:
+    """One weighted backendRef of a rule; `cluster` is None when the ref is invalid (500)."""
+
+    cluster: str | None
+    weight: int
+    request_headers: HeaderOps | None = None
+    response_headers: HeaderOps | None = None
+    reason: str = ""  # why the ref is invalid
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RedirectAction:
+    scheme: str | None
+    hostname: str | None
+    path_type: str | None  # ReplaceFullPath | ReplacePrefixMatch | None
+    path_value: str
+    port: int | None
+    status_code: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RewriteAction:
+    hostname: str | None
+    path_type: str | None
+    path_value: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Mirror:
+    cluster: str | None
+    numerator: int
+    denominator: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteAction:
+    """What to do with a request that matched one rule."""
+
+    route: str  # "namespace/name", the bounded `route` metric label
+    rule: int
+    rule_name: str | None = None
+    request_headers: HeaderOps | None = None
+    response_headers: HeaderOps | None = None
+    redirect: RedirectAction | None = None
+    rewrite: RewriteAction | None = None
+    mirrors: tuple[Mirror, ...] = ()
+    backends: tuple[Backend, ...] = ()
+    cumulative_weights: tuple[int, ...] = ()
+    request_timeout_s: float | None = None
+    backend_request_timeout_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListenerKey:
+    address: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Downstream HTTP limits (per listener); 0 means unlimited where noted."""
+
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    max_request_body_bytes: int = 0  # 0: unlimited (bodies stream)
+    header_timeout_s: float = 30.0
+    idle_timeout_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Snapshot:
+    version: int
+    routers: Mapping[ListenerKey, PortRouter]
+    clusters: Mapping[str, ClusterSpec]
+    limits: Limits = Limits()
+    warnings: tuple[str, ...] = ()
+    sources: tuple[str, ...] = field(default_factory=tuple)

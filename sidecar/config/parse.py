@@ -1,0 +1,232 @@
+"""Parse YAML documents into resources: dispatch by kind, metadata, and backend kinds.
+
+`parse_resource` turns one document into one frozen resource or raises `ConfigError`
+naming the document and field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sidecar.config.parse_routes import (
+    parse_gateway,
+    parse_http_route,
+    parse_reference_grant,
+)
+from sidecar.config.reader import HOSTNAME_RE, NAME_RE, Reader
+from sidecar.config.resources import (
+    GATEWAY_GROUP,
+    WEFT_GROUP,
+    EndpointAddress,
+    EndpointSlice,
+    Meta,
+    Namespace,
+    Resource,
+    Service,
+    ServicePort,
+)
+from sidecar.errors import ConfigError
+
+_VERSIONS = {
+    GATEWAY_GROUP: ("v1", "v1beta1"),
+    "": ("v1",),
+    "discovery.k8s.io": ("v1",),
+    WEFT_GROUP: ("v1alpha1",),
+}
+
+_APP_PROTOCOLS = {
+    "kubernetes.io/h2c": "HTTP2",
+    "http": "HTTP",
+    "kubernetes.io/ws": "HTTP",
+    "kubernetes.io/wss": "HTTP",
+    "h2c": "HTTP2",
+    "grpc": "GRPC",
+    "tcp": "TCP",
+}
+
+
+def parse_resource(doc: object, source: str) -> Resource:
+    """Parse one YAML document; `source` names it in errors (`file.yaml#2`)."""
+    top = Reader(doc, "", source)
+    api_version = top.text("apiVersion", max_len=100)
+    kind = top.text("kind", max_len=100)
+    group, _, version = api_version.rpartition("/")
+    parser = _PARSERS.get((group, kind))
+    if parser is None:
+        top.fail("kind", f"unknown kind {kind!r} in apiVersion {api_version!r}")
+    if version not in _VERSIONS[group]:
+        top.fail("apiVersion", f"version {version!r} of {kind} is not served")
+    source = f"{source} ({kind} {_name_hint(doc)})"
+    top.source = source
+    meta = _meta(top.req_obj("metadata"))
+    top.ignore("status")
+    resource: Resource = parser(top, meta)
+    top.finish()
+    return resource
+
+
+def _name_hint(doc: object) -> str:
+    md = doc.get("metadata") if isinstance(doc, Mapping) else None
+    if isinstance(md, Mapping):
+        return f"{md.get('namespace') or 'default'}/{md.get('name')}"
+    return "?"
+
+
+def _meta(r: Reader) -> Meta:
+    name = r.text("name", pattern=NAME_RE)
+    ns = r.text("namespace", "default", pattern=NAME_RE, max_len=63)
+    labels = r.str_map("labels")
+    ts = r.raw("creationTimestamp", "")
+    r.ignore(
+        "annotations", "uid", "resourceVersion", "generation", "managedFields",
+        "finalizers", "ownerReferences", "generateName", "deletionTimestamp",
+    )  # fmt: skip
+    r.finish()
+    return Meta(name=name, namespace=ns, labels=labels, creation_timestamp=str(ts))
+
+
+def _k8s_service(top: Reader, meta: Meta) -> Service:
+    spec = top.req_obj("spec")
+    ports = []
+    for pr in spec.objs("ports", max_items=64):
+        app = pr.text("appProtocol", None)
+        target = pr.raw("targetPort", None)
+        if target is not None and not isinstance(target, int | str):
+            pr.fail("targetPort", "must be a port number or name")
+        ports.append(
+            ServicePort(
+                port=pr.integer("port", lo=1, hi=65535),
+                name=pr.text("name", ""),
+                protocol=_APP_PROTOCOLS.get(app or "", "HTTP"),
+                target_port=target,
+            )
+        )
+        pr.text("protocol", "TCP", choices=("TCP", "UDP", "SCTP"))
+        pr.ignore("nodePort")
+        pr.finish()
+    stype = spec.text(
+        "type", "ClusterIP", choices=("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
+    )
+    spec.str_map("selector")
+    spec.ignore(
+        "clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy", "sessionAffinity",
+        "externalName", "externalTrafficPolicy", "internalTrafficPolicy",
+        "publishNotReadyAddresses",
+        "loadBalancerIP", "externalIPs", "healthCheckNodePort", "allocateLoadBalancerNodePorts",
+        "sessionAffinityConfig", "loadBalancerSourceRanges", "loadBalancerClass",
+        "trafficDistribution",
+    )  # fmt: skip
+    spec.finish()
+    return Service(meta=meta, ports=tuple(ports), kubernetes=True, service_type=stype)
+
+
+def _weft_service(top: Reader, meta: Meta) -> Service:
+    spec = top.req_obj("spec")
+    ports = []
+    for pr in spec.objs("ports", max_items=64):
+        ports.append(
+            ServicePort(
+                port=pr.integer("port", lo=1, hi=65535),
+                name=pr.text("name", ""),
+                protocol=pr.text("protocol", "HTTP", choices=("HTTP", "HTTP2", "GRPC", "TCP")),
+            )
+        )
+        pr.finish()
+    if not ports:
+        spec.fail("ports", "must list at least one port")
+    endpoints = []
+    for er in spec.objs("endpoints"):
+        endpoints.append(
+            EndpointAddress(
+                address=_address(er, "address"),
+                port=er.integer("port", None, lo=1, hi=65535),
+                version=er.text("version", "", max_len=63),
+            )
+        )
+        er.finish()
+    spec.finish()
+    return Service(meta=meta, ports=tuple(ports), endpoints=tuple(endpoints))
+
+
+def _address(r: Reader, key: str) -> str:
+    value: str = r.text(key)
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        if HOSTNAME_RE.match(value) and not value.startswith("*"):
+            return value
+        r.fail(key, f"{value!r} is not an IP address or hostname")
+
+
+def _endpoint_slice(top: Reader, meta: Meta) -> EndpointSlice:
+    service = meta.labels.get("kubernetes.io/service-name")
+    if not service:
+        top.fail("metadata.labels", "needs the kubernetes.io/service-name label")
+    atype = top.text("addressType", choices=("IPv4", "IPv6", "FQDN"))
+    ports = []
+    for pr in top.objs("ports", max_items=64):
+        ports.append((pr.text("name", ""), pr.integer("port", lo=1, hi=65535)))
+        pr.text("protocol", "TCP", choices=("TCP", "UDP", "SCTP"))
+        pr.ignore("appProtocol")
+        pr.finish()
+    endpoints = []
+    for er in top.objs("endpoints"):
+        addrs = er.str_list("addresses")
+        if not addrs:
+            er.fail("addresses", "must have at least one address")
+        ready = True
+        cr = er.obj("conditions")
+        if cr is not None:
+            ready = cr.flag("ready", True) and not cr.flag("terminating", False)
+            cr.ignore("serving")
+            cr.finish()
+        er.ignore("hostname", "nodeName", "zone", "targetRef", "hints", "deprecatedTopology")
+        er.finish()
+        endpoints.append(EndpointAddress(address=addrs[0], ready=ready))
+    return EndpointSlice(
+        meta=meta,
+        service_name=service,
+        address_type=atype,
+        ports=tuple(ports),
+        endpoints=tuple(endpoints),
+    )
+
+
+def _namespace(top: Reader, meta: Meta) -> Namespace:
+    top.ignore("spec")
+    return Namespace(meta=meta)
+
+
+_PARSERS: dict[tuple[str, str], Callable[[Reader, Meta], Any]] = {
+    (GATEWAY_GROUP, "Gateway"): parse_gateway,
+    (GATEWAY_GROUP, "HTTPRoute"): parse_http_route,
+    (GATEWAY_GROUP, "ReferenceGrant"): parse_reference_grant,
+    ("", "Service"): _k8s_service,
+    ("", "Namespace"): _namespace,
+    ("discovery.k8s.io", "EndpointSlice"): _endpoint_slice,
+    (WEFT_GROUP, "Service"): _weft_service,
+}
+
+
+def load_documents(docs: list[tuple[object, str]]) -> list[Resource]:
+    """Parse many documents; raises the first error (each names its source)."""
+    out = []
+    keys: dict[tuple[str, str, str], str] = {}
+    for doc, source in docs:
+        if doc is None:
+            continue
+        res = parse_resource(doc, source)
+        k = (_kind_key(res), res.meta.namespace, res.meta.name)
+        if k in keys:
+            raise ConfigError(f"duplicate {k[0]} {k[1]}/{k[2]} (first in {keys[k]})", source=source)
+        keys[k] = source
+        out.append(res)
+    return out
+
+
+def _kind_key(res: Resource) -> str:
+    if isinstance(res, Service):
+        return "Service"
+    return type(res).__name__

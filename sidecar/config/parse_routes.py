@@ -1,0 +1,420 @@
+"""Parsing and validation of the Gateway API routing kinds: Gateway, HTTPRoute, ReferenceGrant.
+
+Rules follow the Gateway API CRD validation (OpenAPI and CEL) where it exists.
+"""
+
+from __future__ import annotations
+
+import re
+
+from sidecar.config.reader import HOSTNAME_RE, NAME_RE, Reader
+from sidecar.config.resources import (
+    GATEWAY_GROUP,
+    AllowedRoutes,
+    BackendObjectRef,
+    BackendRef,
+    Gateway,
+    HeaderModifier,
+    HTTPRoute,
+    LabelSelector,
+    Listener,
+    Meta,
+    Mirror,
+    ObjectRef,
+    ParentRef,
+    PathMatch,
+    PathModifier,
+    Redirect,
+    ReferenceGrant,
+    Rewrite,
+    RouteFilter,
+    RouteGroupKind,
+    RouteMatch,
+    RouteRule,
+    ValueMatch,
+)
+
+HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$")
+HEADER_VALUE_RE = re.compile(r"^[\t\x20-\x7e\x80-\xff]*$")
+DURATION_RE = re.compile(r"^([0-9]{1,5}(h|m|s|ms)){1,4}$")
+_DURATION_PART = re.compile(r"([0-9]{1,5})(h|ms|m|s)")
+_DURATION_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+REDIRECT_CODES = (301, 302, 303, 307, 308)
+
+
+def duration_s(text: str) -> float:
+    """Seconds in a Gateway API Duration (GEP-2257), e.g. `1h30m`, `500ms`."""
+    return sum(int(n) * _DURATION_UNIT_S[u] for n, u in _DURATION_PART.findall(text))
+
+
+def parse_selector(r: Reader) -> LabelSelector:
+    exprs = []
+    for e in r.objs("matchExpressions"):
+        op = e.text("operator", choices=("In", "NotIn", "Exists", "DoesNotExist"))
+        values = tuple(e.str_list("values"))
+        if op in ("In", "NotIn") and not values:
+            e.fail("values", f"must not be empty for operator {op}")
+        exprs.append((e.text("key"), op, values))
+        e.finish()
+    sel = LabelSelector(match_labels=r.str_map("matchLabels"), match_expressions=tuple(exprs))
+    r.finish()
+    return sel
+
+
+def parse_gateway(top: Reader, meta: Meta) -> Gateway:
+    spec = top.req_obj("spec")
+    class_name = spec.text("gatewayClassName", None)
+    listeners = []
+    seen: set[str] = set()
+    for lr in spec.objs("listeners", max_items=64):
+        name = lr.text("name", pattern=NAME_RE)
+        if name in seen:
+            lr.fail("name", f"duplicate listener name {name!r}")
+        seen.add(name)
+        listeners.append(_listener(lr, name))
+    if not listeners:
+        spec.fail("listeners", "must have at least one listener")
+    bind_address = None
+    for ar in spec.objs("addresses", max_items=16):
+        atype = ar.text("type", "IPAddress", max_len=253)
+        if atype == "IPAddress":
+            value = ar.text("value", max_len=64)
+            if ":" not in value and not value.replace(".", "").isdigit():
+                ar.fail("value", f"{value!r} is not an IP address")
+            bind_address = bind_address or value
+        else:
+            ar.text("value")
+        ar.finish()
+    spec.ignore("infrastructure")
+    spec.finish()
+    return Gateway(
+        meta=meta, class_name=class_name, listeners=tuple(listeners), bind_address=bind_address
+    )
+
+
+def _listener(lr: Reader, name: str) -> Listener:
+    port = lr.integer("port", lo=1, hi=65535)
+    protocol = lr.text("protocol", pattern=re.compile(r"^[A-Za-z0-9_./-]+$"))
+    hostname = lr.text("hostname", None, pattern=HOSTNAME_RE)
+    allowed = AllowedRoutes()
+    ar = lr.obj("allowedRoutes")
+    if ar is not None:
+        ns_from, selector = "Same", None
+        nr = ar.obj("namespaces")
+        if nr is not None:
+            ns_from = nr.text("from", "Same", choices=("All", "Same", "Selector"))
+            sr = nr.obj("selector")
+            selector = parse_selector(sr) if sr is not None else None
+            if ns_from == "Selector" and selector is None:
+                nr.fail("selector", "is required when from is Selector")
+            nr.finish()
+        kinds = []
+        for kr in ar.objs("kinds", max_items=8):
+            kinds.append(
+                RouteGroupKind(group=kr.text("group", GATEWAY_GROUP), kind=kr.text("kind"))
+            )
+            kr.finish()
+        ar.finish()
+        allowed = AllowedRoutes(namespaces_from=ns_from, selector=selector, kinds=tuple(kinds))
+    tls_mode, certs = None, []
+    tr = lr.obj("tls")
+    if tr is not None:
+        tls_mode = tr.text("mode", "Terminate", choices=("Terminate", "Passthrough"))
+        for cr in tr.objs("certificateRefs", max_items=64):
+            certs.append(
+                ObjectRef(
+                    group=cr.text("group", ""),
+                    kind=cr.text("kind", "Secret"),
+                    name=cr.text("name"),
+                    namespace=cr.text("namespace", None),
+                )
+            )
+            cr.finish()
+        tr.ignore("options", "frontendValidation")
+        tr.finish()
+    lr.finish()
+    return Listener(
+        name=name,
+        port=port,
+        protocol=protocol,
+        hostname=hostname,
+        allowed_routes=allowed,
+        tls_mode=tls_mode,
+        certificate_refs=tuple(certs),
+    )
+
+
+def parse_http_route(top: Reader, meta: Meta) -> HTTPRoute:
+    spec = top.req_obj("spec")
+    parents = []
+    for pr in spec.objs("parentRefs", max_items=32):
+        parents.append(
+            ParentRef(
+                group=pr.text("group", GATEWAY_GROUP),
+                kind=pr.text("kind", "Gateway"),
+                name=pr.text("name"),
+                namespace=pr.text("namespace", None),
+                section_name=pr.text("sectionName", None),
+                port=pr.integer("port", None, lo=1, hi=65535),
+            )
+        )
+        pr.finish()
+    hostnames = tuple(spec.str_list("hostnames", pattern=HOSTNAME_RE))
+    rules = []
+    for rr in spec.objs("rules", max_items=64):
+        rules.append(_rule(rr))
+    if not rules:
+        # The CRD defaults rules to one rule matching PathPrefix "/" with no backends.
+        rules.append(
+            RouteRule(
+                name=None,
+                matches=(RouteMatch(path=PathMatch(type="PathPrefix", value="/")),),
+                filters=(),
+                backend_refs=(),
+            )
+        )
+    spec.finish()
+    return HTTPRoute(meta=meta, parent_refs=tuple(parents), hostnames=hostnames, rules=tuple(rules))
+
+
+def _rule(rr: Reader) -> RouteRule:
+    name = rr.text("name", None, pattern=NAME_RE)
+    matches = [_match(mr) for mr in rr.objs("matches", max_items=64)]
+    if not matches:
+        matches = [RouteMatch(path=PathMatch(type="PathPrefix", value="/"))]
+    filters = tuple(_filter(fr) for fr in rr.objs("filters", max_items=16))
+    _check_filters(rr, "filters", filters)
+    for f in filters:
+        path = (f.rewrite.path if f.rewrite else None) or (f.redirect.path if f.redirect else None)
+        if path is not None and path.type == "ReplacePrefixMatch":
+            for m in matches:
+                if m.path.type != "PathPrefix":
+                    rr.fail("filters", "ReplacePrefixMatch needs every match to be a PathPrefix")
+    backends = []
+    for br in rr.objs("backendRefs", max_items=16):
+        ref = _backend_object_ref(br)
+        weight = br.integer("weight", 1, lo=0, hi=1_000_000)
+        bfilters = tuple(_filter(fr) for fr in br.objs("filters", max_items=16))
+        _check_filters(br, "filters", bfilters)
+        br.finish()
+        backends.append(BackendRef(ref=ref, weight=weight, filters=bfilters))
+    if any(f.redirect for f in filters) and backends:
+        rr.fail("filters", "RequestRedirect cannot be combined with backendRefs")
+    req_t = backend_t = None
+    tr = rr.obj("timeouts")
+    if tr is not None:
+        req = tr.text("request", None, pattern=DURATION_RE)
+        backend = tr.text("backendRequest", None, pattern=DURATION_RE)
+        req_t = duration_s(req) if req else None
+        backend_t = duration_s(backend) if backend else None
+        if req_t and backend_t and backend_t > req_t:
+            tr.fail("backendRequest", "must not be longer than request")
+        tr.finish()
+    for unsupported in ("retry", "sessionPersistence"):
+        if rr.has(unsupported):
+            rr.fail(unsupported, "is not supported yet")
+    rr.finish()
+    return RouteRule(
+        name=name,
+        matches=tuple(matches),
+        filters=filters,
+        backend_refs=tuple(backends),
+        request_timeout_s=req_t or None,
+        backend_request_timeout_s=backend_t or None,
+    )
+
+
+def _match(mr: Reader) -> RouteMatch:
+    path = PathMatch(type="PathPrefix", value="/")
+    pr = mr.obj("path")
+    if pr is not None:
+        ptype = pr.text("type", "PathPrefix", choices=("Exact", "PathPrefix", "RegularExpression"))
+        value = pr.text("value", "/", max_len=1024)
+        if ptype == "RegularExpression":
+            _check_regex(pr, "value", value)
+        else:
+            if not value.startswith("/"):
+                pr.fail("value", "must be an absolute path starting with '/'")
+            if "//" in value or "/./" in value or "/../" in value or "#" in value or "?" in value:
+                pr.fail("value", f"{value!r} is not a normalized path")
+        pr.finish()
+        path = PathMatch(type=ptype, value=value)
+    headers = _value_matches(mr, "headers", HEADER_NAME_RE)
+    query = _value_matches(mr, "queryParams", re.compile(r"^[^\s&=]+$"))
+    method = mr.text("method", None, choices=METHODS)
+    mr.finish()
+    return RouteMatch(path=path, headers=headers, query_params=query, method=method)
+
+
+def _value_matches(mr: Reader, key: str, name_re: re.Pattern[str]) -> tuple[ValueMatch, ...]:
+    out = []
+    names: set[str] = set()
+    for hr in mr.objs(key, max_items=16):
+        mtype = hr.text("type", "Exact", choices=("Exact", "RegularExpression"))
+        name = hr.text("name", pattern=name_re, max_len=256)
+        value = hr.text("value", max_len=4096)
+        if mtype == "RegularExpression":
+            _check_regex(hr, "value", value)
+        # Header names are case-insensitive; query parameter names are not.
+        folded = name.lower() if key == "headers" else name
+        if folded in names:
+            hr.fail("name", f"duplicate match for {name!r}")
+        names.add(folded)
+        out.append(ValueMatch(type=mtype, name=folded, value=value))
+        hr.finish()
+    return tuple(out)
+
+
+def _check_regex(r: Reader, key: str, value: str) -> None:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        r.fail(key, f"invalid regular expression: {exc}")
+
+
+def _header_modifier(r: Reader) -> HeaderModifier:
+    def pairs(key: str) -> tuple[tuple[str, str], ...]:
+        out = []
+        names: set[str] = set()
+        for hr in r.objs(key, max_items=16):
+            name = hr.text("name", pattern=HEADER_NAME_RE, max_len=256)
+            value = hr.text("value", max_len=4096, pattern=HEADER_VALUE_RE)
+            if name.lower() in names:
+                hr.fail("name", f"duplicate header {name!r}")
+            names.add(name.lower())
+            out.append((name, value))
+            hr.finish()
+        return tuple(out)
+
+    mod = HeaderModifier(
+        set=pairs("set"),
+        add=pairs("add"),
+        remove=tuple(n.lower() for n in r.str_list("remove", pattern=HEADER_NAME_RE)),
+    )
+    r.finish()
+    return mod
+
+
+def _path_modifier(r: Reader) -> PathModifier:
+    ptype = r.text("type", choices=("ReplaceFullPath", "ReplacePrefixMatch"))
+    key = "replaceFullPath" if ptype == "ReplaceFullPath" else "replacePrefixMatch"
+    value = r.text(key, max_len=1024)
+    if not value.startswith("/"):
+        r.fail(key, "must start with '/'")
+    other = "replacePrefixMatch" if key == "replaceFullPath" else "replaceFullPath"
+    if r.has(other):
+        r.fail(other, f"must not be set when type is {ptype}")
+    r.ignore(other)
+    r.finish()
+    return PathModifier(type=ptype, value=value)
+
+
+_FILTER_KEYS = {
+    "RequestHeaderModifier": "requestHeaderModifier",
+    "ResponseHeaderModifier": "responseHeaderModifier",
+    "RequestRedirect": "requestRedirect",
+    "URLRewrite": "urlRewrite",
+    "RequestMirror": "requestMirror",
+}
+
+
+def _filter(fr: Reader) -> RouteFilter:
+    ftype = fr.text("type", choices=(*_FILTER_KEYS, "CORS", "ExtensionRef"))
+    if ftype not in _FILTER_KEYS:
+        fr.fail("type", f"filter {ftype} is not supported yet")
+    for t, k in _FILTER_KEYS.items():
+        if t != ftype and fr.has(k):
+            fr.fail(k, f"must not be set on a {ftype} filter")
+    body = fr.req_obj(_FILTER_KEYS[ftype])
+    out: RouteFilter
+    if ftype == "RequestHeaderModifier":
+        out = RouteFilter(type=ftype, request_headers=_header_modifier(body))
+    elif ftype == "ResponseHeaderModifier":
+        out = RouteFilter(type=ftype, response_headers=_header_modifier(body))
+    elif ftype == "RequestRedirect":
+        pm = body.obj("path")
+        out = RouteFilter(
+            type=ftype,
+            redirect=Redirect(
+                scheme=body.text("scheme", None, choices=("http", "https")),
+                hostname=body.text("hostname", None, pattern=HOSTNAME_RE),
+                path=_path_modifier(pm) if pm is not None else None,
+                port=body.integer("port", None, lo=1, hi=65535),
+                status_code=body.integer("statusCode", 302, lo=100, hi=599),
+            ),
+        )
+        if out.redirect and out.redirect.status_code not in REDIRECT_CODES:
+            body.fail("statusCode", f"must be one of {', '.join(map(str, REDIRECT_CODES))}")
+        body.finish()
+    elif ftype == "URLRewrite":
+        pm = body.obj("path")
+        out = RouteFilter(
+            type=ftype,
+            rewrite=Rewrite(
+                hostname=body.text("hostname", None, pattern=HOSTNAME_RE),
+                path=_path_modifier(pm) if pm is not None else None,
+            ),
+        )
+        body.finish()
+    else:
+        out = RouteFilter(type=ftype, mirror=_mirror(body))
+    fr.finish()
+    return out
+
+
+def _mirror(r: Reader) -> Mirror:
+    ref = _backend_object_ref(r.req_obj("backendRef"), finish=True)
+    num, den = 100, 100
+    if r.has("percent") and r.has("fraction"):
+        r.fail("percent", "only one of percent and fraction may be set")
+    if r.has("percent"):
+        num = r.integer("percent", lo=0, hi=100)
+    fr = r.obj("fraction")
+    if fr is not None:
+        num = fr.integer("numerator", lo=0)
+        den = fr.integer("denominator", 100, lo=1)
+        if num > den:
+            fr.fail("numerator", "must not exceed denominator")
+        fr.finish()
+    r.finish()
+    return Mirror(backend=ref, numerator=num, denominator=den)
+
+
+def _check_filters(r: Reader, key: str, filters: tuple[RouteFilter, ...]) -> None:
+    counts: dict[str, int] = {}
+    for f in filters:
+        counts[f.type] = counts.get(f.type, 0) + 1
+    for t, n in counts.items():
+        if n > 1 and t != "RequestMirror":
+            r.fail(key, f"{t} may appear only once")
+    if counts.get("RequestRedirect") and counts.get("URLRewrite"):
+        r.fail(key, "RequestRedirect and URLRewrite cannot be combined")
+
+
+def _backend_object_ref(r: Reader, *, finish: bool = False) -> BackendObjectRef:
+    ref = BackendObjectRef(
+        group=r.text("group", ""),
+        kind=r.text("kind", "Service"),
+        name=r.text("name"),
+        namespace=r.text("namespace", None, pattern=NAME_RE, max_len=63),
+        port=r.integer("port", None, lo=1, hi=65535),
+    )
+    if finish:
+        r.finish()
+    return ref
+
+
+def parse_reference_grant(top: Reader, meta: Meta) -> ReferenceGrant:
+    spec = top.req_obj("spec")
+    froms, tos = [], []
+    for fr in spec.objs("from", max_items=16):
+        froms.append((fr.text("group"), fr.text("kind"), fr.text("namespace", pattern=NAME_RE)))
+        fr.finish()
+    for tr in spec.objs("to", max_items=16):
+        tos.append((tr.text("group"), tr.text("kind"), tr.text("name", None)))
+        tr.finish()
+    if not froms or not tos:
+        spec.fail("from" if not froms else "to", "must have at least one entry")
+    spec.finish()
+    return ReferenceGrant(meta=meta, from_=tuple(froms), to=tuple(tos))

@@ -1,0 +1,254 @@
+"""Typed configuration resources (Gateway API, Kubernetes and Weft kinds): data only.
+
+Parsing and validation live in `parse` (dispatch, metadata, backends) and `parse_routes`
+(Gateway API routing kinds); semantics across resources belong to `compile`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+WEFT_GROUP = "weft.dev"
+
+
+# -- shared pieces ----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Meta:
+    name: str
+    namespace: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    creation_timestamp: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LabelSelector:
+    match_labels: Mapping[str, str]
+    # (key, operator, values) with operator In | NotIn | Exists | DoesNotExist
+    match_expressions: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        if any(labels.get(k) != v for k, v in self.match_labels.items()):
+            return False
+        for key, op, values in self.match_expressions:
+            present = key in labels
+            if op == "In" and not (present and labels[key] in values):
+                return False
+            if op == "NotIn" and present and labels[key] in values:
+                return False
+            if op == "Exists" and not present:
+                return False
+            if op == "DoesNotExist" and present:
+                return False
+        return True
+
+
+# -- Gateway ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteGroupKind:
+    group: str
+    kind: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AllowedRoutes:
+    namespaces_from: str = "Same"  # Same | All | Selector
+    selector: LabelSelector | None = None
+    kinds: tuple[RouteGroupKind, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ObjectRef:
+    group: str
+    kind: str
+    name: str
+    namespace: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Listener:
+    name: str
+    port: int
+    protocol: str
+    hostname: str | None = None
+    allowed_routes: AllowedRoutes = AllowedRoutes()
+    tls_mode: str | None = None
+    certificate_refs: tuple[ObjectRef, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Gateway:
+    meta: Meta
+    class_name: str | None
+    listeners: tuple[Listener, ...]
+    bind_address: str | None = None  # first IPAddress of spec.addresses
+
+
+# -- HTTPRoute --------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ParentRef:
+    group: str
+    kind: str
+    name: str
+    namespace: str | None = None
+    section_name: str | None = None
+    port: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PathMatch:
+    type: str  # Exact | PathPrefix | RegularExpression
+    value: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ValueMatch:
+    """A header or query-parameter match."""
+
+    type: str  # Exact | RegularExpression
+    name: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteMatch:
+    path: PathMatch
+    headers: tuple[ValueMatch, ...] = ()
+    query_params: tuple[ValueMatch, ...] = ()
+    method: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeaderModifier:
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PathModifier:
+    type: str  # ReplaceFullPath | ReplacePrefixMatch
+    value: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Redirect:
+    scheme: str | None = None
+    hostname: str | None = None
+    path: PathModifier | None = None
+    port: int | None = None
+    status_code: int = 302
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rewrite:
+    hostname: str | None = None
+    path: PathModifier | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackendObjectRef:
+    group: str
+    kind: str
+    name: str
+    namespace: str | None = None
+    port: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Mirror:
+    backend: BackendObjectRef
+    # fraction of requests mirrored, as numerator/denominator
+    numerator: int = 100
+    denominator: int = 100
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteFilter:
+    type: str
+    request_headers: HeaderModifier | None = None
+    response_headers: HeaderModifier | None = None
+    redirect: Redirect | None = None
+    rewrite: Rewrite | None = None
+    mirror: Mirror | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackendRef:
+    ref: BackendObjectRef
+    weight: int = 1
+    filters: tuple[RouteFilter, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteRule:
+    name: str | None
+    matches: tuple[RouteMatch, ...]
+    filters: tuple[RouteFilter, ...]
+    backend_refs: tuple[BackendRef, ...]
+    request_timeout_s: float | None = None
+    backend_request_timeout_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HTTPRoute:
+    meta: Meta
+    parent_refs: tuple[ParentRef, ...]
+    hostnames: tuple[str, ...]
+    rules: tuple[RouteRule, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReferenceGrant:
+    meta: Meta
+    from_: tuple[tuple[str, str, str], ...]  # (group, kind, namespace)
+    to: tuple[tuple[str, str, str | None], ...]  # (group, kind, name)
+
+
+# -- backends ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServicePort:
+    port: int
+    name: str = ""
+    protocol: str = "HTTP"  # application protocol: HTTP | HTTP2 | GRPC | TCP
+    target_port: int | str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndpointAddress:
+    address: str
+    port: int | None = None  # None: the service port's target
+    version: str = ""
+    ready: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Service:
+    """A Weft Service (with endpoints) or a Kubernetes Service (endpoints from slices)."""
+
+    meta: Meta
+    ports: tuple[ServicePort, ...]
+    endpoints: tuple[EndpointAddress, ...] = ()
+    kubernetes: bool = False
+    service_type: str = "ClusterIP"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndpointSlice:
+    meta: Meta
+    service_name: str
+    address_type: str
+    ports: tuple[tuple[str, int], ...]  # (name, port)
+    endpoints: tuple[EndpointAddress, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Namespace:
+    meta: Meta
+
+
+Resource = Gateway | HTTPRoute | ReferenceGrant | Service | EndpointSlice | Namespace
+
+
+# -- parsing ----------------------------------------------------------------------------

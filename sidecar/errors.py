@@ -1,0 +1,58 @@
+"""The data plane's error tree; third-party exceptions are mapped onto it at the boundary."""
+
+from __future__ import annotations
+
+
+class WeftError(Exception):
+    """Base of every error the data plane raises on purpose."""
+
+
+class ConfigError(WeftError):
+    """A configuration document is invalid; the message names file, document and field."""
+
+    def __init__(self, message: str, *, source: str = "", field: str = "") -> None:
+        self.source = source
+        self.field = field
+        self.reason = message
+        where = ": ".join(p for p in (source, field) if p)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class ProtocolError(WeftError):
+    """The peer broke HTTP framing; the connection cannot be trusted any more."""
+
+    def __init__(self, message: str, *, status: int = 400) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class UpstreamError(WeftError):
+    """Forwarding to an upstream failed; `status` is what the downstream gets."""
+
+    status = 502
+    retryable = False
+
+
+class UpstreamConnectError(UpstreamError):
+    """The upstream refused or could not be reached."""
+
+    status = 503
+    retryable = True
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not answer in time."""
+
+    status = 504
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The upstream answered with broken HTTP."""
+
+    status = 502
+
+
+class UpstreamClosed(UpstreamError):
+    """The upstream closed the connection before a complete response."""
+
+    status = 502

@@ -1,0 +1,1 @@
+"""HTTP request handling: routing, filters and forwarding."""

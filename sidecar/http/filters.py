@@ -1,0 +1,88 @@
+"""Pure HTTPRoute filter logic: header modification, path rewriting and redirect targets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sidecar.config.model import RedirectAction, RewriteAction
+
+Headers = list[tuple[bytes, bytes]]
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderOps:
+    """A compiled RequestHeaderModifier / ResponseHeaderModifier."""
+
+    drop: frozenset[bytes]  # lower-case names removed before set/add (remove and set)
+    append: tuple[tuple[bytes, bytes], ...]  # set values, then add values, in order
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        set_: tuple[tuple[str, str], ...] = (),
+        add: tuple[tuple[str, str], ...] = (),
+        remove: tuple[str, ...] = (),
+    ) -> HeaderOps:
+        drop = {n.lower().encode() for n in remove} | {n.lower().encode() for n, _ in set_}
+        append = tuple((n.encode(), v.encode()) for n, v in (*set_, *add))
+        return cls(drop=frozenset(drop), append=append)
+
+    def apply(self, headers: Headers) -> Headers:
+        drop = self.drop
+        out = [h for h in headers if h[0].lower() not in drop] if drop else list(headers)
+        out.extend(self.append)
+        return out
+
+
+def split_target(target: str) -> tuple[str, str]:
+    """Split a request target into (path, query) where query keeps no leading '?'."""
+    path, sep, query = target.partition("?")
+    return path, query if sep else ""
+
+
+def rewrite_path(path: str, matched_prefix: str | None, path_type: str | None, value: str) -> str:
+    """The path after a URLRewrite/RequestRedirect path modifier (Gateway API semantics)."""
+    if path_type == "ReplaceFullPath":
+        return value
+    if path_type == "ReplacePrefixMatch" and matched_prefix is not None:
+        prefix = matched_prefix.rstrip("/")
+        rest = path[len(prefix) :]
+        base = value.rstrip("/")
+        if not rest or rest == "/":
+            return (base + rest) or "/"
+        return base + rest
+    return path
+
+
+def rewritten_target(target: str, rewrite: RewriteAction, matched_prefix: str | None) -> str:
+    path, query = split_target(target)
+    new_path = rewrite_path(path, matched_prefix, rewrite.path_type, rewrite.path_value)
+    return f"{new_path}?{query}" if query else new_path
+
+
+def redirect_location(
+    redirect: RedirectAction,
+    *,
+    scheme: str,
+    host: str,
+    listener_port: int,
+    target: str,
+    matched_prefix: str | None,
+) -> str:
+    """The Location for a RequestRedirect, per the Gateway API rules for scheme and port."""
+    out_scheme = redirect.scheme or scheme
+    if redirect.port is not None:
+        port = redirect.port
+    elif redirect.scheme is not None:
+        port = _DEFAULT_PORTS[out_scheme]
+    else:
+        port = listener_port
+    out_host = redirect.hostname or host
+    path, query = split_target(target)
+    new_path = rewrite_path(path, matched_prefix, redirect.path_type, redirect.path_value)
+    authority = out_host if port == _DEFAULT_PORTS.get(out_scheme) else f"{out_host}:{port}"
+    location = f"{out_scheme}://{authority}{new_path}"
+    return f"{location}?{query}" if query else location

@@ -1,0 +1,1 @@
+"""Ways to run the data plane: edge gateway (and, later, sidecar)."""

@@ -1,0 +1,1 @@
+"""Sans-I/O protocol code: parsers and serializers that never touch a socket."""
