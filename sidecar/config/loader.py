@@ -1,0 +1,104 @@
+"""Read YAML files into a compiled Snapshot; every error names file, document and field."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from sidecar.config.compile import compile_snapshot
+from sidecar.config.model import Snapshot
+from sidecar.config.parse import load_documents
+from sidecar.errors import ConfigError
+
+YAML_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def expand(paths: Iterable[str]) -> list[Path]:
+    """Files named directly, plus YAML files inside named directories (sorted)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(f for f in p.iterdir() if f.suffix in YAML_SUFFIXES))
+        else:
+            out.append(p)
+    return out
+
+
+def read_documents(files: Sequence[Path]) -> list[tuple[object, str]]:
+    docs: list[tuple[object, str]] = []
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from None
+        except UnicodeDecodeError:
+            raise ConfigError("is not UTF-8 text", source=str(path)) from None
+        try:
+            loaded = list(yaml.load_all(text, Loader=_Loader))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise ConfigError(f"invalid YAML{where}: {problem}", source=str(path)) from None
+        for i, doc in enumerate(loaded, start=1):
+            docs.append((doc, f"{path} document {i}"))
+    return docs
+
+
+def load_snapshot(paths: Sequence[str], *, version: int, gateway_class: str) -> Snapshot:
+    files = expand(paths)
+    if not files:
+        raise ConfigError("no configuration files found", source=", ".join(paths))
+    resources = load_documents(read_documents(files))
+    snap = compile_snapshot(resources, version=version, gateway_class=gateway_class)
+    return Snapshot(
+        version=snap.version,
+        routers=snap.routers,
+        clusters=snap.clusters,
+        limits=snap.limits,
+        warnings=snap.warnings,
+        sources=tuple(str(f) for f in files),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FileStamp:
+    """What tells us a file changed: identity, size and modification time."""
+
+    entries: tuple[tuple[str, int, int, int], ...]
+
+    @classmethod
+    def of(cls, paths: Sequence[str]) -> FileStamp:
+        out = []
+        for f in expand(paths):
+            try:
+                st = os.stat(f)
+                out.append((str(f), st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError:
+                out.append((str(f), -1, -1, -1))
+        return cls(tuple(out))
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys instead of silently keeping the last one."""
+
+
+def _construct_mapping(
+    loader: _Loader, node: yaml.MappingNode, deep: bool = False
+) -> dict[object, object]:
+    seen: set[object] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)

@@ -1,0 +1,81 @@
+"""The access log: one JSON object per request, written in batches off the request path."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from json.encoder import encode_basestring
+from typing import TextIO
+
+import trio
+
+FLUSH_BYTES = 64 * 1024
+FLUSH_INTERVAL_S = 0.5
+
+
+class AccessLog:
+    """Buffers lines; `run` flushes them. With no sink, lines are dropped (logging off)."""
+
+    def __init__(self, sink: TextIO | None) -> None:
+        self._sink = sink
+        self._fd = sink.fileno() if sink is not None else -1
+        self._buf: list[str] = []
+        self._size = 0
+        self.enabled = sink is not None
+
+    def record(
+        self,
+        *,
+        start: float,
+        duration_s: float,
+        downstream: str,
+        method: str,
+        authority: str,
+        path: str,
+        protocol: str,
+        status: int,
+        bytes_in: int,
+        bytes_out: int,
+        route: str,
+        upstream: str,
+        request_id: str,
+        detail: str,
+    ) -> None:
+        line = (
+            f'{{"start":"{_iso(start)}","duration_ms":{duration_s * 1000:.3f},'
+            f'"downstream":"{downstream}","method":{encode_basestring(method)},'
+            f'"authority":{encode_basestring(authority)},"path":{encode_basestring(path)},'
+            f'"protocol":"{protocol}","status":{status},"bytes_in":{bytes_in},'
+            f'"bytes_out":{bytes_out},"route":{encode_basestring(route)},'
+            f'"upstream":"{upstream}","request_id":{encode_basestring(request_id)},'
+            f'"detail":"{detail}"}}\n'
+        )
+        self._buf.append(line)
+        self._size += len(line)
+        if self._size >= FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buf:
+            return
+        data = "".join(self._buf).encode("utf-8", "replace")
+        self._buf.clear()
+        self._size = 0
+        with contextlib.suppress(OSError):  # a closed sink loses lines, never requests
+            os.write(self._fd, data)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await trio.sleep(FLUSH_INTERVAL_S)
+                self.flush()
+        finally:
+            self.flush()
+
+
+def _iso(ts: float) -> str:
+    secs = int(ts)
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{int((ts - secs) * 1000):03d}Z"
+    )

@@ -1,0 +1,91 @@
+"""Prometheus metrics kept in plain dicts; rendered in the text exposition format on demand.
+
+Labels are bounded by construction: services, routes and peers come from configuration,
+codes from the status line; no raw path or user value ever becomes a label.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+
+BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+RequestKey = tuple[str, str, str, str, int]  # direction, service, peer, route, code
+DurationKey = tuple[str, str, str, str]  # direction, service, peer, route
+
+
+class Histogram:
+    __slots__ = ("count", "counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS_S) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(BUCKETS_S, value)] += 1
+        self.sum += value
+        self.count += 1
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.requests: dict[RequestKey, int] = {}
+        self.durations: dict[DurationKey, Histogram] = {}
+        self.gauges: dict[str, float] = {}
+        self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+
+    def request(self, key: DurationKey, code: int, duration_s: float) -> None:
+        rkey = (*key, code)
+        requests = self.requests
+        requests[rkey] = requests.get(rkey, 0) + 1
+        hist = self.durations.get(key)
+        if hist is None:
+            hist = self.durations[key] = Histogram()
+        hist.observe(duration_s)
+
+    def inc(self, name: str, labels: tuple[tuple[str, str], ...] = (), by: float = 1.0) -> None:
+        k = (name, labels)
+        self.counters[k] = self.counters.get(k, 0.0) + by
+
+    def render(self) -> str:
+        lines = [
+            "# HELP weft_requests_total Requests handled, by outcome.",
+            "# TYPE weft_requests_total counter",
+        ]
+        for (direction, service, peer, route, code), n in sorted(self.requests.items()):
+            labels = _labels(
+                direction=direction, service=service, peer=peer, route=route, code=str(code)
+            )
+            lines.append(f"weft_requests_total{{{labels}}} {n}")
+        lines += [
+            "# HELP weft_request_duration_seconds Request duration from first byte to last.",
+            "# TYPE weft_request_duration_seconds histogram",
+        ]
+        for (direction, service, peer, route), h in sorted(self.durations.items()):
+            base = _labels(direction=direction, service=service, peer=peer, route=route)
+            acc = 0
+            for bound, n in zip(BUCKETS_S, h.counts, strict=False):
+                acc += n
+                lines.append(f'weft_request_duration_seconds_bucket{{{base},le="{bound}"}} {acc}')
+            lines.append(f'weft_request_duration_seconds_bucket{{{base},le="+Inf"}} {h.count}')
+            lines.append(f"weft_request_duration_seconds_sum{{{base}}} {h.sum:.6f}")
+            lines.append(f"weft_request_duration_seconds_count{{{base}}} {h.count}")
+        seen: set[str] = set()
+        for (name, pairs), value in sorted(self.counters.items()):
+            if name not in seen:
+                seen.add(name)
+                lines.append(f"# TYPE {name} counter")
+            lines.append(f"{name}{{{_labels(**dict(pairs))}}} {value:g}")
+        for name, value in sorted(self.gauges.items()):
+            lines.append(f"# TYPE {name} gauge")
+            lines.append(f"{name} {value:g}")
+        return "\n".join(lines) + "\n"
+
+
+def _labels(**labels: str) -> str:
+    return ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')

@@ -1,0 +1,133 @@
+"""Non-blocking sockets driven directly by trio.lowlevel: the one byte mover on the data path.
+
+Theory of operation. trio's `SocketStream` first tries each `recv`, fails with
+`BlockingIOError`, re-arms epoll and tries again, and checkpoints on every call; on a
+proxy that costs as much as the rest of the request. Here a read waits for readability
+first and then calls `recv` once (requests and responses rarely sit in the buffer when we
+ask), and a write calls `send` directly, waiting for writability only after a partial
+write. `wait_readable` is a checkpoint, so every read is a cancellation point; writes
+that complete at once are not, which is why callers bound whole exchanges with deadlines
+rather than relying on a send to yield.
+
+The next layer up (TLS) subclasses `Conn` with a non-blocking `ssl.SSLSocket` and checks
+`pending()` before waiting, since epoll cannot see bytes OpenSSL already decrypted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+
+import trio
+
+from sidecar.errors import UpstreamConnectError
+
+RECV_SIZE = 65536
+_RESET_ERRNOS = (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT)
+
+
+class ConnectionLost(Exception):
+    """The peer reset or closed the connection while we were writing."""
+
+
+class Conn:
+    """A connected non-blocking socket."""
+
+    __slots__ = ("closed", "peer", "sock")
+
+    def __init__(self, sock: socket.socket, peer: tuple[str, int] | None = None) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.peer = peer
+        self.closed = False
+
+    async def recv(self, size: int = RECV_SIZE) -> bytes:
+        """Wait for bytes; b"" at end of stream. Raises ConnectionLost on reset."""
+        sock = self.sock
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                return sock.recv(size)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                if exc.errno in _RESET_ERRNOS:
+                    raise ConnectionLost(str(exc)) from None
+                raise
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        sock = self.sock
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise ConnectionLost(str(exc)) from None
+        if sent == len(data):
+            return
+        view = memoryview(data)[sent:]
+        while view:
+            await trio.lowlevel.wait_writable(sock)
+            try:
+                sent = sock.send(view)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise ConnectionLost(str(exc)) from None
+            view = view[sent:]
+
+    def at_eof_or_garbage(self) -> bool:
+        """True when an idle connection has been closed by the peer or has stray bytes."""
+        try:
+            return len(self.sock.recv(1, socket.MSG_PEEK)) >= 0
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    def shutdown_write(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            trio.lowlevel.notify_closing(self.sock)
+            self.sock.close()
+
+
+async def connect_tcp(address: str, port: int) -> Conn:
+    """Open a TCP connection without trio's stream wrapper; the caller owns the deadline."""
+    if _is_ip(address):
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        target: tuple[str, int] = (address, port)
+    else:
+        infos = await trio.socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)
+        if not infos:
+            raise UpstreamConnectError(f"{address}: no addresses")
+        family, _, _, _, sockaddr = infos[0]
+        target = (str(sockaddr[0]), int(sockaddr[1]))
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        err = sock.connect_ex(target)
+        if err in (errno.EINPROGRESS, errno.EAGAIN):
+            await trio.lowlevel.wait_writable(sock)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise UpstreamConnectError(f"connect {address}:{port}: {errno.errorcode.get(err, err)}")
+    except BaseException:
+        trio.lowlevel.notify_closing(sock)
+        sock.close()
+        raise
+    return Conn(sock, target)
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
+    except OSError:
+        return False
+    return True

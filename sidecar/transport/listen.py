@@ -1,0 +1,52 @@
+"""Listening sockets and the accept loop; connections go to a nursery the caller owns."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from sidecar.transport.io import Conn
+
+Handler = Callable[[Conn], Awaitable[None]]
+
+
+def open_listener(address: str, port: int, *, backlog: int = 4096) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def accept_loop(sock: socket.socket, handler: Handler, connections: trio.Nursery) -> None:
+    """Accept until cancelled; each connection runs in `connections`, which outlives us.
+
+    Closing the listener (a reload that removes a port) therefore never touches
+    established connections.
+    """
+    try:
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            while True:
+                try:
+                    client, addr = sock.accept()
+                except BlockingIOError:
+                    break
+                except OSError as exc:  # EMFILE and friends: back off one turn
+                    if exc.errno is None:
+                        raise
+                    await trio.sleep(0.01)
+                    break
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                connections.start_soon(handler, Conn(client, (addr[0], addr[1])))
+    finally:
+        trio.lowlevel.notify_closing(sock)
+        sock.close()

@@ -1,0 +1,95 @@
+"""Load balancers over a cluster's endpoints: pure, with time and randomness injected.
+
+The default is power-of-two-choices over peak-EWMA latency (Finagle, Linkerd): pick two
+endpoints at random, take the one whose decayed peak latency times outstanding requests
+is lower. A slow endpoint is avoided at once (the peak is taken as is) and forgiven
+gradually (the estimate decays towards zero while it goes unobserved, so it is tried
+again). Least-request is the same two choices by outstanding requests; round robin is a
+counter.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from typing import Protocol
+
+from sidecar.config.model import Endpoint
+
+DECAY_S = 10.0
+DEFAULT_RTT_S = 0.001  # the guess for an endpoint we have not timed yet
+
+
+class EndpointStats:
+    """Live statistics of one endpoint; owned by its cluster."""
+
+    __slots__ = ("endpoint", "ewma_s", "pending", "stamp")
+
+    def __init__(self, endpoint: Endpoint, now: float) -> None:
+        self.endpoint = endpoint
+        self.pending = 0
+        self.ewma_s = DEFAULT_RTT_S
+        self.stamp = now
+
+    def cost(self, now: float) -> float:
+        decayed = self.ewma_s * math.exp(-max(0.0, now - self.stamp) / DECAY_S)
+        return (decayed + 1e-6) * (self.pending + 1)
+
+    def observe(self, rtt_s: float, now: float) -> None:
+        if rtt_s > self.ewma_s:
+            self.ewma_s = rtt_s
+        else:
+            w = math.exp(-max(0.0, now - self.stamp) / DECAY_S)
+            self.ewma_s = self.ewma_s * w + rtt_s * (1.0 - w)
+        self.stamp = now
+
+
+class Balancer(Protocol):
+    def pick(self, stats: Sequence[EndpointStats], rng: random.Random, now: float) -> EndpointStats:
+        """Choose one of a non-empty sequence."""
+        ...
+
+
+class PeakEwma:
+    def pick(self, stats: Sequence[EndpointStats], rng: random.Random, now: float) -> EndpointStats:
+        n = len(stats)
+        if n == 1:
+            return stats[0]
+        i = int(rng.random() * n)
+        j = int(rng.random() * (n - 1))
+        if j >= i:
+            j += 1
+        a, b = stats[i], stats[j]
+        return a if a.cost(now) <= b.cost(now) else b
+
+
+class LeastRequest:
+    def pick(self, stats: Sequence[EndpointStats], rng: random.Random, now: float) -> EndpointStats:
+        n = len(stats)
+        if n == 1:
+            return stats[0]
+        i = int(rng.random() * n)
+        j = int(rng.random() * (n - 1))
+        if j >= i:
+            j += 1
+        a, b = stats[i], stats[j]
+        return a if a.pending <= b.pending else b
+
+
+class RoundRobin:
+    def __init__(self) -> None:
+        self._next = 0
+
+    def pick(self, stats: Sequence[EndpointStats], rng: random.Random, now: float) -> EndpointStats:
+        chosen = stats[self._next % len(stats)]
+        self._next += 1
+        return chosen
+
+
+def make_balancer(policy: str) -> Balancer:
+    if policy == "round_robin":
+        return RoundRobin()
+    if policy == "least_request":
+        return LeastRequest()
+    return PeakEwma()

@@ -1,0 +1,108 @@
+"""Upstream clusters at run time: endpoint statistics, balancer and keep-alive pools.
+
+A `ClusterSpec` in the snapshot is immutable; its `Cluster` here is the mutable owner of
+what outlives one configuration: endpoint statistics and idle connections survive a
+reload for endpoints that stay, and are dropped for endpoints that leave.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+
+from sidecar.config.model import ClusterSpec, Endpoint
+from sidecar.transport.io import Conn
+from sidecar.upstream.balance import Balancer, EndpointStats, make_balancer
+
+MAX_IDLE_PER_ENDPOINT = 256
+# An idle connection older than this is checked for a FIN from the upstream before reuse.
+STALE_CHECK_AFTER_S = 0.5
+
+
+class EndpointPool:
+    """Idle keep-alive connections to one endpoint, most recently used first out."""
+
+    __slots__ = ("idle",)
+
+    def __init__(self) -> None:
+        self.idle: list[tuple[Conn, float]] = []
+
+    def take(self, now: float, idle_timeout_s: float) -> Conn | None:
+        idle = self.idle
+        while idle:
+            conn, since = idle.pop()
+            age = now - since
+            if age > idle_timeout_s or (age > STALE_CHECK_AFTER_S and conn.at_eof_or_garbage()):
+                conn.close()
+                continue
+            return conn
+        return None
+
+    def give(self, conn: Conn, now: float) -> None:
+        if len(self.idle) >= MAX_IDLE_PER_ENDPOINT:
+            conn.close()
+        else:
+            self.idle.append((conn, now))
+
+    def close(self) -> None:
+        for conn, _ in self.idle:
+            conn.close()
+        self.idle.clear()
+
+
+class Cluster:
+    __slots__ = ("balancer", "pools", "spec", "stats")
+
+    def __init__(self, spec: ClusterSpec, now: float) -> None:
+        self.spec = spec
+        self.balancer: Balancer = make_balancer(spec.lb_policy)
+        self.stats: list[EndpointStats] = [EndpointStats(e, now) for e in spec.endpoints]
+        self.pools: dict[Endpoint, EndpointPool] = {e: EndpointPool() for e in spec.endpoints}
+
+    def pick(self, rng: random.Random, now: float) -> EndpointStats | None:
+        stats = self.stats
+        if not stats:
+            return None
+        return self.balancer.pick(stats, rng, now)
+
+    def update(self, spec: ClusterSpec, now: float) -> None:
+        """Take a new spec, keeping statistics and pools of endpoints that remain."""
+        if spec.lb_policy != self.spec.lb_policy:
+            self.balancer = make_balancer(spec.lb_policy)
+        old_stats = {s.endpoint: s for s in self.stats}
+        self.stats = [old_stats.get(e) or EndpointStats(e, now) for e in spec.endpoints]
+        keep = set(spec.endpoints)
+        for endpoint, pool in list(self.pools.items()):
+            if endpoint not in keep:
+                pool.close()
+                del self.pools[endpoint]
+        for e in spec.endpoints:
+            self.pools.setdefault(e, EndpointPool())
+        self.spec = spec
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
+
+
+class ClusterManager:
+    """Owns every Cluster; `sync` is called once per snapshot swap."""
+
+    def __init__(self) -> None:
+        self.clusters: dict[str, Cluster] = {}
+
+    def sync(self, specs: Mapping[str, ClusterSpec], now: float) -> None:
+        for name in list(self.clusters):
+            if name not in specs:
+                self.clusters.pop(name).close()
+        for name, spec in specs.items():
+            cluster = self.clusters.get(name)
+            if cluster is None:
+                self.clusters[name] = Cluster(spec, now)
+            elif cluster.spec != spec:
+                cluster.update(spec, now)
+
+    def close(self) -> None:
+        for cluster in self.clusters.values():
+            cluster.close()
+        self.clusters.clear()
