@@ -21,7 +21,8 @@ from urllib.parse import parse_qs
 
 import trio
 
-from sidecar.config.model import Backend, ListenerKey, RouteAction, Snapshot
+from sidecar.config.model import Backend, ListenerKey, RouteAction
+from sidecar.config.store import SnapshotStore
 from sidecar.errors import ProtocolError, UpstreamError
 from sidecar.http.filters import redirect_location, rewritten_target, split_target
 from sidecar.http.forward import Outcome, exchange
@@ -53,17 +54,11 @@ class DownstreamClosed(Exception):
     """The client went away in the middle of a request."""
 
 
-class _Store:
-    """What the proxy needs of the snapshot holder (a Protocol in spirit; see store.py)."""
-
-    current: Snapshot
-
-
 @dataclass(slots=True, kw_only=True)
 class ProxyContext:
     """Everything a connection handler shares with the rest of the process."""
 
-    store: _Store
+    store: SnapshotStore
     clusters: ClusterManager
     metrics: Metrics
     access_log: AccessLog

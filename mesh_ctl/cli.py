@@ -1,0 +1,100 @@
+"""`meshctl`: the Weft command line. Each verb is a small function; errors are one line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from sidecar import __version__
+from sidecar.errors import ConfigError
+
+
+def _edge(args: argparse.Namespace) -> int:
+    from sidecar.modes.edge import EdgeServer
+
+    sink = None
+    if args.access_log == "-":
+        sink = sys.stdout
+    elif args.access_log != "off":
+        sink = open(args.access_log, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+    server = EdgeServer(
+        args.file,
+        gateway_class=args.gateway_class,
+        admin_address=args.admin_address,
+        admin_port=args.admin_port,
+        access_log=sink,
+    )
+    try:
+        trio.run(server.run)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _version(args: argparse.Namespace) -> int:
+    print(f"meshctl {__version__}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meshctl", description="Weft service mesh and edge gateway"
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=("debug", "info", "warning", "error")
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    edge = sub.add_parser("edge", help="run the edge gateway from YAML files")
+    edge.add_argument(
+        "-f",
+        "--file",
+        action="append",
+        required=True,
+        metavar="PATH",
+        help="YAML file or directory of them; repeat for more",
+    )
+    edge.add_argument(
+        "--gateway-class",
+        default="weft",
+        help="serve Gateways of this gatewayClassName (and those without one)",
+    )
+    edge.add_argument("--admin-address", default="127.0.0.1")
+    edge.add_argument("--admin-port", type=int, default=15000)
+    edge.add_argument(
+        "--access-log",
+        default="-",
+        metavar="PATH|-|off",
+        help="where JSON access log lines go (default: standard output)",
+    )
+    edge.set_defaults(func=_edge)
+
+    version = sub.add_parser("version", help="print the version")
+    version.set_defaults(func=_version)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"meshctl: configuration error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"meshctl: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""`python -m sidecar`: the same entry point as `meshctl`."""
+
+import sys
+
+from mesh_ctl.cli import main
+
+sys.exit(main(sys.argv[1:]))

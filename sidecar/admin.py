@@ -1,0 +1,86 @@
+"""The admin endpoint (127.0.0.1:15000): /live, /ready, /metrics, /config_dump, /drain."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from sidecar.config.dump import describe
+from sidecar.config.model import Snapshot
+from sidecar.errors import ProtocolError
+from sidecar.observe.metrics import Metrics
+from sidecar.protocol.http1 import End, RequestHead, RequestParser, simple_response
+from sidecar.transport.io import Conn, ConnectionLost
+
+_JSON = [(b"content-type", b"application/json")]
+_PROM = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
+
+
+@dataclass(slots=True, kw_only=True)
+class AdminState:
+    snapshot: Callable[[], Snapshot | None]
+    metrics: Metrics
+    drain: Callable[[], None]
+    ready: Callable[[], bool]
+
+
+async def serve_admin(state: AdminState, conn: Conn) -> None:
+    parser = RequestParser(max_header_bytes=16384, max_headers=50)
+    try:
+        with trio.move_on_after(30):
+            while True:
+                while not parser.events:
+                    data = await conn.recv()
+                    if not data:
+                        return
+                    parser.feed(data)
+                head = parser.events.popleft()
+                if not isinstance(head, RequestHead):
+                    return
+                while not any(isinstance(e, End) for e in parser.events):
+                    data = await conn.recv()
+                    if not data:
+                        return
+                    parser.feed(data)
+                while not isinstance(parser.events.popleft(), End):
+                    pass
+                await conn.send_all(_respond(state, head))
+                if not head.keep_alive:
+                    return
+    except ProtocolError as exc:
+        await conn.send_all(simple_response(exc.status, f"{exc}\n".encode(), close=True))
+    except ConnectionLost:
+        pass
+    finally:
+        conn.close()
+
+
+def _respond(state: AdminState, head: RequestHead) -> bytearray:
+    path = head.target.partition("?")[0]
+    method = head.method
+    if path == "/drain":
+        if method != "POST":
+            return simple_response(405, b"use POST\n", headers=[(b"allow", b"POST")])
+        state.drain()
+        return simple_response(200, b"draining\n")
+    if method not in ("GET", "HEAD"):
+        return simple_response(405, b"use GET\n", headers=[(b"allow", b"GET, HEAD")])
+    head_only = method == "HEAD"
+    if path == "/live":
+        return simple_response(200, b"live\n", head_only=head_only)
+    if path == "/ready":
+        if state.ready():
+            return simple_response(200, b"ready\n", head_only=head_only)
+        return simple_response(503, b"not ready\n", head_only=head_only)
+    if path == "/metrics":
+        body = state.metrics.render().encode()
+        return simple_response(200, body, headers=_PROM, head_only=head_only)
+    if path == "/config_dump":
+        snap = state.snapshot()
+        doc = describe(snap) if snap is not None else {"version": 0}
+        body = json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+        return simple_response(200, body, headers=_JSON, head_only=head_only)
+    return simple_response(404, b"unknown admin path\n", head_only=head_only)

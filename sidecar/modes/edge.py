@@ -1,0 +1,230 @@
+"""Edge mode: serve Gateway listeners from YAML files, reloading them when they change.
+
+Theory of operation. A reload parses, validates and compiles every file into a new
+snapshot, opens the sockets of listeners it adds, and only then swaps the snapshot in;
+any failure leaves the previous snapshot and sockets untouched. Removed listeners stop
+accepting; their established connections live in the connection nursery, which no
+reload touches, and finish on the snapshot their current request began with.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import socket
+from collections.abc import Callable, Sequence
+from typing import TextIO
+
+import trio
+
+from sidecar.admin import AdminState, serve_admin
+from sidecar.config.loader import FileStamp, load_snapshot
+from sidecar.config.model import ListenerKey, Snapshot
+from sidecar.config.store import SnapshotStore
+from sidecar.errors import ConfigError
+from sidecar.http.proxy import ProxyContext, serve_http1
+from sidecar.observe.accesslog import AccessLog
+from sidecar.observe.metrics import Metrics
+from sidecar.transport.listen import accept_loop, open_listener
+from sidecar.upstream.cluster import ClusterManager
+
+log = logging.getLogger("weft.edge")
+
+BindHook = Callable[[ListenerKey], tuple[str, int]]
+
+
+class EdgeServer:
+    def __init__(
+        self,
+        paths: Sequence[str],
+        *,
+        gateway_class: str = "weft",
+        admin_address: str = "127.0.0.1",
+        admin_port: int = 15000,
+        access_log: TextIO | None = None,
+        bind: BindHook | None = None,
+        watch_interval_s: float = 1.0,
+    ) -> None:
+        self.paths = list(paths)
+        self.gateway_class = gateway_class
+        self.admin_address = admin_address
+        self.admin_port = admin_port
+        self.bind: BindHook = bind or (lambda key: (key.address, key.port))
+        self.watch_interval_s = watch_interval_s
+        self.metrics = Metrics()
+        self.access_log = AccessLog(access_log)
+        self.clusters = ClusterManager()
+        self.store: SnapshotStore | None = None
+        self.listeners: dict[ListenerKey, tuple[trio.CancelScope, int]] = {}
+        self.admin_bound_port = 0
+        self.draining = False
+        self.last_error: str = ""
+        self._version = 0
+        self._stamp = FileStamp(())
+        self._changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._ctx: ProxyContext | None = None
+
+    # -- public ---------------------------------------------------------------------------
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self.store.current if self.store else None
+
+    def bound_port(self, address: str, port: int) -> int:
+        """The port actually bound for a configured listener (they differ under a bind hook)."""
+        return self.listeners[ListenerKey(address=address, port=port)][1]
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[EdgeServer] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        self._stamp = FileStamp.of(self.paths)
+        snap = self._load(1)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.store = SnapshotStore(snap)
+            self._ctx = ProxyContext(
+                store=self.store,
+                clusters=self.clusters,
+                metrics=self.metrics,
+                access_log=self.access_log,
+                background=nursery,
+            )
+            self.clusters.sync(snap.clusters, trio.current_time())
+            self._open_listeners(snap)
+            self._start_admin(nursery)
+            self._publish(snap)
+            nursery.start_soon(self.access_log.run)
+            nursery.start_soon(self._watch_files)
+            nursery.start_soon(self._watch_sighup)
+            task_status.started(self)
+        self.clusters.close()
+
+    def reload(self) -> bool:
+        """Load the files again; True when a new snapshot is in force."""
+        try:
+            snap = self._load(self._version + 1)
+            self._open_listeners(snap)
+        except ConfigError as exc:
+            self.last_error = str(exc)
+            self.metrics.inc("weft_config_reload_failures_total")
+            log.error("configuration rejected, keeping version %d: %s", self._version, exc)
+            self._notify()
+            return False
+        assert self.store is not None
+        self.store.swap(snap)
+        self.clusters.sync(snap.clusters, trio.current_time())
+        for key in [k for k in self.listeners if k not in snap.routers]:
+            scope, port = self.listeners.pop(key)
+            scope.cancel()
+            log.info("listener %s:%d closed (established connections continue)", key.address, port)
+        self.last_error = ""
+        self._publish(snap)
+        return True
+
+    async def wait_changed(self) -> None:
+        """Wait until the next successful or failed reload (for tests and tooling)."""
+        await self._changed.wait()
+
+    def drain(self) -> None:
+        self.draining = True
+        for scope, _ in self.listeners.values():
+            scope.cancel()
+        self.listeners.clear()
+
+    # -- internals ------------------------------------------------------------------------
+    def _load(self, version: int) -> Snapshot:
+        snap = load_snapshot(self.paths, version=version, gateway_class=self.gateway_class)
+        for warning in snap.warnings:
+            log.warning("%s", warning)
+        return snap
+
+    def _publish(self, snap: Snapshot) -> None:
+        self._version = snap.version
+        self.metrics.gauges["weft_config_version"] = snap.version
+        log.info(
+            "configuration version %d in force: %d listener port(s), %d cluster(s)",
+            snap.version,
+            len(snap.routers),
+            len(snap.clusters),
+        )
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _open_listeners(self, snap: Snapshot) -> None:
+        """Open sockets for new listeners: all of them or none (ConfigError)."""
+        assert self._nursery is not None and self._ctx is not None
+        opened: list[tuple[ListenerKey, socket.socket]] = []
+        if self.draining:
+            return
+        try:
+            for key in snap.routers:
+                if key in self.listeners:
+                    continue
+                address, port = self.bind(key)
+                try:
+                    opened.append((key, open_listener(address, port)))
+                except OSError as exc:
+                    raise ConfigError(
+                        f"cannot listen on {address}:{port}: {exc.strerror}",
+                        source=f"listener {key.address}:{key.port}",
+                    ) from None
+        except ConfigError:
+            for _, sock in opened:
+                sock.close()
+            raise
+        for key, sock in opened:
+            scope = trio.CancelScope()
+            bound = sock.getsockname()[1]
+            self.listeners[key] = (scope, bound)
+            handler = functools.partial(serve_http1, self._ctx, key)
+            self._nursery.start_soon(_scoped, scope, accept_loop, sock, handler, self._nursery)
+            log.info("listening on %s:%d", sock.getsockname()[0], bound)
+
+    def _start_admin(self, nursery: trio.Nursery) -> None:
+        state = AdminState(
+            snapshot=lambda: self.snapshot,
+            metrics=self.metrics,
+            drain=self.drain,
+            ready=lambda: self.store is not None and not self.draining,
+        )
+        try:
+            sock = open_listener(self.admin_address, self.admin_port)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {self.admin_address}:{self.admin_port}: {exc.strerror}",
+                source="admin",
+            ) from None
+        self.admin_bound_port = sock.getsockname()[1]
+        handler = functools.partial(serve_admin, state)
+        nursery.start_soon(accept_loop, sock, handler, nursery)
+
+    async def _watch_files(self) -> None:
+        if self.watch_interval_s <= 0:
+            return
+        while True:
+            await trio.sleep(self.watch_interval_s)
+            stamp = FileStamp.of(self.paths)
+            if stamp != self._stamp:
+                self._stamp = stamp
+                log.info("configuration files changed; reloading")
+                self.reload()
+
+    async def _watch_sighup(self) -> None:
+        try:
+            receiver = trio.open_signal_receiver(signal.SIGHUP)
+        except (RuntimeError, ValueError):  # not the main thread: no signal delivery
+            return
+        with receiver as signals:
+            async for _ in signals:
+                log.info("SIGHUP: reloading configuration")
+                self._stamp = FileStamp.of(self.paths)
+                self.reload()
+
+
+async def _scoped(scope: trio.CancelScope, fn: Callable[..., object], *args: object) -> None:
+    with scope:
+        await fn(*args)  # type: ignore[misc]
