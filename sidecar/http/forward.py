@@ -74,8 +74,7 @@ async def exchange(
     next_event: NextEvent,
     on_response: ResponseHook,
     outcome: Outcome,
-    now: Callable[[], float],
-    on_body_progress: Callable[[], None],
+    now: float,
 ) -> None:
     """Forward one request; fills `outcome`. Raises UpstreamError before the response starts."""
     outcome.upstream = endpoint_key
@@ -88,7 +87,7 @@ async def exchange(
     if body_done and chunked_up:
         out += last_chunk(trailers)
     replayable = body_done
-    conn = pool.take(now(), spec.idle_timeout_s)
+    conn = pool.take(now, spec.idle_timeout_s)
     reused = conn is not None
     attempts = 0
     while True:
@@ -98,9 +97,7 @@ async def exchange(
         try:
             await _send_request(conn, out, head, body_done, chunked_up, next_event, outcome)
             outcome.request_complete = True
-            keep_upstream = await _relay_response(
-                conn, downstream, head, on_response, outcome, on_body_progress
-            )
+            keep_upstream = await _relay_response(conn, downstream, head, on_response, outcome)
         except (ConnectionLost, UpstreamClosed) as exc:
             conn.close()
             conn = None
@@ -114,7 +111,7 @@ async def exchange(
             conn.close()
             raise
         if keep_upstream and outcome.request_complete:
-            pool.give(conn, now())
+            pool.give(conn, trio.current_time())
         else:
             conn.close()
         return
@@ -156,10 +153,12 @@ async def _relay_response(
     head: RequestHead,
     on_response: ResponseHook,
     outcome: Outcome,
-    on_body_progress: Callable[[], None],
 ) -> bool:
     """Stream the response; returns whether the upstream connection may be reused."""
-    parser = ResponseParser(head_request=head.method == "HEAD")
+    parser = conn.proto
+    if not isinstance(parser, ResponseParser):
+        parser = conn.proto = ResponseParser()
+    parser.start(head_request=head.method == "HEAD")
     events = parser.events
     chunked_down = False
     keep_upstream = True
@@ -211,7 +210,6 @@ async def _relay_response(
             except ConnectionLost:
                 outcome.downstream_keep_alive = False
                 return False
-            on_body_progress()
         if finished:
             return keep_upstream and parser.done
 

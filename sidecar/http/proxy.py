@@ -11,7 +11,6 @@ every read or write that makes progress; a connection that stalls is closed.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import re
 import time
@@ -39,6 +38,7 @@ from sidecar.protocol.http1 import (
     simple_response,
     strip_hop_by_hop,
 )
+from sidecar.transport.idle import IdleTracker, Tracked
 from sidecar.transport.io import Conn, ConnectionLost, connect_tcp
 from sidecar.upstream.cluster import ClusterManager
 
@@ -63,13 +63,15 @@ class ProxyContext:
     metrics: Metrics
     access_log: AccessLog
     background: trio.Nursery
+    idle: IdleTracker
     service: str = "edge"
     direction: str = "edge"
     rng: random.Random = field(default_factory=random.Random)
 
 
-def _request_id() -> str:
-    h = os.urandom(16).hex()
+def _request_id(rng: random.Random) -> str:
+    """A UUIDv4-shaped request id; ids need uniqueness, not secrecy (rng is seeded from os)."""
+    h = f"{rng.getrandbits(128):032x}"
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
 
 
@@ -93,29 +95,35 @@ async def serve_http1(ctx: ProxyContext, listener: ListenerKey, conn: Conn) -> N
     parser = RequestParser(max_header_bytes=limits.max_header_bytes, max_headers=limits.max_headers)
     events = parser.events
     peer = conn.peer[0] if conn.peer else "-"
-    with trio.CancelScope() as scope:
-        handler = _Connection(ctx, listener, conn, parser, scope, peer)
-        try:
+    scope = trio.CancelScope()
+    tracked = Tracked(
+        activity=lambda: conn.activity,
+        in_head=lambda: parser.partial_head,
+        cancel=scope.cancel,
+    )
+    ctx.idle.add(tracked, trio.current_time())
+    handler = _Connection(ctx, listener, conn, parser, peer)
+    try:
+        with scope:
             while True:
-                scope.deadline = trio.current_time() + limits.idle_timeout_s
                 while not events:
                     data = await conn.recv()
                     if not data:
                         return
-                    scope.deadline = trio.current_time() + limits.header_timeout_s
                     parser.feed(data)
                 ev = events.popleft()
                 if not isinstance(ev, RequestHead):  # cannot happen: bodies are consumed
                     return
                 if not await handler.handle(ev):
                     return
-        except ProtocolError as exc:
-            await _best_effort(conn, simple_response(exc.status, f"{exc}\n".encode(), close=True))
-        except (ConnectionLost, DownstreamClosed):
-            pass
-        finally:
-            conn.close()
-    if scope.cancelled_caught and not conn.closed:
+        if scope.cancelled_caught and parser.partial_head:
+            await _best_effort(conn, simple_response(408, b"request timeout\n", close=True))
+    except ProtocolError as exc:
+        await _best_effort(conn, simple_response(exc.status, f"{exc}\n".encode(), close=True))
+    except (ConnectionLost, DownstreamClosed):
+        pass
+    finally:
+        ctx.idle.discard(tracked)
         conn.close()
 
 
@@ -128,22 +136,15 @@ async def _best_effort(conn: Conn, data: bytes | bytearray) -> None:
 class _Connection:
     """Per-connection request handling; one instance per downstream connection."""
 
-    __slots__ = ("conn", "ctx", "listener", "parser", "peer", "scope")
+    __slots__ = ("conn", "ctx", "listener", "parser", "peer")
 
     def __init__(
-        self,
-        ctx: ProxyContext,
-        listener: ListenerKey,
-        conn: Conn,
-        parser: RequestParser,
-        scope: trio.CancelScope,
-        peer: str,
+        self, ctx: ProxyContext, listener: ListenerKey, conn: Conn, parser: RequestParser, peer: str
     ) -> None:
         self.ctx = ctx
         self.listener = listener
         self.conn = conn
         self.parser = parser
-        self.scope = scope
         self.peer = peer
 
     # -- body plumbing ------------------------------------------------------------------
@@ -156,15 +157,11 @@ class _Connection:
                 raise DownstreamClosed(str(exc)) from None
             if not data:
                 raise DownstreamClosed("client closed the connection mid-request")
-            self.touch()
             self.parser.feed(data)
         ev = events.popleft()
         if not isinstance(ev, bytes | End):  # the parser emits a head only after an End
             raise ProtocolError("request ended without its body")
         return ev
-
-    def touch(self) -> None:
-        self.scope.deadline = trio.current_time() + self.ctx.store.current.limits.idle_timeout_s
 
     def buffered_body(self) -> tuple[list[bytes], bool, list[tuple[bytes, bytes]] | None]:
         """Body pieces already parsed, whether the body is complete, and its trailers."""
@@ -277,13 +274,13 @@ class _Connection:
                 outcome.status = 503
                 detail = "no_healthy_upstream"
                 return await self.local_reply(head, 503, b"no healthy upstream\n")
-            timeout = _timeout(action)
             if head.expect_continue and head.has_body:
                 await self.conn.send_all(_CONTINUE)
             first, done, trailers = self.buffered_body()
+            timeout_scope = trio.CancelScope(deadline=start + _timeout(action))
             stats.pending += 1
             try:
-                with trio.move_on_after(timeout) as timeout_scope:
+                with timeout_scope:
                     await exchange(
                         downstream=self.conn,
                         cluster=cluster,
@@ -297,14 +294,14 @@ class _Connection:
                         body_done=done,
                         trailers=trailers,
                         next_event=self.next_event,
-                        on_response=_response_hook(head, action, backend, request_id),
+                        on_response=_response_hook(action, backend),
                         outcome=outcome,
-                        now=trio.current_time,
-                        on_body_progress=self.touch,
+                        now=start,
                     )
             finally:
                 stats.pending -= 1
-            stats.observe(trio.current_time() - start, trio.current_time())
+            end = trio.current_time()
+            stats.observe(end - start, end)
             if timeout_scope.cancelled_caught:
                 detail = "upstream_timeout"
                 if outcome.response_started:
@@ -390,7 +387,7 @@ class _Connection:
                 continue
             out.append((name, value))
         if not request_id:
-            request_id = _request_id()
+            request_id = _request_id(self.ctx.rng)
             out.append((b"x-request-id", request_id.encode()))
         peer = self.peer.encode()
         out.append((b"x-forwarded-for", xff + b", " + peer if xff else peer))
@@ -477,8 +474,11 @@ def _pick_backend(action: RouteAction, rng: random.Random) -> Backend | None:
 
 
 def _response_hook(
-    head: RequestHead, action: RouteAction, backend: Backend, request_id: str
+    action: RouteAction, backend: Backend
 ) -> Callable[[ResponseHead], list[tuple[bytes, bytes]]]:
+    if action.response_headers is None and backend.response_headers is None:
+        return _plain_headers
+
     def hook(resp: ResponseHead) -> list[tuple[bytes, bytes]]:
         headers = resp.headers
         if action.response_headers is not None:
@@ -488,6 +488,10 @@ def _response_hook(
         return headers
 
     return hook
+
+
+def _plain_headers(resp: ResponseHead) -> list[tuple[bytes, bytes]]:
+    return resp.headers
 
 
 def _header_lookup(headers: list[tuple[bytes, bytes]]) -> Callable[[], Mapping[str, str]]:

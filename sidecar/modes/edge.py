@@ -26,6 +26,7 @@ from sidecar.errors import ConfigError
 from sidecar.http.proxy import ProxyContext, serve_http1
 from sidecar.observe.accesslog import AccessLog
 from sidecar.observe.metrics import Metrics
+from sidecar.transport.idle import IdleTracker, run_sweeper
 from sidecar.transport.listen import accept_loop, open_listener
 from sidecar.upstream.cluster import ClusterManager
 
@@ -56,6 +57,7 @@ class EdgeServer:
         self.access_log = AccessLog(access_log)
         self.clusters = ClusterManager()
         self.store: SnapshotStore | None = None
+        self.idle = IdleTracker(idle_timeout_s=300.0, header_timeout_s=30.0)
         self.listeners: dict[ListenerKey, tuple[trio.CancelScope, int]] = {}
         self.admin_bound_port = 0
         self.draining = False
@@ -83,18 +85,24 @@ class EdgeServer:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self.store = SnapshotStore(snap)
+            self.idle = IdleTracker(
+                idle_timeout_s=snap.limits.idle_timeout_s,
+                header_timeout_s=snap.limits.header_timeout_s,
+            )
             self._ctx = ProxyContext(
                 store=self.store,
                 clusters=self.clusters,
                 metrics=self.metrics,
                 access_log=self.access_log,
                 background=nursery,
+                idle=self.idle,
             )
             self.clusters.sync(snap.clusters, trio.current_time())
             self._open_listeners(snap)
             self._start_admin(nursery)
             self._publish(snap)
             nursery.start_soon(self.access_log.run)
+            nursery.start_soon(run_sweeper, self.idle)
             nursery.start_soon(self._watch_files)
             nursery.start_soon(self._watch_sighup)
             task_status.started(self)
@@ -113,6 +121,8 @@ class EdgeServer:
             return False
         assert self.store is not None
         self.store.swap(snap)
+        self.idle.idle_timeout_s = snap.limits.idle_timeout_s
+        self.idle.header_timeout_s = snap.limits.header_timeout_s
         self.clusters.sync(snap.clusters, trio.current_time())
         for key in [k for k in self.listeners if k not in snap.routers]:
             scope, port = self.listeners.pop(key)

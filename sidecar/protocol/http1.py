@@ -108,7 +108,8 @@ class _Base:
         self._headers: list[tuple[bytes, bytes]] = []
         self._trailers: list[tuple[bytes, bytes]] | None = None
         self._in_head = True
-        self._head_bytes = 0
+        self._head_bytes = 0  # exact size of the head so far (callbacks)
+        self._pending = 0  # raw bytes fed since the last head completed (backstop)
         self._error: ProtocolError | None = None
         self._content_length: int | None = None
         self._chunked = False
@@ -162,6 +163,8 @@ class _Base:
     def on_message_complete(self) -> None:
         self.events.append(End(self._trailers) if self._trailers else END)
         self._head_bytes = 0
+        self._pending = 0
+        self._in_head = True
 
     _interesting: frozenset[bytes] = frozenset()
 
@@ -221,6 +224,7 @@ class RequestParser(_Base):
             head.expect_continue = version == "1.1"
         head.upgrade = special.get(b"upgrade")
         self._in_head = False
+        self._pending = 0
         self.events.append(head)
 
     def feed(self, data: bytes) -> None:
@@ -229,12 +233,14 @@ class RequestParser(_Base):
             data = self._feed_raw(data)
             if not data:
                 return
-        if self._in_head:
-            self._head_bytes += len(data)
-            if self._head_bytes > self.max_header_bytes + 16384:
-                raise ProtocolError("request header fields too large", status=431)
         try:
             self._parser.feed_data(data)
+            if self._in_head:
+                # A head llhttp is still buffering (one endless line) never reaches the
+                # callbacks; bound it by raw bytes, allowing for one read of slack.
+                self._pending += len(data)
+                if self._pending > self.max_header_bytes + 65536:
+                    raise ProtocolError("request header fields too large", status=431)
         except httptools.HttpParserUpgrade as exc:
             self._after_upgrade(data, int(exc.args[0]))
         except (httptools.HttpParserError, ValueError) as exc:
@@ -272,20 +278,28 @@ class RequestParser(_Base):
         return data[n:]
 
     @property
-    def in_head(self) -> bool:
-        """True between messages or while a head is incomplete."""
-        return self._in_head
+    def partial_head(self) -> bool:
+        """True while a request head has begun to arrive but is not complete."""
+        return self._in_head and (self._pending > 0 or self._head_bytes > 0)
 
 
 class ResponseParser(_Base):
     """Parses one response (plus any 1xx before it) from an upstream connection."""
 
-    def __init__(
-        self, *, head_request: bool = False, max_header_bytes: int = 65536, max_headers: int = 200
-    ) -> None:
+    def __init__(self, *, max_header_bytes: int = 65536, max_headers: int = 200) -> None:
         super().__init__(max_header_bytes, max_headers)
         self._parser = httptools.HttpResponseParser(self)
         self._reason = b""
+        self._head_request = False
+        self._done = False
+        self._interim = False
+        self.close_delimited = False
+
+    def start(self, *, head_request: bool) -> None:
+        """Prepare for the next response on the same connection."""
+        if self._head_request:  # llhttp still expects the HEAD response's body: start anew
+            self._parser = httptools.HttpResponseParser(self)
+        self.events.clear()
         self._head_request = head_request
         self._done = False
         self._interim = False

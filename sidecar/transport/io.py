@@ -34,19 +34,22 @@ class ConnectionLost(Exception):
 class Conn:
     """A connected non-blocking socket."""
 
-    __slots__ = ("closed", "peer", "sock")
+    __slots__ = ("activity", "closed", "peer", "proto", "sock")
 
     def __init__(self, sock: socket.socket, peer: tuple[str, int] | None = None) -> None:
         sock.setblocking(False)
         self.sock = sock
         self.peer = peer
         self.closed = False
+        self.activity = 0  # reads and writes so far; the idle sweeper watches it
+        self.proto: object = None  # protocol state kept with the connection (pooled parsers)
 
     async def recv(self, size: int = RECV_SIZE) -> bytes:
         """Wait for bytes; b"" at end of stream. Raises ConnectionLost on reset."""
         sock = self.sock
         while True:
             await trio.lowlevel.wait_readable(sock)
+            self.activity += 1
             try:
                 return sock.recv(size)
             except BlockingIOError:
@@ -58,6 +61,7 @@ class Conn:
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         sock = self.sock
+        self.activity += 1
         try:
             sent = sock.send(data)
         except BlockingIOError:
@@ -69,6 +73,7 @@ class Conn:
         view = memoryview(data)[sent:]
         while view:
             await trio.lowlevel.wait_writable(sock)
+            self.activity += 1
             try:
                 sent = sock.send(view)
             except BlockingIOError:

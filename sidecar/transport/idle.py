@@ -1,0 +1,71 @@
+"""Idle and header timeouts for many connections without a timer per request.
+
+Theory of operation. Moving a trio cancel scope's deadline re-sorts trio's deadline heap
+and costs more than the rest of a small request's bookkeeping, so connections do not
+move deadlines. Each `Conn` counts its reads and writes; one sweeper task looks at every
+tracked connection a few times per timeout, and a connection whose count did not change
+for longer than its limit is cancelled. The limit is the header timeout while a request
+head is incomplete and the idle timeout otherwise; expiry is detected within one sweep
+interval of the limit, which is the precision such timeouts need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+
+@dataclass(slots=True, eq=False)
+class Tracked:
+    """One connection under watch. `activity` is the connection's I/O counter."""
+
+    activity: Callable[[], int]
+    in_head: Callable[[], bool]
+    cancel: Callable[[], None]
+    seen: int = -1
+    quiet_since: float = 0.0
+
+
+@dataclass(slots=True)
+class IdleTracker:
+    """Pure core: decides which connections are past their limits at `now`."""
+
+    idle_timeout_s: float
+    header_timeout_s: float
+    tracked: set[Tracked] = field(default_factory=set)
+
+    def add(self, t: Tracked, now: float) -> None:
+        t.seen = t.activity()
+        t.quiet_since = now
+        self.tracked.add(t)
+
+    def discard(self, t: Tracked) -> None:
+        self.tracked.discard(t)
+
+    def expired(self, now: float) -> list[Tracked]:
+        out = []
+        for t in self.tracked:
+            count = t.activity()
+            if count != t.seen:
+                t.seen = count
+                t.quiet_since = now
+                continue
+            limit = self.header_timeout_s if t.in_head() else self.idle_timeout_s
+            if now - t.quiet_since >= limit:
+                out.append(t)
+        return out
+
+    @property
+    def interval_s(self) -> float:
+        return max(0.05, min(self.idle_timeout_s, self.header_timeout_s) / 4)
+
+
+async def run_sweeper(tracker: IdleTracker) -> None:
+    """The I/O shell: sweep forever, cancelling what expired."""
+    while True:
+        await trio.sleep(tracker.interval_s)
+        for t in tracker.expired(trio.current_time()):
+            tracker.discard(t)
+            t.cancel()
