@@ -14,6 +14,7 @@ from sidecar.errors import ConfigError
 
 
 def _edge(args: argparse.Namespace) -> int:
+    from sidecar.config.model import Limits
     from sidecar.modes.edge import EdgeServer
 
     sink = None
@@ -21,8 +22,15 @@ def _edge(args: argparse.Namespace) -> int:
         sink = sys.stdout
     elif args.access_log != "off":
         sink = open(args.access_log, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+    limits = Limits(
+        max_header_bytes=args.max_header_bytes,
+        max_request_body_bytes=args.max_request_body_bytes,
+        idle_timeout_s=args.idle_timeout,
+        header_timeout_s=args.header_timeout,
+    )
     server = EdgeServer(
         args.file,
+        limits=limits,
         gateway_class=args.gateway_class,
         admin_address=args.admin_address,
         admin_port=args.admin_port,
@@ -70,6 +78,32 @@ def build_parser() -> argparse.ArgumentParser:
         default="-",
         metavar="PATH|-|off",
         help="where JSON access log lines go (default: standard output)",
+    )
+    edge.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=65536,
+        help="request line plus headers larger than this get 431",
+    )
+    edge.add_argument(
+        "--max-request-body-bytes",
+        type=int,
+        default=0,
+        help="request bodies larger than this get 413 (0: no limit; bodies stream)",
+    )
+    edge.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="close a downstream connection with no I/O for this long",
+    )
+    edge.add_argument(
+        "--header-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="close a connection whose request head takes longer than this",
     )
     edge.set_defaults(func=_edge)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from sidecar.config.compile import compile_snapshot
-from sidecar.config.model import Snapshot
+from sidecar.config.model import Limits, Snapshot
 from sidecar.config.parse import load_documents
 from sidecar.errors import ConfigError
 
@@ -49,12 +49,14 @@ def read_documents(files: Sequence[Path]) -> list[tuple[object, str]]:
     return docs
 
 
-def load_snapshot(paths: Sequence[str], *, version: int, gateway_class: str) -> Snapshot:
+def load_snapshot(
+    paths: Sequence[str], *, version: int, gateway_class: str, limits: Limits | None = None
+) -> Snapshot:
     files = expand(paths)
     if not files:
         raise ConfigError("no configuration files found", source=", ".join(paths))
     resources = load_documents(read_documents(files))
-    snap = compile_snapshot(resources, version=version, gateway_class=gateway_class)
+    snap = compile_snapshot(resources, version=version, gateway_class=gateway_class, limits=limits)
     return Snapshot(
         version=snap.version,
         routers=snap.routers,

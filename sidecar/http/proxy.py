@@ -92,7 +92,11 @@ def remove_dot_segments(path: str) -> str:
 async def serve_http1(ctx: ProxyContext, listener: ListenerKey, conn: Conn) -> None:
     """Serve one downstream connection until it closes, errs or idles out."""
     limits = ctx.store.current.limits
-    parser = RequestParser(max_header_bytes=limits.max_header_bytes, max_headers=limits.max_headers)
+    parser = RequestParser(
+        max_header_bytes=limits.max_header_bytes,
+        max_headers=limits.max_headers,
+        max_body_bytes=limits.max_request_body_bytes,
+    )
     events = parser.events
     peer = conn.peer[0] if conn.peer else "-"
     scope = trio.CancelScope()
@@ -311,6 +315,12 @@ class _Connection:
             if not outcome.request_complete:
                 return False
             return outcome.downstream_keep_alive and head.keep_alive
+        except ProtocolError as exc:  # the client broke framing or a limit mid-body
+            detail = "downstream_protocol_error"
+            if outcome.response_started:
+                return False
+            outcome.status = exc.status
+            raise
         except UpstreamError as exc:
             detail = type(exc).__name__
             if outcome.response_started:

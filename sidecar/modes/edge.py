@@ -20,7 +20,7 @@ import trio
 
 from sidecar.admin import AdminState, serve_admin
 from sidecar.config.loader import FileStamp, load_snapshot
-from sidecar.config.model import ListenerKey, Snapshot
+from sidecar.config.model import Limits, ListenerKey, Snapshot
 from sidecar.config.store import SnapshotStore
 from sidecar.errors import ConfigError
 from sidecar.http.proxy import ProxyContext, serve_http1
@@ -46,7 +46,9 @@ class EdgeServer:
         access_log: TextIO | None = None,
         bind: BindHook | None = None,
         watch_interval_s: float = 1.0,
+        limits: Limits | None = None,
     ) -> None:
+        self.limits = limits or Limits()
         self.paths = list(paths)
         self.gateway_class = gateway_class
         self.admin_address = admin_address
@@ -144,7 +146,9 @@ class EdgeServer:
 
     # -- internals ------------------------------------------------------------------------
     def _load(self, version: int) -> Snapshot:
-        snap = load_snapshot(self.paths, version=version, gateway_class=self.gateway_class)
+        snap = load_snapshot(
+            self.paths, version=version, gateway_class=self.gateway_class, limits=self.limits
+        )
         for warning in snap.warnings:
             log.warning("%s", warning)
         return snap

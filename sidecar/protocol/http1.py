@@ -178,8 +178,12 @@ class RequestParser(_Base):
 
     _interesting = frozenset({b"host", b"expect", b"upgrade"})
 
-    def __init__(self, *, max_header_bytes: int = 65536, max_headers: int = 100) -> None:
+    def __init__(
+        self, *, max_header_bytes: int = 65536, max_headers: int = 100, max_body_bytes: int = 0
+    ) -> None:
         super().__init__(max_header_bytes, max_headers)
+        self.max_body_bytes = max_body_bytes  # 0: unlimited
+        self._body_bytes = 0
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._raw_remaining = 0  # body bytes of an ignored Upgrade, framed by us
@@ -223,9 +227,22 @@ class RequestParser(_Base):
                 self._fail(ProtocolError("unsupported Expect", status=417))
             head.expect_continue = version == "1.1"
         head.upgrade = special.get(b"upgrade")
+        limit = self.max_body_bytes
+        if limit and head.content_length is not None and head.content_length > limit:
+            self._fail(ProtocolError(f"request body over {limit} bytes", status=413))
+        self._body_bytes = 0
         self._in_head = False
         self._pending = 0
         self.events.append(head)
+
+    def on_body(self, body: bytes) -> None:
+        if self.max_body_bytes:
+            self._body_bytes += len(body)
+            if self._body_bytes > self.max_body_bytes:
+                limit = self.max_body_bytes
+                self._fail(ProtocolError(f"request body over {limit} bytes", status=413))
+        if body:
+            self.events.append(body)
 
     def feed(self, data: bytes) -> None:
         """Parse `data`; raises ProtocolError (status to answer with) on bad input."""

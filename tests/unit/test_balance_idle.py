@@ -1,0 +1,68 @@
+"""Balancers and the idle tracker: pure cores with injected time and randomness."""
+
+from __future__ import annotations
+
+import random
+
+from sidecar.config.model import Endpoint
+from sidecar.transport.idle import IdleTracker, Tracked
+from sidecar.upstream.balance import EndpointStats, LeastRequest, PeakEwma, RoundRobin
+
+
+def _stats(n: int) -> list[EndpointStats]:
+    return [EndpointStats(Endpoint(address="10.0.0.1", port=i + 1), now=0.0) for i in range(n)]
+
+
+def test_peak_ewma_avoids_a_slow_endpoint_then_forgives_it() -> None:
+    stats = _stats(2)
+    rng = random.Random(1)
+    stats[0].observe(0.5, now=1.0)  # one slow answer: the peak is taken at once
+    stats[1].observe(0.001, now=1.0)
+    picks = [PeakEwma().pick(stats, rng, now=1.0) for _ in range(100)]
+    assert all(p is stats[1] for p in picks)
+    # A minute later its estimate has decayed below what the other endpoint now shows.
+    stats[1].observe(0.01, now=61.0)
+    assert PeakEwma().pick(stats, rng, now=61.0) is stats[0]
+
+
+def test_least_request_prefers_fewer_pending() -> None:
+    stats = _stats(2)
+    stats[0].pending = 5
+    rng = random.Random(2)
+    assert all(LeastRequest().pick(stats, rng, 0.0) is stats[1] for _ in range(50))
+
+
+def test_round_robin_cycles() -> None:
+    stats = _stats(3)
+    rr = RoundRobin()
+    got = [rr.pick(stats, random.Random(0), 0.0).endpoint.port for _ in range(6)]
+    assert got == [1, 2, 3, 1, 2, 3]
+
+
+def test_p2c_spreads_evenly_over_equal_endpoints() -> None:
+    stats = _stats(4)
+    rng = random.Random(3)
+    counts = {s.endpoint.port: 0 for s in stats}
+    for _ in range(4000):
+        counts[PeakEwma().pick(stats, rng, 0.0).endpoint.port] += 1
+    assert all(800 < c < 1200 for c in counts.values())
+
+
+def test_idle_tracker_uses_header_limit_only_mid_head() -> None:
+    tracker = IdleTracker(idle_timeout_s=60.0, header_timeout_s=5.0)
+    state = {"n": 0, "head": False}
+    cancelled: list[str] = []
+    t = Tracked(
+        activity=lambda: state["n"],
+        in_head=lambda: state["head"],
+        cancel=lambda: cancelled.append("x"),
+    )
+    tracker.add(t, now=0.0)
+    assert tracker.expired(10.0) == []  # idle between requests: the 60 s limit applies
+    state["head"] = True
+    state["n"] += 1
+    assert tracker.expired(11.0) == []  # progress seen: the clock restarts at 11
+    assert tracker.expired(15.5) == []
+    assert tracker.expired(16.0) == [t]
+    state["head"] = False
+    assert tracker.expired(71.0) == [t]

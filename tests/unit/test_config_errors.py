@@ -1,0 +1,129 @@
+"""Every invalid document is refused with a message naming file, document and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sidecar.config.loader import load_snapshot
+from sidecar.errors import ConfigError
+
+GOOD = """apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge}
+spec:
+  listeners: [{name: http, port: 18080, protocol: HTTP}]
+"""
+
+CASES = {
+    "unknown kind": ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n", "unknown kind 'Pod'"),
+    "unknown field": (
+        GOOD.replace("protocol: HTTP}", "protocol: HTTP, colour: red}"),
+        "spec.listeners[0].colour: unknown field",
+    ),
+    "bad port": (
+        GOOD.replace("18080", "70000"),
+        "spec.listeners[0].port: must be between 1 and 65535",
+    ),
+    "missing name": (GOOD.replace("{name: edge}", "{}"), "metadata.name: is required"),
+    "bad path match": (
+        GOOD
+        + """---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r}
+spec:
+  parentRefs: [{name: edge}]
+  rules: [{matches: [{path: {type: PathPrefix, value: "no-slash"}}]}]
+""",
+        "document 2 (HTTPRoute default/r): spec.rules[0].matches[0].path.value",
+    ),
+    "bad regex": (
+        GOOD
+        + """---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r}
+spec:
+  parentRefs: [{name: edge}]
+  rules: [{matches: [{path: {type: RegularExpression, value: "(["}}]}]
+""",
+        "invalid regular expression",
+    ),
+    "duplicate key": ("apiVersion: v1\napiVersion: v1\n", "duplicate key 'apiVersion'"),
+    "invalid yaml": ("kind: [unclosed\n", "invalid YAML at line"),
+    "duplicate resource": (GOOD + "---\n" + GOOD, "duplicate Gateway default/edge"),
+    "bad weight": (
+        GOOD
+        + """---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r}
+spec:
+  parentRefs: [{name: edge}]
+  rules: [{backendRefs: [{name: s, port: 80, weight: -1}]}]
+""",
+        "spec.rules[0].backendRefs[0].weight: must be between 0 and 1000000",
+    ),
+    "redirect with backends": (
+        GOOD
+        + """---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r}
+spec:
+  parentRefs: [{name: edge}]
+  rules:
+  - filters: [{type: RequestRedirect, requestRedirect: {statusCode: 302}}]
+    backendRefs: [{name: s, port: 80}]
+""",
+        "RequestRedirect cannot be combined with backendRefs",
+    ),
+}
+
+
+@pytest.mark.parametrize(("text", "message"), CASES.values(), ids=CASES.keys())
+def test_invalid_config_names_file_document_and_field(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    f = tmp_path / "gw.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_snapshot([str(f)], version=1, gateway_class="weft")
+    assert str(f) in str(err.value)
+    assert message in str(err.value)
+
+
+def test_the_issue_example_loads(tmp_path: Path) -> None:
+    f = tmp_path / "gw.yaml"
+    f.write_text(
+        GOOD
+        + """---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: shop}
+spec:
+  parentRefs: [{name: edge}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /api}}]
+    backendRefs: [{name: api, port: 80}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {name: api}
+spec:
+  ports: [{port: 80, protocol: HTTP}]
+  endpoints: [{address: 127.0.0.1, port: 18081}]
+"""
+    )
+    snap = load_snapshot([str(f)], version=1, gateway_class="weft")
+    assert list(snap.clusters) == ["default/api:80"]
+    assert snap.clusters["default/api:80"].endpoints[0].port == 18081
+
+
+def test_other_gateway_classes_are_not_served(tmp_path: Path) -> None:
+    f = tmp_path / "gw.yaml"
+    f.write_text(GOOD.replace("spec:\n", "spec:\n  gatewayClassName: nginx\n"))
+    assert not load_snapshot([str(f)], version=1, gateway_class="weft").routers
+    assert load_snapshot([str(f)], version=1, gateway_class="nginx").routers

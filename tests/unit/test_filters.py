@@ -1,0 +1,78 @@
+"""Path rewriting, redirect targets and header modification (Gateway API semantics)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar.config.model import RedirectAction
+from sidecar.http.filters import HeaderOps, redirect_location, rewrite_path
+from sidecar.http.proxy import remove_dot_segments
+
+
+@pytest.mark.parametrize(
+    ("path", "prefix", "value", "want"),
+    [
+        ("/prefix/one/two", "/prefix/one", "/one", "/one/two"),
+        ("/strip-prefix/three", "/strip-prefix", "/", "/three"),
+        ("/strip-prefix", "/strip-prefix", "/", "/"),
+        ("/strip-prefix/", "/strip-prefix", "/", "/"),
+        ("/a/b", "/", "/x", "/x/a/b"),
+        ("/a/", "/a/", "/b/", "/b/"),
+    ],
+)
+def test_replace_prefix_match(path: str, prefix: str, value: str, want: str) -> None:
+    assert rewrite_path(path, prefix, "ReplacePrefixMatch", value) == want
+
+
+def test_replace_full_path() -> None:
+    assert rewrite_path("/full/one/two", "/full/one", "ReplaceFullPath", "/one") == "/one"
+
+
+def _redirect(**kw: object) -> RedirectAction:
+    base: dict[str, object] = {
+        "scheme": None, "hostname": None, "path_type": None, "path_value": "", "port": None,
+        "status_code": 302,
+    }  # fmt: skip
+    base.update(kw)
+    return RedirectAction(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("redirect", "listener_port", "want"),
+    [
+        (_redirect(hostname="example.org"), 80, "http://example.org/p?q=1"),
+        (_redirect(hostname="example.org"), 8080, "http://example.org:8080/p?q=1"),
+        (_redirect(scheme="https"), 8080, "https://h/p?q=1"),
+        (_redirect(scheme="https", port=8443), 80, "https://h:8443/p?q=1"),
+        (_redirect(port=80), 8080, "http://h/p?q=1"),
+        (_redirect(path_type="ReplaceFullPath", path_value="/x"), 80, "http://h/x?q=1"),
+    ],
+)
+def test_redirect_scheme_and_port_rules(
+    redirect: RedirectAction, listener_port: int, want: str
+) -> None:
+    got = redirect_location(
+        redirect, scheme="http", host="h", listener_port=listener_port, target="/p?q=1",
+        matched_prefix="/",
+    )  # fmt: skip
+    assert got == want
+
+
+def test_header_ops_set_add_remove() -> None:
+    ops = HeaderOps.build(set_=(("X-Set", "new"),), add=(("X-Add", "more"),), remove=("x-gone",))
+    out = ops.apply([(b"x-set", b"old"), (b"X-Add", b"first"), (b"X-Gone", b"1"), (b"Keep", b"k")])
+    assert out == [(b"X-Add", b"first"), (b"Keep", b"k"), (b"X-Set", b"new"), (b"X-Add", b"more")]
+
+
+@pytest.mark.parametrize(
+    ("path", "want"),
+    [
+        ("/a/./b", "/a/b"),
+        ("/a/../b", "/b"),
+        ("/../../x", "/x"),
+        ("/a//b/", "/a/b/"),
+        ("/a/b/..", "/a/"),
+    ],
+)
+def test_dot_segments_are_removed(path: str, want: str) -> None:
+    assert remove_dot_segments(path) == want
