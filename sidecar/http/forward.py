@@ -79,7 +79,7 @@ async def exchange(
     """Forward one request; fills `outcome`. Raises UpstreamError before the response starts."""
     outcome.upstream = endpoint_key
     spec = cluster.spec
-    chunked_up = not body_done or head.chunked
+    chunked_up = head.chunked  # Content-Length bodies pass as they are
     out = bytearray(upstream_head)
     for piece in first_body:
         out += chunk(piece) if chunked_up else piece

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 
 import trio
 
-from sidecar.config.model import Backend, ListenerKey, RouteAction
+from sidecar.config.model import Backend, ListenerKey, RouteAction, Snapshot
 from sidecar.config.store import SnapshotStore
 from sidecar.errors import ProtocolError, UpstreamError
 from sidecar.http.filters import redirect_location, rewritten_target, split_target
@@ -140,7 +140,7 @@ async def _best_effort(conn: Conn, data: bytes | bytearray) -> None:
 class _Connection:
     """Per-connection request handling; one instance per downstream connection."""
 
-    __slots__ = ("conn", "ctx", "listener", "parser", "peer")
+    __slots__ = ("conn", "ctx", "listener", "parser", "peer", "snapshot")
 
     def __init__(
         self, ctx: ProxyContext, listener: ListenerKey, conn: Conn, parser: RequestParser, peer: str
@@ -150,6 +150,7 @@ class _Connection:
         self.conn = conn
         self.parser = parser
         self.peer = peer
+        self.snapshot: Snapshot | None = None  # the last snapshot that had our listener
 
     # -- body plumbing ------------------------------------------------------------------
     async def next_event(self) -> bytes | End:
@@ -208,6 +209,15 @@ class _Connection:
         start_wall = time.time()
         start = trio.current_time()
         snapshot = ctx.store.current
+        router = snapshot.routers.get(self.listener)
+        if router is None and self.snapshot is not None:
+            # Our listener left the configuration: finish on the last snapshot that had it
+            # and close after this response so the client moves to the new listeners.
+            snapshot = self.snapshot
+            router = snapshot.routers.get(self.listener)
+            head.keep_alive = False
+        else:
+            self.snapshot = snapshot
         target = head.target
         authority = head.host
         scheme = "http"
@@ -222,13 +232,12 @@ class _Connection:
             path = remove_dot_segments(path)
             target = f"{path}?{query}" if query else path
         host = normalize_host(authority)
-        router = snapshot.routers.get(self.listener)
         match: CompiledMatch | None = None
         if router is not None:
             match = router.route(
                 host, path, head.method, _header_lookup(head.headers), _query_lookup(query)
             )
-        outcome = Outcome()
+        outcome = Outcome(downstream_keep_alive=head.keep_alive)
         route_label = ""
         peer_label = ""
         detail = ""
@@ -260,7 +269,7 @@ class _Connection:
                 outcome.status = 500
                 detail = "invalid_backend"
                 return await self.local_reply(head, 500, b"no valid backend for this route\n")
-            cluster = ctx.clusters.clusters.get(backend.cluster)
+            cluster = ctx.clusters.get(backend.cluster)
             peer_label = backend.cluster
             stats = cluster.pick(ctx.rng, start) if cluster is not None else None
             if cluster is None or stats is None:
@@ -352,7 +361,8 @@ class _Connection:
                 )
 
     def _listener_port(self, host: str) -> int:
-        router = self.ctx.store.current.routers.get(self.listener)
+        snapshot = self.snapshot or self.ctx.store.current
+        router = snapshot.routers.get(self.listener)
         lst = router.listener_for(host) if router is not None else None
         return lst.port if lst is not None else self.listener.port
 
@@ -432,13 +442,13 @@ class _Connection:
                 continue
             if self.ctx.rng.random() * mirror.denominator >= mirror.numerator:
                 continue
-            cluster = self.ctx.clusters.clusters.get(mirror.cluster)
+            cluster = self.ctx.clusters.get(mirror.cluster)
             if cluster is not None:
                 self.ctx.background.start_soon(_send_mirror, self.ctx, cluster.spec.name, up_head)
 
 
 async def _send_mirror(ctx: ProxyContext, cluster_name: str, up_head: bytes) -> None:
-    cluster = ctx.clusters.clusters.get(cluster_name)
+    cluster = ctx.clusters.get(cluster_name)
     stats = cluster.pick(ctx.rng, trio.current_time()) if cluster else None
     if cluster is None or stats is None:
         return

@@ -86,15 +86,34 @@ class Cluster:
 
 
 class ClusterManager:
-    """Owns every Cluster; `sync` is called once per snapshot swap."""
+    """Owns every Cluster; `sync` is called once per snapshot swap.
 
-    def __init__(self) -> None:
+    A cluster that leaves the configuration is retired, not closed: connections still
+    draining on an older snapshot can reach it for `retire_after_s`.
+    """
+
+    def __init__(self, retire_after_s: float = 300.0) -> None:
         self.clusters: dict[str, Cluster] = {}
+        self.retired: dict[str, tuple[Cluster, float]] = {}
+        self.retire_after_s = retire_after_s
+
+    def get(self, name: str) -> Cluster | None:
+        cluster = self.clusters.get(name)
+        if cluster is None and name in self.retired:
+            cluster = self.retired[name][0]
+        return cluster
 
     def sync(self, specs: Mapping[str, ClusterSpec], now: float) -> None:
+        for name, (old, since) in list(self.retired.items()):
+            if name in specs or now - since > self.retire_after_s:
+                del self.retired[name]
+                if name not in specs:
+                    old.close()
+                else:
+                    self.clusters.setdefault(name, old)
         for name in list(self.clusters):
             if name not in specs:
-                self.clusters.pop(name).close()
+                self.retired[name] = (self.clusters.pop(name), now)
         for name, spec in specs.items():
             cluster = self.clusters.get(name)
             if cluster is None:
@@ -105,4 +124,7 @@ class ClusterManager:
     def close(self) -> None:
         for cluster in self.clusters.values():
             cluster.close()
+        for cluster, _ in self.retired.values():
+            cluster.close()
         self.clusters.clear()
+        self.retired.clear()

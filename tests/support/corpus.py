@@ -25,6 +25,21 @@ UNSUPPORTED_REASONS = {
 }
 
 
+# The gateway cases not run yet, as listed in docs/conformance.md.
+DEFERRED = frozenset(
+    {
+        "HTTPRouteBackendProtocolH2C/000",
+        "HTTPRouteHTTPSListener/000",
+        "HTTPRouteHTTPSListener/001",
+        *(
+            f"HTTPRouteHTTPSListenerDetectMisdirectedRequests/{i:03d}"
+            for i in (1, 3, 4, 6, 7, 9, 10, 11, 12, 14)
+        ),
+        *(f"HTTPRouteRedirectPortAndScheme/{i:03d}" for i in (9, 11, 13, 14)),
+    }
+)
+
+
 def corpus_files(api: str) -> list[Path]:
     if not CORPUS.is_dir():
         return []

@@ -8,10 +8,21 @@ need to see what a backend received (mirrors).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+
+def _read(rfile: Any, n: int) -> Iterator[bytes]:
+    while n > 0:
+        piece = rfile.read(min(n, 1 << 16))
+        if not piece:
+            return
+        n -= len(piece)
+        yield piece
 
 
 class EchoServer:
@@ -29,9 +40,31 @@ class EchoServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
+            def _body(self) -> tuple[int, str]:
+                digest = hashlib.sha256()
+                total = 0
+                if "chunked" in (self.headers.get("Transfer-Encoding") or ""):
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0], 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b""):
+                                pass
+                            break
+                        for piece in _read(self.rfile, size):
+                            digest.update(piece)
+                            total += len(piece)
+                        self.rfile.readline()
+                else:
+                    for piece in _read(self.rfile, int(self.headers.get("Content-Length") or 0)):
+                        digest.update(piece)
+                        total += len(piece)
+                return total, digest.hexdigest()
+
             def _serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
+                if self.path.startswith("/bytes/"):
+                    self._stream_zeros(int(self.path.split("/")[2]))
+                    return
+                body_length, body_sha256 = self._body()
                 headers: dict[str, list[str]] = {}
                 for k, v in self.headers.items():
                     headers.setdefault(k.lower(), []).append(v)
@@ -42,7 +75,8 @@ class EchoServer:
                     "headers": headers,
                     "namespace": owner.namespace,
                     "pod": owner.name,
-                    "body_length": len(body),
+                    "body_length": body_length,
+                    "body_sha256": body_sha256,
                 }
                 with owner.cond:
                     owner.received.append(info)
@@ -59,6 +93,15 @@ class EchoServer:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(payload)
+
+            def _stream_zeros(self, n: int) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(n))
+                self.end_headers()
+                block = bytes(1 << 16)
+                while n > 0:
+                    self.wfile.write(block[: min(n, len(block))])
+                    n -= len(block)
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _serve
 
