@@ -12,7 +12,8 @@ from sidecar.config.dump import describe
 from sidecar.config.model import Snapshot
 from sidecar.errors import ProtocolError
 from sidecar.observe.metrics import Metrics
-from sidecar.protocol.http1 import End, RequestHead, RequestParser, simple_response
+from sidecar.protocol.http1 import End, RequestHead, RequestParser
+from sidecar.protocol.wire import simple_response
 from sidecar.transport.io import Conn, ConnectionLost
 
 _JSON = [(b"content-type", b"application/json")]

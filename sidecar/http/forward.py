@@ -3,18 +3,17 @@
 Theory of operation. The request head, and as much of the body as the downstream parser
 already holds, go out in one `send`; the rest of the body streams event by event, each
 send completing before the next downstream read (back-pressure both ways, constant
-memory). The response is read in the same way: each upstream read is parsed and the
-resulting bytes go to the downstream in one send before the next upstream read.
+memory). The response is read the same way: each upstream read is parsed and what it
+yields goes downstream in one send before the next upstream read.
 
 A pooled connection can die between two requests. When a reused connection fails before
 any response byte arrived and the whole request is still in memory, the request is
-replayed once on a fresh connection (never a request whose body was partly streamed).
+replayed once on a new connection (never a request whose body was partly streamed).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import trio
 
@@ -22,87 +21,82 @@ from sidecar.errors import (
     ProtocolError,
     UpstreamClosed,
     UpstreamConnectError,
-    UpstreamError,
     UpstreamProtocolError,
 )
-from sidecar.protocol.http1 import (
-    End,
-    RequestHead,
-    ResponseHead,
-    ResponseParser,
+from sidecar.http.filters import HeaderOps
+from sidecar.protocol.http1 import End, RequestHead, ResponseHead, ResponseParser
+from sidecar.protocol.wire import (
     chunk,
+    cut_lines,
     last_chunk,
     reason_phrase,
     serialize_head,
     strip_hop_by_hop,
 )
 from sidecar.transport.io import Conn, ConnectionLost, connect_tcp
-from sidecar.upstream.cluster import Cluster, EndpointPool
+from sidecar.upstream.cluster import EndpointPool
 
 Headers = list[tuple[bytes, bytes]]
-# Produces the next downstream request event (body bytes or End); raises on EOF.
+# Produces the next downstream request event (body bytes or End).
 NextEvent = Callable[[], Awaitable[bytes | End]]
-# Called once with the response head, before any response bytes are written; returns the
-# headers to send downstream.
-ResponseHook = Callable[[ResponseHead], Headers]
 
 
-@dataclass(slots=True)
 class Outcome:
-    status: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    downstream_keep_alive: bool = True
-    request_complete: bool = False
-    response_started: bool = False
-    upstream: str = ""
+    """What happened to one request, for the caller's metrics and log."""
+
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "downstream_keep_alive",
+        "request_complete",
+        "response_started",
+        "status",
+        "upstream",
+    )
+
+    def __init__(self, downstream_keep_alive: bool = True) -> None:
+        self.status = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.downstream_keep_alive = downstream_keep_alive
+        self.request_complete = False
+        self.response_started = False
+        self.upstream = ""
 
 
 async def exchange(
-    *,
     downstream: Conn,
-    cluster: Cluster,
     pool: EndpointPool,
-    endpoint_key: str,
     address: str,
     port: int,
     head: RequestHead,
-    upstream_head: bytes,
-    first_body: list[bytes],
+    request: bytearray,
     body_done: bool,
-    trailers: Headers | None,
     next_event: NextEvent,
-    on_response: ResponseHook,
+    response_ops: tuple[HeaderOps, ...],
     outcome: Outcome,
+    connect_timeout_s: float,
+    idle_timeout_s: float,
     now: float,
 ) -> None:
-    """Forward one request; fills `outcome`. Raises UpstreamError before the response starts."""
-    outcome.upstream = endpoint_key
-    spec = cluster.spec
-    chunked_up = head.chunked  # Content-Length bodies pass as they are
-    out = bytearray(upstream_head)
-    for piece in first_body:
-        out += chunk(piece) if chunked_up else piece
-        outcome.bytes_in += len(piece)
-    if body_done and chunked_up:
-        out += last_chunk(trailers)
-    replayable = body_done
-    conn = pool.take(now, spec.idle_timeout_s)
+    """Forward one request (`request` holds its head and any buffered body) and relay the
+    response. Raises UpstreamError while nothing has been sent downstream."""
+    conn = pool.take(now, idle_timeout_s)
     reused = conn is not None
-    attempts = 0
     while True:
-        attempts += 1
         if conn is None:
-            conn = await _connect(address, port, spec.connect_timeout_s)
+            conn = await _connect(address, port, connect_timeout_s)
         try:
-            await _send_request(conn, out, head, body_done, chunked_up, next_event, outcome)
+            await conn.send_all(request)
+            if not body_done:
+                await _stream_body(conn, head.chunked, next_event, outcome)
             outcome.request_complete = True
-            keep_upstream = await _relay_response(conn, downstream, head, on_response, outcome)
+            keep_upstream = await _relay_response(conn, downstream, head, response_ops, outcome)
         except (ConnectionLost, UpstreamClosed) as exc:
             conn.close()
             conn = None
-            if reused and replayable and not outcome.response_started and attempts == 1:
-                reused = False
+            if reused and body_done and not outcome.response_started:
+                reused = False  # a stale pooled connection: replay once on a new one
                 continue
             if outcome.response_started:
                 raise
@@ -110,7 +104,7 @@ async def exchange(
         except BaseException:
             conn.close()
             raise
-        if keep_upstream and outcome.request_complete:
+        if keep_upstream:
             pool.give(conn, trio.current_time())
         else:
             conn.close()
@@ -126,32 +120,48 @@ async def _connect(address: str, port: int, timeout_s: float) -> Conn:
     raise UpstreamConnectError(f"connect {address}:{port}: timed out after {timeout_s:g}s")
 
 
-async def _send_request(
-    conn: Conn,
-    out: bytearray,
-    head: RequestHead,
-    body_done: bool,
-    chunked_up: bool,
-    next_event: NextEvent,
-    outcome: Outcome,
-) -> None:
-    await conn.send_all(out)
-    if body_done:
-        return
+async def _stream_body(conn: Conn, chunked: bool, next_event: NextEvent, outcome: Outcome) -> None:
     while True:
         ev = await next_event()
         if isinstance(ev, End):
-            await conn.send_all(last_chunk(ev.trailers) if chunked_up else b"")
+            if chunked:
+                await conn.send_all(last_chunk(ev.trailers))
             return
         outcome.bytes_in += len(ev)
-        await conn.send_all(chunk(ev) if chunked_up else ev)
+        await conn.send_all(chunk(ev) if chunked else ev)
+
+
+def response_head(
+    resp: ResponseHead, ops: tuple[HeaderOps, ...], chunked: bool, close: bool
+) -> bytearray:
+    """The downstream response head: the upstream's block minus hop-by-hop lines when no
+    filter touches it, else re-serialized from the parsed fields."""
+    reason = resp.reason or reason_phrase(resp.status)
+    if resp.raw is not None and not ops:
+        cut = resp.cut + resp.connection_named() if resp.connection else resp.cut
+        out = bytearray(b"HTTP/1.1 %d %b\r\n" % (resp.status, reason))
+        out += cut_lines(resp.raw, cut) if cut else resp.raw
+    else:
+        headers = strip_hop_by_hop(resp.headers, resp.connection)
+        for op in ops:
+            headers = op.apply(headers)
+        if resp.content_length is not None:
+            headers.append((b"content-length", b"%d" % resp.content_length))
+        out = serialize_head(b"HTTP/1.1 %d %b\r\n" % (resp.status, reason), headers)
+        del out[-2:]
+    if chunked:
+        out += b"transfer-encoding: chunked\r\n"
+    if close:
+        out += b"connection: close\r\n"
+    out += b"\r\n"
+    return out
 
 
 async def _relay_response(
     conn: Conn,
     downstream: Conn,
     head: RequestHead,
-    on_response: ResponseHook,
+    ops: tuple[HeaderOps, ...],
     outcome: Outcome,
 ) -> bool:
     """Stream the response; returns whether the upstream connection may be reused."""
@@ -162,7 +172,6 @@ async def _relay_response(
     events = parser.events
     chunked_down = False
     keep_upstream = True
-    client_11 = head.version == "1.1"
     while True:
         data = await conn.recv()
         if data:
@@ -170,40 +179,32 @@ async def _relay_response(
                 parser.feed(data)
             except ProtocolError as exc:
                 raise UpstreamProtocolError(str(exc)) from None
-        elif not parser.feed_eof():
-            raise UpstreamClosed("upstream closed before the response was complete")
-        else:
+        elif parser.feed_eof():
             keep_upstream = False
+        else:
+            raise UpstreamClosed("upstream closed before the response was complete")
         out = bytearray()
         finished = False
         while events:
             ev = events.popleft()
-            if isinstance(ev, ResponseHead):
+            if isinstance(ev, bytes):
+                outcome.bytes_out += len(ev)
+                out += chunk(ev) if chunked_down else ev
+            elif isinstance(ev, ResponseHead):
                 keep_upstream = ev.keep_alive
-                headers = on_response(ev)
-                headers = strip_hop_by_hop(headers, ev.connection)
                 bodyless = head.method == "HEAD" or ev.status in (204, 304)
-                if ev.content_length is not None:
-                    headers.append((b"content-length", b"%d" % ev.content_length))
-                elif not bodyless:
-                    if client_11:
+                if ev.content_length is None and not bodyless:
+                    if head.version == "1.1":
                         chunked_down = True
-                        headers.append((b"transfer-encoding", b"chunked"))
                     else:
-                        outcome.downstream_keep_alive = False
-                if not outcome.downstream_keep_alive:
-                    headers.append((b"connection", b"close"))
+                        outcome.downstream_keep_alive = False  # close-delimited for HTTP/1.0
                 outcome.status = ev.status
-                reason = ev.reason or reason_phrase(ev.status)
-                out += serialize_head(b"HTTP/1.1 %d %b\r\n" % (ev.status, reason), headers)
+                out += response_head(ev, ops, chunked_down, not outcome.downstream_keep_alive)
                 outcome.response_started = True
             elif isinstance(ev, End):
                 if chunked_down:
                     out += last_chunk(ev.trailers)
                 finished = True
-            elif isinstance(ev, bytes):
-                outcome.bytes_out += len(ev)
-                out += chunk(ev) if chunked_down else ev
         if out:
             try:
                 await downstream.send_all(out)
@@ -212,6 +213,3 @@ async def _relay_response(
                 return False
         if finished:
             return keep_upstream and parser.done
-
-
-__all__ = ["Outcome", "UpstreamError", "exchange"]

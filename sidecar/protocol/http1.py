@@ -1,10 +1,16 @@
-"""HTTP/1.1 parsing and serialization on httptools (llhttp), sans I/O.
+"""HTTP/1.1 parsing on httptools (llhttp), sans I/O.
 
 Bytes go in through `feed`; heads, body chunks and ends of message come out in `events`.
 llhttp in strict mode already refuses the ambiguous framings request smuggling relies on
 (Content-Length with Transfer-Encoding, duplicate or signed lengths, bad chunk sizes,
 obs-fold, bare CR/LF, control bytes in values); this module adds the rules a proxy must
 enforce on top: limits, HTTP/0.9, Host presence, and Transfer-Encoding on HTTP/1.0.
+
+Theory of operation (the fast path). A head that arrives whole in one `feed` keeps its
+header block as received (`raw`), with the names of the lines a proxy must drop noted in
+`cut`. Forwarding then cuts those few lines out of the block with bytes operations instead
+of re-serializing every field in Python; `headers` (the parsed list) is still there for
+routing and for filters that rewrite fields.
 """
 
 from __future__ import annotations
@@ -15,18 +21,36 @@ import httptools
 
 from sidecar.errors import ProtocolError
 
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"content-length",  # re-framed by us
-    }
-)
+# What on_header does with a field: 0 keep, else the kind below. Keys are lower case.
+_HOST, _LENGTH, _TE, _CONN, _EXPECT, _UPGRADE, _HOP, _XFF, _XFWD, _XRID = range(1, 11)
+_REQUEST_KINDS = {
+    b"host": _HOST,
+    b"content-length": _LENGTH,
+    b"transfer-encoding": _TE,
+    b"connection": _CONN,
+    b"expect": _EXPECT,
+    b"upgrade": _UPGRADE,
+    b"keep-alive": _HOP,
+    b"proxy-connection": _HOP,
+    b"te": _HOP,
+    b"trailer": _HOP,
+    b"x-forwarded-for": _XFF,
+    b"x-forwarded-proto": _XFWD,
+    b"x-forwarded-host": _XFWD,
+    b"x-request-id": _XRID,
+}
+_RESPONSE_KINDS = {
+    b"content-length": _LENGTH,
+    b"transfer-encoding": _TE,
+    b"connection": _CONN,
+    b"upgrade": _HOP,
+    b"keep-alive": _HOP,
+    b"proxy-connection": _HOP,
+    b"te": _HOP,
+    b"trailer": _HOP,
+}
+# Connection tokens that name no other field.
+_PLAIN_CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade", b"te"})
 
 
 class End:
@@ -41,58 +65,62 @@ class End:
 END = End()
 
 
-class RequestHead:
+class _Head:
+    __slots__ = ("chunked", "connection", "content_length", "cut", "headers", "keep_alive", "raw")
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.keep_alive = True
+        self.content_length: int | None = None
+        self.chunked = False
+        self.connection = b""
+        self.raw: bytes | None = None  # the header block as received, when whole in one feed
+        self.cut: list[bytes] = []  # names (as received) of lines a proxy must not forward
+
+    def connection_named(self) -> list[bytes]:
+        """Names of fields the Connection header declares hop-by-hop (besides the usual)."""
+        if not self.connection:
+            return []
+        tokens = {t.strip() for t in self.connection.split(b",")} - _PLAIN_CONNECTION_TOKENS
+        tokens.discard(b"")
+        return [n for n, _ in self.headers if n.lower() in tokens] if tokens else []
+
+
+class RequestHead(_Head):
     __slots__ = (
-        "chunked",
-        "connection",
-        "content_length",
         "expect_continue",
-        "headers",
+        "forwarded_for",
         "host",
-        "keep_alive",
         "method",
+        "request_id",
         "target",
         "upgrade",
         "version",
     )
 
     def __init__(self) -> None:
+        super().__init__()
         self.method = ""
         self.target = ""
         self.version = "1.1"
-        self.headers: list[tuple[bytes, bytes]] = []
         self.host = ""
-        self.keep_alive = True
-        self.content_length: int | None = None
-        self.chunked = False
         self.expect_continue = False
         self.upgrade: bytes | None = None
-        self.connection: bytes = b""
+        self.forwarded_for = b""
+        self.request_id = b""
 
     @property
     def has_body(self) -> bool:
         return self.chunked or bool(self.content_length)
 
 
-class ResponseHead:
-    __slots__ = (
-        "chunked",
-        "connection",
-        "content_length",
-        "headers",
-        "keep_alive",
-        "reason",
-        "status",
-    )
+class ResponseHead(_Head):
+    __slots__ = ("reason", "status")
 
     def __init__(self) -> None:
+        super().__init__()
         self.status = 0
         self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.keep_alive = True
-        self.content_length: int | None = None
-        self.chunked = False
-        self.connection = b""
 
 
 Event = RequestHead | ResponseHead | bytes | End
@@ -101,60 +129,61 @@ Event = RequestHead | ResponseHead | bytes | End
 class _Base:
     """Shared callback plumbing for the request and response parsers."""
 
+    _kinds: dict[bytes, int] = {}
+
     def __init__(self, max_header_bytes: int, max_headers: int) -> None:
         self.events: deque[Event] = deque()
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._head: RequestHead | ResponseHead = self._new_head()
         self._trailers: list[tuple[bytes, bytes]] | None = None
         self._in_head = True
         self._head_bytes = 0  # exact size of the head so far (callbacks)
         self._pending = 0  # raw bytes fed since the last head completed (backstop)
         self._error: ProtocolError | None = None
-        self._content_length: int | None = None
-        self._chunked = False
-        self._connection = b""
-        self._special: dict[bytes, bytes] = {}
+        self._data = b""  # the bytes of the feed in progress
+        self._completed_in_feed = 0
+        self._began_in_feed = False
+
+    def _new_head(self) -> RequestHead | ResponseHead:
+        raise NotImplementedError
 
     # llhttp callbacks ------------------------------------------------------------------
     def on_message_begin(self) -> None:
-        self._headers = []
+        self._head = self._new_head()
         self._trailers = None
         self._in_head = True
-        self._content_length = None
-        self._chunked = False
-        self._connection = b""
-        self._special = {}
+        self._began_in_feed = self._completed_in_feed == 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._in_head:
-            headers = self._headers
-            headers.append((name, value))
-            self._head_bytes += len(name) + len(value) + 4
-            if len(headers) > self.max_headers or self._head_bytes > self.max_header_bytes:
-                self._fail(ProtocolError("request header fields too large", status=431))
-            lname = name.lower()
-            if lname == b"content-length":
-                self._content_length = int(value)
-            elif lname == b"transfer-encoding":
-                self._chunked = True
-            elif lname == b"connection":
-                self._connection = (
-                    self._connection + b"," + value.lower() if self._connection else value.lower()
-                )
-            elif lname in self._interesting:
-                if lname in self._special:
-                    if lname == b"host":
-                        self._fail(ProtocolError("more than one Host header"))
-                    self._special[lname] += b"," + value
-                else:
-                    self._special[lname] = value
-        else:
+        if not self._in_head:
             if self._trailers is None:
                 self._trailers = []
             self._trailers.append((name, value))
             if len(self._trailers) > self.max_headers:
                 self._fail(ProtocolError("too many trailer fields", status=431))
+            return
+        head = self._head
+        head.headers.append((name, value))
+        self._head_bytes += len(name) + len(value) + 4
+        if len(head.headers) > self.max_headers or self._head_bytes > self.max_header_bytes:
+            self._fail(ProtocolError("request header fields too large", status=431))
+        kind = self._kinds.get(name.lower())
+        if kind:
+            self._special(head, kind, name, value)
+
+    def _special(
+        self, head: RequestHead | ResponseHead, kind: int, name: bytes, value: bytes
+    ) -> None:
+        if kind == _LENGTH:
+            head.content_length = int(value)
+            return
+        head.cut.append(name)
+        if kind == _TE:
+            head.chunked = True
+        elif kind == _CONN:
+            low = value.lower()
+            head.connection = head.connection + b"," + low if head.connection else low
 
     def on_body(self, body: bytes) -> None:
         if body:
@@ -165,8 +194,16 @@ class _Base:
         self._head_bytes = 0
         self._pending = 0
         self._in_head = True
+        self._completed_in_feed += 1
 
-    _interesting: frozenset[bytes] = frozenset()
+    def _raw_block(self) -> bytes | None:
+        """The header block of a head that began and ended within the current feed."""
+        data = self._data
+        if not self._began_in_feed or data[:2] == b"\r\n":
+            return None
+        start = data.find(b"\r\n") + 2
+        end = data.find(b"\r\n\r\n", start - 2) + 2
+        return data[start:end] if start <= end else b""
 
     def _fail(self, error: ProtocolError) -> None:
         self._error = error
@@ -176,7 +213,7 @@ class _Base:
 class RequestParser(_Base):
     """Parses a stream of pipelined requests into events."""
 
-    _interesting = frozenset({b"host", b"expect", b"upgrade"})
+    _kinds = _REQUEST_KINDS
 
     def __init__(
         self, *, max_header_bytes: int = 65536, max_headers: int = 100, max_body_bytes: int = 0
@@ -188,6 +225,9 @@ class RequestParser(_Base):
         self._url = b""
         self._raw_remaining = 0  # body bytes of an ignored Upgrade, framed by us
 
+    def _new_head(self) -> RequestHead:
+        return RequestHead()
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._url = b""
@@ -198,38 +238,53 @@ class RequestParser(_Base):
         if self._head_bytes > self.max_header_bytes:
             self._fail(ProtocolError("request target too long", status=414))
 
+    def _special(
+        self, head: RequestHead | ResponseHead, kind: int, name: bytes, value: bytes
+    ) -> None:
+        assert isinstance(head, RequestHead)
+        if kind == _HOST:
+            if head.host:
+                self._fail(ProtocolError("more than one Host header"))
+            head.host = value.decode("latin-1") or " "
+        elif kind == _XRID:
+            head.request_id = value
+        elif kind == _XFF:
+            head.forwarded_for = head.forwarded_for + b", " + value if head.forwarded_for else value
+            head.cut.append(name)
+        elif kind == _EXPECT:
+            if value.lower() != b"100-continue":
+                self._fail(ProtocolError("unsupported Expect", status=417))
+            head.expect_continue = True
+            head.cut.append(name)
+        elif kind == _UPGRADE:
+            head.upgrade = value
+            head.cut.append(name)
+        else:
+            super()._special(head, kind, name, value)
+
     def on_headers_complete(self) -> None:
         p = self._parser
-        head = RequestHead()
+        head = self._head
+        assert isinstance(head, RequestHead)
         version = p.get_http_version()
         if version not in ("1.1", "1.0"):
             self._fail(ProtocolError(f"HTTP/{version} is not supported", status=505))
         head.version = version
         head.method = p.get_method().decode("ascii")
         head.target = self._url.decode("latin-1")
-        head.headers = self._headers
         head.keep_alive = p.should_keep_alive()
-        head.content_length = self._content_length
-        head.chunked = self._chunked
-        head.connection = self._connection
-        special = self._special
-        host = special.get(b"host")
-        if host is None:
+        if not head.host:
             if version == "1.1":
                 self._fail(ProtocolError("HTTP/1.1 request without Host"))
-        else:
-            head.host = host.decode("latin-1")
-        if self._chunked and version == "1.0":
+        elif head.host == " ":
+            head.host = ""
+        if head.chunked and version == "1.0":
             self._fail(ProtocolError("Transfer-Encoding in an HTTP/1.0 request"))
-        expect = special.get(b"expect")
-        if expect is not None:
-            if expect.lower() != b"100-continue":
-                self._fail(ProtocolError("unsupported Expect", status=417))
-            head.expect_continue = version == "1.1"
-        head.upgrade = special.get(b"upgrade")
+        head.expect_continue = head.expect_continue and version == "1.1"
         limit = self.max_body_bytes
         if limit and head.content_length is not None and head.content_length > limit:
             self._fail(ProtocolError(f"request body over {limit} bytes", status=413))
+        head.raw = self._raw_block()
         self._body_bytes = 0
         self._in_head = False
         self._pending = 0
@@ -250,6 +305,9 @@ class RequestParser(_Base):
             data = self._feed_raw(data)
             if not data:
                 return
+        self._data = data
+        self._completed_in_feed = 0
+        self._began_in_feed = False
         try:
             self._parser.feed_data(data)
             if self._in_head:
@@ -264,6 +322,8 @@ class RequestParser(_Base):
             if self._error is not None:
                 raise self._error from None
             raise ProtocolError(f"malformed request: {exc}") from None
+        finally:
+            self._data = b""
 
     def _after_upgrade(self, data: bytes, offset: int) -> None:
         """An Upgrade/CONNECT we do not honour: continue as plain HTTP/1.1 after the head."""
@@ -282,7 +342,6 @@ class RequestParser(_Base):
         rest = data[offset:]
         if not self._raw_remaining:
             self.events.append(END)
-            self._in_head = True
         if rest:
             self.feed(rest)
 
@@ -301,7 +360,9 @@ class RequestParser(_Base):
 
 
 class ResponseParser(_Base):
-    """Parses one response (plus any 1xx before it) from an upstream connection."""
+    """Parses responses from one upstream connection, one exchange at a time."""
+
+    _kinds = _RESPONSE_KINDS
 
     def __init__(self, *, max_header_bytes: int = 65536, max_headers: int = 200) -> None:
         super().__init__(max_header_bytes, max_headers)
@@ -311,6 +372,9 @@ class ResponseParser(_Base):
         self._done = False
         self._interim = False
         self.close_delimited = False
+
+    def _new_head(self) -> ResponseHead:
+        return ResponseHead()
 
     def start(self, *, head_request: bool) -> None:
         """Prepare for the next response on the same connection."""
@@ -331,22 +395,20 @@ class ResponseParser(_Base):
 
     def on_headers_complete(self) -> None:
         p = self._parser
-        head = ResponseHead()
+        head = self._head
+        assert isinstance(head, ResponseHead)
         head.status = p.get_status_code()
         head.reason = self._reason
-        head.headers = self._headers
         head.keep_alive = p.should_keep_alive()
-        head.content_length = self._content_length
-        head.chunked = self._chunked
-        head.connection = self._connection
         self._in_head = False
         if 100 <= head.status < 200:
             self._interim = True  # interim responses are not forwarded (docs/decisions.md)
             return
         no_body = self._head_request or head.status in (204, 304)
-        self.close_delimited = not no_body and not self._chunked and self._content_length is None
+        self.close_delimited = not no_body and not head.chunked and head.content_length is None
         if self.close_delimited:
             head.keep_alive = False
+        head.raw = self._raw_block()
         self.events.append(head)
         if self._head_request:
             self.events.append(END)
@@ -357,21 +419,29 @@ class ResponseParser(_Base):
             self.events.append(body)
 
     def on_message_complete(self) -> None:
+        self._completed_in_feed += 1
+        self._head_bytes = 0
+        self._in_head = True
         if self._interim:
             self._interim = False
         elif not self._done:
             self._done = True
-            super().on_message_complete()
+            self.events.append(End(self._trailers) if self._trailers else END)
 
     def feed(self, data: bytes) -> None:
         if self._done:
             return
+        self._data = data
+        self._completed_in_feed = 0
+        self._began_in_feed = False
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, ValueError) as exc:
-            if self._done:  # bytes after a HEAD response's head: the connection is unusable
+            if self._done:  # bytes after a bodiless response: the connection is unusable
                 raise ProtocolError("bytes after a bodiless response", status=502) from None
             raise ProtocolError(f"malformed response: {exc}", status=502) from None
+        finally:
+            self._data = b""
 
     def feed_eof(self) -> bool:
         """Upstream closed: True if that ends the response (close-delimited body)."""
@@ -386,73 +456,3 @@ class ResponseParser(_Base):
     @property
     def done(self) -> bool:
         return self._done
-
-
-# -- serialization ------------------------------------------------------------------------
-_REASONS = {
-    200: b"OK", 204: b"No Content", 301: b"Moved Permanently", 302: b"Found",
-    303: b"See Other", 307: b"Temporary Redirect", 308: b"Permanent Redirect",
-    400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
-    408: b"Request Timeout", 413: b"Content Too Large", 414: b"URI Too Long",
-    417: b"Expectation Failed", 431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error", 501: b"Not Implemented", 502: b"Bad Gateway",
-    503: b"Service Unavailable", 504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
-}  # fmt: skip
-
-
-def reason_phrase(status: int) -> bytes:
-    return _REASONS.get(status, b"Unknown")
-
-
-def connection_tokens(value: bytes) -> frozenset[bytes]:
-    return frozenset(t.strip() for t in value.split(b",") if t.strip())
-
-
-def strip_hop_by_hop(
-    headers: list[tuple[bytes, bytes]], connection: bytes
-) -> list[tuple[bytes, bytes]]:
-    """Drop hop-by-hop fields, including those the Connection header names."""
-    drop = HOP_BY_HOP | connection_tokens(connection) if connection else HOP_BY_HOP
-    return [h for h in headers if h[0].lower() not in drop]
-
-
-def serialize_head(first_line: bytes, headers: list[tuple[bytes, bytes]]) -> bytearray:
-    out = bytearray(first_line)
-    for name, value in headers:
-        out += name
-        out += b": "
-        out += value
-        out += b"\r\n"
-    out += b"\r\n"
-    return out
-
-
-def chunk(data: bytes) -> bytes:
-    return b"%x\r\n%b\r\n" % (len(data), data)
-
-
-def last_chunk(trailers: list[tuple[bytes, bytes]] | None) -> bytes:
-    if not trailers:
-        return b"0\r\n\r\n"
-    return b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in trailers) + b"\r\n"
-
-
-def simple_response(
-    status: int,
-    body: bytes = b"",
-    *,
-    headers: list[tuple[bytes, bytes]] | None = None,
-    close: bool = False,
-    head_only: bool = False,
-) -> bytearray:
-    """A complete locally generated response."""
-    hs: list[tuple[bytes, bytes]] = list(headers or ())
-    hs.append((b"content-length", b"%d" % len(body)))
-    if body and not any(n.lower() == b"content-type" for n, _ in hs):
-        hs.append((b"content-type", b"text/plain; charset=utf-8"))
-    if close:
-        hs.append((b"connection", b"close"))
-    out = serialize_head(b"HTTP/1.1 %d %b\r\n" % (status, reason_phrase(status)), hs)
-    if not head_only:
-        out += body
-    return out

@@ -32,7 +32,6 @@ FILES = corpus_files("gateway")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-
 def test_the_corpus_is_present() -> None:
     # CI runs with ../shared beside the repository; a missing corpus must fail, not skip.
     assert FILES, f"routing corpus not found at {CORPUS}"

@@ -1,0 +1,167 @@
+"""Pure per-request decisions: target parsing, backend choice, and the upstream request head."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Mapping
+from urllib.parse import parse_qs
+
+from sidecar.config.model import Backend, RouteAction
+from sidecar.errors import ProtocolError
+from sidecar.http.filters import rewritten_target, split_target
+from sidecar.http.router import CompiledMatch
+from sidecar.protocol.http1 import RequestHead
+from sidecar.protocol.wire import cut_lines, serialize_head, strip_hop_by_hop
+
+_ABSOLUTE = re.compile(r"^(https?)://([^/?#]*)([^#]*)", re.IGNORECASE)
+_FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"expect")
+
+
+def parse_target(head: RequestHead) -> tuple[str, str, str, str]:
+    """(authority, target, path, query) of a request; dot segments removed from the path."""
+    target = head.target
+    authority = head.host
+    if target[:1] != "/":
+        m = _ABSOLUTE.match(target)
+        if m is not None:
+            authority = m.group(2)
+            target = m.group(3) or "/"
+        elif not (target == "*" and head.method == "OPTIONS"):
+            raise ProtocolError("request target must be an absolute path or absolute URI")
+    path, query = split_target(target)
+    if "/." in path or "//" in path:
+        path = remove_dot_segments(path)
+        target = f"{path}?{query}" if query else path
+    return authority, target, path, query
+
+
+def remove_dot_segments(path: str) -> str:
+    """RFC 3986 §5.2.4, applied only when the path has dot segments or empty segments."""
+    out: list[str] = []
+    segments = path.split("/")
+    for seg in segments[1:]:
+        if seg == "..":
+            if out:
+                out.pop()
+        elif seg not in (".", ""):
+            out.append(seg)
+    trailing = segments[-1] in ("", ".", "..") and len(segments) > 2
+    return "/" + "/".join(out) + ("/" if trailing and out else "")
+
+
+def request_id(rng: random.Random) -> str:
+    """A UUIDv4-shaped request id; ids need uniqueness, not secrecy (rng is seeded from os)."""
+    h = f"{rng.getrandbits(128):032x}"
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
+
+
+def pick_backend(action: RouteAction, rng: random.Random) -> Backend | None:
+    backends = action.backends
+    if len(backends) == 1:
+        return backends[0] if backends[0].weight > 0 else None
+    if not backends or action.cumulative_weights[-1] <= 0:
+        return None
+    x = rng.random() * action.cumulative_weights[-1]
+    for b, acc in zip(backends, action.cumulative_weights, strict=True):
+        if x < acc:
+            return b
+    return backends[-1]
+
+
+def upstream_request(
+    head: RequestHead,
+    target: str,
+    authority: str,
+    action: RouteAction,
+    backend: Backend,
+    match: CompiledMatch,
+    peer: bytes,
+    rid: str,
+) -> bytearray:
+    """The request head to send upstream (without its body)."""
+    rewrite = action.rewrite
+    if rewrite is not None and rewrite.path_type is not None:
+        prefix = match.path_value if match.path_type == "PathPrefix" else None
+        target = rewritten_target(target, rewrite, prefix)
+    out = bytearray(b"%b %b HTTP/1.1\r\n" % (head.method.encode(), target.encode("latin-1")))
+    host = authority.encode("latin-1")
+    if (
+        head.raw is not None
+        and action.request_headers is None
+        and backend.request_headers is None
+        and (rewrite is None or rewrite.hostname is None)
+        and authority == head.host
+    ):
+        cut = head.cut + head.connection_named() if head.connection else head.cut
+        out += cut_lines(head.raw, cut) if cut else head.raw
+        if not head.host:
+            out += b"host: " + host + b"\r\n"
+    else:
+        out += _rebuilt_headers(head, host, action, backend)
+    if not head.request_id:
+        out += b"x-request-id: " + rid.encode() + b"\r\n"
+    xff = head.forwarded_for + b", " + peer if head.forwarded_for else peer
+    out += b"x-forwarded-for: " + xff + b"\r\nx-forwarded-proto: http\r\n"
+    out += b"x-forwarded-host: " + host + b"\r\n"
+    if head.chunked:
+        out += b"transfer-encoding: chunked\r\n"
+    out += b"\r\n"
+    return out
+
+
+def _rebuilt_headers(
+    head: RequestHead, host: bytes, action: RouteAction, backend: Backend
+) -> bytearray:
+    """The slow path: parsed fields, filtered and modified, serialized again."""
+    kept = strip_hop_by_hop(head.headers, head.connection)
+    headers = [h for h in kept if h[0].lower() not in _FORWARDED and h[0].lower() != b"host"]
+    rewrite = action.rewrite
+    if rewrite is not None and rewrite.hostname is not None:
+        host = rewrite.hostname.encode()
+    headers.insert(0, (b"host", host))
+    if action.request_headers is not None:
+        headers = action.request_headers.apply(headers)
+    if backend.request_headers is not None:
+        headers = backend.request_headers.apply(headers)
+    if head.content_length is not None and not head.chunked:
+        headers.append((b"content-length", b"%d" % head.content_length))
+    out = serialize_head(b"", headers)
+    del out[-2:]
+    return out
+
+
+def timeout_s(action: RouteAction) -> float | None:
+    """The deadline that applies to the upstream exchange, if any."""
+    a, b = action.request_timeout_s, action.backend_request_timeout_s
+    if a and b:
+        return min(a, b)
+    return a or b or None
+
+
+def header_lookup(headers: list[tuple[bytes, bytes]]) -> Callable[[], Mapping[str, str]]:
+    cache: dict[str, str] | None = None
+
+    def lookup() -> Mapping[str, str]:
+        nonlocal cache
+        if cache is None:
+            cache = {}
+            for name, value in headers:
+                key = name.decode("latin-1").lower()
+                v = value.decode("latin-1")
+                cache[key] = f"{cache[key]},{v}" if key in cache else v
+        return cache
+
+    return lookup
+
+
+def query_lookup(query: str) -> Callable[[], Mapping[str, list[str]]]:
+    cache: dict[str, list[str]] | None = None
+
+    def lookup() -> Mapping[str, list[str]]:
+        nonlocal cache
+        if cache is None:
+            cache = parse_qs(query, keep_blank_values=True) if query else {}
+        return cache
+
+    return lookup

@@ -1,0 +1,105 @@
+"""HTTP/1.1 serialization: heads, chunks, local responses and header-block surgery."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+Headers = list[tuple[bytes, bytes]]
+
+# Fields that describe one hop, never forwarded as they are (RFC 9110 §7.6.1), plus the
+# framing fields we always set ourselves on the slow path.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+    }
+)
+
+_REASONS = {
+    200: b"OK", 204: b"No Content", 301: b"Moved Permanently", 302: b"Found",
+    303: b"See Other", 307: b"Temporary Redirect", 308: b"Permanent Redirect",
+    400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
+    408: b"Request Timeout", 413: b"Content Too Large", 414: b"URI Too Long",
+    417: b"Expectation Failed", 431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error", 501: b"Not Implemented", 502: b"Bad Gateway",
+    503: b"Service Unavailable", 504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
+}  # fmt: skip
+
+
+def reason_phrase(status: int) -> bytes:
+    return _REASONS.get(status, b"Unknown")
+
+
+def connection_tokens(value: bytes) -> frozenset[bytes]:
+    return frozenset(t.strip() for t in value.split(b",") if t.strip())
+
+
+def strip_hop_by_hop(headers: Headers, connection: bytes) -> Headers:
+    """Drop hop-by-hop fields, including those the Connection header names."""
+    drop = HOP_BY_HOP | connection_tokens(connection) if connection else HOP_BY_HOP
+    return [h for h in headers if h[0].lower() not in drop]
+
+
+def cut_lines(block: bytes, names: Iterable[bytes]) -> bytes:
+    """Remove every `Name: value\\r\\n` line of `block` whose name is one of `names`.
+
+    `block` is a header block as received (each line ending in CRLF) and `names` are the
+    names exactly as they appeared in it; a value cannot contain CRLF, so CRLF+name+":"
+    only ever matches the start of a line.
+    """
+    buf = b"\r\n" + block
+    for name in names:
+        key = b"\r\n" + name + b":"
+        i = buf.find(key)
+        while i != -1:
+            buf = buf[:i] + buf[buf.index(b"\r\n", i + 2) :]
+            i = buf.find(key, i)
+    return buf[2:]
+
+
+def serialize_head(first_line: bytes, headers: Headers) -> bytearray:
+    out = bytearray(first_line)
+    for name, value in headers:
+        out += name
+        out += b": "
+        out += value
+        out += b"\r\n"
+    out += b"\r\n"
+    return out
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def last_chunk(trailers: Headers | None) -> bytes:
+    if not trailers:
+        return b"0\r\n\r\n"
+    return b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in trailers) + b"\r\n"
+
+
+def simple_response(
+    status: int,
+    body: bytes = b"",
+    *,
+    headers: Headers | None = None,
+    close: bool = False,
+    head_only: bool = False,
+) -> bytearray:
+    """A complete locally generated response."""
+    hs: Headers = list(headers or ())
+    hs.append((b"content-length", b"%d" % len(body)))
+    if body and not any(n.lower() == b"content-type" for n, _ in hs):
+        hs.append((b"content-type", b"text/plain; charset=utf-8"))
+    if close:
+        hs.append((b"connection", b"close"))
+    out = serialize_head(b"HTTP/1.1 %d %b\r\n" % (status, reason_phrase(status)), hs)
+    if not head_only:
+        out += body
+    return out
