@@ -52,12 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshctl", description="Weft service mesh and edge gateway"
     )
-    parser.add_argument(
-        "--log-level", default="info", choices=("debug", "info", "warning", "error")
-    )
+    levels = ("debug", "info", "warning", "error")
+    parser.add_argument("--log-level", default="info", choices=levels)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     edge = sub.add_parser("edge", help="run the edge gateway from YAML files")
+    edge.add_argument("--log-level", choices=levels, default=argparse.SUPPRESS)
     edge.add_argument(
         "-f",
         "--file",

@@ -17,10 +17,11 @@ class Endpoint:
     port: int
     version: str = ""
 
-    @property
-    def key(self) -> str:
+    key: str = field(init=False, compare=False, repr=False)  # "address:port", for logs
+
+    def __post_init__(self) -> None:
         host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"{host}:{self.port}"
+        object.__setattr__(self, "key", f"{host}:{self.port}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

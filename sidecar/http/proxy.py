@@ -24,11 +24,11 @@ from sidecar.errors import ProtocolError, UpstreamError
 from sidecar.http.filters import HeaderOps, redirect_location
 from sidecar.http.forward import Outcome, exchange
 from sidecar.http.request import (
+    RequestIds,
     header_lookup,
     parse_target,
     pick_backend,
     query_lookup,
-    request_id,
     timeout_s,
     upstream_request,
 )
@@ -64,6 +64,10 @@ class ProxyContext:
     service: str = "edge"
     direction: str = "edge"
     rng: random.Random = field(default_factory=random.Random)
+    ids: RequestIds = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ids = RequestIds(self.rng)
 
 
 async def serve_http1(ctx: ProxyContext, listener: ListenerKey, conn: Conn) -> None:
@@ -236,7 +240,7 @@ class _Connection:
                 outcome.status = 503
                 detail = "no_healthy_upstream"
                 return await self.local_reply(head, 503, b"no healthy upstream\n")
-            rid = head.request_id.decode("latin-1") if head.request_id else request_id(ctx.rng)
+            rid = head.request_id.decode("latin-1") if head.request_id else ctx.ids.new()
             request = upstream_request(
                 head, target, authority, action, backend, match, self.peer, rid
             )

@@ -50,10 +50,23 @@ def remove_dot_segments(path: str) -> str:
     return "/" + "/".join(out) + ("/" if trailing and out else "")
 
 
-def request_id(rng: random.Random) -> str:
-    """A UUIDv4-shaped request id; ids need uniqueness, not secrecy (rng is seeded from os)."""
-    h = f"{rng.getrandbits(128):032x}"
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
+class RequestIds:
+    """UUID-shaped request ids: a random per-process prefix and a counter.
+
+    Ids need uniqueness, not secrecy; 74 random bits per process make a clash between
+    processes negligible, and the counter makes one impossible within a process.
+    """
+
+    __slots__ = ("_next", "_prefix")
+
+    def __init__(self, rng: random.Random) -> None:
+        h = f"{rng.getrandbits(80):020x}"
+        self._prefix = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-"
+        self._next = 0
+
+    def new(self) -> str:
+        self._next += 1
+        return f"{self._prefix}{self._next & 0xFFFFFFFFFFFF:012x}"
 
 
 def pick_backend(action: RouteAction, rng: random.Random) -> Backend | None:

