@@ -66,15 +66,16 @@ END = End()
 
 
 class _Head:
-    __slots__ = ("chunked", "connection", "content_length", "cut", "headers", "keep_alive", "raw")
+    # Class-level defaults: a head is made per message, so its constructor sets only the
+    # two lists; the rest is assigned when a field says otherwise.
+    keep_alive = True
+    content_length: int | None = None
+    chunked = False
+    connection = b""
+    raw: bytes | None = None  # the header block as received, when whole in one feed
 
     def __init__(self) -> None:
         self.headers: list[tuple[bytes, bytes]] = []
-        self.keep_alive = True
-        self.content_length: int | None = None
-        self.chunked = False
-        self.connection = b""
-        self.raw: bytes | None = None  # the header block as received, when whole in one feed
         self.cut: list[bytes] = []  # names (as received) of lines a proxy must not forward
 
     def connection_named(self) -> list[bytes]:
@@ -87,27 +88,14 @@ class _Head:
 
 
 class RequestHead(_Head):
-    __slots__ = (
-        "expect_continue",
-        "forwarded_for",
-        "host",
-        "method",
-        "request_id",
-        "target",
-        "upgrade",
-        "version",
-    )
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.method = ""
-        self.target = ""
-        self.version = "1.1"
-        self.host = ""
-        self.expect_continue = False
-        self.upgrade: bytes | None = None
-        self.forwarded_for = b""
-        self.request_id = b""
+    method = ""
+    target = ""
+    version = "1.1"
+    host = ""
+    expect_continue = False
+    upgrade: bytes | None = None
+    forwarded_for = b""
+    request_id = b""
 
     @property
     def has_body(self) -> bool:
@@ -115,12 +103,8 @@ class RequestHead(_Head):
 
 
 class ResponseHead(_Head):
-    __slots__ = ("reason", "status")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.status = 0
-        self.reason = b""
+    status = 0
+    reason = b""
 
 
 Event = RequestHead | ResponseHead | bytes | End
@@ -165,9 +149,6 @@ class _Base:
             return
         head = self._head
         head.headers.append((name, value))
-        self._head_bytes += len(name) + len(value) + 4
-        if len(head.headers) > self.max_headers or self._head_bytes > self.max_header_bytes:
-            self._fail(ProtocolError("request header fields too large", status=431))
         kind = self._kinds.get(name.lower())
         if kind:
             self._special(head, kind, name, value)
@@ -196,14 +177,24 @@ class _Base:
         self._in_head = True
         self._completed_in_feed += 1
 
-    def _raw_block(self) -> bytes | None:
-        """The header block of a head that began and ended within the current feed."""
+    def _raw_block(self, head: _Head) -> bytes | None:
+        """The header block of a head that began and ended within the current feed; also
+        enforces the size and count limits (done once per head, not per field)."""
+        headers = head.headers
+        if len(headers) > self.max_headers:
+            self._fail(ProtocolError("too many header fields", status=431))
         data = self._data
         if not self._began_in_feed or data[:2] == b"\r\n":
-            return None
-        start = data.find(b"\r\n") + 2
-        end = data.find(b"\r\n\r\n", start - 2) + 2
-        return data[start:end] if start <= end else b""
+            size = self._head_bytes + sum(len(n) + len(v) + 4 for n, v in headers)
+            raw = None
+        else:
+            start = data.find(b"\r\n") + 2
+            end = data.find(b"\r\n\r\n", start - 2) + 2
+            raw = data[start:end] if start <= end else b""
+            size = self._head_bytes + len(raw)
+        if size > self.max_header_bytes:
+            self._fail(ProtocolError("request header fields too large", status=431))
+        return raw
 
     def _fail(self, error: ProtocolError) -> None:
         self._error = error
@@ -284,7 +275,7 @@ class RequestParser(_Base):
         limit = self.max_body_bytes
         if limit and head.content_length is not None and head.content_length > limit:
             self._fail(ProtocolError(f"request body over {limit} bytes", status=413))
-        head.raw = self._raw_block()
+        head.raw = self._raw_block(head)
         self._body_bytes = 0
         self._in_head = False
         self._pending = 0
@@ -408,7 +399,7 @@ class ResponseParser(_Base):
         self.close_delimited = not no_body and not head.chunked and head.content_length is None
         if self.close_delimited:
             head.keep_alive = False
-        head.raw = self._raw_block()
+        head.raw = self._raw_block(head)
         self.events.append(head)
         if self._head_request:
             self.events.append(END)
