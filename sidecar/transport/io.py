@@ -47,6 +47,21 @@ class Conn:
     async def recv(self, size: int = RECV_SIZE) -> bytes:
         """Wait for bytes; b"" at end of stream. Raises ConnectionLost on reset."""
         sock = self.sock
+        # Yield first and then try: while the other connections' tasks run, the bytes
+        # we wait for usually arrive, and the epoll registration and the wake-up a
+        # wait_readable costs are saved. When they have not, wait as usual.
+        await trio.lowlevel.checkpoint()
+        try:
+            data = sock.recv(size)
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            if exc.errno in _RESET_ERRNOS:
+                raise ConnectionLost(str(exc)) from None
+            raise
+        else:
+            self.activity += 1
+            return data
         while True:
             await trio.lowlevel.wait_readable(sock)
             self.activity += 1
