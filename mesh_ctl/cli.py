@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="meshctl", description="Weft service mesh and edge gateway"
     )
     levels = ("debug", "info", "warning", "error")
-    parser.add_argument("--log-level", default="info", choices=levels)
+    parser.add_argument("--log-level", default=argparse.SUPPRESS, choices=levels)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     edge = sub.add_parser("edge", help="run the edge gateway from YAML files")
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=getattr(args, "log_level", "info").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

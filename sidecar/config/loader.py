@@ -85,8 +85,12 @@ class FileStamp:
         return cls(tuple(out))
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys instead of silently keeping the last one."""
+# libyaml's parser when PyYAML was built with it (its wheels are), else the Python one.
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BaseLoader):  # type: ignore[valid-type,misc]
+    """Safe loading that refuses duplicate keys instead of silently keeping the last one."""
 
 
 def _construct_mapping(
@@ -100,7 +104,8 @@ def _construct_mapping(
                 None, None, f"duplicate key {key!r}", key_node.start_mark
             )
         seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
+    mapping: dict[object, object] = loader.construct_mapping(node, deep=deep)
+    return mapping
 
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
