@@ -164,14 +164,12 @@ class HostTable:
             if m is not None:
                 return m
         if self.wildcard:
-            dot = host.find(".")
-            while dot != -1:
-                table = self.wildcard.get(host[dot:])
+            for suffix in wildcard_suffixes(host):
+                table = self.wildcard.get(suffix)
                 if table is not None:
                     m = table.find(path, method, headers, query)
                     if m is not None:
                         return m
-                dot = host.find(".", dot + 1)
         if self.any is not None:
             return self.any.find(path, method, headers, query)
         return None
@@ -213,12 +211,10 @@ class PortRouter:
         if lst is not None:
             return lst
         if self.wildcard:
-            dot = host.find(".")
-            while dot != -1:
-                lst = self.wildcard.get(host[dot:])
+            for suffix in wildcard_suffixes(host):
+                lst = self.wildcard.get(suffix)
                 if lst is not None:
                     return lst
-                dot = host.find(".", dot + 1)
         return self.any
 
     def route(
@@ -228,6 +224,15 @@ class PortRouter:
         if lst is None:
             return None
         return lst.hosts.find(host, path, method, headers, query)
+
+
+def wildcard_suffixes(host: str) -> Iterable[str]:
+    """`.b.example.com`, `.example.com`, `.com` for `a.b.example.com`: longest first, as
+    a wildcard hostname `*.suffix` matches one or more leading labels."""
+    dot = host.find(".")
+    while dot != -1:
+        yield host[dot:]
+        dot = host.find(".", dot + 1)
 
 
 def normalize_host(authority: str) -> str:

@@ -177,6 +177,11 @@ class _Base:
         self._in_head = True
         self._completed_in_feed += 1
 
+    def _begin_feed(self, data: bytes) -> None:
+        self._data = data
+        self._completed_in_feed = 0
+        self._began_in_feed = False
+
     def _raw_block(self, head: _Head) -> bytes | None:
         """The header block of a head that began and ended within the current feed; also
         enforces the size and count limits (done once per head, not per field)."""
@@ -296,9 +301,7 @@ class RequestParser(_Base):
             data = self._feed_raw(data)
             if not data:
                 return
-        self._data = data
-        self._completed_in_feed = 0
-        self._began_in_feed = False
+        self._begin_feed(data)
         try:
             self._parser.feed_data(data)
             if self._in_head:
@@ -422,9 +425,7 @@ class ResponseParser(_Base):
     def feed(self, data: bytes) -> None:
         if self._done:
             return
-        self._data = data
-        self._completed_in_feed = 0
-        self._began_in_feed = False
+        self._begin_feed(data)
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, ValueError) as exc:

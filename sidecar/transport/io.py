@@ -51,28 +51,18 @@ class Conn:
         # we wait for usually arrive, and the epoll registration and the wake-up a
         # wait_readable costs are saved. When they have not, wait as usual.
         await trio.lowlevel.checkpoint()
-        try:
-            data = sock.recv(size)
-        except BlockingIOError:
-            pass
-        except OSError as exc:
-            if exc.errno in _RESET_ERRNOS:
-                raise ConnectionLost(str(exc)) from None
-            raise
-        else:
-            self.activity += 1
-            return data
         while True:
-            await trio.lowlevel.wait_readable(sock)
-            self.activity += 1
             try:
-                return sock.recv(size)
+                data = sock.recv(size)
             except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
                 continue
             except OSError as exc:
                 if exc.errno in _RESET_ERRNOS:
                     raise ConnectionLost(str(exc)) from None
                 raise
+            self.activity += 1
+            return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         sock = self.sock

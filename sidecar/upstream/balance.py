@@ -51,29 +51,27 @@ class Balancer(Protocol):
         ...
 
 
+def _two(stats: Sequence[EndpointStats], rng: random.Random) -> tuple[EndpointStats, EndpointStats]:
+    """Two distinct endpoints drawn uniformly (len(stats) >= 2)."""
+    n = len(stats)
+    i = int(rng.random() * n)
+    j = int(rng.random() * (n - 1))
+    return stats[i], stats[j + 1 if j >= i else j]
+
+
 class PeakEwma:
     def pick(self, stats: Sequence[EndpointStats], rng: random.Random, now: float) -> EndpointStats:
-        n = len(stats)
-        if n == 1:
+        if len(stats) == 1:
             return stats[0]
-        i = int(rng.random() * n)
-        j = int(rng.random() * (n - 1))
-        if j >= i:
-            j += 1
-        a, b = stats[i], stats[j]
+        a, b = _two(stats, rng)
         return a if a.cost(now) <= b.cost(now) else b
 
 
 class LeastRequest:
     def pick(self, stats: Sequence[EndpointStats], rng: random.Random, now: float) -> EndpointStats:
-        n = len(stats)
-        if n == 1:
+        if len(stats) == 1:
             return stats[0]
-        i = int(rng.random() * n)
-        j = int(rng.random() * (n - 1))
-        if j >= i:
-            j += 1
-        a, b = stats[i], stats[j]
+        a, b = _two(stats, rng)
         return a if a.pending <= b.pending else b
 
 
