@@ -24,7 +24,8 @@ from sidecar.errors import (
     UpstreamProtocolError,
 )
 from sidecar.http.filters import HeaderOps
-from sidecar.protocol.http1 import End, RequestHead, ResponseHead, ResponseParser
+from sidecar.protocol.http1 import End, RequestHead
+from sidecar.protocol.response import ResponseHead, ResponseParser
 from sidecar.protocol.wire import (
     chunk,
     cut_lines,

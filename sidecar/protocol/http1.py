@@ -39,16 +39,6 @@ _REQUEST_KINDS = {
     b"x-forwarded-host": _XFWD,
     b"x-request-id": _XRID,
 }
-_RESPONSE_KINDS = {
-    b"content-length": _LENGTH,
-    b"transfer-encoding": _TE,
-    b"connection": _CONN,
-    b"upgrade": _HOP,
-    b"keep-alive": _HOP,
-    b"proxy-connection": _HOP,
-    b"te": _HOP,
-    b"trailer": _HOP,
-}
 # Connection tokens that name no other field.
 _PLAIN_CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade", b"te"})
 
@@ -65,18 +55,31 @@ class End:
 END = End()
 
 
-class _Head:
-    # Class-level defaults: a head is made per message, so its constructor sets only the
-    # two lists; the rest is assigned when a field says otherwise.
+class RequestHead:
+    """One request head. Class-level defaults: a head is made per request, so the
+    constructor sets only the two lists; fields are assigned when the request says so."""
+
+    method = ""
+    target = ""
+    version = "1.1"
+    host = ""
     keep_alive = True
     content_length: int | None = None
     chunked = False
-    connection = b""
+    connection = b""  # the Connection header's value, lower case
+    expect_continue = False
+    upgrade: bytes | None = None
+    forwarded_for = b""
+    request_id = b""
     raw: bytes | None = None  # the header block as received, when whole in one feed
 
     def __init__(self) -> None:
         self.headers: list[tuple[bytes, bytes]] = []
         self.cut: list[bytes] = []  # names (as received) of lines a proxy must not forward
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
 
     def connection_named(self) -> list[bytes]:
         """Names of fields the Connection header declares hop-by-hop (besides the usual)."""
@@ -87,57 +90,46 @@ class _Head:
         return [n for n, _ in self.headers if n.lower() in tokens] if tokens else []
 
 
-class RequestHead(_Head):
-    method = ""
-    target = ""
-    version = "1.1"
-    host = ""
-    expect_continue = False
-    upgrade: bytes | None = None
-    forwarded_for = b""
-    request_id = b""
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
+Event = RequestHead | bytes | End
 
 
-class ResponseHead(_Head):
-    status = 0
-    reason = b""
+class RequestParser:
+    """Parses a stream of pipelined requests into events."""
 
-
-Event = RequestHead | ResponseHead | bytes | End
-
-
-class _Base:
-    """Shared callback plumbing for the request and response parsers."""
-
-    _kinds: dict[bytes, int] = {}
-
-    def __init__(self, max_header_bytes: int, max_headers: int) -> None:
+    def __init__(
+        self, *, max_header_bytes: int = 65536, max_headers: int = 100, max_body_bytes: int = 0
+    ) -> None:
         self.events: deque[Event] = deque()
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
-        self._head: RequestHead | ResponseHead = self._new_head()
+        self.max_body_bytes = max_body_bytes  # 0: unlimited
+        self._parser = httptools.HttpRequestParser(self)
+        self._head = RequestHead()
+        self._url = b""
         self._trailers: list[tuple[bytes, bytes]] | None = None
         self._in_head = True
-        self._head_bytes = 0  # exact size of the head so far (callbacks)
+        self._head_bytes = 0  # size of the request target so far
         self._pending = 0  # raw bytes fed since the last head completed (backstop)
+        self._body_bytes = 0
         self._error: ProtocolError | None = None
         self._data = b""  # the bytes of the feed in progress
         self._completed_in_feed = 0
         self._began_in_feed = False
-
-    def _new_head(self) -> RequestHead | ResponseHead:
-        raise NotImplementedError
+        self._raw_remaining = 0  # body bytes of an ignored Upgrade, framed by us
 
     # llhttp callbacks ------------------------------------------------------------------
     def on_message_begin(self) -> None:
-        self._head = self._new_head()
+        self._head = RequestHead()
+        self._url = b""
         self._trailers = None
         self._in_head = True
         self._began_in_feed = self._completed_in_feed == 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_bytes += len(url)
+        if self._head_bytes > self.max_header_bytes:
+            self._fail(ProtocolError("request target too long", status=414))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._in_head:
@@ -149,15 +141,21 @@ class _Base:
             return
         head = self._head
         head.headers.append((name, value))
-        kind = self._kinds.get(name.lower())
+        kind = _REQUEST_KINDS.get(name.lower())
         if kind:
             self._special(head, kind, name, value)
 
-    def _special(
-        self, head: RequestHead | ResponseHead, kind: int, name: bytes, value: bytes
-    ) -> None:
+    def _special(self, head: RequestHead, kind: int, name: bytes, value: bytes) -> None:
+        if kind == _HOST:
+            if head.host:
+                self._fail(ProtocolError("more than one Host header"))
+            head.host = value.decode("latin-1") or " "
+            return
         if kind == _LENGTH:
             head.content_length = int(value)
+            return
+        if kind == _XRID:
+            head.request_id = value
             return
         head.cut.append(name)
         if kind == _TE:
@@ -165,103 +163,18 @@ class _Base:
         elif kind == _CONN:
             low = value.lower()
             head.connection = head.connection + b"," + low if head.connection else low
-
-    def on_body(self, body: bytes) -> None:
-        if body:
-            self.events.append(body)
-
-    def on_message_complete(self) -> None:
-        self.events.append(End(self._trailers) if self._trailers else END)
-        self._head_bytes = 0
-        self._pending = 0
-        self._in_head = True
-        self._completed_in_feed += 1
-
-    def _begin_feed(self, data: bytes) -> None:
-        self._data = data
-        self._completed_in_feed = 0
-        self._began_in_feed = False
-
-    def _raw_block(self, head: _Head) -> bytes | None:
-        """The header block of a head that began and ended within the current feed; also
-        enforces the size and count limits (done once per head, not per field)."""
-        headers = head.headers
-        if len(headers) > self.max_headers:
-            self._fail(ProtocolError("too many header fields", status=431))
-        data = self._data
-        if not self._began_in_feed or data[:2] == b"\r\n":
-            size = self._head_bytes + sum(len(n) + len(v) + 4 for n, v in headers)
-            raw = None
-        else:
-            start = data.find(b"\r\n") + 2
-            end = data.find(b"\r\n\r\n", start - 2) + 2
-            raw = data[start:end] if start <= end else b""
-            size = self._head_bytes + len(raw)
-        if size > self.max_header_bytes:
-            self._fail(ProtocolError("request header fields too large", status=431))
-        return raw
-
-    def _fail(self, error: ProtocolError) -> None:
-        self._error = error
-        raise error
-
-
-class RequestParser(_Base):
-    """Parses a stream of pipelined requests into events."""
-
-    _kinds = _REQUEST_KINDS
-
-    def __init__(
-        self, *, max_header_bytes: int = 65536, max_headers: int = 100, max_body_bytes: int = 0
-    ) -> None:
-        super().__init__(max_header_bytes, max_headers)
-        self.max_body_bytes = max_body_bytes  # 0: unlimited
-        self._body_bytes = 0
-        self._parser = httptools.HttpRequestParser(self)
-        self._url = b""
-        self._raw_remaining = 0  # body bytes of an ignored Upgrade, framed by us
-
-    def _new_head(self) -> RequestHead:
-        return RequestHead()
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._url = b""
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-        self._head_bytes += len(url)
-        if self._head_bytes > self.max_header_bytes:
-            self._fail(ProtocolError("request target too long", status=414))
-
-    def _special(
-        self, head: RequestHead | ResponseHead, kind: int, name: bytes, value: bytes
-    ) -> None:
-        assert isinstance(head, RequestHead)
-        if kind == _HOST:
-            if head.host:
-                self._fail(ProtocolError("more than one Host header"))
-            head.host = value.decode("latin-1") or " "
-        elif kind == _XRID:
-            head.request_id = value
         elif kind == _XFF:
             head.forwarded_for = head.forwarded_for + b", " + value if head.forwarded_for else value
-            head.cut.append(name)
         elif kind == _EXPECT:
             if value.lower() != b"100-continue":
                 self._fail(ProtocolError("unsupported Expect", status=417))
             head.expect_continue = True
-            head.cut.append(name)
         elif kind == _UPGRADE:
             head.upgrade = value
-            head.cut.append(name)
-        else:
-            super()._special(head, kind, name, value)
 
     def on_headers_complete(self) -> None:
         p = self._parser
         head = self._head
-        assert isinstance(head, RequestHead)
         version = p.get_http_version()
         if version not in ("1.1", "1.0"):
             self._fail(ProtocolError(f"HTTP/{version} is not supported", status=505))
@@ -295,13 +208,45 @@ class RequestParser(_Base):
         if body:
             self.events.append(body)
 
+    def on_message_complete(self) -> None:
+        self.events.append(End(self._trailers) if self._trailers else END)
+        self._head_bytes = 0
+        self._pending = 0
+        self._in_head = True
+        self._completed_in_feed += 1
+
+    def _raw_block(self, head: RequestHead) -> bytes | None:
+        """The header block of a head that began and ended within the current feed; also
+        enforces the size and count limits (once per head, not per field)."""
+        headers = head.headers
+        if len(headers) > self.max_headers:
+            self._fail(ProtocolError("too many header fields", status=431))
+        data = self._data
+        if not self._began_in_feed or data[:2] == b"\r\n":
+            size = self._head_bytes + sum(len(n) + len(v) + 4 for n, v in headers)
+            raw = None
+        else:
+            start = data.find(b"\r\n") + 2
+            end = data.find(b"\r\n\r\n", start - 2) + 2
+            raw = data[start:end] if start <= end else b""
+            size = self._head_bytes + len(raw)
+        if size > self.max_header_bytes:
+            self._fail(ProtocolError("request header fields too large", status=431))
+        return raw
+
+    def _fail(self, error: ProtocolError) -> None:
+        self._error = error
+        raise error
+
     def feed(self, data: bytes) -> None:
         """Parse `data`; raises ProtocolError (status to answer with) on bad input."""
         if self._raw_remaining:
             data = self._feed_raw(data)
             if not data:
                 return
-        self._begin_feed(data)
+        self._data = data
+        self._completed_in_feed = 0
+        self._began_in_feed = False
         try:
             self._parser.feed_data(data)
             if self._in_head:
@@ -351,100 +296,3 @@ class RequestParser(_Base):
     def partial_head(self) -> bool:
         """True while a request head has begun to arrive but is not complete."""
         return self._in_head and (self._pending > 0 or self._head_bytes > 0)
-
-
-class ResponseParser(_Base):
-    """Parses responses from one upstream connection, one exchange at a time."""
-
-    _kinds = _RESPONSE_KINDS
-
-    def __init__(self, *, max_header_bytes: int = 65536, max_headers: int = 200) -> None:
-        super().__init__(max_header_bytes, max_headers)
-        self._parser = httptools.HttpResponseParser(self)
-        self._reason = b""
-        self._head_request = False
-        self._done = False
-        self._interim = False
-        self.close_delimited = False
-
-    def _new_head(self) -> ResponseHead:
-        return ResponseHead()
-
-    def start(self, *, head_request: bool) -> None:
-        """Prepare for the next response on the same connection."""
-        if self._head_request:  # llhttp still expects the HEAD response's body: start anew
-            self._parser = httptools.HttpResponseParser(self)
-        self.events.clear()
-        self._head_request = head_request
-        self._done = False
-        self._interim = False
-        self.close_delimited = False
-
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._reason = b""
-
-    def on_headers_complete(self) -> None:
-        p = self._parser
-        head = self._head
-        assert isinstance(head, ResponseHead)
-        head.status = p.get_status_code()
-        head.reason = self._reason
-        head.keep_alive = p.should_keep_alive()
-        self._in_head = False
-        if 100 <= head.status < 200:
-            self._interim = True  # interim responses are not forwarded (docs/decisions.md)
-            return
-        no_body = self._head_request or head.status in (204, 304)
-        self.close_delimited = not no_body and not head.chunked and head.content_length is None
-        if self.close_delimited:
-            head.keep_alive = False
-        head.raw = self._raw_block(head)
-        self.events.append(head)
-        if self._head_request:
-            self.events.append(END)
-            self._done = True
-
-    def on_body(self, body: bytes) -> None:
-        if body and not self._done:
-            self.events.append(body)
-
-    def on_message_complete(self) -> None:
-        self._completed_in_feed += 1
-        self._head_bytes = 0
-        self._in_head = True
-        if self._interim:
-            self._interim = False
-        elif not self._done:
-            self._done = True
-            self.events.append(End(self._trailers) if self._trailers else END)
-
-    def feed(self, data: bytes) -> None:
-        if self._done:
-            return
-        self._begin_feed(data)
-        try:
-            self._parser.feed_data(data)
-        except (httptools.HttpParserError, ValueError) as exc:
-            if self._done:  # bytes after a bodiless response: the connection is unusable
-                raise ProtocolError("bytes after a bodiless response", status=502) from None
-            raise ProtocolError(f"malformed response: {exc}", status=502) from None
-        finally:
-            self._data = b""
-
-    def feed_eof(self) -> bool:
-        """Upstream closed: True if that ends the response (close-delimited body)."""
-        if self._done:
-            return True
-        if self.close_delimited and not self._in_head:
-            self._done = True
-            self.events.append(END)
-            return True
-        return False
-
-    @property
-    def done(self) -> bool:
-        return self._done

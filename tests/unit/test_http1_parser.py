@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sidecar.errors import ProtocolError
-from sidecar.protocol.http1 import End, RequestHead, RequestParser, ResponseHead, ResponseParser
+from sidecar.protocol.http1 import End, RequestHead, RequestParser
+from sidecar.protocol.response import ResponseHead, ResponseParser
 
 REFUSED = {
     "cl_and_te": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
@@ -159,3 +160,32 @@ def test_response_parser_reuse_after_head_request() -> None:
     r.start(head_request=False)
     r.feed(b"HTTP/1.1 204 No Content\r\n\r\n")
     assert r.done and isinstance(r.events[0], ResponseHead) and r.events[0].status == 204
+
+
+def test_response_fields_are_read_from_the_validated_block() -> None:
+    r = ResponseParser()
+    r.start(head_request=False)
+    r.feed(
+        b"HTTP/1.1 200 Fine Thanks\r\nServer: x\r\nCONNECTION: keep-alive, X-Private\r\n"
+        b"X-Private: 1\r\nkeep-alive: timeout=5\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Type: text/plain\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    )
+    head = r.events[0]
+    assert isinstance(head, ResponseHead)
+    assert head.status == 200 and head.reason == b"Fine Thanks"
+    assert head.chunked and head.content_length is None and head.keep_alive
+    assert sorted(head.cut) == [b"CONNECTION", b"Transfer-Encoding", b"keep-alive"]
+    assert head.connection_named() == [b"X-Private"]
+    assert (b"Content-Type", b"text/plain") in head.headers
+    assert r.events[1] == b"abc" and r.done
+
+
+def test_response_head_split_across_reads_and_after_interim() -> None:
+    r = ResponseParser()
+    r.start(head_request=False)
+    r.feed(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Cre")
+    r.feed(b"ated\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    head = r.events[0]
+    assert isinstance(head, ResponseHead)
+    assert head.status == 201 and head.reason == b"Created" and head.content_length == 2
+    assert not head.keep_alive and head.raw == b"Content-Length: 2\r\nConnection: close\r\n"

@@ -1,0 +1,193 @@
+"""HTTP/1.1 response parsing for upstream connections, on httptools (llhttp), sans I/O.
+
+Theory of operation. llhttp validates every byte (status line, field syntax, framing), but
+its per-field Python callbacks are the largest cost of a small response. An upstream
+connection carries one exchange at a time, so the response head always starts at the first
+byte fed after `start()` (interim 1xx heads aside, which are dropped from the front): the
+parser keeps those bytes and, once llhttp reports the head complete, reads the few fields a
+proxy acts on (framing and hop-by-hop fields) from the validated block with bytes searches.
+No per-field callback is registered, so llhttp calls into Python three times a response.
+
+Trailers of chunked HTTP/1.1 responses are not forwarded (Envoy's default too); the
+chunked body itself is re-framed for the downstream.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import httptools
+
+from sidecar.errors import ProtocolError
+from sidecar.protocol.http1 import END, End
+
+Headers = list[tuple[bytes, bytes]]
+
+# Fields a proxy must act on, as they appear after CRLF in the lower-cased block.
+_LENGTH = b"\r\ncontent-length:"
+_TE = b"\r\ntransfer-encoding:"
+_CONNECTION = b"\r\nconnection:"
+_HOP_BY_HOP = (
+    _TE,
+    _CONNECTION,
+    b"\r\nkeep-alive:",
+    b"\r\nproxy-connection:",
+    b"\r\nte:",
+    b"\r\ntrailer:",
+    b"\r\nupgrade:",
+)
+_PLAIN_CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade", b"te"})
+
+
+class ResponseHead:
+    """A response's status and the fields the proxy needs; the rest stays in `raw`."""
+
+    keep_alive = True
+    content_length: int | None = None
+    chunked = False
+    connection = b""
+
+    def __init__(self, status: int, reason: bytes, raw: bytes) -> None:
+        self.status = status
+        self.reason = reason
+        self.raw = raw  # the header block as received: one "Name: value\r\n" per field
+        self.cut: list[bytes] = []  # names (as received) of lines not to forward
+        self._lower = b"\r\n" + raw.lower()
+        self._scan()
+
+    def _scan(self) -> None:
+        low = self._lower
+        i = low.find(_LENGTH)
+        if i != -1:
+            self.content_length = int(low[i + len(_LENGTH) : low.index(b"\r\n", i + 2)])
+        for key in _HOP_BY_HOP:
+            i = low.find(key)
+            while i != -1:
+                end = low.index(b"\r\n", i + 2)
+                self.cut.append(self.raw[i : i + len(key) - 3])
+                value = low[i + len(key) : end].strip()
+                if key is _TE:
+                    self.chunked = self.chunked or value.endswith(b"chunked")
+                elif key is _CONNECTION:
+                    self.connection = self.connection + b"," + value if self.connection else value
+                i = low.find(key, end)
+
+    @property
+    def headers(self) -> Headers:
+        """Every field as (name, value), parsed on demand (filters need it, forwarding not)."""
+        out = []
+        for line in self.raw.split(b"\r\n"):
+            if line:
+                name, _, value = line.partition(b":")
+                out.append((name, value.strip(b" \t")))
+        return out
+
+    def connection_named(self) -> list[bytes]:
+        """Names (as received) of fields the Connection header declares hop-by-hop."""
+        if not self.connection or self.connection in _PLAIN_CONNECTION_TOKENS:
+            return []
+        tokens = {t.strip() for t in self.connection.split(b",")} - _PLAIN_CONNECTION_TOKENS
+        out = []
+        for token in tokens:
+            key = b"\r\n" + token + b":"
+            i = self._lower.find(key)
+            while token and i != -1:
+                out.append(self.raw[i : i + len(token)])
+                i = self._lower.find(key, i + 2)
+        return out
+
+
+class ResponseParser:
+    """Parses the responses of one upstream connection, one exchange at a time."""
+
+    def __init__(self, *, max_header_bytes: int = 65536) -> None:
+        self.events: deque[ResponseHead | bytes | End] = deque()
+        self.max_header_bytes = max_header_bytes
+        self._parser = httptools.HttpResponseParser(self)
+        self._buf = b""  # bytes of the head not yet complete
+        self._in_head = True
+        self._head_request = False
+        self._done = False
+        self._interim = False
+        self.close_delimited = False
+
+    def start(self, *, head_request: bool) -> None:
+        """Prepare for the next response on the same connection."""
+        if self._head_request:  # llhttp still expects the HEAD response's body: start anew
+            self._parser = httptools.HttpResponseParser(self)
+        self.events.clear()
+        self._buf = b""
+        self._in_head = True
+        self._head_request = head_request
+        self._done = False
+        self._interim = False
+        self.close_delimited = False
+
+    # llhttp callbacks ------------------------------------------------------------------
+    def on_headers_complete(self) -> None:
+        p = self._parser
+        buf = self._buf
+        line_end = buf.index(b"\r\n")
+        end = buf.index(b"\r\n\r\n", line_end)
+        status = p.get_status_code()
+        if 100 <= status < 200:
+            # Interim responses are not forwarded (docs/decisions.md); the next head
+            # starts right after this one.
+            self._buf = buf[end + 4 :]
+            self._interim = True
+            return
+        parts = buf[:line_end].split(b" ", 2)
+        head = ResponseHead(
+            status, parts[2] if len(parts) > 2 else b"", buf[line_end + 2 : end + 2]
+        )
+        head.keep_alive = p.should_keep_alive()
+        self._buf = b""
+        self._in_head = False
+        no_body = self._head_request or status in (204, 304)
+        self.close_delimited = not no_body and not head.chunked and head.content_length is None
+        if self.close_delimited:
+            head.keep_alive = False
+        self.events.append(head)
+        if self._head_request:
+            self.events.append(END)
+            self._done = True
+
+    def on_body(self, body: bytes) -> None:
+        if body and not self._done:
+            self.events.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+        elif not self._done:
+            self._done = True
+            self.events.append(END)
+
+    # feeding --------------------------------------------------------------------------
+    def feed(self, data: bytes) -> None:
+        if self._done:
+            return
+        if self._in_head:
+            self._buf = self._buf + data if self._buf else data
+            if len(self._buf) > self.max_header_bytes + len(data):
+                raise ProtocolError("response head too large", status=502)
+        try:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, ValueError) as exc:
+            if self._done:  # bytes after a bodiless response: the connection is unusable
+                raise ProtocolError("bytes after a bodiless response", status=502) from None
+            raise ProtocolError(f"malformed response: {exc}", status=502) from None
+
+    def feed_eof(self) -> bool:
+        """Upstream closed: True if that ends the response (close-delimited body)."""
+        if self._done:
+            return True
+        if self.close_delimited and not self._in_head:
+            self._done = True
+            self.events.append(END)
+            return True
+        return False
+
+    @property
+    def done(self) -> bool:
+        return self._done
