@@ -235,7 +235,7 @@ class _Connection:
             peer_label = backend.cluster
             cluster = ctx.clusters.get(backend.cluster)
             stats = cluster.pick(ctx.rng, start) if cluster is not None else None
-            pool = cluster.pools.get(stats.endpoint) if cluster and stats else None
+            pool = cluster.pools.get(stats.endpoint.key) if cluster and stats else None
             if cluster is None or stats is None or pool is None:
                 outcome.status = 503
                 detail = "no_healthy_upstream"

@@ -14,6 +14,7 @@ chunked body itself is re-framed for the downstream.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 
 import httptools
@@ -23,18 +24,11 @@ from sidecar.protocol.http1 import END, End
 
 Headers = list[tuple[bytes, bytes]]
 
-# Fields a proxy must act on, as they appear after CRLF in the lower-cased block.
-_LENGTH = b"\r\ncontent-length:"
-_TE = b"\r\ntransfer-encoding:"
-_CONNECTION = b"\r\nconnection:"
-_HOP_BY_HOP = (
-    _TE,
-    _CONNECTION,
-    b"\r\nkeep-alive:",
-    b"\r\nproxy-connection:",
-    b"\r\nte:",
-    b"\r\ntrailer:",
-    b"\r\nupgrade:",
+# Fields a proxy must act on, found in one pass over the lower-cased block (each line is
+# preceded by CRLF there; a value cannot contain CRLF, so matches are line starts).
+_FIELDS = re.compile(
+    rb"\r\n(content-length|transfer-encoding|connection|keep-alive|proxy-connection|te"
+    rb"|trailer|upgrade):[ \t]*([^\r]*)"
 )
 _PLAIN_CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade", b"te"})
 
@@ -56,21 +50,17 @@ class ResponseHead:
         self._scan()
 
     def _scan(self) -> None:
-        low = self._lower
-        i = low.find(_LENGTH)
-        if i != -1:
-            self.content_length = int(low[i + len(_LENGTH) : low.index(b"\r\n", i + 2)])
-        for key in _HOP_BY_HOP:
-            i = low.find(key)
-            while i != -1:
-                end = low.index(b"\r\n", i + 2)
-                self.cut.append(self.raw[i : i + len(key) - 3])
-                value = low[i + len(key) : end].strip()
-                if key is _TE:
-                    self.chunked = self.chunked or value.endswith(b"chunked")
-                elif key is _CONNECTION:
-                    self.connection = self.connection + b"," + value if self.connection else value
-                i = low.find(key, end)
+        for m in _FIELDS.finditer(self._lower):
+            name, value = m.group(1), m.group(2).rstrip(b" \t")
+            if name == b"content-length":
+                self.content_length = int(value)
+                continue
+            start = m.start()  # where the name starts in raw (which lacks the leading CRLF)
+            self.cut.append(self.raw[start : start + len(name)])
+            if name == b"transfer-encoding":
+                self.chunked = self.chunked or value.endswith(b"chunked")
+            elif name == b"connection":
+                self.connection = self.connection + b"," + value if self.connection else value
 
     @property
     def headers(self) -> Headers:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 
-from sidecar.config.model import ClusterSpec, Endpoint
+from sidecar.config.model import ClusterSpec
 from sidecar.transport.io import Conn
 from sidecar.upstream.balance import Balancer, EndpointStats, make_balancer
 
@@ -57,7 +57,7 @@ class Cluster:
         self.spec = spec
         self.balancer: Balancer = make_balancer(spec.lb_policy)
         self.stats: list[EndpointStats] = [EndpointStats(e, now) for e in spec.endpoints]
-        self.pools: dict[Endpoint, EndpointPool] = {e: EndpointPool() for e in spec.endpoints}
+        self.pools: dict[str, EndpointPool] = {e.key: EndpointPool() for e in spec.endpoints}
 
     def pick(self, rng: random.Random, now: float) -> EndpointStats | None:
         stats = self.stats
@@ -71,13 +71,13 @@ class Cluster:
             self.balancer = make_balancer(spec.lb_policy)
         old_stats = {s.endpoint: s for s in self.stats}
         self.stats = [old_stats.get(e) or EndpointStats(e, now) for e in spec.endpoints]
-        keep = set(spec.endpoints)
-        for endpoint, pool in list(self.pools.items()):
-            if endpoint not in keep:
+        keep = {e.key for e in spec.endpoints}
+        for key, pool in list(self.pools.items()):
+            if key not in keep:
                 pool.close()
-                del self.pools[endpoint]
+                del self.pools[key]
         for e in spec.endpoints:
-            self.pools.setdefault(e, EndpointPool())
+            self.pools.setdefault(e.key, EndpointPool())
         self.spec = spec
 
     def close(self) -> None:
