@@ -133,7 +133,7 @@ async def _stream_body(conn: Conn, chunked: bool, next_event: NextEvent, outcome
 
 
 def response_head(
-    resp: ResponseHead, ops: tuple[HeaderOps, ...], chunked: bool, close: bool
+    resp: ResponseHead, ops: tuple[HeaderOps, ...], chunked: bool, close: bool, http10: bool
 ) -> bytearray:
     """The downstream response head: the upstream's block minus hop-by-hop lines when no
     filter touches it, else re-serialized from the parsed fields."""
@@ -154,6 +154,8 @@ def response_head(
         out += b"transfer-encoding: chunked\r\n"
     if close:
         out += b"connection: close\r\n"
+    elif http10:  # an HTTP/1.0 client keeps the connection only when told so
+        out += b"connection: keep-alive\r\n"
     out += b"\r\n"
     return out
 
@@ -200,7 +202,9 @@ async def _relay_response(
                     else:
                         outcome.downstream_keep_alive = False  # close-delimited for HTTP/1.0
                 outcome.status = ev.status
-                out += response_head(ev, ops, chunked_down, not outcome.downstream_keep_alive)
+                out += response_head(
+                    ev, ops, chunked_down, not outcome.downstream_keep_alive, head.version == "1.0"
+                )
                 outcome.response_started = True
             elif isinstance(ev, End):
                 if chunked_down:

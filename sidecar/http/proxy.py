@@ -117,7 +117,7 @@ async def _best_effort(conn: Conn, data: bytes | bytearray) -> None:
 class _Connection:
     """Per-connection request handling; one instance per downstream connection."""
 
-    __slots__ = ("conn", "ctx", "listener", "parser", "peer", "snapshot")
+    __slots__ = ("conn", "ctx", "listener", "parser", "peer", "peer_text", "snapshot")
 
     def __init__(
         self, ctx: ProxyContext, listener: ListenerKey, conn: Conn, parser: RequestParser
@@ -126,7 +126,8 @@ class _Connection:
         self.listener = listener
         self.conn = conn
         self.parser = parser
-        self.peer = conn.peer[0].encode() if conn.peer else b"-"
+        self.peer_text = conn.peer[0] if conn.peer else "-"
+        self.peer = self.peer_text.encode()
         self.snapshot: Snapshot | None = None  # the last snapshot that had our listener
 
     # -- body plumbing ------------------------------------------------------------------
@@ -311,7 +312,7 @@ class _Connection:
                 ctx.access_log.record(
                     start=time.time() - duration,
                     duration_s=duration,
-                    downstream=self.peer.decode(),
+                    downstream=self.peer_text,
                     method=head.method,
                     authority=authority,
                     path=head.target,
@@ -335,6 +336,8 @@ class _Connection:
         close: bool = False,
     ) -> bool:
         keep = head.keep_alive and not close and await self.discard_body(head)
+        if keep and head.version == "1.0":
+            headers = [*(headers or ()), (b"connection", b"keep-alive")]
         await self.conn.send_all(
             simple_response(
                 status, body, headers=headers, close=not keep, head_only=head.method == "HEAD"

@@ -312,3 +312,20 @@ async def test_http10_client_gets_close_delimited_body(tmp_path: Path, echo: Ech
     assert b"transfer-encoding" not in resp.lower()
     assert head_resp.startswith(b"HTTP/1.1 200 ") and head_resp.endswith(b"\r\n\r\n")
     assert b"content-length: " in head_resp.lower()
+
+
+async def test_http10_keepalive_client_is_told_to_keep_the_connection(
+    tmp_path: Path, echo: EchoServer
+) -> None:
+    text = config({"echo": echo.port}, [("r", "/e", "echo")])
+    async with trio.open_nursery() as nursery:
+        _, port = await start_edge(nursery, tmp_path / "c.yaml", text)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        replies = []
+        for path in (b"/e/1", b"/nope", b"/e/2"):
+            await stream.send_all(b"GET %b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" % path)
+            replies.append(await _read_response(stream))
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+    assert [r.split(b" ", 2)[1] for r in replies] == [b"200", b"404", b"200"]
+    assert all(b"connection: keep-alive" in r.lower() for r in replies)
