@@ -39,6 +39,7 @@ _REQUEST_KINDS = {
     b"x-forwarded-host": _XFWD,
     b"x-request-id": _XRID,
 }
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
 # Connection tokens that name no other field.
 _PLAIN_CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade", b"te"})
 
@@ -179,7 +180,8 @@ class RequestParser:
         if version not in ("1.1", "1.0"):
             self._fail(ProtocolError(f"HTTP/{version} is not supported", status=505))
         head.version = version
-        head.method = p.get_method().decode("ascii")
+        method = p.get_method()
+        head.method = _METHODS.get(method) or method.decode("ascii")
         head.target = self._url.decode("latin-1")
         head.keep_alive = p.should_keep_alive()
         if not head.host:
