@@ -329,3 +329,53 @@ async def test_http10_keepalive_client_is_told_to_keep_the_connection(
         nursery.cancel_scope.cancel()
     assert [r.split(b" ", 2)[1] for r in replies] == [b"200", b"404", b"200"]
     assert all(b"connection: keep-alive" in r.lower() for r in replies)
+
+
+async def test_download_in_flight_survives_a_reload_that_removes_its_route(tmp_path: Path) -> None:
+    half_sent = trio.Event()
+    finish = trio.Event()
+
+    async def slow_backend(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+
+        async def serve(stream: trio.SocketStream) -> None:
+            async with stream:
+                await stream.receive_some(65536)
+                await stream.send_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n" + b"a" * 100000
+                )
+                half_sent.set()
+                await finish.wait()
+                await stream.send_all(b"b" * 100000)
+
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(serve, listeners)
+
+    async with trio.open_nursery() as nursery:
+        backend_port = await nursery.start(slow_backend)
+        path = tmp_path / "c.yaml"
+        server, port = await start_edge(
+            nursery, path, config({"slow": backend_port}, [("r", "/", "slow")])
+        )
+        body = b""
+
+        async def download() -> None:
+            nonlocal body
+            async with httpx.AsyncClient(timeout=10) as client:
+                async with client.stream("GET", f"http://127.0.0.1:{port}/big") as resp:
+                    async for piece in resp.aiter_bytes():
+                        body += piece
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(download)
+            await half_sent.wait()
+            path.write_text(
+                config({}, []).replace(
+                    "listeners: [{name: http, port: 80", "listeners: [{name: http, port: 80"
+                )
+            )
+            assert server.reload()
+            assert server.snapshot is not None and not server.snapshot.clusters
+            finish.set()
+        nursery.cancel_scope.cancel()
+    assert body == b"a" * 100000 + b"b" * 100000
