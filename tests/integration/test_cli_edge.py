@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,14 +15,9 @@ import trio
 
 from tests.support.echo import EchoServer
 from tests.support.edge import config
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class _Stderr:
@@ -49,7 +43,7 @@ async def _curl(url: str) -> str:
 
 
 async def test_admin_reload_on_edit_and_sighup(tmp_path: Path) -> None:
-    port, admin = _free_port(), _free_port()
+    port, admin = free_port(), free_port()
     cfg = tmp_path / "edge.yaml"
     with EchoServer("one") as one, EchoServer("two") as two:
         cfg.write_text(config({"one": one.port}, [("r", "/", "one")], port=port))

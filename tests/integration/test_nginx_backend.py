@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 import trio
 
 from tests.support.edge import config, start_edge
+from tests.support.net import free_port
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 pytestmark = pytest.mark.skipif(
@@ -20,15 +20,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_keepalive_pool_against_nginx_that_retires_connections(tmp_path: Path) -> None:
     assert NGINX is not None
-    port = _free_port()
+    port = free_port()
     (tmp_path / "big.bin").write_bytes(bytes(range(256)) * 4096)
     conf = tmp_path / "nginx.conf"
     conf.write_text(f"""

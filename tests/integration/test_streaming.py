@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import trio
 
 from tests.support.echo import EchoServer
 from tests.support.edge import config
+from tests.support.net import free_port
 
 GB = 1 << 30
 # The proxy's resident set may not grow with the body: its peak stays under this.
@@ -24,12 +24,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _peak_rss_kb(pid: int) -> int:
@@ -54,7 +48,7 @@ async def test_gigabyte_up_and_down_in_constant_memory(tmp_path: Path) -> None:
     big = tmp_path / "big.bin"
     with big.open("wb") as f:
         f.truncate(GB)  # sparse: reads as zeros without using disk
-    port, admin = _free_port(), _free_port()
+    port, admin = free_port(), free_port()
     with EchoServer("sink") as backend:
         cfg = tmp_path / "edge.yaml"
         cfg.write_text(config({"sink": backend.port}, [("r", "/", "sink")], port=port))

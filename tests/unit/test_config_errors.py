@@ -16,6 +16,17 @@ spec:
   listeners: [{name: http, port: 18080, protocol: HTTP}]
 """
 
+ROUTE = (
+    GOOD
+    + """---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r}
+spec:
+  parentRefs: [{name: edge}]
+"""
+)
+
 CASES = {
     "unknown kind": ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n", "unknown kind 'Pod'"),
     "unknown field": (
@@ -28,26 +39,14 @@ CASES = {
     ),
     "missing name": (GOOD.replace("{name: edge}", "{}"), "metadata.name: is required"),
     "bad path match": (
-        GOOD
-        + """---
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: r}
-spec:
-  parentRefs: [{name: edge}]
-  rules: [{matches: [{path: {type: PathPrefix, value: "no-slash"}}]}]
+        ROUTE
+        + """  rules: [{matches: [{path: {type: PathPrefix, value: "no-slash"}}]}]
 """,
         "document 2 (HTTPRoute default/r): spec.rules[0].matches[0].path.value",
     ),
     "bad regex": (
-        GOOD
-        + """---
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: r}
-spec:
-  parentRefs: [{name: edge}]
-  rules: [{matches: [{path: {type: RegularExpression, value: "(["}}]}]
+        ROUTE
+        + """  rules: [{matches: [{path: {type: RegularExpression, value: "(["}}]}]
 """,
         "invalid regular expression",
     ),
@@ -55,26 +54,14 @@ spec:
     "invalid yaml": ("kind: [unclosed\n", "invalid YAML at line"),
     "duplicate resource": (GOOD + "---\n" + GOOD, "duplicate Gateway default/edge"),
     "bad weight": (
-        GOOD
-        + """---
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: r}
-spec:
-  parentRefs: [{name: edge}]
-  rules: [{backendRefs: [{name: s, port: 80, weight: -1}]}]
+        ROUTE
+        + """  rules: [{backendRefs: [{name: s, port: 80, weight: -1}]}]
 """,
         "spec.rules[0].backendRefs[0].weight: must be between 0 and 1000000",
     ),
     "redirect with backends": (
-        GOOD
-        + """---
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: r}
-spec:
-  parentRefs: [{name: edge}]
-  rules:
+        ROUTE
+        + """  rules:
   - filters: [{type: RequestRedirect, requestRedirect: {statusCode: 302}}]
     backendRefs: [{name: s, port: 80}]
 """,
