@@ -15,6 +15,7 @@ import trio
 from sidecar.config.model import Limits
 from tests.support.echo import EchoServer
 from tests.support.edge import config, raw_exchange, start_edge
+from tests.support.net import free_port
 
 CURL = shutil.which("curl")
 needs_curl = pytest.mark.skipif(
@@ -191,22 +192,12 @@ async def _garbage_server(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_I
     await trio.serve_listeners(garbage, listeners)
 
 
-def _closed_port() -> int:
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 async def test_errors_are_distinct(tmp_path: Path, echo: EchoServer) -> None:
     async with trio.open_nursery() as nursery:
         silent = await nursery.start(_silent_server)
         garbage = await nursery.start(_garbage_server)
         text = config(
-            {"echo": echo.port, "silent": silent, "garbage": garbage, "dead": _closed_port()},
+            {"echo": echo.port, "silent": silent, "garbage": garbage, "dead": free_port()},
             [("a", "/echo", "echo"), ("b", "/dead", "dead"), ("c", "/garbage", "garbage"),
              ("d", "/missing", "nope")],
         )  # fmt: skip
