@@ -13,6 +13,7 @@ replayed once on a new connection (never a request whose body was partly streame
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -106,7 +107,7 @@ async def exchange(
             conn.close()
             raise
         if keep_upstream:
-            pool.give(conn, trio.current_time())
+            pool.give(conn, time.perf_counter())
         else:
             conn.close()
         return

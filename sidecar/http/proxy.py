@@ -186,7 +186,7 @@ class _Connection:
     async def handle(self, head: RequestHead) -> bool:
         """Answer one request; returns whether the connection may carry another."""
         ctx = self.ctx
-        start = trio.current_time()
+        start = time.perf_counter()  # the data path's clock (pools, balancers, metrics)
         snapshot = ctx.store.current
         router = snapshot.routers.get(self.listener)
         if router is None and self.snapshot is not None:
@@ -255,7 +255,7 @@ class _Connection:
             response_ops = _response_ops(action, backend)
             spec = cluster.spec
             deadline = timeout_s(action)
-            cs = trio.CancelScope(deadline=start + deadline) if deadline else None
+            cs = trio.CancelScope(relative_deadline=deadline) if deadline else None
             run = functools.partial(
                 exchange,
                 self.conn,
@@ -281,7 +281,7 @@ class _Connection:
                         await run()
             finally:
                 stats.pending -= 1
-            end = trio.current_time()
+            end = time.perf_counter()
             stats.observe(end - start, end)
             if cs is not None and cs.cancelled_caught:
                 detail = "upstream_timeout"
@@ -304,7 +304,7 @@ class _Connection:
             body = f"upstream error: {exc}\n".encode("utf-8", "replace")
             return await self.local_reply(head, exc.status, body, close=True)
         finally:
-            duration = trio.current_time() - start
+            duration = time.perf_counter() - start
             ctx.metrics.request(
                 (ctx.direction, ctx.service, peer_label, route_label), outcome.status, duration
             )
@@ -366,7 +366,7 @@ def _response_ops(action: RouteAction, backend: Backend) -> tuple[HeaderOps, ...
 
 async def _send_mirror(ctx: ProxyContext, cluster_name: str, request: bytes) -> None:
     cluster = ctx.clusters.get(cluster_name)
-    stats = cluster.pick(ctx.rng, trio.current_time()) if cluster else None
+    stats = cluster.pick(ctx.rng, time.perf_counter()) if cluster else None
     if cluster is None or stats is None:
         return
     with trio.move_on_after(cluster.spec.connect_timeout_s + 10.0):

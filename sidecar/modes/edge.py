@@ -14,6 +14,7 @@ import gc
 import logging
 import signal
 import socket
+import time
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
@@ -100,7 +101,7 @@ class EdgeServer:
                 background=nursery,
                 idle=self.idle,
             )
-            self.clusters.sync(snap.clusters, trio.current_time())
+            self.clusters.sync(snap.clusters, time.perf_counter())
             self._open_listeners(snap)
             self._start_admin(nursery)
             self._publish(snap)
@@ -126,7 +127,7 @@ class EdgeServer:
         self.store.swap(snap)
         self.idle.idle_timeout_s = snap.limits.idle_timeout_s
         self.idle.header_timeout_s = snap.limits.header_timeout_s
-        self.clusters.sync(snap.clusters, trio.current_time())
+        self.clusters.sync(snap.clusters, time.perf_counter())
         for key in [k for k in self.listeners if k not in snap.routers]:
             scope, port = self.listeners.pop(key)
             scope.cancel()

@@ -15,7 +15,11 @@ FLUSH_INTERVAL_S = 0.5
 
 
 class AccessLog:
-    """Buffers lines; `run` flushes them. With no sink, lines are dropped (logging off)."""
+    """Buffers lines; `run` flushes them. With no sink, lines are dropped (logging off).
+
+    Fields a client controls (authority, path, request id) are JSON-escaped; the others are
+    tokens llhttp or the configuration already restricted (method, route, addresses).
+    """
 
     def __init__(self, sink: TextIO | None) -> None:
         self._sink = sink
@@ -51,10 +55,10 @@ class AccessLog:
         millis = int((start - secs) * 1000)
         line = (
             f'{{"start":"{self._stamp}.{millis:03d}Z","duration_ms":{duration_s * 1000:.3f},'
-            f'"downstream":"{downstream}","method":{encode_basestring(method)},'
+            f'"downstream":"{downstream}","method":"{method}",'
             f'"authority":{encode_basestring(authority)},"path":{encode_basestring(path)},'
             f'"protocol":"{protocol}","status":{status},"bytes_in":{bytes_in},'
-            f'"bytes_out":{bytes_out},"route":{encode_basestring(route)},'
+            f'"bytes_out":{bytes_out},"route":"{route}",'
             f'"upstream":"{upstream}","request_id":{encode_basestring(request_id)},'
             f'"detail":"{detail}"}}\n'
         )

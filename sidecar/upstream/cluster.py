@@ -1,5 +1,7 @@
 """Upstream clusters at run time: endpoint statistics, balancer and keep-alive pools.
 
+Times here are `time.perf_counter()` seconds, the data path's clock (not trio's).
+
 A `ClusterSpec` in the snapshot is immutable; its `Cluster` here is the mutable owner of
 what outlives one configuration: endpoint statistics and idle connections survive a
 reload for endpoints that stay, and are dropped for endpoints that leave.
