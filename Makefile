@@ -4,9 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 APT_TEST_PKGS  := curl nginx-light
-APT_BENCH_PKGS := curl nginx-light wrk util-linux
+APT_BENCH_PKGS := curl nginx-light wrk util-linux valgrind
 
-.PHONY: demo test lint typecheck pytest bench sysdeps sysdeps-bench clean
+.PHONY: demo test lint typecheck pytest bench bench-instructions sysdeps sysdeps-bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -48,6 +48,9 @@ test: lint typecheck pytest
 bench: $(STAMP) sysdeps-bench
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench.run
+
+bench-instructions: $(STAMP) sysdeps-bench
+	$(PY) -m bench.instructions
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
