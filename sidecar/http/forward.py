@@ -88,8 +88,10 @@ async def exchange(
     while True:
         if conn is None:
             conn = await _connect(address, port, connect_timeout_s)
+        written = False
         try:
             await conn.send_all(request)
+            written = True
             if not body_done:
                 await _stream_body(conn, head.chunked, next_event, outcome)
             outcome.request_complete = True
@@ -97,7 +99,7 @@ async def exchange(
         except (ConnectionLost, UpstreamClosed) as exc:
             conn.close()
             conn = None
-            if reused and body_done and not outcome.response_started:
+            if reused and _replayable(head, body_done, written, outcome):
                 reused = False  # a stale pooled connection: replay once on a new one
                 continue
             if outcome.response_started:
@@ -111,6 +113,22 @@ async def exchange(
         else:
             conn.close()
         return
+
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+def _replayable(head: RequestHead, body_done: bool, written: bool, outcome: Outcome) -> bool:
+    """May a request that failed on a reused connection be sent again on a new one?
+
+    Only when all of it is still in memory and nothing of the response arrived; and, as
+    Go's HTTP client decides, only for idempotent methods unless the request could not
+    even be written (then the upstream cannot have acted on it). A POST that reached an
+    upstream which then closed is never sent twice.
+    """
+    if not body_done or outcome.response_started:
+        return False
+    return not written or head.method in IDEMPOTENT
 
 
 async def _connect(address: str, port: int, timeout_s: float) -> Conn:

@@ -368,3 +368,38 @@ async def test_download_in_flight_survives_a_reload_that_removes_its_route(tmp_p
             finish.set()
         nursery.cancel_scope.cancel()
     assert body == b"a" * 100000 + b"b" * 100000
+
+
+async def test_stale_pooled_connection_replays_get_but_never_post(tmp_path: Path) -> None:
+    """The backend answers the first request of each connection and drops the connection
+    on reading the second: what a pooled connection looks like when the upstream closed it."""
+    seen: list[bytes] = []
+
+    async def flaky(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+
+        async def serve(stream: trio.SocketStream) -> None:
+            async with stream:
+                for n in range(2):
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    seen.append(data.split(b" ", 2)[0] + b" %d" % n)
+                    if n == 1:
+                        return  # read it, then close without a word
+                    await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(serve, listeners)
+
+    async with trio.open_nursery() as nursery:
+        port_b = await nursery.start(flaky)
+        _, port = await start_edge(
+            nursery, tmp_path / "c.yaml", config({"b": port_b}, [("r", "/", "b")])
+        )
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            assert (await client.get("/1")).status_code == 200
+            assert (await client.get("/2")).status_code == 200  # replayed on a new connection
+            assert (await client.post("/3", content=b"pay")).status_code == 502
+        nursery.cancel_scope.cancel()
+    assert seen == [b"GET 0", b"GET 1", b"GET 0", b"POST 1"]
