@@ -86,6 +86,9 @@ class EdgeServer:
     ) -> None:
         self._stamp = FileStamp.of(self.paths)
         snap = self._load(1)
+        # Everything a user can get wrong (files, ports) fails here, before any task runs.
+        opened = self._bind(snap)
+        admin = self._bind_admin()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self.store = SnapshotStore(snap)
@@ -102,8 +105,8 @@ class EdgeServer:
                 idle=self.idle,
             )
             self.clusters.sync(snap.clusters, time.perf_counter())
-            self._open_listeners(snap)
-            self._start_admin(nursery)
+            self._serve(opened)
+            self._serve_admin(nursery, admin)
             self._publish(snap)
             nursery.start_soon(self.access_log.run)
             nursery.start_soon(run_sweeper, self.idle)
@@ -116,7 +119,7 @@ class EdgeServer:
         """Load the files again; True when a new snapshot is in force."""
         try:
             snap = self._load(self._version + 1)
-            self._open_listeners(snap)
+            opened = self._bind(snap)
         except ConfigError as exc:
             self.last_error = str(exc)
             self.metrics.inc("weft_config_reload_failures_total")
@@ -124,6 +127,7 @@ class EdgeServer:
             self._notify()
             return False
         assert self.store is not None
+        self._serve(opened)
         self.store.swap(snap)
         self.idle.idle_timeout_s = snap.limits.idle_timeout_s
         self.idle.header_timeout_s = snap.limits.header_timeout_s
@@ -158,6 +162,7 @@ class EdgeServer:
     def _publish(self, snap: Snapshot) -> None:
         # A snapshot lives until the next reload: keep the cyclic GC from walking its
         # (possibly hundreds of thousands of) objects on every full collection.
+        gc.unfreeze()  # let the previous snapshot be collected
         gc.collect()
         gc.freeze()
         self._version = snap.version
@@ -174,12 +179,11 @@ class EdgeServer:
         self._changed.set()
         self._changed = trio.Event()
 
-    def _open_listeners(self, snap: Snapshot) -> None:
-        """Open sockets for new listeners: all of them or none (ConfigError)."""
-        assert self._nursery is not None and self._ctx is not None
+    def _bind(self, snap: Snapshot) -> list[tuple[ListenerKey, socket.socket]]:
+        """Open sockets for listeners not open yet: all of them or none (ConfigError)."""
         opened: list[tuple[ListenerKey, socket.socket]] = []
         if self.draining:
-            return
+            return opened
         try:
             for key in snap.routers:
                 if key in self.listeners:
@@ -196,6 +200,10 @@ class EdgeServer:
             for _, sock in opened:
                 sock.close()
             raise
+        return opened
+
+    def _serve(self, opened: list[tuple[ListenerKey, socket.socket]]) -> None:
+        assert self._nursery is not None and self._ctx is not None
         for key, sock in opened:
             scope = trio.CancelScope()
             bound = sock.getsockname()[1]
@@ -204,13 +212,7 @@ class EdgeServer:
             self._nursery.start_soon(_scoped, scope, accept_loop, sock, handler, self._nursery)
             log.info("listening on %s:%d", sock.getsockname()[0], bound)
 
-    def _start_admin(self, nursery: trio.Nursery) -> None:
-        state = AdminState(
-            snapshot=lambda: self.snapshot,
-            metrics=self.metrics,
-            drain=self.drain,
-            ready=lambda: self.store is not None and not self.draining,
-        )
+    def _bind_admin(self) -> socket.socket:
         try:
             sock = open_listener(self.admin_address, self.admin_port)
         except OSError as exc:
@@ -219,8 +221,16 @@ class EdgeServer:
                 source="admin",
             ) from None
         self.admin_bound_port = sock.getsockname()[1]
-        handler = functools.partial(serve_admin, state)
-        nursery.start_soon(accept_loop, sock, handler, nursery)
+        return sock
+
+    def _serve_admin(self, nursery: trio.Nursery, sock: socket.socket) -> None:
+        state = AdminState(
+            snapshot=lambda: self.snapshot,
+            metrics=self.metrics,
+            drain=self.drain,
+            ready=lambda: self.store is not None and not self.draining,
+        )
+        nursery.start_soon(accept_loop, sock, functools.partial(serve_admin, state), nursery)
 
     async def _watch_files(self) -> None:
         if self.watch_interval_s <= 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,28 @@ async def test_bad_initial_config_exits_non_zero_with_one_line(tmp_path: Path) -
     assert lines[-1].startswith("meshctl: configuration error: ")
     assert "spec.listeners: must have at least one listener" in lines[-1]
     assert "Traceback" not in proc.stderr.decode()
+
+
+async def test_listener_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = tmp_path / "edge.yaml"
+        cfg.write_text(
+            config({"x": 9}, [("r", "/", "x")], port=port).replace(
+                "  listeners:", "  addresses: [{type: IPAddress, value: 127.0.0.1}]\n  listeners:"
+            )
+        )
+        proc = await trio.run_process(
+            [sys.executable, "-m", "sidecar", "edge", "-f", str(cfg), "--admin-port", "0"],
+            capture_stderr=True, check=False,
+        )  # fmt: skip
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .endswith(f"cannot listen on 127.0.0.1:{port}: Address already in use")
+    )
+    assert "Traceback" not in err
