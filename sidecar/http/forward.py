@@ -90,7 +90,9 @@ async def exchange(
             conn = await _connect(address, port, connect_timeout_s)
         written = False
         try:
-            await conn.send_all(request)
+            sent = conn.send_now(request)
+            if sent < len(request):
+                await conn.send_rest(request, sent)
             written = True
             if not body_done:
                 await _stream_body(conn, head.chunked, next_event, outcome)
@@ -231,7 +233,9 @@ async def _relay_response(
                 finished = True
         if out:
             try:
-                await downstream.send_all(out)
+                sent = downstream.send_now(out)
+                if sent < len(out):
+                    await downstream.send_rest(out, sent)
             except ConnectionLost:
                 outcome.downstream_keep_alive = False
                 return False

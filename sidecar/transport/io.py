@@ -15,7 +15,6 @@ The next layer up (TLS) subclasses `Conn` with a non-blocking `ssl.SSLSocket` an
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import socket
 
@@ -64,17 +63,25 @@ class Conn:
             self.activity += 1
             return data
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        sock = self.sock
+    def send_now(self, data: bytes | bytearray | memoryview) -> int:
+        """Send what the kernel takes without waiting; the count sent. The data path calls
+        this and awaits `send_rest` only after a partial write, saving a coroutine a send."""
         self.activity += 1
         try:
-            sent = sock.send(data)
+            return self.sock.send(data)
         except BlockingIOError:
-            sent = 0
+            return 0
         except OSError as exc:
             raise ConnectionLost(str(exc)) from None
-        if sent == len(data):
-            return
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        sent = self.send_now(data)
+        if sent < len(data):
+            await self.send_rest(data, sent)
+
+    async def send_rest(self, data: bytes | bytearray | memoryview, sent: int) -> None:
+        """Finish a send that `send_now` began, waiting for the socket to drain."""
+        sock = self.sock
         view = memoryview(data)[sent:]
         while view:
             await trio.lowlevel.wait_writable(sock)
@@ -95,10 +102,6 @@ class Conn:
             return False
         except OSError:
             return True
-
-    def shutdown_write(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
         if not self.closed:
