@@ -60,7 +60,7 @@ def compile_snapshot(
             idx.grants.append(res)
         elif isinstance(res, r.Service):
             idx.services[(res.meta.namespace, res.meta.name)] = res
-        else:
+        elif isinstance(res, r.EndpointSlice):
             idx.slices.setdefault((res.meta.namespace, res.service_name), []).append(res)
     return _Compiler(idx, gateway_class).build(version, limits or Limits())
 

@@ -7,6 +7,7 @@ naming the document and field.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,6 +22,7 @@ from sidecar.config.resources import (
     WEFT_GROUP,
     EndpointAddress,
     EndpointSlice,
+    GatewayClass,
     Meta,
     Namespace,
     Resource,
@@ -29,6 +31,7 @@ from sidecar.config.resources import (
 )
 from sidecar.errors import ConfigError
 
+_CONTROLLER_RE = re.compile(r"^[a-z0-9.-]+/[A-Za-z0-9/\-._~%!$&'()*+,;=:]+$")
 _VERSIONS = {
     GATEWAY_GROUP: ("v1", "v1beta1"),
     "": ("v1",),
@@ -55,6 +58,9 @@ def parse_resource(doc: object, source: str) -> Resource:
     group, _, version = api_version.rpartition("/")
     parser = _PARSERS.get((group, kind))
     if parser is None:
+        later = _LATER.get((group, kind))
+        if later:
+            top.fail("kind", f"{kind} is not supported yet ({later})")
         top.fail("kind", f"unknown kind {kind!r} in apiVersion {api_version!r}")
     if version not in _VERSIONS[group]:
         top.fail("apiVersion", f"version {version!r} of {kind} is not served")
@@ -194,12 +200,36 @@ def _endpoint_slice(top: Reader, meta: Meta) -> EndpointSlice:
     )
 
 
+def _gateway_class(top: Reader, meta: Meta) -> GatewayClass:
+    """Accepted so Kubernetes manifests load as they are; Gateways pick their class by
+    name (`--gateway-class`)."""
+    spec = top.req_obj("spec")
+    controller = spec.text("controllerName", pattern=_CONTROLLER_RE)
+    spec.ignore("parametersRef", "description")
+    spec.finish()
+    return GatewayClass(meta=meta, controller=controller)
+
+
 def _namespace(top: Reader, meta: Meta) -> Namespace:
     top.ignore("spec")
     return Namespace(meta=meta)
 
 
+# Kinds that later parts of Weft serve: refused with a pointer instead of "unknown".
+_LATER = {
+    (GATEWAY_GROUP, "GRPCRoute"): "gRPC routing arrives with HTTP/2",
+    (GATEWAY_GROUP, "TCPRoute"): "TCP routing arrives with the protocols work",
+    (GATEWAY_GROUP, "TLSRoute"): "TLS passthrough arrives with the protocols work",
+    ("networking.k8s.io", "Ingress"): "Ingress translation arrives in a later release",
+    (WEFT_GROUP, "TLSCertificate"): "TLS termination arrives with the protocols work",
+    (WEFT_GROUP, "BackendTrafficPolicy"): "arrives with retries and circuit breaking",
+    (WEFT_GROUP, "SecurityPolicy"): "arrives with edge authentication",
+    (WEFT_GROUP, "AuthorizationPolicy"): "arrives with mesh identities",
+    (WEFT_GROUP, "MeshConfig"): "arrives with the control plane",
+}
+
 _PARSERS: dict[tuple[str, str], Callable[[Reader, Meta], Any]] = {
+    (GATEWAY_GROUP, "GatewayClass"): _gateway_class,
     (GATEWAY_GROUP, "Gateway"): parse_gateway,
     (GATEWAY_GROUP, "HTTPRoute"): parse_http_route,
     (GATEWAY_GROUP, "ReferenceGrant"): parse_reference_grant,

@@ -248,7 +248,13 @@ class Namespace:
     meta: Meta
 
 
-Resource = Gateway | HTTPRoute | ReferenceGrant | Service | EndpointSlice | Namespace
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayClass:
+    meta: Meta
+    controller: str
+
+
+Resource = Gateway | GatewayClass | HTTPRoute | ReferenceGrant | Service | EndpointSlice | Namespace
 
 
 # -- parsing ----------------------------------------------------------------------------

@@ -50,6 +50,10 @@ CASES = {
 """,
         "invalid regular expression",
     ),
+    "later kind": (
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g}\n",
+        "GRPCRoute is not supported yet",
+    ),
     "duplicate key": ("apiVersion: v1\napiVersion: v1\n", "duplicate key 'apiVersion'"),
     "invalid yaml": ("kind: [unclosed\n", "invalid YAML at line"),
     "duplicate resource": (GOOD + "---\n" + GOOD, "duplicate Gateway default/edge"),
@@ -114,3 +118,12 @@ def test_other_gateway_classes_are_not_served(tmp_path: Path) -> None:
     f.write_text(GOOD.replace("spec:\n", "spec:\n  gatewayClassName: nginx\n"))
     assert not load_snapshot([str(f)], version=1, gateway_class="weft").routers
     assert load_snapshot([str(f)], version=1, gateway_class="nginx").routers
+
+
+def test_gateway_class_documents_are_accepted(tmp_path: Path) -> None:
+    f = tmp_path / "gw.yaml"
+    f.write_text(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: weft}\n"
+        "spec: {controllerName: weft.dev/gateway-controller}\n---\n" + GOOD
+    )
+    assert load_snapshot([str(f)], version=1, gateway_class="weft").routers
