@@ -313,7 +313,7 @@ def _scaling(tmp: Path, args: argparse.Namespace) -> str:
             reps = 20000
             t0 = time.perf_counter()
             for _ in range(reps):
-                router.route("bench.local", "/api/x", "GET", dict, dict)
+                router.route("bench.local", "/api/x", "GET", [], "")
             lookup_us = (time.perf_counter() - t0) / reps * 1e6
             t = Target(f"weft-{n}", PORTS["weft"], _weft_cmd(cfg, tmp / "scaling-access.log"))
             _start(t, PROXY_CORE)

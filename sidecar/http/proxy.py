@@ -25,10 +25,8 @@ from sidecar.http.filters import HeaderOps, redirect_location
 from sidecar.http.forward import Outcome, exchange
 from sidecar.http.request import (
     RequestIds,
-    header_lookup,
     parse_target,
     pick_backend,
-    query_lookup,
     timeout_s,
     upstream_request,
 )
@@ -201,9 +199,7 @@ class _Connection:
         host = normalize_host(authority)
         match = None
         if router is not None:
-            match = router.route(
-                host, path, head.method, header_lookup(head.headers), query_lookup(query)
-            )
+            match = router.route(host, path, head.method, head.headers, query)
         outcome = Outcome(head.keep_alive)
         route_label = peer_label = detail = rid = ""
         try:

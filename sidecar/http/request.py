@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Mapping
-from urllib.parse import parse_qs
 
 from sidecar.config.model import Backend, RouteAction
 from sidecar.errors import ProtocolError
@@ -150,31 +148,3 @@ def timeout_s(action: RouteAction) -> float | None:
     if a and b:
         return min(a, b)
     return a or b or None
-
-
-def header_lookup(headers: list[tuple[bytes, bytes]]) -> Callable[[], Mapping[str, str]]:
-    cache: dict[str, str] | None = None
-
-    def lookup() -> Mapping[str, str]:
-        nonlocal cache
-        if cache is None:
-            cache = {}
-            for name, value in headers:
-                key = name.decode("latin-1").lower()
-                v = value.decode("latin-1")
-                cache[key] = f"{cache[key]},{v}" if key in cache else v
-        return cache
-
-    return lookup
-
-
-def query_lookup(query: str) -> Callable[[], Mapping[str, list[str]]]:
-    cache: dict[str, list[str]] | None = None
-
-    def lookup() -> Mapping[str, list[str]]:
-        nonlocal cache
-        if cache is None:
-            cache = parse_qs(query, keep_blank_values=True) if query else {}
-        return cache
-
-    return lookup

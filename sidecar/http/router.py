@@ -18,14 +18,15 @@ list scan, and only over regex rules of the hostname tier being searched.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import parse_qs
 
 from sidecar.config.model import RouteAction
 
-# (lower-case header name) -> joined values, built lazily per request when a rule needs it.
-HeaderLookup = Callable[[], Mapping[str, str]]
-QueryLookup = Callable[[], Mapping[str, list[str]]]
+# A request's fields as parsed, and its query string; turned into maps only for the few
+# rules that match on them.
+Fields = list[tuple[bytes, bytes]]
 # (name, exact value or None, regex or None)
 Condition = tuple[str, str | None, re.Pattern[str] | None]
 
@@ -44,11 +45,11 @@ class CompiledMatch:
     # precedence inside one path bucket: smaller sorts first
     order: tuple[object, ...] = ()
 
-    def conditions_hold(self, method: str, headers: HeaderLookup, query: QueryLookup) -> bool:
+    def conditions_hold(self, method: str, headers: Fields, query: str) -> bool:
         if self.method is not None and self.method != method:
             return False
         if self.headers:
-            hmap = headers()
+            hmap = header_map(headers)
             for name, exact, rx in self.headers:
                 value = hmap.get(name)
                 if value is None:
@@ -59,7 +60,7 @@ class CompiledMatch:
                 elif not rx.fullmatch(value):
                     return False
         if self.query:
-            qmap = query()
+            qmap = parse_qs(query, keep_blank_values=True) if query else {}
             for name, exact, rx in self.query:
                 values = qmap.get(name)
                 if not values:
@@ -92,9 +93,7 @@ class PathTable:
             bucket.sort(key=_order)
         self.regex.sort(key=_order)
 
-    def find(
-        self, path: str, method: str, headers: HeaderLookup, query: QueryLookup
-    ) -> CompiledMatch | None:
+    def find(self, path: str, method: str, headers: Fields, query: str) -> CompiledMatch | None:
         bucket = self.exact.get(path)
         if bucket:
             for m in bucket:
@@ -156,7 +155,7 @@ class HostTable:
             yield self.any
 
     def find(
-        self, host: str, path: str, method: str, headers: HeaderLookup, query: QueryLookup
+        self, host: str, path: str, method: str, headers: Fields, query: str
     ) -> CompiledMatch | None:
         table = self.exact.get(host)
         if table is not None:
@@ -218,12 +217,22 @@ class PortRouter:
         return self.any
 
     def route(
-        self, host: str, path: str, method: str, headers: HeaderLookup, query: QueryLookup
+        self, host: str, path: str, method: str, headers: Fields, query: str
     ) -> CompiledMatch | None:
         lst = self.listener_for(host)
         if lst is None:
             return None
         return lst.hosts.find(host, path, method, headers, query)
+
+
+def header_map(headers: list[tuple[bytes, bytes]]) -> Mapping[str, str]:
+    """Lower-case field name -> values joined with "," in arrival order."""
+    out: dict[str, str] = {}
+    for name, value in headers:
+        key = name.decode("latin-1").lower()
+        v = value.decode("latin-1")
+        out[key] = f"{out[key]},{v}" if key in out else v
+    return out
 
 
 def wildcard_suffixes(host: str) -> Iterable[str]:

@@ -45,7 +45,9 @@ def _route(
     query: dict[str, list[str]] | None = None,
 ) -> Any:
     router = snap.routers[ListenerKey(address="0.0.0.0", port=80)]
-    m = router.route(normalize_host(host), path, method, lambda: headers or {}, lambda: query or {})
+    fields = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    qs = "&".join(f"{k}={v}" for k, vs in (query or {}).items() for v in vs)
+    m = router.route(normalize_host(host), path, method, fields, qs)
     return None if m is None else (m.action.route, m.action.rule)
 
 
@@ -155,6 +157,6 @@ def test_regex_path_and_invalid_backend() -> None:
     assert _route(snap, "x", "/v12/items") == ("default/r", 0)
     assert _route(snap, "x", "/v12/items/more") is None
     router = snap.routers[ListenerKey(address="0.0.0.0", port=80)]
-    m = router.route("x", "/missing", "GET", dict, dict)
+    m = router.route("x", "/missing", "GET", [], "")
     assert m is not None and m.action.backends[0].cluster is None
     assert "not found" in m.action.backends[0].reason
