@@ -115,7 +115,17 @@ async def _best_effort(conn: Conn, data: bytes | bytearray) -> None:
 class _Connection:
     """Per-connection request handling; one instance per downstream connection."""
 
-    __slots__ = ("conn", "ctx", "listener", "parser", "peer", "peer_text", "snapshot")
+    __slots__ = (
+        "authority",
+        "conn",
+        "ctx",
+        "host",
+        "listener",
+        "parser",
+        "peer",
+        "peer_text",
+        "snapshot",
+    )
 
     def __init__(
         self, ctx: ProxyContext, listener: ListenerKey, conn: Conn, parser: RequestParser
@@ -127,6 +137,8 @@ class _Connection:
         self.peer_text = conn.peer[0] if conn.peer else "-"
         self.peer = self.peer_text.encode()
         self.snapshot: Snapshot | None = None  # the last snapshot that had our listener
+        self.authority: str | None = None
+        self.host = ""
 
     # -- body plumbing ------------------------------------------------------------------
     async def next_event(self) -> bytes | End:
@@ -196,7 +208,10 @@ class _Connection:
         else:
             self.snapshot = snapshot
         authority, target, path, query = parse_target(head)
-        host = normalize_host(authority)
+        if authority != self.authority:  # clients repeat their Host: normalize it once
+            self.authority = authority
+            self.host = normalize_host(authority)
+        host = self.host
         match = None
         if router is not None:
             match = router.route(host, path, head.method, head.headers, query)
