@@ -219,7 +219,7 @@ class _Compiler:
                     cluster=cluster,
                     weight=br.weight,
                     request_headers=b_req,
-                    response_headers=b_resp,
+                    response_ops=tuple(op for op in (resp_h, b_resp) if op is not None),
                     reason=why,
                 )
             )
@@ -232,7 +232,6 @@ class _Compiler:
             rule=index,
             rule_name=rule.name,
             request_headers=req_h,
-            response_headers=resp_h,
             redirect=redirect,
             rewrite=rewrite,
             mirrors=tuple(mirrors),
@@ -240,6 +239,10 @@ class _Compiler:
             cumulative_weights=tuple(cumulative),
             request_timeout_s=rule.request_timeout_s,
             backend_request_timeout_s=rule.backend_request_timeout_s,
+            upstream_timeout_s=min(
+                (t for t in (rule.request_timeout_s, rule.backend_request_timeout_s) if t),
+                default=None,
+            ),
         )
 
     # -- backends -------------------------------------------------------------------------

@@ -45,7 +45,8 @@ class Backend:
     cluster: str | None
     weight: int
     request_headers: HeaderOps | None = None
-    response_headers: HeaderOps | None = None
+    # the rule's ResponseHeaderModifier then this backend's, in the order they apply
+    response_ops: tuple[HeaderOps, ...] = ()
     reason: str = ""  # why the ref is invalid
 
 
@@ -81,7 +82,6 @@ class RouteAction:
     rule: int
     rule_name: str | None = None
     request_headers: HeaderOps | None = None
-    response_headers: HeaderOps | None = None
     redirect: RedirectAction | None = None
     rewrite: RewriteAction | None = None
     mirrors: tuple[Mirror, ...] = ()
@@ -89,6 +89,7 @@ class RouteAction:
     cumulative_weights: tuple[int, ...] = ()
     request_timeout_s: float | None = None
     backend_request_timeout_s: float | None = None
+    upstream_timeout_s: float | None = None  # the shorter of the two: bounds the exchange
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

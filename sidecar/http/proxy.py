@@ -18,16 +18,15 @@ from dataclasses import dataclass, field
 
 import trio
 
-from sidecar.config.model import Backend, ListenerKey, RouteAction, Snapshot
+from sidecar.config.model import ListenerKey, RouteAction, Snapshot
 from sidecar.config.store import SnapshotStore
 from sidecar.errors import ProtocolError, UpstreamError
-from sidecar.http.filters import HeaderOps, redirect_location
+from sidecar.http.filters import redirect_location
 from sidecar.http.forward import Outcome, exchange
 from sidecar.http.request import (
     RequestIds,
     parse_target,
     pick_backend,
-    timeout_s,
     upstream_request,
 )
 from sidecar.http.router import normalize_host
@@ -263,9 +262,8 @@ class _Connection:
                 self.mirror(action, bytes(request) if body_done else None)
             endpoint = stats.endpoint
             outcome.upstream = endpoint.key
-            response_ops = _response_ops(action, backend)
             spec = cluster.spec
-            deadline = timeout_s(action)
+            deadline = action.upstream_timeout_s
             cs = trio.CancelScope(relative_deadline=deadline) if deadline else None
             run = functools.partial(
                 exchange,
@@ -277,7 +275,7 @@ class _Connection:
                 request,
                 body_done,
                 self.next_event,
-                response_ops,
+                backend.response_ops,
                 outcome,
                 spec.connect_timeout_s,
                 spec.idle_timeout_s,
@@ -367,12 +365,6 @@ class _Connection:
                 continue
             if self.ctx.rng.random() * m.denominator < m.numerator:
                 self.ctx.background.start_soon(_send_mirror, self.ctx, m.cluster, request)
-
-
-def _response_ops(action: RouteAction, backend: Backend) -> tuple[HeaderOps, ...]:
-    if action.response_headers is None and backend.response_headers is None:
-        return ()
-    return tuple(op for op in (action.response_headers, backend.response_headers) if op)
 
 
 async def _send_mirror(ctx: ProxyContext, cluster_name: str, request: bytes) -> None:

@@ -140,11 +140,3 @@ def _rebuilt_headers(
     out = serialize_head(b"", headers)
     del out[-2:]
     return out
-
-
-def timeout_s(action: RouteAction) -> float | None:
-    """The deadline that applies to the upstream exchange, if any."""
-    a, b = action.request_timeout_s, action.backend_request_timeout_s
-    if a and b:
-        return min(a, b)
-    return a or b or None
