@@ -319,22 +319,20 @@ class _Connection:
             )
             if ctx.access_log.enabled:
                 ctx.access_log.record(
-                    (
-                        time.time() - duration,
-                        duration,
-                        self.peer_text,
-                        head.method,
-                        authority,
-                        head.target,
-                        "HTTP/1.1" if head.version == "1.1" else "HTTP/1.0",
-                        outcome.status,
-                        outcome.bytes_in,
-                        outcome.bytes_out,
-                        route_label,
-                        outcome.upstream,
-                        rid,
-                        detail,
-                    )
+                    start=time.time() - duration,
+                    duration_s=duration,
+                    downstream=self.peer_text,
+                    method=head.method,
+                    authority=authority,
+                    path=head.target,
+                    protocol="HTTP/1.1" if head.version == "1.1" else "HTTP/1.0",
+                    status=outcome.status,
+                    bytes_in=outcome.bytes_in,
+                    bytes_out=outcome.bytes_out,
+                    route=route_label,
+                    upstream=outcome.upstream,
+                    request_id=rid,
+                    detail=detail,
                 )
 
     async def local_reply(

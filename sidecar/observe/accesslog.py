@@ -1,9 +1,4 @@
-"""The access log: one JSON object per request, written in batches off the request path.
-
-A request only appends a tuple of its values; lines are formatted and written together
-when a batch is full or every half second, so the data path pays for an append and the
-formatting runs in one tight loop.
-"""
+"""The access log: one JSON object per request, written in batches off the request path."""
 
 from __future__ import annotations
 
@@ -15,54 +10,71 @@ from typing import TextIO
 
 import trio
 
-FLUSH_ENTRIES = 512
+FLUSH_BYTES = 64 * 1024
 FLUSH_INTERVAL_S = 0.5
-
-# Fields a client controls (authority, path, request id) are JSON-escaped when formatted;
-# the others are tokens llhttp or the configuration already restricted.
-_LINE = (
-    '{"start":"%s.%03dZ","duration_ms":%.3f,"downstream":"%s","method":"%s",'
-    '"authority":%s,"path":%s,"protocol":"%s","status":%d,"bytes_in":%d,"bytes_out":%d,'
-    '"route":"%s","upstream":"%s","request_id":%s,"detail":"%s"}\n'
-)
-
-# (start, duration_s, downstream, method, authority, path, protocol, status, bytes_in,
-#  bytes_out, route, upstream, request_id, detail)
-Entry = tuple[float, float, str, str, str, str, str, int, int, int, str, str, str, str]
 
 
 class AccessLog:
-    """Buffers entries; `run` flushes them. With no sink, nothing is kept (logging off)."""
+    """Buffers lines; `run` flushes them. With no sink, lines are dropped (logging off).
+
+    Fields a client controls (authority, path, request id) are JSON-escaped; the others are
+    tokens llhttp or the configuration already restricted (method, route, addresses).
+    """
 
     def __init__(self, sink: TextIO | None) -> None:
+        self._sink = sink
         self._fd = sink.fileno() if sink is not None else -1
-        self._sink = sink  # kept open as long as we write to its descriptor
-        self._entries: list[Entry] = []
+        self._buf: list[str] = []
+        self._size = 0
         self.enabled = sink is not None
+        self._second = -1
+        self._stamp = ""
 
-    def record(self, entry: Entry) -> None:
-        self._entries.append(entry)
-        if len(self._entries) >= FLUSH_ENTRIES:
+    def record(
+        self,
+        *,
+        start: float,
+        duration_s: float,
+        downstream: str,
+        method: str,
+        authority: str,
+        path: str,
+        protocol: str,
+        status: int,
+        bytes_in: int,
+        bytes_out: int,
+        route: str,
+        upstream: str,
+        request_id: str,
+        detail: str,
+    ) -> None:
+        secs = int(start)
+        if secs != self._second:  # strftime once a second, not once a request
+            self._second = secs
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+        millis = int((start - secs) * 1000)
+        line = (
+            f'{{"start":"{self._stamp}.{millis:03d}Z","duration_ms":{duration_s * 1000:.3f},'
+            f'"downstream":"{downstream}","method":"{method}",'
+            f'"authority":{encode_basestring(authority)},"path":{encode_basestring(path)},'
+            f'"protocol":"{protocol}","status":{status},"bytes_in":{bytes_in},'
+            f'"bytes_out":{bytes_out},"route":"{route}",'
+            f'"upstream":"{upstream}","request_id":{encode_basestring(request_id)},'
+            f'"detail":"{detail}"}}\n'
+        )
+        self._buf.append(line)
+        self._size += len(line)
+        if self._size >= FLUSH_BYTES:
             self.flush()
 
     def flush(self) -> None:
-        entries = self._entries
-        if not entries:
+        if not self._buf:
             return
-        self._entries = []
-        stamps: dict[int, str] = {}
-        lines = []
-        esc = encode_basestring
-        for e in entries:
-            secs = int(e[0])
-            stamp = stamps.get(secs)
-            if stamp is None:
-                stamp = stamps[secs] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
-            millis = int((e[0] - secs) * 1000)
-            fields = (stamp, millis, e[1] * 1000, e[2], e[3], esc(e[4]), esc(e[5]), *e[6:12])
-            lines.append(_LINE % (*fields, esc(e[12]), e[13]))
+        data = "".join(self._buf).encode("utf-8", "replace")
+        self._buf.clear()
+        self._size = 0
         with contextlib.suppress(OSError):  # a closed sink loses lines, never requests
-            os.write(self._fd, "".join(lines).encode("utf-8", "replace"))
+            os.write(self._fd, data)
 
     async def run(self) -> None:
         try:

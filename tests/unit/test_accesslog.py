@@ -11,12 +11,16 @@ from sidecar.observe.accesslog import AccessLog
 def test_lines_are_json_with_client_values_escaped(tmp_path: Path) -> None:
     sink = (tmp_path / "access.log").open("w")
     log = AccessLog(sink)
+    common = {"downstream": "127.0.0.1", "bytes_in": 3, "upstream": "127.0.0.1:8080"}
     log.record(
-        (1763780400.25, 0.0123, "127.0.0.1", "GET", 'h"ost\\', '/a"b\n\x01é', "HTTP/1.1",
-         200, 3, 100, "default/shop", "127.0.0.1:8080", "id-1", ""),
+        start=1763780400.25, duration_s=0.0123, method="GET", authority='h"ost\\',
+        path='/a"b\n\x01é', protocol="HTTP/1.1", status=200, bytes_out=100,
+        route="default/shop", request_id="id-1", detail="", **common,
     )  # fmt: skip
     log.record(
-        (1763780401.5, 0.5, "127.0.0.1", "POST", "x", "/", "HTTP/1.0", 503, 0, 20, "", "", "", "no_healthy_upstream"),
+        start=1763780401.5, duration_s=0.5, method="POST", authority="x", path="/",
+        protocol="HTTP/1.0", status=503, bytes_out=20, route="", request_id="",
+        detail="no_healthy_upstream", **common,
     )  # fmt: skip
     log.flush()
     sink.close()
