@@ -53,6 +53,7 @@ def _rules(table: PathTable) -> list[dict[str, Any]]:
         {
             "route": m.action.route,
             "rule": m.action.rule,
+            "rule_name": m.action.rule_name,
             "path": f"{m.path_type} {m.path_value}",
             "method": m.method,
             "headers": [h[0] for h in m.headers],

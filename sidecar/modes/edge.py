@@ -68,7 +68,6 @@ class EdgeServer:
         self.last_error: str = ""
         self._version = 0
         self._stamp = FileStamp(())
-        self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._ctx: ProxyContext | None = None
 
@@ -124,7 +123,6 @@ class EdgeServer:
             self.last_error = str(exc)
             self.metrics.inc("weft_config_reload_failures_total")
             log.error("configuration rejected, keeping version %d: %s", self._version, exc)
-            self._notify()
             return False
         assert self.store is not None
         self._serve(opened)
@@ -139,10 +137,6 @@ class EdgeServer:
         self.last_error = ""
         self._publish(snap)
         return True
-
-    async def wait_changed(self) -> None:
-        """Wait until the next successful or failed reload (for tests and tooling)."""
-        await self._changed.wait()
 
     def drain(self) -> None:
         self.draining = True
@@ -177,7 +171,6 @@ class EdgeServer:
 
     def _notify(self) -> None:
         self._changed.set()
-        self._changed = trio.Event()
 
     def _bind(self, snap: Snapshot) -> list[tuple[ListenerKey, socket.socket]]:
         """Open sockets for listeners not open yet: all of them or none (ConfigError)."""
