@@ -167,10 +167,6 @@ class EdgeServer:
             len(snap.routers),
             len(snap.clusters),
         )
-        self._notify()
-
-    def _notify(self) -> None:
-        self._changed.set()
 
     def _bind(self, snap: Snapshot) -> list[tuple[ListenerKey, socket.socket]]:
         """Open sockets for listeners not open yet: all of them or none (ConfigError)."""
