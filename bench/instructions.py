@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import selectors
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.run import PORTS, _configs, _wait_port, _weft_config
+from bench.run import PORTS, _configs, _wait_port, _weft_config, require
 
 REQUEST = b"GET /api/x HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
 
@@ -83,9 +82,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--access-log", default="on", choices=("on", "off"))
     args = ap.parse_args()
-    for tool in ("valgrind", "nginx"):
-        if not shutil.which(tool):
-            raise SystemExit(f"bench: {tool} is not installed")
+    require("valgrind", "nginx")
     with tempfile.TemporaryDirectory(prefix="weft-icount-") as d:
         tmp = Path(d)
         backend_cmd = _configs(tmp)["backend"]

@@ -49,6 +49,13 @@ class Target:
     samples: list[Sample] = field(default_factory=list)
 
 
+def require(*tools: str) -> None:
+    """Stop with one line when a tool the benchmark runs is missing."""
+    for tool in tools:
+        if not shutil.which(tool):
+            raise SystemExit(f"bench: {tool} is not installed (make bench installs it as root)")
+
+
 def _taskset(core: str, cmd: list[str]) -> list[str]:
     return ["taskset", "-c", core, *cmd] if shutil.which("taskset") else cmd
 
@@ -260,9 +267,7 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--skip-scaling", action="store_true")
     args = ap.parse_args()
-    for tool in ("wrk", "nginx"):
-        if not shutil.which(tool):
-            raise SystemExit(f"bench: {tool} is not installed (make bench installs it as root)")
+    require("wrk", "nginx")
     with tempfile.TemporaryDirectory(prefix="weft-bench-") as d:
         tmp = Path(d)
         cmds = _configs(tmp)

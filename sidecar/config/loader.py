@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -57,14 +58,7 @@ def load_snapshot(
         raise ConfigError("no configuration files found", source=", ".join(paths))
     resources = load_documents(read_documents(files))
     snap = compile_snapshot(resources, version=version, gateway_class=gateway_class, limits=limits)
-    return Snapshot(
-        version=snap.version,
-        routers=snap.routers,
-        clusters=snap.clusters,
-        limits=snap.limits,
-        warnings=snap.warnings,
-        sources=tuple(str(f) for f in files),
-    )
+    return dataclasses.replace(snap, sources=tuple(str(f) for f in files))
 
 
 @dataclass(frozen=True, slots=True)

@@ -248,7 +248,7 @@ async def test_reload_keeps_established_connections(tmp_path: Path) -> None:
                 assert await keep.receive_some(100) == b""  # closed after draining
             with pytest.raises(OSError):
                 await trio.open_tcp_stream("127.0.0.1", port)
-            new_port = server.bound_port("0.0.0.0", 81)
+            new_port = server.bound_port("127.0.0.1", 81)
             fresh = await raw_exchange(
                 new_port, b"GET /3 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
             )

@@ -14,6 +14,7 @@ GATEWAY = """apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {{name: edge}}
 spec:
+  addresses: [{{type: IPAddress, value: 127.0.0.1}}]  # tests listen on loopback only
   listeners: [{{name: http, port: {port}, protocol: HTTP}}]
 """
 
