@@ -8,10 +8,11 @@ decided here, once per configuration; the data path only does compiled lookups.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from sidecar.config import resources as r
+from sidecar.config.certs import CertificatePair, CertKey
 from sidecar.config.model import (
     Backend,
     ClusterSpec,
@@ -27,7 +28,9 @@ from sidecar.config.model import (
 from sidecar.http.filters import HeaderOps
 from sidecar.http.router import CompiledMatch, Condition, HostTable, ListenerRoutes, PortRouter
 
-SUPPORTED_LISTENER_PROTOCOLS = ("HTTP",)
+SUPPORTED_LISTENER_PROTOCOLS = ("HTTP", "HTTPS")
+# certificateRefs kinds: (group, kind) -> the kind's key in the certificate map
+_CERT_KINDS = {("", "Secret"): "Secret", (r.WEFT_GROUP, "TLSCertificate"): "TLSCertificate"}
 DEFAULT_GATEWAY_CLASS = "weft"
 
 
@@ -47,7 +50,9 @@ def compile_snapshot(
     version: int,
     gateway_class: str = DEFAULT_GATEWAY_CLASS,
     limits: Limits | None = None,
+    certificates: Mapping[CertKey, CertificatePair] | None = None,
 ) -> Snapshot:
+    """`certificates` holds the checked material of TLS Secrets and TLSCertificates."""
     idx = _Index()
     for res in resources:
         if isinstance(res, r.Namespace):
@@ -62,7 +67,7 @@ def compile_snapshot(
             idx.services[(res.meta.namespace, res.meta.name)] = res
         elif isinstance(res, r.EndpointSlice):
             idx.slices.setdefault((res.meta.namespace, res.service_name), []).append(res)
-    return _Compiler(idx, gateway_class).build(version, limits or Limits())
+    return _Compiler(idx, gateway_class, certificates or {}).build(version, limits or Limits())
 
 
 @dataclass(slots=True, kw_only=True)
@@ -70,12 +75,16 @@ class _Attached:
     gateway: r.Gateway
     listener: r.Listener
     routes: HostTable
+    certificates: tuple[CertificatePair, ...] = ()
 
 
 class _Compiler:
-    def __init__(self, idx: _Index, gateway_class: str) -> None:
+    def __init__(
+        self, idx: _Index, gateway_class: str, certificates: Mapping[CertKey, CertificatePair]
+    ) -> None:
         self.idx = idx
         self.gateway_class = gateway_class
+        self.certificates = certificates
         self.clusters: dict[str, ClusterSpec] = {}
         self.warnings: list[str] = []
 
@@ -91,21 +100,37 @@ class _Compiler:
                         "is not supported yet; listener not served"
                     )
                     continue
+                certs: tuple[CertificatePair, ...] = ()
+                if lst.protocol == "HTTPS":
+                    found = self._certificates(gw, lst)
+                    if found is None:
+                        continue
+                    certs = found
                 key = (gw.meta.namespace, gw.meta.name, lst.name)
-                attached[key] = _Attached(gateway=gw, listener=lst, routes=HostTable())
+                attached[key] = _Attached(
+                    gateway=gw, listener=lst, routes=HostTable(), certificates=certs
+                )
         for route in sorted(self.idx.routes, key=_route_age):
             self._attach(route, attached)
         routers: dict[ListenerKey, PortRouter] = {}
         for att in attached.values():
             att.routes.seal()
             lkey = ListenerKey(address=_bind_address(att.gateway), port=att.listener.port)
-            router = routers.setdefault(lkey, PortRouter())
+            router = routers.setdefault(lkey, PortRouter(protocol=att.listener.protocol))
+            name = f"{_nn(att.gateway.meta)}/{att.listener.name}"
+            if router.protocol != att.listener.protocol:
+                self.warnings.append(
+                    f"Gateway listener {name}: protocol {att.listener.protocol} conflicts with "
+                    f"{router.protocol} on port {att.listener.port}; listener not served"
+                )
+                continue
             router.add(
                 ListenerRoutes(
-                    name=f"{_nn(att.gateway.meta)}/{att.listener.name}",
+                    name=name,
                     hostname=att.listener.hostname,
                     port=att.listener.port,
                     hosts=att.routes,
+                    certificates=att.certificates,
                 )
             )
         return Snapshot(
@@ -115,6 +140,38 @@ class _Compiler:
             limits=limits,
             warnings=tuple(self.warnings),
         )
+
+    def _certificates(self, gw: r.Gateway, lst: r.Listener) -> tuple[CertificatePair, ...] | None:
+        """The checked certificates of an HTTPS listener; None (and a warning) when any
+        reference does not resolve, as the Gateway API requires (ResolvedRefs false)."""
+        where = f"Gateway {_nn(gw.meta)} listener {lst.name}"
+        problem = ""
+        if lst.tls_mode == "Passthrough":
+            problem = "tls.mode Passthrough needs protocol TLS and a TLSRoute"
+        elif not lst.certificate_refs:
+            problem = "an HTTPS listener needs tls.certificateRefs"
+        out: list[CertificatePair] = []
+        for ref in lst.certificate_refs:
+            if problem:
+                break
+            kind = _CERT_KINDS.get((ref.group, ref.kind))
+            ns = ref.namespace or gw.meta.namespace
+            what = f"certificateRef {ref.kind} {ns}/{ref.name}"
+            pair = self.certificates.get((kind, ns, ref.name)) if kind else None
+            if kind is None:
+                problem = f"certificateRef kind {ref.group or 'core'}/{ref.kind} is not supported"
+            elif ns != gw.meta.namespace and not self._granted(
+                ("Gateway", gw.meta.namespace), ns, (ref.group, ref.kind, ref.name)
+            ):
+                problem = f"{what} is not permitted by a ReferenceGrant"
+            elif pair is None:
+                problem = f"{what} not found (or not of type kubernetes.io/tls)"
+            else:
+                out.append(pair)
+        if problem:
+            self.warnings.append(f"{where}: {problem}; listener not served")
+            return None
+        return tuple(out)
 
     # -- attachment -----------------------------------------------------------------------
     def _attach(self, route: r.HTTPRoute, attached: dict[tuple[str, str, str], _Attached]) -> None:
@@ -250,7 +307,8 @@ class _Compiler:
         if ref.group != "" or ref.kind != "Service":
             return None, f"backend kind {ref.group or 'core'}/{ref.kind} is not supported"
         ns = ref.namespace or route_ns
-        if ns != route_ns and not self._granted(route_ns, ns, ref.name):
+        target = ("", "Service", ref.name)
+        if ns != route_ns and not self._granted(("HTTPRoute", route_ns), ns, target):
             return None, f"Service {ns}/{ref.name} is not permitted by a ReferenceGrant"
         svc = self.idx.services.get((ns, ref.name))
         if svc is None:
@@ -294,16 +352,20 @@ class _Compiler:
             )
         return tuple(dict.fromkeys(out))
 
-    def _granted(self, from_ns: str, to_ns: str, name: str) -> bool:
+    def _granted(self, source: tuple[str, str], to_ns: str, target: tuple[str, str, str]) -> bool:
+        """Does a ReferenceGrant in `to_ns` let (Gateway API kind, namespace) `source`
+        refer to `target` (group, kind, name)?"""
+        from_kind, from_ns = source
+        group, kind, name = target
         for g in self.idx.grants:
             if g.meta.namespace != to_ns:
                 continue
             if not any(
-                grp == r.GATEWAY_GROUP and kind == "HTTPRoute" and ns == from_ns
-                for grp, kind, ns in g.from_
+                grp == r.GATEWAY_GROUP and k == from_kind and ns == from_ns
+                for grp, k, ns in g.from_
             ):
                 continue
-            if any(grp == "" and k == "Service" and n in (None, name) for grp, k, n in g.to):
+            if any(grp == group and k == kind and n in (None, name) for grp, k, n in g.to):
                 return True
         return False
 

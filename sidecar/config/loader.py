@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from sidecar.config.certs import CertificatePair, CertKey, check_pair
 from sidecar.config.compile import compile_snapshot
 from sidecar.config.model import Limits, Snapshot
-from sidecar.config.parse import load_documents
+from sidecar.config.parse import Document, load_documents
+from sidecar.config.resources import Resource, Secret, TLSCertificate
 from sidecar.errors import ConfigError
 
 YAML_SUFFIXES = (".yaml", ".yml", ".json")
@@ -29,8 +32,8 @@ def expand(paths: Iterable[str]) -> list[Path]:
     return out
 
 
-def read_documents(files: Sequence[Path]) -> list[tuple[object, str]]:
-    docs: list[tuple[object, str]] = []
+def read_documents(files: Sequence[Path]) -> list[Document]:
+    docs: list[Document] = []
     for path in files:
         try:
             text = path.read_text(encoding="utf-8")
@@ -46,7 +49,7 @@ def read_documents(files: Sequence[Path]) -> list[tuple[object, str]]:
             problem = getattr(exc, "problem", None) or str(exc)
             raise ConfigError(f"invalid YAML{where}: {problem}", source=str(path)) from None
         for i, doc in enumerate(loaded, start=1):
-            docs.append((doc, f"{path} document {i}"))
+            docs.append(Document(doc, f"{path} document {i}", path.parent))
     return docs
 
 
@@ -57,8 +60,51 @@ def load_snapshot(
     if not files:
         raise ConfigError("no configuration files found", source=", ".join(paths))
     resources = load_documents(read_documents(files))
-    snap = compile_snapshot(resources, version=version, gateway_class=gateway_class, limits=limits)
-    return dataclasses.replace(snap, sources=tuple(str(f) for f in files))
+    certificates = load_certificates(resources)
+    snap = compile_snapshot(
+        resources,
+        version=version,
+        gateway_class=gateway_class,
+        limits=limits,
+        certificates=certificates,
+    )
+    now = time.time()
+    expired = tuple(
+        f"{c.name}: certificate expired {int(now - c.not_after) // 86400} day(s) ago"
+        for c in certificates.values()
+        if c.not_after < now
+    )
+    cert_files = (f for c in certificates.values() for f in c.files)
+    return dataclasses.replace(
+        snap,
+        sources=tuple(dict.fromkeys([*map(str, files), *cert_files])),
+        warnings=snap.warnings + expired,
+    )
+
+
+def load_certificates(resources: Iterable[Resource]) -> dict[CertKey, CertificatePair]:
+    """Every TLS Secret and TLSCertificate, read and checked (ConfigError on the first bad one)."""
+    out: dict[CertKey, CertificatePair] = {}
+    for res in resources:
+        ns, name = res.meta.namespace, res.meta.name
+        if isinstance(res, Secret) and res.tls_cert is not None and res.tls_key is not None:
+            label = f"Secret {ns}/{name}"
+            out[("Secret", ns, name)] = check_pair(label, res.tls_cert, res.tls_key)
+        elif isinstance(res, TLSCertificate):
+            label = f"TLSCertificate {ns}/{name}"
+            pems = [_read_pem(label, key, path) for key, path in
+                    (("certFile", res.cert_file), ("keyFile", res.key_file))]  # fmt: skip
+            files = (res.cert_file, res.key_file)
+            out[("TLSCertificate", ns, name)] = check_pair(label, *pems, files=files)
+    return out
+
+
+def _read_pem(label: str, key: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(1 << 20)
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}", source=label, field=f"spec.{key}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +114,10 @@ class FileStamp:
     entries: tuple[tuple[str, int, int, int], ...]
 
     @classmethod
-    def of(cls, paths: Sequence[str]) -> FileStamp:
+    def of(cls, paths: Sequence[str], extra: Iterable[str] = ()) -> FileStamp:
+        """Stamp of the YAML files under `paths` plus `extra` files (certificates)."""
         out = []
-        for f in expand(paths):
+        for f in dict.fromkeys([*map(str, expand(paths)), *extra]):
             try:
                 st = os.stat(f)
                 out.append((str(f), st.st_ino, st.st_size, st.st_mtime_ns))

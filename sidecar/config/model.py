@@ -107,6 +107,7 @@ class Limits:
     max_request_body_bytes: int = 0  # 0: unlimited (bodies stream)
     header_timeout_s: float = 30.0
     idle_timeout_s: float = 300.0
+    tls_handshake_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -6,9 +6,13 @@ naming the document and field.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sidecar.config.parse_routes import (
@@ -26,8 +30,10 @@ from sidecar.config.resources import (
     Meta,
     Namespace,
     Resource,
+    Secret,
     Service,
     ServicePort,
+    TLSCertificate,
 )
 from sidecar.errors import ConfigError
 
@@ -50,8 +56,17 @@ _APP_PROTOCOLS = {
 }
 
 
-def parse_resource(doc: object, source: str) -> Resource:
-    """Parse one YAML document; `source` names it in errors (`file.yaml#2`)."""
+@dataclass(frozen=True, slots=True)
+class Document:
+    """One YAML document; `source` names it in errors, `base_dir` anchors relative paths."""
+
+    data: object
+    source: str
+    base_dir: Path | None = None
+
+
+def parse_resource(doc: object, source: str, base_dir: Path | None = None) -> Resource:
+    """Parse one YAML document; `source` names it in errors (`file.yaml document 2`)."""
     top = Reader(doc, "", source)
     api_version = top.text("apiVersion", max_len=100)
     kind = top.text("kind", max_len=100)
@@ -68,7 +83,10 @@ def parse_resource(doc: object, source: str) -> Resource:
     top.source = source
     meta = _meta(top.req_obj("metadata"))
     top.ignore("status")
-    resource: Resource = parser(top, meta)
+    if parser is _tls_certificate:
+        resource: Resource = _tls_certificate(top, meta, base_dir)
+    else:
+        resource = parser(top, meta)
     top.finish()
     return resource
 
@@ -210,6 +228,38 @@ def _gateway_class(top: Reader, meta: Meta) -> GatewayClass:
     return GatewayClass(meta=meta, controller=controller)
 
 
+def _secret(top: Reader, meta: Meta) -> Secret:
+    """Secrets of other types load (a cluster dump has many) but keep no data."""
+    stype = top.text("type", "Opaque")
+    top.ignore("immutable")
+    if stype != "kubernetes.io/tls":
+        top.ignore("data", "stringData")
+        return Secret(meta=meta, secret_type=stype)
+    data, strings = top.str_map("data"), top.str_map("stringData")
+
+    def item(key: str) -> bytes:
+        if key in strings:
+            return strings[key].encode()
+        if key not in data:
+            top.fail("data", f"a kubernetes.io/tls Secret needs {key}")
+        try:
+            return base64.b64decode(data[key], validate=True)
+        except binascii.Error:
+            top.fail(f"data.{key}", "is not valid base64")
+
+    return Secret(meta=meta, secret_type=stype, tls_cert=item("tls.crt"), tls_key=item("tls.key"))
+
+
+def _tls_certificate(top: Reader, meta: Meta, base_dir: Path | None) -> TLSCertificate:
+    spec = top.req_obj("spec")
+    files = []
+    for key in ("certFile", "keyFile"):
+        path = Path(spec.text(key, max_len=4096))
+        files.append(str(path if path.is_absolute() or base_dir is None else base_dir / path))
+    spec.finish()
+    return TLSCertificate(meta=meta, cert_file=files[0], key_file=files[1])
+
+
 def _namespace(top: Reader, meta: Meta) -> Namespace:
     top.ignore("spec")
     return Namespace(meta=meta)
@@ -221,33 +271,35 @@ _LATER = {
     (GATEWAY_GROUP, "TCPRoute"): "TCP routing arrives with the protocols work",
     (GATEWAY_GROUP, "TLSRoute"): "TLS passthrough arrives with the protocols work",
     ("networking.k8s.io", "Ingress"): "Ingress translation arrives in a later release",
-    (WEFT_GROUP, "TLSCertificate"): "TLS termination arrives with the protocols work",
     (WEFT_GROUP, "BackendTrafficPolicy"): "arrives with retries and circuit breaking",
     (WEFT_GROUP, "SecurityPolicy"): "arrives with edge authentication",
     (WEFT_GROUP, "AuthorizationPolicy"): "arrives with mesh identities",
     (WEFT_GROUP, "MeshConfig"): "arrives with the control plane",
 }
 
-_PARSERS: dict[tuple[str, str], Callable[[Reader, Meta], Any]] = {
+_PARSERS: dict[tuple[str, str], Callable[..., Any]] = {
     (GATEWAY_GROUP, "GatewayClass"): _gateway_class,
     (GATEWAY_GROUP, "Gateway"): parse_gateway,
     (GATEWAY_GROUP, "HTTPRoute"): parse_http_route,
     (GATEWAY_GROUP, "ReferenceGrant"): parse_reference_grant,
     ("", "Service"): _k8s_service,
     ("", "Namespace"): _namespace,
+    ("", "Secret"): _secret,
+    (WEFT_GROUP, "TLSCertificate"): _tls_certificate,
     ("discovery.k8s.io", "EndpointSlice"): _endpoint_slice,
     (WEFT_GROUP, "Service"): _weft_service,
 }
 
 
-def load_documents(docs: list[tuple[object, str]]) -> list[Resource]:
+def load_documents(docs: Iterable[Document]) -> list[Resource]:
     """Parse many documents; raises the first error (each names its source)."""
     out = []
     keys: dict[tuple[str, str, str], str] = {}
-    for doc, source in docs:
-        if doc is None:
+    for doc in docs:
+        if doc.data is None:
             continue
-        res = parse_resource(doc, source)
+        source = doc.source
+        res = parse_resource(doc.data, source, doc.base_dir)
         k = (_kind_key(res), res.meta.namespace, res.meta.name)
         if k in keys:
             raise ConfigError(f"duplicate {k[0]} {k[1]}/{k[2]} (first in {keys[k]})", source=source)

@@ -254,7 +254,37 @@ class GatewayClass:
     controller: str
 
 
-Resource = Gateway | GatewayClass | HTTPRoute | ReferenceGrant | Service | EndpointSlice | Namespace
+# -- certificates -------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Secret:
+    """A Kubernetes Secret; only `kubernetes.io/tls` ones carry data we keep."""
+
+    meta: Meta
+    secret_type: str
+    tls_cert: bytes | None = field(default=None, repr=False)
+    tls_key: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TLSCertificate:
+    """A Weft certificate from PEM files (paths made absolute against the YAML file)."""
+
+    meta: Meta
+    cert_file: str
+    key_file: str
+
+
+Resource = (
+    Gateway
+    | GatewayClass
+    | HTTPRoute
+    | ReferenceGrant
+    | Service
+    | EndpointSlice
+    | Namespace
+    | Secret
+    | TLSCertificate
+)
 
 
 # -- parsing ----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import trio
@@ -30,6 +31,7 @@ from sidecar.http.request import (
     upstream_request,
 )
 from sidecar.http.router import normalize_host
+from sidecar.http.terminate import ServerTls
 from sidecar.observe.accesslog import AccessLog
 from sidecar.observe.metrics import Metrics
 from sidecar.protocol.http1 import End, RequestHead, RequestParser
@@ -61,14 +63,24 @@ class ProxyContext:
     service: str = "edge"
     direction: str = "edge"
     rng: random.Random = field(default_factory=random.Random)
+    # TLS termination of the HTTPS ports of the snapshot in force; swapped with it
+    tls: Mapping[ListenerKey, ServerTls] = field(default_factory=dict)
     ids: RequestIds = field(init=False)
 
     def __post_init__(self) -> None:
         self.ids = RequestIds(self.rng)
 
 
-async def serve_http1(ctx: ProxyContext, listener: ListenerKey, conn: Conn) -> None:
-    """Serve one downstream connection until it closes, errs or idles out."""
+async def serve_http1(
+    ctx: ProxyContext,
+    listener: ListenerKey,
+    conn: Conn,
+    *,
+    scheme: str = "http",
+    sni: str | None = None,
+) -> None:
+    """Serve one downstream connection until it closes, errs or idles out. `sni` is the
+    server name a TLS client asked for: requests for another listener get 421."""
     limits = ctx.store.current.limits
     parser = RequestParser(
         max_header_bytes=limits.max_header_bytes,
@@ -81,7 +93,7 @@ async def serve_http1(ctx: ProxyContext, listener: ListenerKey, conn: Conn) -> N
         activity=lambda: conn.activity, in_head=lambda: parser.partial_head, cancel=scope.cancel
     )
     ctx.idle.add(tracked, trio.current_time())
-    handler = _Connection(ctx, listener, conn, parser)
+    handler = _Connection(ctx, listener, conn, parser, scheme, sni)
     try:
         with scope:
             while True:
@@ -123,13 +135,23 @@ class _Connection:
         "parser",
         "peer",
         "peer_text",
+        "scheme",
         "snapshot",
+        "sni",
     )
 
     def __init__(
-        self, ctx: ProxyContext, listener: ListenerKey, conn: Conn, parser: RequestParser
+        self,
+        ctx: ProxyContext,
+        listener: ListenerKey,
+        conn: Conn,
+        parser: RequestParser,
+        scheme: str,
+        sni: str | None,
     ) -> None:
         self.ctx = ctx
+        self.scheme = scheme
+        self.sni = sni
         self.listener = listener
         self.conn = conn
         self.parser = parser
@@ -212,11 +234,21 @@ class _Connection:
             self.host = normalize_host(authority)
         host = self.host
         match = None
+        misdirected = False
         if router is not None:
-            match = router.route(host, path, head.method, head.headers, query)
+            if self.sni is not None and self.sni != host:
+                # A client may reuse a connection for another host its certificate covers;
+                # only the listener the handshake chose may answer on it (RFC 9110 §15.5.20).
+                misdirected = router.listener_for(host) is not router.listener_for(self.sni)
+            if not misdirected:
+                match = router.route(host, path, head.method, head.headers, query)
         outcome = Outcome(head.keep_alive)
         route_label = peer_label = detail = rid = ""
         try:
+            if misdirected:
+                outcome.status = 421
+                detail = "misdirected"
+                return await self.local_reply(head, 421, b"misdirected request\n")
             if match is None:
                 outcome.status = 404
                 detail = "no_route"
@@ -227,7 +259,7 @@ class _Connection:
                 lst = router.listener_for(host) if router is not None else None
                 location = redirect_location(
                     action.redirect,
-                    scheme="http",
+                    scheme=self.scheme,
                     host=host,
                     listener_port=lst.port if lst is not None else self.listener.port,
                     target=target,
@@ -253,7 +285,7 @@ class _Connection:
                 return await self.local_reply(head, 503, b"no healthy upstream\n")
             rid = head.request_id.decode("latin-1") if head.request_id else ctx.ids.new()
             request = upstream_request(
-                head, target, authority, action, backend, match, self.peer, rid
+                head, target, authority, action, backend, match, self.peer, rid, self.scheme
             )
             if head.expect_continue and head.has_body:
                 await self.conn.send_all(_CONTINUE)

@@ -89,6 +89,7 @@ def upstream_request(
     match: CompiledMatch,
     peer: bytes,
     rid: str,
+    scheme: str = "http",
 ) -> bytearray:
     """The request head to send upstream (without its body)."""
     rewrite = action.rewrite
@@ -113,7 +114,7 @@ def upstream_request(
     if not head.request_id:
         out += b"x-request-id: " + rid.encode() + b"\r\n"
     xff = head.forwarded_for + b", " + peer if head.forwarded_for else peer
-    out += b"x-forwarded-for: " + xff + b"\r\nx-forwarded-proto: http\r\n"
+    out += b"x-forwarded-for: " + xff + b"\r\nx-forwarded-proto: " + scheme.encode() + b"\r\n"
     out += b"x-forwarded-host: " + host + b"\r\n"
     if head.chunked:
         out += b"transfer-encoding: chunked\r\n"

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
+from sidecar.config.certs import CertificatePair
 from sidecar.config.model import RouteAction
 
 # A request's fields as parsed, and its query string; turned into maps only for the few
@@ -180,12 +181,14 @@ class ListenerRoutes:
     hostname: str | None
     port: int
     hosts: HostTable
+    certificates: tuple[CertificatePair, ...] = ()  # HTTPS listeners
 
 
 @dataclass(slots=True)
 class PortRouter:
     """Every listener sharing one (address, port), chosen by hostname (listener isolation)."""
 
+    protocol: str = "HTTP"  # HTTP | HTTPS: all listeners on a port share it
     exact: dict[str, ListenerRoutes] = field(default_factory=dict)
     wildcard: dict[str, ListenerRoutes] = field(default_factory=dict)
     any: ListenerRoutes | None = None

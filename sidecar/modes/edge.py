@@ -25,7 +25,9 @@ from sidecar.config.loader import FileStamp, load_snapshot
 from sidecar.config.model import Limits, ListenerKey, Snapshot
 from sidecar.config.store import SnapshotStore
 from sidecar.errors import ConfigError
-from sidecar.http.proxy import ProxyContext, serve_http1
+from sidecar.http.entry import serve_downstream
+from sidecar.http.proxy import ProxyContext
+from sidecar.http.terminate import ServerTls
 from sidecar.observe.accesslog import AccessLog
 from sidecar.observe.metrics import Metrics
 from sidecar.transport.idle import IdleTracker, run_sweeper
@@ -83,9 +85,11 @@ class EdgeServer:
     async def run(
         self, *, task_status: trio.TaskStatus[EdgeServer] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        self._stamp = FileStamp.of(self.paths)
         snap = self._load(1)
-        # Everything a user can get wrong (files, ports) fails here, before any task runs.
+        self._stamp = FileStamp.of(self.paths, snap.sources)
+        # Everything a user can get wrong (files, certificates, ports) fails here, before
+        # any task runs.
+        tls = _terminations(snap)
         opened = self._bind(snap)
         admin = self._bind_admin()
         async with trio.open_nursery() as nursery:
@@ -102,6 +106,7 @@ class EdgeServer:
                 access_log=self.access_log,
                 background=nursery,
                 idle=self.idle,
+                tls=tls,
             )
             self.clusters.sync(snap.clusters, time.perf_counter())
             self._serve(opened)
@@ -118,14 +123,16 @@ class EdgeServer:
         """Load the files again; True when a new snapshot is in force."""
         try:
             snap = self._load(self._version + 1)
+            tls = _terminations(snap)
             opened = self._bind(snap)
         except ConfigError as exc:
             self.last_error = str(exc)
             self.metrics.inc("weft_config_reload_failures_total")
             log.error("configuration rejected, keeping version %d: %s", self._version, exc)
             return False
-        assert self.store is not None
+        assert self.store is not None and self._ctx is not None
         self._serve(opened)
+        self._ctx.tls = tls
         self.store.swap(snap)
         self.idle.idle_timeout_s = snap.limits.idle_timeout_s
         self.idle.header_timeout_s = snap.limits.header_timeout_s
@@ -152,6 +159,11 @@ class EdgeServer:
         for warning in snap.warnings:
             log.warning("%s", warning)
         return snap
+
+    def _sources(self) -> tuple[str, ...]:
+        """Files the snapshot in force was read from, certificate files included."""
+        snap = self.snapshot
+        return snap.sources if snap is not None else ()
 
     def _publish(self, snap: Snapshot) -> None:
         # A snapshot lives until the next reload: keep the cyclic GC from walking its
@@ -197,7 +209,7 @@ class EdgeServer:
             scope = trio.CancelScope()
             bound = sock.getsockname()[1]
             self.listeners[key] = (scope, bound)
-            handler = functools.partial(serve_http1, self._ctx, key)
+            handler = functools.partial(serve_downstream, self._ctx, key)
             self._nursery.start_soon(_scoped, scope, accept_loop, sock, handler, self._nursery)
             log.info("listening on %s:%d", sock.getsockname()[0], bound)
 
@@ -226,7 +238,7 @@ class EdgeServer:
             return
         while True:
             await trio.sleep(self.watch_interval_s)
-            stamp = FileStamp.of(self.paths)
+            stamp = FileStamp.of(self.paths, self._sources())
             if stamp != self._stamp:
                 self._stamp = stamp
                 log.info("configuration files changed; reloading")
@@ -240,8 +252,15 @@ class EdgeServer:
         with receiver as signals:
             async for _ in signals:
                 log.info("SIGHUP: reloading configuration")
-                self._stamp = FileStamp.of(self.paths)
+                self._stamp = FileStamp.of(self.paths, self._sources())
                 self.reload()
+
+
+def _terminations(snap: Snapshot) -> dict[ListenerKey, ServerTls]:
+    """TLS contexts for the snapshot's HTTPS ports (ConfigError if OpenSSL refuses one)."""
+    return {
+        key: ServerTls(router) for key, router in snap.routers.items() if router.protocol == "HTTPS"
+    }
 
 
 async def _scoped(scope: trio.CancelScope, fn: Callable[..., object], *args: object) -> None:

@@ -8,11 +8,14 @@ its own loopback address (Gateways in one file have distinct addresses in a clus
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import os
 from pathlib import Path
 from typing import Any
+
+from tests.support.pki import self_signed
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("WEFT_SHARED", REPO.parent / "shared"))
@@ -20,7 +23,6 @@ CORPUS = SHARED / "corpora" / "routing" / "public"
 
 # Cases that need what a later issue builds; each is listed in docs/conformance.md.
 UNSUPPORTED_REASONS = {
-    "https": "TLS termination arrives with the protocols issue",
     "protocol": "HTTP/2 arrives with the protocols issue",
 }
 
@@ -29,13 +31,10 @@ UNSUPPORTED_REASONS = {
 DEFERRED = frozenset(
     {
         "HTTPRouteBackendProtocolH2C/000",
-        "HTTPRouteHTTPSListener/000",
-        "HTTPRouteHTTPSListener/001",
         *(
             f"HTTPRouteHTTPSListenerDetectMisdirectedRequests/{i:03d}"
             for i in (1, 3, 4, 6, 7, 9, 10, 11, 12, 14)
         ),
-        *(f"HTTPRouteRedirectPortAndScheme/{i:03d}" for i in (9, 11, 13, 14)),
     }
 )
 
@@ -55,8 +54,6 @@ def corpus_files(api: str) -> list[Path]:
 
 def unsupported(case: dict[str, Any]) -> str | None:
     req = case["request"]
-    if req["scheme"] == "https":
-        return UNSUPPORTED_REASONS["https"]
     if req.get("protocol"):
         return UNSUPPORTED_REASONS["protocol"]
     return None
@@ -131,4 +128,24 @@ def build_resources(
             port = echo_ports[(fx["namespace"], fx["workload"])]
             r["ports"] = [dict(p, port=port) for p in r.get("ports", [])]
             r["endpoints"] = [{"addresses": ["127.0.0.1"]}]
-    return copy.deepcopy(resources + slices)
+    return copy.deepcopy(resources + slices + _tls_secrets(doc))
+
+
+def _tls_secrets(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The self-signed Secrets the conformance suite creates at start-up (`fixtures`)."""
+    out = []
+    for fx in doc.get("fixtures", {}).get("tls_secrets", []):
+        leaf = self_signed(*fx["dns_names"])
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": fx["name"], "namespace": fx["namespace"]},
+                "type": "kubernetes.io/tls",
+                "data": {
+                    "tls.crt": base64.b64encode(leaf.cert_pem).decode(),
+                    "tls.key": base64.b64encode(leaf.key_pem).decode(),
+                },
+            }
+        )
+    return out

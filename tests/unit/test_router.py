@@ -8,7 +8,7 @@ import yaml
 
 from sidecar.config.compile import compile_snapshot
 from sidecar.config.model import ListenerKey, Snapshot
-from sidecar.config.parse import load_documents
+from sidecar.config.parse import Document, load_documents
 from sidecar.http.router import normalize_host
 
 GATEWAY = """
@@ -32,7 +32,7 @@ spec:
 
 def _snap(routes: str) -> Snapshot:
     docs = list(yaml.safe_load_all(GATEWAY + "---\n" + routes))
-    res = load_documents([(d, f"doc{i}") for i, d in enumerate(docs)])
+    res = load_documents([Document(d, f"doc{i}") for i, d in enumerate(docs)])
     return compile_snapshot(res, version=1)
 
 
