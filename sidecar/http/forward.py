@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
@@ -41,6 +42,9 @@ from sidecar.upstream.cluster import EndpointPool
 Headers = list[tuple[bytes, bytes]]
 # Produces the next downstream request event (body bytes or End).
 NextEvent = Callable[[], Awaitable[bytes | End]]
+# Streams the upstream's response to the downstream (its protocol's framing); returns
+# whether the upstream connection may be reused.
+Relay = Callable[[Conn, Any, RequestHead, "tuple[HeaderOps, ...]", "Outcome"], Awaitable[bool]]
 
 
 class Outcome:
@@ -67,7 +71,7 @@ class Outcome:
 
 
 async def exchange(
-    downstream: Conn,
+    downstream: Any,
     pool: EndpointPool,
     address: str,
     port: int,
@@ -80,9 +84,10 @@ async def exchange(
     connect_timeout_s: float,
     idle_timeout_s: float,
     now: float,
+    relay: Relay,
 ) -> None:
-    """Forward one request (`request` holds its head and any buffered body) and relay the
-    response. Raises UpstreamError while nothing has been sent downstream."""
+    """Forward one request (`request` holds its head and any buffered body) and `relay`
+    the response to `downstream`. Raises UpstreamError while nothing was sent downstream."""
     conn = pool.take(now, idle_timeout_s)
     reused = conn is not None
     while True:
@@ -97,7 +102,7 @@ async def exchange(
             if not body_done:
                 await _stream_body(conn, head.chunked, next_event, outcome)
             outcome.request_complete = True
-            keep_upstream = await _relay_response(conn, downstream, head, response_ops, outcome)
+            keep_upstream = await relay(conn, downstream, head, response_ops, outcome)
         except (ConnectionLost, UpstreamClosed) as exc:
             conn.close()
             conn = None
@@ -181,14 +186,15 @@ def response_head(
     return out
 
 
-async def _relay_response(
+async def relay_http1(
     conn: Conn,
-    downstream: Conn,
+    downstream: Any,
     head: RequestHead,
     ops: tuple[HeaderOps, ...],
     outcome: Outcome,
 ) -> bool:
-    """Stream the response; returns whether the upstream connection may be reused."""
+    """Stream the response to an HTTP/1.x client (`downstream.conn`)."""
+    downstream = downstream.conn
     parser = conn.proto
     if not isinstance(parser, ResponseParser):
         parser = conn.proto = ResponseParser()

@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
@@ -23,7 +24,7 @@ from sidecar.config.model import ListenerKey, RouteAction, Snapshot
 from sidecar.config.store import SnapshotStore
 from sidecar.errors import ProtocolError, UpstreamError
 from sidecar.http.filters import redirect_location
-from sidecar.http.forward import Outcome, exchange
+from sidecar.http.forward import Outcome, Relay, exchange, relay_http1
 from sidecar.http.request import (
     RequestIds,
     parse_target,
@@ -93,7 +94,7 @@ async def serve_http1(
         activity=lambda: conn.activity, in_head=lambda: parser.partial_head, cancel=scope.cancel
     )
     ctx.idle.add(tracked, trio.current_time())
-    handler = _Connection(ctx, listener, conn, parser, scheme, sni)
+    handler = _Http1(ctx, listener, conn, parser, scheme, sni)
     try:
         with scope:
             while True:
@@ -105,7 +106,7 @@ async def serve_http1(
                 head = events.popleft()
                 if not isinstance(head, RequestHead):  # cannot happen: bodies are consumed
                     return
-                if not await handler.handle(head):
+                if not await handler.handle(head, handler):
                     return
         if scope.cancelled_caught and parser.partial_head:
             await _best_effort(conn, simple_response(408, b"request timeout\n", close=True))
@@ -123,16 +124,42 @@ async def _best_effort(conn: Conn, data: bytes | bytearray) -> None:
         await conn.send_all(data)
 
 
-class _Connection:
-    """Per-connection request handling; one instance per downstream connection."""
+class Downstream(Protocol):
+    """The protocol side of one request: how its body arrives and its answer leaves.
+
+    HTTP/1.1 implements it per connection (`_Http1`), HTTP/2 per stream.
+    """
+
+    relay: Relay
+
+    def protocol(self, head: RequestHead) -> str: ...
+
+    async def next_event(self) -> bytes | End: ...
+
+    def take_buffered_body(self, out: bytearray, chunked: bool) -> tuple[int, bool]: ...
+
+    async def send_continue(self) -> None: ...
+
+    async def local_reply(
+        self,
+        head: RequestHead,
+        status: int,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        *,
+        close: bool = False,
+    ) -> bool: ...
+
+
+class RequestHandler:
+    """Routing, forwarding, metrics and logging of requests, whatever their protocol; one
+    instance per downstream connection (it caches the connection's normalized Host)."""
 
     __slots__ = (
         "authority",
-        "conn",
         "ctx",
         "host",
         "listener",
-        "parser",
         "peer",
         "peer_text",
         "scheme",
@@ -144,8 +171,7 @@ class _Connection:
         self,
         ctx: ProxyContext,
         listener: ListenerKey,
-        conn: Conn,
-        parser: RequestParser,
+        peer: tuple[str, int] | None,
         scheme: str,
         sni: str | None,
     ) -> None:
@@ -153,13 +179,205 @@ class _Connection:
         self.scheme = scheme
         self.sni = sni
         self.listener = listener
-        self.conn = conn
-        self.parser = parser
-        self.peer_text = conn.peer[0] if conn.peer else "-"
+        self.peer_text = peer[0] if peer else "-"
         self.peer = self.peer_text.encode()
         self.snapshot: Snapshot | None = None  # the last snapshot that had our listener
         self.authority: str | None = None
         self.host = ""
+
+    # -- one request --------------------------------------------------------------------
+    async def handle(self, head: RequestHead, ds: Downstream) -> bool:
+        """Answer one request; returns whether the connection may carry another."""
+        ctx = self.ctx
+        start = time.perf_counter()  # the data path's clock (pools, balancers, metrics)
+        snapshot = ctx.store.current
+        router = snapshot.routers.get(self.listener)
+        if router is None and self.snapshot is not None:
+            # Our listener left the configuration: finish on the last snapshot that had it
+            # and close after this response so the client moves to the new listeners.
+            snapshot = self.snapshot
+            router = snapshot.routers.get(self.listener)
+            head.keep_alive = False
+        else:
+            self.snapshot = snapshot
+        authority, target, path, query = parse_target(head)
+        if authority != self.authority:  # clients repeat their Host: normalize it once
+            self.authority = authority
+            self.host = normalize_host(authority)
+        host = self.host
+        match = None
+        misdirected = False
+        if router is not None:
+            if self.sni is not None and self.sni != host:
+                # A client may reuse a connection for another host its certificate covers;
+                # only the listener the handshake chose may answer on it (RFC 9110 §15.5.20).
+                misdirected = router.listener_for(host) is not router.listener_for(self.sni)
+            if not misdirected:
+                match = router.route(host, path, head.method, head.headers, query)
+        outcome = Outcome(head.keep_alive)
+        route_label = peer_label = detail = rid = ""
+        try:
+            if misdirected:
+                outcome.status = 421
+                detail = "misdirected"
+                return await ds.local_reply(head, 421, b"misdirected request\n")
+            if match is None:
+                outcome.status = 404
+                detail = "no_route"
+                return await ds.local_reply(head, 404, b"no route\n")
+            action = match.action
+            route_label = action.route
+            if action.redirect is not None:
+                lst = router.listener_for(host) if router is not None else None
+                location = redirect_location(
+                    action.redirect,
+                    scheme=self.scheme,
+                    host=host,
+                    listener_port=lst.port if lst is not None else self.listener.port,
+                    target=target,
+                    matched_prefix=match.path_value if match.path_type == "PathPrefix" else None,
+                )
+                outcome.status = action.redirect.status_code
+                detail = "redirect"
+                return await ds.local_reply(
+                    head, outcome.status, b"", [(b"location", location.encode("latin-1"))]
+                )
+            backend = pick_backend(action, ctx.rng)
+            if backend is None or backend.cluster is None:
+                outcome.status = 500
+                detail = "invalid_backend"
+                return await ds.local_reply(head, 500, b"no valid backend for this route\n")
+            peer_label = backend.cluster
+            cluster = ctx.clusters.get(backend.cluster)
+            stats = cluster.pick(ctx.rng, start) if cluster is not None else None
+            pool = cluster.pools.get(stats.endpoint.key) if cluster and stats else None
+            if cluster is None or stats is None or pool is None:
+                outcome.status = 503
+                detail = "no_healthy_upstream"
+                return await ds.local_reply(head, 503, b"no healthy upstream\n")
+            rid = head.request_id.decode("latin-1") if head.request_id else ctx.ids.new()
+            request = upstream_request(
+                head, target, authority, action, backend, match, self.peer, rid, self.scheme
+            )
+            if head.expect_continue and head.has_body:
+                await ds.send_continue()
+            outcome.bytes_in, body_done = ds.take_buffered_body(request, head.chunked)
+            if action.mirrors:
+                self.mirror(action, bytes(request) if body_done else None)
+            endpoint = stats.endpoint
+            outcome.upstream = endpoint.key
+            spec = cluster.spec
+            deadline = action.upstream_timeout_s
+            cs = trio.CancelScope(relative_deadline=deadline) if deadline else None
+            run = functools.partial(
+                exchange,
+                ds,
+                pool,
+                endpoint.address,
+                endpoint.port,
+                head,
+                request,
+                body_done,
+                ds.next_event,
+                backend.response_ops,
+                outcome,
+                spec.connect_timeout_s,
+                spec.idle_timeout_s,
+                start,
+                ds.relay,
+            )
+            stats.pending += 1
+            try:
+                if cs is None:  # most routes: no cancel scope per request
+                    await run()
+                else:
+                    with cs:
+                        await run()
+            finally:
+                stats.pending -= 1
+            end = time.perf_counter()
+            stats.observe(end - start, end)
+            if cs is not None and cs.cancelled_caught:
+                detail = "upstream_timeout"
+                if outcome.response_started:
+                    return False
+                outcome.status = 504
+                return await ds.local_reply(head, 504, b"upstream timed out\n", close=True)
+            return outcome.request_complete and outcome.downstream_keep_alive
+        except ProtocolError as exc:  # the client broke framing or a limit mid-body
+            detail = "downstream_protocol_error"
+            if outcome.response_started:
+                return False
+            outcome.status = exc.status
+            raise
+        except UpstreamError as exc:
+            detail = type(exc).__name__
+            if outcome.response_started:
+                return False
+            outcome.status = exc.status
+            body = f"upstream error: {exc}\n".encode("utf-8", "replace")
+            return await ds.local_reply(head, exc.status, body, close=True)
+        finally:
+            duration = time.perf_counter() - start
+            ctx.metrics.request(
+                (ctx.direction, ctx.service, peer_label, route_label), outcome.status, duration
+            )
+            if ctx.access_log.enabled:
+                ctx.access_log.record(
+                    start=time.time() - duration,
+                    duration_s=duration,
+                    downstream=self.peer_text,
+                    method=head.method,
+                    authority=authority,
+                    path=head.target,
+                    protocol=ds.protocol(head),
+                    status=outcome.status,
+                    bytes_in=outcome.bytes_in,
+                    bytes_out=outcome.bytes_out,
+                    route=route_label,
+                    upstream=outcome.upstream,
+                    request_id=rid,
+                    detail=detail,
+                )
+
+    def mirror(self, action: RouteAction, request: bytes | None) -> None:
+        """Send a copy to each sampled mirror without waiting for it; a streaming body is
+        not teed, so only requests whose whole body is in memory are mirrored."""
+        for m in action.mirrors:
+            if m.cluster is None:
+                continue
+            if request is None:
+                self.ctx.metrics.inc("weft_mirror_skipped_total", (("cluster", m.cluster),))
+                continue
+            if self.ctx.rng.random() * m.denominator < m.numerator:
+                self.ctx.background.start_soon(_send_mirror, self.ctx, m.cluster, request)
+
+
+class _Http1(RequestHandler):
+    """An HTTP/1.x connection: requests one after another on one byte stream."""
+
+    __slots__ = ("conn", "parser")
+
+    relay: Relay = staticmethod(relay_http1)
+
+    def __init__(
+        self,
+        ctx: ProxyContext,
+        listener: ListenerKey,
+        conn: Conn,
+        parser: RequestParser,
+        scheme: str,
+        sni: str | None,
+    ) -> None:
+        super().__init__(ctx, listener, conn.peer, scheme, sni)
+        self.conn = conn
+        self.parser = parser
+
+    def protocol(self, head: RequestHead) -> str:
+        return "HTTP/1.1" if head.version == "1.1" else "HTTP/1.0"
+
+    async def send_continue(self) -> None:
+        await self.conn.send_all(_CONTINUE)
 
     # -- body plumbing ------------------------------------------------------------------
     async def next_event(self) -> bytes | End:
@@ -213,160 +431,6 @@ class _Connection:
                     return False
         return False
 
-    # -- one request --------------------------------------------------------------------
-    async def handle(self, head: RequestHead) -> bool:
-        """Answer one request; returns whether the connection may carry another."""
-        ctx = self.ctx
-        start = time.perf_counter()  # the data path's clock (pools, balancers, metrics)
-        snapshot = ctx.store.current
-        router = snapshot.routers.get(self.listener)
-        if router is None and self.snapshot is not None:
-            # Our listener left the configuration: finish on the last snapshot that had it
-            # and close after this response so the client moves to the new listeners.
-            snapshot = self.snapshot
-            router = snapshot.routers.get(self.listener)
-            head.keep_alive = False
-        else:
-            self.snapshot = snapshot
-        authority, target, path, query = parse_target(head)
-        if authority != self.authority:  # clients repeat their Host: normalize it once
-            self.authority = authority
-            self.host = normalize_host(authority)
-        host = self.host
-        match = None
-        misdirected = False
-        if router is not None:
-            if self.sni is not None and self.sni != host:
-                # A client may reuse a connection for another host its certificate covers;
-                # only the listener the handshake chose may answer on it (RFC 9110 §15.5.20).
-                misdirected = router.listener_for(host) is not router.listener_for(self.sni)
-            if not misdirected:
-                match = router.route(host, path, head.method, head.headers, query)
-        outcome = Outcome(head.keep_alive)
-        route_label = peer_label = detail = rid = ""
-        try:
-            if misdirected:
-                outcome.status = 421
-                detail = "misdirected"
-                return await self.local_reply(head, 421, b"misdirected request\n")
-            if match is None:
-                outcome.status = 404
-                detail = "no_route"
-                return await self.local_reply(head, 404, b"no route\n")
-            action = match.action
-            route_label = action.route
-            if action.redirect is not None:
-                lst = router.listener_for(host) if router is not None else None
-                location = redirect_location(
-                    action.redirect,
-                    scheme=self.scheme,
-                    host=host,
-                    listener_port=lst.port if lst is not None else self.listener.port,
-                    target=target,
-                    matched_prefix=match.path_value if match.path_type == "PathPrefix" else None,
-                )
-                outcome.status = action.redirect.status_code
-                detail = "redirect"
-                return await self.local_reply(
-                    head, outcome.status, b"", [(b"location", location.encode("latin-1"))]
-                )
-            backend = pick_backend(action, ctx.rng)
-            if backend is None or backend.cluster is None:
-                outcome.status = 500
-                detail = "invalid_backend"
-                return await self.local_reply(head, 500, b"no valid backend for this route\n")
-            peer_label = backend.cluster
-            cluster = ctx.clusters.get(backend.cluster)
-            stats = cluster.pick(ctx.rng, start) if cluster is not None else None
-            pool = cluster.pools.get(stats.endpoint.key) if cluster and stats else None
-            if cluster is None or stats is None or pool is None:
-                outcome.status = 503
-                detail = "no_healthy_upstream"
-                return await self.local_reply(head, 503, b"no healthy upstream\n")
-            rid = head.request_id.decode("latin-1") if head.request_id else ctx.ids.new()
-            request = upstream_request(
-                head, target, authority, action, backend, match, self.peer, rid, self.scheme
-            )
-            if head.expect_continue and head.has_body:
-                await self.conn.send_all(_CONTINUE)
-            outcome.bytes_in, body_done = self.take_buffered_body(request, head.chunked)
-            if action.mirrors:
-                self.mirror(action, bytes(request) if body_done else None)
-            endpoint = stats.endpoint
-            outcome.upstream = endpoint.key
-            spec = cluster.spec
-            deadline = action.upstream_timeout_s
-            cs = trio.CancelScope(relative_deadline=deadline) if deadline else None
-            run = functools.partial(
-                exchange,
-                self.conn,
-                pool,
-                endpoint.address,
-                endpoint.port,
-                head,
-                request,
-                body_done,
-                self.next_event,
-                backend.response_ops,
-                outcome,
-                spec.connect_timeout_s,
-                spec.idle_timeout_s,
-                start,
-            )
-            stats.pending += 1
-            try:
-                if cs is None:  # most routes: no cancel scope per request
-                    await run()
-                else:
-                    with cs:
-                        await run()
-            finally:
-                stats.pending -= 1
-            end = time.perf_counter()
-            stats.observe(end - start, end)
-            if cs is not None and cs.cancelled_caught:
-                detail = "upstream_timeout"
-                if outcome.response_started:
-                    return False
-                outcome.status = 504
-                return await self.local_reply(head, 504, b"upstream timed out\n", close=True)
-            return outcome.request_complete and outcome.downstream_keep_alive
-        except ProtocolError as exc:  # the client broke framing or a limit mid-body
-            detail = "downstream_protocol_error"
-            if outcome.response_started:
-                return False
-            outcome.status = exc.status
-            raise
-        except UpstreamError as exc:
-            detail = type(exc).__name__
-            if outcome.response_started:
-                return False
-            outcome.status = exc.status
-            body = f"upstream error: {exc}\n".encode("utf-8", "replace")
-            return await self.local_reply(head, exc.status, body, close=True)
-        finally:
-            duration = time.perf_counter() - start
-            ctx.metrics.request(
-                (ctx.direction, ctx.service, peer_label, route_label), outcome.status, duration
-            )
-            if ctx.access_log.enabled:
-                ctx.access_log.record(
-                    start=time.time() - duration,
-                    duration_s=duration,
-                    downstream=self.peer_text,
-                    method=head.method,
-                    authority=authority,
-                    path=head.target,
-                    protocol="HTTP/1.1" if head.version == "1.1" else "HTTP/1.0",
-                    status=outcome.status,
-                    bytes_in=outcome.bytes_in,
-                    bytes_out=outcome.bytes_out,
-                    route=route_label,
-                    upstream=outcome.upstream,
-                    request_id=rid,
-                    detail=detail,
-                )
-
     async def local_reply(
         self,
         head: RequestHead,
@@ -385,18 +449,6 @@ class _Connection:
             )
         )
         return keep
-
-    def mirror(self, action: RouteAction, request: bytes | None) -> None:
-        """Send a copy to each sampled mirror without waiting for it; a streaming body is
-        not teed, so only requests whose whole body is in memory are mirrored."""
-        for m in action.mirrors:
-            if m.cluster is None:
-                continue
-            if request is None:
-                self.ctx.metrics.inc("weft_mirror_skipped_total", (("cluster", m.cluster),))
-                continue
-            if self.ctx.rng.random() * m.denominator < m.numerator:
-                self.ctx.background.start_soon(_send_mirror, self.ctx, m.cluster, request)
 
 
 async def _send_mirror(ctx: ProxyContext, cluster_name: str, request: bytes) -> None:
