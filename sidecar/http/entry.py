@@ -1,4 +1,5 @@
-"""What runs on an accepted connection: TLS termination where the port has it, then HTTP."""
+"""What runs on an accepted connection: TLS termination where the port has it, then HTTP/2
+(ALPN `h2`, or the cleartext preface: prior knowledge) or HTTP/1.x."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import socket
 import trio
 
 from sidecar.config.model import ListenerKey
+from sidecar.http.h2server import serve_http2
 from sidecar.http.proxy import ProxyContext, serve_http1
+from sidecar.protocol.http2 import PREFACE
 from sidecar.protocol.wire import simple_response
 from sidecar.transport.io import Conn, ConnectionLost
 from sidecar.transport.tls import TlsHandshakeError
@@ -22,7 +25,13 @@ _PLAINTEXT_REPLY = simple_response(
 async def serve_downstream(ctx: ProxyContext, listener: ListenerKey, conn: Conn) -> None:
     tls = ctx.tls.get(listener)
     if tls is None:
-        await serve_http1(ctx, listener, conn)
+        initial = await _first_bytes(conn, ctx.store.current.limits.header_timeout_s)
+        if initial is None:
+            conn.close()
+        elif initial.startswith(PREFACE):
+            await serve_http2(ctx, listener, conn, initial=initial)
+        else:
+            await serve_http1(ctx, listener, conn, initial=initial)
         return
     tconn = None
     reason = "timeout"
@@ -46,7 +55,27 @@ async def serve_downstream(ctx: ProxyContext, listener: ListenerKey, conn: Conn)
         _failed(ctx, reason)
         (tconn or conn).close()
         return
-    await serve_http1(ctx, listener, tconn, scheme="https", sni=tconn.sni)
+    if tconn.alpn == "h2":
+        await serve_http2(ctx, listener, tconn, scheme="https", sni=tconn.sni)
+    else:
+        await serve_http1(ctx, listener, tconn, scheme="https", sni=tconn.sni)
+
+
+async def _first_bytes(conn: Conn, timeout_s: float) -> bytes | None:
+    """What the client sends first: enough to tell the HTTP/2 preface from HTTP/1.x.
+    None when it closes or stays silent past the header timeout."""
+    data = b""
+    with trio.move_on_after(timeout_s):
+        try:
+            while len(data) < len(PREFACE) and PREFACE.startswith(data):
+                chunk = await conn.recv()
+                if not chunk:
+                    return None
+                data += chunk
+        except ConnectionLost:
+            return None
+        return data
+    return None
 
 
 def _failed(ctx: ProxyContext, reason: str) -> None:

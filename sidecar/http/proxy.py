@@ -79,9 +79,11 @@ async def serve_http1(
     *,
     scheme: str = "http",
     sni: str | None = None,
+    initial: bytes = b"",
 ) -> None:
     """Serve one downstream connection until it closes, errs or idles out. `sni` is the
-    server name a TLS client asked for: requests for another listener get 421."""
+    server name a TLS client asked for: requests for another listener get 421; `initial`
+    holds bytes already read from the connection."""
     limits = ctx.store.current.limits
     parser = RequestParser(
         max_header_bytes=limits.max_header_bytes,
@@ -97,6 +99,8 @@ async def serve_http1(
     handler = _Http1(ctx, listener, conn, parser, scheme, sni)
     try:
         with scope:
+            if initial:
+                parser.feed(initial)
             while True:
                 while not events:
                     data = await conn.recv()
@@ -130,7 +134,8 @@ class Downstream(Protocol):
     HTTP/1.1 implements it per connection (`_Http1`), HTTP/2 per stream.
     """
 
-    relay: Relay
+    @property
+    def relay(self) -> Relay: ...
 
     def protocol(self, head: RequestHead) -> str: ...
 

@@ -15,13 +15,13 @@ from collections.abc import Sequence
 from sidecar.errors import ConfigError
 from sidecar.http.router import ListenerRoutes, PortRouter, normalize_host
 from sidecar.transport.io import Conn
-from sidecar.transport.tls import ALPN_HTTP1, TlsConn, server_context
+from sidecar.transport.tls import ALPN_HTTP, TlsConn, server_context
 
 
 class ServerTls:
     """TLS termination for one port: SNI → listener → certificate."""
 
-    def __init__(self, router: PortRouter, alpn: Sequence[str] = ALPN_HTTP1) -> None:
+    def __init__(self, router: PortRouter, alpn: Sequence[str] = ALPN_HTTP) -> None:
         self.router = router
         self.contexts: dict[str, ssl.SSLContext] = {}
         listeners = list(router.listeners())

@@ -27,7 +27,7 @@ from sidecar.transport.io import _RESET_ERRNOS, RECV_SIZE, Conn, ConnectionLost
 # TLS 1.2 suites: forward secrecy and AEAD only (Mozilla "intermediate"); TLS 1.3 suites are
 # OpenSSL's defaults, all of which qualify.
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
-ALPN_HTTP1 = ("http/1.1",)
+ALPN_HTTP = ("h2", "http/1.1")
 
 
 class TlsHandshakeError(Exception):
@@ -140,7 +140,7 @@ def _reason(exc: BaseException) -> str:
 
 
 # -- contexts -----------------------------------------------------------------------------
-def server_context(pair: CertificatePair, alpn: Sequence[str] = ALPN_HTTP1) -> ssl.SSLContext:
+def server_context(pair: CertificatePair, alpn: Sequence[str] = ALPN_HTTP) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(TLS12_CIPHERS)

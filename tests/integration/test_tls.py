@@ -182,7 +182,7 @@ async def test_openssl_sees_sni_certificate_alpn_and_no_old_protocols(
     assert code == 0, out
     assert "subject=CN = *.b.example" in out
     assert "Verify return code: 0 (ok)" in out
-    assert "ALPN protocol: http/1.1" in out
+    assert "ALPN protocol: h2" in out
     assert code11 != 0 and "alert protocol version" in out11, out11  # the server's alert 70
 
 

@@ -25,6 +25,12 @@ def _read(rfile: Any, n: int) -> Iterator[bytes]:
         yield piece
 
 
+class _Server(ThreadingHTTPServer):
+    # A proxy opens many connections at once (one per concurrent HTTP/2 stream); the
+    # socketserver default backlog of 5 would drop SYNs and stall them for seconds.
+    request_queue_size = 1024
+
+
 class EchoServer:
     def __init__(self, name: str, namespace: str = "default", address: str = "127.0.0.1") -> None:
         self.name = name
@@ -105,7 +111,7 @@ class EchoServer:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _serve
 
-        self.httpd = ThreadingHTTPServer((address, 0), Handler)
+        self.httpd = _Server((address, 0), Handler)
         self.httpd.daemon_threads = True
         self.address = address
         self.port = self.httpd.server_address[1]

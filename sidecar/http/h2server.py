@@ -1,0 +1,472 @@
+"""HTTP/2 downstream connections on h2: one task reads frames, one writes, one per stream.
+
+Theory of operation. The reader feeds bytes to h2 and turns its events into stream state
+(body chunks, ends, resets, window updates). Each request runs in its own task through the
+shared `RequestHandler` (routing, forwarding, metrics and logs are the HTTP/1 ones): it
+reads its body with `next_event` and answers through h2. Frames are written by a single
+writer task, woken whenever h2 has something to send, so the frames of many streams leave
+in one send and no two tasks ever interleave bytes on the socket.
+
+Flow control is end to end. A request body's DATA is acknowledged (its window re-opened)
+only when the stream's task takes it to send upstream, so a slow upstream slows the client
+and at most the advertised windows are buffered. A response's DATA goes out only within the
+client's windows, and a stream waits while the writer has more than HIGH_WATER bytes
+unsent, so a client that stops reading stops the upstream reads too.
+
+Shutdown. A client's GOAWAY or a drain stop new streams (REFUSED_STREAM) and let the open
+ones finish; the connection closes when the last one does. A protocol error makes h2 send
+GOAWAY, which is flushed before the socket closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+import trio
+from h2.errors import ErrorCodes
+
+from sidecar.config.model import ListenerKey
+from sidecar.errors import ProtocolError, UpstreamClosed, UpstreamProtocolError
+from sidecar.http.filters import HeaderOps
+from sidecar.http.forward import Outcome, Relay
+from sidecar.http.proxy import DownstreamClosed, ProxyContext, RequestHandler
+from sidecar.protocol.http1 import END, End, RequestHead
+from sidecar.protocol.http2 import local_headers, request_head, response_headers
+from sidecar.protocol.response import ResponseHead, ResponseParser
+from sidecar.transport.idle import Tracked
+from sidecar.transport.io import Conn, ConnectionLost
+
+HIGH_WATER = 256 * 1024  # unsent bytes after which streams wait for the writer
+STREAM_WINDOW = 256 * 1024  # what a client may send on one stream before we ask for more
+CONNECTION_WINDOW = 1024 * 1024  # ... and on all streams together
+MAX_CONCURRENT_STREAMS = 256
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class H2Stream:
+    """One request/response exchange on an HTTP/2 connection (a `Downstream`)."""
+
+    __slots__ = (
+        "body",
+        "conn",
+        "ended_local",
+        "more",
+        "request_ended",
+        "reset_code",
+        "scope",
+        "sid",
+        "window",
+    )
+
+    def __init__(self, conn: Http2Connection, sid: int) -> None:
+        self.conn = conn
+        self.sid = sid
+        self.body: deque[tuple[bytes, int] | End] = deque()
+        self.more = trio.Event()  # set when body arrives, ends, or the stream is reset
+        self.window = trio.Event()  # set when the client opens its window
+        self.scope = trio.CancelScope()
+        self.reset_code: int | None = None
+        self.request_ended = False
+        self.ended_local = False
+
+    # -- events from the reader ---------------------------------------------------------
+    def feed(self, data: bytes, flow: int) -> None:
+        self.body.append((data, flow))
+        self.more.set()
+
+    def finish(self, trailers: Headers | None) -> None:
+        self.request_ended = True
+        self.body.append(End(trailers) if trailers else END)
+        self.more.set()
+
+    def was_reset(self, code: int) -> None:
+        self.reset_code = code
+        self.more.set()
+        self.window.set()
+        self.scope.cancel()
+
+    # -- Downstream ---------------------------------------------------------------------
+    @property
+    def relay(self) -> Relay:
+        return relay_h2
+
+    def protocol(self, head: RequestHead) -> str:
+        return "HTTP/2"
+
+    async def send_continue(self) -> None:
+        return None  # HTTP/2 clients do not wait for 100 Continue
+
+    async def next_event(self) -> bytes | End:
+        while not self.body:
+            if self.reset_code is not None:
+                raise DownstreamClosed("stream reset by the client")
+            self.more = trio.Event()
+            await self.more.wait()
+        item = self.body.popleft()
+        if isinstance(item, End):
+            return item
+        data, flow = item
+        self._ack(flow)
+        return data
+
+    def take_buffered_body(self, out: bytearray, chunked: bool) -> tuple[int, bool]:
+        taken = 0
+        body = self.body
+        while body:
+            item = body.popleft()
+            if isinstance(item, End):
+                if chunked:
+                    out += b"0\r\n\r\n"
+                return taken, True
+            data, flow = item
+            self._ack(flow)
+            taken += len(data)
+            if chunked:
+                out += b"%x\r\n%b\r\n" % (len(data), data)
+            else:
+                out += data
+        return taken, False
+
+    async def local_reply(
+        self,
+        head: RequestHead,
+        status: int,
+        body: bytes,
+        headers: Headers | None = None,
+        *,
+        close: bool = False,
+    ) -> bool:
+        body_out = b"" if head.method == "HEAD" else body
+        self.send_headers(local_headers(status, body, headers), end=not body_out)
+        if body_out:
+            await self.send_data(body_out, end=True)
+        return True
+
+    # -- sending --------------------------------------------------------------------------
+    def send_headers(self, headers: Headers, *, end: bool) -> None:
+        if self.reset_code is not None:
+            raise DownstreamClosed("stream reset by the client")
+        self.conn.h2.send_headers(self.sid, headers, end_stream=end)
+        self.ended_local = end
+        self.conn.kick()
+
+    async def send_data(self, data: bytes, *, end: bool) -> None:
+        """Send within the client's windows, waiting for them to open."""
+        conn = self.conn
+        h2c = conn.h2
+        view = memoryview(data)
+        while True:
+            if self.reset_code is not None:
+                raise DownstreamClosed("stream reset by the client")
+            try:
+                window = min(h2c.local_flow_control_window(self.sid), h2c.max_outbound_frame_size)
+            except h2.exceptions.StreamClosedError:
+                raise DownstreamClosed("stream closed") from None
+            n = min(window, len(view))
+            if n <= 0 and view:
+                self.window = trio.Event()
+                await self.window.wait()
+                continue
+            last = n == len(view)
+            h2c.send_data(self.sid, bytes(view[:n]), end_stream=end and last)
+            conn.buffered += n
+            view = view[n:]
+            if last:
+                break
+        self.ended_local = end
+        conn.kick()
+        await conn.backpressure()
+
+    def _ack(self, flow: int) -> None:
+        if flow:
+            with contextlib.suppress(h2.exceptions.H2Error):
+                self.conn.h2.acknowledge_received_data(flow, self.sid)
+            self.conn.kick()
+
+    def close(self) -> None:
+        """After the handler: reset what was left half-done (and return unread credit)."""
+        h2c = self.conn.h2
+        for item in self.body:
+            if not isinstance(item, End):
+                with contextlib.suppress(h2.exceptions.H2Error):
+                    h2c.acknowledge_received_data(item[1], self.sid)
+        self.body.clear()
+        if self.reset_code is None and (not self.ended_local or not self.request_ended):
+            # An unfinished answer is an error; an unread request body after a complete
+            # answer is not (RFC 9113 §8.1: stop it with NO_ERROR).
+            code = ErrorCodes.NO_ERROR if self.ended_local else ErrorCodes.INTERNAL_ERROR
+            with contextlib.suppress(h2.exceptions.H2Error):
+                h2c.reset_stream(self.sid, code)
+        self.conn.kick()
+
+
+class Http2Connection:
+    """One downstream HTTP/2 connection."""
+
+    def __init__(
+        self,
+        ctx: ProxyContext,
+        listener: ListenerKey,
+        conn: Conn,
+        *,
+        scheme: str,
+        sni: str | None,
+    ) -> None:
+        self.ctx = ctx
+        self.conn = conn
+        self.handler = RequestHandler(ctx, listener, conn.peer, scheme, sni)
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        self.h2 = h2.connection.H2Connection(config)
+        limits = ctx.store.current.limits
+        self.h2.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_bytes,
+            },
+        )
+        self.streams: dict[int, H2Stream] = {}
+        self.buffered = 0  # DATA bytes handed to h2 and not yet written
+        self.closing = False
+        self._wake = trio.Event()
+        self._drained = trio.Event()
+        self._idle = trio.Event()  # set when the last stream ends while closing
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    async def backpressure(self) -> None:
+        if self.buffered > HIGH_WATER:
+            await self._drained.wait()
+
+    async def run(self, initial: bytes = b"") -> None:
+        h2c = self.h2
+        h2c.initiate_connection()
+        h2c.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self.kick()
+        scope = trio.CancelScope()
+        tracked = Tracked(
+            activity=lambda: self.conn.activity, in_head=lambda: False, cancel=scope.cancel
+        )
+        self.ctx.idle.add(tracked, trio.current_time())
+        try:
+            with scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer)
+                    await self._read(nursery, initial)
+                    nursery.cancel_scope.cancel()
+        except ConnectionLost:
+            pass
+        finally:
+            self.ctx.idle.discard(tracked)
+            self.conn.close()
+
+    async def _read(self, nursery: trio.Nursery, initial: bytes) -> None:
+        data = initial
+        while True:
+            if data:
+                try:
+                    events = self.h2.receive_data(data)
+                except h2.exceptions.ProtocolError:
+                    await self._flush_now()  # h2 queued a GOAWAY naming the error
+                    return
+                for event in events:
+                    self._dispatch(nursery, event)
+                self.kick()
+            if self.closing and not self.streams:
+                await self._flush_now()
+                return
+            data = await self._recv_or_idle()
+            if not data:
+                return
+
+    async def _recv_or_idle(self) -> bytes:
+        """The next bytes; while closing, b"" once the last stream has ended."""
+        if not self.closing:
+            return await self.conn.recv()
+        self._idle = trio.Event()
+        async with trio.open_nursery() as n:
+            got: list[bytes] = []
+
+            async def read() -> None:
+                got.append(await self.conn.recv())
+                n.cancel_scope.cancel()
+
+            async def idle() -> None:
+                await self._idle.wait()
+                n.cancel_scope.cancel()
+
+            n.start_soon(read)
+            n.start_soon(idle)
+        return got[0] if got else b""
+
+    def _dispatch(self, nursery: trio.Nursery, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.RequestReceived):
+            self._open(nursery, event)
+        elif isinstance(event, h2.events.DataReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.feed(event.data, event.flow_controlled_length)
+            elif event.flow_controlled_length:  # a stream we stopped reading: free the credit
+                with contextlib.suppress(h2.exceptions.H2Error):
+                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        elif isinstance(event, h2.events.TrailersReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.finish(event.headers)
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None and not stream.request_ended:
+                stream.finish(None)
+        elif isinstance(event, h2.events.StreamReset):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.was_reset(event.error_code)
+        elif isinstance(event, h2.events.WindowUpdated):
+            if event.stream_id:
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    stream.window.set()
+            else:
+                for stream in self.streams.values():
+                    stream.window.set()
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            for stream in self.streams.values():
+                stream.window.set()
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self.closing = True
+
+    def _open(self, nursery: trio.Nursery, event: h2.events.RequestReceived) -> None:
+        sid = event.stream_id
+        if self.closing:
+            self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            return
+        stream = H2Stream(self, sid)
+        self.streams[sid] = stream
+        ended = event.stream_ended is not None
+        if ended:
+            stream.finish(None)
+        try:
+            head = request_head(event.headers or [], end_stream=ended)
+        except ProtocolError as exc:
+            nursery.start_soon(self._refuse, stream, exc)
+            return
+        nursery.start_soon(self._serve, stream, head)
+
+    async def _serve(self, stream: H2Stream, head: RequestHead) -> None:
+        try:
+            with stream.scope:
+                await self.handler.handle(head, stream)
+        except ProtocolError as exc:
+            if not stream.ended_local:
+                await self._refuse(stream, exc)
+                return
+        except DownstreamClosed:
+            pass
+        self._done(stream)
+
+    async def _refuse(self, stream: H2Stream, exc: ProtocolError) -> None:
+        with stream.scope, contextlib.suppress(DownstreamClosed):
+            body = f"{exc}\n".encode()
+            stream.send_headers(local_headers(exc.status, body), end=False)
+            await stream.send_data(body, end=True)
+        self._done(stream)
+
+    def _done(self, stream: H2Stream) -> None:
+        stream.close()
+        self.streams.pop(stream.sid, None)
+        if self.closing and not self.streams:
+            self._idle.set()
+
+    async def _writer(self) -> None:
+        conn = self.conn
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            data = self.h2.data_to_send()
+            if data:
+                sent = conn.send_now(data)
+                if sent < len(data):
+                    await conn.send_rest(data, sent)
+                self.buffered = max(0, self.buffered - len(data))
+            drained, self._drained = self._drained, trio.Event()
+            drained.set()
+
+    async def _flush_now(self) -> None:
+        data = self.h2.data_to_send()
+        if data:
+            with trio.move_on_after(1.0), contextlib.suppress(ConnectionLost):
+                await self.conn.send_all(data)
+
+
+async def relay_h2(
+    conn: Conn,
+    stream: H2Stream,
+    head: RequestHead,
+    ops: tuple[HeaderOps, ...],
+    outcome: Outcome,
+) -> bool:
+    """Stream an HTTP/1.1 upstream response to an HTTP/2 stream."""
+    parser = conn.proto
+    if not isinstance(parser, ResponseParser):
+        parser = conn.proto = ResponseParser()
+    parser.start(head_request=head.method == "HEAD")
+    events = parser.events
+    keep_upstream = True
+    while True:
+        data = await conn.recv()
+        if data:
+            try:
+                parser.feed(data)
+            except ProtocolError as exc:
+                raise UpstreamProtocolError(str(exc)) from None
+        elif parser.feed_eof():
+            keep_upstream = False
+        else:
+            raise UpstreamClosed("upstream closed before the response was complete")
+        pending: Headers | None = None
+        finished = False
+        while events:
+            ev = events.popleft()
+            if isinstance(ev, ResponseHead):
+                keep_upstream = ev.keep_alive
+                outcome.status = ev.status
+                outcome.response_started = True
+                pending = response_headers(ev, ops)
+            elif isinstance(ev, bytes):
+                if pending is not None:
+                    stream.send_headers(pending, end=False)
+                    pending = None
+                outcome.bytes_out += len(ev)
+                await stream.send_data(ev, end=False)
+            else:
+                if pending is not None:
+                    stream.send_headers(pending, end=True)
+                    pending = None
+                else:
+                    await stream.send_data(b"", end=True)
+                finished = True
+        if pending is not None:
+            stream.send_headers(pending, end=False)
+        if finished:
+            return keep_upstream and parser.done
+
+
+async def serve_http2(
+    ctx: ProxyContext,
+    listener: ListenerKey,
+    conn: Conn,
+    *,
+    initial: bytes = b"",
+    scheme: str = "http",
+    sni: str | None = None,
+) -> None:
+    await Http2Connection(ctx, listener, conn, scheme=scheme, sni=sni).run(initial)
