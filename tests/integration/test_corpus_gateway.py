@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -46,7 +47,17 @@ def test_deferred_cases_are_exactly_the_documented_ones() -> None:
             if unsupported(case):
                 skipped.add(case["id"])
     assert skipped == DEFERRED
-    assert total - len(skipped) == 173
+    assert total - len(skipped) == 183
+
+
+@dataclass
+class Clients:
+    """The harness's certificates are self-signed for names like "*.org" that no verifier
+    accepts; the cases check which listener answered, not the chain."""
+
+    h1: httpx.AsyncClient
+    tls: httpx.AsyncClient  # HTTP/1.1 over TLS
+    h2: httpx.AsyncClient  # HTTP/2 only (ALPN h2 over TLS)
 
 
 def _write(path: Path, resources: list[dict[str, Any]]) -> None:
@@ -75,9 +86,17 @@ async def test_corpus_file(corpus_file: Path, tmp_path: Path) -> None:
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
-            # The harness's certificates are self-signed for names like "*.org" that no
-            # verifier accepts; the cases check which listener answered, not the chain.
-            async with httpx.AsyncClient(timeout=10.0, verify=False) as client:
+            # Each TLS request gets its own connection: the cases set SNI per request, and
+            # a pooled connection would carry the SNI of an earlier one.
+            fresh = httpx.Limits(max_keepalive_connections=0)
+            async with (
+                httpx.AsyncClient(timeout=10.0) as h1,
+                httpx.AsyncClient(timeout=10.0, verify=False, limits=fresh) as tls,
+                httpx.AsyncClient(
+                    timeout=10.0, verify=False, limits=fresh, http1=False, http2=True
+                ) as h2,
+            ):
+                client = Clients(h1, tls, h2)
                 for case in doc["cases"]:
                     if unsupported(case):
                         continue
@@ -99,9 +118,13 @@ async def test_corpus_file(corpus_file: Path, tmp_path: Path) -> None:
 
 
 async def _send(
-    client: httpx.AsyncClient, server: EdgeServer, doc: dict[str, Any], case: dict[str, Any]
+    clients: Clients, server: EdgeServer, doc: dict[str, Any], case: dict[str, Any]
 ) -> httpx.Response:
     req = case["request"]
+    if req.get("protocol") == "HTTP/2":
+        client = clients.h2
+    else:
+        client = clients.tls if req["scheme"] == "https" else clients.h1
     ent = req["entrypoint"]
     address = gateway_addresses(doc)[(ent["namespace"], ent["name"])]
     port = server.bound_port(address, req["port"])
@@ -120,7 +143,7 @@ async def _send(
 
 
 async def _run_case(
-    client: httpx.AsyncClient,
+    client: Clients,
     server: EdgeServer,
     doc: dict[str, Any],
     case: dict[str, Any],
@@ -212,7 +235,7 @@ def _check_redirect(
 
 
 async def _check_distribution(
-    client: httpx.AsyncClient,
+    client: Clients,
     server: EdgeServer,
     doc: dict[str, Any],
     case: dict[str, Any],
@@ -239,7 +262,7 @@ async def _check_distribution(
 
 
 async def _check_mirror(
-    client: httpx.AsyncClient,
+    client: Clients,
     server: EdgeServer,
     doc: dict[str, Any],
     case: dict[str, Any],
