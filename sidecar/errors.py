@@ -56,3 +56,7 @@ class UpstreamClosed(UpstreamError):
     """The upstream closed the connection before a complete response."""
 
     status = 502
+
+
+class DownstreamClosed(WeftError):
+    """The client went away (or reset its stream) in the middle of a request."""

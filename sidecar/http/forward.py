@@ -17,12 +17,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import trio
-
 from sidecar.errors import (
+    DownstreamClosed,
     ProtocolError,
     UpstreamClosed,
-    UpstreamConnectError,
     UpstreamProtocolError,
 )
 from sidecar.http.filters import HeaderOps
@@ -36,7 +34,7 @@ from sidecar.protocol.wire import (
     serialize_head,
     strip_hop_by_hop,
 )
-from sidecar.transport.io import Conn, ConnectionLost, connect_tcp
+from sidecar.transport.io import Conn, ConnectionLost, connect_within
 from sidecar.upstream.cluster import EndpointPool
 
 Headers = list[tuple[bytes, bytes]]
@@ -92,7 +90,7 @@ async def exchange(
     reused = conn is not None
     while True:
         if conn is None:
-            conn = await _connect(address, port, connect_timeout_s)
+            conn = await connect_within(address, port, connect_timeout_s)
         written = False
         try:
             sent = conn.send_now(request)
@@ -136,15 +134,6 @@ def _replayable(head: RequestHead, body_done: bool, written: bool, outcome: Outc
     if not body_done or outcome.response_started:
         return False
     return not written or head.method in IDEMPOTENT
-
-
-async def _connect(address: str, port: int, timeout_s: float) -> Conn:
-    with trio.move_on_after(timeout_s):
-        try:
-            return await connect_tcp(address, port)
-        except OSError as exc:
-            raise UpstreamConnectError(f"connect {address}:{port}: {exc.strerror}") from None
-    raise UpstreamConnectError(f"connect {address}:{port}: timed out after {timeout_s:g}s")
 
 
 async def _stream_body(conn: Conn, chunked: bool, next_event: NextEvent, outcome: Outcome) -> None:
@@ -247,3 +236,56 @@ async def relay_http1(
                 return False
         if finished:
             return keep_upstream and parser.done
+
+
+class Http1Writer:
+    """A response from an HTTP/2 upstream, written to an HTTP/1.x client."""
+
+    __slots__ = ("chunked", "conn", "head", "ops", "outcome")
+
+    def __init__(
+        self, conn: Conn, head: RequestHead, ops: tuple[HeaderOps, ...], outcome: Outcome
+    ) -> None:
+        self.conn = conn
+        self.head = head
+        self.ops = ops
+        self.outcome = outcome
+        self.chunked = False
+
+    async def start(self, status: int, headers: Headers, *, end: bool) -> None:
+        for op in self.ops:
+            headers = op.apply(headers)
+        head = self.head
+        has_length = any(n.lower() == b"content-length" for n, _ in headers)
+        bodyless = head.method == "HEAD" or status in (204, 304)
+        if end and not has_length and not bodyless:
+            headers = [*headers, (b"content-length", b"0")]
+        elif not has_length and not bodyless:
+            if head.version == "1.1":
+                self.chunked = True
+            else:
+                self.outcome.downstream_keep_alive = False  # close-delimited for HTTP/1.0
+        out = serialize_head(b"HTTP/1.1 %d %b\r\n" % (status, reason_phrase(status)), headers)
+        del out[-2:]
+        if self.chunked:
+            out += b"transfer-encoding: chunked\r\n"
+        if not self.outcome.downstream_keep_alive:
+            out += b"connection: close\r\n"
+        elif head.version == "1.0":
+            out += b"connection: keep-alive\r\n"
+        out += b"\r\n"
+        await self._send(out)
+
+    async def data(self, data: bytes) -> None:
+        await self._send(chunk(data) if self.chunked else data)
+
+    async def end(self, trailers: Headers | None) -> None:
+        if self.chunked:
+            await self._send(last_chunk(trailers))
+
+    async def _send(self, data: bytes | bytearray) -> None:
+        try:
+            await self.conn.send_all(data)
+        except ConnectionLost as exc:
+            self.outcome.downstream_keep_alive = False
+            raise DownstreamClosed(str(exc)) from None

@@ -32,12 +32,17 @@ import trio
 from h2.errors import ErrorCodes
 
 from sidecar.config.model import ListenerKey
-from sidecar.errors import ProtocolError, UpstreamClosed, UpstreamProtocolError
+from sidecar.errors import DownstreamClosed, ProtocolError, UpstreamClosed, UpstreamProtocolError
 from sidecar.http.filters import HeaderOps
 from sidecar.http.forward import Outcome, Relay
-from sidecar.http.proxy import DownstreamClosed, ProxyContext, RequestHandler
+from sidecar.http.proxy import ProxyContext, RequestHandler
 from sidecar.protocol.http1 import END, End, RequestHead
-from sidecar.protocol.http2 import local_headers, request_head, response_headers
+from sidecar.protocol.http2 import (
+    CONNECTION_SPECIFIC,
+    local_headers,
+    request_head,
+    response_headers,
+)
 from sidecar.protocol.response import ResponseHead, ResponseParser
 from sidecar.transport.idle import Tracked
 from sidecar.transport.io import Conn, ConnectionLost
@@ -102,6 +107,11 @@ class H2Stream:
 
     async def send_continue(self) -> None:
         return None  # HTTP/2 clients do not wait for 100 Continue
+
+    def response_writer(
+        self, head: RequestHead, ops: tuple[HeaderOps, ...], outcome: Outcome
+    ) -> H2Writer:
+        return H2Writer(self, ops)
 
     async def next_event(self) -> bytes | End:
         while not self.body:
@@ -184,6 +194,13 @@ class H2Stream:
         conn.kick()
         await conn.backpressure()
 
+    def send_trailers(self, trailers: Headers) -> None:
+        if self.reset_code is not None:
+            raise DownstreamClosed("stream reset by the client")
+        self.conn.h2.send_headers(self.sid, trailers, end_stream=True)
+        self.ended_local = True
+        self.conn.kick()
+
     def _ack(self, flow: int) -> None:
         if flow:
             with contextlib.suppress(h2.exceptions.H2Error):
@@ -205,6 +222,32 @@ class H2Stream:
             with contextlib.suppress(h2.exceptions.H2Error):
                 h2c.reset_stream(self.sid, code)
         self.conn.kick()
+
+
+class H2Writer:
+    """A response from an HTTP/2 upstream to an HTTP/2 client: frames and trailers as they are."""
+
+    __slots__ = ("ops", "stream")
+
+    def __init__(self, stream: H2Stream, ops: tuple[HeaderOps, ...]) -> None:
+        self.stream = stream
+        self.ops = ops
+
+    async def start(self, status: int, headers: Headers, *, end: bool) -> None:
+        for op in self.ops:
+            headers = op.apply(headers)
+        out = [(b":status", b"%d" % status)]
+        out.extend((n.lower(), v) for n, v in headers if n.lower() not in CONNECTION_SPECIFIC)
+        self.stream.send_headers(out, end=end)
+
+    async def data(self, data: bytes) -> None:
+        await self.stream.send_data(data, end=False)
+
+    async def end(self, trailers: Headers | None) -> None:
+        if trailers:
+            self.stream.send_trailers(trailers)
+        else:
+            await self.stream.send_data(b"", end=True)
 
 
 class Http2Connection:

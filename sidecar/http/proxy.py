@@ -22,11 +22,13 @@ import trio
 
 from sidecar.config.model import ListenerKey, RouteAction, Snapshot
 from sidecar.config.store import SnapshotStore
-from sidecar.errors import ProtocolError, UpstreamError
-from sidecar.http.filters import redirect_location
-from sidecar.http.forward import Outcome, Relay, exchange, relay_http1
+from sidecar.errors import DownstreamClosed, ProtocolError, UpstreamError
+from sidecar.http.filters import HeaderOps, redirect_location
+from sidecar.http.forward import Http1Writer, Outcome, Relay, exchange, relay_http1
+from sidecar.http.forward_h2 import ResponseWriter, exchange_h2
 from sidecar.http.request import (
     RequestIds,
+    h2_request_headers,
     parse_target,
     pick_backend,
     upstream_request,
@@ -35,20 +37,20 @@ from sidecar.http.router import normalize_host
 from sidecar.http.terminate import ServerTls
 from sidecar.observe.accesslog import AccessLog
 from sidecar.observe.metrics import Metrics
+from sidecar.protocol.grpc import GRPC_DEADLINE_EXCEEDED, grpc_timeout
 from sidecar.protocol.http1 import End, RequestHead, RequestParser
 from sidecar.protocol.wire import chunk, last_chunk, simple_response
 from sidecar.transport.idle import IdleTracker, Tracked
 from sidecar.transport.io import Conn, ConnectionLost, connect_tcp
 from sidecar.upstream.cluster import ClusterManager
+from sidecar.upstream.h2client import H2Pool
+
+H2_PROTOCOLS = ("HTTP2", "GRPC")  # cluster protocols spoken over HTTP/2
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # Bodies of requests answered locally are read and dropped up to this size so the
 # connection stays usable; past it the connection is closed instead.
 DISCARD_LIMIT = 256 * 1024
-
-
-class DownstreamClosed(Exception):
-    """The client went away in the middle of a request."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -144,6 +146,10 @@ class Downstream(Protocol):
     def take_buffered_body(self, out: bytearray, chunked: bool) -> tuple[int, bool]: ...
 
     async def send_continue(self) -> None: ...
+
+    def response_writer(
+        self, head: RequestHead, ops: tuple[HeaderOps, ...], outcome: Outcome
+    ) -> ResponseWriter: ...
 
     async def local_reply(
         self,
@@ -261,36 +267,41 @@ class RequestHandler:
                 detail = "no_healthy_upstream"
                 return await ds.local_reply(head, 503, b"no healthy upstream\n")
             rid = head.request_id.decode("latin-1") if head.request_id else ctx.ids.new()
-            request = upstream_request(
-                head, target, authority, action, backend, match, self.peer, rid, self.scheme
-            )
             if head.expect_continue and head.has_body:
                 await ds.send_continue()
-            outcome.bytes_in, body_done = ds.take_buffered_body(request, head.chunked)
-            if action.mirrors:
-                self.mirror(action, bytes(request) if body_done else None)
             endpoint = stats.endpoint
             outcome.upstream = endpoint.key
             spec = cluster.spec
             deadline = action.upstream_timeout_s
+            grpc_deadline = grpc_timeout(head)
+            if grpc_deadline is not None and (deadline is None or grpc_deadline < deadline):
+                deadline = grpc_deadline
             cs = trio.CancelScope(relative_deadline=deadline) if deadline else None
-            run = functools.partial(
-                exchange,
-                ds,
-                pool,
-                endpoint.address,
-                endpoint.port,
-                head,
-                request,
-                body_done,
-                ds.next_event,
-                backend.response_ops,
-                outcome,
-                spec.connect_timeout_s,
-                spec.idle_timeout_s,
-                start,
-                ds.relay,
-            )
+            if spec.protocol in H2_PROTOCOLS:
+                buffered = bytearray()
+                outcome.bytes_in, body_done = ds.take_buffered_body(buffered, False)
+                pools = cluster.h2pools
+                h2pool = pools.get(endpoint.key) or pools.setdefault(endpoint.key, H2Pool())
+                fields = h2_request_headers(
+                    head, target, authority, action, backend, match, self.peer, rid, self.scheme
+                )
+                run = functools.partial(
+                    exchange_h2, ds, h2pool, ctx.background, endpoint.address, endpoint.port,
+                    head, fields, bytes(buffered), body_done, backend.response_ops, outcome,
+                    spec.connect_timeout_s,
+                )  # fmt: skip
+            else:
+                request = upstream_request(
+                    head, target, authority, action, backend, match, self.peer, rid, self.scheme
+                )
+                outcome.bytes_in, body_done = ds.take_buffered_body(request, head.chunked)
+                if action.mirrors:
+                    self.mirror(action, bytes(request) if body_done else None)
+                run = functools.partial(
+                    exchange, ds, pool, endpoint.address, endpoint.port, head, request,
+                    body_done, ds.next_event, backend.response_ops, outcome,
+                    spec.connect_timeout_s, spec.idle_timeout_s, start, ds.relay,
+                )  # fmt: skip
             stats.pending += 1
             try:
                 if cs is None:  # most routes: no cancel scope per request
@@ -306,6 +317,9 @@ class RequestHandler:
                 detail = "upstream_timeout"
                 if outcome.response_started:
                     return False
+                if grpc_deadline is not None:  # gRPC clients read the status from trailers
+                    outcome.status = 200
+                    return await ds.local_reply(head, 200, b"", GRPC_DEADLINE_EXCEEDED)
                 outcome.status = 504
                 return await ds.local_reply(head, 504, b"upstream timed out\n", close=True)
             return outcome.request_complete and outcome.downstream_keep_alive
@@ -383,6 +397,11 @@ class _Http1(RequestHandler):
 
     async def send_continue(self) -> None:
         await self.conn.send_all(_CONTINUE)
+
+    def response_writer(
+        self, head: RequestHead, ops: tuple[HeaderOps, ...], outcome: Outcome
+    ) -> ResponseWriter:
+        return Http1Writer(self.conn, head, ops, outcome)
 
     # -- body plumbing ------------------------------------------------------------------
     async def next_event(self) -> bytes | End:

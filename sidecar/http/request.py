@@ -126,6 +126,19 @@ def _rebuilt_headers(
     head: RequestHead, host: bytes, action: RouteAction, backend: Backend
 ) -> bytearray:
     """The slow path: parsed fields, filtered and modified, serialized again."""
+    headers = forwarded_fields(head, host, action, backend)
+    if head.content_length is not None and not head.chunked:
+        headers.append((b"content-length", b"%d" % head.content_length))
+    out = serialize_head(b"", headers)
+    del out[-2:]
+    return out
+
+
+def forwarded_fields(
+    head: RequestHead, host: bytes, action: RouteAction, backend: Backend
+) -> list[tuple[bytes, bytes]]:
+    """The request's end-to-end fields after the route's filters, `host` first (the
+    rewritten hostname if the route has one); no framing or forwarding fields."""
     kept = strip_hop_by_hop(head.headers, head.connection)
     headers = [h for h in kept if h[0].lower() not in _FORWARDED and h[0].lower() != b"host"]
     rewrite = action.rewrite
@@ -136,8 +149,41 @@ def _rebuilt_headers(
         headers = action.request_headers.apply(headers)
     if backend.request_headers is not None:
         headers = backend.request_headers.apply(headers)
+    return headers
+
+
+def h2_request_headers(
+    head: RequestHead,
+    target: str,
+    authority: str,
+    action: RouteAction,
+    backend: Backend,
+    match: CompiledMatch,
+    peer: bytes,
+    rid: str,
+    scheme: str,
+) -> list[tuple[bytes, bytes]]:
+    """The header list of the request on an HTTP/2 upstream stream."""
+    rewrite = action.rewrite
+    if rewrite is not None and rewrite.path_type is not None:
+        prefix = match.path_value if match.path_type == "PathPrefix" else None
+        target = rewritten_target(target, rewrite, prefix)
+    fields = forwarded_fields(head, authority.encode("latin-1"), action, backend)
+    out = [
+        (b":method", head.method.encode()),
+        (b":scheme", b"http"),
+        (b":authority", fields[0][1]),
+        (b":path", target.encode("latin-1")),
+    ]
+    out.extend((n.lower(), v) for n, v in fields[1:])
+    if any(n.lower() == b"te" and v.strip().lower() == b"trailers" for n, v in head.headers):
+        out.append((b"te", b"trailers"))  # gRPC needs it end to end; the only TE HTTP/2 allows
     if head.content_length is not None and not head.chunked:
-        headers.append((b"content-length", b"%d" % head.content_length))
-    out = serialize_head(b"", headers)
-    del out[-2:]
+        out.append((b"content-length", b"%d" % head.content_length))
+    if not head.request_id:
+        out.append((b"x-request-id", rid.encode()))
+    xff = head.forwarded_for + b", " + peer if head.forwarded_for else peer
+    out.append((b"x-forwarded-for", xff))
+    out.append((b"x-forwarded-proto", scheme.encode()))
+    out.append((b"x-forwarded-host", authority.encode("latin-1")))
     return out

@@ -18,6 +18,10 @@ Headers = list[tuple[bytes, bytes]]
 
 # The connection preface a client sends first (RFC 9113 §3.4).
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# Fields HTTP/2 forbids (RFC 9113 §8.2.2); an HTTP/1.1 upstream may still send them.
+CONNECTION_SPECIFIC = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
 
 
 def request_head(headers: Headers, *, end_stream: bool) -> RequestHead:

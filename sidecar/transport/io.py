@@ -138,6 +138,16 @@ async def connect_tcp(address: str, port: int) -> Conn:
     return Conn(sock, target)
 
 
+async def connect_within(address: str, port: int, timeout_s: float) -> Conn:
+    """`connect_tcp` bounded by `timeout_s`; every failure is an UpstreamConnectError."""
+    with trio.move_on_after(timeout_s):
+        try:
+            return await connect_tcp(address, port)
+        except OSError as exc:
+            raise UpstreamConnectError(f"connect {address}:{port}: {exc.strerror}") from None
+    raise UpstreamConnectError(f"connect {address}:{port}: timed out after {timeout_s:g}s")
+
+
 def _is_ip(address: str) -> bool:
     try:
         socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from sidecar.config.model import ClusterSpec
 from sidecar.transport.io import Conn
 from sidecar.upstream.balance import Balancer, EndpointStats, make_balancer
+from sidecar.upstream.h2client import H2Pool
 
 MAX_IDLE_PER_ENDPOINT = 256
 # An idle connection older than this is checked for a FIN from the upstream before reuse.
@@ -53,13 +54,14 @@ class EndpointPool:
 
 
 class Cluster:
-    __slots__ = ("balancer", "pools", "spec", "stats")
+    __slots__ = ("balancer", "h2pools", "pools", "spec", "stats")
 
     def __init__(self, spec: ClusterSpec, now: float) -> None:
         self.spec = spec
         self.balancer: Balancer = make_balancer(spec.lb_policy)
         self.stats: list[EndpointStats] = [EndpointStats(e, now) for e in spec.endpoints]
         self.pools: dict[str, EndpointPool] = {e.key: EndpointPool() for e in spec.endpoints}
+        self.h2pools: dict[str, H2Pool] = {}  # HTTP/2 clusters, made on first use
 
     def pick(self, rng: random.Random, now: float) -> EndpointStats | None:
         stats = self.stats
@@ -78,6 +80,10 @@ class Cluster:
             if key not in keep:
                 pool.close()
                 del self.pools[key]
+        for key, h2pool in list(self.h2pools.items()):
+            if key not in keep or spec.protocol != self.spec.protocol:
+                h2pool.close()
+                del self.h2pools[key]
         for e in spec.endpoints:
             self.pools.setdefault(e.key, EndpointPool())
         self.spec = spec
@@ -85,6 +91,8 @@ class Cluster:
     def close(self) -> None:
         for pool in self.pools.values():
             pool.close()
+        for h2pool in self.h2pools.values():
+            h2pool.close()
 
 
 class ClusterManager:

@@ -1,0 +1,347 @@
+"""HTTP/2 to upstreams (h2, cleartext prior knowledge): shared, multiplexed connections.
+
+Theory of operation. An `H2Pool` per endpoint keeps a few client connections; a request
+takes a stream on the first one with room under the upstream's MAX_CONCURRENT_STREAMS and
+opens another connection only when all are full (concurrent requests wait for one connect
+rather than each opening its own). Each connection runs a reader and a writer task in the
+background nursery, like the downstream side (`http/h2server.py`): h2 holds the state, the
+reader turns frames into per-stream events, one writer sends what h2 queues.
+
+Flow control runs end to end here too: response DATA is acknowledged when the downstream
+took it, request DATA is sent only within the upstream's windows. A GOAWAY stops new
+streams on that connection; streams above its last-stream-id were never processed and end
+with `UpstreamRefused`, which the caller may retry elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+import trio
+from h2.errors import ErrorCodes
+
+from sidecar.errors import UpstreamClosed, UpstreamConnectError
+from sidecar.transport.io import Conn, ConnectionLost, connect_within
+
+Headers = list[tuple[bytes, bytes]]
+HIGH_WATER = 256 * 1024
+STREAM_WINDOW = 1024 * 1024
+CONNECTION_WINDOW = 4 * 1024 * 1024
+MAX_CONNECTIONS = 8
+
+
+class UpstreamRefused(UpstreamClosed):
+    """The upstream did not process the stream (REFUSED_STREAM or GOAWAY): safe to retry."""
+
+
+class Response:
+    """The upstream's response head."""
+
+    __slots__ = ("headers", "status")
+
+    def __init__(self, status: int, headers: Headers) -> None:
+        self.status = status
+        self.headers = headers
+
+
+class Trailers:
+    """The end of a response, with its trailers (possibly none)."""
+
+    __slots__ = ("headers",)
+
+    def __init__(self, headers: Headers | None) -> None:
+        self.headers = headers
+
+
+StreamEvent = Response | bytes | Trailers
+
+
+class UpstreamStream:
+    """One request's stream on an upstream connection."""
+
+    __slots__ = (
+        "conn",
+        "ended_local",
+        "ended_remote",
+        "error",
+        "events",
+        "flow",
+        "more",
+        "sid",
+        "window",
+    )
+
+    def __init__(self, conn: H2ClientConnection, sid: int) -> None:
+        self.conn = conn
+        self.sid = sid
+        self.events: deque[StreamEvent] = deque()
+        self.flow: deque[int] = deque()  # flow-controlled length of each queued DATA
+        self.more = trio.Event()
+        self.window = trio.Event()
+        self.error: UpstreamClosed | None = None
+        self.ended_local = False
+        self.ended_remote = False
+
+    def push(self, event: StreamEvent, flow: int = 0) -> None:
+        self.events.append(event)
+        if isinstance(event, bytes):
+            self.flow.append(flow)
+        elif isinstance(event, Trailers):
+            self.ended_remote = True
+        self.more.set()
+
+    def fail(self, error: UpstreamClosed) -> None:
+        self.error = error
+        self.more.set()
+        self.window.set()
+
+    async def next_event(self) -> StreamEvent:
+        while not self.events:
+            if self.error is not None:
+                raise self.error
+            self.more = trio.Event()
+            await self.more.wait()
+        event = self.events.popleft()
+        if isinstance(event, bytes):
+            flow = self.flow.popleft()
+            if flow:
+                with contextlib.suppress(h2.exceptions.H2Error):
+                    self.conn.h2.acknowledge_received_data(flow, self.sid)
+                self.conn.kick()
+        return event
+
+    async def send_data(self, data: bytes, *, end: bool) -> None:
+        conn = self.conn
+        h2c = conn.h2
+        view = memoryview(data)
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                window = min(h2c.local_flow_control_window(self.sid), h2c.max_outbound_frame_size)
+            except h2.exceptions.StreamClosedError:
+                raise UpstreamClosed("upstream closed the stream") from None
+            n = min(window, len(view))
+            if n <= 0 and view:
+                self.window = trio.Event()
+                await self.window.wait()
+                continue
+            last = n == len(view)
+            h2c.send_data(self.sid, bytes(view[:n]), end_stream=end and last)
+            conn.buffered += n
+            view = view[n:]
+            if last:
+                break
+        self.ended_local = self.ended_local or end
+        conn.kick()
+        await conn.backpressure()
+
+    def end(self, trailers: Headers | None = None) -> None:
+        """End the request, with trailers if the client sent some."""
+        if trailers:
+            self.conn.h2.send_headers(self.sid, trailers, end_stream=True)
+        else:
+            self.conn.h2.end_stream(self.sid)
+        self.ended_local = True
+        self.conn.kick()
+
+    def cancel(self) -> None:
+        """Give the stream up (the downstream went away or a deadline passed)."""
+        with contextlib.suppress(h2.exceptions.H2Error):
+            self.conn.h2.reset_stream(self.sid, ErrorCodes.CANCEL)
+        self.close()
+
+    def close(self) -> None:
+        conn = self.conn
+        if conn.streams.pop(self.sid, None) is not None:
+            for flow in self.flow:  # credit for DATA nobody will read
+                with contextlib.suppress(h2.exceptions.H2Error):
+                    conn.h2.acknowledge_received_data(flow, self.sid)
+            conn.kick()
+
+
+class H2ClientConnection:
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        self.h2 = h2.connection.H2Connection(config)
+        self.h2.local_settings = h2.settings.Settings(
+            client=True,
+            initial_values={
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            },
+        )
+        self.streams: dict[int, UpstreamStream] = {}
+        self.buffered = 0
+        self.closed = False
+        self.goaway = False
+        self.scope = trio.CancelScope()
+        self._wake = trio.Event()
+        self._drained = trio.Event()
+
+    @property
+    def available(self) -> bool:
+        if self.closed or self.goaway:
+            return False
+        return len(self.streams) < self.h2.remote_settings.max_concurrent_streams
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    async def backpressure(self) -> None:
+        if self.buffered > HIGH_WATER:
+            await self._drained.wait()
+
+    def open(self, headers: Headers, *, end_stream: bool) -> UpstreamStream:
+        sid = self.h2.get_next_available_stream_id()
+        stream = UpstreamStream(self, sid)
+        self.streams[sid] = stream
+        self.h2.send_headers(sid, headers, end_stream=end_stream)
+        stream.ended_local = end_stream
+        self.kick()
+        return stream
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        h2c = self.h2
+        h2c.initiate_connection()
+        h2c.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self.kick()
+        error: UpstreamClosed = UpstreamClosed("upstream closed the connection")
+        try:
+            with self.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer)
+                    task_status.started()
+                    try:
+                        await self._read()
+                    except ConnectionLost as exc:
+                        error = UpstreamClosed(f"upstream connection lost: {exc}")
+                    nursery.cancel_scope.cancel()
+        finally:
+            self.closed = True
+            for stream in list(self.streams.values()):
+                stream.fail(error)
+            self.streams.clear()
+            self.conn.close()
+
+    async def _read(self) -> None:
+        while True:
+            data = await self.conn.recv()
+            if not data:
+                return
+            try:
+                events = self.h2.receive_data(data)
+            except h2.exceptions.ProtocolError as exc:
+                with trio.move_on_after(1.0), contextlib.suppress(ConnectionLost):
+                    await self.conn.send_all(self.h2.data_to_send())
+                raise ConnectionLost(f"HTTP/2 protocol error from upstream: {exc}") from None
+            for event in events:
+                self._dispatch(event)
+            self.kick()
+            if self.goaway and not self.streams:
+                return
+
+    def _dispatch(self, event: h2.events.Event) -> None:
+        sid = getattr(event, "stream_id", 0)
+        stream = self.streams.get(sid) if sid else None
+        if isinstance(event, h2.events.ResponseReceived):
+            if stream is not None:
+                headers = event.headers or []
+                status = int(next((v for n, v in headers if n == b":status"), b"0"))
+                stream.push(Response(status, [(n, v) for n, v in headers if n[:1] != b":"]))
+        elif isinstance(event, h2.events.DataReceived):
+            if stream is not None:
+                stream.push(event.data or b"", event.flow_controlled_length or 0)
+            elif event.flow_controlled_length:
+                with contextlib.suppress(h2.exceptions.H2Error):
+                    self.h2.acknowledge_received_data(event.flow_controlled_length, sid)
+        elif isinstance(event, h2.events.TrailersReceived):
+            if stream is not None:
+                stream.push(Trailers(list(event.headers or [])))
+        elif isinstance(event, h2.events.StreamEnded):
+            if stream is not None and not stream.ended_remote:  # trailers end it otherwise
+                stream.push(Trailers(None))
+        elif isinstance(event, h2.events.StreamReset):
+            if stream is not None:
+                code = event.error_code
+                cls = UpstreamRefused if code == ErrorCodes.REFUSED_STREAM else UpstreamClosed
+                stream.fail(cls(f"upstream reset the stream ({_code_name(code)})"))
+                self.streams.pop(sid, None)
+        elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+            targets = [stream] if stream is not None else self.streams.values()
+            for s in targets:
+                s.window.set()
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self.goaway = True
+            last = event.last_stream_id or 0
+            for s in [s for s in self.streams.values() if s.sid > last]:
+                s.fail(UpstreamRefused("upstream sent GOAWAY before this stream"))
+                self.streams.pop(s.sid, None)
+
+    async def _writer(self) -> None:
+        conn = self.conn
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            data = self.h2.data_to_send()
+            if data:
+                sent = conn.send_now(data)
+                if sent < len(data):
+                    await conn.send_rest(data, sent)
+                self.buffered = max(0, self.buffered - len(data))
+            drained, self._drained = self._drained, trio.Event()
+            drained.set()
+
+    def close(self) -> None:
+        self.scope.cancel()
+
+
+def _code_name(code: int) -> str:
+    try:
+        return ErrorCodes(code).name
+    except ValueError:
+        return str(code)
+
+
+class H2Pool:
+    """HTTP/2 connections to one endpoint."""
+
+    def __init__(self) -> None:
+        self.connections: list[H2ClientConnection] = []
+        self._connecting: trio.Event | None = None
+
+    async def connection(
+        self, nursery: trio.Nursery, address: str, port: int, connect_timeout_s: float
+    ) -> H2ClientConnection:
+        while True:
+            self.connections = [c for c in self.connections if not c.closed]
+            for c in self.connections:
+                if c.available:
+                    return c
+            if self._connecting is not None:  # someone is connecting: share their result
+                await self._connecting.wait()
+                continue
+            if len(self.connections) >= MAX_CONNECTIONS:
+                raise UpstreamConnectError(f"{address}:{port}: every HTTP/2 connection is full")
+            self._connecting = trio.Event()
+            try:
+                conn = await connect_within(address, port, connect_timeout_s)
+                client = H2ClientConnection(conn)
+                await nursery.start(client.run)
+                self.connections.append(client)
+                return client
+            finally:
+                self._connecting.set()
+                self._connecting = None
+
+    def close(self) -> None:
+        for c in self.connections:
+            c.close()
+        self.connections.clear()
