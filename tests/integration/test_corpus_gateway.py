@@ -21,13 +21,14 @@ import yaml
 from sidecar.modes.edge import EdgeServer
 from tests.support.corpus import (
     CORPUS,
-    DEFERRED,
     build_resources,
     corpus_files,
     gateway_addresses,
-    unsupported,
+    has_h2c_ports,
+    req_h2c_backend,
 )
 from tests.support.echo import EchoServer
+from tests.support.h2echo import H2Echo
 
 FILES = corpus_files("gateway")
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -38,16 +39,8 @@ def test_the_corpus_is_present() -> None:
     assert FILES, f"routing corpus not found at {CORPUS}"
 
 
-def test_deferred_cases_are_exactly_the_documented_ones() -> None:
-    skipped = set()
-    total = 0
-    for path in FILES:
-        for case in json.loads(path.read_text())["cases"]:
-            total += 1
-            if unsupported(case):
-                skipped.add(case["id"])
-    assert skipped == DEFERRED
-    assert total - len(skipped) == 183
+def test_every_case_runs() -> None:
+    assert sum(len(json.loads(p.read_text())["cases"]) for p in FILES) == 184
 
 
 @dataclass
@@ -57,7 +50,7 @@ class Clients:
 
     h1: httpx.AsyncClient
     tls: httpx.AsyncClient  # HTTP/1.1 over TLS
-    h2: httpx.AsyncClient  # HTTP/2 only (ALPN h2 over TLS)
+    h2: httpx.AsyncClient  # HTTP/2 only: ALPN h2 over TLS, prior knowledge in cleartext
 
 
 def _write(path: Path, resources: list[dict[str, Any]]) -> None:
@@ -75,7 +68,6 @@ async def test_corpus_file(corpus_file: Path, tmp_path: Path) -> None:
         e.__enter__()
     ports = {k: e.port for k, e in echoes.items()}
     config = tmp_path / "config.yaml"
-    _write(config, build_resources(doc, ports))
     server = EdgeServer(
         [str(config)],
         admin_port=0,
@@ -85,6 +77,12 @@ async def test_corpus_file(corpus_file: Path, tmp_path: Path) -> None:
     failures: list[str] = []
     try:
         async with trio.open_nursery() as nursery:
+            # Service ports with appProtocol kubernetes.io/h2c reach an h2c echo instead.
+            h2_ports = {}
+            if has_h2c_ports(doc):
+                for (ns, name), _ in echoes.items():
+                    h2_ports[(ns, name)] = await nursery.start(H2Echo(name, ns).serve)
+            _write(config, build_resources(doc, ports, h2_ports=h2_ports))
             await nursery.start(server.run)
             # Each TLS request gets its own connection: the cases set SNI per request, and
             # a pooled connection would carry the SNI of an earlier one.
@@ -98,17 +96,15 @@ async def test_corpus_file(corpus_file: Path, tmp_path: Path) -> None:
             ):
                 client = Clients(h1, tls, h2)
                 for case in doc["cases"]:
-                    if unsupported(case):
-                        continue
                     removed = case.get("resources_removed")
                     if removed:
-                        _write(config, build_resources(doc, ports, removed))
+                        _write(config, build_resources(doc, ports, removed, h2_ports))
                         assert server.reload(), server.last_error
                     try:
                         await _run_case(client, server, doc, case, echoes, failures)
                     finally:
                         if removed:
-                            _write(config, build_resources(doc, ports))
+                            _write(config, build_resources(doc, ports, h2_ports=h2_ports))
                             assert server.reload(), server.last_error
             nursery.cancel_scope.cancel()
     finally:
@@ -121,7 +117,7 @@ async def _send(
     clients: Clients, server: EdgeServer, doc: dict[str, Any], case: dict[str, Any]
 ) -> httpx.Response:
     req = case["request"]
-    if req.get("protocol") == "HTTP/2":
+    if req.get("protocol") in ("HTTP/2", "H2C_PRIOR_KNOWLEDGE"):
         client = clients.h2
     else:
         client = clients.tls if req["scheme"] == "https" else clients.h1
@@ -183,6 +179,8 @@ async def _run_case(
     if resp.status_code != 200 or (exp.get("backend") is None and "path_at_backend" not in exp):
         return
     body = resp.json()
+    if req_h2c_backend(doc, case) and body.get("http_version") != "2":
+        failures.append(f"{cid}: reached the backend over HTTP/{body.get('http_version')}")
     if exp.get("backend") and body["pod"] != exp["backend"]:
         failures.append(f"{cid}: answered by {body['pod']}, want {exp['backend']}")
     if exp.get("namespace") and body["namespace"] != exp["namespace"]:

@@ -21,18 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("WEFT_SHARED", REPO.parent / "shared"))
 CORPUS = SHARED / "corpora" / "routing" / "public"
 
-# Cases that need what a later issue builds; each is listed in docs/conformance.md.
-UNSUPPORTED_REASONS = {
-    "h2c-backend": "HTTP/2 to upstreams (appProtocol kubernetes.io/h2c) is not built yet",
-}
-
-
-# The gateway cases not run yet, as listed in docs/conformance.md.
-DEFERRED = frozenset(
-    {
-        "HTTPRouteBackendProtocolH2C/000",
-    }
-)
+H2C = "kubernetes.io/h2c"
 
 
 def corpus_files(api: str) -> list[Path]:
@@ -48,10 +37,19 @@ def corpus_files(api: str) -> list[Path]:
     return out
 
 
-def unsupported(case: dict[str, Any]) -> str | None:
-    if case["id"].startswith("HTTPRouteBackendProtocolH2C/"):
-        return UNSUPPORTED_REASONS["h2c-backend"]
-    return None
+def has_h2c_ports(doc: dict[str, Any]) -> bool:
+    return any(
+        p.get("appProtocol") == H2C
+        for r in doc["resources"]
+        if r["kind"] == "Service"
+        for p in r.get("spec", {}).get("ports", [])
+    )
+
+
+def req_h2c_backend(doc: dict[str, Any], case: dict[str, Any]) -> bool:
+    """Whether the case's expected backend is reached through an h2c Service port (the
+    corpus has one such case: every route of its file targets that port)."""
+    return has_h2c_ports(doc) and case["id"].startswith("HTTPRouteBackendProtocolH2C/")
 
 
 def gateway_addresses(doc: dict[str, Any]) -> dict[tuple[str, str], str]:
@@ -66,6 +64,7 @@ def build_resources(
     doc: dict[str, Any],
     echo_ports: dict[tuple[str, str], int],
     removed: list[dict[str, Any]] | None = None,
+    h2_ports: dict[tuple[str, str], int] | None = None,
 ) -> list[dict[str, Any]]:
     """The test's objects plus the EndpointSlices a cluster would have made.
 
@@ -95,6 +94,7 @@ def build_resources(
                 if any(wl["pod_labels"].get(k) != v for k, v in selector.items()):
                     continue
                 port = echo_ports[(ns, wl["backend"])]
+                h2_port = (h2_ports or {}).get((ns, wl["backend"]), port)
                 slices.append(
                     {
                         "apiVersion": "discovery.k8s.io/v1",
@@ -106,7 +106,11 @@ def build_resources(
                         },
                         "addressType": "IPv4",
                         "ports": [
-                            {"name": p.get("name", ""), "port": port, "protocol": "TCP"}
+                            {
+                                "name": p.get("name", ""),
+                                "port": h2_port if p.get("appProtocol") == H2C else port,
+                                "protocol": "TCP",
+                            }
                             for p in r["spec"].get("ports", [])
                         ],
                         "endpoints": [{"addresses": ["127.0.0.1"]}],
