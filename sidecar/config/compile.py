@@ -208,7 +208,7 @@ class _Compiler:
     def _allowed(self, listener: r.Listener, route: r.HTTPRoute, gateway_ns: str) -> bool:
         ar = listener.allowed_routes
         if ar.kinds and not any(
-            k.group == r.GATEWAY_GROUP and k.kind == "HTTPRoute" for k in ar.kinds
+            k.group == r.GATEWAY_GROUP and k.kind == route.kind for k in ar.kinds
         ):
             return False
         if ar.namespaces_from == "All":
@@ -250,7 +250,7 @@ class _Compiler:
                     path_value=rw.path.value if rw.path else "",
                 )
             elif f.mirror is not None:
-                cluster, why = self._resolve(f.mirror.backend, ns)
+                cluster, why = self._resolve(f.mirror.backend, ns, route.kind)
                 if cluster is None:
                     self.warnings.append(f"HTTPRoute {_nn(route.meta)}: mirror {why}")
                 mirrors.append(
@@ -262,7 +262,7 @@ class _Compiler:
                 )
         backends = []
         for br in rule.backend_refs:
-            cluster, why = self._resolve(br.ref, ns)
+            cluster, why = self._resolve(br.ref, ns, route.kind)
             if cluster is None:
                 self.warnings.append(f"HTTPRoute {_nn(route.meta)} rule {index}: {why}")
             b_req = b_resp = None
@@ -303,12 +303,14 @@ class _Compiler:
         )
 
     # -- backends -------------------------------------------------------------------------
-    def _resolve(self, ref: r.BackendObjectRef, route_ns: str) -> tuple[str | None, str]:
+    def _resolve(
+        self, ref: r.BackendObjectRef, route_ns: str, route_kind: str
+    ) -> tuple[str | None, str]:
         if ref.group != "" or ref.kind != "Service":
             return None, f"backend kind {ref.group or 'core'}/{ref.kind} is not supported"
         ns = ref.namespace or route_ns
         target = ("", "Service", ref.name)
-        if ns != route_ns and not self._granted(("HTTPRoute", route_ns), ns, target):
+        if ns != route_ns and not self._granted((route_kind, route_ns), ns, target):
             return None, f"Service {ns}/{ref.name} is not permitted by a ReferenceGrant"
         svc = self.idx.services.get((ns, ref.name))
         if svc is None:

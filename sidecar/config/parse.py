@@ -17,6 +17,7 @@ from typing import Any
 
 from sidecar.config.parse_routes import (
     parse_gateway,
+    parse_grpc_route,
     parse_http_route,
     parse_reference_grant,
 )
@@ -27,6 +28,7 @@ from sidecar.config.resources import (
     EndpointAddress,
     EndpointSlice,
     GatewayClass,
+    HTTPRoute,
     Meta,
     Namespace,
     Resource,
@@ -267,7 +269,6 @@ def _namespace(top: Reader, meta: Meta) -> Namespace:
 
 # Kinds that later parts of Weft serve: refused with a pointer instead of "unknown".
 _LATER = {
-    (GATEWAY_GROUP, "GRPCRoute"): "gRPC routing arrives with HTTP/2",
     (GATEWAY_GROUP, "TCPRoute"): "TCP routing arrives with the protocols work",
     (GATEWAY_GROUP, "TLSRoute"): "TLS passthrough arrives with the protocols work",
     ("networking.k8s.io", "Ingress"): "Ingress translation arrives in a later release",
@@ -281,6 +282,7 @@ _PARSERS: dict[tuple[str, str], Callable[..., Any]] = {
     (GATEWAY_GROUP, "GatewayClass"): _gateway_class,
     (GATEWAY_GROUP, "Gateway"): parse_gateway,
     (GATEWAY_GROUP, "HTTPRoute"): parse_http_route,
+    (GATEWAY_GROUP, "GRPCRoute"): parse_grpc_route,
     (GATEWAY_GROUP, "ReferenceGrant"): parse_reference_grant,
     ("", "Service"): _k8s_service,
     ("", "Namespace"): _namespace,
@@ -311,4 +313,6 @@ def load_documents(docs: Iterable[Document]) -> list[Resource]:
 def _kind_key(res: Resource) -> str:
     if isinstance(res, Service):
         return "Service"
+    if isinstance(res, HTTPRoute):
+        return res.kind
     return type(res).__name__

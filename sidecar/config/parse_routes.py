@@ -147,6 +147,23 @@ def _listener(lr: Reader, name: str) -> Listener:
 
 def parse_http_route(top: Reader, meta: Meta) -> HTTPRoute:
     spec = top.req_obj("spec")
+    parents = _parent_refs(spec)
+    hostnames = tuple(spec.str_list("hostnames", pattern=HOSTNAME_RE))
+    rules = [_rule(rr) for rr in spec.objs("rules", max_items=64)] or [_DEFAULT_RULE]
+    spec.finish()
+    return HTTPRoute(meta=meta, parent_refs=parents, hostnames=hostnames, rules=tuple(rules))
+
+
+# The CRDs default rules to one rule matching every request, with no backends.
+_DEFAULT_RULE = RouteRule(
+    name=None,
+    matches=(RouteMatch(path=PathMatch(type="PathPrefix", value="/")),),
+    filters=(),
+    backend_refs=(),
+)
+
+
+def _parent_refs(spec: Reader) -> tuple[ParentRef, ...]:
     parents = []
     for pr in spec.objs("parentRefs", max_items=32):
         parents.append(
@@ -160,22 +177,84 @@ def parse_http_route(top: Reader, meta: Meta) -> HTTPRoute:
             )
         )
         pr.finish()
+    return tuple(parents)
+
+
+# -- GRPCRoute ------------------------------------------------------------------------------
+_GRPC_SERVICE_RE = re.compile(r"^(?:[A-Za-z_][A-Za-z_0-9]*\.)*[A-Za-z_][A-Za-z_0-9]*$")
+_GRPC_METHOD_RE = re.compile(r"^[A-Za-z_][A-Za-z_0-9]*$")
+_GRPC_FILTERS = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror")
+
+
+def parse_grpc_route(top: Reader, meta: Meta) -> HTTPRoute:
+    """A GRPCRoute as the HTTPRoute it means: a gRPC method is the HTTP/2 path
+    `/package.Service/Method`, so method matches become path matches."""
+    spec = top.req_obj("spec")
+    parents = _parent_refs(spec)
     hostnames = tuple(spec.str_list("hostnames", pattern=HOSTNAME_RE))
-    rules = []
-    for rr in spec.objs("rules", max_items=64):
-        rules.append(_rule(rr))
-    if not rules:
-        # The CRD defaults rules to one rule matching PathPrefix "/" with no backends.
-        rules.append(
-            RouteRule(
-                name=None,
-                matches=(RouteMatch(path=PathMatch(type="PathPrefix", value="/")),),
-                filters=(),
-                backend_refs=(),
-            )
-        )
+    rules = [_grpc_rule(rr) for rr in spec.objs("rules", max_items=16)] or [_DEFAULT_RULE]
     spec.finish()
-    return HTTPRoute(meta=meta, parent_refs=tuple(parents), hostnames=hostnames, rules=tuple(rules))
+    return HTTPRoute(
+        meta=meta, parent_refs=parents, hostnames=hostnames, rules=tuple(rules), kind="GRPCRoute"
+    )
+
+
+def _grpc_rule(rr: Reader) -> RouteRule:
+    name = rr.text("name", None, pattern=NAME_RE)
+    matches = [_grpc_match(mr) for mr in rr.objs("matches", max_items=8)]
+    filters = tuple(_filter(fr) for fr in rr.objs("filters", max_items=16))
+    _check_filters(rr, "filters", filters)
+    backends = []
+    for br in rr.objs("backendRefs", max_items=16):
+        ref = _backend_object_ref(br)
+        weight = br.integer("weight", 1, lo=0, hi=1_000_000)
+        bfilters = tuple(_filter(fr) for fr in br.objs("filters", max_items=16))
+        _check_filters(br, "filters", bfilters)
+        br.finish()
+        backends.append(BackendRef(ref=ref, weight=weight, filters=bfilters))
+    for i, f in enumerate(filters):
+        if f.redirect is not None or f.rewrite is not None:
+            rr.fail(f"filters[{i}]", f"a GRPCRoute supports only {', '.join(_GRPC_FILTERS)}")
+    if rr.has("sessionPersistence"):
+        rr.fail("sessionPersistence", "is not supported yet")
+    rr.finish()
+    return RouteRule(
+        name=name,
+        matches=tuple(matches) or _DEFAULT_RULE.matches,
+        filters=filters,
+        backend_refs=tuple(backends),
+    )
+
+
+def _grpc_match(mr: Reader) -> RouteMatch:
+    path = PathMatch(type="PathPrefix", value="/")
+    m = mr.obj("method")
+    if m is not None:
+        mtype = m.text("type", "Exact", choices=("Exact", "RegularExpression"))
+        exact = mtype == "Exact"
+        service = m.text("service", None, max_len=1024, pattern=_GRPC_SERVICE_RE if exact else None)
+        method = m.text("method", None, max_len=1024, pattern=_GRPC_METHOD_RE if exact else None)
+        if service is None and method is None:
+            m.fail(None, "needs a service, a method or both")
+        if not exact:
+            for key, value in (("service", service), ("method", method)):
+                if value is not None:
+                    _check_regex(m, key, value)
+        m.finish()
+        path = _grpc_path(exact, service, method)
+    headers = _value_matches(mr, "headers", HEADER_NAME_RE)
+    mr.finish()
+    return RouteMatch(path=path, headers=headers)
+
+
+def _grpc_path(exact: bool, service: str | None, method: str | None) -> PathMatch:
+    if exact and service and method:
+        return PathMatch(type="Exact", value=f"/{service}/{method}")
+    if exact and service:
+        return PathMatch(type="PathPrefix", value=f"/{service}")
+    svc = (re.escape(service) if exact else f"(?:{service})") if service else "[^/]+"
+    meth = (re.escape(method) if exact else f"(?:{method})") if method else "[^/]+"
+    return PathMatch(type="RegularExpression", value=f"/{svc}/{meth}")
 
 
 def _rule(rr: Reader) -> RouteRule:

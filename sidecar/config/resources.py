@@ -193,10 +193,13 @@ class RouteRule:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HTTPRoute:
+    """An HTTPRoute, or a GRPCRoute translated to one (gRPC methods are HTTP/2 paths)."""
+
     meta: Meta
     parent_refs: tuple[ParentRef, ...]
     hostnames: tuple[str, ...]
     rules: tuple[RouteRule, ...]
+    kind: str = "HTTPRoute"  # or "GRPCRoute"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -199,3 +199,92 @@ async def test_http1_client_to_an_http2_upstream(
         b"11\r\n\x00\x00\x00\x00\x0cecho:yo:http\r\n"
         b"0\r\ngrpc-status: 0\r\ngrpc-message: \r\nx-echo-trailer: t1\r\n\r\n"
     )
+
+
+GRPC_ROUTES = """apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge}}
+spec:
+  addresses: [{{type: IPAddress, value: 127.0.0.1}}]
+  listeners: [{{name: h, port: 80, protocol: HTTP}}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {{name: a}}
+spec:
+  ports: [{{port: 50051, protocol: GRPC}}]
+  endpoints: [{{address: 127.0.0.1, port: {a}}}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {{name: b}}
+spec:
+  ports: [{{port: 50051, protocol: GRPC}}]
+  endpoints: [{{address: 127.0.0.1, port: {b}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: echo}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules:
+  - matches: [{{method: {{service: weft.test.Echo, method: Unary}}}}]
+    backendRefs: [{{name: a, port: 50051}}]
+  - matches:
+    - method: {{type: RegularExpression, service: "weft[.]test[.].*", method: "Server.*"}}
+    - method: {{service: weft.test.Echo, method: Unary}}  # more header matches: wins
+      headers: [{{name: x-tier, value: gold}}]
+    backendRefs: [{{name: b, port: 50051}}]
+    filters:
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {{add: [{{name: x-served-by, value: b}}]}}
+"""
+
+
+def _routed(port: int) -> dict[str, object]:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        unary = ch.unary_unary(f"/{SERVICE}/Unary")
+        _, plain_call = unary.with_call(b"x", timeout=10)
+        _, gold_call = unary.with_call(b"x", metadata=(("x-tier", "gold"),), timeout=10)
+        streamed = list(ch.unary_stream(f"/{SERVICE}/ServerStream")(b"2", timeout=10))
+        try:
+            ch.unary_unary("/other.Service/Unary")(b"x", timeout=10)
+            missing = None
+        except grpc.RpcError as err:
+            missing = err.code()
+    return {
+        "plain": dict(plain_call.initial_metadata() or ()),
+        "gold": dict(gold_call.initial_metadata() or ()),
+        "streamed": streamed,
+        "missing": missing,
+    }
+
+
+async def test_grpcroute_matches_service_method_and_headers(tmp_path: Path) -> None:
+    servers = []
+    for _ in range(2):
+        svc = EchoService()
+        handlers = {
+            "Unary": grpc.unary_unary_rpc_method_handler(svc.unary),
+            "ServerStream": grpc.unary_stream_rpc_method_handler(svc.server_stream),
+        }
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        servers.append((server, server.add_insecure_port("127.0.0.1:0")))
+        server.start()
+    try:
+        text = GRPC_ROUTES.format(a=servers[0][1], b=servers[1][1])
+        async with trio.open_nursery() as nursery:
+            edge, port = await start_edge(nursery, tmp_path / "c.yaml", text)
+            got = await trio.to_thread.run_sync(_routed, port)
+            metrics = edge.metrics.render()
+            nursery.cancel_scope.cancel()
+    finally:
+        for server, _ in servers:
+            server.stop(None)
+    assert "x-served-by" not in got["plain"]  # type: ignore[operator]
+    assert got["gold"]["x-served-by"] == "b"  # type: ignore[index]
+    assert got["streamed"] == [b"0", b"1"]
+    assert got["missing"] == grpc.StatusCode.UNIMPLEMENTED  # 404 from the proxy
+    assert 'peer="default/b:50051",route="default/echo",code="200"} 2' in metrics
+    assert 'peer="default/a:50051",route="default/echo",code="200"} 1' in metrics

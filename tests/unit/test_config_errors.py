@@ -51,8 +51,8 @@ CASES = {
         "invalid regular expression",
     ),
     "later kind": (
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g}\n",
-        "GRPCRoute is not supported yet",
+        "apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata: {name: g}\n",
+        "TCPRoute is not supported yet",
     ),
     "duplicate key": ("apiVersion: v1\napiVersion: v1\n", "duplicate key 'apiVersion'"),
     "invalid yaml": ("kind: [unclosed\n", "invalid YAML at line"),
@@ -127,3 +127,34 @@ def test_gateway_class_documents_are_accepted(tmp_path: Path) -> None:
         "spec: {controllerName: weft.dev/gateway-controller}\n---\n" + GOOD
     )
     assert load_snapshot([str(f)], version=1, gateway_class="weft").routers
+
+
+def test_grpc_method_matches_become_paths(tmp_path: Path) -> None:
+    from sidecar.config.parse_routes import _grpc_path
+
+    assert _grpc_path(True, "pkg.Svc", "Get").value == "/pkg.Svc/Get"
+    assert (_grpc_path(True, "pkg.Svc", None).type, _grpc_path(True, "pkg.Svc", None).value) == (
+        "PathPrefix",
+        "/pkg.Svc",
+    )
+    assert _grpc_path(True, None, "Get").value == "/[^/]+/Get"
+    assert _grpc_path(False, "pkg\\..*", None).value == "/(?:pkg\\..*)/[^/]+"
+
+
+@pytest.mark.parametrize(
+    ("method", "message"),
+    [
+        ("{service: 'bad service'}", "spec.rules[0].matches[0].method.service"),
+        ("{type: Exact}", "needs a service, a method or both"),
+        ("{type: RegularExpression, method: '('}", "invalid regular expression"),
+    ],
+)
+def test_bad_grpc_matches(tmp_path: Path, method: str, message: str) -> None:
+    text = (
+        GOOD
+        + "---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g}\n"
+        + f"spec:\n  parentRefs: [{{name: edge}}]\n  rules: [{{matches: [{{method: {method}}}]}}]\n"
+    )
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_snapshot([str(tmp_path / "c.yaml")], version=1, gateway_class="weft")
