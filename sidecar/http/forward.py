@@ -55,6 +55,7 @@ class Outcome:
         "request_complete",
         "response_started",
         "status",
+        "tunnel",
         "upstream",
     )
 
@@ -66,6 +67,8 @@ class Outcome:
         self.request_complete = False
         self.response_started = False
         self.upstream = ""
+        # after a 101: the upstream connection and the bytes it sent past the head
+        self.tunnel: tuple[Conn, bytes] | None = None
 
 
 async def exchange(
@@ -115,7 +118,7 @@ async def exchange(
             raise
         if keep_upstream:
             pool.give(conn, time.perf_counter())
-        else:
+        elif outcome.tunnel is None:
             conn.close()
         return
 
@@ -187,7 +190,7 @@ async def relay_http1(
     parser = conn.proto
     if not isinstance(parser, ResponseParser):
         parser = conn.proto = ResponseParser()
-    parser.start(head_request=head.method == "HEAD")
+    parser.start(head_request=head.method == "HEAD", upgrade=head.tunnel)
     events = parser.events
     chunked_down = False
     keep_upstream = True
@@ -210,6 +213,16 @@ async def relay_http1(
                 outcome.bytes_out += len(ev)
                 out += chunk(ev) if chunked_down else ev
             elif isinstance(ev, ResponseHead):
+                if ev.status == 101:  # the upstream took the Upgrade: HTTP ends here
+                    outcome.status = 101
+                    outcome.response_started = True
+                    outcome.downstream_keep_alive = False
+                    out += response_head(ev, ops, False, False, False)
+                    del out[-2:]
+                    out += b"connection: upgrade\r\nupgrade: %b\r\n\r\n" % ev.upgrade
+                    await downstream.send_all(out)
+                    outcome.tunnel = (conn, parser.tunnel)
+                    return False
                 keep_upstream = ev.keep_alive
                 bodyless = head.method == "HEAD" or ev.status in (204, 304)
                 if ev.content_length is None and not bodyless:

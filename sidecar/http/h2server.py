@@ -44,6 +44,7 @@ from sidecar.protocol.http2 import (
     response_headers,
 )
 from sidecar.protocol.response import ResponseHead, ResponseParser
+from sidecar.tcp.relay import Counts
 from sidecar.transport.idle import Tracked
 from sidecar.transport.io import Conn, ConnectionLost
 
@@ -193,6 +194,9 @@ class H2Stream:
         self.ended_local = end
         conn.kick()
         await conn.backpressure()
+
+    async def tunnel(self, upstream: Conn, first: bytes) -> Counts:
+        raise ProtocolError("Upgrade is an HTTP/1.1 mechanism", status=400)  # never reached
 
     def send_trailers(self, trailers: Headers) -> None:
         if self.reset_code is not None:

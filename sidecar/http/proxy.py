@@ -40,6 +40,7 @@ from sidecar.observe.metrics import Metrics
 from sidecar.protocol.grpc import GRPC_DEADLINE_EXCEEDED, grpc_timeout
 from sidecar.protocol.http1 import End, RequestHead, RequestParser
 from sidecar.protocol.wire import chunk, last_chunk, simple_response
+from sidecar.tcp.relay import Counts, relay
 from sidecar.transport.idle import IdleTracker, Tracked
 from sidecar.transport.io import Conn, ConnectionLost, connect_tcp
 from sidecar.upstream.cluster import ClusterManager
@@ -91,6 +92,7 @@ async def serve_http1(
         max_header_bytes=limits.max_header_bytes,
         max_headers=limits.max_headers,
         max_body_bytes=limits.max_request_body_bytes,
+        upgrades=limits.upgrades,
     )
     events = parser.events
     scope = trio.CancelScope()
@@ -150,6 +152,8 @@ class Downstream(Protocol):
     def response_writer(
         self, head: RequestHead, ops: tuple[HeaderOps, ...], outcome: Outcome
     ) -> ResponseWriter: ...
+
+    async def tunnel(self, upstream: Conn, first: bytes) -> Counts: ...
 
     async def local_reply(
         self,
@@ -313,6 +317,15 @@ class RequestHandler:
                 stats.pending -= 1
             end = time.perf_counter()
             stats.observe(end - start, end)
+            if outcome.tunnel is not None:  # 101: bytes both ways until either side ends
+                upstream, first = outcome.tunnel
+                try:
+                    counts = await ds.tunnel(upstream, first)
+                finally:
+                    upstream.close()
+                outcome.bytes_in += counts.up
+                outcome.bytes_out += counts.down
+                return False
             if cs is not None and cs.cancelled_caught:
                 detail = "upstream_timeout"
                 if outcome.response_started:
@@ -402,6 +415,12 @@ class _Http1(RequestHandler):
         self, head: RequestHead, ops: tuple[HeaderOps, ...], outcome: Outcome
     ) -> ResponseWriter:
         return Http1Writer(self.conn, head, ops, outcome)
+
+    async def tunnel(self, upstream: Conn, first: bytes) -> Counts:
+        """After a 101: relay the new protocol, starting with what each side already sent."""
+        return await relay(
+            self.conn, upstream, to_upstream=self.parser.tunnel or b"", to_downstream=first
+        )
 
     # -- body plumbing ------------------------------------------------------------------
     async def next_event(self) -> bytes | End:

@@ -118,6 +118,8 @@ def upstream_request(
     out += b"x-forwarded-host: " + host + b"\r\n"
     if head.chunked:
         out += b"transfer-encoding: chunked\r\n"
+    elif head.tunnel:  # the Upgrade the client asked for, hop by hop again
+        out += b"connection: upgrade\r\nupgrade: " + (head.upgrade or b"") + b"\r\n"
     out += b"\r\n"
     return out
 

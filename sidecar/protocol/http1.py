@@ -73,6 +73,7 @@ class RequestHead:
     forwarded_for = b""
     request_id = b""
     raw: bytes | None = None  # the header block as received, when whole in one feed
+    tunnel = False  # an Upgrade the proxy will pass through if the upstream agrees (101)
 
     def __init__(self) -> None:
         self.headers: list[tuple[bytes, bytes]] = []
@@ -94,13 +95,27 @@ class RequestHead:
 Event = RequestHead | bytes | End
 
 
+def _upgrade_token(value: bytes | None) -> bytes:
+    """The first protocol an Upgrade field offers, lower case, without its version."""
+    if not value:
+        return b""
+    return value.split(b",")[0].strip().split(b"/")[0].lower()
+
+
 class RequestParser:
     """Parses a stream of pipelined requests into events."""
 
     def __init__(
-        self, *, max_header_bytes: int = 65536, max_headers: int = 100, max_body_bytes: int = 0
+        self,
+        *,
+        max_header_bytes: int = 65536,
+        max_headers: int = 100,
+        max_body_bytes: int = 0,
+        upgrades: frozenset[bytes] = frozenset(),
     ) -> None:
         self.events: deque[Event] = deque()
+        self.upgrades = upgrades  # Upgrade tokens passed through (lower case)
+        self.tunnel: bytes | None = None  # after an accepted Upgrade: the bytes that follow
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
         self.max_body_bytes = max_body_bytes  # 0: unlimited
@@ -242,6 +257,9 @@ class RequestParser:
 
     def feed(self, data: bytes) -> None:
         """Parse `data`; raises ProtocolError (status to answer with) on bad input."""
+        if self.tunnel is not None:  # not HTTP any more: kept for the upstream
+            self.tunnel += data
+            return
         if self._raw_remaining:
             data = self._feed_raw(data)
             if not data:
@@ -267,10 +285,18 @@ class RequestParser:
             self._data = b""
 
     def _after_upgrade(self, data: bytes, offset: int) -> None:
-        """An Upgrade/CONNECT we do not honour: continue as plain HTTP/1.1 after the head."""
+        """After an Upgrade head: pass it through when its protocol is allowed and it has no
+        body (the bytes after it belong to the new protocol); otherwise ignore the Upgrade
+        and continue as plain HTTP/1.1."""
         head = next((e for e in reversed(self.events) if isinstance(e, RequestHead)), None)
         if head is None or head.method == "CONNECT":
             raise ProtocolError("CONNECT is not supported here", status=405)
+        token = _upgrade_token(head.upgrade)
+        if token in self.upgrades and not head.has_body and head.version == "1.1":
+            head.tunnel = True
+            head.keep_alive = False  # what follows the head is not HTTP, whatever the answer
+            self.tunnel = data[offset:]
+            return
         if head.chunked:
             raise ProtocolError("chunked body on an Upgrade request")
         # llhttp reported the message complete before its body: take that End back.

@@ -40,6 +40,7 @@ class ResponseHead:
     content_length: int | None = None
     chunked = False
     connection = b""
+    upgrade = b""  # the Upgrade field of a 101
 
     def __init__(self, status: int, reason: bytes, raw: bytes) -> None:
         self.status = status
@@ -61,6 +62,8 @@ class ResponseHead:
                 self.chunked = self.chunked or value.endswith(b"chunked")
             elif name == b"connection":
                 self.connection = self.connection + b"," + value if self.connection else value
+            elif name == b"upgrade":
+                self.upgrade = value  # tokens are case-insensitive (RFC 9110 §7.8)
 
     @property
     def headers(self) -> Headers:
@@ -100,15 +103,19 @@ class ResponseParser:
         self._done = False
         self._interim = False
         self.close_delimited = False
+        self._upgrade = False
+        self.tunnel = b""  # after a 101 to an Upgrade: bytes of the new protocol
 
-    def start(self, *, head_request: bool) -> None:
-        """Prepare for the next response on the same connection."""
-        if self._head_request:  # llhttp still expects the HEAD response's body: start anew
+    def start(self, *, head_request: bool, upgrade: bool = False) -> None:
+        """Prepare for the next response on the same connection; with `upgrade`, a 101
+        is the final answer and what follows it is no longer HTTP."""
+        if self._head_request or self._upgrade:  # llhttp is not at a message start
             self._parser = httptools.HttpResponseParser(self)
         self.events.clear()
         self._buf = b""
         self._in_head = True
         self._head_request = head_request
+        self._upgrade = upgrade
         self._done = False
         self._interim = False
         self.close_delimited = False
@@ -120,7 +127,7 @@ class ResponseParser:
         line_end = buf.index(b"\r\n")
         end = buf.index(b"\r\n\r\n", line_end)
         status = p.get_status_code()
-        if 100 <= status < 200:
+        if 100 <= status < 200 and not (status == 101 and self._upgrade):
             # Interim responses are not forwarded (docs/decisions.md); the next head
             # starts right after this one.
             self._buf = buf[end + 4 :]
@@ -133,12 +140,12 @@ class ResponseParser:
         head.keep_alive = p.should_keep_alive()
         self._buf = b""
         self._in_head = False
-        no_body = self._head_request or status in (204, 304)
+        no_body = self._head_request or status in (101, 204, 304)
         self.close_delimited = not no_body and not head.chunked and head.content_length is None
         if self.close_delimited:
             head.keep_alive = False
         self.events.append(head)
-        if self._head_request:
+        if self._head_request or status == 101:
             self.events.append(END)
             self._done = True
 
@@ -163,6 +170,8 @@ class ResponseParser:
                 raise ProtocolError("response head too large", status=502)
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:  # a 101 to our Upgrade: HTTP ends here
+            self.tunnel = data[int(exc.args[0]) :]
         except (httptools.HttpParserError, ValueError) as exc:
             if self._done:  # bytes after a bodiless response: the connection is unusable
                 raise ProtocolError("bytes after a bodiless response", status=502) from None

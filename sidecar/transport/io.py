@@ -15,6 +15,7 @@ The next layer up (TLS) subclasses `Conn` with a non-blocking `ssl.SSLSocket` an
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 
@@ -93,6 +94,11 @@ class Conn:
             except OSError as exc:
                 raise ConnectionLost(str(exc)) from None
             view = view[sent:]
+
+    def shutdown_write(self) -> None:
+        """Half-close: the peer reads EOF, and we can still read what it sends."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
 
     def at_eof_or_garbage(self) -> bool:
         """True when an idle connection has been closed by the peer or has stray bytes."""

@@ -126,6 +126,11 @@ class TlsConn(Conn):
             return True
         return True
 
+    def shutdown_write(self) -> None:
+        # TLS has no half-close Python can express without giving up reading (unwrap):
+        # the direction stays open until the whole connection closes.
+        return None
+
     def close(self) -> None:
         if not self.closed:
             with contextlib.suppress(ssl.SSLError, OSError, ValueError):

@@ -1,0 +1,1 @@
+"""Opaque TCP: relays, TCP routes and protocol detection."""
