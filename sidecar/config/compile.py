@@ -28,7 +28,16 @@ from sidecar.config.model import (
 from sidecar.http.filters import HeaderOps
 from sidecar.http.router import CompiledMatch, Condition, HostTable, ListenerRoutes, PortRouter
 
-SUPPORTED_LISTENER_PROTOCOLS = ("HTTP", "HTTPS")
+DETECT = "weft.dev/Detect"  # HTTP(S) routes, TLS passthrough and a TCP fallback on one port
+_HTTP_KINDS = ("HTTPRoute", "GRPCRoute")
+# Which route kinds each listener protocol serves.
+ROUTE_KINDS = {
+    "HTTP": _HTTP_KINDS,
+    "HTTPS": _HTTP_KINDS,
+    "TCP": ("TCPRoute",),
+    "TLS": ("TLSRoute",),
+    DETECT: (*_HTTP_KINDS, "TCPRoute", "TLSRoute"),
+}
 # certificateRefs kinds: (group, kind) -> the kind's key in the certificate map
 _CERT_KINDS = {("", "Secret"): "Secret", (r.WEFT_GROUP, "TLSCertificate"): "TLSCertificate"}
 DEFAULT_GATEWAY_CLASS = "weft"
@@ -39,6 +48,7 @@ class _Index:
     namespaces: dict[str, r.Namespace] = field(default_factory=dict)
     gateways: list[r.Gateway] = field(default_factory=list)
     routes: list[r.HTTPRoute] = field(default_factory=list)
+    streams: list[r.StreamRoute] = field(default_factory=list)
     grants: list[r.ReferenceGrant] = field(default_factory=list)
     services: dict[tuple[str, str], r.Service] = field(default_factory=dict)
     slices: dict[tuple[str, str], list[r.EndpointSlice]] = field(default_factory=dict)
@@ -61,6 +71,8 @@ def compile_snapshot(
             idx.gateways.append(res)
         elif isinstance(res, r.HTTPRoute):
             idx.routes.append(res)
+        elif isinstance(res, r.StreamRoute):
+            idx.streams.append(res)
         elif isinstance(res, r.ReferenceGrant):
             idx.grants.append(res)
         elif isinstance(res, r.Service):
@@ -76,6 +88,8 @@ class _Attached:
     listener: r.Listener
     routes: HostTable
     certificates: tuple[CertificatePair, ...] = ()
+    tcp: RouteAction | None = None  # the TCPRoute (oldest wins)
+    sni: dict[str, RouteAction] = field(default_factory=dict)  # TLSRoute hostname -> action
 
 
 class _Compiler:
@@ -94,10 +108,16 @@ class _Compiler:
         attached: dict[tuple[str, str, str], _Attached] = {}
         for gw in served:
             for lst in gw.listeners:
-                if lst.protocol not in SUPPORTED_LISTENER_PROTOCOLS:
+                if lst.protocol not in ROUTE_KINDS:
                     self.warnings.append(
                         f"Gateway {_nn(gw.meta)} listener {lst.name}: protocol {lst.protocol} "
                         "is not supported yet; listener not served"
+                    )
+                    continue
+                if lst.protocol == "TLS" and lst.tls_mode != "Passthrough":
+                    self.warnings.append(
+                        f"Gateway {_nn(gw.meta)} listener {lst.name}: protocol TLS is served "
+                        "with tls.mode Passthrough only; listener not served"
                     )
                     continue
                 certs: tuple[CertificatePair, ...] = ()
@@ -112,6 +132,8 @@ class _Compiler:
                 )
         for route in sorted(self.idx.routes, key=_route_age):
             self._attach(route, attached)
+        for stream in sorted(self.idx.streams, key=_route_age):
+            self._attach_stream(stream, attached)
         routers: dict[ListenerKey, PortRouter] = {}
         for att in attached.values():
             att.routes.seal()
@@ -131,6 +153,8 @@ class _Compiler:
                     port=att.listener.port,
                     hosts=att.routes,
                     certificates=att.certificates,
+                    tcp=att.tcp,
+                    sni=att.sni,
                 )
             )
         return Snapshot(
@@ -174,8 +198,12 @@ class _Compiler:
         return tuple(out)
 
     # -- attachment -----------------------------------------------------------------------
-    def _attach(self, route: r.HTTPRoute, attached: dict[tuple[str, str, str], _Attached]) -> None:
-        actions: list[RouteAction] | None = None
+    def _targets(
+        self,
+        route: r.HTTPRoute | r.StreamRoute,
+        attached: dict[tuple[str, str, str], _Attached],
+    ) -> dict[tuple[str, str, str], list[str | None]]:
+        """The listeners a route attaches to, each with the hostnames it gets there."""
         targets: dict[tuple[str, str, str], list[str | None]] = {}
         for pref in route.parent_refs:
             if pref.group != r.GATEWAY_GROUP or pref.kind != "Gateway":
@@ -188,12 +216,18 @@ class _Compiler:
                     continue
                 if pref.port is not None and pref.port != att.listener.port:
                     continue
+                if route.kind not in ROUTE_KINDS[att.listener.protocol]:
+                    continue
                 if not self._allowed(att.listener, route, gns):
                     continue
                 hosts = _intersect(att.listener.hostname, route.hostnames)
                 if hosts is None:
                     continue
                 targets.setdefault((gns, gname, lname), []).extend(hosts)
+        return targets
+
+    def _attach(self, route: r.HTTPRoute, attached: dict[tuple[str, str, str], _Attached]) -> None:
+        targets = self._targets(route, attached)
         if not targets:
             return
         actions = [self._action(route, i, rule) for i, rule in enumerate(route.rules)]
@@ -205,7 +239,41 @@ class _Compiler:
                     for j, match in enumerate(rule.matches):
                         table.add(_compile_match(route, i, j, match, actions[i]))
 
-    def _allowed(self, listener: r.Listener, route: r.HTTPRoute, gateway_ns: str) -> bool:
+    def _attach_stream(
+        self, route: r.StreamRoute, attached: dict[tuple[str, str, str], _Attached]
+    ) -> None:
+        targets = self._targets(route, attached)
+        if not targets:
+            return
+        backends = []
+        for br in route.backend_refs:
+            cluster, why = self._resolve(br.ref, route.meta.namespace, route.kind)
+            if cluster is None:
+                self.warnings.append(f"{route.kind} {_nn(route.meta)}: {why}")
+            backends.append(Backend(cluster=cluster, weight=br.weight, reason=why))
+        action = RouteAction(
+            route=_nn(route.meta),
+            rule=0,
+            backends=tuple(backends),
+            cumulative_weights=_cumulative(backends),
+        )
+        for key, hosts in targets.items():
+            att = attached[key]
+            if route.kind == "TCPRoute":
+                if att.tcp is None:
+                    att.tcp = action
+                else:
+                    self.warnings.append(
+                        f"TCPRoute {_nn(route.meta)}: listener {key[2]} already has TCPRoute "
+                        f"{att.tcp.route}; not attached"
+                    )
+                continue
+            for host in dict.fromkeys(hosts):
+                att.sni.setdefault(host or "*", action)
+
+    def _allowed(
+        self, listener: r.Listener, route: r.HTTPRoute | r.StreamRoute, gateway_ns: str
+    ) -> bool:
         ar = listener.allowed_routes
         if ar.kinds and not any(
             k.group == r.GATEWAY_GROUP and k.kind == route.kind for k in ar.kinds
@@ -264,7 +332,7 @@ class _Compiler:
         for br in rule.backend_refs:
             cluster, why = self._resolve(br.ref, ns, route.kind)
             if cluster is None:
-                self.warnings.append(f"HTTPRoute {_nn(route.meta)} rule {index}: {why}")
+                self.warnings.append(f"{route.kind} {_nn(route.meta)} rule {index}: {why}")
             b_req = b_resp = None
             for f in br.filters:
                 if f.request_headers is not None:
@@ -280,10 +348,6 @@ class _Compiler:
                     reason=why,
                 )
             )
-        cumulative, total = [], 0
-        for b in backends:
-            total += b.weight
-            cumulative.append(total)
         return RouteAction(
             route=_nn(route.meta),
             rule=index,
@@ -293,7 +357,7 @@ class _Compiler:
             rewrite=rewrite,
             mirrors=tuple(mirrors),
             backends=tuple(backends),
-            cumulative_weights=tuple(cumulative),
+            cumulative_weights=_cumulative(backends),
             request_timeout_s=rule.request_timeout_s,
             backend_request_timeout_s=rule.backend_request_timeout_s,
             upstream_timeout_s=min(
@@ -373,11 +437,19 @@ class _Compiler:
 
 
 # -- helpers ------------------------------------------------------------------------------
+def _cumulative(backends: list[Backend]) -> tuple[int, ...]:
+    out, total = [], 0
+    for b in backends:
+        total += b.weight
+        out.append(total)
+    return tuple(out)
+
+
 def _nn(meta: r.Meta) -> str:
     return f"{meta.namespace}/{meta.name}"
 
 
-def _route_age(route: r.HTTPRoute) -> tuple[str, str, str]:
+def _route_age(route: r.HTTPRoute | r.StreamRoute) -> tuple[str, str, str]:
     return (route.meta.creation_timestamp, route.meta.namespace, route.meta.name)
 
 

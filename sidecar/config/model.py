@@ -108,6 +108,8 @@ class Limits:
     header_timeout_s: float = 30.0
     idle_timeout_s: float = 300.0
     tls_handshake_timeout_s: float = 10.0
+    # Detecting ports: how long a silent client may wait before it is relayed as opaque TCP
+    detect_timeout_s: float = 0.3
     # Upgrade protocols passed through to upstreams (lower-case tokens, without version)
     upgrades: frozenset[bytes] = frozenset({b"websocket"})
 

@@ -20,6 +20,7 @@ from sidecar.config.parse_routes import (
     parse_grpc_route,
     parse_http_route,
     parse_reference_grant,
+    parse_stream_route,
 )
 from sidecar.config.reader import HOSTNAME_RE, NAME_RE, Reader
 from sidecar.config.resources import (
@@ -35,13 +36,14 @@ from sidecar.config.resources import (
     Secret,
     Service,
     ServicePort,
+    StreamRoute,
     TLSCertificate,
 )
 from sidecar.errors import ConfigError
 
 _CONTROLLER_RE = re.compile(r"^[a-z0-9.-]+/[A-Za-z0-9/\-._~%!$&'()*+,;=:]+$")
 _VERSIONS = {
-    GATEWAY_GROUP: ("v1", "v1beta1"),
+    GATEWAY_GROUP: ("v1", "v1beta1", "v1alpha2", "v1alpha3"),
     "": ("v1",),
     "discovery.k8s.io": ("v1",),
     WEFT_GROUP: ("v1alpha1",),
@@ -269,8 +271,6 @@ def _namespace(top: Reader, meta: Meta) -> Namespace:
 
 # Kinds that later parts of Weft serve: refused with a pointer instead of "unknown".
 _LATER = {
-    (GATEWAY_GROUP, "TCPRoute"): "TCP routing arrives with the protocols work",
-    (GATEWAY_GROUP, "TLSRoute"): "TLS passthrough arrives with the protocols work",
     ("networking.k8s.io", "Ingress"): "Ingress translation arrives in a later release",
     (WEFT_GROUP, "BackendTrafficPolicy"): "arrives with retries and circuit breaking",
     (WEFT_GROUP, "SecurityPolicy"): "arrives with edge authentication",
@@ -283,6 +283,8 @@ _PARSERS: dict[tuple[str, str], Callable[..., Any]] = {
     (GATEWAY_GROUP, "Gateway"): parse_gateway,
     (GATEWAY_GROUP, "HTTPRoute"): parse_http_route,
     (GATEWAY_GROUP, "GRPCRoute"): parse_grpc_route,
+    (GATEWAY_GROUP, "TCPRoute"): lambda top, meta: parse_stream_route(top, meta, "TCPRoute"),
+    (GATEWAY_GROUP, "TLSRoute"): lambda top, meta: parse_stream_route(top, meta, "TLSRoute"),
     (GATEWAY_GROUP, "ReferenceGrant"): parse_reference_grant,
     ("", "Service"): _k8s_service,
     ("", "Namespace"): _namespace,
@@ -313,6 +315,6 @@ def load_documents(docs: Iterable[Document]) -> list[Resource]:
 def _kind_key(res: Resource) -> str:
     if isinstance(res, Service):
         return "Service"
-    if isinstance(res, HTTPRoute):
+    if isinstance(res, HTTPRoute | StreamRoute):
         return res.kind
     return type(res).__name__

@@ -31,6 +31,7 @@ from sidecar.config.resources import (
     RouteGroupKind,
     RouteMatch,
     RouteRule,
+    StreamRoute,
     ValueMatch,
 )
 
@@ -178,6 +179,33 @@ def _parent_refs(spec: Reader) -> tuple[ParentRef, ...]:
         )
         pr.finish()
     return tuple(parents)
+
+
+# -- TCPRoute and TLSRoute ------------------------------------------------------------------
+def parse_stream_route(top: Reader, meta: Meta, kind: str) -> StreamRoute:
+    """TCPRoute / TLSRoute: one rule of weighted backends (more rules are refused, as
+    their meaning is left to implementations)."""
+    spec = top.req_obj("spec")
+    parents = _parent_refs(spec)
+    hostnames = tuple(spec.str_list("hostnames", pattern=HOSTNAME_RE)) if kind == "TLSRoute" else ()
+    backends = []
+    rules = list(spec.objs("rules", max_items=16))
+    if len(rules) != 1:
+        spec.fail("rules", f"a {kind} needs exactly one rule")
+    rr = rules[0]
+    rr.text("name", None, pattern=NAME_RE)
+    for br in rr.objs("backendRefs", max_items=16):
+        ref = _backend_object_ref(br)
+        if ref.port is None:
+            br.fail("port", "is required")
+        weight = br.integer("weight", 1, lo=0, hi=1_000_000)
+        br.finish()
+        backends.append(BackendRef(ref=ref, weight=weight))
+    rr.finish()
+    spec.finish()
+    return StreamRoute(
+        meta=meta, kind=kind, parent_refs=parents, hostnames=hostnames, backend_refs=tuple(backends)
+    )
 
 
 # -- GRPCRoute ------------------------------------------------------------------------------

@@ -203,6 +203,17 @@ class HTTPRoute:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StreamRoute:
+    """A TCPRoute (opaque bytes) or TLSRoute (TLS passed through, chosen by SNI)."""
+
+    meta: Meta
+    kind: str  # "TCPRoute" | "TLSRoute"
+    parent_refs: tuple[ParentRef, ...]
+    hostnames: tuple[str, ...]  # TLSRoute only
+    backend_refs: tuple[BackendRef, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ReferenceGrant:
     meta: Meta
     from_: tuple[tuple[str, str, str], ...]  # (group, kind, namespace)
@@ -287,6 +298,7 @@ Resource = (
     | Namespace
     | Secret
     | TLSCertificate
+    | StreamRoute
 )
 
 

@@ -182,13 +182,29 @@ class ListenerRoutes:
     port: int
     hosts: HostTable
     certificates: tuple[CertificatePair, ...] = ()  # HTTPS listeners
+    tcp: RouteAction | None = None  # TCP listeners, and the fallback of detecting ones
+    sni: Mapping[str, RouteAction] = field(default_factory=dict)  # TLS passthrough by SNI
+
+    def passthrough(self, sni: str | None) -> RouteAction | None:
+        """The TLSRoute for a ClientHello's server name: exact, longest wildcard, any."""
+        routes = self.sni
+        if not routes:
+            return None
+        if sni:
+            if sni in routes:
+                return routes[sni]
+            for suffix in wildcard_suffixes(sni):
+                action = routes.get("*" + suffix)
+                if action is not None:
+                    return action
+        return routes.get("*")
 
 
 @dataclass(slots=True)
 class PortRouter:
     """Every listener sharing one (address, port), chosen by hostname (listener isolation)."""
 
-    protocol: str = "HTTP"  # HTTP | HTTPS: all listeners on a port share it
+    protocol: str = "HTTP"  # HTTP | HTTPS | TCP | TLS | weft.dev/Detect, one per port
     exact: dict[str, ListenerRoutes] = field(default_factory=dict)
     wildcard: dict[str, ListenerRoutes] = field(default_factory=dict)
     any: ListenerRoutes | None = None

@@ -24,8 +24,8 @@ from sidecar.admin import AdminState, serve_admin
 from sidecar.config.loader import FileStamp, load_snapshot
 from sidecar.config.model import Limits, ListenerKey, Snapshot
 from sidecar.config.store import SnapshotStore
+from sidecar.entry import serve_downstream
 from sidecar.errors import ConfigError
-from sidecar.http.entry import serve_downstream
 from sidecar.http.proxy import ProxyContext
 from sidecar.http.terminate import ServerTls
 from sidecar.observe.accesslog import AccessLog

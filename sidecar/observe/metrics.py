@@ -34,6 +34,7 @@ class Metrics:
         self.durations: dict[DurationKey, Histogram] = {}
         self.gauges: dict[str, float] = {}
         self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self.histograms: dict[tuple[str, tuple[tuple[str, str], ...]], Histogram] = {}
 
     def request(self, key: DurationKey, code: int, duration_s: float) -> None:
         rkey = (*key, code)
@@ -47,6 +48,12 @@ class Metrics:
     def inc(self, name: str, labels: tuple[tuple[str, str], ...] = (), by: float = 1.0) -> None:
         k = (name, labels)
         self.counters[k] = self.counters.get(k, 0.0) + by
+
+    def observe(self, name: str, labels: tuple[tuple[str, str], ...], value: float) -> None:
+        hist = self.histograms.get((name, labels))
+        if hist is None:
+            hist = self.histograms[(name, labels)] = Histogram()
+        hist.observe(value)
 
     def render(self) -> str:
         lines = [
@@ -64,23 +71,38 @@ class Metrics:
         ]
         for (direction, service, peer, route), h in sorted(self.durations.items()):
             base = _labels(direction=direction, service=service, peer=peer, route=route)
-            acc = 0
-            for bound, n in zip(BUCKETS_S, h.counts, strict=False):
-                acc += n
-                lines.append(f'weft_request_duration_seconds_bucket{{{base},le="{bound}"}} {acc}')
-            lines.append(f'weft_request_duration_seconds_bucket{{{base},le="+Inf"}} {h.count}')
-            lines.append(f"weft_request_duration_seconds_sum{{{base}}} {h.sum:.6f}")
-            lines.append(f"weft_request_duration_seconds_count{{{base}}} {h.count}")
+            _histogram(lines, "weft_request_duration_seconds", base, h)
+        seen_h: set[str] = set()
+        for (name, pairs), h in sorted(self.histograms.items()):
+            if name not in seen_h:
+                seen_h.add(name)
+                lines.append(f"# TYPE {name} histogram")
+            _histogram(lines, name, _labels(**dict(pairs)), h)
         seen: set[str] = set()
         for (name, pairs), value in sorted(self.counters.items()):
             if name not in seen:
                 seen.add(name)
                 lines.append(f"# TYPE {name} counter")
-            lines.append(f"{name}{{{_labels(**dict(pairs))}}} {value:g}")
+            lines.append(f"{name}{{{_labels(**dict(pairs))}}} {_number(value)}")
         for name, value in sorted(self.gauges.items()):
             lines.append(f"# TYPE {name} gauge")
-            lines.append(f"{name} {value:g}")
+            lines.append(f"{name} {_number(value)}")
         return "\n".join(lines) + "\n"
+
+
+def _histogram(lines: list[str], name: str, base: str, h: Histogram) -> None:
+    acc = 0
+    for bound, n in zip(BUCKETS_S, h.counts, strict=False):
+        acc += n
+        lines.append(f'{name}_bucket{{{base},le="{bound}"}} {acc}')
+    lines.append(f'{name}_bucket{{{base},le="+Inf"}} {h.count}')
+    lines.append(f"{name}_sum{{{base}}} {h.sum:.6f}")
+    lines.append(f"{name}_count{{{base}}} {h.count}")
+
+
+def _number(value: float) -> str:
+    """Exact for whole numbers (byte counters pass 1e6 quickly), repr otherwise."""
+    return str(int(value)) if value == int(value) else repr(float(value))
 
 
 def _labels(**labels: str) -> str:

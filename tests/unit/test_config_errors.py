@@ -51,8 +51,8 @@ CASES = {
         "invalid regular expression",
     ),
     "later kind": (
-        "apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata: {name: g}\n",
-        "TCPRoute is not supported yet",
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: g}\n",
+        "Ingress is not supported yet",
     ),
     "duplicate key": ("apiVersion: v1\napiVersion: v1\n", "duplicate key 'apiVersion'"),
     "invalid yaml": ("kind: [unclosed\n", "invalid YAML at line"),
