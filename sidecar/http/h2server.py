@@ -13,9 +13,11 @@ and at most the advertised windows are buffered. A response's DATA goes out only
 client's windows, and a stream waits while the writer has more than HIGH_WATER bytes
 unsent, so a client that stops reading stops the upstream reads too.
 
-Shutdown. A client's GOAWAY or a drain stop new streams (REFUSED_STREAM) and let the open
-ones finish; the connection closes when the last one does. A protocol error makes h2 send
-GOAWAY, which is flushed before the socket closes.
+Shutdown. On drain (or when a reload removed the listener) the connection sends GOAWAY
+naming the last stream it took, refuses later streams (REFUSED_STREAM: clients retry them
+elsewhere), lets the open ones finish and then closes. h2's state machine closes the whole
+connection when a GOAWAY is sent through it, so this GOAWAY frame is written beside it with
+hyperframe. A client's GOAWAY, or a protocol error (h2 sends GOAWAY), ends the connection.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import h2.exceptions
 import h2.settings
 import trio
 from h2.errors import ErrorCodes
+from hyperframe.frame import GoAwayFrame
 
 from sidecar.config.model import ListenerKey
 from sidecar.errors import DownstreamClosed, ProtocolError, UpstreamClosed, UpstreamProtocolError
@@ -280,9 +283,12 @@ class Http2Connection:
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_bytes,
             },
         )
+        self.listener = listener
         self.streams: dict[int, H2Stream] = {}
         self.buffered = 0  # DATA bytes handed to h2 and not yet written
         self.closing = False
+        self.peer_gone = False
+        self._outbox = bytearray()  # frames written beside h2 (our graceful GOAWAY)
         self._wake = trio.Event()
         self._drained = trio.Event()
         self._idle = trio.Event()  # set when the last stream ends while closing
@@ -301,13 +307,17 @@ class Http2Connection:
         self.kick()
         scope = trio.CancelScope()
         tracked = Tracked(
-            activity=lambda: self.conn.activity, in_head=lambda: False, cancel=scope.cancel
+            activity=lambda: self.conn.activity,
+            in_head=lambda: False,
+            cancel=scope.cancel,
+            busy=lambda: True,  # a drain ends it with GOAWAY once its streams are done
         )
         self.ctx.idle.add(tracked, trio.current_time())
         try:
             with scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._writer)
+                    nursery.start_soon(self._drain_on, self.ctx.draining, nursery)
                     await self._read(nursery, initial)
                     nursery.cancel_scope.cancel()
         except ConnectionLost:
@@ -328,32 +338,34 @@ class Http2Connection:
                 for event in events:
                     self._dispatch(nursery, event)
                 self.kick()
-            if self.closing and not self.streams:
-                await self._flush_now()
-                return
-            data = await self._recv_or_idle()
+                if self.peer_gone:
+                    await self._flush_now()
+                    return
+            data = await self.conn.recv()
             if not data:
                 return
 
-    async def _recv_or_idle(self) -> bytes:
-        """The next bytes; while closing, b"" once the last stream has ended."""
-        if not self.closing:
-            return await self.conn.recv()
-        self._idle = trio.Event()
-        async with trio.open_nursery() as n:
-            got: list[bytes] = []
+    async def _drain_on(self, event: trio.Event, nursery: trio.Nursery) -> None:
+        """When `event` is set: GOAWAY, let open streams finish, flush, close."""
+        await event.wait()
+        self.goaway()
+        if self.streams:
+            await self._idle.wait()
+        self.kick()  # one more pass of the writer carries everything out
+        await self._drained.wait()
+        nursery.cancel_scope.cancel()
 
-            async def read() -> None:
-                got.append(await self.conn.recv())
-                n.cancel_scope.cancel()
-
-            async def idle() -> None:
-                await self._idle.wait()
-                n.cancel_scope.cancel()
-
-            n.start_soon(read)
-            n.start_soon(idle)
-        return got[0] if got else b""
+    def goaway(self) -> None:
+        """Stop taking streams: a GOAWAY naming the last one we took (RFC 9113 §6.8)."""
+        if self.closing:
+            return
+        self.closing = True
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = self.h2.highest_inbound_stream_id
+        frame.error_code = ErrorCodes.NO_ERROR
+        self._outbox += self.h2.data_to_send()  # what h2 queued goes first
+        self._outbox += frame.serialize()
+        self.kick()
 
     def _dispatch(self, nursery: trio.Nursery, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.RequestReceived):
@@ -389,13 +401,18 @@ class Http2Connection:
             for stream in self.streams.values():
                 stream.window.set()
         elif isinstance(event, h2.events.ConnectionTerminated):
-            self.closing = True
+            # h2 has closed the connection on the client's GOAWAY: nothing more can be sent
+            self.peer_gone = True
 
     def _open(self, nursery: trio.Nursery, event: h2.events.RequestReceived) -> None:
         sid = event.stream_id
         if self.closing:
             self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
             return
+        if self.listener not in self.ctx.store.current.routers:
+            # A reload removed our listener: this stream finishes on the last snapshot that
+            # had it (as HTTP/1 does), and the client is told to go elsewhere for the next.
+            self.goaway()
         stream = H2Stream(self, sid)
         self.streams[sid] = stream
         ended = event.stream_ended is not None
@@ -439,6 +456,8 @@ class Http2Connection:
             await self._wake.wait()
             self._wake = trio.Event()
             data = self.h2.data_to_send()
+            if self._outbox:
+                data, self._outbox = bytes(self._outbox) + data, bytearray()
             if data:
                 sent = conn.send_now(data)
                 if sent < len(data):

@@ -69,6 +69,8 @@ class ProxyContext:
     rng: random.Random = field(default_factory=random.Random)
     # TLS termination of the HTTPS ports of the snapshot in force; swapped with it
     tls: Mapping[ListenerKey, ServerTls] = field(default_factory=dict)
+    # set when the process drains: HTTP/1 answers with Connection: close, HTTP/2 sends GOAWAY
+    draining: trio.Event = field(default_factory=trio.Event)
     ids: RequestIds = field(init=False)
 
     def __post_init__(self) -> None:
@@ -96,11 +98,14 @@ async def serve_http1(
     )
     events = parser.events
     scope = trio.CancelScope()
+    handler = _Http1(ctx, listener, conn, parser, scheme, sni)
     tracked = Tracked(
-        activity=lambda: conn.activity, in_head=lambda: parser.partial_head, cancel=scope.cancel
+        activity=lambda: conn.activity,
+        in_head=lambda: parser.partial_head,
+        cancel=scope.cancel,
+        busy=lambda: handler.busy or parser.partial_head,
     )
     ctx.idle.add(tracked, trio.current_time())
-    handler = _Http1(ctx, listener, conn, parser, scheme, sni)
     try:
         with scope:
             if initial:
@@ -114,8 +119,10 @@ async def serve_http1(
                 head = events.popleft()
                 if not isinstance(head, RequestHead):  # cannot happen: bodies are consumed
                     return
-                if not await handler.handle(head, handler):
+                handler.busy = True
+                if not await handler.handle(head, handler) or ctx.draining.is_set():
                     return
+                handler.busy = False
         if scope.cancelled_caught and parser.partial_head:
             await _best_effort(conn, simple_response(408, b"request timeout\n", close=True))
     except ProtocolError as exc:
@@ -215,6 +222,8 @@ class RequestHandler:
             head.keep_alive = False
         else:
             self.snapshot = snapshot
+        if ctx.draining.is_set():
+            head.keep_alive = False
         authority, target, path, query = parse_target(head)
         if authority != self.authority:  # clients repeat their Host: normalize it once
             self.authority = authority
@@ -388,7 +397,7 @@ class RequestHandler:
 class _Http1(RequestHandler):
     """An HTTP/1.x connection: requests one after another on one byte stream."""
 
-    __slots__ = ("conn", "parser")
+    __slots__ = ("busy", "conn", "parser")
 
     relay: Relay = staticmethod(relay_http1)
 
@@ -404,6 +413,7 @@ class _Http1(RequestHandler):
         super().__init__(ctx, listener, conn.peer, scheme, sni)
         self.conn = conn
         self.parser = parser
+        self.busy = False  # in the middle of a request
 
     def protocol(self, head: RequestHead) -> str:
         return "HTTP/1.1" if head.version == "1.1" else "HTTP/1.0"

@@ -51,7 +51,9 @@ class EdgeServer:
         bind: BindHook | None = None,
         watch_interval_s: float = 1.0,
         limits: Limits | None = None,
+        drain_timeout_s: float = 15.0,
     ) -> None:
+        self.drain_timeout_s = drain_timeout_s
         self.limits = limits or Limits()
         self.paths = list(paths)
         self.gateway_class = gateway_class
@@ -116,6 +118,7 @@ class EdgeServer:
             nursery.start_soon(run_sweeper, self.idle)
             nursery.start_soon(self._watch_files)
             nursery.start_soon(self._watch_sighup)
+            nursery.start_soon(self._watch_sigterm, nursery)
             task_status.started(self)
         self.clusters.close()
 
@@ -146,10 +149,19 @@ class EdgeServer:
         return True
 
     def drain(self) -> None:
+        """Stop accepting; open connections finish what they carry (HTTP/1 responses say
+        `Connection: close`, HTTP/2 connections send GOAWAY) and then close."""
         self.draining = True
         for scope, _ in self.listeners.values():
             scope.cancel()
         self.listeners.clear()
+        if self._ctx is not None:
+            self._ctx.draining.set()
+        self.idle.close_idle()
+
+    @property
+    def open_connections(self) -> int:
+        return len(self.idle.tracked)
 
     # -- internals ------------------------------------------------------------------------
     def _load(self, version: int) -> Snapshot:
@@ -243,6 +255,21 @@ class EdgeServer:
                 self._stamp = stamp
                 log.info("configuration files changed; reloading")
                 self.reload()
+
+    async def _watch_sigterm(self, nursery: trio.Nursery) -> None:
+        """SIGTERM: drain, wait for connections to finish (at most `drain_timeout_s`), exit."""
+        try:
+            receiver = trio.open_signal_receiver(signal.SIGTERM)
+        except (RuntimeError, ValueError):
+            return
+        with receiver as signals:
+            async for _ in signals:
+                break
+        log.info("SIGTERM: draining %d connection(s)", self.open_connections)
+        self.drain()
+        with trio.move_on_after(self.drain_timeout_s):
+            await self.idle.wait_empty()
+        nursery.cancel_scope.cancel()
 
     async def _watch_sighup(self) -> None:
         try:

@@ -131,6 +131,7 @@ class RequestParser:
         self._data = b""  # the bytes of the feed in progress
         self._completed_in_feed = 0
         self._began_in_feed = False
+        self._in_message = False  # between a request's first byte and its end
         self._raw_remaining = 0  # body bytes of an ignored Upgrade, framed by us
 
     # llhttp callbacks ------------------------------------------------------------------
@@ -140,6 +141,7 @@ class RequestParser:
         self._trailers = None
         self._in_head = True
         self._began_in_feed = self._completed_in_feed == 0
+        self._in_message = True
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -230,6 +232,7 @@ class RequestParser:
         self._head_bytes = 0
         self._pending = 0
         self._in_head = True
+        self._in_message = False
         self._completed_in_feed += 1
 
     def _raw_block(self, head: RequestHead) -> bytes | None:
@@ -269,7 +272,7 @@ class RequestParser:
         self._began_in_feed = False
         try:
             self._parser.feed_data(data)
-            if self._in_head:
+            if self._in_head and self._in_message:
                 # A head llhttp is still buffering (one endless line) never reaches the
                 # callbacks; bound it by raw bytes, allowing for one read of slack.
                 self._pending += len(data)
@@ -304,6 +307,7 @@ class RequestParser:
             self.events.pop()
         self._parser = httptools.HttpRequestParser(self)
         self._in_head = True
+        self._in_message = False
         self._head_bytes = 0
         self._raw_remaining = head.content_length or 0
         rest = data[offset:]
@@ -323,4 +327,4 @@ class RequestParser:
     @property
     def partial_head(self) -> bool:
         """True while a request head has begun to arrive but is not complete."""
-        return self._in_head and (self._pending > 0 or self._head_bytes > 0)
+        return self._in_head and self._in_message

@@ -24,6 +24,7 @@ class Tracked:
     activity: Callable[[], int]
     in_head: Callable[[], bool]
     cancel: Callable[[], None]
+    busy: Callable[[], bool] = lambda: True  # carrying a request now (drain waits for it)
     seen: int = -1
     quiet_since: float = 0.0
 
@@ -35,6 +36,7 @@ class IdleTracker:
     idle_timeout_s: float
     header_timeout_s: float
     tracked: set[Tracked] = field(default_factory=set)
+    _empty: trio.Event | None = None
 
     def add(self, t: Tracked, now: float) -> None:
         t.seen = t.activity()
@@ -43,6 +45,20 @@ class IdleTracker:
 
     def discard(self, t: Tracked) -> None:
         self.tracked.discard(t)
+        if not self.tracked and self._empty is not None:
+            self._empty.set()
+
+    def close_idle(self) -> None:
+        """Cancel every connection that carries nothing right now (a drain begins)."""
+        for t in [t for t in self.tracked if not t.busy()]:
+            self.discard(t)
+            t.cancel()
+
+    async def wait_empty(self) -> None:
+        """Until no connection is tracked (a draining process waits for this)."""
+        while self.tracked:
+            self._empty = trio.Event()
+            await self._empty.wait()
 
     def expired(self, now: float) -> list[Tracked]:
         out = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -36,6 +37,7 @@ class EchoServer:
         self.name = name
         self.namespace = namespace
         self.received: list[dict[str, Any]] = []
+        self.started: list[str] = []  # paths of requests as they arrive
         self.cond = threading.Condition()
         owner = self
 
@@ -67,6 +69,11 @@ class EchoServer:
                 return total, digest.hexdigest()
 
             def _serve(self) -> None:
+                with owner.cond:
+                    owner.started.append(self.path)
+                    owner.cond.notify_all()
+                if self.path.startswith("/delay/"):  # /delay/<ms>/...: answer late
+                    time.sleep(int(self.path.split("/")[2]) / 1000)
                 if self.path.startswith("/bytes/"):
                     self._stream_zeros(int(self.path.split("/")[2]))
                     return
@@ -126,6 +133,11 @@ class EchoServer:
     def __exit__(self, *exc: object) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def wait_started(self, count: int, timeout: float) -> bool:
+        """Until `count` requests have arrived (answered or not)."""
+        with self.cond:
+            return self.cond.wait_for(lambda: len(self.started) >= count, timeout=timeout)
 
     def wait_for(self, predicate: Any, timeout: float) -> bool:
         with self.cond:

@@ -189,3 +189,16 @@ def test_response_head_split_across_reads_and_after_interim() -> None:
     assert isinstance(head, ResponseHead)
     assert head.status == 201 and head.reason == b"Created" and head.content_length == 2
     assert not head.keep_alive and head.raw == b"Content-Length: 2\r\nConnection: close\r\n"
+
+
+def test_partial_head_only_while_a_head_is_incomplete() -> None:
+    """Keep-alive connections between requests are idle, not in a head (header timeout and
+    the 408 apply only to a head that began)."""
+    p = RequestParser()
+    assert not p.partial_head
+    p.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert not p.partial_head
+    p.feed(b"GET /next HTTP/1.1\r\nHo")
+    assert p.partial_head
+    p.feed(b"st: a\r\n\r\n")
+    assert not p.partial_head
