@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 APT_TEST_PKGS  := curl nginx-light openssl nghttp2-client
-APT_BENCH_PKGS := curl nginx-light wrk util-linux valgrind
+APT_BENCH_PKGS := curl nginx-light wrk util-linux valgrind openssl nghttp2-client
 
 .PHONY: demo test lint typecheck pytest bench bench-instructions sysdeps sysdeps-bench clean
 

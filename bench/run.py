@@ -5,7 +5,10 @@ core 0; the proxy under test runs alone on core 1. Each round runs every target 
 turn, so slow drifts of a noisy machine hit all of them alike; the table reports medians
 over rounds and each proxy's ratio to Envoy and to nginx measured in the same round.
 
-Also measured: route-table scaling (1 vs 10,000 HTTPRoutes, same request) and idle RSS.
+Scenarios: HTTP/1.1 keep-alive (wrk), HTTP/2 cleartext with prior knowledge (h2load, 32
+streams over 4 connections) and HTTPS termination (wrk over TLS, HTTP/1.1); upstreams are
+HTTP/1.1 keep-alive in all three. Also measured: route-table scaling (1 vs 10,000
+HTTPRoutes, same request) and idle RSS.
 """
 
 from __future__ import annotations
@@ -21,12 +24,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 BODY = "x" * 100
 LOAD_CORE, PROXY_CORE = "0", "1"
 PORTS = {"backend": 18181, "direct": 18181, "nginx": 18182, "envoy": 18183, "weft": 18184}
+H2C_PORTS = {"nginx": 18192, "envoy": 18183, "weft": 18184}  # Envoy and Weft detect h2c
+TLS_PORTS = {"nginx": 18202, "envoy": 18203, "weft": 18204}
 WEFT_ADMIN = 18185
 
 
@@ -42,11 +48,11 @@ class Sample:
 @dataclass
 class Target:
     name: str
-    port: int
+    port: int  # of the scenario being measured
     cmd: list[str] | None = None  # None: nothing to start (direct)
     proc: subprocess.Popen[bytes] | None = None
     idle_rss_mb: float = 0.0
-    samples: list[Sample] = field(default_factory=list)
+    runs: dict[str, list[Sample]] = field(default_factory=dict)  # by scenario
 
 
 def require(*tools: str) -> None:
@@ -87,11 +93,11 @@ def _proc_stat(pid: int) -> tuple[float, float]:
 
 
 def _wrk(
-    port: int, seconds: float, connections: int, path: str = "/api/x"
+    port: int, seconds: float, connections: int, path: str = "/api/x", scheme: str = "http"
 ) -> tuple[float, float, float, int]:
     out = subprocess.run(
         _taskset(LOAD_CORE, ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency",
-                             f"http://127.0.0.1:{port}{path}"]),
+                             f"{scheme}://127.0.0.1:{port}{path}"]),
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -107,7 +113,51 @@ def _wrk(
     return rps, pct("50"), pct("99"), total
 
 
+def _h2load(
+    port: int, seconds: float, connections: int, path: str = "/api/x"
+) -> tuple[float, float, float, int]:
+    """h2c prior knowledge, 4 connections x 8 streams; (rps, mean ms, max ms, requests)."""
+    out = subprocess.run(
+        _taskset(LOAD_CORE, ["h2load", "-D", f"{seconds:g}", "-c", "4", "-m",
+                             str(max(1, connections // 4)), f"http://127.0.0.1:{port}{path}"]),
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
+    assert done, out
+    if done.group(1) != done.group(2):
+        raise SystemExit(f"bench: h2load errors against port {port}:\n{out}")
+    rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
+    lat = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)", out)
+    assert lat, out
+
+    def ms(v: str) -> float:
+        m = re.match(r"([\d.]+)(us|ms|s)", v)
+        assert m, v
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+    return rps, ms(lat.group(3)), ms(lat.group(2)), int(done.group(2))
+
+
+def _wrk_tls(
+    port: int, seconds: float, connections: int, path: str = "/api/x"
+) -> tuple[float, float, float, int]:
+    return _wrk(port, seconds, connections, path, scheme="https")
+
+
+def _certificate(tmp: Path) -> tuple[Path, Path]:
+    """A self-signed ECDSA P-256 certificate for bench.local (wrk does not verify)."""
+    cert, key = tmp / "bench.pem", tmp / "bench-key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
+         "-subj", "/CN=bench.local", "-addext", "subjectAltName=DNS:bench.local"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
 def _configs(tmp: Path, routes: int = 1) -> dict[str, list[str]]:
+    cert, key = _certificate(tmp)
     (tmp / "nginx-backend.conf").write_text(f"""
 worker_processes 1; daemon off; pid {tmp}/nb.pid; error_log {tmp}/nb.err;
 events {{ worker_connections 4096; }}
@@ -120,6 +170,14 @@ events {{ worker_connections 4096; }}
 http {{ access_log {tmp}/nginx-access.log; keepalive_requests 1000000;
   upstream api {{ server 127.0.0.1:{PORTS["backend"]}; keepalive 64; }}
   server {{ listen 127.0.0.1:{PORTS["nginx"]};
+    location /api {{ proxy_pass http://api; proxy_http_version 1.1;
+      proxy_set_header Connection ""; proxy_set_header Host $host; }} }}
+  server {{ listen 127.0.0.1:{H2C_PORTS["nginx"]} http2;
+    location /api {{ proxy_pass http://api; proxy_http_version 1.1;
+      proxy_set_header Connection ""; proxy_set_header Host $host; }} }}
+  server {{ listen 127.0.0.1:{TLS_PORTS["nginx"]} ssl http2;
+    ssl_certificate {cert}; ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:1m;
     location /api {{ proxy_pass http://api; proxy_http_version 1.1;
       proxy_set_header Connection ""; proxy_set_header Host $host; }} }} }}
 """)
@@ -147,6 +205,34 @@ static_resources:
           http_filters:
           - name: envoy.filters.http.router
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  - address: {{socket_address: {{address: 127.0.0.1, port_value: {TLS_PORTS["envoy"]}}}}}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            alpn_protocols: [h2, http/1.1]
+            tls_certificates: [{{certificate_chain: {{filename: {cert}}}, private_key: {{filename: {key}}}}}]
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress_tls
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {tmp}/envoy-access.log
+              json_format: {{start: "%START_TIME%", method: "%REQ(:METHOD)%", path: "%REQ(:PATH)%", status: "%RESPONSE_CODE%", duration: "%DURATION%"}}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{{match: {{prefix: "/api"}}, route: {{cluster: api}}}}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
   clusters:
   - name: api
     type: STATIC
@@ -154,7 +240,7 @@ static_resources:
       cluster_name: api
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {PORTS["backend"]}}}}}}}}}]}}]
 """)
-    _weft_config(tmp / "weft.yaml", routes)
+    _weft_config(tmp / "weft.yaml", routes, (cert, key))
     envoy = shutil.which("envoy") or str(Path(sys.executable).parent / "envoy")
     return {
         "backend": ["nginx", "-c", str(tmp / "nginx-backend.conf")],
@@ -169,14 +255,20 @@ def _weft_cmd(config: Path, access_log: Path) -> list[str]:
             str(WEFT_ADMIN), "--access-log", str(access_log), "--log-level", "warning"]  # fmt: skip
 
 
-def _weft_config(path: Path, routes: int) -> None:
-    """`routes` HTTPRoutes; the benchmark path /api/x matches the last one."""
+def _weft_config(path: Path, routes: int, tls: tuple[Path, Path] | None = None) -> None:
+    """`routes` HTTPRoutes; the benchmark path /api/x matches the last one. With `tls`
+    (certificate, key) an HTTPS listener serves the same routes."""
+    https = ""
+    if tls is not None:
+        https = (f"  - {{name: https, port: {TLS_PORTS['weft']}, protocol: HTTPS, tls: "
+                 "{certificateRefs: [{group: weft.dev, kind: TLSCertificate, name: bench}]}}\n")  # fmt: skip
     docs = [f"""apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {{name: edge}}
 spec:
-  listeners: [{{name: http, port: {PORTS["weft"]}, protocol: HTTP}}]
-  addresses: [{{type: IPAddress, value: 127.0.0.1}}]
+  listeners:
+  - {{name: http, port: {PORTS["weft"]}, protocol: HTTP}}
+{https}  addresses: [{{type: IPAddress, value: 127.0.0.1}}]
 """, f"""apiVersion: weft.dev/v1alpha1
 kind: Service
 metadata: {{name: api}}
@@ -204,6 +296,12 @@ spec:
   - matches: [{path: {type: PathPrefix, value: /api}}]
     backendRefs: [{name: api, port: 80}]
 """)
+    if tls is not None:
+        docs.append(f"""apiVersion: weft.dev/v1alpha1
+kind: TLSCertificate
+metadata: {{name: bench}}
+spec: {{certFile: {tls[0]}, keyFile: {tls[1]}}}
+""")
     path.write_text("---\n".join(docs))
 
 
@@ -226,30 +324,54 @@ def _stop(t: Target) -> None:
             t.proc.kill()
 
 
-def _measure(t: Target, seconds: float, connections: int) -> Sample:
+Load = Callable[[int, float, int], tuple[float, float, float, int]]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    load: Load
+    ports: dict[str, int]
+    latency: tuple[str, str]  # what the two latency columns are
+    note: str
+
+
+SCENARIOS = {
+    "http1": Scenario("HTTP/1.1", _wrk, PORTS, ("p50", "p99"),
+                      "wrk, HTTP/1.1 keep-alive, {c} connections"),
+    "h2c": Scenario("HTTP/2 (h2c)", _h2load, H2C_PORTS, ("mean", "max"),
+                    "h2load, prior knowledge, 4 connections x {m} streams"),
+    "https": Scenario("HTTPS", _wrk_tls, TLS_PORTS, ("p50", "p99"),
+                      "wrk over TLS (HTTP/1.1), {c} connections, handshakes only at start"),
+}  # fmt: skip
+
+
+def _measure(t: Target, sc: Scenario, seconds: float, connections: int) -> Sample:
     pid = t.proc.pid if t.proc else None
     before = _proc_stat(pid)[0] if pid else 0.0
-    rps, p50, p99, total = _wrk(t.port, seconds, connections)
+    rps, lat1, lat2, total = sc.load(sc.ports[t.name], seconds, connections)
     cpu, rss = _proc_stat(pid) if pid else (0.0, 0.0)
-    return Sample(rps, p50, p99, (cpu - before) / total * 1e6 if pid else 0.0, rss)
+    return Sample(rps, lat1, lat2, (cpu - before) / total * 1e6 if pid else 0.0, rss)
 
 
-def _table(targets: list[Target]) -> str:
-    by = {t.name: t for t in targets}
-    rounds = len(targets[0].samples)
+def _table(targets: list[Target], sc: Scenario, key: str) -> str:
+    rows = [t for t in targets if t.name in sc.ports]
+    by = {t.name: t.runs[key] for t in rows}
+    rounds = len(next(iter(by.values())))
 
     def ratio(name: str, ref: str) -> str:
         if ref not in by or name == ref:
             return "—"
-        rs = [a.rps / b.rps for a, b in zip(by[name].samples, by[ref].samples, strict=True)]
+        rs = [a.rps / b.rps for a, b in zip(by[name], by[ref], strict=True)]
         return f"{statistics.median(rs):.2f}×"
 
+    l1, l2 = sc.latency
     lines = [
-        f"| target | RPS (median of {rounds}) | p50 ms | p99 ms | CPU µs/req | RSS MB (idle → load) | vs Envoy | vs nginx |",
+        f"| target | RPS (median of {rounds}) | {l1} ms | {l2} ms | CPU µs/req | RSS MB (idle → load) | vs Envoy | vs nginx |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for t in targets:
-        s = t.samples
+    for t in rows:
+        s = by[t.name]
         med = lambda f: statistics.median(getattr(x, f) for x in s)  # noqa: E731
         rss = f"{t.idle_rss_mb:.0f} → {med('rss_mb'):.0f}" if t.proc else "—"
         cpu = f"{med('cpu_us'):.1f}" if t.proc else "—"
@@ -265,9 +387,13 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="of: " + ", ".join(SCENARIOS))
     ap.add_argument("--skip-scaling", action="store_true")
     args = ap.parse_args()
-    require("wrk", "nginx")
+    keys = [k for k in args.scenarios.split(",") if k]
+    if unknown := set(keys) - set(SCENARIOS):
+        raise SystemExit(f"bench: unknown scenario(s) {', '.join(sorted(unknown))}")
+    require("wrk", "nginx", "openssl", *(["h2load"] if "h2c" in keys else []))
     with tempfile.TemporaryDirectory(prefix="weft-bench-") as d:
         tmp = Path(d)
         cmds = _configs(tmp)
@@ -282,17 +408,29 @@ def main() -> int:
             for t in targets:
                 if t.cmd:
                     _start(t, PROXY_CORE)
-            for t in targets:  # warm-up: pools, caches
-                _wrk(t.port, 1, args.connections)
-            for r in range(args.rounds):
+            for key in keys:  # warm-up: pools, caches, TLS sessions
+                sc = SCENARIOS[key]
                 for t in targets:
-                    t.samples.append(_measure(t, args.seconds, args.connections))
-                print(f"round {r + 1}/{args.rounds}: " + ", ".join(
-                    f"{t.name} {t.samples[-1].rps:,.0f}" for t in targets), flush=True)  # fmt: skip
-            print()
-            print(f"HTTP/1.1 keep-alive, {args.connections} connections, 100-byte responses; "
-                  f"proxies on core {PROXY_CORE}, wrk + backend on core {LOAD_CORE}; access logs on.")  # fmt: skip
-            print(_table(targets))
+                    if t.name in sc.ports:
+                        sc.load(sc.ports[t.name], 1, args.connections)
+            for r in range(args.rounds):
+                for key in keys:
+                    sc = SCENARIOS[key]
+                    for t in targets:
+                        if t.name in sc.ports:
+                            t.runs.setdefault(key, []).append(
+                                _measure(t, sc, args.seconds, args.connections)
+                            )
+                    print(f"round {r + 1}/{args.rounds} {sc.name}: " + ", ".join(
+                        f"{t.name} {t.runs[key][-1].rps:,.0f}" for t in targets
+                        if key in t.runs), flush=True)  # fmt: skip
+            print(f"\nProxies on core {PROXY_CORE}, load generator + backend (nginx, 100-byte "
+                  f"answers) on core {LOAD_CORE}; access logs on; upstreams HTTP/1.1 keep-alive.")  # fmt: skip
+            for key in keys:
+                sc = SCENARIOS[key]
+                note = sc.note.format(c=args.connections, m=max(1, args.connections // 4))
+                print(f"\n{sc.name}: {note}\n")
+                print(_table(targets, sc, key))
         finally:
             for t in [*targets, backend]:
                 _stop(t)

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from typing import Any
 
 import trio
 
 from sidecar.config.model import ListenerKey, RouteAction
-from sidecar.http.h2server import serve_http2
 from sidecar.http.proxy import ProxyContext, serve_http1
 from sidecar.http.router import ListenerRoutes, PortRouter
 from sidecar.protocol.http2 import PREFACE
@@ -26,13 +26,19 @@ from sidecar.protocol.sniff import Detected, NeedMore, client_hello_sni, detect
 from sidecar.protocol.wire import simple_response
 from sidecar.tcp.proxy import serve_tcp
 from sidecar.transport.io import Conn, ConnectionLost
-from sidecar.transport.tls import TlsHandshakeError
 
 TLS_HANDSHAKE_RECORD = 0x16  # the first byte of every ClientHello
 MAX_CLIENT_HELLO = 5 + (1 << 14)  # one TLS record
 _PLAINTEXT_REPLY = simple_response(
     400, b"this port speaks HTTPS: send the request to https://\n", close=True
 )
+
+
+async def serve_http2(ctx: ProxyContext, listener: ListenerKey, conn: Conn, **kw: Any) -> None:
+    """HTTP/2 (h2 loads on the first HTTP/2 connection)."""
+    from sidecar.http.h2server import serve_http2 as serve
+
+    await serve(ctx, listener, conn, **kw)
 
 
 async def serve_downstream(ctx: ProxyContext, listener: ListenerKey, conn: Conn) -> None:
@@ -119,6 +125,8 @@ async def _passthrough(
 
 
 async def _serve_https(ctx: ProxyContext, listener: ListenerKey, conn: Conn) -> None:
+    from sidecar.transport.tls import TlsHandshakeError
+
     tls = ctx.tls.get(listener)
     if tls is None:  # the configuration changed under us
         conn.close()

@@ -272,7 +272,14 @@ class Http2Connection:
         self.ctx = ctx
         self.conn = conn
         self.handler = RequestHandler(ctx, listener, conn.peer, scheme, sni)
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        # What arrives is validated; what we send is built valid (lower-case names, no
+        # connection-specific fields), so h2's second check of it is skipped (~15% of CPU).
+        config = h2.config.H2Configuration(
+            client_side=False,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
         self.h2 = h2.connection.H2Connection(config)
         limits = ctx.store.current.limits
         self.h2.local_settings = h2.settings.Settings(

@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -25,7 +25,6 @@ from sidecar.config.store import SnapshotStore
 from sidecar.errors import DownstreamClosed, ProtocolError, UpstreamError
 from sidecar.http.filters import HeaderOps, redirect_location
 from sidecar.http.forward import Http1Writer, Outcome, Relay, exchange, relay_http1
-from sidecar.http.forward_h2 import ResponseWriter, exchange_h2
 from sidecar.http.request import (
     RequestIds,
     h2_request_headers,
@@ -34,7 +33,6 @@ from sidecar.http.request import (
     upstream_request,
 )
 from sidecar.http.router import normalize_host
-from sidecar.http.terminate import ServerTls
 from sidecar.observe.accesslog import AccessLog
 from sidecar.observe.metrics import Metrics
 from sidecar.protocol.grpc import GRPC_DEADLINE_EXCEEDED, grpc_timeout
@@ -44,7 +42,10 @@ from sidecar.tcp.relay import Counts, relay
 from sidecar.transport.idle import IdleTracker, Tracked
 from sidecar.transport.io import Conn, ConnectionLost, connect_tcp
 from sidecar.upstream.cluster import ClusterManager
-from sidecar.upstream.h2client import H2Pool
+
+if TYPE_CHECKING:  # HTTP/2 and TLS load on first use: a plain gateway stays small
+    from sidecar.http.forward_h2 import ResponseWriter
+    from sidecar.http.terminate import ServerTls
 
 H2_PROTOCOLS = ("HTTP2", "GRPC")  # cluster protocols spoken over HTTP/2
 
@@ -291,6 +292,9 @@ class RequestHandler:
                 deadline = grpc_deadline
             cs = trio.CancelScope(relative_deadline=deadline) if deadline else None
             if spec.protocol in H2_PROTOCOLS:
+                from sidecar.http.forward_h2 import exchange_h2
+                from sidecar.upstream.h2client import H2Pool
+
                 buffered = bytearray()
                 outcome.bytes_in, body_done = ds.take_buffered_body(buffered, False)
                 pools = cluster.h2pools

@@ -16,7 +16,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import trio
 
@@ -27,12 +27,14 @@ from sidecar.config.store import SnapshotStore
 from sidecar.entry import serve_downstream
 from sidecar.errors import ConfigError
 from sidecar.http.proxy import ProxyContext
-from sidecar.http.terminate import ServerTls
 from sidecar.observe.accesslog import AccessLog
 from sidecar.observe.metrics import Metrics
 from sidecar.transport.idle import IdleTracker, run_sweeper
 from sidecar.transport.listen import accept_loop, open_listener
 from sidecar.upstream.cluster import ClusterManager
+
+if TYPE_CHECKING:
+    from sidecar.http.terminate import ServerTls
 
 log = logging.getLogger("weft.edge")
 
@@ -285,6 +287,8 @@ class EdgeServer:
 
 def _terminations(snap: Snapshot) -> dict[ListenerKey, ServerTls]:
     """TLS contexts for the snapshot's HTTPS ports (ConfigError if OpenSSL refuses one)."""
+    from sidecar.http.terminate import ServerTls
+
     return {
         key: ServerTls(router) for key, router in snap.routers.items() if router.protocol == "HTTPS"
     }

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from sidecar.config.model import ClusterSpec
 from sidecar.transport.io import Conn
 from sidecar.upstream.balance import Balancer, EndpointStats, make_balancer
-from sidecar.upstream.h2client import H2Pool
+
+if TYPE_CHECKING:
+    from sidecar.upstream.h2client import H2Pool
 
 MAX_IDLE_PER_ENDPOINT = 256
 # An idle connection older than this is checked for a FIN from the upstream before reuse.
