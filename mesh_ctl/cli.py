@@ -27,6 +27,9 @@ def _edge(args: argparse.Namespace) -> int:
         max_request_body_bytes=args.max_request_body_bytes,
         idle_timeout_s=args.idle_timeout,
         header_timeout_s=args.header_timeout,
+        tls_handshake_timeout_s=args.tls_handshake_timeout,
+        detect_timeout_s=args.detect_timeout,
+        upgrades=frozenset(t.strip().lower().encode() for t in args.upgrade.split(",") if t),
     )
     server = EdgeServer(
         args.file,
@@ -35,6 +38,7 @@ def _edge(args: argparse.Namespace) -> int:
         admin_address=args.admin_address,
         admin_port=args.admin_port,
         access_log=sink,
+        drain_timeout_s=args.drain_timeout,
     )
     try:
         trio.run(server.run)
@@ -104,6 +108,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         metavar="SECONDS",
         help="close a connection whose request head takes longer than this",
+    )
+    edge.add_argument(
+        "--tls-handshake-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="close a connection to an HTTPS port that has not finished its handshake",
+    )
+    edge.add_argument(
+        "--detect-timeout",
+        type=float,
+        default=0.3,
+        metavar="SECONDS",
+        help="on weft.dev/Detect listeners, relay a silent client as opaque TCP after this",
+    )
+    edge.add_argument(
+        "--upgrade",
+        default="websocket",
+        metavar="TOKEN[,TOKEN]",
+        help="Upgrade protocols passed through to upstreams (others are ignored)",
+    )
+    edge.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="on SIGTERM, how long requests in flight may take before the process exits",
     )
     edge.set_defaults(func=_edge)
 
