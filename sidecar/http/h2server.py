@@ -30,6 +30,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack.exceptions
 import trio
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
@@ -339,8 +340,9 @@ class Http2Connection:
             if data:
                 try:
                     events = self.h2.receive_data(data)
-                except h2.exceptions.ProtocolError:
-                    await self._flush_now()  # h2 queued a GOAWAY naming the error
+                except h2.exceptions.ProtocolError as exc:
+                    self._protocol_error(exc)
+                    await self._flush_now()
                     return
                 for event in events:
                     self._dispatch(nursery, event)
@@ -351,6 +353,16 @@ class Http2Connection:
             data = await self.conn.recv()
             if not data:
                 return
+
+    def _protocol_error(self, exc: h2.exceptions.ProtocolError) -> None:
+        """h2 queued a GOAWAY naming the error; a header block HPACK cannot decode is a
+        COMPRESSION_ERROR (RFC 9113 §4.3), which h2 reports as PROTOCOL_ERROR."""
+        if isinstance(exc.__cause__ or exc.__context__, hpack.exceptions.HPACKError):
+            self.h2.data_to_send()  # drop h2's GOAWAY for ours
+            frame = GoAwayFrame(0)
+            frame.last_stream_id = self.h2.highest_inbound_stream_id
+            frame.error_code = ErrorCodes.COMPRESSION_ERROR
+            self._outbox += frame.serialize()
 
     async def _drain_on(self, event: trio.Event, nursery: trio.Nursery) -> None:
         """When `event` is set: GOAWAY, let open streams finish, flush, close."""
@@ -474,7 +486,8 @@ class Http2Connection:
             drained.set()
 
     async def _flush_now(self) -> None:
-        data = self.h2.data_to_send()
+        data = bytes(self._outbox) + self.h2.data_to_send()
+        self._outbox.clear()
         if data:
             with trio.move_on_after(1.0), contextlib.suppress(ConnectionLost):
                 await self.conn.send_all(data)
