@@ -186,6 +186,7 @@ class H2Stream:
                 raise DownstreamClosed("stream closed") from None
             n = min(window, len(view))
             if n <= 0 and view:
+                conn.kick()  # what is queued must leave, or no window update ever comes
                 self.window = trio.Event()
                 await self.window.wait()
                 continue

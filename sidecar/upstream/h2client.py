@@ -129,6 +129,7 @@ class UpstreamStream:
                 raise UpstreamClosed("upstream closed the stream") from None
             n = min(window, len(view))
             if n <= 0 and view:
+                conn.kick()  # what is queued must leave, or no window update ever comes
                 self.window = trio.Event()
                 await self.window.wait()
                 continue

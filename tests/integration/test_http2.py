@@ -131,3 +131,50 @@ async def test_client_reset_and_bad_frames(tmp_path: Path, echo: EchoServer) -> 
     assert status == b"200"
     assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
     assert not any(r["path"] == "/up" for r in echo.received if r["body_length"] == 1000)
+
+
+async def test_a_client_that_stops_reading_stops_the_upstream(
+    tmp_path: Path, echo: EchoServer
+) -> None:
+    """Flow control end to end: the client's window stays closed, so the proxy stops
+    reading the upstream; the backend stalls with a bounded amount in flight, and resumes
+    when the client opens its window."""
+    total = 64 * 1024 * 1024
+    async with trio.open_nursery() as nursery:
+        _, port = await start_edge(
+            nursery, tmp_path / "c.yaml", config({"e": echo.port}, [("r", "/", "e")])
+        )
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        client.initiate_connection()
+        client.send_headers(1, [(":method", "GET"), (":path", f"/bytes/{total}"),
+                                (":scheme", "http"), (":authority", "t")], end_stream=True)  # fmt: skip
+        await stream.send_all(client.data_to_send())
+        # Read frames but never acknowledge DATA: the 64 KiB windows close and stay closed.
+        received = unacked = 0
+        with trio.move_on_after(0.5):
+            while True:
+                for ev in client.receive_data(await stream.receive_some(65536)):
+                    if isinstance(ev, h2.events.DataReceived):
+                        received += len(ev.data)
+                        unacked += ev.flow_controlled_length
+        stalled_at = -1
+        with trio.fail_after(20):
+            while echo.streamed != stalled_at:  # the backend stops when buffers fill
+                stalled_at = echo.streamed
+                await trio.sleep(0.3)
+        # Now read everything, acknowledging as we go (and what came before).
+        client.acknowledge_received_data(unacked, 1)
+        await stream.send_all(client.data_to_send())
+        with trio.fail_after(60):
+            while received < total:
+                data = await stream.receive_some(1 << 20)
+                assert data
+                for ev in client.receive_data(data):
+                    if isinstance(ev, h2.events.DataReceived):
+                        received += len(ev.data)
+                        client.acknowledge_received_data(ev.flow_controlled_length, 1)
+                await stream.send_all(client.data_to_send())
+        nursery.cancel_scope.cancel()
+    assert stalled_at < 24 * 1024 * 1024  # socket buffers + windows, not the whole body
+    assert received == total

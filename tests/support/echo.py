@@ -38,6 +38,7 @@ class EchoServer:
         self.namespace = namespace
         self.received: list[dict[str, Any]] = []
         self.started: list[str] = []  # paths of requests as they arrive
+        self.streamed = 0  # bytes of /bytes/N answers written so far
         self.cond = threading.Condition()
         owner = self
 
@@ -114,6 +115,7 @@ class EchoServer:
                 block = bytes(1 << 16)
                 while n > 0:
                     self.wfile.write(block[: min(n, len(block))])
+                    owner.streamed += min(n, len(block))
                     n -= len(block)
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _serve
