@@ -287,7 +287,7 @@ class RequestHandler:
             outcome.upstream = endpoint.key
             spec = cluster.spec
             deadline = action.upstream_timeout_s
-            grpc_deadline = grpc_timeout(head)
+            grpc_deadline = grpc_timeout(head) if spec.protocol in H2_PROTOCOLS else None
             if grpc_deadline is not None and (deadline is None or grpc_deadline < deadline):
                 deadline = grpc_deadline
             cs = trio.CancelScope(relative_deadline=deadline) if deadline else None
