@@ -232,14 +232,7 @@ def _grpc_rule(rr: Reader) -> RouteRule:
     matches = [_grpc_match(mr) for mr in rr.objs("matches", max_items=8)]
     filters = tuple(_filter(fr) for fr in rr.objs("filters", max_items=16))
     _check_filters(rr, "filters", filters)
-    backends = []
-    for br in rr.objs("backendRefs", max_items=16):
-        ref = _backend_object_ref(br)
-        weight = br.integer("weight", 1, lo=0, hi=1_000_000)
-        bfilters = tuple(_filter(fr) for fr in br.objs("filters", max_items=16))
-        _check_filters(br, "filters", bfilters)
-        br.finish()
-        backends.append(BackendRef(ref=ref, weight=weight, filters=bfilters))
+    backends = _backend_refs(rr)
     for i, f in enumerate(filters):
         if f.redirect is not None or f.rewrite is not None:
             rr.fail(f"filters[{i}]", f"a GRPCRoute supports only {', '.join(_GRPC_FILTERS)}")
@@ -298,14 +291,7 @@ def _rule(rr: Reader) -> RouteRule:
             for m in matches:
                 if m.path.type != "PathPrefix":
                     rr.fail("filters", "ReplacePrefixMatch needs every match to be a PathPrefix")
-    backends = []
-    for br in rr.objs("backendRefs", max_items=16):
-        ref = _backend_object_ref(br)
-        weight = br.integer("weight", 1, lo=0, hi=1_000_000)
-        bfilters = tuple(_filter(fr) for fr in br.objs("filters", max_items=16))
-        _check_filters(br, "filters", bfilters)
-        br.finish()
-        backends.append(BackendRef(ref=ref, weight=weight, filters=bfilters))
+    backends = _backend_refs(rr)
     if any(f.redirect for f in filters) and backends:
         rr.fail("filters", "RequestRedirect cannot be combined with backendRefs")
     req_t = backend_t = None
@@ -330,6 +316,18 @@ def _rule(rr: Reader) -> RouteRule:
         request_timeout_s=req_t or None,
         backend_request_timeout_s=backend_t or None,
     )
+
+
+def _backend_refs(rr: Reader) -> list[BackendRef]:
+    backends = []
+    for br in rr.objs("backendRefs", max_items=16):
+        ref = _backend_object_ref(br)
+        weight = br.integer("weight", 1, lo=0, hi=1_000_000)
+        bfilters = tuple(_filter(fr) for fr in br.objs("filters", max_items=16))
+        _check_filters(br, "filters", bfilters)
+        br.finish()
+        backends.append(BackendRef(ref=ref, weight=weight, filters=bfilters))
+    return backends
 
 
 def _match(mr: Reader) -> RouteMatch:

@@ -150,6 +150,29 @@ async def _stream_body(conn: Conn, chunked: bool, next_event: NextEvent, outcome
         await conn.send_all(chunk(ev) if chunked else ev)
 
 
+def response_parser(conn: Conn, head: RequestHead) -> ResponseParser:
+    """The connection's response parser (kept with it), ready for the answer to `head`."""
+    parser = conn.proto
+    if not isinstance(parser, ResponseParser):
+        parser = conn.proto = ResponseParser()
+    parser.start(head_request=head.method == "HEAD", upgrade=head.tunnel)
+    return parser
+
+
+def feed_response(parser: ResponseParser, data: bytes) -> bool:
+    """Parse what the upstream sent (b"": it closed); False when the close ended the
+    response (a close-delimited body), so the connection cannot be reused."""
+    if data:
+        try:
+            parser.feed(data)
+        except ProtocolError as exc:
+            raise UpstreamProtocolError(str(exc)) from None
+        return True
+    if parser.feed_eof():
+        return False
+    raise UpstreamClosed("upstream closed before the response was complete")
+
+
 def response_head(
     resp: ResponseHead, ops: tuple[HeaderOps, ...], chunked: bool, close: bool, http10: bool
 ) -> bytearray:
@@ -187,24 +210,13 @@ async def relay_http1(
 ) -> bool:
     """Stream the response to an HTTP/1.x client (`downstream.conn`)."""
     downstream = downstream.conn
-    parser = conn.proto
-    if not isinstance(parser, ResponseParser):
-        parser = conn.proto = ResponseParser()
-    parser.start(head_request=head.method == "HEAD", upgrade=head.tunnel)
+    parser = response_parser(conn, head)
     events = parser.events
     chunked_down = False
     keep_upstream = True
     while True:
-        data = await conn.recv()
-        if data:
-            try:
-                parser.feed(data)
-            except ProtocolError as exc:
-                raise UpstreamProtocolError(str(exc)) from None
-        elif parser.feed_eof():
+        if not feed_response(parser, await conn.recv()):
             keep_upstream = False
-        else:
-            raise UpstreamClosed("upstream closed before the response was complete")
         out = bytearray()
         finished = False
         while events:

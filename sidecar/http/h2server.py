@@ -36,9 +36,9 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
 from sidecar.config.model import ListenerKey
-from sidecar.errors import DownstreamClosed, ProtocolError, UpstreamClosed, UpstreamProtocolError
+from sidecar.errors import DownstreamClosed, ProtocolError
 from sidecar.http.filters import HeaderOps
-from sidecar.http.forward import Outcome, Relay
+from sidecar.http.forward import Outcome, Relay, feed_response, response_parser
 from sidecar.http.proxy import ProxyContext, RequestHandler
 from sidecar.protocol.http1 import END, End, RequestHead
 from sidecar.protocol.http2 import (
@@ -47,12 +47,12 @@ from sidecar.protocol.http2 import (
     request_head,
     response_headers,
 )
-from sidecar.protocol.response import ResponseHead, ResponseParser
+from sidecar.protocol.response import ResponseHead
 from sidecar.tcp.relay import Counts
+from sidecar.transport.h2pump import FlowStream, H2Pump
 from sidecar.transport.idle import Tracked
 from sidecar.transport.io import Conn, ConnectionLost
 
-HIGH_WATER = 256 * 1024  # unsent bytes after which streams wait for the writer
 STREAM_WINDOW = 256 * 1024  # what a client may send on one stream before we ask for more
 CONNECTION_WINDOW = 1024 * 1024  # ... and on all streams together
 MAX_CONCURRENT_STREAMS = 256
@@ -60,31 +60,26 @@ MAX_CONCURRENT_STREAMS = 256
 Headers = list[tuple[bytes, bytes]]
 
 
-class H2Stream:
+class H2Stream(FlowStream):
     """One request/response exchange on an HTTP/2 connection (a `Downstream`)."""
 
-    __slots__ = (
-        "body",
-        "conn",
-        "ended_local",
-        "more",
-        "request_ended",
-        "reset_code",
-        "scope",
-        "sid",
-        "window",
-    )
+    __slots__ = ("body", "more", "request_ended", "reset_code", "scope")
 
     def __init__(self, conn: Http2Connection, sid: int) -> None:
-        self.conn = conn
-        self.sid = sid
+        super().__init__(conn, sid)
         self.body: deque[tuple[bytes, int] | End] = deque()
         self.more = trio.Event()  # set when body arrives, ends, or the stream is reset
-        self.window = trio.Event()  # set when the client opens its window
         self.scope = trio.CancelScope()
         self.reset_code: int | None = None
         self.request_ended = False
-        self.ended_local = False
+
+    def failure(self) -> Exception | None:
+        return (
+            DownstreamClosed("stream reset by the client") if self.reset_code is not None else None
+        )
+
+    def closed_error(self) -> Exception:
+        return DownstreamClosed("stream closed")
 
     # -- events from the reader ---------------------------------------------------------
     def feed(self, data: bytes, flow: int) -> None:
@@ -168,37 +163,9 @@ class H2Stream:
     def send_headers(self, headers: Headers, *, end: bool) -> None:
         if self.reset_code is not None:
             raise DownstreamClosed("stream reset by the client")
-        self.conn.h2.send_headers(self.sid, headers, end_stream=end)
+        self.pump.h2.send_headers(self.sid, headers, end_stream=end)
         self.ended_local = end
-        self.conn.kick()
-
-    async def send_data(self, data: bytes, *, end: bool) -> None:
-        """Send within the client's windows, waiting for them to open."""
-        conn = self.conn
-        h2c = conn.h2
-        view = memoryview(data)
-        while True:
-            if self.reset_code is not None:
-                raise DownstreamClosed("stream reset by the client")
-            try:
-                window = min(h2c.local_flow_control_window(self.sid), h2c.max_outbound_frame_size)
-            except h2.exceptions.StreamClosedError:
-                raise DownstreamClosed("stream closed") from None
-            n = min(window, len(view))
-            if n <= 0 and view:
-                conn.kick()  # what is queued must leave, or no window update ever comes
-                self.window = trio.Event()
-                await self.window.wait()
-                continue
-            last = n == len(view)
-            h2c.send_data(self.sid, bytes(view[:n]), end_stream=end and last)
-            conn.buffered += n
-            view = view[n:]
-            if last:
-                break
-        self.ended_local = end
-        conn.kick()
-        await conn.backpressure()
+        self.pump.kick()
 
     async def tunnel(self, upstream: Conn, first: bytes) -> Counts:
         raise ProtocolError("Upgrade is an HTTP/1.1 mechanism", status=400)  # never reached
@@ -206,19 +173,19 @@ class H2Stream:
     def send_trailers(self, trailers: Headers) -> None:
         if self.reset_code is not None:
             raise DownstreamClosed("stream reset by the client")
-        self.conn.h2.send_headers(self.sid, trailers, end_stream=True)
+        self.pump.h2.send_headers(self.sid, trailers, end_stream=True)
         self.ended_local = True
-        self.conn.kick()
+        self.pump.kick()
 
     def _ack(self, flow: int) -> None:
         if flow:
             with contextlib.suppress(h2.exceptions.H2Error):
-                self.conn.h2.acknowledge_received_data(flow, self.sid)
-            self.conn.kick()
+                self.pump.h2.acknowledge_received_data(flow, self.sid)
+            self.pump.kick()
 
     def close(self) -> None:
         """After the handler: reset what was left half-done (and return unread credit)."""
-        h2c = self.conn.h2
+        h2c = self.pump.h2
         for item in self.body:
             if not isinstance(item, End):
                 with contextlib.suppress(h2.exceptions.H2Error):
@@ -230,7 +197,7 @@ class H2Stream:
             code = ErrorCodes.NO_ERROR if self.ended_local else ErrorCodes.INTERNAL_ERROR
             with contextlib.suppress(h2.exceptions.H2Error):
                 h2c.reset_stream(self.sid, code)
-        self.conn.kick()
+        self.pump.kick()
 
 
 class H2Writer:
@@ -259,7 +226,7 @@ class H2Writer:
             await self.stream.send_data(b"", end=True)
 
 
-class Http2Connection:
+class Http2Connection(H2Pump):
     """One downstream HTTP/2 connection."""
 
     def __init__(
@@ -272,7 +239,6 @@ class Http2Connection:
         sni: str | None,
     ) -> None:
         self.ctx = ctx
-        self.conn = conn
         self.handler = RequestHandler(ctx, listener, conn.peer, scheme, sni)
         # What arrives is validated; what we send is built valid (lower-case names, no
         # connection-specific fields), so h2's second check of it is skipped (~15% of CPU).
@@ -282,7 +248,7 @@ class Http2Connection:
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
         )
-        self.h2 = h2.connection.H2Connection(config)
+        super().__init__(conn, h2.connection.H2Connection(config))
         limits = ctx.store.current.limits
         self.h2.local_settings = h2.settings.Settings(
             client=False,
@@ -294,20 +260,9 @@ class Http2Connection:
         )
         self.listener = listener
         self.streams: dict[int, H2Stream] = {}
-        self.buffered = 0  # DATA bytes handed to h2 and not yet written
         self.closing = False
         self.peer_gone = False
-        self._outbox = bytearray()  # frames written beside h2 (our graceful GOAWAY)
-        self._wake = trio.Event()
-        self._drained = trio.Event()
         self._idle = trio.Event()  # set when the last stream ends while closing
-
-    def kick(self) -> None:
-        self._wake.set()
-
-    async def backpressure(self) -> None:
-        if self.buffered > HIGH_WATER:
-            await self._drained.wait()
 
     async def run(self, initial: bytes = b"") -> None:
         h2c = self.h2
@@ -325,7 +280,7 @@ class Http2Connection:
         try:
             with scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._writer)
+                    nursery.start_soon(self.writer)
                     nursery.start_soon(self._drain_on, self.ctx.draining, nursery)
                     await self._read(nursery, initial)
                     nursery.cancel_scope.cancel()
@@ -343,13 +298,13 @@ class Http2Connection:
                     events = self.h2.receive_data(data)
                 except h2.exceptions.ProtocolError as exc:
                     self._protocol_error(exc)
-                    await self._flush_now()
+                    await self.flush_now()
                     return
                 for event in events:
                     self._dispatch(nursery, event)
                 self.kick()
                 if self.peer_gone:
-                    await self._flush_now()
+                    await self.flush_now()
                     return
             data = await self.conn.recv()
             if not data:
@@ -363,7 +318,7 @@ class Http2Connection:
             frame = GoAwayFrame(0)
             frame.last_stream_id = self.h2.highest_inbound_stream_id
             frame.error_code = ErrorCodes.COMPRESSION_ERROR
-            self._outbox += frame.serialize()
+            self.outbox += frame.serialize()
 
     async def _drain_on(self, event: trio.Event, nursery: trio.Nursery) -> None:
         """When `event` is set: GOAWAY, let open streams finish, flush, close."""
@@ -371,8 +326,7 @@ class Http2Connection:
         self.goaway()
         if self.streams:
             await self._idle.wait()
-        self.kick()  # one more pass of the writer carries everything out
-        await self._drained.wait()
+        await self.flushed()
         nursery.cancel_scope.cancel()
 
     def goaway(self) -> None:
@@ -383,8 +337,8 @@ class Http2Connection:
         frame = GoAwayFrame(0)
         frame.last_stream_id = self.h2.highest_inbound_stream_id
         frame.error_code = ErrorCodes.NO_ERROR
-        self._outbox += self.h2.data_to_send()  # what h2 queued goes first
-        self._outbox += frame.serialize()
+        self.outbox += self.h2.data_to_send()  # what h2 queued goes first
+        self.outbox += frame.serialize()
         self.kick()
 
     def _dispatch(self, nursery: trio.Nursery, event: h2.events.Event) -> None:
@@ -470,29 +424,6 @@ class Http2Connection:
         if self.closing and not self.streams:
             self._idle.set()
 
-    async def _writer(self) -> None:
-        conn = self.conn
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            data = self.h2.data_to_send()
-            if self._outbox:
-                data, self._outbox = bytes(self._outbox) + data, bytearray()
-            if data:
-                sent = conn.send_now(data)
-                if sent < len(data):
-                    await conn.send_rest(data, sent)
-                self.buffered = max(0, self.buffered - len(data))
-            drained, self._drained = self._drained, trio.Event()
-            drained.set()
-
-    async def _flush_now(self) -> None:
-        data = bytes(self._outbox) + self.h2.data_to_send()
-        self._outbox.clear()
-        if data:
-            with trio.move_on_after(1.0), contextlib.suppress(ConnectionLost):
-                await self.conn.send_all(data)
-
 
 async def relay_h2(
     conn: Conn,
@@ -502,23 +433,12 @@ async def relay_h2(
     outcome: Outcome,
 ) -> bool:
     """Stream an HTTP/1.1 upstream response to an HTTP/2 stream."""
-    parser = conn.proto
-    if not isinstance(parser, ResponseParser):
-        parser = conn.proto = ResponseParser()
-    parser.start(head_request=head.method == "HEAD")
+    parser = response_parser(conn, head)
     events = parser.events
     keep_upstream = True
     while True:
-        data = await conn.recv()
-        if data:
-            try:
-                parser.feed(data)
-            except ProtocolError as exc:
-                raise UpstreamProtocolError(str(exc)) from None
-        elif parser.feed_eof():
+        if not feed_response(parser, await conn.recv()):
             keep_upstream = False
-        else:
-            raise UpstreamClosed("upstream closed before the response was complete")
         pending: Headers | None = None
         finished = False
         while events:

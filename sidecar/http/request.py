@@ -92,10 +92,8 @@ def upstream_request(
     scheme: str = "http",
 ) -> bytearray:
     """The request head to send upstream (without its body)."""
+    target = _target(target, action, match)
     rewrite = action.rewrite
-    if rewrite is not None and rewrite.path_type is not None:
-        prefix = match.path_value if match.path_type == "PathPrefix" else None
-        target = rewritten_target(target, rewrite, prefix)
     out = bytearray(b"%b %b HTTP/1.1\r\n" % (head.method.encode(), target.encode("latin-1")))
     host = authority.encode("latin-1")
     if (
@@ -122,6 +120,15 @@ def upstream_request(
         out += b"connection: upgrade\r\nupgrade: " + (head.upgrade or b"") + b"\r\n"
     out += b"\r\n"
     return out
+
+
+def _target(target: str, action: RouteAction, match: CompiledMatch) -> str:
+    """The request target after the route's URLRewrite, if it rewrites the path."""
+    rewrite = action.rewrite
+    if rewrite is None or rewrite.path_type is None:
+        return target
+    prefix = match.path_value if match.path_type == "PathPrefix" else None
+    return rewritten_target(target, rewrite, prefix)
 
 
 def _rebuilt_headers(
@@ -166,10 +173,7 @@ def h2_request_headers(
     scheme: str,
 ) -> list[tuple[bytes, bytes]]:
     """The header list of the request on an HTTP/2 upstream stream."""
-    rewrite = action.rewrite
-    if rewrite is not None and rewrite.path_type is not None:
-        prefix = match.path_value if match.path_type == "PathPrefix" else None
-        target = rewritten_target(target, rewrite, prefix)
+    target = _target(target, action, match)
     fields = forwarded_fields(head, authority.encode("latin-1"), action, backend)
     out = [
         (b":method", head.method.encode()),

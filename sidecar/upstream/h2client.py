@@ -27,10 +27,10 @@ import trio
 from h2.errors import ErrorCodes
 
 from sidecar.errors import UpstreamClosed, UpstreamConnectError
+from sidecar.transport.h2pump import FlowStream, H2Pump
 from sidecar.transport.io import Conn, ConnectionLost, connect_within
 
 Headers = list[tuple[bytes, bytes]]
-HIGH_WATER = 256 * 1024
 STREAM_WINDOW = 1024 * 1024
 CONNECTION_WINDOW = 4 * 1024 * 1024
 MAX_CONNECTIONS = 8
@@ -62,31 +62,25 @@ class Trailers:
 StreamEvent = Response | bytes | Trailers
 
 
-class UpstreamStream:
+class UpstreamStream(FlowStream):
     """One request's stream on an upstream connection."""
 
-    __slots__ = (
-        "conn",
-        "ended_local",
-        "ended_remote",
-        "error",
-        "events",
-        "flow",
-        "more",
-        "sid",
-        "window",
-    )
+    __slots__ = ("conn", "ended_remote", "error", "events", "flow", "more")
 
     def __init__(self, conn: H2ClientConnection, sid: int) -> None:
+        super().__init__(conn, sid)
         self.conn = conn
-        self.sid = sid
         self.events: deque[StreamEvent] = deque()
         self.flow: deque[int] = deque()  # flow-controlled length of each queued DATA
         self.more = trio.Event()
-        self.window = trio.Event()
         self.error: UpstreamClosed | None = None
-        self.ended_local = False
         self.ended_remote = False
+
+    def failure(self) -> Exception | None:
+        return self.error
+
+    def closed_error(self) -> Exception:
+        return UpstreamClosed("upstream closed the stream")
 
     def push(self, event: StreamEvent, flow: int = 0) -> None:
         self.events.append(event)
@@ -116,33 +110,6 @@ class UpstreamStream:
                 self.conn.kick()
         return event
 
-    async def send_data(self, data: bytes, *, end: bool) -> None:
-        conn = self.conn
-        h2c = conn.h2
-        view = memoryview(data)
-        while True:
-            if self.error is not None:
-                raise self.error
-            try:
-                window = min(h2c.local_flow_control_window(self.sid), h2c.max_outbound_frame_size)
-            except h2.exceptions.StreamClosedError:
-                raise UpstreamClosed("upstream closed the stream") from None
-            n = min(window, len(view))
-            if n <= 0 and view:
-                conn.kick()  # what is queued must leave, or no window update ever comes
-                self.window = trio.Event()
-                await self.window.wait()
-                continue
-            last = n == len(view)
-            h2c.send_data(self.sid, bytes(view[:n]), end_stream=end and last)
-            conn.buffered += n
-            view = view[n:]
-            if last:
-                break
-        self.ended_local = self.ended_local or end
-        conn.kick()
-        await conn.backpressure()
-
     def end(self, trailers: Headers | None = None) -> None:
         """End the request, with trailers if the client sent some."""
         if trailers:
@@ -167,9 +134,8 @@ class UpstreamStream:
             conn.kick()
 
 
-class H2ClientConnection:
+class H2ClientConnection(H2Pump):
     def __init__(self, conn: Conn) -> None:
-        self.conn = conn
         # What arrives is validated; what we send is built valid (lower-case names, no
         # connection-specific fields), so h2's second check of it is skipped (~15% of CPU).
         config = h2.config.H2Configuration(
@@ -178,7 +144,7 @@ class H2ClientConnection:
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
         )
-        self.h2 = h2.connection.H2Connection(config)
+        super().__init__(conn, h2.connection.H2Connection(config))
         self.h2.local_settings = h2.settings.Settings(
             client=True,
             initial_values={
@@ -187,25 +153,15 @@ class H2ClientConnection:
             },
         )
         self.streams: dict[int, UpstreamStream] = {}
-        self.buffered = 0
         self.closed = False
         self.goaway = False
         self.scope = trio.CancelScope()
-        self._wake = trio.Event()
-        self._drained = trio.Event()
 
     @property
     def available(self) -> bool:
         if self.closed or self.goaway:
             return False
         return len(self.streams) < self.h2.remote_settings.max_concurrent_streams
-
-    def kick(self) -> None:
-        self._wake.set()
-
-    async def backpressure(self) -> None:
-        if self.buffered > HIGH_WATER:
-            await self._drained.wait()
 
     def open(self, headers: Headers, *, end_stream: bool) -> UpstreamStream:
         sid = self.h2.get_next_available_stream_id()
@@ -225,7 +181,7 @@ class H2ClientConnection:
         try:
             with self.scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._writer)
+                    nursery.start_soon(self.writer)
                     task_status.started()
                     try:
                         await self._read()
@@ -247,8 +203,7 @@ class H2ClientConnection:
             try:
                 events = self.h2.receive_data(data)
             except h2.exceptions.ProtocolError as exc:
-                with trio.move_on_after(1.0), contextlib.suppress(ConnectionLost):
-                    await self.conn.send_all(self.h2.data_to_send())
+                await self.flush_now()
                 raise ConnectionLost(f"HTTP/2 protocol error from upstream: {exc}") from None
             for event in events:
                 self._dispatch(event)
@@ -292,20 +247,6 @@ class H2ClientConnection:
             for s in [s for s in self.streams.values() if s.sid > last]:
                 s.fail(UpstreamRefused("upstream sent GOAWAY before this stream"))
                 self.streams.pop(s.sid, None)
-
-    async def _writer(self) -> None:
-        conn = self.conn
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            data = self.h2.data_to_send()
-            if data:
-                sent = conn.send_now(data)
-                if sent < len(data):
-                    await conn.send_rest(data, sent)
-                self.buffered = max(0, self.buffered - len(data))
-            drained, self._drained = self._drained, trio.Event()
-            drained.set()
 
     def close(self) -> None:
         self.scope.cancel()

@@ -1,0 +1,118 @@
+"""The I/O shared by both ends of HTTP/2: one writer task per connection and
+flow-controlled DATA.
+
+Theory of operation. h2 queues frames in memory; `H2Pump.kick` wakes the connection's one
+writer task, which sends everything queued in one `send` (frames of many streams together,
+never interleaved by two tasks). A stream sends DATA only within the peer's windows
+(`FlowStream.send_data`): when they are shut it wakes the writer first (what is queued must
+leave, or the peer has nothing to acknowledge) and waits for a WINDOW_UPDATE; and it waits
+while the writer has more than HIGH_WATER bytes unsent, so a peer that stops reading stops
+whoever feeds the stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import h2.connection
+import h2.exceptions
+import trio
+
+from sidecar.transport.io import Conn, ConnectionLost
+
+HIGH_WATER = 256 * 1024  # unsent bytes after which streams wait for the writer
+
+
+class H2Pump:
+    """The output side of one h2 connection."""
+
+    def __init__(self, conn: Conn, h2conn: h2.connection.H2Connection) -> None:
+        self.conn = conn
+        self.h2 = h2conn
+        self.buffered = 0  # DATA bytes handed to h2 and not yet written
+        self.outbox = bytearray()  # frames written beside h2 (a graceful GOAWAY)
+        self._wake = trio.Event()
+        self._drained = trio.Event()
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    async def backpressure(self) -> None:
+        if self.buffered > HIGH_WATER:
+            await self._drained.wait()
+
+    async def writer(self) -> None:
+        conn = self.conn
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            data = self.h2.data_to_send()
+            if self.outbox:
+                data, self.outbox = bytes(self.outbox) + data, bytearray()
+            if data:
+                sent = conn.send_now(data)
+                if sent < len(data):
+                    await conn.send_rest(data, sent)
+                self.buffered = max(0, self.buffered - len(data))
+            drained, self._drained = self._drained, trio.Event()
+            drained.set()
+
+    async def flushed(self) -> None:
+        """Until the writer has carried out everything queued so far."""
+        self.kick()
+        await self._drained.wait()
+
+    async def flush_now(self) -> None:
+        """Best effort, without the writer (the connection is ending)."""
+        data = bytes(self.outbox) + self.h2.data_to_send()
+        self.outbox.clear()
+        if data:
+            with trio.move_on_after(1.0), contextlib.suppress(ConnectionLost):
+                await self.conn.send_all(data)
+
+
+class FlowStream:
+    """A stream that sends DATA within the peer's windows."""
+
+    __slots__ = ("ended_local", "pump", "sid", "window")
+
+    def __init__(self, pump: H2Pump, sid: int) -> None:
+        self.pump = pump
+        self.sid = sid
+        self.window = trio.Event()  # set when the peer opens a window (or the stream dies)
+        self.ended_local = False
+
+    def failure(self) -> Exception | None:
+        """What to raise when the stream can no longer send (None: it can)."""
+        raise NotImplementedError
+
+    def closed_error(self) -> Exception:
+        raise NotImplementedError
+
+    async def send_data(self, data: bytes, *, end: bool) -> None:
+        pump = self.pump
+        h2c = pump.h2
+        view = memoryview(data)
+        while True:
+            error = self.failure()
+            if error is not None:
+                raise error
+            try:
+                window = min(h2c.local_flow_control_window(self.sid), h2c.max_outbound_frame_size)
+            except h2.exceptions.StreamClosedError:
+                raise self.closed_error() from None
+            n = min(window, len(view))
+            if n <= 0 and view:
+                pump.kick()  # what is queued must leave, or no window update ever comes
+                self.window = trio.Event()
+                await self.window.wait()
+                continue
+            last = n == len(view)
+            h2c.send_data(self.sid, bytes(view[:n]), end_stream=end and last)
+            pump.buffered += n
+            view = view[n:]
+            if last:
+                break
+        self.ended_local = self.ended_local or end
+        pump.kick()
+        await pump.backpressure()
