@@ -40,7 +40,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-pytest: $(STAMP) sysdeps
+# grpc-js, the Node.js gRPC client, as one more peer (only where npm exists).
+NODE_PEERS := .cache/node/node_modules/@grpc/grpc-js
+$(NODE_PEERS):
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm install --prefix .cache/node --silent --no-audit --no-fund @grpc/grpc-js@1 || true; fi
+
+pytest: $(STAMP) sysdeps $(NODE_PEERS)
 	$(PY) -m pytest -q
 
 test: lint typecheck pytest
@@ -53,4 +59,4 @@ bench-instructions: $(STAMP) sysdeps-bench
 	$(PY) -m bench.instructions
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .cache

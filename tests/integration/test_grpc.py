@@ -3,6 +3,9 @@ trailers intact, deadlines enforced by the proxy; HTTP/1.1 clients of HTTP/2 ups
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -288,3 +291,30 @@ async def test_grpcroute_matches_service_method_and_headers(tmp_path: Path) -> N
     assert got["missing"] == grpc.StatusCode.UNIMPLEMENTED  # 404 from the proxy
     assert 'peer="default/b:50051",route="default/echo",code="200"} 2' in metrics
     assert 'peer="default/a:50051",route="default/echo",code="200"} 1' in metrics
+
+
+NODE_MODULES = Path(__file__).resolve().parents[2] / ".cache" / "node" / "node_modules"
+
+
+@pytest.mark.skipif(
+    shutil.which("node") is None or not (NODE_MODULES / "@grpc" / "grpc-js").is_dir(),
+    reason="node and @grpc/grpc-js (make test installs it where npm exists)",
+)
+async def test_grpc_js_client(tmp_path: Path, grpc_server: tuple[int, EchoService]) -> None:
+    port, _ = grpc_server
+    script = Path(__file__).resolve().parents[1] / "support" / "grpc_client.js"
+    async with trio.open_nursery() as nursery:
+        _, edge_port = await start_edge(nursery, tmp_path / "c.yaml", CONFIG.format(port=port))
+        proc = await trio.run_process(
+            ["node", str(script), f"127.0.0.1:{edge_port}", SERVICE],
+            capture_stdout=True,
+            capture_stderr=True,
+            env={**os.environ, "NODE_PATH": str(NODE_MODULES)},
+            check=False,
+        )
+        nursery.cancel_scope.cancel()
+    assert proc.returncode == 0, proc.stderr.decode()
+    got = json.loads(proc.stdout)
+    assert got["unary"] == "echo:from-js:http"
+    assert got["fail"] == {"code": 9, "details": "asked to fail"}  # FAILED_PRECONDITION
+    assert got["bidi"] == ["A", "BB", "CCC"]
