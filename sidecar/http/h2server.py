@@ -313,7 +313,11 @@ class Http2Connection(H2Pump):
     def _protocol_error(self, exc: h2.exceptions.ProtocolError) -> None:
         """h2 queued a GOAWAY naming the error; a header block HPACK cannot decode is a
         COMPRESSION_ERROR (RFC 9113 §4.3), which h2 reports as PROTOCOL_ERROR."""
-        if isinstance(exc.__cause__ or exc.__context__, hpack.exceptions.HPACKError):
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, hpack.exceptions.HPACKError) and not isinstance(
+            cause,
+            hpack.exceptions.OversizedHeaderListError,  # too large, not undecodable
+        ):
             self.h2.data_to_send()  # drop h2's GOAWAY for ours
             frame = GoAwayFrame(0)
             frame.last_stream_id = self.h2.highest_inbound_stream_id

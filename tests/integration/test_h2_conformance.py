@@ -259,3 +259,45 @@ async def test_a_valid_request_after_the_handshake_is_answered(client: RawClient
     got = await client.expect(lambda f: isinstance(f, HeadersFrame) and f.stream_id == 1)
     assert isinstance(got, HeadersFrame)
     assert dict(hpack.Decoder().decode(got.data))[":status"] == "200"
+
+
+# -- SETTINGS limits we advertise ----------------------------------------------------------
+async def test_header_list_over_the_advertised_limit(client: RawClient) -> None:
+    await client.handshake()
+    big = [*_request(), *((f"x-pad-{i}", "v" * 1000) for i in range(80))]  # ~80 KB > 64 KiB
+    headers = client.headers(1, big)
+    # one HEADERS frame above the 16 KiB frame size would be a FRAME_SIZE_ERROR: split it
+    block = headers.data
+    first = HeadersFrame(1, block[:16384])
+    first.flags.add("END_STREAM")
+    rest = [block[i : i + 16384] for i in range(16384, len(block), 16384)]
+    frames: list[Frame] = [first]
+    for i, piece in enumerate(rest):
+        cont = ContinuationFrame(1, piece)
+        if i == len(rest) - 1:
+            cont.flags.add("END_HEADERS")
+        frames.append(cont)
+    await client.send(*frames)
+    got = await client.expect(
+        lambda f: (
+            isinstance(f, GoAwayFrame | RstStreamFrame)
+            or (isinstance(f, HeadersFrame) and f.stream_id == 1)
+        )
+    )
+    # refused: a connection or stream error (h2 and hpack bound the decoded list), or 431
+    # h2 bounds the decoded list by the advertised SETTINGS_MAX_HEADER_LIST_SIZE and ends
+    # the connection with ENHANCE_YOUR_CALM (RFC 9113 §10.5.1 allows that or a 431)
+    assert isinstance(got, GoAwayFrame) and got.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+
+
+async def test_streams_over_max_concurrent_streams_are_refused(client: RawClient) -> None:
+    await client.handshake()
+    frames = [client.headers(2 * i + 1, _request("/delay/2000/x")) for i in range(257)]
+    await client.send(*frames)
+    got = await client.expect(
+        lambda f: (
+            isinstance(f, GoAwayFrame) or (isinstance(f, RstStreamFrame) and f.stream_id == 513)
+        )
+    )
+    assert got != CLOSED
+    assert got.error_code in (ErrorCodes.PROTOCOL_ERROR, ErrorCodes.REFUSED_STREAM)  # type: ignore[union-attr]
