@@ -1,1 +1,1 @@
-"""The Weft certificate authority (arrives with the identity work)."""
+"""The Weft certificate authority: roots, intermediates and workload SVIDs."""
