@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import trio
 
@@ -44,6 +46,63 @@ def _edge(args: argparse.Namespace) -> int:
         trio.run(server.run)
     except KeyboardInterrupt:
         return 130
+    return 0
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    if args.data_dir:
+        return Path(args.data_dir)
+    return Path(os.environ.get("WEFT_DATA_DIR") or Path.home() / ".weft")
+
+
+def _ca(args: argparse.Namespace) -> int:
+    import datetime
+    import json
+
+    from ca import keystore
+
+    now = datetime.datetime.now(datetime.UTC)
+    data_dir = _data_dir(args)
+    try:
+        if args.ca_command == "init":
+            ca = keystore.init(data_dir, args.trust_domain, now)
+        elif args.ca_command == "rotate":
+            ca = keystore.rotate(data_dir, now)
+        else:
+            ca = keystore.load(data_dir, now)
+    except keystore.KeystoreError as exc:
+        print(f"meshctl: {exc}", file=sys.stderr)
+        return 1
+    rows = [
+        {
+            "kind": "root" if r.retire_after is None else "root (retiring)",
+            "generation": r.generation,
+            "fingerprint": keystore.fingerprint(r.cert),
+            "expires": r.cert.not_valid_after_utc.isoformat(),
+            "leaves_bundle": r.retire_after.isoformat() if r.retire_after else None,
+        }
+        for r in ca.roots
+    ]
+    rows.append(
+        {
+            "kind": "intermediate",
+            "generation": ca.generation,
+            "fingerprint": keystore.fingerprint(ca.signer.cert),
+            "expires": ca.signer.cert.not_valid_after_utc.isoformat(),
+            "leaves_bundle": None,
+        }
+    )
+    if args.output == "json":
+        print(json.dumps({"trust_domain": ca.trust_domain, "certificates": rows}, indent=2))
+        return 0
+    if args.ca_command != "show":
+        print(f"CA for trust domain {ca.trust_domain} in {keystore.ca_dir(data_dir)}")
+        print(f"trust bundle (for --ca-file): {keystore.ca_dir(data_dir) / 'root.pem'}")
+    print(f"{'KIND':<16} {'GEN':>3}  {'EXPIRES':<25} {'LEAVES BUNDLE':<25} FINGERPRINT")
+    for r in rows:
+        leaves = r["leaves_bundle"] or "-"
+        kind, gen, expires, fp = r["kind"], r["generation"], r["expires"], r["fingerprint"]
+        print(f"{kind:<16} {gen:>3}  {expires:<25} {leaves:<25} {fp}")
     return 0
 
 
@@ -137,6 +196,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM, how long requests in flight may take before the process exits",
     )
     edge.set_defaults(func=_edge)
+
+    ca = sub.add_parser("ca", help="the mesh's certificate authority")
+    ca_sub = ca.add_subparsers(dest="ca_command", required=True, metavar="COMMAND")
+    for name, text in (
+        ("init", "create a root (10 y) and an intermediate (1 y), ECDSA P-256"),
+        ("show", "roots, intermediate, fingerprints and expiry"),
+        ("rotate", "new root and intermediate; the old root stays trusted until its leaves expire"),
+    ):
+        p = ca_sub.add_parser(name, help=text)
+        p.add_argument("--data-dir", help="default: $WEFT_DATA_DIR or ~/.weft")
+        p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+        if name == "init":
+            p.add_argument("--trust-domain", default="weft.local")
+        p.set_defaults(func=_ca)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_version)
