@@ -116,6 +116,17 @@ def load(data_dir: Path, now: datetime.datetime) -> CA:
     )
 
 
+def token_key(data_dir: Path) -> bytes:
+    """The key join tokens are signed with (made on first use, 0600 like the CA keys)."""
+    d = ca_dir(data_dir)
+    _state(d)  # tokens belong to an initialized CA
+    path = d / "token-key"
+    if not path.exists():
+        _write(path, secrets.token_bytes(32), 0o600)
+    _check_private(path)
+    return path.read_bytes()
+
+
 # -- files -----------------------------------------------------------------------------------
 def _new_generation(d: Path, state: dict[str, Any], now: datetime.datetime) -> None:
     gen = int(state["generation"]) + 1
@@ -177,7 +188,7 @@ def _read_cert(path: Path) -> x509.Certificate:
         raise KeystoreError(f"{path}: not a PEM certificate") from None
 
 
-def _read_key(path: Path) -> ec.EllipticCurvePrivateKey:
+def _check_private(path: Path) -> None:
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
     except OSError as exc:
@@ -187,6 +198,10 @@ def _read_key(path: Path) -> ec.EllipticCurvePrivateKey:
             f"{path} can be read by group or others (mode {mode:04o}); "
             f"a CA key must be private: chmod 600 {path}"
         )
+
+
+def _read_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    _check_private(path)
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (ValueError, TypeError):

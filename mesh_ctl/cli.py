@@ -8,10 +8,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
 from sidecar import __version__
+
+if TYPE_CHECKING:
+    import datetime
 from sidecar.errors import ConfigError
 
 
@@ -104,6 +108,44 @@ def _ca(args: argparse.Namespace) -> int:
         kind, gen, expires, fp = r["kind"], r["generation"], r["expires"], r["fingerprint"]
         print(f"{kind:<16} {gen:>3}  {expires:<25} {leaves:<25} {fp}")
     return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    import datetime
+
+    from ca import keystore, tokens
+    from ca.spiffe import InvalidSpiffeId, SpiffeId
+
+    now = datetime.datetime.now(datetime.UTC)
+    data_dir = _data_dir(args)
+    try:
+        ttl = _duration(args.ttl)
+        ca = keystore.load(data_dir, now)
+        identity = SpiffeId(ca.trust_domain, args.namespace, args.service)
+        token = tokens.create(keystore.token_key(data_dir), identity, now=now, ttl=ttl)
+    except (keystore.KeystoreError, InvalidSpiffeId, ValueError) as exc:
+        print(f"meshctl: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"join token for {identity.uri}, valid until {(now + ttl).isoformat(timespec='seconds')}:"
+    )
+    print(token)
+    return 0
+
+
+def _duration(text: str) -> datetime.timedelta:
+    """`90s`, `30m`, `1h`, `7d` (a bare number is seconds)."""
+    import datetime
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration like 90s, 30m, 1h") from None
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return datetime.timedelta(seconds=seconds)
 
 
 def _version(args: argparse.Namespace) -> int:
@@ -210,6 +252,15 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "init":
             p.add_argument("--trust-domain", default="weft.local")
         p.set_defaults(func=_ca)
+
+    token = sub.add_parser("token", help="join tokens for new sidecars")
+    token_sub = token.add_subparsers(dest="token_command", required=True, metavar="COMMAND")
+    create = token_sub.add_parser("create", help="a token for one service identity")
+    create.add_argument("service")
+    create.add_argument("--namespace", default="default")
+    create.add_argument("--ttl", default="1h", help="how long it is valid (default 1h)")
+    create.add_argument("--data-dir", help="default: $WEFT_DATA_DIR or ~/.weft")
+    create.set_defaults(func=_token)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_version)
