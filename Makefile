@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 APT_TEST_PKGS  := curl nginx-light openssl nghttp2-client
 APT_BENCH_PKGS := curl nginx-light wrk util-linux valgrind openssl nghttp2-client
 
-.PHONY: demo test lint typecheck pytest bench bench-instructions sysdeps sysdeps-bench clean
+.PHONY: demo test lint typecheck pytest bench bench-instructions sysdeps sysdeps-bench clean proto
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -60,3 +60,7 @@ bench-instructions: $(STAMP) sysdeps-bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .cache
+
+# Regenerate the gRPC API modules from mesh_ctl/api/*.proto (checked in; needs the test extras).
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. mesh_ctl/api/*.proto

@@ -181,6 +181,39 @@ def svid_identity(cert: x509.Certificate) -> SpiffeId:
     return SpiffeId.parse(uris[0])
 
 
+def verify_svid(
+    chain: list[x509.Certificate], roots: list[x509.Certificate], *, now: datetime.datetime
+) -> SpiffeId:
+    """The identity of an SVID chain (leaf first, then intermediates) that leads to one of
+    `roots` and is valid at `now`; SigningError saying what fails otherwise."""
+    if not chain:
+        raise SigningError("no certificate")
+    for cert in chain:
+        if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
+            raise SigningError(f"certificate {cert.subject.rfc4514_string()} is not valid now")
+    try:
+        identity = svid_identity(chain[0])
+    except ValueError as exc:
+        raise SigningError(str(exc)) from None
+    issuers = [*chain[1:], *roots]
+    current = chain[0]
+    for _ in range(len(issuers) + 1):
+        if current in roots:
+            return identity
+        parent = next((c for c in issuers if c.subject == current.issuer and c != current), None)
+        if parent is None:
+            break
+        try:
+            current.verify_directly_issued_by(parent)
+        except (ValueError, TypeError, InvalidSignature):
+            raise SigningError("the chain does not verify") from None
+        domains = _permitted_domains(parent)
+        if domains is not None and identity.trust_domain not in domains:
+            raise SigningError(f"{identity.uri} is outside its issuer's trust domain")
+        current = parent
+    raise SigningError("the chain does not lead to a trusted root")
+
+
 # -- checks ------------------------------------------------------------------------------
 def _load_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
     try:

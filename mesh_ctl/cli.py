@@ -110,6 +110,33 @@ def _ca(args: argparse.Namespace) -> int:
     return 0
 
 
+def _server(args: argparse.Namespace) -> int:
+    """The control plane (today: its identity service); runs until SIGTERM or Ctrl-C."""
+    import signal
+    import threading
+
+    from ca import keystore
+    from ca.service import IdentityServer
+
+    data_dir = _data_dir(args)
+    try:
+        server = IdentityServer(data_dir, args.listen)
+    except keystore.KeystoreError as exc:
+        print(f"meshctl: {exc}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server.start()
+    host = args.listen.rpartition(":")[0]
+    logging.getLogger("weft.server").info(
+        "identity service on %s:%d (CA in %s)", host, server.port, keystore.ca_dir(data_dir)
+    )
+    stop.wait()
+    server.stop()
+    return 0
+
+
 def _token(args: argparse.Namespace) -> int:
     import datetime
 
@@ -252,6 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "init":
             p.add_argument("--trust-domain", default="weft.local")
         p.set_defaults(func=_ca)
+
+    server = sub.add_parser("server", help="run the control plane")
+    server.add_argument("--data-dir", help="default: $WEFT_DATA_DIR or ~/.weft")
+    server.add_argument("--listen", default="127.0.0.1:15010", help="gRPC API address")
+    server.set_defaults(func=_server)
 
     token = sub.add_parser("token", help="join tokens for new sidecars")
     token_sub = token.add_subparsers(dest="token_command", required=True, metavar="COMMAND")

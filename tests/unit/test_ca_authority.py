@@ -163,3 +163,20 @@ def test_spiffe_ids() -> None:
     ):
         with pytest.raises(InvalidSpiffeId):
             SpiffeId.parse(bad)
+
+
+def test_verify_svid_follows_the_chain_to_a_trusted_root(chain: tuple[Issuer, Issuer]) -> None:
+    from ca.authority import verify_svid
+
+    root, inter = chain
+    leaf = sign_leaf(_csr(), inter, ORDERS, now=NOW, serial=9)
+    assert verify_svid([leaf, inter.cert], [root.cert], now=NOW) == ORDERS
+    with pytest.raises(SigningError, match="not valid now"):
+        verify_svid([leaf, inter.cert], [root.cert], now=NOW + datetime.timedelta(days=2))
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    impostor = make_root(other_key, "weft.local", now=NOW, serial=7)  # same name, other key
+    with pytest.raises(SigningError, match="does not verify"):
+        verify_svid([leaf, inter.cert], [impostor], now=NOW)
+    unrelated = make_root(other_key, "weft.local", now=NOW, serial=8, generation=2)
+    with pytest.raises(SigningError, match="does not lead to a trusted root"):
+        verify_svid([leaf, inter.cert], [unrelated], now=NOW)
