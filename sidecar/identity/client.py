@@ -10,11 +10,9 @@ verified against it.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import socket
 import ssl
-from dataclasses import dataclass, field
 
 import grpc
 from cryptography import x509
@@ -26,28 +24,13 @@ from ca.authority import svid_identity
 from ca.service import CONTROL_PLANE_HOST
 from ca.spiffe import SpiffeId
 from mesh_ctl.api import identity_pb2, identity_pb2_grpc
+from sidecar.identity.svid import Svid
 
 PEM = serialization.Encoding.PEM
 
 
 class IdentityError(Exception):
     """The control plane refused, or could not be reached or trusted; the message says why."""
-
-
-@dataclass(frozen=True, slots=True)
-class Svid:
-    identity: SpiffeId
-    key_pem: bytes = field(repr=False)
-    cert_pem: bytes  # the leaf
-    chain_pem: bytes  # intermediates
-    bundle_pem: bytes  # roots peers are verified against
-    not_before: datetime.datetime
-    not_after: datetime.datetime
-
-    def renew_at(self, jitter: float) -> datetime.datetime:
-        """Two thirds into the lifetime, moved by `jitter` (a fraction, e.g. ±0.05)."""
-        life = self.not_after - self.not_before
-        return self.not_before + life * (2 / 3 + jitter)
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:

@@ -153,18 +153,18 @@ def server_context(pair: CertificatePair, alpn: Sequence[str] = ALPN_HTTP) -> ss
     ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.set_alpn_protocols(list(alpn))
     try:
-        _load_chain(ctx, pair)
+        load_chain(ctx, pair.cert_pem, pair.key_pem)
     except ssl.SSLError as exc:
         raise ConfigError(f"OpenSSL refused the pair: {_reason(exc)}", source=pair.name) from None
     return ctx
 
 
-def _load_chain(ctx: ssl.SSLContext, pair: CertificatePair) -> None:
+def load_chain(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
     """load_cert_chain reads files: hand it in-memory ones where the OS has them."""
     if hasattr(os, "memfd_create"):
         fds = [os.memfd_create("weft-tls", os.MFD_CLOEXEC) for _ in range(2)]
         try:
-            for fd, pem in zip(fds, (pair.cert_pem, pair.key_pem), strict=True):
+            for fd, pem in zip(fds, (cert_pem, key_pem), strict=True):
                 os.write(fd, pem)
             ctx.load_cert_chain(f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}")
         finally:
@@ -173,7 +173,7 @@ def _load_chain(ctx: ssl.SSLContext, pair: CertificatePair) -> None:
         return
     with tempfile.TemporaryDirectory(prefix="weft-tls-") as d:  # mode 0700
         paths = [os.path.join(d, n) for n in ("cert.pem", "key.pem")]
-        for path, pem in zip(paths, (pair.cert_pem, pair.key_pem), strict=True):
+        for path, pem in zip(paths, (cert_pem, key_pem), strict=True):
             with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
                 f.write(pem)
         ctx.load_cert_chain(*paths)
