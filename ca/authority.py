@@ -69,7 +69,7 @@ def make_root(
         .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(now + ROOT_TTL)
         .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
-        .add_extension(_ca_usage(), critical=True)
+        .add_extension(_key_usage(ca=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -96,7 +96,7 @@ def make_intermediate(
         .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_ca_usage(), critical=True)
+        .add_extension(_key_usage(ca=True), critical=True)
         .add_extension(
             x509.NameConstraints(
                 permitted_subtrees=[x509.UniformResourceIdentifier(trust_domain)],
@@ -140,17 +140,7 @@ def sign_leaf(
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=isinstance(pub, rsa.RSAPublicKey),
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            _key_usage(ca=False, key_encipherment=isinstance(pub, rsa.RSAPublicKey)),
             critical=True,
         )
         .add_extension(
@@ -270,15 +260,15 @@ def _permitted_domains(cert: x509.Certificate) -> list[str] | None:
     ]
 
 
-def _ca_usage() -> x509.KeyUsage:
+def _key_usage(*, ca: bool, key_encipherment: bool = False) -> x509.KeyUsage:
     return x509.KeyUsage(
         digital_signature=True,
         content_commitment=False,
-        key_encipherment=False,
+        key_encipherment=key_encipherment,
         data_encipherment=False,
         key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=True,
+        key_cert_sign=ca,
+        crl_sign=ca,
         encipher_only=False,
         decipher_only=False,
     )
