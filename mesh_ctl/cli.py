@@ -137,6 +137,32 @@ def _server(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sidecar(args: argparse.Namespace) -> int:
+    from sidecar.identity.client import IdentityError
+    from sidecar.modes.sidecar import SidecarOptions, SidecarServer
+
+    token = args.token or os.environ.get("WEFT_TOKEN", "")
+    if not token:
+        print("meshctl: a join token is needed (--token or WEFT_TOKEN)", file=sys.stderr)
+        return 2
+    opts = SidecarOptions(
+        service=args.service, namespace=args.namespace, version=args.version,
+        app_port=args.app_port, control_plane=args.control_plane, token=token,
+        ca_file=args.ca_file, ca_fingerprint=args.ca_fingerprint,
+        inbound_address=args.inbound_address, inbound_port=args.inbound_port,
+        admin_port=args.admin_port,
+    )  # fmt: skip
+    sink = None if args.access_log == "off" else sys.stdout
+    try:
+        trio.run(SidecarServer(opts, access_log=sink).run)
+    except IdentityError as exc:
+        print(f"meshctl: cannot get an identity: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 def _token(args: argparse.Namespace) -> int:
     import datetime
 
@@ -279,6 +305,23 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "init":
             p.add_argument("--trust-domain", default="weft.local")
         p.set_defaults(func=_ca)
+
+    sc = sub.add_parser("sidecar", help="run a sidecar beside one service instance")
+    sc.add_argument("--log-level", choices=levels, default=argparse.SUPPRESS)
+    sc.add_argument("--service", required=True)
+    sc.add_argument("--namespace", default="default")
+    sc.add_argument("--version", default="")
+    sc.add_argument("--app-port", type=int, required=True, help="the local app's port")
+    sc.add_argument("--control-plane", default="127.0.0.1:15010", metavar="HOST:PORT")
+    sc.add_argument("--token", help="join token (or WEFT_TOKEN); `meshctl token create`")
+    trust = sc.add_mutually_exclusive_group(required=True)
+    trust.add_argument("--ca-file", help="the mesh's root bundle (PEM)")
+    trust.add_argument("--ca-fingerprint", metavar="sha256:HEX", help="pin the root instead")
+    sc.add_argument("--inbound-address", default="0.0.0.0")
+    sc.add_argument("--inbound-port", type=int, default=15006)
+    sc.add_argument("--admin-port", type=int, default=15000)
+    sc.add_argument("--access-log", default="-", choices=("-", "off"))
+    sc.set_defaults(func=_sidecar)
 
     server = sub.add_parser("server", help="run the control plane")
     server.add_argument("--data-dir", help="default: $WEFT_DATA_DIR or ~/.weft")

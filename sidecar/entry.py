@@ -138,7 +138,7 @@ async def _serve_https(ctx: ProxyContext, listener: ListenerKey, conn: Conn) -> 
         if first is None or first[0] != TLS_HANDSHAKE_RECORD:
             # A plain HTTP request on an HTTPS port gets a readable answer (as nginx gives).
             plain = first is not None and first.isalpha()
-            _failed(ctx, "plaintext_http" if plain else "not_tls")
+            handshake_failed(ctx, "plaintext_http" if plain else "not_tls")
             if plain:
                 await _reply_and_close(conn, _PLAINTEXT_REPLY)
             conn.close()
@@ -150,7 +150,7 @@ async def _serve_https(ctx: ProxyContext, listener: ListenerKey, conn: Conn) -> 
         except TlsHandshakeError as exc:
             reason = str(exc)
     if tconn is None or reason:
-        _failed(ctx, reason)
+        handshake_failed(ctx, reason)
         (tconn or conn).close()
         return
     if tconn.alpn == "h2":
@@ -176,7 +176,7 @@ async def _first_bytes(conn: Conn, timeout_s: float) -> bytes | None:
     return None
 
 
-def _failed(ctx: ProxyContext, reason: str) -> None:
+def handshake_failed(ctx: ProxyContext, reason: str) -> None:
     ctx.metrics.inc("weft_tls_handshake_errors_total", (("reason", _label(reason)),))
 
 

@@ -1,0 +1,244 @@
+"""Sidecar mode: the workload's identity, and its inbound mTLS listener in front of the app.
+
+Theory of operation. On start the sidecar makes a key, trades a CSR and its join token for an
+SVID at the control plane (`Identity.Sign`, in a worker thread: grpcio blocks), and only then
+opens its listeners and reports ready. It renews at about two thirds of the SVID's life (with
+jitter, so a fleet does not renew at once) by proving the current SVID; each renewal builds new
+TLS contexts, which new connections use while open ones keep theirs. A failed renewal is
+retried with backoff while the current SVID is still valid.
+
+Inbound (15006) accepts only mutual TLS 1.3 from workloads of the trust domain, then serves
+HTTP/1.1 or HTTP/2 (by ALPN) to the local app on `--app-port` through the same request
+handler as the edge, with `direction="inbound"` in metrics.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import logging
+import random
+import ssl
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import trio
+
+from ca.spiffe import SpiffeId
+from sidecar.admin import AdminState, serve_admin
+from sidecar.config.compile import compile_snapshot
+from sidecar.config.model import ListenerKey, Snapshot
+from sidecar.config.parse import Document, load_documents
+from sidecar.config.store import SnapshotStore
+from sidecar.entry import handshake_failed
+from sidecar.http.proxy import ProxyContext, serve_http1
+from sidecar.identity.svid import Svid
+from sidecar.observe.accesslog import AccessLog
+from sidecar.observe.metrics import Metrics
+from sidecar.transport import mtls
+from sidecar.transport.idle import IdleTracker, run_sweeper
+from sidecar.transport.io import Conn
+from sidecar.transport.listen import accept_loop, open_listener
+from sidecar.transport.tls import TlsHandshakeError
+
+log = logging.getLogger("weft.sidecar")
+
+RENEW_JITTER = 0.05  # ± of the lifetime around the 2/3 mark
+RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+@dataclass(kw_only=True)
+class SidecarOptions:
+    service: str
+    namespace: str = "default"
+    version: str = ""
+    app_port: int
+    control_plane: str
+    token: str
+    ca_file: str | None = None
+    ca_fingerprint: str | None = None
+    inbound_address: str = "0.0.0.0"
+    inbound_port: int = 15006
+    admin_address: str = "127.0.0.1"
+    admin_port: int = 15000
+
+
+def inbound_snapshot(opts: SidecarOptions, listener: ListenerKey) -> Snapshot:
+    """Inbound routing: every request to the local app (compiled like any configuration)."""
+    ns, app = opts.namespace, opts.service
+    docs: list[dict[str, Any]] = [
+        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+         "metadata": {"name": "inbound", "namespace": ns},
+         "spec": {"addresses": [{"type": "IPAddress", "value": listener.address}],
+                  "listeners": [{"name": "inbound", "port": listener.port, "protocol": "HTTP"}]}},
+        {"apiVersion": "weft.dev/v1alpha1", "kind": "Service",
+         "metadata": {"name": app, "namespace": ns},
+         "spec": {"ports": [{"port": opts.app_port}],
+                  "endpoints": [{"address": "127.0.0.1", "port": opts.app_port,
+                                 "version": opts.version}]}},
+        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+         "metadata": {"name": "inbound", "namespace": ns},
+         "spec": {"parentRefs": [{"name": "inbound"}],
+                  "rules": [{"backendRefs": [{"name": app, "port": opts.app_port}]}]}},
+    ]  # fmt: skip
+    resources = load_documents(Document(d, f"inbound {i}") for i, d in enumerate(docs))
+    return compile_snapshot(resources, version=1)
+
+
+class Identity:
+    """The SVID in force and the TLS contexts made from it."""
+
+    def __init__(self, svid: Svid) -> None:
+        self.svid = svid
+        self.server_ctx: ssl.SSLContext = mtls.server_context(svid)
+        self.client_ctx: ssl.SSLContext = mtls.client_context(svid)
+
+
+class SidecarServer:
+    def __init__(self, opts: SidecarOptions, *, access_log: TextIO | None = None) -> None:
+        self.opts = opts
+        self.metrics = Metrics()
+        self.access_log = AccessLog(access_log)
+        self.identity: Identity | None = None
+        self.trust_pem = b""
+        self.inbound_port = 0
+        self.admin_port = 0
+        self.draining = False
+        self.spiffe_id: SpiffeId | None = None
+        self._ctx: ProxyContext | None = None
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[SidecarServer] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        from sidecar.identity import client  # grpcio: loaded by sidecars only
+
+        opts = self.opts
+        if opts.ca_file:
+            self.trust_pem = await trio.Path(opts.ca_file).read_bytes()
+        elif opts.ca_fingerprint:
+            self.trust_pem = await trio.to_thread.run_sync(
+                client.trust_from_fingerprint, opts.control_plane, opts.ca_fingerprint
+            )
+        else:
+            raise client.IdentityError(
+                "give --ca-file or --ca-fingerprint to trust the control plane"
+            )
+        domain = _trust_domain(self.trust_pem)
+        self.spiffe_id = SpiffeId(domain, opts.namespace, opts.service)
+        svid = await trio.to_thread.run_sync(
+            functools.partial(
+                client.request_svid, opts.control_plane, self.spiffe_id,
+                trust_pem=self.trust_pem, token=opts.token,
+            )
+        )  # fmt: skip
+        self._install(svid)
+        inbound = open_listener(opts.inbound_address, opts.inbound_port)
+        admin = open_listener(opts.admin_address, opts.admin_port)
+        self.inbound_port = inbound.getsockname()[1]
+        self.admin_port = admin.getsockname()[1]
+        key = ListenerKey(address=opts.inbound_address, port=self.inbound_port)
+        snap = inbound_snapshot(opts, key)
+        async with trio.open_nursery() as nursery:
+            idle = IdleTracker(idle_timeout_s=300.0, header_timeout_s=30.0)
+            from sidecar.upstream.cluster import ClusterManager
+
+            self._ctx = ctx = ProxyContext(
+                store=SnapshotStore(snap),
+                clusters=ClusterManager(),
+                metrics=self.metrics,
+                access_log=self.access_log,
+                background=nursery,
+                idle=idle,
+                service=opts.service,
+                direction="inbound",
+            )
+            ctx.clusters.sync(snap.clusters, 0.0)
+            nursery.start_soon(run_sweeper, idle)
+            nursery.start_soon(self.access_log.run)
+            nursery.start_soon(accept_loop, inbound, functools.partial(self._inbound, key), nursery)
+            state = AdminState(
+                snapshot=lambda: ctx.store.current,
+                metrics=self.metrics,
+                drain=self.drain,
+                ready=lambda: self.identity is not None and not self.draining,
+            )
+            nursery.start_soon(accept_loop, admin, functools.partial(serve_admin, state), nursery)
+            nursery.start_soon(self._renew)
+            log.info("%s ready: inbound mTLS on port %d", self.spiffe_id, self.inbound_port)
+            task_status.started(self)
+
+    def drain(self) -> None:
+        self.draining = True
+        if self._ctx is not None:
+            self._ctx.draining.set()
+            self._ctx.idle.close_idle()
+
+    def _install(self, svid: Svid) -> None:
+        self.identity = Identity(svid)
+        self._expiry_gauge()
+        log.info("SVID %s valid until %s", svid.identity, svid.not_after.isoformat())
+
+    def _expiry_gauge(self) -> None:
+        if self.identity is not None:
+            left = self.identity.svid.not_after - datetime.datetime.now(datetime.UTC)
+            self.metrics.gauges["weft_cert_expiry_seconds"] = max(0.0, left.total_seconds())
+
+    async def _renew(self) -> None:
+        from sidecar.identity import client
+
+        failures = 0
+        while True:
+            assert self.identity is not None and self.spiffe_id is not None
+            current = self.identity.svid
+            at = current.renew_at(random.uniform(-RENEW_JITTER, RENEW_JITTER))
+            while (wait := (at - datetime.datetime.now(datetime.UTC)).total_seconds()) > 0:
+                await trio.sleep(min(wait, 10.0))
+                self._expiry_gauge()
+            try:
+                svid = await trio.to_thread.run_sync(
+                    functools.partial(
+                        client.request_svid, self.opts.control_plane, self.spiffe_id,
+                        trust_pem=current.bundle_pem, current=current,
+                    )
+                )  # fmt: skip
+            except client.IdentityError as exc:
+                delay = RETRY_S[min(failures, len(RETRY_S) - 1)]
+                failures += 1
+                self.metrics.inc("weft_cert_renewal_failures_total")
+                log.warning("SVID renewal failed (%s); retrying in %gs", exc, delay)
+                await trio.sleep(delay)
+                continue
+            failures = 0
+            self._install(svid)
+
+    async def _inbound(self, key: ListenerKey, conn: Conn) -> None:
+        assert self.identity is not None and self._ctx is not None
+        ctx = self._ctx
+        tconn = mtls.accept(self.identity.server_ctx, conn)
+        reason = "timeout"
+        with trio.move_on_after(ctx.store.current.limits.tls_handshake_timeout_s):
+            try:
+                await tconn.handshake()
+                reason = ""
+            except TlsHandshakeError as exc:
+                reason = str(exc)
+        peer = mtls.peer_identity(tconn) if not reason else None
+        if peer is None:
+            handshake_failed(ctx, reason or "no_spiffe_id")
+            tconn.close()
+            return
+        if tconn.alpn == "h2":
+            from sidecar.http.h2server import serve_http2
+
+            await serve_http2(ctx, key, tconn, scheme="https")
+        else:
+            await serve_http1(ctx, key, tconn, scheme="https")
+
+
+def _trust_domain(bundle_pem: bytes) -> str:
+    """The trust domain the CA serves (the OU of its root)."""
+    from cryptography import x509
+
+    root = x509.load_pem_x509_certificates(bundle_pem)[0]
+    ou = root.subject.get_attributes_for_oid(x509.oid.NameOID.ORGANIZATIONAL_UNIT_NAME)
+    return str(ou[0].value) if ou else "weft.local"
