@@ -34,7 +34,7 @@ from sidecar.protocol.wire import (
     serialize_head,
     strip_hop_by_hop,
 )
-from sidecar.transport.io import Conn, ConnectionLost, connect_within
+from sidecar.transport.io import Conn, ConnectionLost
 from sidecar.upstream.cluster import EndpointPool
 
 Headers = list[tuple[bytes, bytes]]
@@ -93,7 +93,7 @@ async def exchange(
     reused = conn is not None
     while True:
         if conn is None:
-            conn = await connect_within(address, port, connect_timeout_s)
+            conn = await pool.connect(address, port, connect_timeout_s)
         written = False
         try:
             sent = conn.send_now(request)

@@ -40,7 +40,7 @@ from sidecar.protocol.http1 import End, RequestHead, RequestParser
 from sidecar.protocol.wire import chunk, last_chunk, simple_response
 from sidecar.tcp.relay import Counts, relay
 from sidecar.transport.idle import IdleTracker, Tracked
-from sidecar.transport.io import Conn, ConnectionLost, connect_tcp
+from sidecar.transport.io import Conn, ConnectionLost
 from sidecar.upstream.cluster import ClusterManager
 
 if TYPE_CHECKING:  # HTTP/2 and TLS load on first use: a plain gateway stays small
@@ -298,7 +298,9 @@ class RequestHandler:
                 buffered = bytearray()
                 outcome.bytes_in, body_done = ds.take_buffered_body(buffered, False)
                 pools = cluster.h2pools
-                h2pool = pools.get(endpoint.key) or pools.setdefault(endpoint.key, H2Pool())
+                h2pool = pools.get(endpoint.key) or pools.setdefault(
+                    endpoint.key, H2Pool(cluster.connect)
+                )
                 fields = h2_request_headers(
                     head, target, authority, action, backend, match, self.peer, rid, self.scheme
                 )
@@ -515,7 +517,9 @@ async def _send_mirror(ctx: ProxyContext, cluster_name: str, request: bytes) -> 
         return
     with trio.move_on_after(cluster.spec.connect_timeout_s + 10.0):
         try:
-            conn = await connect_tcp(stats.endpoint.address, stats.endpoint.port)
+            conn = await cluster.connect(
+                stats.endpoint.address, stats.endpoint.port, cluster.spec.connect_timeout_s
+            )
         except (OSError, UpstreamError):
             ctx.metrics.inc("weft_mirror_errors_total", (("cluster", cluster_name),))
             return

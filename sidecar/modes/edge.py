@@ -31,7 +31,7 @@ from sidecar.observe.accesslog import AccessLog
 from sidecar.observe.metrics import Metrics
 from sidecar.transport.idle import IdleTracker, run_sweeper
 from sidecar.transport.listen import accept_loop, open_listener
-from sidecar.upstream.cluster import ClusterManager
+from sidecar.upstream.cluster import ClusterManager, ConnectorFactory, plain
 
 if TYPE_CHECKING:
     from sidecar.http.terminate import ServerTls
@@ -48,14 +48,22 @@ class EdgeServer:
         *,
         gateway_class: str = "weft",
         admin_address: str = "127.0.0.1",
-        admin_port: int = 15000,
+        admin_port: int | None = 15000,
         access_log: TextIO | None = None,
         bind: BindHook | None = None,
         watch_interval_s: float = 1.0,
         limits: Limits | None = None,
         drain_timeout_s: float = 15.0,
+        metrics: Metrics | None = None,
+        connector: ConnectorFactory = plain,
+        direction: str = "edge",
+        service: str = "edge",
     ) -> None:
+        """`admin_port=None` runs no admin listener (a sidecar's outbound side, whose
+        sidecar has one); `connector` says how upstreams are reached (mTLS in sidecars)."""
         self.drain_timeout_s = drain_timeout_s
+        self.direction = direction
+        self.service = service
         self.limits = limits or Limits()
         self.paths = list(paths)
         self.gateway_class = gateway_class
@@ -63,9 +71,9 @@ class EdgeServer:
         self.admin_port = admin_port
         self.bind: BindHook = bind or (lambda key: (key.address, key.port))
         self.watch_interval_s = watch_interval_s
-        self.metrics = Metrics()
+        self.metrics = metrics or Metrics()
         self.access_log = AccessLog(access_log)
-        self.clusters = ClusterManager()
+        self.clusters = ClusterManager(connector=connector)
         self.store: SnapshotStore | None = None
         self.idle = IdleTracker(idle_timeout_s=300.0, header_timeout_s=30.0)
         self.listeners: dict[ListenerKey, tuple[trio.CancelScope, int]] = {}
@@ -95,7 +103,7 @@ class EdgeServer:
         # any task runs.
         tls = _terminations(snap)
         opened = self._bind(snap)
-        admin = self._bind_admin()
+        admin = self._bind_admin(self.admin_port) if self.admin_port is not None else None
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self.store = SnapshotStore(snap)
@@ -111,10 +119,13 @@ class EdgeServer:
                 background=nursery,
                 idle=self.idle,
                 tls=tls,
+                direction=self.direction,
+                service=self.service,
             )
             self.clusters.sync(snap.clusters, time.perf_counter())
             self._serve(opened)
-            self._serve_admin(nursery, admin)
+            if admin is not None:
+                self._serve_admin(nursery, admin)
             self._publish(snap)
             nursery.start_soon(self.access_log.run)
             nursery.start_soon(run_sweeper, self.idle)
@@ -227,12 +238,12 @@ class EdgeServer:
             self._nursery.start_soon(_scoped, scope, accept_loop, sock, handler, self._nursery)
             log.info("listening on %s:%d", sock.getsockname()[0], bound)
 
-    def _bind_admin(self) -> socket.socket:
+    def _bind_admin(self, port: int) -> socket.socket:
         try:
-            sock = open_listener(self.admin_address, self.admin_port)
+            sock = open_listener(self.admin_address, port)
         except OSError as exc:
             raise ConfigError(
-                f"cannot listen on {self.admin_address}:{self.admin_port}: {exc.strerror}",
+                f"cannot listen on {self.admin_address}:{port}: {exc.strerror}",
                 source="admin",
             ) from None
         self.admin_bound_port = sock.getsockname()[1]

@@ -20,14 +20,14 @@ import logging
 import random
 import ssl
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import trio
 
 from ca.spiffe import SpiffeId
 from sidecar.admin import AdminState, serve_admin
 from sidecar.config.compile import compile_snapshot
-from sidecar.config.model import ListenerKey, Snapshot
+from sidecar.config.model import ClusterSpec, ListenerKey, Snapshot
 from sidecar.config.parse import Document, load_documents
 from sidecar.config.store import SnapshotStore
 from sidecar.entry import handshake_failed
@@ -40,6 +40,10 @@ from sidecar.transport.idle import IdleTracker, run_sweeper
 from sidecar.transport.io import Conn
 from sidecar.transport.listen import accept_loop, open_listener
 from sidecar.transport.tls import TlsHandshakeError
+from sidecar.upstream.cluster import ClusterManager, Connector
+
+if TYPE_CHECKING:
+    from sidecar.modes.edge import EdgeServer
 
 log = logging.getLogger("weft.sidecar")
 
@@ -61,6 +65,7 @@ class SidecarOptions:
     inbound_port: int = 15006
     admin_address: str = "127.0.0.1"
     admin_port: int = 15000
+    files: tuple[str, ...] = ()  # outbound routes and peers, as `meshctl edge` reads them
 
 
 def inbound_snapshot(opts: SidecarOptions, listener: ListenerKey) -> Snapshot:
@@ -86,12 +91,14 @@ def inbound_snapshot(opts: SidecarOptions, listener: ListenerKey) -> Snapshot:
 
 
 class Identity:
-    """The SVID in force and the TLS contexts made from it."""
+    """The SVID in force and the TLS contexts made from it (clients offer one ALPN protocol,
+    the one the upstream cluster speaks)."""
 
     def __init__(self, svid: Svid) -> None:
         self.svid = svid
         self.server_ctx: ssl.SSLContext = mtls.server_context(svid)
-        self.client_ctx: ssl.SSLContext = mtls.client_context(svid)
+        self.client_h1: ssl.SSLContext = mtls.client_context(svid, alpn=["http/1.1"])
+        self.client_h2: ssl.SSLContext = mtls.client_context(svid, alpn=["h2"])
 
 
 class SidecarServer:
@@ -99,6 +106,8 @@ class SidecarServer:
         self.opts = opts
         self.metrics = Metrics()
         self.access_log = AccessLog(access_log)
+        self.access_log_sink = access_log
+        self.outbound: EdgeServer | None = None
         self.identity: Identity | None = None
         self.trust_pem = b""
         self.inbound_port = 0
@@ -140,8 +149,6 @@ class SidecarServer:
         snap = inbound_snapshot(opts, key)
         async with trio.open_nursery() as nursery:
             idle = IdleTracker(idle_timeout_s=300.0, header_timeout_s=30.0)
-            from sidecar.upstream.cluster import ClusterManager
-
             self._ctx = ctx = ProxyContext(
                 store=SnapshotStore(snap),
                 clusters=ClusterManager(),
@@ -164,6 +171,15 @@ class SidecarServer:
             )
             nursery.start_soon(accept_loop, admin, functools.partial(serve_admin, state), nursery)
             nursery.start_soon(self._renew)
+            if opts.files:
+                from sidecar.modes.edge import EdgeServer
+
+                self.outbound = EdgeServer(
+                    opts.files, admin_port=None, metrics=self.metrics, connector=self._connector,
+                    direction="outbound", service=opts.service,
+                    access_log=self.access_log_sink,
+                )  # fmt: skip
+                await nursery.start(self.outbound.run)
             log.info("%s ready: inbound mTLS on port %d", self.spiffe_id, self.inbound_port)
             task_status.started(self)
 
@@ -172,6 +188,21 @@ class SidecarServer:
         if self._ctx is not None:
             self._ctx.draining.set()
             self._ctx.idle.close_idle()
+        if self.outbound is not None:
+            self.outbound.drain()
+
+    def _connector(self, spec: ClusterSpec) -> Connector:
+        """Upstreams are peer sidecars: mTLS, and the peer must be the cluster's service."""
+        assert self.spiffe_id is not None
+        expected = SpiffeId(self.spiffe_id.trust_domain, spec.namespace, spec.service)
+        h2 = spec.protocol in ("HTTP2", "GRPC")
+
+        async def connect(address: str, port: int, timeout_s: float) -> Conn:
+            assert self.identity is not None
+            ctx = self.identity.client_h2 if h2 else self.identity.client_h1
+            return await mtls.connect(ctx, address, port, expected, timeout_s)
+
+        return connect
 
     def _install(self, svid: Svid) -> None:
         self.identity = Identity(svid)

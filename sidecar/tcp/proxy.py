@@ -19,7 +19,7 @@ from sidecar.http.proxy import ProxyContext
 from sidecar.http.request import pick_backend
 from sidecar.tcp.relay import Counts, relay
 from sidecar.transport.idle import Tracked
-from sidecar.transport.io import Conn, connect_within
+from sidecar.transport.io import Conn
 
 
 async def serve_tcp(
@@ -40,7 +40,7 @@ async def serve_tcp(
         peer = cluster.spec.name
         endpoint = stats.endpoint
         try:
-            upstream = await connect_within(
+            upstream = await cluster.connect(
                 endpoint.address, endpoint.port, cluster.spec.connect_timeout_s
             )
         except UpstreamConnectError:

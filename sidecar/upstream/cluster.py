@@ -10,11 +10,11 @@ reload for endpoints that stay, and are dropped for endpoints that leave.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 from sidecar.config.model import ClusterSpec
-from sidecar.transport.io import Conn
+from sidecar.transport.io import Conn, connect_within
 from sidecar.upstream.balance import Balancer, EndpointStats, make_balancer
 
 if TYPE_CHECKING:
@@ -25,13 +25,24 @@ MAX_IDLE_PER_ENDPOINT = 256
 STALE_CHECK_AFTER_S = 0.5
 
 
+# Opens a connection to (address, port) within a timeout: plain TCP, or mTLS in sidecars.
+Connector = Callable[[str, int, float], Awaitable[Conn]]
+ConnectorFactory = Callable[[ClusterSpec], Connector]
+
+
+def plain(spec: ClusterSpec) -> Connector:
+    return connect_within
+
+
 class EndpointPool:
-    """Idle keep-alive connections to one endpoint, most recently used first out."""
+    """Idle keep-alive connections to one endpoint, most recently used first out; `connect`
+    opens new ones the way the cluster's upstreams are reached."""
 
-    __slots__ = ("idle",)
+    __slots__ = ("connect", "idle")
 
-    def __init__(self) -> None:
+    def __init__(self, connect: Connector = connect_within) -> None:
         self.idle: list[tuple[Conn, float]] = []
+        self.connect = connect
 
     def take(self, now: float, idle_timeout_s: float) -> Conn | None:
         idle = self.idle
@@ -57,13 +68,14 @@ class EndpointPool:
 
 
 class Cluster:
-    __slots__ = ("balancer", "h2pools", "pools", "spec", "stats")
+    __slots__ = ("balancer", "connect", "h2pools", "pools", "spec", "stats")
 
-    def __init__(self, spec: ClusterSpec, now: float) -> None:
+    def __init__(self, spec: ClusterSpec, now: float, connect: Connector = connect_within) -> None:
         self.spec = spec
+        self.connect = connect
         self.balancer: Balancer = make_balancer(spec.lb_policy)
         self.stats: list[EndpointStats] = [EndpointStats(e, now) for e in spec.endpoints]
-        self.pools: dict[str, EndpointPool] = {e.key: EndpointPool() for e in spec.endpoints}
+        self.pools = {e.key: EndpointPool(connect) for e in spec.endpoints}
         self.h2pools: dict[str, H2Pool] = {}  # HTTP/2 clusters, made on first use
 
     def pick(self, rng: random.Random, now: float) -> EndpointStats | None:
@@ -88,7 +100,7 @@ class Cluster:
                 h2pool.close()
                 del self.h2pools[key]
         for e in spec.endpoints:
-            self.pools.setdefault(e.key, EndpointPool())
+            self.pools.setdefault(e.key, EndpointPool(self.connect))
         self.spec = spec
 
     def close(self) -> None:
@@ -105,7 +117,8 @@ class ClusterManager:
     draining on an older snapshot can reach it for `retire_after_s`.
     """
 
-    def __init__(self, retire_after_s: float = 300.0) -> None:
+    def __init__(self, retire_after_s: float = 300.0, connector: ConnectorFactory = plain) -> None:
+        self.connector = connector  # how each cluster's upstreams are reached
         self.clusters: dict[str, Cluster] = {}
         self.retired: dict[str, tuple[Cluster, float]] = {}
         self.retire_after_s = retire_after_s
@@ -130,7 +143,7 @@ class ClusterManager:
         for name, spec in specs.items():
             cluster = self.clusters.get(name)
             if cluster is None:
-                self.clusters[name] = Cluster(spec, now)
+                self.clusters[name] = Cluster(spec, now, self.connector(spec))
             elif cluster.spec != spec:
                 cluster.update(spec, now)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
+from typing import TYPE_CHECKING
 
 import h2.config
 import h2.connection
@@ -29,6 +30,9 @@ from h2.errors import ErrorCodes
 from sidecar.errors import UpstreamClosed, UpstreamConnectError
 from sidecar.transport.h2pump import FlowStream, H2Pump
 from sidecar.transport.io import Conn, ConnectionLost, connect_within
+
+if TYPE_CHECKING:
+    from sidecar.upstream.cluster import Connector
 
 Headers = list[tuple[bytes, bytes]]
 STREAM_WINDOW = 1024 * 1024
@@ -262,7 +266,8 @@ def _code_name(code: int) -> str:
 class H2Pool:
     """HTTP/2 connections to one endpoint."""
 
-    def __init__(self) -> None:
+    def __init__(self, connect: Connector = connect_within) -> None:
+        self.connect = connect
         self.connections: list[H2ClientConnection] = []
         self._connecting: trio.Event | None = None
 
@@ -281,7 +286,7 @@ class H2Pool:
                 raise UpstreamConnectError(f"{address}:{port}: every HTTP/2 connection is full")
             self._connecting = trio.Event()
             try:
-                conn = await connect_within(address, port, connect_timeout_s)
+                conn = await self.connect(address, port, connect_timeout_s)
                 client = H2ClientConnection(conn)
                 await nursery.start(client.run)
                 self.connections.append(client)

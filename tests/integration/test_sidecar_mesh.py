@@ -1,0 +1,113 @@
+"""Two sidecars and a control plane on 127.0.0.1: app → sidecar → mTLS → sidecar → app,
+and a peer that answers with another identity is refused by the caller."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from ca import keystore, tokens
+from ca.service import IdentityServer
+from ca.spiffe import SpiffeId
+from sidecar.modes.sidecar import SidecarOptions, SidecarServer
+from tests.support.echo import EchoServer
+from tests.support.net import free_port
+
+OUTBOUND = """apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: outbound}}
+spec:
+  addresses: [{{type: IPAddress, value: 127.0.0.1}}]
+  listeners: [{{name: out, port: {port}, protocol: HTTP}}]
+"""
+PEER = """---
+apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {{name: {name}}}
+spec:
+  ports: [{{port: 80}}]
+  endpoints: [{{address: 127.0.0.1, port: {port}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}}}
+spec:
+  parentRefs: [{{name: outbound}}]
+  hostnames: [{name}]
+  rules: [{{backendRefs: [{{name: {name}, port: 80}}]}}]
+"""
+
+
+@pytest.fixture
+def control_plane(tmp_path: Path) -> Iterator[tuple[IdentityServer, Path]]:
+    data = tmp_path / "cp"
+    keystore.init(data, "weft.local", datetime.datetime.now(datetime.UTC))
+    srv = IdentityServer(data, "127.0.0.1:0")
+    srv.start()
+    yield srv, data
+    srv.stop(0)
+
+
+def _options(
+    cp: tuple[IdentityServer, Path], service: str, app_port: int, **kw: object
+) -> SidecarOptions:
+    srv, data = cp
+    now = datetime.datetime.now(datetime.UTC)
+    identity = SpiffeId("weft.local", "default", service)
+    token = tokens.create(
+        keystore.token_key(data), identity, now=now, ttl=datetime.timedelta(hours=1)
+    )
+    return SidecarOptions(
+        service=service, app_port=app_port, control_plane=f"127.0.0.1:{srv.port}", token=token,
+        ca_file=str(data / "ca" / "root.pem"), inbound_address="127.0.0.1", inbound_port=0,
+        admin_port=0, **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+async def test_app_to_app_through_two_sidecars(
+    control_plane: tuple[IdentityServer, Path], tmp_path: Path
+) -> None:
+    with EchoServer("orders-app") as orders_app:
+        async with trio.open_nursery() as nursery:
+            orders: SidecarServer = await nursery.start(
+                SidecarServer(_options(control_plane, "orders", orders_app.port)).run
+            )
+            out_port = free_port()
+            cfg = tmp_path / "web-outbound.yaml"
+            # "payments" points at the orders sidecar: it will present the wrong identity.
+            cfg.write_text(
+                OUTBOUND.format(port=out_port)
+                + PEER.format(name="orders", port=orders.inbound_port)
+                + PEER.format(name="payments", port=orders.inbound_port)
+            )
+            web: SidecarServer = await nursery.start(
+                SidecarServer(_options(control_plane, "web", 1, files=(str(cfg),))).run
+            )
+            async with httpx.AsyncClient(timeout=10) as http:
+                ok = await http.get(
+                    f"http://127.0.0.1:{out_port}/orders/7", headers={"Host": "orders"}
+                )
+                again = await http.get(
+                    f"http://127.0.0.1:{out_port}/orders/8", headers={"Host": "orders"}
+                )
+                wrong = await http.get(
+                    f"http://127.0.0.1:{out_port}/pay", headers={"Host": "payments"}
+                )
+            web_metrics, orders_metrics = web.metrics.render(), orders.metrics.render()
+            nursery.cancel_scope.cancel()
+    assert ok.status_code == 200 and again.status_code == 200
+    seen = json.loads(ok.text)
+    assert seen["pod"] == "orders-app" and seen["path"] == "/orders/7"
+    assert seen["headers"]["x-forwarded-proto"] == ["https"]  # it arrived over mTLS
+    assert wrong.status_code == 503
+    assert "presented spiffe://weft.local/ns/default/svc/orders" in wrong.text
+    assert "expected spiffe://weft.local/ns/default/svc/payments" in wrong.text
+    assert not any(r["path"] == "/pay" for r in orders_app.received)
+    assert 'direction="outbound",service="web",peer="default/orders:80"' in web_metrics
+    assert 'direction="inbound",service="orders"' in orders_metrics
