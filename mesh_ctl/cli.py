@@ -151,6 +151,7 @@ def _sidecar(args: argparse.Namespace) -> int:
         ca_file=args.ca_file, ca_fingerprint=args.ca_fingerprint,
         inbound_address=args.inbound_address, inbound_port=args.inbound_port,
         admin_port=args.admin_port, files=tuple(args.file or ()),
+        default_allow=args.default_policy == "allow",
     )  # fmt: skip
     sink = None if args.access_log == "off" else sys.stdout
     try:
@@ -321,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--inbound-port", type=int, default=15006)
     sc.add_argument("--admin-port", type=int, default=15000)
     sc.add_argument("--access-log", default="-", choices=("-", "off"))
+    sc.add_argument(
+        "--default-policy", choices=("allow", "deny"), default="allow",
+        help="for services that no ALLOW AuthorizationPolicy names",
+    )  # fmt: skip
     sc.add_argument(
         "-f", "--file", action="append", metavar="PATH",
         help="outbound listeners, routes and peer sidecars (the resources meshctl edge reads)",

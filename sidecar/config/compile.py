@@ -49,6 +49,7 @@ class _Index:
     gateways: list[r.Gateway] = field(default_factory=list)
     routes: list[r.HTTPRoute] = field(default_factory=list)
     streams: list[r.StreamRoute] = field(default_factory=list)
+    policies: list[r.AuthorizationPolicy] = field(default_factory=list)
     grants: list[r.ReferenceGrant] = field(default_factory=list)
     services: dict[tuple[str, str], r.Service] = field(default_factory=dict)
     slices: dict[tuple[str, str], list[r.EndpointSlice]] = field(default_factory=dict)
@@ -73,6 +74,8 @@ def compile_snapshot(
             idx.routes.append(res)
         elif isinstance(res, r.StreamRoute):
             idx.streams.append(res)
+        elif isinstance(res, r.AuthorizationPolicy):
+            idx.policies.append(res)
         elif isinstance(res, r.ReferenceGrant):
             idx.grants.append(res)
         elif isinstance(res, r.Service):
@@ -163,6 +166,7 @@ class _Compiler:
             clusters=dict(self.clusters),
             limits=limits,
             warnings=tuple(self.warnings),
+            authz=tuple(p.policy for p in self.idx.policies),
         )
 
     def _certificates(self, gw: r.Gateway, lst: r.Listener) -> tuple[CertificatePair, ...] | None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from sidecar.authz import Policy
     from sidecar.http.filters import HeaderOps
     from sidecar.http.router import PortRouter
 
@@ -122,3 +123,4 @@ class Snapshot:
     limits: Limits = Limits()
     warnings: tuple[str, ...] = ()
     sources: tuple[str, ...] = field(default_factory=tuple)
+    authz: tuple[Policy, ...] = ()  # AuthorizationPolicies (enforced by sidecars' inbound)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ca.spiffe import InvalidSpiffeId, SpiffeId
+from sidecar.authz import Operation, Policy, Source
 from sidecar.config.parse_routes import (
     parse_gateway,
     parse_grpc_route,
@@ -26,6 +28,7 @@ from sidecar.config.reader import HOSTNAME_RE, NAME_RE, Reader
 from sidecar.config.resources import (
     GATEWAY_GROUP,
     WEFT_GROUP,
+    AuthorizationPolicy,
     EndpointAddress,
     EndpointSlice,
     GatewayClass,
@@ -264,6 +267,50 @@ def _tls_certificate(top: Reader, meta: Meta, base_dir: Path | None) -> TLSCerti
     return TLSCertificate(meta=meta, cert_file=files[0], key_file=files[1])
 
 
+_METHOD_RE = re.compile(r"^[A-Z]{1,20}$")
+
+
+def _authorization_policy(top: Reader, meta: Meta) -> AuthorizationPolicy:
+    spec = top.req_obj("spec")
+    tr = spec.req_obj("targetRef")
+    tr.text("group", WEFT_GROUP, choices=(WEFT_GROUP, ""))
+    tr.text("kind", "Service", choices=("Service",))
+    target = tr.text("name", pattern=NAME_RE)
+    tr.finish()
+    action = spec.text("action", "ALLOW", choices=("ALLOW", "DENY"))
+    sources = []
+    for fr in spec.objs("from", max_items=64):
+        identities = fr.str_list("identities")
+        for i, uri in enumerate(identities):
+            try:
+                SpiffeId.parse(uri)
+            except InvalidSpiffeId as exc:
+                fr.fail(f"identities[{i}]", str(exc))
+        services = fr.str_list("services", pattern=re.compile(r"^([a-z0-9-]+/)?[a-z0-9-]+$"))
+        namespaces = fr.str_list("namespaces", pattern=NAME_RE)
+        if not (identities or services or namespaces):
+            fr.fail(None, "needs identities, services or namespaces")
+        fr.finish()
+        sources.append(
+            Source(identities=tuple(identities), services=tuple(services),
+                   namespaces=tuple(namespaces))
+        )  # fmt: skip
+    operations = []
+    for tor in spec.objs("to", max_items=64):
+        paths = tor.str_list("paths", pattern=re.compile(r"^/"))
+        methods = tor.str_list("methods", pattern=_METHOD_RE)
+        tor.finish()
+        operations.append(Operation(paths=tuple(paths), methods=tuple(methods)))
+    spec.finish()
+    return AuthorizationPolicy(
+        meta=meta,
+        policy=Policy(
+            name=f"{meta.namespace}/{meta.name}", namespace=meta.namespace, target=target,
+            action=action, sources=tuple(sources), operations=tuple(operations),
+        ),
+    )  # fmt: skip
+
+
 def _namespace(top: Reader, meta: Meta) -> Namespace:
     top.ignore("spec")
     return Namespace(meta=meta)
@@ -274,7 +321,6 @@ _LATER = {
     ("networking.k8s.io", "Ingress"): "Ingress translation arrives in a later release",
     (WEFT_GROUP, "BackendTrafficPolicy"): "arrives with retries and circuit breaking",
     (WEFT_GROUP, "SecurityPolicy"): "arrives with edge authentication",
-    (WEFT_GROUP, "AuthorizationPolicy"): "arrives with mesh identities",
     (WEFT_GROUP, "MeshConfig"): "arrives with the control plane",
 }
 
@@ -290,6 +336,7 @@ _PARSERS: dict[tuple[str, str], Callable[..., Any]] = {
     ("", "Namespace"): _namespace,
     ("", "Secret"): _secret,
     (WEFT_GROUP, "TLSCertificate"): _tls_certificate,
+    (WEFT_GROUP, "AuthorizationPolicy"): _authorization_policy,
     ("discovery.k8s.io", "EndpointSlice"): _endpoint_slice,
     (WEFT_GROUP, "Service"): _weft_service,
 }

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from sidecar.authz import Policy
+
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 WEFT_GROUP = "weft.dev"
 
@@ -288,6 +290,12 @@ class TLSCertificate:
     key_file: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthorizationPolicy:
+    meta: Meta
+    policy: Policy
+
+
 Resource = (
     Gateway
     | GatewayClass
@@ -299,6 +307,7 @@ Resource = (
     | Secret
     | TLSCertificate
     | StreamRoute
+    | AuthorizationPolicy
 )
 
 

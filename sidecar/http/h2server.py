@@ -35,6 +35,7 @@ import trio
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
+from ca.spiffe import SpiffeId
 from sidecar.config.model import ListenerKey
 from sidecar.errors import DownstreamClosed, ProtocolError
 from sidecar.http.filters import HeaderOps
@@ -237,9 +238,10 @@ class Http2Connection(H2Pump):
         *,
         scheme: str,
         sni: str | None,
+        peer_id: SpiffeId | None = None,
     ) -> None:
         self.ctx = ctx
-        self.handler = RequestHandler(ctx, listener, conn.peer, scheme, sni)
+        self.handler = RequestHandler(ctx, listener, conn.peer, scheme, sni, peer_id)
         # What arrives is validated; what we send is built valid (lower-case names, no
         # connection-specific fields), so h2's second check of it is skipped (~15% of CPU).
         config = h2.config.H2Configuration(
@@ -479,5 +481,6 @@ async def serve_http2(
     initial: bytes = b"",
     scheme: str = "http",
     sni: str | None = None,
+    peer_id: SpiffeId | None = None,
 ) -> None:
-    await Http2Connection(ctx, listener, conn, scheme=scheme, sni=sni).run(initial)
+    await Http2Connection(ctx, listener, conn, scheme=scheme, sni=sni, peer_id=peer_id).run(initial)

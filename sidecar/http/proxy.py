@@ -14,7 +14,7 @@ import contextlib
 import functools
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -44,6 +44,8 @@ from sidecar.transport.io import Conn, ConnectionLost
 from sidecar.upstream.cluster import ClusterManager
 
 if TYPE_CHECKING:  # HTTP/2 and TLS load on first use: a plain gateway stays small
+    from ca.spiffe import SpiffeId
+    from sidecar.authz import Decision
     from sidecar.http.forward_h2 import ResponseWriter
     from sidecar.http.terminate import ServerTls
 
@@ -72,6 +74,8 @@ class ProxyContext:
     tls: Mapping[ListenerKey, ServerTls] = field(default_factory=dict)
     # set when the process drains: HTTP/1 answers with Connection: close, HTTP/2 sends GOAWAY
     draining: trio.Event = field(default_factory=trio.Event)
+    # sidecar inbound: may this verified peer (SPIFFE ID) make this call (method, path)?
+    authorize: Callable[[SpiffeId | None, str, str], Decision] | None = None
     ids: RequestIds = field(init=False)
 
     def __post_init__(self) -> None:
@@ -86,6 +90,7 @@ async def serve_http1(
     scheme: str = "http",
     sni: str | None = None,
     initial: bytes = b"",
+    peer_id: SpiffeId | None = None,
 ) -> None:
     """Serve one downstream connection until it closes, errs or idles out. `sni` is the
     server name a TLS client asked for: requests for another listener get 421; `initial`
@@ -99,7 +104,7 @@ async def serve_http1(
     )
     events = parser.events
     scope = trio.CancelScope()
-    handler = _Http1(ctx, listener, conn, parser, scheme, sni)
+    handler = _Http1(ctx, listener, conn, parser, scheme, sni, peer_id)
     tracked = Tracked(
         activity=lambda: conn.activity,
         in_head=lambda: parser.partial_head,
@@ -184,6 +189,7 @@ class RequestHandler:
         "host",
         "listener",
         "peer",
+        "peer_id",
         "peer_text",
         "scheme",
         "snapshot",
@@ -197,8 +203,10 @@ class RequestHandler:
         peer: tuple[str, int] | None,
         scheme: str,
         sni: str | None,
+        peer_id: SpiffeId | None = None,
     ) -> None:
         self.ctx = ctx
+        self.peer_id = peer_id  # the caller's verified SPIFFE ID (sidecar inbound)
         self.scheme = scheme
         self.sni = sni
         self.listener = listener
@@ -246,6 +254,15 @@ class RequestHandler:
                 outcome.status = 421
                 detail = "misdirected"
                 return await ds.local_reply(head, 421, b"misdirected request\n")
+            if ctx.authorize is not None:
+                decision = ctx.authorize(self.peer_id, head.method, path)
+                if not decision.allowed:
+                    outcome.status = 403
+                    detail = "denied"
+                    why = decision.reason.encode("latin-1", "replace")
+                    return await ds.local_reply(
+                        head, 403, b"forbidden: " + why + b"\n", [(b"x-weft-denied", why)]
+                    )
             if match is None:
                 outcome.status = 404
                 detail = "no_route"
@@ -415,8 +432,9 @@ class _Http1(RequestHandler):
         parser: RequestParser,
         scheme: str,
         sni: str | None,
+        peer_id: SpiffeId | None = None,
     ) -> None:
-        super().__init__(ctx, listener, conn.peer, scheme, sni)
+        super().__init__(ctx, listener, conn.peer, scheme, sni, peer_id)
         self.conn = conn
         self.parser = parser
         self.busy = False  # in the middle of a request

@@ -26,6 +26,7 @@ import trio
 
 from ca.spiffe import SpiffeId
 from sidecar.admin import AdminState, serve_admin
+from sidecar.authz import Decision, decide
 from sidecar.config.compile import compile_snapshot
 from sidecar.config.model import ClusterSpec, ListenerKey, Snapshot
 from sidecar.config.parse import Document, load_documents
@@ -66,6 +67,7 @@ class SidecarOptions:
     admin_address: str = "127.0.0.1"
     admin_port: int = 15000
     files: tuple[str, ...] = ()  # outbound routes and peers, as `meshctl edge` reads them
+    default_allow: bool = True  # for services no ALLOW AuthorizationPolicy names
 
 
 def inbound_snapshot(opts: SidecarOptions, listener: ListenerKey) -> Snapshot:
@@ -158,6 +160,7 @@ class SidecarServer:
                 idle=idle,
                 service=opts.service,
                 direction="inbound",
+                authorize=self._authorize,
             )
             ctx.clusters.sync(snap.clusters, 0.0)
             nursery.start_soon(run_sweeper, idle)
@@ -261,9 +264,18 @@ class SidecarServer:
         if tconn.alpn == "h2":
             from sidecar.http.h2server import serve_http2
 
-            await serve_http2(ctx, key, tconn, scheme="https")
+            await serve_http2(ctx, key, tconn, scheme="https", peer_id=peer)
         else:
-            await serve_http1(ctx, key, tconn, scheme="https")
+            await serve_http1(ctx, key, tconn, scheme="https", peer_id=peer)
+
+    def _authorize(self, peer: SpiffeId | None, method: str, path: str) -> Decision:
+        """AuthorizationPolicies from the sidecar's files, for this service."""
+        snap = self.outbound.snapshot if self.outbound is not None else None
+        return decide(
+            snap.authz if snap is not None else (),
+            namespace=self.opts.namespace, service=self.opts.service, peer=peer,
+            method=method, path=path, default_allow=self.opts.default_allow,
+        )  # fmt: skip
 
 
 def _trust_domain(bundle_pem: bytes) -> str:

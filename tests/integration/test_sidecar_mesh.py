@@ -111,3 +111,49 @@ async def test_app_to_app_through_two_sidecars(
     assert not any(r["path"] == "/pay" for r in orders_app.received)
     assert 'direction="outbound",service="web",peer="default/orders:80"' in web_metrics
     assert 'direction="inbound",service="orders"' in orders_metrics
+
+
+POLICY = """apiVersion: weft.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: orders-callers}
+spec:
+  targetRef: {kind: Service, name: orders}
+  action: ALLOW
+  from: [{services: [web]}]
+  to: [{paths: [/orders/], methods: [GET]}]
+"""
+
+
+async def test_authorization_policy_is_enforced_on_the_inbound_side(
+    control_plane: tuple[IdentityServer, Path], tmp_path: Path
+) -> None:
+    policy = tmp_path / "orders-policy.yaml"
+    policy.write_text(POLICY)
+    with EchoServer("orders-app") as orders_app:
+        async with trio.open_nursery() as nursery:
+            orders: SidecarServer = await nursery.start(
+                SidecarServer(
+                    _options(control_plane, "orders", orders_app.port, files=(str(policy),))
+                ).run
+            )
+            out_port = free_port()
+            cfg = tmp_path / "web-outbound.yaml"
+            cfg.write_text(
+                OUTBOUND.format(port=out_port)
+                + PEER.format(name="orders", port=orders.inbound_port)
+            )
+            await nursery.start(
+                SidecarServer(_options(control_plane, "web", 1, files=(str(cfg),))).run
+            )
+            async with httpx.AsyncClient(timeout=10) as http:
+                url = f"http://127.0.0.1:{out_port}"
+                allowed = await http.get(f"{url}/orders/1", headers={"Host": "orders"})
+                post = await http.post(f"{url}/orders/1", headers={"Host": "orders"}, content=b"x")
+                admin = await http.get(f"{url}/admin", headers={"Host": "orders"})
+            metrics = orders.metrics.render()
+            nursery.cancel_scope.cancel()
+    assert allowed.status_code == 200
+    assert post.status_code == 403 and admin.status_code == 403
+    assert post.headers["x-weft-denied"] == "no ALLOW policy of default/orders matches"
+    assert [r["path"] for r in orders_app.received] == ["/orders/1"]
+    assert 'direction="inbound",service="orders",peer="",route="",code="403"} 2' in metrics
