@@ -18,7 +18,8 @@ class Svid:
     not_before: datetime.datetime
     not_after: datetime.datetime
 
-    def renew_at(self, jitter: float) -> datetime.datetime:
-        """Two thirds into the lifetime, moved by `jitter` (a fraction, e.g. ±0.05)."""
-        life = self.not_after - self.not_before
-        return self.not_before + life * (2 / 3 + jitter)
+    def renew_at(self, received: datetime.datetime, jitter: float) -> datetime.datetime:
+        """Two thirds into the life it had when `received` (not_before is back-dated for
+        clock skew), moved by `jitter` (a fraction, e.g. ±0.05)."""
+        life = self.not_after - received
+        return received + life * (2 / 3 + jitter)

@@ -98,6 +98,7 @@ class Identity:
 
     def __init__(self, svid: Svid) -> None:
         self.svid = svid
+        self.received = datetime.datetime.now(datetime.UTC)
         self.server_ctx: ssl.SSLContext = mtls.server_context(svid)
         self.client_h1: ssl.SSLContext = mtls.client_context(svid, alpn=["http/1.1"])
         self.client_h2: ssl.SSLContext = mtls.client_context(svid, alpn=["h2"])
@@ -110,6 +111,7 @@ class SidecarServer:
         self.access_log = AccessLog(access_log)
         self.access_log_sink = access_log
         self.outbound: EdgeServer | None = None
+        self.renewals = 0
         self.identity: Identity | None = None
         self.trust_pem = b""
         self.inbound_port = 0
@@ -224,7 +226,9 @@ class SidecarServer:
         while True:
             assert self.identity is not None and self.spiffe_id is not None
             current = self.identity.svid
-            at = current.renew_at(random.uniform(-RENEW_JITTER, RENEW_JITTER))
+            at = current.renew_at(
+                self.identity.received, random.uniform(-RENEW_JITTER, RENEW_JITTER)
+            )
             while (wait := (at - datetime.datetime.now(datetime.UTC)).total_seconds()) > 0:
                 await trio.sleep(min(wait, 10.0))
                 self._expiry_gauge()
@@ -243,6 +247,7 @@ class SidecarServer:
                 await trio.sleep(delay)
                 continue
             failures = 0
+            self.renewals += 1
             self._install(svid)
 
     async def _inbound(self, key: ListenerKey, conn: Conn) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from cryptography import x509
 
 from ca import keystore, tokens
 from ca.service import IdentityServer
@@ -157,3 +158,91 @@ async def test_authorization_policy_is_enforced_on_the_inbound_side(
     assert post.headers["x-weft-denied"] == "no ALLOW policy of default/orders matches"
     assert [r["path"] for r in orders_app.received] == ["/orders/1"]
     assert 'direction="inbound",service="orders",peer="",route="",code="403"} 2' in metrics
+
+
+async def test_renewals_under_continuous_traffic_lose_no_request(tmp_path: Path) -> None:
+    """3-second SVIDs renew every ~2 s while requests flow through both sidecars."""
+    data = tmp_path / "cp-short"
+    keystore.init(data, "weft.local", datetime.datetime.now(datetime.UTC))
+    srv = IdentityServer(data, "127.0.0.1:0", leaf_ttl=datetime.timedelta(seconds=3))
+    srv.start()
+    cp = (srv, data)
+    try:
+        with EchoServer("orders-app") as orders_app:
+            async with trio.open_nursery() as nursery:
+                orders: SidecarServer = await nursery.start(
+                    SidecarServer(_options(cp, "orders", orders_app.port)).run
+                )
+                out_port = free_port()
+                cfg = tmp_path / "web-outbound.yaml"
+                cfg.write_text(
+                    OUTBOUND.format(port=out_port)
+                    + PEER.format(name="orders", port=orders.inbound_port)
+                )
+                web: SidecarServer = await nursery.start(
+                    SidecarServer(_options(cp, "web", 1, files=(str(cfg),))).run
+                )
+                statuses: list[int] = []
+                # New connections each time, so handshakes see every renewed certificate.
+                limits = httpx.Limits(max_keepalive_connections=0)
+                async with httpx.AsyncClient(timeout=10, limits=limits) as http:
+                    with trio.move_on_after(15):  # bound: stop once both renewed twice
+                        while min(orders.renewals, web.renewals) < 2:
+                            r = await http.get(
+                                f"http://127.0.0.1:{out_port}/o", headers={"Host": "orders"}
+                            )
+                            statuses.append(r.status_code)
+                nursery.cancel_scope.cancel()
+    finally:
+        srv.stop(0)
+    assert min(orders.renewals, web.renewals) >= 2, (orders.renewals, web.renewals)
+    assert statuses and set(statuses) == {200}, [s for s in statuses if s != 200][:5]
+
+
+async def test_root_rotation_under_traffic_loses_no_request(tmp_path: Path) -> None:
+    data = tmp_path / "cp-rotate"
+    keystore.init(data, "weft.local", datetime.datetime.now(datetime.UTC))
+    srv = IdentityServer(data, "127.0.0.1:0", leaf_ttl=datetime.timedelta(seconds=3))
+    srv.start()
+    cp = (srv, data)
+    try:
+        with EchoServer("orders-app") as orders_app:
+            async with trio.open_nursery() as nursery:
+                orders: SidecarServer = await nursery.start(
+                    SidecarServer(_options(cp, "orders", orders_app.port)).run
+                )
+                out_port = free_port()
+                cfg = tmp_path / "web-outbound.yaml"
+                cfg.write_text(
+                    OUTBOUND.format(port=out_port)
+                    + PEER.format(name="orders", port=orders.inbound_port)
+                )
+                web: SidecarServer = await nursery.start(
+                    SidecarServer(_options(cp, "web", 1, files=(str(cfg),))).run
+                )
+                statuses: list[int] = []
+                rotated_at: tuple[int, int] | None = None
+                limits = httpx.Limits(max_keepalive_connections=0)
+                async with httpx.AsyncClient(timeout=10, limits=limits) as http:
+                    with trio.move_on_after(20):
+                        while (
+                            rotated_at is None
+                            or min(orders.renewals - rotated_at[0], web.renewals - rotated_at[1])
+                            < 2
+                        ):
+                            if rotated_at is None and min(orders.renewals, web.renewals) >= 1:
+                                keystore.rotate(data, datetime.datetime.now(datetime.UTC))
+                                rotated_at = (orders.renewals, web.renewals)
+                            r = await http.get(
+                                f"http://127.0.0.1:{out_port}/o", headers={"Host": "orders"}
+                            )
+                            statuses.append(r.status_code)
+                new_signer = keystore.load(data, datetime.datetime.now(datetime.UTC)).signer.cert
+                issuers = {s.identity.svid.cert_pem for s in (orders, web) if s.identity}
+                nursery.cancel_scope.cancel()
+    finally:
+        srv.stop(0)
+    assert rotated_at is not None
+    assert statuses and set(statuses) == {200}, [s for s in statuses if s != 200][:5]
+    for pem in issuers:  # both sidecars now hold SVIDs from the new intermediate
+        assert x509.load_pem_x509_certificate(pem).issuer == new_signer.subject
