@@ -387,11 +387,12 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="of: " + ", ".join(SCENARIOS))
+    choices = [*SCENARIOS, "mtls"]
+    ap.add_argument("--scenarios", default=",".join(choices), help="of: " + ", ".join(choices))
     ap.add_argument("--skip-scaling", action="store_true")
     args = ap.parse_args()
     keys = [k for k in args.scenarios.split(",") if k]
-    if unknown := set(keys) - set(SCENARIOS):
+    if unknown := set(keys) - set(choices):
         raise SystemExit(f"bench: unknown scenario(s) {', '.join(sorted(unknown))}")
     require("wrk", "nginx", "openssl", *(["h2load"] if "h2c" in keys else []))
     with tempfile.TemporaryDirectory(prefix="weft-bench-") as d:
@@ -408,6 +409,8 @@ def main() -> int:
             for t in targets:
                 if t.cmd:
                     _start(t, PROXY_CORE)
+            mesh = "mtls" in keys
+            keys = [k for k in keys if k != "mtls"]
             for key in keys:  # warm-up: pools, caches, TLS sessions
                 sc = SCENARIOS[key]
                 for t in targets:
@@ -431,6 +434,13 @@ def main() -> int:
                 note = sc.note.format(c=args.connections, m=max(1, args.connections // 4))
                 print(f"\n{sc.name}: {note}\n")
                 print(_table(targets, sc, key))
+            if mesh:
+                from bench import mtls
+
+                envoy = cmds["envoy"][0] if Path(cmds["envoy"][0]).exists() else None
+                print("\nmTLS hop: wrk → proxy → mutual TLS 1.3 → proxy → backend, both ends of "
+                      "each pair on the proxy core, keep-alive both hops\n")  # fmt: skip
+                print(mtls.run(tmp, args.rounds, args.seconds, args.connections, envoy))
         finally:
             for t in [*targets, backend]:
                 _stop(t)

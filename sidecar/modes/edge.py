@@ -58,10 +58,12 @@ class EdgeServer:
         connector: ConnectorFactory = plain,
         direction: str = "edge",
         service: str = "edge",
+        signals: bool = True,
     ) -> None:
         """`admin_port=None` runs no admin listener (a sidecar's outbound side, whose
         sidecar has one); `connector` says how upstreams are reached (mTLS in sidecars)."""
         self.drain_timeout_s = drain_timeout_s
+        self.signals = signals  # SIGHUP reloads, SIGTERM drains and exits (off when embedded)
         self.direction = direction
         self.service = service
         self.limits = limits or Limits()
@@ -130,8 +132,9 @@ class EdgeServer:
             nursery.start_soon(self.access_log.run)
             nursery.start_soon(run_sweeper, self.idle)
             nursery.start_soon(self._watch_files)
-            nursery.start_soon(self._watch_sighup)
-            nursery.start_soon(self._watch_sigterm, nursery)
+            if self.signals:
+                nursery.start_soon(self._watch_sighup)
+                nursery.start_soon(self._watch_sigterm, nursery)
             task_status.started(self)
         self.clusters.close()
 

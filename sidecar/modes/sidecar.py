@@ -18,6 +18,7 @@ import datetime
 import functools
 import logging
 import random
+import signal
 import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("weft.sidecar")
 
+DRAIN_TIMEOUT_S = 15.0
 RENEW_JITTER = 0.05  # ± of the lifetime around the 2/3 mark
 RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 
@@ -176,17 +178,36 @@ class SidecarServer:
             )
             nursery.start_soon(accept_loop, admin, functools.partial(serve_admin, state), nursery)
             nursery.start_soon(self._renew)
+            nursery.start_soon(self._watch_sigterm, nursery)
             if opts.files:
                 from sidecar.modes.edge import EdgeServer
 
                 self.outbound = EdgeServer(
                     opts.files, admin_port=None, metrics=self.metrics, connector=self._connector,
                     direction="outbound", service=opts.service,
-                    access_log=self.access_log_sink,
+                    access_log=self.access_log_sink, signals=False,
                 )  # fmt: skip
                 await nursery.start(self.outbound.run)
             log.info("%s ready: inbound mTLS on port %d", self.spiffe_id, self.inbound_port)
             task_status.started(self)
+
+    async def _watch_sigterm(self, nursery: trio.Nursery) -> None:
+        """SIGTERM: drain both sides, wait for connections (at most 15 s), exit."""
+        try:
+            receiver = trio.open_signal_receiver(signal.SIGTERM)
+        except (RuntimeError, ValueError):  # not the main thread (tests)
+            return
+        with receiver as signals:
+            async for _ in signals:
+                break
+        log.info("SIGTERM: draining")
+        self.drain()
+        assert self._ctx is not None
+        with trio.move_on_after(DRAIN_TIMEOUT_S):
+            await self._ctx.idle.wait_empty()
+            if self.outbound is not None:
+                await self.outbound.idle.wait_empty()
+        nursery.cancel_scope.cancel()
 
     def drain(self) -> None:
         self.draining = True
