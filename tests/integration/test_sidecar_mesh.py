@@ -4,6 +4,7 @@ and a peer that answers with another identity is refused by the caller."""
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -246,3 +247,43 @@ async def test_root_rotation_under_traffic_loses_no_request(tmp_path: Path) -> N
     assert statuses and set(statuses) == {200}, [s for s in statuses if s != 200][:5]
     for pem in issuers:  # both sidecars now hold SVIDs from the new intermediate
         assert x509.load_pem_x509_certificate(pem).issuer == new_signer.subject
+
+
+async def test_meshctl_sidecar_process_drains_and_exits_on_sigterm(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    data = tmp_path / "d"
+    run = functools.partial(subprocess.run, capture_output=True, text=True, check=True)
+    run([sys.executable, "-m", "mesh_ctl", "ca", "init", "--data-dir", str(data)])
+    token = run([sys.executable, "-m", "mesh_ctl", "token", "create", "web", "--data-dir",
+                 str(data)]).stdout.strip().splitlines()[-1]  # fmt: skip
+    cp_port, admin, out_port = free_port(), free_port(), free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mesh_ctl", "server", "--data-dir", str(data),
+                               "--listen", f"127.0.0.1:{cp_port}"], stderr=subprocess.PIPE, text=True)  # fmt: skip
+    cfg = tmp_path / "out.yaml"
+    cfg.write_text(OUTBOUND.format(port=out_port) + PEER.format(name="orders", port=free_port()))
+    assert server.stderr is not None and "identity service" in server.stderr.readline()
+    sidecar = subprocess.Popen(
+        [sys.executable, "-m", "mesh_ctl", "sidecar", "--service", "web", "--app-port", "1",
+         "--token", token, "--control-plane", f"127.0.0.1:{cp_port}",
+         "--ca-file", str(data / "ca" / "root.pem"), "--inbound-address", "127.0.0.1",
+         "--inbound-port", str(free_port()), "--admin-port", str(admin), "-f", str(cfg)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert sidecar.stderr is not None
+        with trio.fail_after(30):
+            while "ready: inbound mTLS" not in (
+                line := await trio.to_thread.run_sync(sidecar.stderr.readline)
+            ):
+                assert line, "sidecar exited"
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(f"http://127.0.0.1:{admin}/ready")).status_code == 200
+        sidecar.send_signal(signal.SIGTERM)
+        code = await trio.to_thread.run_sync(sidecar.wait, 20)
+    finally:
+        sidecar.kill()
+        server.kill()
+    assert code == 0
