@@ -23,6 +23,7 @@ hyperframe. A client's GOAWAY, or a protocol error (h2 sends GOAWAY), ends the c
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import deque
 
 import h2.config
@@ -54,6 +55,7 @@ from sidecar.transport.h2pump import FlowStream, H2Pump
 from sidecar.transport.idle import Tracked
 from sidecar.transport.io import Conn, ConnectionLost
 
+log = logging.getLogger("weft.h2")
 STREAM_WINDOW = 256 * 1024  # what a client may send on one stream before we ask for more
 CONNECTION_WINDOW = 1024 * 1024  # ... and on all streams together
 MAX_CONCURRENT_STREAMS = 256
@@ -164,7 +166,10 @@ class H2Stream(FlowStream):
     def send_headers(self, headers: Headers, *, end: bool) -> None:
         if self.reset_code is not None:
             raise DownstreamClosed("stream reset by the client")
-        self.pump.h2.send_headers(self.sid, headers, end_stream=end)
+        try:
+            self.pump.h2.send_headers(self.sid, headers, end_stream=end)
+        except h2.exceptions.H2Error:  # the client reset the stream or the connection closed
+            raise DownstreamClosed("stream closed") from None
         self.ended_local = end
         self.pump.kick()
 
@@ -174,7 +179,10 @@ class H2Stream(FlowStream):
     def send_trailers(self, trailers: Headers) -> None:
         if self.reset_code is not None:
             raise DownstreamClosed("stream reset by the client")
-        self.pump.h2.send_headers(self.sid, trailers, end_stream=True)
+        try:
+            self.pump.h2.send_headers(self.sid, trailers, end_stream=True)
+        except h2.exceptions.H2Error:
+            raise DownstreamClosed("stream closed") from None
         self.ended_local = True
         self.pump.kick()
 
@@ -415,6 +423,8 @@ class Http2Connection(H2Pump):
                 return
         except DownstreamClosed:
             pass
+        except Exception:  # a bug in one stream must not take the connection's others down
+            log.exception("HTTP/2 stream %d failed; reset", stream.sid)
         self._done(stream)
 
     async def _refuse(self, stream: H2Stream, exc: ProtocolError) -> None:

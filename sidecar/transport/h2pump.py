@@ -99,7 +99,7 @@ class FlowStream:
                 raise error
             try:
                 window = min(h2c.local_flow_control_window(self.sid), h2c.max_outbound_frame_size)
-            except h2.exceptions.StreamClosedError:
+            except h2.exceptions.H2Error:  # the stream, or the whole connection, is closed
                 raise self.closed_error() from None
             n = min(window, len(view))
             if n <= 0 and view:
@@ -108,7 +108,10 @@ class FlowStream:
                 await self.window.wait()
                 continue
             last = n == len(view)
-            h2c.send_data(self.sid, bytes(view[:n]), end_stream=end and last)
+            try:
+                h2c.send_data(self.sid, bytes(view[:n]), end_stream=end and last)
+            except h2.exceptions.H2Error:
+                raise self.closed_error() from None
             pump.buffered += n
             view = view[n:]
             if last:

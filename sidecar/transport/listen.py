@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -10,6 +11,17 @@ import trio
 from sidecar.transport.io import Conn
 
 Handler = Callable[[Conn], Awaitable[None]]
+log = logging.getLogger("weft.listen")
+
+
+async def _guarded(handler: Handler, conn: Conn) -> None:
+    """A bug met by one connection closes that connection, never the process: the
+    connections' nursery is shared by every listener."""
+    try:
+        await handler(conn)
+    except Exception:
+        log.exception("connection from %s failed; closed", conn.peer)
+        conn.close()
 
 
 def open_listener(address: str, port: int, *, backlog: int = 4096) -> socket.socket:
@@ -46,7 +58,7 @@ async def accept_loop(sock: socket.socket, handler: Handler, connections: trio.N
                     await trio.sleep(0.01)
                     break
                 client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                connections.start_soon(handler, Conn(client, (addr[0], addr[1])))
+                connections.start_soon(_guarded, handler, Conn(client, (addr[0], addr[1])))
     finally:
         trio.lowlevel.notify_closing(sock)
         sock.close()

@@ -116,10 +116,13 @@ class UpstreamStream(FlowStream):
 
     def end(self, trailers: Headers | None = None) -> None:
         """End the request, with trailers if the client sent some."""
-        if trailers:
-            self.conn.h2.send_headers(self.sid, trailers, end_stream=True)
-        else:
-            self.conn.h2.end_stream(self.sid)
+        try:
+            if trailers:
+                self.conn.h2.send_headers(self.sid, trailers, end_stream=True)
+            else:
+                self.conn.h2.end_stream(self.sid)
+        except h2.exceptions.H2Error:
+            raise UpstreamClosed("upstream closed the stream") from None
         self.ended_local = True
         self.conn.kick()
 
@@ -168,10 +171,14 @@ class H2ClientConnection(H2Pump):
         return len(self.streams) < self.h2.remote_settings.max_concurrent_streams
 
     def open(self, headers: Headers, *, end_stream: bool) -> UpstreamStream:
-        sid = self.h2.get_next_available_stream_id()
+        try:
+            sid = self.h2.get_next_available_stream_id()
+            self.h2.send_headers(sid, headers, end_stream=end_stream)
+        except h2.exceptions.H2Error as exc:  # the connection closed under us: try another
+            self.goaway = True
+            raise UpstreamRefused(f"upstream connection unusable: {exc}") from None
         stream = UpstreamStream(self, sid)
         self.streams[sid] = stream
-        self.h2.send_headers(sid, headers, end_stream=end_stream)
         stream.ended_local = end_stream
         self.kick()
         return stream
