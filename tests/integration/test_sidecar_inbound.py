@@ -18,8 +18,8 @@ from ca.service import IdentityServer
 from ca.spiffe import SpiffeId
 from sidecar.modes.sidecar import SidecarOptions, SidecarServer
 from sidecar.transport import mtls
-from tests.integration.test_mtls import mint
 from tests.support.echo import EchoServer
+from tests.support.mesh import mint
 
 ORDERS = SpiffeId("weft.local", "default", "orders")
 WEB = SpiffeId("weft.local", "default", "web")
