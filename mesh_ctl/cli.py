@@ -152,6 +152,7 @@ def _sidecar(args: argparse.Namespace) -> int:
         inbound_address=args.inbound_address, inbound_port=args.inbound_port,
         admin_port=args.admin_port, files=tuple(args.file or ()),
         default_allow=args.default_policy == "allow",
+        upstreams=tuple(_upstream(u) for u in args.upstream or ()),
     )  # fmt: skip
     sink = None if args.access_log == "off" else sys.stdout
     try:
@@ -162,6 +163,14 @@ def _sidecar(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _upstream(text: str) -> tuple[str, int]:
+    """`orders:9191` → ("orders", 9191)."""
+    name, _, port = text.partition(":")
+    if not name or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SystemExit(f"meshctl: --upstream {text!r}: expected SERVICE:PORT")
+    return name, int(port)
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -322,6 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--inbound-port", type=int, default=15006)
     sc.add_argument("--admin-port", type=int, default=15000)
     sc.add_argument("--access-log", default="-", choices=("-", "off"))
+    sc.add_argument(
+        "--upstream", action="append", metavar="SERVICE:PORT",
+        help="a local port (127.0.0.1) that tunnels any protocol to SERVICE over mTLS",
+    )  # fmt: skip
     sc.add_argument(
         "--default-policy", choices=("allow", "deny"), default="allow",
         help="for services that no ALLOW AuthorizationPolicy names",

@@ -27,9 +27,9 @@ import trio
 
 from ca.spiffe import SpiffeId
 from sidecar.admin import AdminState, serve_admin
-from sidecar.authz import Decision, decide
+from sidecar.authz import Decision, Policy, decide
 from sidecar.config.compile import compile_snapshot
-from sidecar.config.model import ClusterSpec, ListenerKey, Snapshot
+from sidecar.config.model import Backend, ClusterSpec, ListenerKey, RouteAction, Snapshot
 from sidecar.config.parse import Document, load_documents
 from sidecar.config.store import SnapshotStore
 from sidecar.entry import handshake_failed
@@ -37,6 +37,7 @@ from sidecar.http.proxy import ProxyContext, serve_http1
 from sidecar.identity.svid import Svid
 from sidecar.observe.accesslog import AccessLog
 from sidecar.observe.metrics import Metrics
+from sidecar.tcp.proxy import serve_tcp
 from sidecar.transport import mtls
 from sidecar.transport.idle import IdleTracker, run_sweeper
 from sidecar.transport.io import Conn
@@ -70,6 +71,7 @@ class SidecarOptions:
     admin_port: int = 15000
     files: tuple[str, ...] = ()  # outbound routes and peers, as `meshctl edge` reads them
     default_allow: bool = True  # for services no ALLOW AuthorizationPolicy names
+    upstreams: tuple[tuple[str, int], ...] = ()  # (service, local port): opaque tunnels
 
 
 def inbound_snapshot(opts: SidecarOptions, listener: ListenerKey) -> Snapshot:
@@ -104,6 +106,7 @@ class Identity:
         self.server_ctx: ssl.SSLContext = mtls.server_context(svid)
         self.client_h1: ssl.SSLContext = mtls.client_context(svid, alpn=["http/1.1"])
         self.client_h2: ssl.SSLContext = mtls.client_context(svid, alpn=["h2"])
+        self.client_tcp: ssl.SSLContext = mtls.client_context(svid, alpn=[])  # opaque tunnels
 
 
 class SidecarServer:
@@ -114,6 +117,7 @@ class SidecarServer:
         self.access_log_sink = access_log
         self.outbound: EdgeServer | None = None
         self.renewals = 0
+        self.upstream_ports: dict[str, int] = {}
         self.identity: Identity | None = None
         self.trust_pem = b""
         self.inbound_port = 0
@@ -188,6 +192,11 @@ class SidecarServer:
                     access_log=self.access_log_sink, signals=False,
                 )  # fmt: skip
                 await nursery.start(self.outbound.run)
+                for service, port in opts.upstreams:
+                    sock = open_listener("127.0.0.1", port)
+                    self.upstream_ports[service] = sock.getsockname()[1]
+                    handler = functools.partial(self._upstream, service)
+                    nursery.start_soon(accept_loop, sock, handler, nursery)
             log.info("%s ready: inbound mTLS on port %d", self.spiffe_id, self.inbound_port)
             task_status.started(self)
 
@@ -291,14 +300,50 @@ class SidecarServer:
             from sidecar.http.h2server import serve_http2
 
             await serve_http2(ctx, key, tconn, scheme="https", peer_id=peer)
-        else:
+        elif tconn.alpn == "http/1.1":
             await serve_http1(ctx, key, tconn, scheme="https", peer_id=peer)
+        else:  # no ALPN: an opaque tunnel (a peer's --upstream port) to the app
+            decision = decide(
+                self._policies(), namespace=self.opts.namespace, service=self.opts.service,
+                peer=peer, default_allow=self.opts.default_allow,
+            )  # fmt: skip
+            if not decision.allowed:
+                ctx.metrics.inc("weft_tcp_denied_total", (("reason", decision.reason),))
+                tconn.close()
+                return
+            await serve_tcp(ctx, tconn, self._app_route(ctx))
+
+    def _app_route(self, ctx: ProxyContext) -> RouteAction | None:
+        """The inbound snapshot's route to the app, for opaque tunnels."""
+        name = next(iter(ctx.store.current.clusters), None)
+        return _to_cluster(name, "inbound/tcp") if name is not None else None
+
+    def _policies(self) -> tuple[Policy, ...]:
+        snap = self.outbound.snapshot if self.outbound is not None else None
+        return snap.authz if snap is not None else ()
+
+    async def _upstream(self, service: str, conn: Conn) -> None:
+        """A local `--upstream` port: opaque bytes over mTLS to `service`'s sidecars."""
+        assert self.outbound is not None and self.outbound._ctx is not None
+        ctx = self.outbound._ctx
+        snap = ctx.store.current
+        name = next((n for n, c in snap.clusters.items() if c.service == service), None)
+        if name is None or self.spiffe_id is None:
+            conn.close()
+            return
+        spec = snap.clusters[name]
+        expected = SpiffeId(self.spiffe_id.trust_domain, spec.namespace, spec.service)
+
+        async def connect(address: str, port: int, timeout_s: float) -> Conn:
+            assert self.identity is not None
+            return await mtls.connect(self.identity.client_tcp, address, port, expected, timeout_s)
+
+        await serve_tcp(ctx, conn, _to_cluster(name, f"upstream/{service}"), connect=connect)
 
     def _authorize(self, peer: SpiffeId | None, method: str, path: str) -> Decision:
         """AuthorizationPolicies from the sidecar's files, for this service."""
-        snap = self.outbound.snapshot if self.outbound is not None else None
         return decide(
-            snap.authz if snap is not None else (),
+            self._policies(),
             namespace=self.opts.namespace, service=self.opts.service, peer=peer,
             method=method, path=path, default_allow=self.opts.default_allow,
         )  # fmt: skip
@@ -311,3 +356,10 @@ def _trust_domain(bundle_pem: bytes) -> str:
     root = x509.load_pem_x509_certificates(bundle_pem)[0]
     ou = root.subject.get_attributes_for_oid(x509.oid.NameOID.ORGANIZATIONAL_UNIT_NAME)
     return str(ou[0].value) if ou else "weft.local"
+
+
+def _to_cluster(cluster: str, route: str) -> RouteAction:
+    """A route that sends everything to one cluster (for opaque tunnels)."""
+    return RouteAction(
+        route=route, rule=0, backends=(Backend(cluster=cluster, weight=1),), cumulative_weights=(1,)
+    )

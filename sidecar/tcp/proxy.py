@@ -20,12 +20,19 @@ from sidecar.http.request import pick_backend
 from sidecar.tcp.relay import Counts, relay
 from sidecar.transport.idle import Tracked
 from sidecar.transport.io import Conn
+from sidecar.upstream.cluster import Connector
 
 
 async def serve_tcp(
-    ctx: ProxyContext, conn: Conn, action: RouteAction | None, *, initial: bytes = b""
+    ctx: ProxyContext,
+    conn: Conn,
+    action: RouteAction | None,
+    *,
+    initial: bytes = b"",
+    connect: Connector | None = None,
 ) -> None:
-    """Relay one downstream connection to a backend of `action` (a TCPRoute or TLSRoute)."""
+    """Relay one downstream connection to a backend of `action` (a TCPRoute or TLSRoute);
+    `connect` replaces the cluster's own way of reaching upstreams."""
     start = time.perf_counter()
     route = action.route if action is not None else ""
     peer = result = ""
@@ -40,7 +47,7 @@ async def serve_tcp(
         peer = cluster.spec.name
         endpoint = stats.endpoint
         try:
-            upstream = await cluster.connect(
+            upstream = await (connect or cluster.connect)(
                 endpoint.address, endpoint.port, cluster.spec.connect_timeout_s
             )
         except UpstreamConnectError:

@@ -127,9 +127,11 @@ class TlsConn(Conn):
         return True
 
     def shutdown_write(self) -> None:
-        # TLS has no half-close Python can express without giving up reading (unwrap):
-        # the direction stays open until the whole connection closes.
-        return None
+        """Half-close: send close_notify and keep reading (TLS 1.3 allows it; OpenSSL reads
+        on after sending its close_notify). The second half of `unwrap` waits for the
+        peer's close_notify, which a non-blocking socket reports as WANT_READ: ignored."""
+        with contextlib.suppress(ssl.SSLError, OSError, ValueError):
+            self.sock.unwrap()
 
     def close(self) -> None:
         if not self.closed:

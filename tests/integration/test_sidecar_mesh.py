@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+import trio.testing
 from cryptography import x509
 
 from ca import keystore, tokens
@@ -287,3 +288,57 @@ async def test_meshctl_sidecar_process_drains_and_exits_on_sigterm(tmp_path: Pat
         sidecar.kill()
         server.kill()
     assert code == 0
+
+
+async def test_upstream_port_tunnels_opaque_tcp_over_mtls(
+    control_plane: tuple[IdentityServer, Path], tmp_path: Path
+) -> None:
+    """`--upstream orders:PORT`: any protocol (here raw bytes with a half-close, carried as
+    TLS close_notify) reaches the orders app through both sidecars; a DENY policy for another
+    caller does not stop this one."""
+
+    async def echo_after_eof(stream: trio.SocketStream) -> None:
+        got = b""
+        while chunk := await stream.receive_some(65536):
+            got += chunk
+        await stream.send_all(b"tcp:" + got)
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, echo_after_eof, 0, host="127.0.0.1")
+        )
+        app_port = listeners[0].socket.getsockname()[1]
+        deny = tmp_path / "deny.yaml"
+        deny.write_text(
+            POLICY.replace("action: ALLOW", "action: DENY")
+            .replace("  to: [{paths: [/orders/], methods: [GET]}]\n", "")
+            .replace("services: [web]", "services: [intruder]")
+        )
+        orders: SidecarServer = await nursery.start(
+            SidecarServer(_options(control_plane, "orders", app_port, files=(str(deny),))).run
+        )
+        cfg = tmp_path / "web.yaml"
+        cfg.write_text(
+            OUTBOUND.format(port=free_port()) + PEER.format(name="orders", port=orders.inbound_port)
+        )
+        web: SidecarServer = await nursery.start(
+            SidecarServer(
+                _options(control_plane, "web", 1, files=(str(cfg),), upstreams=(("orders", 0),))
+            ).run
+        )
+        stream = await trio.open_tcp_stream("127.0.0.1", web.upstream_ports["orders"])
+        await stream.send_all(b"\x00binary\xff")
+        await stream.send_eof()
+        got = b""
+        with trio.fail_after(10):
+            while chunk := await stream.receive_some(65536):
+                got += chunk
+        await trio.testing.wait_all_tasks_blocked()
+        metrics = web.metrics.render()
+        nursery.cancel_scope.cancel()
+    assert got == b"tcp:\x00binary\xff"
+    assert (
+        'direction="outbound",service="web",peer="default/orders:80",route="upstream/orders",result="closed"} 1'
+        in metrics
+    )
