@@ -89,6 +89,11 @@ class EdgeServer:
 
     # -- public ---------------------------------------------------------------------------
     @property
+    def context(self) -> ProxyContext | None:
+        """What its connection handlers share (None until running)."""
+        return self._ctx
+
+    @property
     def snapshot(self) -> Snapshot | None:
         return self.store.current if self.store else None
 

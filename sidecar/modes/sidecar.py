@@ -324,8 +324,8 @@ class SidecarServer:
 
     async def _upstream(self, service: str, conn: Conn) -> None:
         """A local `--upstream` port: opaque bytes over mTLS to `service`'s sidecars."""
-        assert self.outbound is not None and self.outbound._ctx is not None
-        ctx = self.outbound._ctx
+        assert self.outbound is not None and self.outbound.context is not None
+        ctx = self.outbound.context
         snap = ctx.store.current
         name = next((n for n, c in snap.clusters.items() if c.service == service), None)
         if name is None or self.spiffe_id is None:
