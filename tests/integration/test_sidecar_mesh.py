@@ -342,3 +342,55 @@ async def test_upstream_port_tunnels_opaque_tcp_over_mtls(
         'direction="outbound",service="web",peer="default/orders:80",route="upstream/orders",result="closed"} 1'
         in metrics
     )
+
+
+async def test_a_denied_tunnel_is_closed_before_the_app(
+    control_plane: tuple[IdentityServer, Path], tmp_path: Path
+) -> None:
+    reached: list[bytes] = []
+
+    async def app(stream: trio.SocketStream) -> None:
+        reached.append(await stream.receive_some(100))
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, app, 0, host="127.0.0.1"))
+        deny = tmp_path / "deny.yaml"
+        deny.write_text(
+            "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\n"
+            "metadata: {name: no-web}\nspec:\n  targetRef: {kind: Service, name: orders}\n"
+            "  action: DENY\n  from: [{services: [web]}]\n"
+        )
+        orders: SidecarServer = await nursery.start(
+            SidecarServer(
+                _options(
+                    control_plane,
+                    "orders",
+                    listeners[0].socket.getsockname()[1],
+                    files=(str(deny),),
+                )
+            ).run
+        )
+        cfg = tmp_path / "web.yaml"
+        cfg.write_text(
+            OUTBOUND.format(port=free_port()) + PEER.format(name="orders", port=orders.inbound_port)
+        )
+        web: SidecarServer = await nursery.start(
+            SidecarServer(
+                _options(control_plane, "web", 1, files=(str(cfg),), upstreams=(("orders", 0),))
+            ).run
+        )
+        stream = await trio.open_tcp_stream("127.0.0.1", web.upstream_ports["orders"])
+        await stream.send_all(b"hello")
+        got = b""
+        with trio.fail_after(10):
+            try:
+                while chunk := await stream.receive_some(100):
+                    got += chunk
+            except trio.BrokenResourceError:
+                pass
+        await trio.testing.wait_all_tasks_blocked()
+        metrics = orders.metrics.render()
+        nursery.cancel_scope.cancel()
+    assert got == b"" and reached == []
+    assert 'weft_tcp_denied_total{reason="denied by default/no-web"} 1' in metrics
