@@ -55,6 +55,7 @@ async def test_drain_finishes_requests_and_closes_the_rest(
         slow = await trio.open_tcp_stream("127.0.0.1", port)
         await slow.send_all(b"GET /delay/500/x HTTP/1.1\r\nHost: h\r\n\r\n")
         h2_out: list[str] = []
+        nghttp_done = trio.Event()
 
         async def nghttp() -> None:  # a real HTTP/2 client, printing every frame
             proc = await trio.run_process(
@@ -63,6 +64,7 @@ async def test_drain_finishes_requests_and_closes_the_rest(
                 check=False,
             )
             h2_out.append(proc.stdout.decode())
+            nghttp_done.set()
 
         nursery.start_soon(nghttp)
         assert await trio.to_thread.run_sync(echo.wait_started, 3, 10)  # both slow ones are in
@@ -71,8 +73,7 @@ async def test_drain_finishes_requests_and_closes_the_rest(
         slow_answer = await _read_all(slow)
         with trio.fail_after(10):
             await server.idle.wait_empty()
-        while not h2_out:
-            await trio.sleep(0.01)  # nghttp exits right after the connection closes
+            await nghttp_done.wait()  # nghttp exits right after the connection closes
         nursery.cancel_scope.cancel()
     assert first.startswith(b"HTTP/1.1 200 ")
     assert idle_rest == b""  # closed without waiting for its idle timeout
@@ -94,13 +95,13 @@ async def test_sigterm_drains_and_exits(tmp_path: Path, echo: EchoServer) -> Non
     cmd = [sys.executable, "-m", "sidecar", "edge", "-f", str(cfg), "--admin-port", str(admin)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        with trio.fail_after(20):
-            while True:  # wait until it listens
-                try:
-                    idle = await trio.open_tcp_stream("127.0.0.1", port)
-                    break
-                except OSError:
-                    await trio.sleep(0.05)
+        assert proc.stderr is not None
+        with trio.fail_after(20):  # its log says when it listens
+            while "listening on" not in (
+                line := await trio.to_thread.run_sync(proc.stderr.readline)
+            ):
+                assert line, "edge exited"
+        idle = await trio.open_tcp_stream("127.0.0.1", port)
         await idle.send_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
         assert (await _read_answer(idle)).startswith(b"HTTP/1.1 200 ")
         proc.send_signal(signal.SIGTERM)

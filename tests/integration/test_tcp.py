@@ -198,13 +198,17 @@ async def test_tls_passthrough_routes_by_sni(tmp_path: Path, servers: dict[str, 
         port = free_port()
         proc = subprocess.Popen(
             ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(cert),
-             "-key", str(key), "-www", "-quiet"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+             "-key", str(key), "-www"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True,
         )  # fmt: skip
         backends.append((proc, port))
     try:
-        for _, port in backends:
-            await _wait_listening(port)
+        for proc, _ in backends:  # s_server prints ACCEPT once it listens
+            assert proc.stdout is not None
+            with trio.fail_after(10):
+                while "ACCEPT" not in (line := await trio.to_thread.run_sync(proc.stdout.readline)):
+                    assert line, "openssl s_server exited"
         with EchoServer("web") as web:
             text = _config(servers, web.port, backends[0][1], backends[1][1], "echo")
             async with trio.open_nursery() as nursery:
@@ -233,15 +237,3 @@ def _peer_name(port: int, sni: str, ca_pem: bytes) -> str:
     assert der is not None
     cert = x509.load_der_x509_certificate(der)
     return str(cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)[0].value)
-
-
-async def _wait_listening(port: int) -> None:
-    with trio.fail_after(10):
-        while True:
-            try:
-                stream = await trio.open_tcp_stream("127.0.0.1", port)
-            except OSError:
-                await trio.sleep(0.02)
-                continue
-            await stream.aclose()
-            return
