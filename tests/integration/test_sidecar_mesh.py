@@ -3,10 +3,11 @@ and a peer that answers with another identity is refused by the caller."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -16,6 +17,7 @@ import trio.testing
 from cryptography import x509
 
 from ca import keystore, tokens
+from ca.authority import LEAF_TTL
 from ca.service import IdentityServer
 from ca.spiffe import SpiffeId
 from sidecar.modes.sidecar import SidecarOptions, SidecarServer
@@ -47,19 +49,69 @@ spec:
 """
 
 
-@pytest.fixture
-def control_plane(tmp_path: Path) -> Iterator[tuple[IdentityServer, Path]]:
-    data = tmp_path / "cp"
+ControlPlane = tuple[IdentityServer, Path]
+
+
+@contextlib.contextmanager
+def _running_control_plane(
+    data: Path, leaf_ttl: datetime.timedelta = LEAF_TTL
+) -> Iterator[ControlPlane]:
     keystore.init(data, "weft.local", datetime.datetime.now(datetime.UTC))
-    srv = IdentityServer(data, "127.0.0.1:0")
+    srv = IdentityServer(data, "127.0.0.1:0", leaf_ttl=leaf_ttl)
     srv.start()
-    yield srv, data
-    srv.stop(0)
+    try:
+        yield srv, data
+    finally:
+        srv.stop(0)
 
 
-def _options(
-    cp: tuple[IdentityServer, Path], service: str, app_port: int, **kw: object
-) -> SidecarOptions:
+@pytest.fixture
+def control_plane(tmp_path: Path) -> Iterator[ControlPlane]:
+    with _running_control_plane(tmp_path / "cp") as cp:
+        yield cp
+
+
+async def _pair(
+    nursery: trio.Nursery,
+    cp: ControlPlane,
+    tmp_path: Path,
+    app_port: int,
+    *,
+    peers: tuple[str, ...] = ("orders",),
+    orders_files: tuple[str, ...] = (),
+    upstreams: tuple[tuple[str, int], ...] = (),
+) -> tuple[SidecarServer, SidecarServer, int]:
+    """An orders sidecar in front of `app_port` and a web sidecar whose outbound listener
+    (the returned port) routes each name in `peers` to the orders sidecar."""
+    orders: SidecarServer = await nursery.start(
+        SidecarServer(_options(cp, "orders", app_port, files=orders_files)).run
+    )
+    out_port = free_port()
+    cfg = tmp_path / "web-outbound.yaml"
+    cfg.write_text(
+        OUTBOUND.format(port=out_port)
+        + "".join(PEER.format(name=n, port=orders.inbound_port) for n in peers)
+    )
+    web: SidecarServer = await nursery.start(
+        SidecarServer(_options(cp, "web", 1, files=(str(cfg),), upstreams=upstreams)).run
+    )
+    return orders, web, out_port
+
+
+async def _traffic(out_port: int, more: Callable[[], bool], limit_s: float) -> list[int]:
+    """Statuses of requests sent one after another on new connections (so handshakes see
+    every renewed certificate) while `more()` holds, for at most `limit_s`."""
+    statuses: list[int] = []
+    limits = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=10, limits=limits) as http:
+        with trio.move_on_after(limit_s):
+            while more():
+                r = await http.get(f"http://127.0.0.1:{out_port}/o", headers={"Host": "orders"})
+                statuses.append(r.status_code)
+    return statuses
+
+
+def _options(cp: ControlPlane, service: str, app_port: int, **kw: object) -> SidecarOptions:
     srv, data = cp
     now = datetime.datetime.now(datetime.UTC)
     identity = SpiffeId("weft.local", "default", service)
@@ -73,24 +125,12 @@ def _options(
     )  # fmt: skip
 
 
-async def test_app_to_app_through_two_sidecars(
-    control_plane: tuple[IdentityServer, Path], tmp_path: Path
-) -> None:
+async def test_app_to_app_through_two_sidecars(control_plane: ControlPlane, tmp_path: Path) -> None:
     with EchoServer("orders-app") as orders_app:
         async with trio.open_nursery() as nursery:
-            orders: SidecarServer = await nursery.start(
-                SidecarServer(_options(control_plane, "orders", orders_app.port)).run
-            )
-            out_port = free_port()
-            cfg = tmp_path / "web-outbound.yaml"
             # "payments" points at the orders sidecar: it will present the wrong identity.
-            cfg.write_text(
-                OUTBOUND.format(port=out_port)
-                + PEER.format(name="orders", port=orders.inbound_port)
-                + PEER.format(name="payments", port=orders.inbound_port)
-            )
-            web: SidecarServer = await nursery.start(
-                SidecarServer(_options(control_plane, "web", 1, files=(str(cfg),))).run
+            orders, web, out_port = await _pair(
+                nursery, control_plane, tmp_path, orders_app.port, peers=("orders", "payments")
             )
             async with httpx.AsyncClient(timeout=10) as http:
                 ok = await http.get(
@@ -128,25 +168,14 @@ spec:
 
 
 async def test_authorization_policy_is_enforced_on_the_inbound_side(
-    control_plane: tuple[IdentityServer, Path], tmp_path: Path
+    control_plane: ControlPlane, tmp_path: Path
 ) -> None:
     policy = tmp_path / "orders-policy.yaml"
     policy.write_text(POLICY)
     with EchoServer("orders-app") as orders_app:
         async with trio.open_nursery() as nursery:
-            orders: SidecarServer = await nursery.start(
-                SidecarServer(
-                    _options(control_plane, "orders", orders_app.port, files=(str(policy),))
-                ).run
-            )
-            out_port = free_port()
-            cfg = tmp_path / "web-outbound.yaml"
-            cfg.write_text(
-                OUTBOUND.format(port=out_port)
-                + PEER.format(name="orders", port=orders.inbound_port)
-            )
-            await nursery.start(
-                SidecarServer(_options(control_plane, "web", 1, files=(str(cfg),))).run
+            orders, _, out_port = await _pair(
+                nursery, control_plane, tmp_path, orders_app.port, orders_files=(str(policy),)
             )
             async with httpx.AsyncClient(timeout=10) as http:
                 url = f"http://127.0.0.1:{out_port}"
@@ -164,89 +193,46 @@ async def test_authorization_policy_is_enforced_on_the_inbound_side(
 
 async def test_renewals_under_continuous_traffic_lose_no_request(tmp_path: Path) -> None:
     """3-second SVIDs renew every ~2 s while requests flow through both sidecars."""
-    data = tmp_path / "cp-short"
-    keystore.init(data, "weft.local", datetime.datetime.now(datetime.UTC))
-    srv = IdentityServer(data, "127.0.0.1:0", leaf_ttl=datetime.timedelta(seconds=3))
-    srv.start()
-    cp = (srv, data)
-    try:
-        with EchoServer("orders-app") as orders_app:
-            async with trio.open_nursery() as nursery:
-                orders: SidecarServer = await nursery.start(
-                    SidecarServer(_options(cp, "orders", orders_app.port)).run
-                )
-                out_port = free_port()
-                cfg = tmp_path / "web-outbound.yaml"
-                cfg.write_text(
-                    OUTBOUND.format(port=out_port)
-                    + PEER.format(name="orders", port=orders.inbound_port)
-                )
-                web: SidecarServer = await nursery.start(
-                    SidecarServer(_options(cp, "web", 1, files=(str(cfg),))).run
-                )
-                statuses: list[int] = []
-                # New connections each time, so handshakes see every renewed certificate.
-                limits = httpx.Limits(max_keepalive_connections=0)
-                async with httpx.AsyncClient(timeout=10, limits=limits) as http:
-                    with trio.move_on_after(15):  # bound: stop once both renewed twice
-                        while min(orders.renewals, web.renewals) < 2:
-                            r = await http.get(
-                                f"http://127.0.0.1:{out_port}/o", headers={"Host": "orders"}
-                            )
-                            statuses.append(r.status_code)
-                nursery.cancel_scope.cancel()
-    finally:
-        srv.stop(0)
+    with (
+        _running_control_plane(tmp_path / "cp", datetime.timedelta(seconds=3)) as cp,
+        EchoServer("orders-app") as app,
+    ):
+        async with trio.open_nursery() as nursery:
+            orders, web, out_port = await _pair(nursery, cp, tmp_path, app.port)
+            statuses = await _traffic(
+                out_port, lambda: min(orders.renewals, web.renewals) < 2, limit_s=15
+            )
+            nursery.cancel_scope.cancel()
     assert min(orders.renewals, web.renewals) >= 2, (orders.renewals, web.renewals)
     assert statuses and set(statuses) == {200}, [s for s in statuses if s != 200][:5]
 
 
 async def test_root_rotation_under_traffic_loses_no_request(tmp_path: Path) -> None:
-    data = tmp_path / "cp-rotate"
-    keystore.init(data, "weft.local", datetime.datetime.now(datetime.UTC))
-    srv = IdentityServer(data, "127.0.0.1:0", leaf_ttl=datetime.timedelta(seconds=3))
-    srv.start()
-    cp = (srv, data)
-    try:
-        with EchoServer("orders-app") as orders_app:
-            async with trio.open_nursery() as nursery:
-                orders: SidecarServer = await nursery.start(
-                    SidecarServer(_options(cp, "orders", orders_app.port)).run
-                )
-                out_port = free_port()
-                cfg = tmp_path / "web-outbound.yaml"
-                cfg.write_text(
-                    OUTBOUND.format(port=out_port)
-                    + PEER.format(name="orders", port=orders.inbound_port)
-                )
-                web: SidecarServer = await nursery.start(
-                    SidecarServer(_options(cp, "web", 1, files=(str(cfg),))).run
-                )
-                statuses: list[int] = []
-                rotated_at: tuple[int, int] | None = None
-                limits = httpx.Limits(max_keepalive_connections=0)
-                async with httpx.AsyncClient(timeout=10, limits=limits) as http:
-                    with trio.move_on_after(20):
-                        while (
-                            rotated_at is None
-                            or min(orders.renewals - rotated_at[0], web.renewals - rotated_at[1])
-                            < 2
-                        ):
-                            if rotated_at is None and min(orders.renewals, web.renewals) >= 1:
-                                keystore.rotate(data, datetime.datetime.now(datetime.UTC))
-                                rotated_at = (orders.renewals, web.renewals)
-                            r = await http.get(
-                                f"http://127.0.0.1:{out_port}/o", headers={"Host": "orders"}
-                            )
-                            statuses.append(r.status_code)
-                new_signer = keystore.load(data, datetime.datetime.now(datetime.UTC)).signer.cert
-                issuers = {s.identity.svid.cert_pem for s in (orders, web) if s.identity}
-                nursery.cancel_scope.cancel()
-    finally:
-        srv.stop(0)
-    assert rotated_at is not None
+    """After both renewed once, `ca rotate`; traffic goes on until both renewed twice more."""
+    data = tmp_path / "cp"
+    with (
+        _running_control_plane(data, datetime.timedelta(seconds=3)) as cp,
+        EchoServer("orders-app") as app,
+    ):
+        async with trio.open_nursery() as nursery:
+            orders, web, out_port = await _pair(nursery, cp, tmp_path, app.port)
+            rotated: list[tuple[int, int]] = []
+
+            def more() -> bool:
+                if not rotated:
+                    if min(orders.renewals, web.renewals) >= 1:
+                        keystore.rotate(data, datetime.datetime.now(datetime.UTC))
+                        rotated.append((orders.renewals, web.renewals))
+                    return True
+                return min(orders.renewals - rotated[0][0], web.renewals - rotated[0][1]) < 2
+
+            statuses = await _traffic(out_port, more, limit_s=20)
+            new_signer = keystore.load(data, datetime.datetime.now(datetime.UTC)).signer.cert
+            svids = [s.identity.svid.cert_pem for s in (orders, web) if s.identity]
+            nursery.cancel_scope.cancel()
+    assert rotated
     assert statuses and set(statuses) == {200}, [s for s in statuses if s != 200][:5]
-    for pem in issuers:  # both sidecars now hold SVIDs from the new intermediate
+    for pem in svids:  # both sidecars now hold SVIDs from the new intermediate
         assert x509.load_pem_x509_certificate(pem).issuer == new_signer.subject
 
 
@@ -290,8 +276,44 @@ async def test_meshctl_sidecar_process_drains_and_exits_on_sigterm(tmp_path: Pat
     assert code == 0
 
 
+DENY = """apiVersion: weft.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: no-{caller}}}
+spec:
+  targetRef: {{kind: Service, name: orders}}
+  action: DENY
+  from: [{{services: [{caller}]}}]
+"""
+
+
+async def _tunnel(
+    nursery: trio.Nursery, cp: ControlPlane, tmp_path: Path, app: object, denied: str
+) -> tuple[SidecarServer, SidecarServer, trio.SocketStream]:
+    """A raw TCP `app` behind orders (which denies `denied`), and a stream into web's
+    `--upstream orders` port."""
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, app, 0, host="127.0.0.1"))
+    policy = tmp_path / "deny.yaml"
+    policy.write_text(DENY.format(caller=denied))
+    orders, web, _ = await _pair(
+        nursery, cp, tmp_path, listeners[0].socket.getsockname()[1],
+        orders_files=(str(policy),), upstreams=(("orders", 0),),
+    )  # fmt: skip
+    return orders, web, await trio.open_tcp_stream("127.0.0.1", web.upstream_ports["orders"])
+
+
+async def _read_to_close(stream: trio.SocketStream) -> bytes:
+    got = b""
+    with trio.fail_after(10):
+        try:
+            while chunk := await stream.receive_some(65536):
+                got += chunk
+        except trio.BrokenResourceError:
+            pass
+    return got
+
+
 async def test_upstream_port_tunnels_opaque_tcp_over_mtls(
-    control_plane: tuple[IdentityServer, Path], tmp_path: Path
+    control_plane: ControlPlane, tmp_path: Path
 ) -> None:
     """`--upstream orders:PORT`: any protocol (here raw bytes with a half-close, carried as
     TLS close_notify) reaches the orders app through both sidecars; a DENY policy for another
@@ -305,47 +327,20 @@ async def test_upstream_port_tunnels_opaque_tcp_over_mtls(
         await stream.aclose()
 
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(
-            functools.partial(trio.serve_tcp, echo_after_eof, 0, host="127.0.0.1")
-        )
-        app_port = listeners[0].socket.getsockname()[1]
-        deny = tmp_path / "deny.yaml"
-        deny.write_text(
-            POLICY.replace("action: ALLOW", "action: DENY")
-            .replace("  to: [{paths: [/orders/], methods: [GET]}]\n", "")
-            .replace("services: [web]", "services: [intruder]")
-        )
-        orders: SidecarServer = await nursery.start(
-            SidecarServer(_options(control_plane, "orders", app_port, files=(str(deny),))).run
-        )
-        cfg = tmp_path / "web.yaml"
-        cfg.write_text(
-            OUTBOUND.format(port=free_port()) + PEER.format(name="orders", port=orders.inbound_port)
-        )
-        web: SidecarServer = await nursery.start(
-            SidecarServer(
-                _options(control_plane, "web", 1, files=(str(cfg),), upstreams=(("orders", 0),))
-            ).run
-        )
-        stream = await trio.open_tcp_stream("127.0.0.1", web.upstream_ports["orders"])
+        _, web, stream = await _tunnel(nursery, control_plane, tmp_path, echo_after_eof, "intruder")
         await stream.send_all(b"\x00binary\xff")
         await stream.send_eof()
-        got = b""
-        with trio.fail_after(10):
-            while chunk := await stream.receive_some(65536):
-                got += chunk
+        got = await _read_to_close(stream)
         await trio.testing.wait_all_tasks_blocked()
         metrics = web.metrics.render()
         nursery.cancel_scope.cancel()
     assert got == b"tcp:\x00binary\xff"
-    assert (
-        'direction="outbound",service="web",peer="default/orders:80",route="upstream/orders",result="closed"} 1'
-        in metrics
-    )
+    want = 'peer="default/orders:80",route="upstream/orders",result="closed"} 1'
+    assert f'direction="outbound",service="web",{want}' in metrics
 
 
 async def test_a_denied_tunnel_is_closed_before_the_app(
-    control_plane: tuple[IdentityServer, Path], tmp_path: Path
+    control_plane: ControlPlane, tmp_path: Path
 ) -> None:
     reached: list[bytes] = []
 
@@ -354,41 +349,9 @@ async def test_a_denied_tunnel_is_closed_before_the_app(
         await stream.aclose()
 
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(functools.partial(trio.serve_tcp, app, 0, host="127.0.0.1"))
-        deny = tmp_path / "deny.yaml"
-        deny.write_text(
-            "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\n"
-            "metadata: {name: no-web}\nspec:\n  targetRef: {kind: Service, name: orders}\n"
-            "  action: DENY\n  from: [{services: [web]}]\n"
-        )
-        orders: SidecarServer = await nursery.start(
-            SidecarServer(
-                _options(
-                    control_plane,
-                    "orders",
-                    listeners[0].socket.getsockname()[1],
-                    files=(str(deny),),
-                )
-            ).run
-        )
-        cfg = tmp_path / "web.yaml"
-        cfg.write_text(
-            OUTBOUND.format(port=free_port()) + PEER.format(name="orders", port=orders.inbound_port)
-        )
-        web: SidecarServer = await nursery.start(
-            SidecarServer(
-                _options(control_plane, "web", 1, files=(str(cfg),), upstreams=(("orders", 0),))
-            ).run
-        )
-        stream = await trio.open_tcp_stream("127.0.0.1", web.upstream_ports["orders"])
+        orders, _, stream = await _tunnel(nursery, control_plane, tmp_path, app, "web")
         await stream.send_all(b"hello")
-        got = b""
-        with trio.fail_after(10):
-            try:
-                while chunk := await stream.receive_some(100):
-                    got += chunk
-            except trio.BrokenResourceError:
-                pass
+        got = await _read_to_close(stream)
         await trio.testing.wait_all_tasks_blocked()
         metrics = orders.metrics.render()
         nursery.cancel_scope.cancel()
