@@ -3,6 +3,7 @@ trailers intact, deadlines enforced by the proxy; HTTP/1.1 clients of HTTP/2 ups
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -77,8 +78,9 @@ class EchoService:
             yield r.upper()
 
 
-@pytest.fixture
-def grpc_server() -> Iterator[tuple[int, EchoService]]:
+@contextlib.contextmanager
+def _echo_server() -> Iterator[tuple[int, EchoService]]:
+    """A grpcio server of EchoService on an ephemeral loopback port."""
     svc = EchoService()
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(svc.unary),
@@ -90,8 +92,16 @@ def grpc_server() -> Iterator[tuple[int, EchoService]]:
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    yield port, svc
-    server.stop(None)
+    try:
+        yield port, svc
+    finally:
+        server.stop(None)
+
+
+@pytest.fixture
+def grpc_server() -> Iterator[tuple[int, EchoService]]:
+    with _echo_server() as running:
+        yield running
 
 
 def _calls(port: int) -> dict[str, object]:
@@ -264,27 +274,13 @@ def _routed(port: int) -> dict[str, object]:
 
 
 async def test_grpcroute_matches_service_method_and_headers(tmp_path: Path) -> None:
-    servers = []
-    for _ in range(2):
-        svc = EchoService()
-        handlers = {
-            "Unary": grpc.unary_unary_rpc_method_handler(svc.unary),
-            "ServerStream": grpc.unary_stream_rpc_method_handler(svc.server_stream),
-        }
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-        servers.append((server, server.add_insecure_port("127.0.0.1:0")))
-        server.start()
-    try:
-        text = GRPC_ROUTES.format(a=servers[0][1], b=servers[1][1])
+    with _echo_server() as (a, _), _echo_server() as (b, _):
         async with trio.open_nursery() as nursery:
+            text = GRPC_ROUTES.format(a=a, b=b)
             edge, port = await start_edge(nursery, tmp_path / "c.yaml", text)
             got = await trio.to_thread.run_sync(_routed, port)
             metrics = edge.metrics.render()
             nursery.cancel_scope.cancel()
-    finally:
-        for server, _ in servers:
-            server.stop(None)
     assert "x-served-by" not in got["plain"]  # type: ignore[operator]
     assert got["gold"]["x-served-by"] == "b"  # type: ignore[index]
     assert got["streamed"] == [b"0", b"1"]
