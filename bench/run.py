@@ -181,21 +181,17 @@ http {{ access_log {tmp}/nginx-access.log; keepalive_requests 1000000;
     location /api {{ proxy_pass http://api; proxy_http_version 1.1;
       proxy_set_header Connection ""; proxy_set_header Host $host; }} }} }}
 """)
-    (tmp / "envoy.yaml").write_text(f"""
-static_resources:
-  listeners:
-  - address: {{socket_address: {{address: 127.0.0.1, port_value: {PORTS["envoy"]}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
+    # Envoy's HTTP connection manager, the same on the plain and the TLS listener.
+    hcm = (
+        """      - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress
+          stat_prefix: {prefix}
           access_log:
           - name: envoy.access_loggers.file
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-              path: {tmp}/envoy-access.log
+              path: TMP/envoy-access.log
               json_format: {{start: "%START_TIME%", method: "%REQ(:METHOD)%", path: "%REQ(:PATH)%", status: "%RESPONSE_CODE%", duration: "%DURATION%"}}
           route_config:
             virtual_hosts:
@@ -205,7 +201,15 @@ static_resources:
           http_filters:
           - name: envoy.filters.http.router
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  - address: {{socket_address: {{address: 127.0.0.1, port_value: {TLS_PORTS["envoy"]}}}}}
+"""
+    ).replace("TMP", str(tmp))
+    (tmp / "envoy.yaml").write_text(f"""
+static_resources:
+  listeners:
+  - address: {{socket_address: {{address: 127.0.0.1, port_value: {PORTS["envoy"]}}}}}
+    filter_chains:
+    - filters:
+{hcm.format(prefix="ingress")}  - address: {{socket_address: {{address: 127.0.0.1, port_value: {TLS_PORTS["envoy"]}}}}}
     filter_chains:
     - transport_socket:
         name: envoy.transport_sockets.tls
@@ -215,25 +219,7 @@ static_resources:
             alpn_protocols: [h2, http/1.1]
             tls_certificates: [{{certificate_chain: {{filename: {cert}}}, private_key: {{filename: {key}}}}}]
       filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress_tls
-          access_log:
-          - name: envoy.access_loggers.file
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-              path: {tmp}/envoy-access.log
-              json_format: {{start: "%START_TIME%", method: "%REQ(:METHOD)%", path: "%REQ(:PATH)%", status: "%RESPONSE_CODE%", duration: "%DURATION%"}}
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes: [{{match: {{prefix: "/api"}}, route: {{cluster: api}}}}]
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
+{hcm.format(prefix="ingress_tls")}  clusters:
   - name: api
     type: STATIC
     load_assignment:
