@@ -138,7 +138,7 @@ def _server(args: argparse.Namespace) -> int:
 
 
 def _sidecar(args: argparse.Namespace) -> int:
-    from sidecar.identity.client import IdentityError
+    from sidecar.identity.svid import IdentityError
     from sidecar.modes.sidecar import SidecarOptions, SidecarServer
 
     token = args.token or os.environ.get("WEFT_TOKEN", "")

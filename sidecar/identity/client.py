@@ -1,7 +1,8 @@
-"""Getting an SVID from the control plane's `Identity.Sign` (grpcio, blocking: call it from a
-worker thread, e.g. `trio.to_thread.run_sync`).
+"""Getting an SVID from the control plane's `Identity.Sign` (grpcio and cryptography, blocking).
 
-The key is made here and never leaves the process; only a CSR goes out. Trust in the control
+Sidecars run this in the identity helper process (`sidecar.identity.agent`), so that neither
+library stays in the data plane's memory. The key is made there and goes only to the sidecar,
+over a pipe; only a CSR goes out. Trust in the control
 plane comes from a root bundle file or from a pinned root fingerprint, never from the
 network alone: with a fingerprint, the server's certificate chain is fetched once without
 verification, the root whose SHA-256 matches is taken, and everything after that is
@@ -24,13 +25,9 @@ from ca.authority import svid_identity
 from ca.service import CONTROL_PLANE_HOST
 from ca.spiffe import SpiffeId
 from mesh_ctl.api import identity_pb2, identity_pb2_grpc
-from sidecar.identity.svid import Svid
+from sidecar.identity.svid import IdentityError, Svid
 
 PEM = serialization.Encoding.PEM
-
-
-class IdentityError(Exception):
-    """The control plane refused, or could not be reached or trusted; the message says why."""
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
@@ -119,3 +116,13 @@ def trust_from_fingerprint(target: str, fingerprint: str, timeout_s: float = 10.
         if hashlib.sha256(der).hexdigest() == want:
             return x509.load_der_x509_certificate(der).public_bytes(PEM)
     raise IdentityError(f"no certificate the control plane presented has fingerprint {fingerprint}")
+
+
+def trust_domain(bundle_pem: bytes) -> str:
+    """The trust domain the CA serves (the OU of its root)."""
+    try:
+        root = x509.load_pem_x509_certificates(bundle_pem)[0]
+    except ValueError:
+        raise IdentityError("the CA bundle holds no PEM certificate") from None
+    ou = root.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    return str(ou[0].value) if ou else "weft.local"

@@ -1,8 +1,9 @@
 """Sidecar mode: the workload's identity, and its inbound mTLS listener in front of the app.
 
-Theory of operation. On start the sidecar makes a key, trades a CSR and its join token for an
-SVID at the control plane (`Identity.Sign`, in a worker thread: grpcio blocks), and only then
-opens its listeners and reports ready. It renews at about two thirds of the SVID's life (with
+Theory of operation. On start the sidecar gets an SVID for its join token from the control
+plane (`Identity.Sign`, through the identity helper process: the key, the CSR and the gRPC call
+happen there, so grpcio and cryptography never load into the data plane), and only then opens
+its listeners and reports ready. It renews at about two thirds of the SVID's life (with
 jitter, so a fleet does not renew at once) by proving the current SVID; each renewal builds new
 TLS contexts, which new connections use while open ones keep theirs. A failed renewal is
 retried with backoff while the current SVID is still valid.
@@ -34,7 +35,8 @@ from sidecar.config.parse import Document, load_documents
 from sidecar.config.store import SnapshotStore
 from sidecar.entry import handshake_failed
 from sidecar.http.proxy import ProxyContext, serve_http1
-from sidecar.identity.svid import Svid
+from sidecar.identity.fetch import fetch_svid
+from sidecar.identity.svid import IdentityError, Svid, SvidRequest
 from sidecar.observe.accesslog import AccessLog
 from sidecar.observe.metrics import Metrics
 from sidecar.tcp.proxy import serve_tcp
@@ -129,27 +131,15 @@ class SidecarServer:
     async def run(
         self, *, task_status: trio.TaskStatus[SidecarServer] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        from sidecar.identity import client  # grpcio: loaded by sidecars only
-
         opts = self.opts
-        if opts.ca_file:
-            self.trust_pem = await trio.Path(opts.ca_file).read_bytes()
-        elif opts.ca_fingerprint:
-            self.trust_pem = await trio.to_thread.run_sync(
-                client.trust_from_fingerprint, opts.control_plane, opts.ca_fingerprint
-            )
-        else:
-            raise client.IdentityError(
-                "give --ca-file or --ca-fingerprint to trust the control plane"
-            )
-        domain = _trust_domain(self.trust_pem)
-        self.spiffe_id = SpiffeId(domain, opts.namespace, opts.service)
-        svid = await trio.to_thread.run_sync(
-            functools.partial(
-                client.request_svid, opts.control_plane, self.spiffe_id,
-                trust_pem=self.trust_pem, token=opts.token,
+        trust = await trio.Path(opts.ca_file).read_bytes() if opts.ca_file else None
+        svid = await fetch_svid(
+            SvidRequest(
+                control_plane=opts.control_plane, namespace=opts.namespace, service=opts.service,
+                trust_pem=trust, ca_fingerprint=opts.ca_fingerprint, token=opts.token,
             )
         )  # fmt: skip
+        self.spiffe_id = svid.identity
         self._install(svid)
         inbound = open_listener(opts.inbound_address, opts.inbound_port)
         admin = open_listener(opts.admin_address, opts.admin_port)
@@ -250,8 +240,6 @@ class SidecarServer:
             self.metrics.gauges["weft_cert_expiry_seconds"] = max(0.0, left.total_seconds())
 
     async def _renew(self) -> None:
-        from sidecar.identity import client
-
         failures = 0
         while True:
             assert self.identity is not None and self.spiffe_id is not None
@@ -262,14 +250,16 @@ class SidecarServer:
             while (wait := (at - datetime.datetime.now(datetime.UTC)).total_seconds()) > 0:
                 await trio.sleep(min(wait, 10.0))
                 self._expiry_gauge()
+            request = SvidRequest(
+                control_plane=self.opts.control_plane,
+                namespace=self.opts.namespace,
+                service=self.opts.service,
+                trust_pem=current.bundle_pem,
+                current=current,
+            )
             try:
-                svid = await trio.to_thread.run_sync(
-                    functools.partial(
-                        client.request_svid, self.opts.control_plane, self.spiffe_id,
-                        trust_pem=current.bundle_pem, current=current,
-                    )
-                )  # fmt: skip
-            except client.IdentityError as exc:
+                svid = await fetch_svid(request)
+            except IdentityError as exc:
                 delay = RETRY_S[min(failures, len(RETRY_S) - 1)]
                 failures += 1
                 self.metrics.inc("weft_cert_renewal_failures_total")
@@ -347,15 +337,6 @@ class SidecarServer:
             namespace=self.opts.namespace, service=self.opts.service, peer=peer,
             method=method, path=path, default_allow=self.opts.default_allow,
         )  # fmt: skip
-
-
-def _trust_domain(bundle_pem: bytes) -> str:
-    """The trust domain the CA serves (the OU of its root)."""
-    from cryptography import x509
-
-    root = x509.load_pem_x509_certificates(bundle_pem)[0]
-    ou = root.subject.get_attributes_for_oid(x509.oid.NameOID.ORGANIZATIONAL_UNIT_NAME)
-    return str(ou[0].value) if ou else "weft.local"
 
 
 def _to_cluster(cluster: str, route: str) -> RouteAction:

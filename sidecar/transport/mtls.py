@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Sequence
+from typing import cast
 
-from cryptography import x509
-
-from ca.authority import svid_identity
 from ca.spiffe import InvalidSpiffeId, SpiffeId
 from sidecar.errors import UpstreamConnectError
 from sidecar.identity.svid import Svid
@@ -46,12 +44,14 @@ def client_context(svid: Svid, alpn: Sequence[str] = ALPN_HTTP) -> ssl.SSLContex
 
 def peer_identity(conn: TlsConn) -> SpiffeId | None:
     """The SPIFFE ID in the peer's verified certificate (None if it has no valid one)."""
-    der = conn.sock.getpeercert(binary_form=True)
-    if not der:
+    cert = conn.sock.getpeercert()  # decoded by OpenSSL, only once the chain verified
+    san = cast("tuple[tuple[str, str], ...]", (cert or {}).get("subjectAltName", ()))
+    uris = [value for kind, value in san if kind == "URI"]
+    if len(uris) != 1:  # an SVID has exactly one URI SAN
         return None
     try:
-        return svid_identity(x509.load_der_x509_certificate(der))
-    except (ValueError, InvalidSpiffeId):
+        return SpiffeId.parse(uris[0])
+    except InvalidSpiffeId:
         return None
 
 

@@ -3,6 +3,7 @@ every refusal, and trust bootstrapped from a bundle file or a pinned fingerprint
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,8 @@ from cryptography import x509
 from ca import keystore, tokens
 from ca.service import IdentityServer
 from ca.spiffe import SpiffeId
-from sidecar.identity.client import IdentityError, request_svid, trust_from_fingerprint
+from sidecar.identity.client import request_svid, trust_from_fingerprint
+from sidecar.identity.svid import IdentityError, Svid
 
 ORDERS = SpiffeId("weft.local", "default", "orders")
 
@@ -151,3 +153,31 @@ def test_meshctl_server_issues_svids_and_stops_on_sigterm(tmp_path: Path) -> Non
         assert proc.wait(10) == 0
     finally:
         proc.kill()
+
+
+async def test_the_identity_helper_process_trusts_a_pinned_root_and_says_why_it_fails(
+    server: tuple[IdentityServer, Path],
+) -> None:
+    from sidecar.identity.agent import answer
+    from sidecar.identity.fetch import fetch_svid
+    from sidecar.identity.svid import SvidRequest
+
+    srv, data_dir = server
+    ca = keystore.load(data_dir, datetime.datetime.now(datetime.UTC))
+    request = SvidRequest(
+        control_plane=f"127.0.0.1:{srv.port}", namespace="default", service="orders",
+        ca_fingerprint=keystore.fingerprint(ca.roots[0].cert), token=_token(data_dir, ORDERS),
+    )  # fmt: skip
+    svid = await fetch_svid(request)
+    assert svid.identity == ORDERS and svid.bundle_pem == ca.bundle_pem
+    assert Svid.from_json(svid.to_json()) == svid
+    renewed = await fetch_svid(dataclasses.replace(request, token="", current=svid))
+    assert renewed.identity == ORDERS and renewed.cert_pem != svid.cert_pem
+    with pytest.raises(IdentityError, match="UNAUTHENTICATED: token signature"):
+        await fetch_svid(dataclasses.replace(request, token=request.token[:-4] + "AAAA"))
+    with pytest.raises(IdentityError, match="holds no PEM certificate"):
+        await fetch_svid(dataclasses.replace(request, trust_pem=b"not a bundle"))
+    with pytest.raises(IdentityError, match="--ca-file or --ca-fingerprint"):
+        await fetch_svid(dataclasses.replace(request, ca_fingerprint=None))
+    assert answer("{not json")["error"].startswith("bad request to the identity helper")
+    assert "'service'" in answer('{"control_plane": "x", "namespace": "default"}')["error"]

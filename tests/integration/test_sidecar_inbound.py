@@ -120,7 +120,7 @@ async def test_openssl_without_a_client_certificate_is_refused(
 async def test_a_bad_token_stops_the_sidecar_with_the_reason(
     control_plane: tuple[IdentityServer, Path],
 ) -> None:
-    from sidecar.identity.client import IdentityError
+    from sidecar.identity.svid import IdentityError
 
     srv, data = control_plane
     opts = _options(srv, data, 1)
