@@ -1,12 +1,16 @@
 """Instructions per proxied request, counted by callgrind: a repeatable meter for A/B work.
 
 Wall-clock benchmarks on this machine move by ±30% between runs; instruction counts of the
-same code and inputs do not. This runs `meshctl edge` under `valgrind --tool=callgrind`
-twice (with 0 and with N requests, sent by a small client over 32 keep-alive connections
-to an nginx backend) and prints the difference divided by N. It counts user-space
-instructions only (the kernel's share of send/recv is not in it).
+same code and inputs do not. This runs Weft under `valgrind --tool=callgrind` twice, with
+N/4 and with N requests sent by a small client over 32 keep-alive connections to an nginx
+backend, and prints the difference divided by 3N/4 (so start-up and connection set-up, the
+same in both runs, drop out). It counts user-space instructions only (the kernel's share of
+send/recv is not in it).
 
-    .venv/bin/python -m bench.instructions [--requests 3000] [--access-log off]
+    .venv/bin/python -m bench.instructions [--requests 3000] [--access-log off] [--target mtls]
+
+`--target edge` (default) measures `meshctl edge`; `--target mtls` the sidecar pair of the
+mTLS hop (both sidecars under callgrind, their counts added; the control plane is not).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import mtls
 from bench.run import PORTS, _configs, _wait_port, _weft_config, require
 
 REQUEST = b"GET /api/x HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
@@ -59,45 +64,76 @@ def drive(port: int, total: int, connections: int = 32) -> None:
         s.close()
 
 
-def count(tmp: Path, requests: int, access_log: str) -> int:
-    out = tmp / "callgrind.out"
-    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
-           "-m", "sidecar", "edge", "-f", str(tmp / "weft.yaml"), "--admin-port", "18186",
-           "--access-log", access_log, "--log-level", "warning"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_port(PORTS["weft"], timeout=120)
-        drive(PORTS["weft"], requests)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(120)
+def _summary(out: Path) -> int:
     for line in out.read_text(errors="replace").splitlines():
         if line.startswith("summary:"):
             return int(line.split()[1])
     raise SystemExit("bench: no callgrind summary")
 
 
+def _measure(cmds: list[tuple[list[str], int]], port: int, requests: int, tmp: Path) -> int:
+    """Start each command under callgrind (waiting for its port), send `requests` to `port`,
+    stop them all; their instruction counts, added."""
+    procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+    try:
+        for i, (cmd, ready_port) in enumerate(cmds):
+            out = tmp / f"callgrind-{i}.out"
+            grind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd]
+            proc = subprocess.Popen(grind, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            procs.append((proc, out))
+            _wait_port(ready_port, timeout=180)
+        drive(port, requests)
+    finally:
+        for proc, _ in reversed(procs):
+            proc.send_signal(signal.SIGINT)
+            proc.wait(120)
+    return sum(_summary(out) for _, out in procs)
+
+
+def edge(tmp: Path, access_log: str) -> tuple[list[tuple[list[str], int]], int]:
+    cmd = [sys.executable, "-m", "sidecar", "edge", "-f", str(tmp / "weft.yaml"),
+           "--admin-port", "18186", "--access-log", access_log, "--log-level", "warning"]  # fmt: skip
+    return [(cmd, PORTS["weft"])], PORTS["weft"]
+
+
+def pair(tmp: Path, access_log: str) -> tuple[list[tuple[list[str], int]], int]:
+    sidecars, _ = mtls._weft(tmp)
+    log = [] if access_log == "on" else ["--access-log", "off"]
+    orders, web = ([*cmd, *log] for cmd in sidecars)
+    return [(orders, mtls.P["weft_in"]), (web, mtls.P["weft"])], mtls.P["weft"]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--access-log", default="on", choices=("on", "off"))
+    ap.add_argument("--target", default="edge", choices=("edge", "mtls"))
     args = ap.parse_args()
     require("valgrind", "nginx")
     with tempfile.TemporaryDirectory(prefix="weft-icount-") as d:
         tmp = Path(d)
-        backend_cmd = _configs(tmp)["backend"]
-        _weft_config(tmp / "weft.yaml", 1)
-        log = str(tmp / "access.log") if args.access_log == "on" else "off"
-        backend = subprocess.Popen(backend_cmd, stderr=subprocess.DEVNULL)
+        procs = [subprocess.Popen(_configs(tmp)["backend"], stderr=subprocess.DEVNULL)]
         try:
             _wait_port(PORTS["backend"])
-            base = count(tmp, 0, log)
-            loaded = count(tmp, args.requests, log)
+            if args.target == "edge":
+                _weft_config(tmp / "weft.yaml", 1)
+                log = str(tmp / "access.log") if args.access_log == "on" else "off"
+                cmds, port = edge(tmp, log)
+            else:
+                mtls._meshctl("ca", "init", "--data-dir", str(tmp / "weft-data"))
+                _, server = mtls._weft(tmp)
+                procs.append(subprocess.Popen(server, stderr=subprocess.DEVNULL))
+                _wait_port(mtls.P["cp"])
+                cmds, port = pair(tmp, args.access_log)
+            few = _measure(cmds, port, args.requests // 4, tmp)
+            cmds, port = edge(tmp, log) if args.target == "edge" else pair(tmp, args.access_log)
+            many = _measure(cmds, port, args.requests, tmp)
         finally:
-            backend.terminate()
-            backend.wait(5)
-    per = (loaded - base) / args.requests
-    print(f"{per:,.0f} instructions per request (access log {args.access_log}; "
+            for proc in procs:
+                proc.terminate()
+                proc.wait(5)
+    per = (many - few) / (args.requests - args.requests // 4)
+    print(f"{per:,.0f} instructions per request ({args.target}, access log {args.access_log}; "
           f"{args.requests} requests, {time.strftime('%Y-%m-%d')})")  # fmt: skip
     return 0
 

@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,10 +46,19 @@ def _edge(args: argparse.Namespace) -> int:
         access_log=sink,
         drain_timeout_s=args.drain_timeout,
     )
+    return _run_trio(server.run)
+
+
+def _run_trio(main: Callable[[], Awaitable[object]]) -> int:
+    """trio.run; Ctrl-C, bare or inside a nursery's exception group, is exit status 130."""
     try:
-        trio.run(server.run)
+        trio.run(main)
     except KeyboardInterrupt:
         return 130
+    except BaseExceptionGroup as group:
+        if group.split(KeyboardInterrupt)[1] is None:
+            return 130
+        raise
     return 0
 
 
@@ -156,13 +165,10 @@ def _sidecar(args: argparse.Namespace) -> int:
     )  # fmt: skip
     sink = None if args.access_log == "off" else sys.stdout
     try:
-        trio.run(SidecarServer(opts, access_log=sink).run)
+        return _run_trio(SidecarServer(opts, access_log=sink).run)
     except IdentityError as exc:
         print(f"meshctl: cannot get an identity: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
 
 
 def _upstream(text: str) -> tuple[str, int]:

@@ -63,7 +63,10 @@ class TlsConn(Conn):
 
     async def recv(self, size: int = RECV_SIZE) -> bytes:
         sock = self.sock
-        await trio.lowlevel.checkpoint()
+        if sock.pending():  # decrypted bytes epoll cannot see
+            await trio.lowlevel.checkpoint()
+        else:
+            await trio.lowlevel.wait_readable(sock)
         while True:
             try:
                 data = sock.recv(size)

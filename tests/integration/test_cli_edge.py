@@ -131,3 +131,23 @@ async def test_listener_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> No
         .endswith(f"cannot listen on 127.0.0.1:{port}: Address already in use")
     )
     assert "Traceback" not in err
+
+
+async def test_ctrl_c_exits_130_without_a_traceback(tmp_path: Path) -> None:
+    cfg = tmp_path / "edge.yaml"
+    cfg.write_text(config({"x": 9}, [("r", "/", "x")], port=free_port()))
+    cmd = [sys.executable, "-m", "sidecar", "edge", "-f", str(cfg), "--admin-port", "0"]
+    async with trio.open_nursery() as nursery:
+        proc: trio.Process = await nursery.start(
+            lambda task_status: trio.run_process(
+                cmd, stderr=subprocess.PIPE, check=False, task_status=task_status
+            )
+        )
+        log = _Stderr(proc)
+        await log.wait_for("in force")
+        proc.send_signal(signal.SIGINT)
+        with trio.fail_after(20):
+            while chunk := await log.stream.receive_some(65536):
+                log.text += chunk.decode(errors="replace")
+            assert await proc.wait() == 130
+    assert "Traceback" not in log.text
