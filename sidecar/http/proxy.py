@@ -26,7 +26,9 @@ from sidecar.errors import DownstreamClosed, ProtocolError, UpstreamError
 from sidecar.http.filters import HeaderOps, redirect_location
 from sidecar.http.forward import Http1Writer, Outcome, Relay, exchange, relay_http1
 from sidecar.http.request import (
+    Forwarding,
     RequestIds,
+    client_cert_line,
     h2_request_headers,
     parse_target,
     pick_backend,
@@ -36,7 +38,7 @@ from sidecar.http.router import normalize_host
 from sidecar.observe.accesslog import AccessLog
 from sidecar.observe.metrics import Metrics
 from sidecar.protocol.grpc import GRPC_DEADLINE_EXCEEDED, grpc_timeout
-from sidecar.protocol.http1 import End, RequestHead, RequestParser
+from sidecar.protocol.http1 import EDGE_KINDS, MESH_KINDS, End, RequestHead, RequestParser
 from sidecar.protocol.wire import chunk, last_chunk, simple_response
 from sidecar.tcp.relay import Counts, relay
 from sidecar.transport.idle import IdleTracker, Tracked
@@ -76,6 +78,8 @@ class ProxyContext:
     draining: trio.Event = field(default_factory=trio.Event)
     # sidecar inbound: may this verified peer (SPIFFE ID) make this call (method, path)?
     authorize: Callable[[SpiffeId | None, str, str], Decision] | None = None
+    # sidecar inbound: this workload's SPIFFE ID, named in X-Forwarded-Client-Cert
+    identity: SpiffeId | None = None
     ids: RequestIds = field(init=False)
 
     def __post_init__(self) -> None:
@@ -101,6 +105,7 @@ async def serve_http1(
         max_headers=limits.max_headers,
         max_body_bytes=limits.max_request_body_bytes,
         upgrades=limits.upgrades,
+        kinds=EDGE_KINDS if ctx.direction == "edge" else MESH_KINDS,
     )
     events = parser.events
     scope = trio.CancelScope()
@@ -186,9 +191,9 @@ class RequestHandler:
     __slots__ = (
         "authority",
         "ctx",
+        "fwd",
         "host",
         "listener",
-        "peer",
         "peer_id",
         "peer_text",
         "scheme",
@@ -211,7 +216,12 @@ class RequestHandler:
         self.sni = sni
         self.listener = listener
         self.peer_text = peer[0] if peer else "-"
-        self.peer = self.peer_text.encode()
+        if ctx.direction == "edge":
+            self.fwd = Forwarding(self.peer_text.encode(), scheme.encode())
+        elif ctx.identity is not None and peer_id is not None:
+            self.fwd = Forwarding(client_cert=client_cert_line(ctx.identity.uri, peer_id.uri))
+        else:
+            self.fwd = Forwarding()
         self.snapshot: Snapshot | None = None  # the last snapshot that had our listener
         self.authority: str | None = None
         self.host = ""
@@ -319,7 +329,7 @@ class RequestHandler:
                     endpoint.key, H2Pool(cluster.connect)
                 )
                 fields = h2_request_headers(
-                    head, target, authority, action, backend, match, self.peer, rid, self.scheme
+                    head, target, authority, action, backend, match, self.fwd, rid
                 )
                 run = functools.partial(
                     exchange_h2, ds, h2pool, ctx.background, endpoint.address, endpoint.port,
@@ -328,7 +338,7 @@ class RequestHandler:
                 )  # fmt: skip
             else:
                 request = upstream_request(
-                    head, target, authority, action, backend, match, self.peer, rid, self.scheme
+                    head, target, authority, action, backend, match, self.fwd, rid
                 )
                 outcome.bytes_in, body_done = ds.take_buffered_body(request, head.chunked)
                 if action.mirrors:

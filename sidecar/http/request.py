@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import dataclass
 
 from sidecar.config.model import Backend, RouteAction
 from sidecar.errors import ProtocolError
@@ -13,7 +14,26 @@ from sidecar.protocol.http1 import RequestHead
 from sidecar.protocol.wire import cut_lines, serialize_head, strip_hop_by_hop
 
 _ABSOLUTE = re.compile(r"^(https?)://([^/?#]*)([^#]*)", re.IGNORECASE)
-_FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"expect")
+_FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
+_NEVER_FORWARDED = (b"expect", b"x-forwarded-client-cert")
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarding:
+    """What a hop adds to the requests of one downstream connection. The edge appends the
+    client to X-Forwarded-For and sets X-Forwarded-Proto/-Host (`peer` set); sidecars leave
+    those as the app sent them (`peer` None), as a mesh hop should, and an inbound sidecar
+    tells the app who called in X-Forwarded-Client-Cert (`client_cert`, a whole line). Every
+    hop drops an X-Forwarded-Client-Cert a client sent: only a sidecar may vouch for one."""
+
+    peer: bytes | None = None
+    scheme: bytes = b"http"
+    client_cert: bytes = b""
+
+
+def client_cert_line(own: str, peer: str) -> bytes:
+    """The X-Forwarded-Client-Cert line (Envoy's format) for a verified mTLS caller."""
+    return b"x-forwarded-client-cert: By=%b;URI=%b\r\n" % (own.encode(), peer.encode())
 
 
 def parse_target(head: RequestHead) -> tuple[str, str, str, str]:
@@ -87,9 +107,8 @@ def upstream_request(
     action: RouteAction,
     backend: Backend,
     match: CompiledMatch,
-    peer: bytes,
+    fwd: Forwarding,
     rid: str,
-    scheme: str = "http",
 ) -> bytearray:
     """The request head to send upstream (without its body)."""
     target = _target(target, action, match)
@@ -108,12 +127,15 @@ def upstream_request(
         if not head.host:
             out += b"host: " + host + b"\r\n"
     else:
-        out += _rebuilt_headers(head, host, action, backend)
+        out += _rebuilt_headers(head, host, action, backend, fwd)
     if not head.request_id:
         out += b"x-request-id: " + rid.encode() + b"\r\n"
-    xff = head.forwarded_for + b", " + peer if head.forwarded_for else peer
-    out += b"x-forwarded-for: " + xff + b"\r\nx-forwarded-proto: " + scheme.encode() + b"\r\n"
-    out += b"x-forwarded-host: " + host + b"\r\n"
+    if fwd.peer is not None:
+        peer = fwd.peer
+        xff = head.forwarded_for + b", " + peer if head.forwarded_for else peer
+        out += b"x-forwarded-for: " + xff + b"\r\nx-forwarded-proto: " + fwd.scheme + b"\r\n"
+        out += b"x-forwarded-host: " + host + b"\r\n"
+    out += fwd.client_cert
     if head.chunked:
         out += b"transfer-encoding: chunked\r\n"
     elif head.tunnel:  # the Upgrade the client asked for, hop by hop again
@@ -132,10 +154,10 @@ def _target(target: str, action: RouteAction, match: CompiledMatch) -> str:
 
 
 def _rebuilt_headers(
-    head: RequestHead, host: bytes, action: RouteAction, backend: Backend
+    head: RequestHead, host: bytes, action: RouteAction, backend: Backend, fwd: Forwarding
 ) -> bytearray:
     """The slow path: parsed fields, filtered and modified, serialized again."""
-    headers = forwarded_fields(head, host, action, backend)
+    headers = forwarded_fields(head, host, action, backend, fwd)
     if head.content_length is not None and not head.chunked:
         headers.append((b"content-length", b"%d" % head.content_length))
     out = serialize_head(b"", headers)
@@ -144,12 +166,18 @@ def _rebuilt_headers(
 
 
 def forwarded_fields(
-    head: RequestHead, host: bytes, action: RouteAction, backend: Backend
+    head: RequestHead, host: bytes, action: RouteAction, backend: Backend, fwd: Forwarding
 ) -> list[tuple[bytes, bytes]]:
     """The request's end-to-end fields after the route's filters, `host` first (the
-    rewritten hostname if the route has one); no framing or forwarding fields."""
+    rewritten hostname if the route has one); no framing fields, and no forwarding fields
+    when this hop sets them."""
+    drop = (
+        (*_NEVER_FORWARDED, *_FORWARDED, b"host")
+        if fwd.peer is not None
+        else (*_NEVER_FORWARDED, b"host")
+    )
     kept = strip_hop_by_hop(head.headers, head.connection)
-    headers = [h for h in kept if h[0].lower() not in _FORWARDED and h[0].lower() != b"host"]
+    headers = [h for h in kept if h[0].lower() not in drop]
     rewrite = action.rewrite
     if rewrite is not None and rewrite.hostname is not None:
         host = rewrite.hostname.encode()
@@ -168,13 +196,12 @@ def h2_request_headers(
     action: RouteAction,
     backend: Backend,
     match: CompiledMatch,
-    peer: bytes,
+    fwd: Forwarding,
     rid: str,
-    scheme: str,
 ) -> list[tuple[bytes, bytes]]:
     """The header list of the request on an HTTP/2 upstream stream."""
     target = _target(target, action, match)
-    fields = forwarded_fields(head, authority.encode("latin-1"), action, backend)
+    fields = forwarded_fields(head, authority.encode("latin-1"), action, backend, fwd)
     out = [
         (b":method", head.method.encode()),
         (b":scheme", b"http"),
@@ -188,8 +215,12 @@ def h2_request_headers(
         out.append((b"content-length", b"%d" % head.content_length))
     if not head.request_id:
         out.append((b"x-request-id", rid.encode()))
-    xff = head.forwarded_for + b", " + peer if head.forwarded_for else peer
-    out.append((b"x-forwarded-for", xff))
-    out.append((b"x-forwarded-proto", scheme.encode()))
-    out.append((b"x-forwarded-host", authority.encode("latin-1")))
+    if fwd.peer is not None:
+        xff = head.forwarded_for + b", " + fwd.peer if head.forwarded_for else fwd.peer
+        out.append((b"x-forwarded-for", xff))
+        out.append((b"x-forwarded-proto", fwd.scheme))
+        out.append((b"x-forwarded-host", authority.encode("latin-1")))
+    if fwd.client_cert:
+        name, _, value = fwd.client_cert.partition(b": ")
+        out.append((name, value.rstrip()))
     return out

@@ -159,6 +159,7 @@ class SidecarServer:
                 service=opts.service,
                 direction="inbound",
                 authorize=self._authorize,
+                identity=self.spiffe_id,
             )
             ctx.clusters.sync(snap.clusters, 0.0)
             nursery.start_soon(run_sweeper, idle)

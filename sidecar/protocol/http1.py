@@ -22,8 +22,9 @@ import httptools
 from sidecar.errors import ProtocolError
 
 # What on_header does with a field: 0 keep, else the kind below. Keys are lower case.
+# Sidecars leave X-Forwarded-* as the app sent them; the edge sets them (EDGE_KINDS).
 _HOST, _LENGTH, _TE, _CONN, _EXPECT, _UPGRADE, _HOP, _XFF, _XFWD, _XRID = range(1, 11)
-_REQUEST_KINDS = {
+MESH_KINDS = {
     b"host": _HOST,
     b"content-length": _LENGTH,
     b"transfer-encoding": _TE,
@@ -34,10 +35,13 @@ _REQUEST_KINDS = {
     b"proxy-connection": _HOP,
     b"te": _HOP,
     b"trailer": _HOP,
+    b"x-forwarded-client-cert": _HOP,  # only a sidecar vouches for a caller: never forwarded
+    b"x-request-id": _XRID,
+}
+EDGE_KINDS = MESH_KINDS | {
     b"x-forwarded-for": _XFF,
     b"x-forwarded-proto": _XFWD,
     b"x-forwarded-host": _XFWD,
-    b"x-request-id": _XRID,
 }
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
 # Connection tokens that name no other field.
@@ -112,8 +116,10 @@ class RequestParser:
         max_headers: int = 100,
         max_body_bytes: int = 0,
         upgrades: frozenset[bytes] = frozenset(),
+        kinds: dict[bytes, int] = EDGE_KINDS,
     ) -> None:
         self.events: deque[Event] = deque()
+        self.kinds = kinds
         self.upgrades = upgrades  # Upgrade tokens passed through (lower case)
         self.tunnel: bytes | None = None  # after an accepted Upgrade: the bytes that follow
         self.max_header_bytes = max_header_bytes
@@ -159,7 +165,7 @@ class RequestParser:
             return
         head = self._head
         head.headers.append((name, value))
-        kind = _REQUEST_KINDS.get(name.lower())
+        kind = self.kinds.get(name.lower())
         if kind:
             self._special(head, kind, name, value)
 

@@ -47,14 +47,15 @@ async def test_forwarding_headers_and_hop_by_hop_removal(tmp_path: Path, echo: E
             port,
             b"GET /a?b=c HTTP/1.1\r\nHost: shop.test\r\nConnection: keep-alive, X-Private\r\n"
             b"X-Private: secret\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n"
-            b"X-Forwarded-For: 192.0.2.1\r\nUpgrade: h2c\r\nConnection: close\r\n\r\n",
+            b"X-Forwarded-For: 192.0.2.1\r\nUpgrade: h2c\r\nConnection: close\r\n"
+            b"X-Forwarded-Client-Cert: URI=spiffe://weft.local/ns/default/svc/admin\r\n\r\n",
         )
         nursery.cancel_scope.cancel()
     assert resp.startswith(b"HTTP/1.1 200 ")
     got = _json_body(resp)
     headers = got["headers"]
     assert isinstance(headers, dict)
-    for gone in ("x-private", "keep-alive", "te", "upgrade"):
+    for gone in ("x-private", "keep-alive", "te", "upgrade", "x-forwarded-client-cert"):
         assert gone not in headers, gone
     assert headers["x-forwarded-for"] == ["192.0.2.1, 127.0.0.1"]
     assert headers["x-forwarded-proto"] == ["http"]

@@ -147,7 +147,11 @@ async def test_app_to_app_through_two_sidecars(control_plane: ControlPlane, tmp_
     assert ok.status_code == 200 and again.status_code == 200
     seen = json.loads(ok.text)
     assert seen["pod"] == "orders-app" and seen["path"] == "/orders/7"
-    assert seen["headers"]["x-forwarded-proto"] == ["https"]  # it arrived over mTLS
+    # it arrived over mTLS from web's sidecar; the request id web's sidecar made came along
+    xfcc = "By=spiffe://weft.local/ns/default/svc/orders;URI=spiffe://weft.local/ns/default/svc/web"
+    assert seen["headers"]["x-forwarded-client-cert"] == [xfcc]
+    assert len(seen["headers"]["x-request-id"]) == 1
+    assert not any(name.startswith("x-forwarded-f") for name in seen["headers"])
     assert wrong.status_code == 503
     assert "presented spiffe://weft.local/ns/default/svc/orders" in wrong.text
     assert "expected spiffe://weft.local/ns/default/svc/payments" in wrong.text
