@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 DEFAULT_TRUST_DOMAIN = "weft.local"
 # SPIFFE trust domains: lower-case letters, digits, dots, dashes and underscores.
-_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]{1,255}$")
+TRUST_DOMAIN_RE = re.compile(r"^[a-z0-9._-]{1,255}$")
 # Namespaces and services are Kubernetes names (DNS-1123 labels).
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
@@ -23,7 +23,7 @@ class SpiffeId:
     service: str
 
     def __post_init__(self) -> None:
-        if not _TRUST_DOMAIN.match(self.trust_domain):
+        if not TRUST_DOMAIN_RE.match(self.trust_domain):
             raise InvalidSpiffeId(f"trust domain {self.trust_domain!r} is not valid")
         for what, value in (("namespace", self.namespace), ("service", self.service)):
             if not _NAME.match(value):

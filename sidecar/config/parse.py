@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ca.spiffe import InvalidSpiffeId, SpiffeId
+from ca.spiffe import DEFAULT_TRUST_DOMAIN, TRUST_DOMAIN_RE, InvalidSpiffeId, SpiffeId
 from sidecar.authz import Operation, Policy, Source
 from sidecar.config.parse_routes import (
     parse_gateway,
@@ -33,6 +33,7 @@ from sidecar.config.resources import (
     EndpointSlice,
     GatewayClass,
     HTTPRoute,
+    MeshConfig,
     Meta,
     Namespace,
     Resource,
@@ -311,6 +312,16 @@ def _authorization_policy(top: Reader, meta: Meta) -> AuthorizationPolicy:
     )  # fmt: skip
 
 
+def _mesh_config(top: Reader, meta: Meta) -> MeshConfig:
+    spec = top.obj("spec")
+    if spec is None:
+        return MeshConfig(meta=meta, trust_domain=DEFAULT_TRUST_DOMAIN, default_allow=True)
+    domain = spec.text("trustDomain", DEFAULT_TRUST_DOMAIN, pattern=TRUST_DOMAIN_RE, max_len=255)
+    policy = spec.text("defaultPolicy", "allow", choices=("allow", "deny"))
+    spec.finish()
+    return MeshConfig(meta=meta, trust_domain=domain, default_allow=policy == "allow")
+
+
 def _namespace(top: Reader, meta: Meta) -> Namespace:
     top.ignore("spec")
     return Namespace(meta=meta)
@@ -321,7 +332,6 @@ _LATER = {
     ("networking.k8s.io", "Ingress"): "Ingress translation arrives in a later release",
     (WEFT_GROUP, "BackendTrafficPolicy"): "arrives with retries and circuit breaking",
     (WEFT_GROUP, "SecurityPolicy"): "arrives with edge authentication",
-    (WEFT_GROUP, "MeshConfig"): "arrives with the control plane",
 }
 
 _PARSERS: dict[tuple[str, str], Callable[..., Any]] = {
@@ -339,6 +349,7 @@ _PARSERS: dict[tuple[str, str], Callable[..., Any]] = {
     (WEFT_GROUP, "AuthorizationPolicy"): _authorization_policy,
     ("discovery.k8s.io", "EndpointSlice"): _endpoint_slice,
     (WEFT_GROUP, "Service"): _weft_service,
+    (WEFT_GROUP, "MeshConfig"): _mesh_config,
 }
 
 
@@ -351,7 +362,7 @@ def load_documents(docs: Iterable[Document]) -> list[Resource]:
             continue
         source = doc.source
         res = parse_resource(doc.data, source, doc.base_dir)
-        k = (_kind_key(res), res.meta.namespace, res.meta.name)
+        k = (kind_key(res), res.meta.namespace, res.meta.name)
         if k in keys:
             raise ConfigError(f"duplicate {k[0]} {k[1]}/{k[2]} (first in {keys[k]})", source=source)
         keys[k] = source
@@ -359,7 +370,7 @@ def load_documents(docs: Iterable[Document]) -> list[Resource]:
     return out
 
 
-def _kind_key(res: Resource) -> str:
+def kind_key(res: Resource) -> str:
     if isinstance(res, Service):
         return "Service"
     if isinstance(res, HTTPRoute | StreamRoute):

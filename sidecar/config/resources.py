@@ -296,6 +296,15 @@ class AuthorizationPolicy:
     policy: Policy
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeshConfig:
+    """Mesh-wide settings (one per mesh; the control plane reads the one named `mesh`)."""
+
+    meta: Meta
+    trust_domain: str
+    default_allow: bool
+
+
 Resource = (
     Gateway
     | GatewayClass
@@ -308,6 +317,7 @@ Resource = (
     | TLSCertificate
     | StreamRoute
     | AuthorizationPolicy
+    | MeshConfig
 )
 
 

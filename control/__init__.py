@@ -1,0 +1,1 @@
+"""The control plane (`meshctl server`): resources, registry, snapshots, and their APIs."""
