@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-import threading
 from collections.abc import Callable
-from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,31 +138,3 @@ def control_plane_credentials(data_dir: Path, now: datetime.datetime) -> tuple[b
         + ca.roots[0].cert.public_bytes(PEM)
     )
     return key_pem, chain
-
-
-class IdentityServer:
-    """The gRPC server (grpcio's own threads); `start` binds, `stop` drains."""
-
-    def __init__(self, data_dir: Path, listen: str, *, leaf_ttl: datetime.timedelta = LEAF_TTL):
-        self.data_dir = data_dir
-        now = _utcnow()
-        ca = keystore.load(data_dir, now)
-        key_pem, chain_pem = control_plane_credentials(data_dir, now)
-        creds = grpc.ssl_server_credentials(
-            [(key_pem, chain_pem)], root_certificates=ca.bundle_pem, require_client_auth=False
-        )
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-        identity_pb2_grpc.add_IdentityServicer_to_server(  # type: ignore[no-untyped-call]
-            IdentityService(data_dir, leaf_ttl), self.server
-        )
-        self.port = self.server.add_secure_port(listen, creds)
-        if self.port == 0:
-            raise keystore.KeystoreError(f"cannot listen on {listen}")
-        self.stopped = threading.Event()
-
-    def start(self) -> None:
-        self.server.start()
-
-    def stop(self, grace_s: float = 5.0) -> None:
-        self.server.stop(grace_s).wait()
-        self.stopped.set()

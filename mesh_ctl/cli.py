@@ -7,7 +7,6 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
@@ -16,6 +15,8 @@ from sidecar import __version__
 
 if TYPE_CHECKING:
     import datetime
+from mesh_ctl import common
+from mesh_ctl.common import CliError
 from sidecar.errors import ConfigError
 
 
@@ -62,12 +63,6 @@ def _run_trio(main: Callable[[], Awaitable[object]]) -> int:
     return 0
 
 
-def _data_dir(args: argparse.Namespace) -> Path:
-    if args.data_dir:
-        return Path(args.data_dir)
-    return Path(os.environ.get("WEFT_DATA_DIR") or Path.home() / ".weft")
-
-
 def _ca(args: argparse.Namespace) -> int:
     import datetime
     import json
@@ -75,7 +70,7 @@ def _ca(args: argparse.Namespace) -> int:
     from ca import keystore
 
     now = datetime.datetime.now(datetime.UTC)
-    data_dir = _data_dir(args)
+    data_dir = common.data_dir(args)
     try:
         if args.ca_command == "init":
             ca = keystore.init(data_dir, args.trust_domain, now)
@@ -120,27 +115,28 @@ def _ca(args: argparse.Namespace) -> int:
 
 
 def _server(args: argparse.Namespace) -> int:
-    """The control plane (today: its identity service); runs until SIGTERM or Ctrl-C."""
+    """The control plane; runs until SIGTERM or Ctrl-C."""
     import signal
     import threading
 
     from ca import keystore
-    from ca.service import IdentityServer
+    from control.server import ControlPlane
 
-    data_dir = _data_dir(args)
+    data_dir = common.data_dir(args)
     try:
-        server = IdentityServer(data_dir, args.listen)
-    except keystore.KeystoreError as exc:
+        server = ControlPlane(data_dir, args.listen)
+        server.start()
+    except (keystore.KeystoreError, ConfigError) as exc:
         print(f"meshctl: {exc}", file=sys.stderr)
         return 1
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    server.start()
     host = args.listen.rpartition(":")[0]
     logging.getLogger("weft.server").info(
-        "identity service on %s:%d (CA in %s)", host, server.port, keystore.ca_dir(data_dir)
-    )
+        "control plane on %s:%d (identity, admin; CA in %s)",
+        host, server.port, keystore.ca_dir(data_dir),
+    )  # fmt: skip
     stop.wait()
     server.stop()
     return 0
@@ -186,7 +182,7 @@ def _token(args: argparse.Namespace) -> int:
     from ca.spiffe import InvalidSpiffeId, SpiffeId
 
     now = datetime.datetime.now(datetime.UTC)
-    data_dir = _data_dir(args)
+    data_dir = common.data_dir(args)
     try:
         ttl = _duration(args.ttl)
         ca = keystore.load(data_dir, now)
@@ -365,6 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--data-dir", help="default: $WEFT_DATA_DIR or ~/.weft")
     create.set_defaults(func=_token)
 
+    from mesh_ctl import resources_cli
+
+    resources_cli.register(sub)
+
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_version)
     return parser
@@ -381,6 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except ConfigError as exc:
         print(f"meshctl: configuration error: {exc}", file=sys.stderr)
+        return 1
+    except CliError as exc:
+        print(f"meshctl: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"meshctl: {exc.strerror or exc}", file=sys.stderr)

@@ -251,12 +251,16 @@ class SidecarServer:
             while (wait := (at - datetime.datetime.now(datetime.UTC)).total_seconds()) > 0:
                 await trio.sleep(min(wait, 10.0))
                 self._expiry_gauge()
+            # Renewal proves the current SVID; once it has expired (the control plane was
+            # away too long) only the join token can still prove anything.
+            expired = datetime.datetime.now(datetime.UTC) >= current.not_after
             request = SvidRequest(
                 control_plane=self.opts.control_plane,
                 namespace=self.opts.namespace,
                 service=self.opts.service,
                 trust_pem=current.bundle_pem,
-                current=current,
+                current=None if expired else current,
+                token=self.opts.token if expired else "",
             )
             try:
                 svid = await fetch_svid(request)

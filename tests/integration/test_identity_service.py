@@ -12,8 +12,8 @@ import pytest
 from cryptography import x509
 
 from ca import keystore, tokens
-from ca.service import IdentityServer
 from ca.spiffe import SpiffeId
+from control.server import ControlPlane
 from sidecar.identity.client import request_svid, trust_from_fingerprint
 from sidecar.identity.svid import IdentityError, Svid
 
@@ -21,9 +21,9 @@ ORDERS = SpiffeId("weft.local", "default", "orders")
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[IdentityServer, Path]]:
+def server(tmp_path: Path) -> Iterator[tuple[ControlPlane, Path]]:
     keystore.init(tmp_path, "weft.local", datetime.datetime.now(datetime.UTC))
-    srv = IdentityServer(tmp_path, "127.0.0.1:0")
+    srv = ControlPlane(tmp_path, "127.0.0.1:0")
     srv.start()
     yield srv, tmp_path
     srv.stop(0)
@@ -35,7 +35,7 @@ def _token(data_dir: Path, identity: SpiffeId, ttl_s: float = 600) -> str:
     return tokens.create(key, identity, now=now, ttl=datetime.timedelta(seconds=ttl_s))
 
 
-def test_token_then_renewal_with_the_svid(server: tuple[IdentityServer, Path]) -> None:
+def test_token_then_renewal_with_the_svid(server: tuple[ControlPlane, Path]) -> None:
     srv, data_dir = server
     target = f"127.0.0.1:{srv.port}"
     bundle = (data_dir / "ca" / "root.pem").read_bytes()
@@ -63,7 +63,7 @@ def test_token_then_renewal_with_the_svid(server: tuple[IdentityServer, Path]) -
          "INVALID_ARGUMENT: the CSR asks for spiffe://weft.local/ns/default/svc/orders but"),
     ],
 )  # fmt: skip
-def test_refusals_say_why(server: tuple[IdentityServer, Path], make: object, reason: str) -> None:
+def test_refusals_say_why(server: tuple[ControlPlane, Path], make: object, reason: str) -> None:
     srv, data_dir = server
     bundle = (data_dir / "ca" / "root.pem").read_bytes()
     with pytest.raises(IdentityError, match=reason):
@@ -71,7 +71,7 @@ def test_refusals_say_why(server: tuple[IdentityServer, Path], make: object, rea
 
 
 def test_trust_comes_from_the_pinned_fingerprint_only(
-    server: tuple[IdentityServer, Path], tmp_path_factory: pytest.TempPathFactory
+    server: tuple[ControlPlane, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     srv, data_dir = server
     target = f"127.0.0.1:{srv.port}"
@@ -91,7 +91,7 @@ def test_trust_comes_from_the_pinned_fingerprint_only(
         )  # fmt: skip
 
 
-def test_renewal_needs_a_verifying_svid_and_its_key(server: tuple[IdentityServer, Path]) -> None:
+def test_renewal_needs_a_verifying_svid_and_its_key(server: tuple[ControlPlane, Path]) -> None:
     import grpc
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -145,7 +145,7 @@ def test_meshctl_server_issues_svids_and_stops_on_sigterm(tmp_path: Path) -> Non
     try:
         assert proc.stderr is not None
         line = proc.stderr.readline()  # logged once it listens
-        assert "identity service on 127.0.0.1" in line, line
+        assert "control plane on 127.0.0.1" in line, line
         bundle = (tmp_path / "ca" / "root.pem").read_bytes()
         svid = request_svid(f"127.0.0.1:{port}", ORDERS, trust_pem=bundle, token=token)
         assert svid.identity == ORDERS
@@ -156,7 +156,7 @@ def test_meshctl_server_issues_svids_and_stops_on_sigterm(tmp_path: Path) -> Non
 
 
 async def test_the_identity_helper_process_trusts_a_pinned_root_and_says_why_it_fails(
-    server: tuple[IdentityServer, Path],
+    server: tuple[ControlPlane, Path],
 ) -> None:
     from sidecar.identity.agent import answer
     from sidecar.identity.fetch import fetch_svid

@@ -14,8 +14,8 @@ import trio
 import trio.testing
 
 from ca import keystore, tokens
-from ca.service import IdentityServer
 from ca.spiffe import SpiffeId
+from control.server import ControlPlane
 from sidecar.modes.sidecar import SidecarOptions, SidecarServer
 from sidecar.transport import mtls
 from tests.support.echo import EchoServer
@@ -26,16 +26,16 @@ WEB = SpiffeId("weft.local", "default", "web")
 
 
 @pytest.fixture
-def control_plane(tmp_path: Path) -> Iterator[tuple[IdentityServer, Path]]:
+def control_plane(tmp_path: Path) -> Iterator[tuple[ControlPlane, Path]]:
     data = tmp_path / "cp"
     keystore.init(data, "weft.local", datetime.datetime.now(datetime.UTC))
-    srv = IdentityServer(data, "127.0.0.1:0")
+    srv = ControlPlane(data, "127.0.0.1:0")
     srv.start()
     yield srv, data
     srv.stop(0)
 
 
-def _options(srv: IdentityServer, data: Path, app_port: int, **kw: object) -> SidecarOptions:
+def _options(srv: ControlPlane, data: Path, app_port: int, **kw: object) -> SidecarOptions:
     now = datetime.datetime.now(datetime.UTC)
     token = tokens.create(
         keystore.token_key(data), ORDERS, now=now, ttl=datetime.timedelta(hours=1)
@@ -48,7 +48,7 @@ def _options(srv: IdentityServer, data: Path, app_port: int, **kw: object) -> Si
 
 
 async def test_mtls_request_reaches_the_app_and_plaintext_does_not(
-    control_plane: tuple[IdentityServer, Path],
+    control_plane: tuple[ControlPlane, Path],
 ) -> None:
     srv, data = control_plane
     with EchoServer("orders-app") as app:
@@ -103,7 +103,7 @@ async def test_mtls_request_reaches_the_app_and_plaintext_does_not(
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl needed")
 async def test_openssl_without_a_client_certificate_is_refused(
-    control_plane: tuple[IdentityServer, Path],
+    control_plane: tuple[ControlPlane, Path],
 ) -> None:
     srv, data = control_plane
     with EchoServer("orders-app") as app:
@@ -125,7 +125,7 @@ async def test_openssl_without_a_client_certificate_is_refused(
 
 
 async def test_a_bad_token_stops_the_sidecar_with_the_reason(
-    control_plane: tuple[IdentityServer, Path],
+    control_plane: tuple[ControlPlane, Path],
 ) -> None:
     from sidecar.identity.svid import IdentityError
 

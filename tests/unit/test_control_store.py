@@ -54,7 +54,7 @@ def test_one_bad_document_changes_nothing_and_names_file_document_and_field() ->
         before.apply(_docs(ROUTE, ROUTE))
     cert = {"apiVersion": "weft.dev/v1alpha1", "kind": "TLSCertificate",
             "metadata": {"name": "c"}, "spec": {"certFile": "a.pem", "keyFile": "b.pem"}}  # fmt: skip
-    with pytest.raises(ConfigError, match="kubernetes.io/tls"):
+    with pytest.raises(ConfigError, match=r"kubernetes\.io/tls"):
         before.apply(_docs(cert))
 
 

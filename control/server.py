@@ -1,0 +1,92 @@
+"""`meshctl server`: the control plane's gRPC port (identity, admin; config next).
+
+grpcio's asyncio server runs on its own event loop in a background thread (`start` returns
+once it listens, `stop` drains it), so the CLI's main thread only waits for a signal and
+tests can host a control plane beside trio. Identity.Sign is synchronous (CPU-bound signing)
+and runs in grpcio's migration thread pool; admin and config handlers are coroutines on the
+loop, which owns `ControlState`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+
+from ca import keystore
+from ca.authority import LEAF_TTL
+from ca.service import IdentityService, control_plane_credentials
+from control import api
+from control.admin import AdminService
+from control.state import ControlState
+from mesh_ctl.api import identity_pb2_grpc
+
+
+class ControlPlane:
+    def __init__(
+        self, data_dir: Path, listen: str, *, leaf_ttl: datetime.timedelta = LEAF_TTL
+    ) -> None:
+        self.data_dir = data_dir
+        self.listen = listen
+        self.leaf_ttl = leaf_ttl
+        now = datetime.datetime.now(datetime.UTC)
+        self._bundle = keystore.load(data_dir, now).bundle_pem  # refuses a bad CA up front
+        self._credentials = control_plane_credentials(data_dir, now)
+        self.admin_token = api.admin_token(data_dir, create=True)
+        self.port = 0
+        self.grace_s = 5.0
+        self.state: ControlState | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="control-plane", daemon=True)
+        self.stopped = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        if self.stopped.is_set():
+            return
+        self.grace_s = grace_s
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(grace_s + 5)
+        self.stopped.set()
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # reported to start(); the thread ends
+            self._error = exc
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self.state = state = ControlState(self.data_dir)
+        key_pem, chain_pem = self._credentials
+        creds = grpc.ssl_server_credentials(
+            [(key_pem, chain_pem)], root_certificates=self._bundle, require_client_auth=False
+        )
+        with futures.ThreadPoolExecutor(max_workers=4) as pool:
+            server = grpc.aio.server(migration_thread_pool=pool)
+            identity_pb2_grpc.add_IdentityServicer_to_server(  # type: ignore[no-untyped-call]
+                IdentityService(self.data_dir, self.leaf_ttl), server
+            )
+            server.add_generic_rpc_handlers((AdminService(state, self.admin_token).handler(),))
+            self.port = server.add_secure_port(self.listen, creds)
+            if self.port == 0:
+                raise keystore.KeystoreError(f"cannot listen on {self.listen}")
+            await server.start()
+            self._ready.set()
+            await self._stop.wait()
+            await server.stop(self.grace_s)

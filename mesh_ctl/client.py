@@ -1,0 +1,63 @@
+"""The CLI's connection to `meshctl server`: TLS (trusting the mesh's root), the admin
+token, JSON over gRPC, and errors turned into one line for the user."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+import grpc
+
+from ca.service import CONTROL_PLANE_HOST
+from control import api
+from mesh_ctl.common import DEFAULT_SERVER, CliError, data_dir
+
+
+class AdminClient:
+    def __init__(self, target: str, trust_pem: bytes, token: str) -> None:
+        self.target = target
+        creds = grpc.ssl_channel_credentials(root_certificates=trust_pem)
+        options = [("grpc.ssl_target_name_override", CONTROL_PLANE_HOST)]
+        self.channel = grpc.secure_channel(target, creds, options=options)
+        self.metadata = (("authorization", f"Bearer {token}"),)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> AdminClient:
+        target = args.server or os.environ.get("WEFT_SERVER") or DEFAULT_SERVER
+        ddir = data_dir(args)
+        root = ddir / "ca" / "root.pem"
+        try:
+            trust = root.read_bytes()
+        except OSError:
+            raise CliError(
+                f"no trust bundle at {root}: give --data-dir of the control plane"
+            ) from None
+        token = os.environ.get("WEFT_ADMIN_TOKEN", "")
+        if not token:
+            try:
+                token = api.admin_token(ddir)
+            except OSError:
+                raise CliError(
+                    f"no admin token in {ddir}: set WEFT_ADMIN_TOKEN or give --data-dir"
+                ) from None
+        return cls(target, trust, token)
+
+    def call(self, method: str, request: dict[str, Any], timeout_s: float = 15.0) -> Any:
+        fn = self.channel.unary_unary(
+            f"/{api.ADMIN_SERVICE}/{method}",
+            request_serializer=api.encode,
+            response_deserializer=api.decode,
+        )
+        try:
+            return fn(request, metadata=self.metadata, timeout=timeout_s)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.UNAVAILABLE:
+                raise CliError(
+                    f"cannot reach the control plane at {self.target}: is `meshctl server` running?"
+                ) from None
+            raise CliError(str(exc.details())) from None
+
+    def close(self) -> None:
+        self.channel.close()

@@ -1,0 +1,115 @@
+"""`meshctl apply/get/delete` against a real `meshctl server` process."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.net import free_port
+
+ROUTES = """apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: orders}
+spec:
+  parentRefs: [{kind: Service, name: orders}]
+  rules: [{backendRefs: [{name: orders, port: 80}]}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: MeshConfig
+metadata: {name: mesh}
+spec: {defaultPolicy: deny}
+"""
+
+
+def _meshctl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mesh_ctl", *args], capture_output=True, text=True, env=env,
+        timeout=60, check=False,
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _server(data: Path, port: int) -> Iterator[None]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mesh_ctl", "server", "--data-dir", str(data),
+         "--listen", f"127.0.0.1:{port}"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()  # logged once it listens
+        assert "control plane on" in line, line
+        yield
+    finally:
+        proc.terminate()
+        assert proc.wait(15) == 0
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    assert _meshctl("ca", "init", "--data-dir", str(tmp_path / "d")).returncode == 0
+    return tmp_path / "d"
+
+
+def test_apply_get_delete_round_trip_survives_a_restart(data: Path, tmp_path: Path) -> None:
+    port = free_port()
+    conn = ("--server", f"127.0.0.1:{port}", "--data-dir", str(data))
+    (tmp_path / "shop.yaml").write_text(ROUTES)
+    with _server(data, port):
+        out = _meshctl("apply", "-f", str(tmp_path / "shop.yaml"), *conn)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.splitlines() == [
+            "HTTPRoute default/orders created",
+            "MeshConfig default/mesh created",
+            "configuration version 1",
+        ]
+        again = _meshctl("apply", "-f", str(tmp_path), *conn)  # a directory, nothing new
+        assert again.stdout.splitlines()[-1] == "configuration version 1", again.stderr
+        table = _meshctl("get", "routes", *conn)
+        assert table.stdout.splitlines()[1].split() == ["HTTPRoute", "default", "orders"]
+    with _server(data, port):  # restarted: what was acknowledged is still there
+        one = _meshctl("get", "httproute", "orders", "-o", "json", *conn)
+        assert one.returncode == 0, one.stderr
+        assert json.loads(one.stdout)["spec"]["parentRefs"] == [
+            {"kind": "Service", "name": "orders"}
+        ]
+        gone = _meshctl("delete", "route", "orders", *conn)
+        assert gone.stdout.splitlines() == [
+            "HTTPRoute default/orders deleted",
+            "configuration version 2",
+        ]
+        missing = _meshctl("get", "route", "orders", *conn)
+        assert missing.returncode == 1
+        assert missing.stderr.strip() == "meshctl: HTTPRoute default/orders not found"
+
+
+def test_a_bad_document_is_refused_with_its_place_and_nothing_changes(
+    data: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    conn = ("--server", f"127.0.0.1:{port}", "--data-dir", str(data))
+    (tmp_path / "good.yaml").write_text(ROUTES)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(ROUTES.replace("orders}\nspec:\n  parentRefs", "web}\nspec:\n  parentRefs")
+                   .replace("defaultPolicy: deny", "defaultPolicy: sometimes"))  # fmt: skip
+    with _server(data, port):
+        assert _meshctl("apply", "-f", str(tmp_path / "good.yaml"), *conn).returncode == 0
+        out = _meshctl("apply", "-f", str(bad), *conn)
+        assert out.returncode == 1
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in out.stderr
+        assert f"{bad} document 2 (MeshConfig default/mesh): spec.defaultPolicy" in lines[0]
+        names = _meshctl("get", "routes", "-o", "json", *conn)
+        assert [d["metadata"]["name"] for d in json.loads(names.stdout)] == ["orders"]
+        env = {"WEFT_ADMIN_TOKEN": "forged", "PATH": "/usr/bin:/bin"}
+        forged = _meshctl("get", "routes", *conn, env=env)
+        assert forged.returncode == 1 and "valid admin token is needed" in forged.stderr
+    down = _meshctl("get", "routes", *conn)
+    assert down.returncode == 1
+    assert f"cannot reach the control plane at 127.0.0.1:{port}" in down.stderr
