@@ -69,7 +69,11 @@ class IdentityService(identity_pb2_grpc.IdentityServicer):
             chain=ca.signer.cert.public_bytes(PEM),
             trust_bundle=ca.bundle_pem,
             not_after=int(leaf.not_valid_after_utc.timestamp()),
-        )
+            session=tokens.create(
+                keystore.token_key(self.data_dir), identity, now=now,
+                ttl=leaf.not_valid_after_utc - now, use="session",
+            ),
+        )  # fmt: skip
 
     def _prove(self, request: Any, ca: keystore.CA, now: datetime.datetime) -> SpiffeId:
         """The identity the caller proved: its token's, or its current SVID's."""

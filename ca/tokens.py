@@ -5,6 +5,10 @@ expiry and a random id; the MAC is HMAC-SHA256 over it with the control plane's 
 (32 random bytes in `<data-dir>/ca/token-key`, 0600). Tokens are bearer secrets: short-lived
 (1 h by default) and good for exactly the identity they name, which the CA then signs and
 nothing else. Verification takes `now` and the key, so every refusal is testable.
+
+A token names its use: "join" tokens bootstrap an SVID; "session" tokens, handed out with
+each SVID and living as long as it, let a sidecar open its config watch. One cannot stand in
+for the other (a leaked session token cannot mint certificates).
 """
 
 from __future__ import annotations
@@ -35,13 +39,19 @@ def _unb64(text: str) -> bytes:
 
 
 def create(
-    key: bytes, identity: SpiffeId, *, now: datetime.datetime, ttl: datetime.timedelta
+    key: bytes,
+    identity: SpiffeId,
+    *,
+    now: datetime.datetime,
+    ttl: datetime.timedelta,
+    use: str = "join",
 ) -> str:
     payload = json.dumps(
         {
             "sub": identity.uri,
             "exp": int((now + ttl).timestamp()),
             "jti": secrets.token_hex(8),
+            "use": use,
         },
         separators=(",", ":"),
     ).encode()
@@ -50,8 +60,8 @@ def create(
     return f"{body}.{_b64(mac)}"
 
 
-def verify(key: bytes, token: str, *, now: datetime.datetime) -> SpiffeId:
-    """The identity a valid token proves; TokenError otherwise."""
+def verify(key: bytes, token: str, *, now: datetime.datetime, use: str = "join") -> SpiffeId:
+    """The identity a valid token for `use` proves; TokenError otherwise."""
     parts = token.strip().split(".")
     if len(parts) != 3 or parts[0] != PREFIX:
         raise TokenError("malformed token (expected weft1.<payload>.<mac>)")
@@ -66,8 +76,11 @@ def verify(key: bytes, token: str, *, now: datetime.datetime) -> SpiffeId:
         claims = json.loads(_unb64(parts[1]))
         identity = SpiffeId.parse(claims["sub"])
         expires = datetime.datetime.fromtimestamp(int(claims["exp"]), datetime.UTC)
+        token_use = str(claims.get("use", "join"))
     except (ValueError, KeyError, TypeError, InvalidSpiffeId) as exc:
         raise TokenError(f"malformed token payload ({exc})") from None
+    if token_use != use:
+        raise TokenError(f"a {token_use} token cannot be used as a {use} token")
     if expires <= now:
         raise TokenError(f"token for {identity.uri} expired at {expires.isoformat()}")
     return identity

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmesh_ctl/api/identity.proto\x12\x10weft.identity.v1\"O\n\x0bSignRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\x12\r\n\x05token\x18\x02 \x01(\t\x12\x15\n\rcurrent_chain\x18\x03 \x01(\x0c\x12\r\n\x05proof\x18\x04 \x01(\x0c\"[\n\x0cSignResponse\x12\x13\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0c\x12\r\n\x05\x63hain\x18\x02 \x01(\x0c\x12\x14\n\x0ctrust_bundle\x18\x03 \x01(\x0c\x12\x11\n\tnot_after\x18\x04 \x01(\x03\x32Q\n\x08Identity\x12\x45\n\x04Sign\x12\x1d.weft.identity.v1.SignRequest\x1a\x1e.weft.identity.v1.SignResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmesh_ctl/api/identity.proto\x12\x10weft.identity.v1\"O\n\x0bSignRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\x12\r\n\x05token\x18\x02 \x01(\t\x12\x15\n\rcurrent_chain\x18\x03 \x01(\x0c\x12\r\n\x05proof\x18\x04 \x01(\x0c\"l\n\x0cSignResponse\x12\x13\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0c\x12\r\n\x05\x63hain\x18\x02 \x01(\x0c\x12\x14\n\x0ctrust_bundle\x18\x03 \x01(\x0c\x12\x11\n\tnot_after\x18\x04 \x01(\x03\x12\x0f\n\x07session\x18\x05 \x01(\t2Q\n\x08Identity\x12\x45\n\x04Sign\x12\x1d.weft.identity.v1.SignRequest\x1a\x1e.weft.identity.v1.SignResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,7 +34,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNREQUEST']._serialized_start=49
   _globals['_SIGNREQUEST']._serialized_end=128
   _globals['_SIGNRESPONSE']._serialized_start=130
-  _globals['_SIGNRESPONSE']._serialized_end=221
-  _globals['_IDENTITY']._serialized_start=223
-  _globals['_IDENTITY']._serialized_end=304
+  _globals['_SIGNRESPONSE']._serialized_end=238
+  _globals['_IDENTITY']._serialized_start=240
+  _globals['_IDENTITY']._serialized_end=321
 # @@protoc_insertion_point(module_scope)

@@ -17,13 +17,15 @@ class SignRequest(_message.Message):
     def __init__(self, csr: _Optional[bytes] = ..., token: _Optional[str] = ..., current_chain: _Optional[bytes] = ..., proof: _Optional[bytes] = ...) -> None: ...
 
 class SignResponse(_message.Message):
-    __slots__ = ("certificate", "chain", "trust_bundle", "not_after")
+    __slots__ = ("certificate", "chain", "trust_bundle", "not_after", "session")
     CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
     TRUST_BUNDLE_FIELD_NUMBER: _ClassVar[int]
     NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     certificate: bytes
     chain: bytes
     trust_bundle: bytes
     not_after: int
-    def __init__(self, certificate: _Optional[bytes] = ..., chain: _Optional[bytes] = ..., trust_bundle: _Optional[bytes] = ..., not_after: _Optional[int] = ...) -> None: ...
+    session: str
+    def __init__(self, certificate: _Optional[bytes] = ..., chain: _Optional[bytes] = ..., trust_bundle: _Optional[bytes] = ..., not_after: _Optional[int] = ..., session: _Optional[str] = ...) -> None: ...

@@ -86,6 +86,7 @@ def request_svid(
         bundle_pem=reply.trust_bundle,
         not_before=leaf.not_valid_before_utc,
         not_after=leaf.not_valid_after_utc,
+        session=reply.session,
     )
 
 

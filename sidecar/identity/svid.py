@@ -22,6 +22,7 @@ class Svid:
     bundle_pem: bytes  # roots peers are verified against
     not_before: datetime.datetime
     not_after: datetime.datetime
+    session: str = field(default="", repr=False)  # opens the config watch (ca/tokens.py)
 
     def renew_at(self, received: datetime.datetime, jitter: float) -> datetime.datetime:
         """Two thirds into the life it had when `received` (not_before is back-dated for
@@ -38,6 +39,7 @@ class Svid:
             "bundle_pem": self.bundle_pem.decode(),
             "not_before": self.not_before.isoformat(),
             "not_after": self.not_after.isoformat(),
+            "session": self.session,
         }
 
     @classmethod
@@ -51,6 +53,7 @@ class Svid:
             bundle_pem=data["bundle_pem"].encode(),
             not_before=datetime.datetime.fromisoformat(data["not_before"]),
             not_after=datetime.datetime.fromisoformat(data["not_after"]),
+            session=str(data.get("session", "")),
         )
 
 

@@ -45,6 +45,8 @@ def test_token_then_renewal_with_the_svid(server: tuple[ControlPlane, Path]) -> 
     assert uris.get_values_for_type(x509.UniformResourceIdentifier) == [ORDERS.uri]
     assert first.bundle_pem == bundle
     assert first.not_after - first.not_before == datetime.timedelta(hours=24, minutes=5)
+    session = keystore.token_key(data_dir), first.session
+    assert tokens.verify(*session, now=datetime.datetime.now(datetime.UTC), use="session") == ORDERS
     renewed = request_svid(target, ORDERS, trust_pem=bundle, current=first)
     assert renewed.cert_pem != first.cert_pem and renewed.key_pem != first.key_pem
     # Renewal proves the identity with the certificate: it cannot ask for another one.

@@ -45,6 +45,16 @@ def test_a_token_from_another_control_plane_is_refused() -> None:
         tokens.verify(KEY, token, now=NOW)
 
 
+def test_join_and_session_tokens_cannot_stand_in_for_each_other() -> None:
+    hour = datetime.timedelta(hours=1)
+    session = tokens.create(KEY, ORDERS, now=NOW, ttl=hour, use="session")
+    assert tokens.verify(KEY, session, now=NOW, use="session") == ORDERS
+    with pytest.raises(tokens.TokenError, match="a session token cannot be used as a join token"):
+        tokens.verify(KEY, session, now=NOW)
+    with pytest.raises(tokens.TokenError, match="a join token cannot be used as a session token"):
+        tokens.verify(KEY, tokens.create(KEY, ORDERS, now=NOW, ttl=hour), now=NOW, use="session")
+
+
 def test_meshctl_token_create_prints_the_token_last(tmp_path: Path) -> None:
     keystore.init(tmp_path, "weft.local", datetime.datetime.now(datetime.UTC))
     out = subprocess.run(
