@@ -391,13 +391,17 @@ class _Compiler:
         if svc.service_type == "ExternalName":
             return None, f"Service {ns}/{ref.name} of type ExternalName is not supported"
         name = f"{ns}/{ref.name}:{ref.port}"
+        endpoints = self._endpoints(svc, sport)
+        if ref.version is not None:  # a subset: the instances of one version
+            name += f"@{ref.version}"
+            endpoints = tuple(e for e in endpoints if e.version == ref.version)
         if name not in self.clusters:
             self.clusters[name] = ClusterSpec(
                 name=name,
                 service=ref.name,
                 namespace=ns,
                 protocol=sport.protocol,
-                endpoints=self._endpoints(svc, sport),
+                endpoints=endpoints,
             )
         return name, ""
 

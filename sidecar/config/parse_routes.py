@@ -504,6 +504,7 @@ def _backend_object_ref(r: Reader, *, finish: bool = False) -> BackendObjectRef:
         name=r.text("name"),
         namespace=r.text("namespace", None, pattern=NAME_RE, max_len=63),
         port=r.integer("port", None, lo=1, hi=65535),
+        version=r.text("version", None, pattern=NAME_RE, max_len=63),
     )
     if finish:
         r.finish()

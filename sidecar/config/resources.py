@@ -156,6 +156,7 @@ class BackendObjectRef:
     name: str
     namespace: str | None = None
     port: int | None = None
+    version: str | None = None  # Weft: the subset of the Service's instances of this version
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

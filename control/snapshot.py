@@ -1,0 +1,64 @@
+"""What one sidecar is sent (pure): the mesh as documents in the resource vocabulary.
+
+For the workload `namespace/service`: a Weft Service per mesh service (its declared ports,
+else port 80 with the protocol its instances report; endpoints: the ready instances'
+inbound ports, plus static ones a declared Service lists), the mesh routes (those whose
+parents are Services, the GAMMA pattern), the AuthorizationPolicies that target this
+workload, and the MeshConfig. The sidecar composes its outbound listener from them
+(sidecar/config/mesh.py) and compiles them like any configuration, so a snapshot it
+cannot use is NACKed with the same errors a file would get.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from control.registry import Registry
+from control.store import Resources
+
+WEFT_API = "weft.dev/v1alpha1"
+MESH_ROUTE_KINDS = ("HTTPRoute", "GRPCRoute", "TCPRoute")
+
+
+def is_mesh_route(doc: dict[str, Any]) -> bool:
+    parents = doc.get("spec", {}).get("parentRefs") or []
+    return bool(parents) and all(p.get("kind") == "Service" for p in parents)
+
+
+def documents_for(
+    resources: Resources, registry: Registry, namespace: str, service: str
+) -> list[dict[str, Any]]:
+    declared = {
+        (ns, name): d
+        for (kind, ns, name), d in resources.docs.items()
+        if kind == "Service" and str(d.get("apiVersion", "")).startswith("weft.dev/")
+    }
+    out: list[dict[str, Any]] = []
+    for ns, name in sorted(registry.services() | set(declared)):
+        instances = registry.endpoints(ns, name)
+        spec = declared[(ns, name)].get("spec", {}) if (ns, name) in declared else {}
+        protocol = instances[0].protocol if instances else "HTTP"
+        ports = spec.get("ports") or [{"port": 80, "protocol": protocol}]
+        endpoints = [*spec.get("endpoints", [])]
+        endpoints += [
+            {"address": i.address, "port": i.port, "version": i.version} for i in instances
+        ]
+        out.append({
+            "apiVersion": WEFT_API, "kind": "Service",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"ports": ports, "endpoints": endpoints},
+        })  # fmt: skip
+    out.extend(
+        doc
+        for (kind, _, _), doc in sorted(resources.docs.items())
+        if (kind in MESH_ROUTE_KINDS and is_mesh_route(doc))
+        or (kind == "AuthorizationPolicy" and _targets(doc, namespace, service))
+        or kind == "MeshConfig"
+    )
+    return out
+
+
+def _targets(doc: dict[str, Any], namespace: str, service: str) -> bool:
+    ref = doc.get("spec", {}).get("targetRef", {})
+    ns = doc.get("metadata", {}).get("namespace", "default")
+    return bool(ref.get("name") == service and ns == namespace)

@@ -1,0 +1,114 @@
+"""What a sidecar is sent, and what it builds from it: the registry and resources become
+routes on its outbound listener, with version subsets and weights."""
+
+from __future__ import annotations
+
+from control.registry import Instance, Registry
+from control.snapshot import documents_for
+from control.store import Resources
+from sidecar.config.compile import compile_snapshot
+from sidecar.config.mesh import outbound_documents
+from sidecar.config.model import ListenerKey
+from sidecar.config.parse import Document, load_documents
+
+SPLIT = {
+    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+    "metadata": {"name": "orders"},
+    "spec": {"parentRefs": [{"kind": "Service", "name": "orders"}],
+             "rules": [{"backendRefs": [{"name": "orders", "port": 80, "version": "v1", "weight": 90},
+                                        {"name": "orders", "port": 80, "version": "v2", "weight": 10}]}]},
+}  # fmt: skip
+POLICY = {
+    "apiVersion": "weft.dev/v1alpha1", "kind": "AuthorizationPolicy",
+    "metadata": {"name": "orders-callers"},
+    "spec": {"targetRef": {"kind": "Service", "name": "orders"}, "action": "ALLOW",
+             "from": [{"services": ["web"]}]},
+}  # fmt: skip
+EDGE_ROUTE = {
+    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+    "metadata": {"name": "site"},
+    "spec": {"parentRefs": [{"name": "edge"}], "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]},
+}  # fmt: skip
+OUT = ListenerKey(address="127.0.0.1", port=15001)
+
+
+def _mesh() -> tuple[Resources, Registry]:
+    reg = Registry()
+    for i, (svc, version, port, ready) in enumerate([
+        ("orders", "v1", 21001, True), ("orders", "v1", 21002, True),
+        ("orders", "v2", 21003, True), ("orders", "v2", 21004, False), ("web", "", 21005, True),
+    ]):  # fmt: skip
+        inst = Instance(id=f"i{i}", namespace="default", service=svc, version=version,
+                        address="127.0.0.1", port=port, ready=ready)  # fmt: skip
+        reg.put(inst, now=0.0)
+    docs = [Document(d, f"doc {i}") for i, d in enumerate([SPLIT, POLICY, EDGE_ROUTE])]
+    res, _ = Resources().apply(docs)
+    return res, reg
+
+
+def _compiled(pushed: list[dict[str, object]]):  # type: ignore[no-untyped-def]
+    docs = outbound_documents(pushed, OUT)  # type: ignore[arg-type]
+    resources = load_documents(Document(d, f"pushed {i}") for i, d in enumerate(docs))
+    return compile_snapshot(resources, version=1)
+
+
+def test_web_gets_every_service_and_the_split_but_not_orders_policies() -> None:
+    res, reg = _mesh()
+    pushed = documents_for(res, reg, "default", "web")
+    kinds = [(d["kind"], d["metadata"]["name"]) for d in pushed]
+    assert kinds == [("Service", "orders"), ("Service", "web"), ("HTTPRoute", "orders")]
+    snap = _compiled(pushed)
+    router = snap.routers[OUT]
+    split = router.route("orders", "/x", "GET", [], "")
+    assert split is not None
+    assert [(b.cluster, b.weight) for b in split.action.backends] == [
+        ("default/orders:80@v1", 90), ("default/orders:80@v2", 10)]  # fmt: skip
+    ports = {n: [e.port for e in c.endpoints] for n, c in snap.clusters.items()}
+    assert ports["default/orders:80@v1"] == [21001, 21002]
+    assert ports["default/orders:80@v2"] == [21003]  # the instance not ready yet is left out
+    for host in ("web", "web.default.svc.cluster.local"):
+        match = router.route(host, "/", "GET", [], "")
+        assert match is not None and match.action.backends[0].cluster == "default/web:80"
+    assert router.route("unknown", "/", "GET", [], "") is None
+
+
+def test_orders_gets_the_policies_that_target_it() -> None:
+    res, reg = _mesh()
+    pushed = documents_for(res, reg, "default", "orders")
+    assert ("AuthorizationPolicy", "orders-callers") in [
+        (d["kind"], d["metadata"]["name"]) for d in pushed
+    ]
+    assert len(_compiled(pushed).authz) == 1
+
+
+def test_a_service_declared_with_ports_keeps_them_and_its_static_endpoints() -> None:
+    svc = {"apiVersion": "weft.dev/v1alpha1", "kind": "Service", "metadata": {"name": "catalog"},
+           "spec": {"ports": [{"port": 50051, "protocol": "GRPC"}],
+                    "endpoints": [{"address": "10.0.0.9", "port": 5000}]}}  # fmt: skip
+    res, _ = Resources().apply([Document(svc, "catalog.yaml")])
+    reg = Registry()
+    inst = Instance(id="c1", namespace="default", service="catalog", version="v1",
+                    address="127.0.0.1", port=22001, protocol="GRPC", ready=True)  # fmt: skip
+    reg.put(inst, now=0.0)
+    snap = _compiled(documents_for(res, reg, "default", "web"))
+    cluster = snap.clusters["default/catalog:50051"]
+    assert cluster.protocol == "GRPC"
+    assert [(e.address, e.port) for e in cluster.endpoints] == [
+        ("10.0.0.9", 5000),
+        ("127.0.0.1", 22001),
+    ]
+
+
+def test_registry_expiry_and_restart() -> None:
+    reg = Registry(expiry_s=15)
+    a = Instance(id="a", namespace="default", service="orders", version="v1", address="h", port=1)
+    assert reg.put(a, now=0.0) and not reg.put(a, now=1.0)
+    assert reg.set_ready("a", True, now=2.0) and reg.endpoints("default", "orders")[0].id == "a"
+    reg.touch("a", now=10.0)
+    assert reg.expire(now=20.0) == []
+    assert [i.id for i in reg.expire(now=25.1)] == ["a"] and not reg.services()
+    reg.put(a, now=30.0)
+    again = Registry(expiry_s=15)
+    again.load(reg.to_json(), now=100.0)  # a restarted control plane keeps it for a while
+    assert [i.id for i in again.instances.values()] == ["a"]
+    assert [i.id for i in again.expire(now=115.5)] == ["a"]
