@@ -1,4 +1,4 @@
-"""`meshctl server`: the control plane's gRPC port (identity, admin; config next).
+"""`meshctl server`: the control plane's gRPC port (identity, admin, config watch).
 
 grpcio's asyncio server runs on its own event loop in a background thread (`start` returns
 once it listens, `stop` drains it), so the CLI's main thread only waits for a signal and
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import threading
 from concurrent import futures
 from pathlib import Path
@@ -23,7 +24,10 @@ from ca.service import IdentityService, control_plane_credentials
 from control import api
 from control.admin import AdminService
 from control.state import ControlState
+from control.watch import ConfigService
 from mesh_ctl.api import identity_pb2_grpc
+
+log = logging.getLogger("weft.server")
 
 
 class ControlPlane:
@@ -72,7 +76,7 @@ class ControlPlane:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        self.state = state = ControlState(self.data_dir)
+        self.state = state = ControlState(self.data_dir, self._loop.time())
         key_pem, chain_pem = self._credentials
         creds = grpc.ssl_server_credentials(
             [(key_pem, chain_pem)], root_certificates=self._bundle, require_client_auth=False
@@ -82,11 +86,30 @@ class ControlPlane:
             identity_pb2_grpc.add_IdentityServicer_to_server(  # type: ignore[no-untyped-call]
                 IdentityService(self.data_dir, self.leaf_ttl), server
             )
-            server.add_generic_rpc_handlers((AdminService(state, self.admin_token).handler(),))
+            server.add_generic_rpc_handlers(
+                (
+                    AdminService(state, self.admin_token).handler(),
+                    ConfigService(state, self.data_dir).handler(),
+                )
+            )
             self.port = server.add_secure_port(self.listen, creds)
             if self.port == 0:
                 raise keystore.KeystoreError(f"cannot listen on {self.listen}")
             await server.start()
             self._ready.set()
+            expiry = asyncio.create_task(_expire_loop(state))
             await self._stop.wait()
+            expiry.cancel()
+            state.stopping = True  # the watches end now; their sidecars will be back
             await server.stop(self.grace_s)
+
+
+async def _expire_loop(state: ControlState) -> None:
+    """Remove instances whose sidecar stopped heartbeating (checked once a second)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(1.0)
+        for inst in state.expire(loop.time()):
+            log.warning(
+                "instance %s of %s/%s expired (no heartbeat)", inst.id, inst.namespace, inst.service
+            )

@@ -1,24 +1,50 @@
-"""What the control plane holds in memory, and how a change reaches disk and watchers."""
+"""What the control plane holds in memory, and how a change reaches disk and watchers.
+
+Lives on the control plane's asyncio loop: mutate it from there only. Every change to the
+resources or the registry bumps `generation` and wakes the config watches (`changed`), which
+recompute their sidecar's documents and send them if they differ.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from control.registry import Instance, Registry
 from control.store import ResourceFile, Resources
 from sidecar.config.parse import Document
 
 
-class ControlState:
-    """Resources in force; `changed` is set (and replaced) whenever they change. Lives on
-    the control plane's asyncio loop: mutate it from there only."""
+@dataclass(slots=True)
+class Subscriber:
+    """One connected sidecar's config watch."""
 
-    def __init__(self, data_dir: Path) -> None:
+    instance: Instance
+    sent: int = 0  # generation of the last snapshot it was sent (or is current at)
+    acked: int = 0  # generation it confirmed being current at
+    error: str = ""  # its last NACK, until a later ACK
+    docs: list[dict[str, Any]] | None = field(default=None, repr=False)
+
+
+class ControlState:
+    def __init__(self, data_dir: Path, now: float) -> None:
         self.file = ResourceFile(data_dir)
         self.resources: Resources = self.file.load()
+        self.registry_path = data_dir / "registry.json"
+        self.registry = Registry()
+        if self.registry_path.exists():
+            self.registry.load(json.loads(self.registry_path.read_text()), now)
+        self.subscribers: dict[str, Subscriber] = {}
+        self.generation = 1
+        self.stopping = False  # shutting down: keep registrations for the restart
         self.changed = asyncio.Event()
 
+    # -- resources ----------------------------------------------------------------------
     def apply(self, docs: Iterable[Document]) -> tuple[int, list[str]]:
         new, outcome = self.resources.apply(docs)
         self._put(new)
@@ -34,5 +60,50 @@ class ControlState:
             return
         self.file.save(new)  # on disk before in force: an acknowledged change survives
         self.resources = new
+        self.bump()
+
+    # -- registry -----------------------------------------------------------------------
+    def connect(self, sub: Subscriber, now: float) -> None:
+        old = self.subscribers.pop(sub.instance.id, None)
+        if old is not None:
+            old.docs = None
+        self.subscribers[sub.instance.id] = sub
+        known = self.registry.instances.get(sub.instance.id)
+        if known is not None and known.ready:  # a sidecar back after a control plane restart
+            sub.instance = known
+        self.registry.put(sub.instance, now)
+        self.bump(registry=True)
+
+    def disconnect(self, sub: Subscriber) -> None:
+        if self.subscribers.get(sub.instance.id) is sub:
+            del self.subscribers[sub.instance.id]
+            if not self.stopping and self.registry.remove(sub.instance.id):
+                self.bump(registry=True)
+
+    def set_ready(self, sub: Subscriber, ready: bool, now: float) -> None:
+        if self.registry.set_ready(sub.instance.id, ready, now):
+            sub.instance = self.registry.instances[sub.instance.id]
+            self.bump(registry=True)
+
+    def heartbeat(self, sub: Subscriber, now: float) -> None:
+        if sub.instance.id in self.registry.instances:
+            self.registry.touch(sub.instance.id, now)
+        else:  # expired while silent, then heard from again
+            self.registry.put(sub.instance, now)
+            self.bump(registry=True)
+
+    def expire(self, now: float) -> list[Instance]:
+        dead = self.registry.expire(now)
+        if dead:
+            self.bump(registry=True)
+        return dead
+
+    def bump(self, *, registry: bool = False) -> None:
+        self.generation += 1
+        if registry:
+            tmp = self.registry_path.with_suffix(".tmp")
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+                json.dump(self.registry.to_json(), f)
+            os.replace(tmp, self.registry_path)
         self.changed.set()
         self.changed = asyncio.Event()

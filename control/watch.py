@@ -1,0 +1,120 @@
+"""`weft.config.v1.Config/Watch`: a sidecar's stream of snapshots, and its registration.
+
+The sidecar opens the stream with `{"hello": {"session": TOKEN, "instance": {...}}}`: the
+session token (from Identity.Sign, ca/tokens.py) proves its identity, and the instance must
+be of that identity's service. The instance is registered (not ready) and the stream sends
+`{"snapshot": {"version": G, "resources": [...]}}` whenever what this sidecar should have
+changes (G is the control plane's generation). The sidecar answers `{"ack": {"version":
+G}}` once a snapshot is in force (its instance becomes ready: an endpoint for others) or
+`{"nack": {"version": G, "error": "..."}}`; it sends `{"heartbeat": {}}` every few seconds
+and `{"drain": {}}` when it drains (no longer an endpoint). The stream's end deregisters
+the instance, except while the control plane itself shuts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from ca import keystore, tokens
+from control import api
+from control.registry import Instance
+from control.snapshot import documents_for
+from control.state import ControlState, Subscriber
+
+CONFIG_SERVICE = "weft.config.v1.Config"
+HEARTBEAT_S = 5.0
+
+
+class ConfigService:
+    def __init__(self, state: ControlState, data_dir: Path) -> None:
+        self.state = state
+        self.data_dir = data_dir
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            CONFIG_SERVICE,
+            {
+                "Watch": grpc.stream_stream_rpc_method_handler(
+                    self.watch, request_deserializer=api.decode, response_serializer=api.encode
+                )
+            },
+        )
+
+    async def watch(self, requests: Any, context: Any) -> None:
+        loop = asyncio.get_running_loop()
+        messages = requests.__aiter__()
+        try:
+            first = await anext(messages)
+        except StopAsyncIteration:
+            return
+        sub = await self._hello(first, context)
+        state = self.state
+        state.connect(sub, loop.time())
+        reader = asyncio.create_task(self._read(messages, sub))
+        try:
+            while not reader.done():
+                changed = state.changed
+                docs = documents_for(
+                    state.resources, state.registry, sub.instance.namespace, sub.instance.service
+                )
+                if docs != sub.docs:
+                    sub.docs = docs
+                    sub.sent = state.generation
+                    await context.write({"snapshot": {"version": sub.sent, "resources": docs}})
+                else:  # nothing new for this sidecar: it is current at this generation too
+                    if sub.acked == sub.sent:
+                        sub.acked = state.generation
+                    sub.sent = state.generation
+                waiter = asyncio.ensure_future(changed.wait())
+                await asyncio.wait((waiter, reader), return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            state.disconnect(sub)
+
+    async def _hello(self, message: Any, context: Any) -> Subscriber:
+        try:
+            hello = message["hello"]
+            instance = Instance.from_json({**hello["instance"], "ready": False})
+            session = str(hello["session"])
+        except (KeyError, TypeError, ValueError) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad hello: {exc!r}")
+        now = datetime.datetime.now(datetime.UTC)
+        try:
+            identity = tokens.verify(
+                keystore.token_key(self.data_dir), session, now=now, use="session"
+            )
+        except tokens.TokenError as exc:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        if (identity.namespace, identity.service) != (instance.namespace, instance.service):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{identity.uri} cannot register an instance of "
+                f"{instance.namespace}/{instance.service}",
+            )
+        return Subscriber(instance=instance)
+
+    async def _read(self, messages: Any, sub: Subscriber) -> None:
+        loop = asyncio.get_running_loop()
+        state = self.state
+        async for message in messages:
+            if not isinstance(message, dict):
+                continue
+            if "ack" in message:
+                sub.acked = int(message["ack"].get("version", 0))
+                sub.error = ""
+                state.set_ready(sub, True, loop.time())
+            elif "nack" in message:
+                sub.error = str(message["nack"].get("error", "rejected"))[:1000]
+            elif "heartbeat" in message:
+                state.heartbeat(sub, loop.time())
+            elif "drain" in message:
+                state.set_ready(sub, False, loop.time())

@@ -1,0 +1,136 @@
+"""Config.Watch against a real control plane, with grpcio as the client: registration,
+snapshots on every relevant change, ACK → ready, deregistration when the stream ends."""
+
+from __future__ import annotations
+
+import datetime
+import queue
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from ca import keystore, tokens
+from ca.service import CONTROL_PLANE_HOST
+from ca.spiffe import SpiffeId
+from control import api
+from control.server import ControlPlane
+from control.watch import CONFIG_SERVICE
+from sidecar.config.parse import Document
+
+ORDERS = SpiffeId("weft.local", "default", "orders")
+
+
+@pytest.fixture
+def plane(tmp_path: Path) -> Iterator[ControlPlane]:
+    keystore.init(tmp_path, "weft.local", datetime.datetime.now(datetime.UTC))
+    srv = ControlPlane(tmp_path, "127.0.0.1:0")
+    srv.start()
+    yield srv
+    srv.stop(0)
+
+
+class _Watch:
+    """A bidi stream fed from a queue (grpcio's sync API)."""
+
+    def __init__(self, plane: ControlPlane) -> None:
+        bundle = (plane.data_dir / "ca" / "root.pem").read_bytes()
+        creds = grpc.ssl_channel_credentials(root_certificates=bundle)
+        options = [("grpc.ssl_target_name_override", CONTROL_PLANE_HOST)]
+        self.channel = grpc.secure_channel(f"127.0.0.1:{plane.port}", creds, options=options)
+        self.out: queue.Queue[Any] = queue.Queue()
+        call = self.channel.stream_stream(
+            f"/{CONFIG_SERVICE}/Watch", request_serializer=api.encode,
+            response_deserializer=api.decode,
+        )  # fmt: skip
+        self.replies = call(iter(self.out.get, None), timeout=20)
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.out.put(message)
+
+    def snapshot(self) -> dict[str, Any]:
+        reply: dict[str, Any] = next(self.replies)["snapshot"]
+        return reply
+
+    def close(self) -> None:
+        self.out.put(None)
+        self.channel.close()
+
+
+def _hello(
+    plane: ControlPlane, identity: SpiffeId, service: str = "orders", use: str = "session"
+) -> dict[str, Any]:
+    now = datetime.datetime.now(datetime.UTC)
+    session = tokens.create(keystore.token_key(plane.data_dir), identity, now=now,
+                            ttl=datetime.timedelta(minutes=5), use=use)  # fmt: skip
+    instance = {"id": "orders-1", "namespace": "default", "service": service, "version": "v1",
+                "address": "127.0.0.1", "port": 25006}  # fmt: skip
+    return {"hello": {"session": session, "instance": instance}}
+
+
+def _endpoints(snapshot: dict[str, Any], service: str) -> list[int]:
+    for doc in snapshot["resources"]:
+        if doc["kind"] == "Service" and doc["metadata"]["name"] == service:
+            return [e["port"] for e in doc["spec"]["endpoints"]]
+    return []
+
+
+def test_register_ack_ready_push_and_deregister(plane: ControlPlane) -> None:
+    watch = _Watch(plane)
+    try:
+        watch.send(_hello(plane, ORDERS))
+        first = watch.snapshot()
+        assert _endpoints(first, "orders") == []  # registered, not ready yet
+        watch.send({"ack": {"version": first["version"]}})
+        second = watch.snapshot()  # its own instance is now an endpoint
+        assert _endpoints(second, "orders") == [25006] and second["version"] > first["version"]
+        watch.send({"ack": {"version": second["version"]}})
+        route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                 "metadata": {"name": "orders"},
+                 "spec": {"parentRefs": [{"kind": "Service", "name": "orders"}],
+                          "rules": [{"backendRefs": [{"name": "orders", "port": 80}]}]}}  # fmt: skip
+        assert plane.state is not None and plane._loop is not None
+        plane._loop.call_soon_threadsafe(plane.state.apply, [Document(route, "r.yaml")])
+        third = watch.snapshot()
+        assert any(d["kind"] == "HTTPRoute" for d in third["resources"])
+        watch.send({"drain": {}})
+        assert _endpoints(watch.snapshot(), "orders") == []  # draining: not an endpoint
+        watch.send({"ack": {"version": third["version"]}})  # ready again
+        assert _endpoints(watch.snapshot(), "orders") == [25006]
+        web = _Watch(plane)
+        try:
+            hello = _hello(plane, SpiffeId("weft.local", "default", "web"), service="web")
+            hello["hello"]["instance"]["id"] = "web-1"
+            web.send(hello)
+            assert _endpoints(web.snapshot(), "orders") == [25006]
+            watch.close()  # the orders sidecar goes away: web is told at once
+            assert _endpoints(web.snapshot(), "orders") == []
+        finally:
+            web.close()
+    finally:
+        watch.close()
+
+
+@pytest.mark.parametrize(
+    ("make", "code", "reason"),
+    [
+        (lambda p: _hello(p, ORDERS, use="join"), grpc.StatusCode.UNAUTHENTICATED,
+         "a join token cannot be used as a session token"),
+        (lambda p: _hello(p, ORDERS, service="payments"), grpc.StatusCode.PERMISSION_DENIED,
+         "cannot register an instance of default/payments"),
+        (lambda p: {"hello": {}}, grpc.StatusCode.INVALID_ARGUMENT, "bad hello"),
+    ],
+)  # fmt: skip
+def test_a_hello_that_proves_nothing_is_refused(
+    plane: ControlPlane, make: Any, code: grpc.StatusCode, reason: str
+) -> None:
+    watch = _Watch(plane)
+    try:
+        watch.send(make(plane))
+        with pytest.raises(grpc.RpcError) as err:
+            watch.snapshot()
+        assert err.value.code() == code and reason in str(err.value.details())
+    finally:
+        watch.close()
