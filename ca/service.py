@@ -26,15 +26,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ca import keystore, tokens
 from ca.authority import LEAF_TTL, SigningError, sign_leaf, verify_svid
 from ca.spiffe import SpiffeId
+from control.api import CONTROL_PLANE_HOST
 from mesh_ctl.api import identity_pb2, identity_pb2_grpc
 
 log = logging.getLogger("weft.identity")
 
 CONTROL_PLANE_NAMESPACE = "weft-system"
 CONTROL_PLANE_SERVICE = "control-plane"
-# The name clients verify the control plane's certificate against (a DNS SAN besides the
-# SPIFFE ID; gRPC checks host names, not URIs).
-CONTROL_PLANE_HOST = "weft-control-plane"
 
 PEM = serialization.Encoding.PEM
 Clock = Callable[[], datetime.datetime]

@@ -16,7 +16,11 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+# The name clients verify the control plane's certificate against (a DNS SAN besides its
+# SPIFFE ID; gRPC checks host names, not URIs).
+CONTROL_PLANE_HOST = "weft-control-plane"
 ADMIN_SERVICE = "weft.admin.v1.Admin"
+CONFIG_SERVICE = "weft.config.v1.Config"
 ADMIN_TOKEN_FILE = "admin.token"
 
 

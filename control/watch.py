@@ -27,9 +27,6 @@ from control.registry import Instance
 from control.snapshot import documents_for
 from control.state import ControlState, Subscriber
 
-CONFIG_SERVICE = "weft.config.v1.Config"
-HEARTBEAT_S = 5.0
-
 
 class ConfigService:
     def __init__(self, state: ControlState, data_dir: Path) -> None:
@@ -38,7 +35,7 @@ class ConfigService:
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
-            CONFIG_SERVICE,
+            api.CONFIG_SERVICE,
             {
                 "Watch": grpc.stream_stream_rpc_method_handler(
                     self.watch, request_deserializer=api.decode, response_serializer=api.encode

@@ -9,8 +9,8 @@ from typing import Any
 
 import grpc
 
-from ca.service import CONTROL_PLANE_HOST
 from control import api
+from control.api import CONTROL_PLANE_HOST
 from mesh_ctl.common import DEFAULT_SERVER, CliError, data_dir
 
 

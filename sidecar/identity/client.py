@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ca.authority import svid_identity
-from ca.service import CONTROL_PLANE_HOST
 from ca.spiffe import SpiffeId
+from control.api import CONTROL_PLANE_HOST
 from mesh_ctl.api import identity_pb2, identity_pb2_grpc
 from sidecar.identity.svid import IdentityError, Svid
 

@@ -13,11 +13,10 @@ import grpc
 import pytest
 
 from ca import keystore, tokens
-from ca.service import CONTROL_PLANE_HOST
 from ca.spiffe import SpiffeId
 from control import api
+from control.api import CONTROL_PLANE_HOST
 from control.server import ControlPlane
-from control.watch import CONFIG_SERVICE
 from sidecar.config.parse import Document
 
 ORDERS = SpiffeId("weft.local", "default", "orders")
@@ -42,7 +41,7 @@ class _Watch:
         self.channel = grpc.secure_channel(f"127.0.0.1:{plane.port}", creds, options=options)
         self.out: queue.Queue[Any] = queue.Queue()
         call = self.channel.stream_stream(
-            f"/{CONFIG_SERVICE}/Watch", request_serializer=api.encode,
+            f"/{api.CONFIG_SERVICE}/Watch", request_serializer=api.encode,
             response_deserializer=api.decode,
         )  # fmt: skip
         self.replies = call(iter(self.out.get, None), timeout=20)
@@ -134,3 +133,43 @@ def test_a_hello_that_proves_nothing_is_refused(
         assert err.value.code() == code and reason in str(err.value.details())
     finally:
         watch.close()
+
+
+async def test_the_sidecar_client_speaks_grpc_over_its_own_http2(plane: ControlPlane) -> None:
+    """sidecar/config/watch.py (no grpcio) against grpcio's server: snapshots, ACK, NACK."""
+    import trio
+
+    from sidecar.config.watch import ConfigWatch
+
+    bundle = (plane.data_dir / "ca" / "root.pem").read_bytes()
+    seen: list[tuple[int, list[int]]] = []
+    got = trio.Event()
+
+    async def apply(version: int, resources: list[dict[str, Any]]) -> str | None:
+        seen.append((version, _endpoints({"resources": resources}, "orders")))
+        if len(seen) == 2:
+            got.set()
+        return None
+
+    watch = ConfigWatch(
+        f"127.0.0.1:{plane.port}", lambda: bundle, lambda: _hello(plane, ORDERS), apply
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch.run)
+        with trio.fail_after(10):
+            await got.wait()
+        nursery.cancel_scope.cancel()
+    assert seen[0][1] == [] and seen[1][1] == [25006]  # the ACK made the instance ready
+    assert watch.connected and watch.failures == 0
+
+    refused = ConfigWatch(
+        f"127.0.0.1:{plane.port}", lambda: bundle,
+        lambda: _hello(plane, ORDERS, use="join"), apply,
+    )  # fmt: skip
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(refused.run)
+        with trio.fail_after(10):
+            while not refused.failures:
+                await trio.sleep(0.05)  # waiting for the client's own retry bookkeeping
+        nursery.cancel_scope.cancel()
+    assert "a join token cannot be used as a session token" in refused.last_error

@@ -98,7 +98,7 @@ def test_renewal_needs_a_verifying_svid_and_its_key(server: tuple[ControlPlane, 
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from ca.service import CONTROL_PLANE_HOST
+    from control.api import CONTROL_PLANE_HOST
     from mesh_ctl.api import identity_pb2, identity_pb2_grpc
     from sidecar.identity.client import csr_for, new_key
 

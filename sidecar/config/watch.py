@@ -1,0 +1,215 @@
+"""The sidecar's side of `Config.Watch`: gRPC over the sidecar's own HTTP/2 client and TLS.
+
+No grpcio here: it would double the sidecar's memory for one stream. The call is plain gRPC
+on the wire (HTTP/2 POST, `application/grpc+json`, 5-byte length-prefixed messages, status
+in trailers), spoken by `upstream/h2client.py` over a TLS connection that verifies the
+control plane against the mesh's root bundle.
+
+`run` keeps the watch open for the sidecar's life: each snapshot goes to `apply`, which
+answers None (in force: ACK) or the reason it was refused (NACK); heartbeats go out every
+`HEARTBEAT_S`. When the stream or connection ends, the last snapshot stays in force (static
+stability) and the watch reconnects after a growing, jittered backoff.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import ssl
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from control import api
+from sidecar.errors import UpstreamError
+from sidecar.transport.io import ConnectionLost, connect_within
+from sidecar.transport.tls import TlsConn, TlsHandshakeError
+from sidecar.upstream.h2client import H2ClientConnection, Response, Trailers, UpstreamStream
+
+log = logging.getLogger("weft.watch")
+
+HEARTBEAT_S = 5.0
+BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+MAX_MESSAGE = 16 * 1024 * 1024
+Apply = Callable[[int, list[dict[str, Any]]], Awaitable[str | None]]
+
+
+class WatchError(Exception):
+    """The watch ended; the message says why (the control plane's status, or the network)."""
+
+
+_ENDINGS = (
+    WatchError,
+    UpstreamError,
+    ConnectionLost,
+    TlsHandshakeError,
+    OSError,
+    trio.TooSlowError,
+)
+
+
+def frame(message: object) -> bytes:
+    body = api.encode(message)
+    return b"\x00" + len(body).to_bytes(4, "big") + body
+
+
+class Deframer:
+    """gRPC length-prefixed messages out of a byte stream."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+
+    def feed(self, data: bytes) -> list[Any]:
+        self.buf += data
+        out = []
+        while len(self.buf) >= 5:
+            if self.buf[0] != 0:
+                raise WatchError("compressed messages are not expected")
+            size = int.from_bytes(self.buf[1:5], "big")
+            if size > MAX_MESSAGE:
+                raise WatchError(f"message of {size} bytes is over the limit")
+            if len(self.buf) < 5 + size:
+                break
+            out.append(api.decode(self.buf[5 : 5 + size]))
+            self.buf = self.buf[5 + size :]
+        return out
+
+
+def _status(headers: list[tuple[bytes, bytes]]) -> tuple[int, str] | None:
+    fields = dict(headers)
+    if b"grpc-status" not in fields:
+        return None
+    message = urllib.parse.unquote(fields.get(b"grpc-message", b"").decode("latin-1"))
+    return int(fields[b"grpc-status"]), message
+
+
+class ConfigWatch:
+    def __init__(
+        self,
+        target: str,
+        trust_pem: Callable[[], bytes],
+        hello: Callable[[], dict[str, Any]],
+        apply: Apply,
+        *,
+        connect_timeout_s: float = 5.0,
+    ) -> None:
+        self.target = target
+        self.trust_pem = trust_pem
+        self.hello = hello  # fresh each connect: the session token renews with the SVID
+        self.apply = apply
+        self.connect_timeout_s = connect_timeout_s
+        self.connected = False
+        self.failures = 0
+        self.last_error = ""
+        self._stream: UpstreamStream | None = None
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self._session()
+            except _ENDINGS as exc:
+                self.last_error = str(exc) or type(exc).__name__
+            self.connected = False
+            self._stream = None
+            delay = BACKOFF_S[min(self.failures, len(BACKOFF_S) - 1)]
+            self.failures += 1
+            log.warning("config watch: %s; reconnecting in %.1fs", self.last_error, delay)
+            await trio.sleep(delay * random.uniform(0.8, 1.2))
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """Send on the open stream, if there is one (drain notices, for instance)."""
+        stream = self._stream
+        if stream is not None:
+            await stream.send_data(frame(message), end=False)
+
+    async def _session(self) -> None:
+        tconn = await self._connect()
+        client = H2ClientConnection(tconn)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+            path = f"/{api.CONFIG_SERVICE}/Watch".encode()
+            headers = [
+                (b":method", b"POST"), (b":scheme", b"https"), (b":path", path),
+                (b":authority", api.CONTROL_PLANE_HOST.encode()),
+                (b"content-type", b"application/grpc+json"), (b"te", b"trailers"),
+            ]  # fmt: skip
+            stream = client.open(headers, end_stream=False)
+            await stream.send_data(frame(self.hello()), end=False)
+            self._stream = stream
+            nursery.start_soon(self._heartbeats, stream)
+            ended: Exception | None = None
+            try:
+                await self._receive(stream)
+            except _ENDINGS as exc:  # raised after the nursery, not inside its group
+                ended = exc
+            finally:
+                nursery.cancel_scope.cancel()
+                client.close()
+        if ended is not None:
+            raise ended
+
+    async def _connect(self) -> TlsConn:
+        host, _, port = self.target.rpartition(":")
+        ctx = ssl.create_default_context(cadata=self.trust_pem().decode())
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_alpn_protocols(["h2"])
+        conn = await connect_within(host, int(port), self.connect_timeout_s)
+        sock = ctx.wrap_socket(
+            conn.sock, server_side=False, server_hostname=api.CONTROL_PLANE_HOST,
+            do_handshake_on_connect=False,
+        )  # fmt: skip
+        tconn = TlsConn(sock, conn.peer)
+        try:
+            with trio.fail_after(self.connect_timeout_s):
+                await tconn.handshake()
+        except BaseException:
+            tconn.close()
+            raise
+        if tconn.alpn != "h2":
+            tconn.close()
+            raise WatchError("the control plane did not agree to HTTP/2")
+        return tconn
+
+    async def _receive(self, stream: UpstreamStream) -> None:
+        deframer = Deframer()
+        while True:
+            event = await stream.next_event()
+            if isinstance(event, Response):
+                if event.status != 200:
+                    raise WatchError(f"the control plane answered HTTP {event.status}")
+                status = _status(event.headers)  # a trailers-only answer: an error
+                if status is not None and status[0] != 0:
+                    raise WatchError(f"control plane refused the watch: {status[1]}")
+            elif isinstance(event, Trailers):
+                status = _status(event.headers or [])
+                raise WatchError(
+                    f"control plane ended the watch: {status[1] if status else 'no status'}"
+                )
+            else:
+                for message in deframer.feed(event):
+                    await self._handle(stream, message)
+
+    async def _handle(self, stream: UpstreamStream, message: Any) -> None:
+        snapshot = message.get("snapshot") if isinstance(message, dict) else None
+        if snapshot is None:
+            return
+        version = int(snapshot["version"])
+        error = await self.apply(version, list(snapshot["resources"]))
+        if error is None:
+            self.connected = True
+            self.failures = 0
+            self.last_error = ""
+            reply: dict[str, Any] = {"ack": {"version": version}}
+        else:
+            reply = {"nack": {"version": version, "error": error}}
+        await stream.send_data(frame(reply), end=False)
+
+    async def _heartbeats(self, stream: UpstreamStream) -> None:
+        """Until the stream fails (the receiving side then sees why and reconnects)."""
+        with contextlib.suppress(*_ENDINGS):
+            while True:
+                await trio.sleep(HEARTBEAT_S)
+                await stream.send_data(frame({"heartbeat": {}}), end=False)
