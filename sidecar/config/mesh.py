@@ -63,3 +63,11 @@ def outbound_documents(pushed: list[dict[str, Any]], listener: ListenerKey) -> l
                          "rules": [{"backendRefs": [{"name": name, "port": port}]}]},
             })  # fmt: skip
     return out
+
+
+def mesh_default_allow(pushed: list[dict[str, Any]], fallback: bool) -> bool:
+    """The MeshConfig's defaultPolicy, if the control plane sent one."""
+    for doc in pushed:
+        if doc.get("kind") == "MeshConfig":
+            return str(doc.get("spec", {}).get("defaultPolicy", "allow")) == "allow"
+    return fallback

@@ -59,9 +59,12 @@ class EdgeServer:
         direction: str = "edge",
         service: str = "edge",
         signals: bool = True,
+        source: Callable[[int], Snapshot] | None = None,
     ) -> None:
         """`admin_port=None` runs no admin listener (a sidecar's outbound side, whose
-        sidecar has one); `connector` says how upstreams are reached (mTLS in sidecars)."""
+        sidecar has one); `connector` says how upstreams are reached (mTLS in sidecars);
+        `source` compiles snapshots from elsewhere than `paths` (what a control plane sent)."""
+        self.source = source
         self.drain_timeout_s = drain_timeout_s
         self.signals = signals  # SIGHUP reloads, SIGTERM drains and exits (off when embedded)
         self.direction = direction
@@ -186,9 +189,12 @@ class EdgeServer:
 
     # -- internals ------------------------------------------------------------------------
     def _load(self, version: int) -> Snapshot:
-        snap = load_snapshot(
-            self.paths, version=version, gateway_class=self.gateway_class, limits=self.limits
-        )
+        if self.source is not None:
+            snap = self.source(version)
+        else:
+            snap = load_snapshot(
+                self.paths, version=version, gateway_class=self.gateway_class, limits=self.limits
+            )
         for warning in snap.warnings:
             log.warning("%s", warning)
         return snap
@@ -267,7 +273,7 @@ class EdgeServer:
         nursery.start_soon(accept_loop, sock, functools.partial(serve_admin, state), nursery)
 
     async def _watch_files(self) -> None:
-        if self.watch_interval_s <= 0:
+        if self.watch_interval_s <= 0 or self.source is not None:
             return
         while True:
             await trio.sleep(self.watch_interval_s)

@@ -21,6 +21,7 @@ import logging
 import random
 import signal
 import ssl
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -30,10 +31,13 @@ from ca.spiffe import SpiffeId
 from sidecar.admin import AdminState, serve_admin
 from sidecar.authz import Decision, Policy, decide
 from sidecar.config.compile import compile_snapshot
+from sidecar.config.mesh import mesh_default_allow, outbound_documents
 from sidecar.config.model import Backend, ClusterSpec, ListenerKey, RouteAction, Snapshot
 from sidecar.config.parse import Document, load_documents
 from sidecar.config.store import SnapshotStore
+from sidecar.config.watch import ConfigWatch
 from sidecar.entry import handshake_failed
+from sidecar.errors import ConfigError
 from sidecar.http.proxy import ProxyContext, serve_http1
 from sidecar.identity.fetch import fetch_svid
 from sidecar.identity.svid import IdentityError, Svid, SvidRequest
@@ -74,6 +78,11 @@ class SidecarOptions:
     files: tuple[str, ...] = ()  # outbound routes and peers, as `meshctl edge` reads them
     default_allow: bool = True  # for services no ALLOW AuthorizationPolicy names
     upstreams: tuple[tuple[str, int], ...] = ()  # (service, local port): opaque tunnels
+    # Without `files`, the outbound side comes from the control plane's config watch:
+    outbound_address: str = "127.0.0.1"
+    outbound_port: int = 15001
+    protocol: str = "HTTP"  # what the app speaks: HTTP | HTTP2 | GRPC | TCP
+    advertise: str = ""  # the address peers reach the inbound port at (default: inferred)
 
 
 def inbound_snapshot(opts: SidecarOptions, listener: ListenerKey) -> Snapshot:
@@ -86,7 +95,7 @@ def inbound_snapshot(opts: SidecarOptions, listener: ListenerKey) -> Snapshot:
                   "listeners": [{"name": "inbound", "port": listener.port, "protocol": "HTTP"}]}},
         {"apiVersion": "weft.dev/v1alpha1", "kind": "Service",
          "metadata": {"name": app, "namespace": ns},
-         "spec": {"ports": [{"port": opts.app_port}],
+         "spec": {"ports": [{"port": opts.app_port, "protocol": opts.protocol}],
                   "endpoints": [{"address": "127.0.0.1", "port": opts.app_port,
                                  "version": opts.version}]}},
         {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
@@ -127,6 +136,13 @@ class SidecarServer:
         self.draining = False
         self.spiffe_id: SpiffeId | None = None
         self._ctx: ProxyContext | None = None
+        self.watch: ConfigWatch | None = None
+        self.instance_id = uuid.uuid4().hex[:12]
+        self.default_allow = opts.default_allow
+        self._pushed: list[dict[str, Any]] = []  # the control plane's documents in force
+        self._nursery: trio.Nursery | None = None
+        self.configured = trio.Event()
+        self.config_changed = trio.Event()  # set (and replaced) whenever a snapshot goes in force
 
     async def run(
         self, *, task_status: trio.TaskStatus[SidecarServer] = trio.TASK_STATUS_IGNORED
@@ -169,11 +185,12 @@ class SidecarServer:
                 snapshot=lambda: ctx.store.current,
                 metrics=self.metrics,
                 drain=self.drain,
-                ready=lambda: self.identity is not None and not self.draining,
+                ready=self._ready,
             )
             nursery.start_soon(accept_loop, admin, functools.partial(serve_admin, state), nursery)
             nursery.start_soon(self._renew)
             nursery.start_soon(self._watch_sigterm, nursery)
+            self._nursery = nursery
             if opts.files:
                 from sidecar.modes.edge import EdgeServer
 
@@ -183,11 +200,17 @@ class SidecarServer:
                     access_log=self.access_log_sink, signals=False,
                 )  # fmt: skip
                 await nursery.start(self.outbound.run)
-                for service, port in opts.upstreams:
-                    sock = open_listener("127.0.0.1", port)
-                    self.upstream_ports[service] = sock.getsockname()[1]
-                    handler = functools.partial(self._upstream, service)
-                    nursery.start_soon(accept_loop, sock, handler, nursery)
+            else:
+                self.watch = ConfigWatch(
+                    opts.control_plane, lambda: self._svid().bundle_pem, self._hello, self._apply
+                )
+                nursery.start_soon(self.watch.run)
+                await self.configured.wait()  # ready means identity and first configuration
+            for service, port in opts.upstreams:
+                sock = open_listener("127.0.0.1", port)
+                self.upstream_ports[service] = sock.getsockname()[1]
+                handler = functools.partial(self._upstream, service)
+                nursery.start_soon(accept_loop, sock, handler, nursery)
             log.info("%s ready: inbound mTLS on port %d", self.spiffe_id, self.inbound_port)
             task_status.started(self)
 
@@ -209,8 +232,81 @@ class SidecarServer:
                 await self.outbound.idle.wait_empty()
         nursery.cancel_scope.cancel()
 
+    def _ready(self) -> bool:
+        """Identity loaded, outbound configuration in force, not draining."""
+        return self.identity is not None and self.outbound is not None and not self.draining
+
+    def _svid(self) -> Svid:
+        assert self.identity is not None
+        return self.identity.svid
+
+    def _hello(self) -> dict[str, Any]:
+        opts = self.opts
+        address = opts.advertise or (
+            opts.inbound_address if opts.inbound_address not in ("0.0.0.0", "::") else "127.0.0.1"
+        )
+        instance = {
+            "id": self.instance_id, "namespace": opts.namespace, "service": opts.service,
+            "version": opts.version, "address": address, "port": self.inbound_port,
+            "protocol": opts.protocol,
+        }  # fmt: skip
+        return {"hello": {"session": self._svid().session, "instance": instance}}
+
+    async def _apply(self, version: int, resources: list[dict[str, Any]]) -> str | None:
+        """A snapshot from the control plane: in force (None) or why not (NACKed)."""
+        from sidecar.modes.edge import EdgeServer
+
+        previous, self._pushed = self._pushed, resources
+        try:
+            if self.outbound is None:
+                opts = self.opts
+                outbound = EdgeServer(
+                    (), admin_port=None, metrics=self.metrics, connector=self._connector,
+                    direction="outbound", service=opts.service,
+                    access_log=self.access_log_sink, signals=False, source=self._compile,
+                    bind=lambda key: (opts.outbound_address, opts.outbound_port),
+                )  # fmt: skip
+                assert self._nursery is not None
+                await self._nursery.start(outbound.run)
+                self.outbound = outbound
+            elif not self.outbound.reload():
+                raise ConfigError(self.outbound.last_error)
+        except ConfigError as exc:
+            self._pushed = previous
+            log.error("configuration %d from the control plane refused: %s", version, exc)
+            return str(exc)
+        self.default_allow = mesh_default_allow(resources, self.opts.default_allow)
+        self.configured.set()
+        self.config_changed.set()
+        self.config_changed = trio.Event()
+        log.info("configuration %d from the control plane in force", version)
+        return None
+
+    @property
+    def _outbound_key(self) -> ListenerKey:
+        """The outbound listener as configured (port 0 binds any port: tests)."""
+        return ListenerKey(
+            address=self.opts.outbound_address, port=self.opts.outbound_port or 15001
+        )
+
+    @property
+    def outbound_port(self) -> int:
+        """The outbound listener's bound port (mesh mode, once configured)."""
+        assert self.outbound is not None
+        key = self._outbound_key
+        return self.outbound.bound_port(key.address, key.port)
+
+    def _compile(self, version: int) -> Snapshot:
+        docs = outbound_documents(self._pushed, self._outbound_key)
+        resources = load_documents(
+            Document(d, f"control plane document {i}") for i, d in enumerate(docs, 1)
+        )
+        return compile_snapshot(resources, version=version)
+
     def drain(self) -> None:
         self.draining = True
+        if self.watch is not None and self._nursery is not None:
+            self._nursery.start_soon(self.watch.send, {"drain": {}})
         if self._ctx is not None:
             self._ctx.draining.set()
             self._ctx.idle.close_idle()
@@ -300,7 +396,7 @@ class SidecarServer:
         else:  # no ALPN: an opaque tunnel (a peer's --upstream port) to the app
             decision = decide(
                 self._policies(), namespace=self.opts.namespace, service=self.opts.service,
-                peer=peer, default_allow=self.opts.default_allow,
+                peer=peer, default_allow=self.default_allow,
             )  # fmt: skip
             if not decision.allowed:
                 ctx.metrics.inc("weft_tcp_denied_total", (("reason", decision.reason),))
@@ -340,7 +436,7 @@ class SidecarServer:
         return decide(
             self._policies(),
             namespace=self.opts.namespace, service=self.opts.service, peer=peer,
-            method=method, path=path, default_allow=self.opts.default_allow,
+            method=method, path=path, default_allow=self.default_allow,
         )  # fmt: skip
 
 

@@ -43,7 +43,7 @@ def _options(srv: ControlPlane, data: Path, app_port: int, **kw: object) -> Side
     return SidecarOptions(
         service="orders", app_port=app_port, control_plane=f"127.0.0.1:{srv.port}",
         token=token, ca_file=str(data / "ca" / "root.pem"), inbound_address="127.0.0.1",
-        inbound_port=0, admin_port=0, **kw,  # type: ignore[arg-type]
+        inbound_port=0, admin_port=0, outbound_port=0, **kw,  # type: ignore[arg-type]
     )  # fmt: skip
 
 

@@ -121,7 +121,7 @@ def _options(cp: PlaneAndData, service: str, app_port: int, **kw: object) -> Sid
     return SidecarOptions(
         service=service, app_port=app_port, control_plane=f"127.0.0.1:{srv.port}", token=token,
         ca_file=str(data / "ca" / "root.pem"), inbound_address="127.0.0.1", inbound_port=0,
-        admin_port=0, **kw,  # type: ignore[arg-type]
+        admin_port=0, outbound_port=0, **kw,  # type: ignore[arg-type]
     )  # fmt: skip
 
 

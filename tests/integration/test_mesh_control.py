@@ -1,0 +1,113 @@
+"""Sidecars configured by the control plane: discovery through the builtin registry,
+routes applied centrally, version splits, and an instance that dies leaving the endpoints."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from ca import keystore, tokens
+from ca.spiffe import SpiffeId
+from control.server import ControlPlane
+from sidecar.config.parse import Document
+from sidecar.modes.sidecar import SidecarOptions, SidecarServer
+from tests.support.echo import EchoServer
+
+
+@pytest.fixture
+def plane(tmp_path: Path) -> Iterator[ControlPlane]:
+    keystore.init(tmp_path, "weft.local", datetime.datetime.now(datetime.UTC))
+    srv = ControlPlane(tmp_path, "127.0.0.1:0")
+    srv.start()
+    yield srv
+    srv.stop(0)
+
+
+def _sidecar(plane: ControlPlane, service: str, app_port: int, version: str = "") -> SidecarServer:
+    now = datetime.datetime.now(datetime.UTC)
+    token = tokens.create(
+        keystore.token_key(plane.data_dir), SpiffeId("weft.local", "default", service),
+        now=now, ttl=datetime.timedelta(hours=1),
+    )  # fmt: skip
+    return SidecarServer(SidecarOptions(
+        service=service, version=version, app_port=app_port,
+        control_plane=f"127.0.0.1:{plane.port}", token=token,
+        ca_file=str(plane.data_dir / "ca" / "root.pem"), inbound_address="127.0.0.1",
+        inbound_port=0, admin_port=0, outbound_port=0,
+    ))  # fmt: skip
+
+
+async def _apply(plane: ControlPlane, doc: dict[str, object]) -> None:
+    done = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+
+    def apply() -> None:
+        assert plane.state is not None
+        plane.state.apply([Document(doc, "test")])
+        trio.from_thread.run_sync(done.set, trio_token=token)
+
+    assert plane._loop is not None
+    plane._loop.call_soon_threadsafe(apply)
+    await done.wait()
+
+
+async def _pods(out_port: int, n: int) -> list[str]:
+    pods = []
+    async with httpx.AsyncClient(timeout=10) as http:
+        for _ in range(n):
+            r = await http.get(f"http://127.0.0.1:{out_port}/o", headers={"Host": "orders"})
+            pods.append(json.loads(r.text)["pod"] if r.status_code == 200 else str(r.status_code))
+    return pods
+
+
+async def _until(web: SidecarServer, want: set[str], limit_s: float = 10) -> None:
+    """Until requests through `web` reach exactly `want`: checked again after each
+    configuration web's sidecar puts in force."""
+    with trio.fail_after(limit_s):
+        while True:
+            changed = web.config_changed
+            if set(await _pods(web.outbound_port, 10)) == want:
+                return
+            await changed.wait()
+
+
+def _versions(web: SidecarServer) -> set[str]:
+    snap = web.outbound.snapshot if web.outbound is not None else None
+    cluster = snap.clusters.get("default/orders:80") if snap is not None else None
+    return {e.version for e in cluster.endpoints} if cluster is not None else set()
+
+
+async def test_discovery_split_and_a_dead_instance(plane: ControlPlane) -> None:
+    with EchoServer("v1") as app1, EchoServer("v2") as app2:
+        async with trio.open_nursery() as nursery:
+            v1 = await nursery.start(_sidecar(plane, "orders", app1.port, "v1").run)
+            web: SidecarServer = await nursery.start(_sidecar(plane, "web", 1).run)
+            await _until(web, {"v1"})  # found through the registry; no file names it
+            v2_scope = trio.CancelScope()
+
+            async def run_v2(task_status: trio.TaskStatus[SidecarServer]) -> None:
+                with v2_scope:
+                    await _sidecar(plane, "orders", app2.port, "v2").run(task_status=task_status)
+
+            await nursery.start(run_v2)
+            with trio.fail_after(10):  # both versions are endpoints of web's orders cluster
+                while _versions(web) != {"v1", "v2"}:
+                    await web.config_changed.wait()
+            split = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                     "metadata": {"name": "orders"},
+                     "spec": {"parentRefs": [{"kind": "Service", "name": "orders"}],
+                              "rules": [{"backendRefs": [
+                                  {"name": "orders", "port": 80, "version": "v2", "weight": 100},
+                                  {"name": "orders", "port": 80, "version": "v1", "weight": 0}]}]}}  # fmt: skip
+            await _apply(plane, split)
+            await _until(web, {"v2"})
+            v2_scope.cancel()  # the v2 instance dies: its watch ends, it leaves the endpoints
+            await _until(web, {"503"})  # the route sends everything to v2, which has no one left
+            assert v1.draining is False
+            nursery.cancel_scope.cancel()
