@@ -191,7 +191,12 @@ spec:
               "--inbound-address", "127.0.0.1", "--log-level", "warning"]  # fmt: skip
     sidecars = []
     for service, inbound, admin, extra in (
-        ("orders", P["weft_in"], 18352, ["--app-port", str(PORTS["backend"])]),
+        (
+            "orders",
+            P["weft_in"],
+            18352,
+            ["--app-port", str(PORTS["backend"]), "--outbound-port", "18354"],
+        ),
         ("web", 18323, 18353, ["--app-port", "1", "-f", str(outbound)]),
     ):
         token = (

@@ -155,6 +155,7 @@ def _sidecar(args: argparse.Namespace) -> int:
         app_port=args.app_port, control_plane=args.control_plane, token=token,
         ca_file=args.ca_file, ca_fingerprint=args.ca_fingerprint,
         inbound_address=args.inbound_address, inbound_port=args.inbound_port,
+        outbound_port=args.outbound_port, protocol=args.protocol, advertise=args.advertise,
         admin_port=args.admin_port, files=tuple(args.file or ()),
         default_allow=args.default_policy == "allow",
         upstreams=tuple(_upstream(u) for u in args.upstream or ()),
@@ -331,6 +332,16 @@ def build_parser() -> argparse.ArgumentParser:
     trust.add_argument("--ca-fingerprint", metavar="sha256:HEX", help="pin the root instead")
     sc.add_argument("--inbound-address", default="0.0.0.0")
     sc.add_argument("--inbound-port", type=int, default=15006)
+    sc.add_argument("--outbound-port", type=int, default=15001, help="where the app calls out")
+    sc.add_argument(
+        "--protocol", choices=("HTTP", "HTTP2", "GRPC", "TCP"), default="HTTP",
+        help="what the app speaks (how peers and this sidecar talk to it)",
+    )  # fmt: skip
+    sc.add_argument(
+        "--advertise", default="", metavar="ADDRESS",
+        help="the address peers reach the inbound port at (default: the inbound address, "
+        "or 127.0.0.1 when it is 0.0.0.0)",
+    )  # fmt: skip
     sc.add_argument("--admin-port", type=int, default=15000)
     sc.add_argument("--access-log", default="-", choices=("-", "off"))
     sc.add_argument(
@@ -343,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     sc.add_argument(
         "-f", "--file", action="append", metavar="PATH",
-        help="outbound listeners, routes and peer sidecars (the resources meshctl edge reads)",
+        help="outbound listeners, routes and peer sidecars, instead of the control plane's",
     )  # fmt: skip
     sc.set_defaults(func=_sidecar)
 
