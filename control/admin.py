@@ -6,13 +6,17 @@ disk, and only then put in force, so a restart never serves less than was acknow
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
+from dataclasses import asdict
 from typing import Any
 
 import grpc
 
 from control import api
-from control.state import ControlState
+from control.shift import check_weights, split_route
+from control.state import ControlState, Subscriber
 from sidecar.config.parse import Document
 from sidecar.errors import ConfigError
 
@@ -23,7 +27,10 @@ class AdminService:
         self.token = token
 
     def handler(self) -> grpc.GenericRpcHandler:
-        methods = {"Apply": self.apply, "Get": self.get, "Delete": self.delete}
+        methods = {
+            "Apply": self.apply, "Get": self.get, "Delete": self.delete,
+            "Shift": self.shift, "Status": self.status,
+        }  # fmt: skip
         return grpc.method_handlers_generic_handler(
             api.ADMIN_SERVICE,
             {
@@ -71,3 +78,66 @@ class AdminService:
         except KeyError as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
         return {"version": version}
+
+    async def shift(self, request: Any, context: Any) -> dict[str, Any]:
+        """Write the split, then (unless `wait` is false) hold the answer until every
+        connected sidecar is current at the generation that carries it."""
+        await self._authorize(context)
+        state = self.state
+        try:
+            service = str(request["service"])
+            namespace = str(request.get("namespace") or "default")
+            weights = {str(k): int(v) for k, v in dict(request["weights"]).items()}
+            if any(w < 0 for w in weights.values()):
+                raise ValueError("weights cannot be negative")
+            known = {
+                i.version for i in state.registry.instances.values()
+                if (i.namespace, i.service) == (namespace, service)
+            }  # fmt: skip
+            check_weights(service, weights, known)
+        except (KeyError, TypeError, ValueError) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc).strip("'\""))
+        existing = state.resources.docs.get(("HTTPRoute", namespace, service))
+        route = split_route(existing, namespace, service, weights)
+        try:
+            version, _ = state.apply([Document(route, f"meshctl shift {service}")])
+        except ConfigError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        generation = state.generation
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        if request.get("wait", True):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(float(request.get("timeout_s", 30.0))):
+                    while state.lagging(generation):
+                        await state.progress.wait()
+        lagging = state.lagging(generation)
+        return {
+            "version": version, "generation": generation, "seconds": loop.time() - start,
+            "sidecars": len(state.subscribers), "lagging": [_who(s) for s in lagging],
+        }  # fmt: skip
+
+    async def status(self, request: Any, context: Any) -> dict[str, Any]:
+        await self._authorize(context)
+        state = self.state
+        rows = []
+        for inst in sorted(state.registry.instances.values(),
+                           key=lambda i: (i.namespace, i.service, i.version, i.id)):  # fmt: skip
+            sub = state.subscribers.get(inst.id)
+            rows.append({
+                **asdict(inst), "connected": sub is not None,
+                "config": sub.acked if sub else 0,
+                "stale": sub is None or sub.acked < state.generation,
+                "error": sub.error if sub else "",
+                "identity_expires": sub.identity_expires if sub else "",
+            })  # fmt: skip
+        return {
+            "generation": state.generation,
+            "resource_version": state.resources.version,
+            "instances": rows,
+        }
+
+
+def _who(sub: Subscriber) -> str:
+    i = sub.instance
+    return f"{i.namespace}/{i.service} {i.version or '-'} {i.id} ({i.address}:{i.port})"

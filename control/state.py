@@ -28,6 +28,7 @@ class Subscriber:
     sent: int = 0  # generation of the last snapshot it was sent (or is current at)
     acked: int = 0  # generation it confirmed being current at
     error: str = ""  # its last NACK, until a later ACK
+    identity_expires: str = ""  # its SVID's not_after (ISO 8601), as it reported
     docs: list[dict[str, Any]] | None = field(default=None, repr=False)
 
 
@@ -43,6 +44,18 @@ class ControlState:
         self.generation = 1
         self.stopping = False  # shutting down: keep registrations for the restart
         self.changed = asyncio.Event()
+        self.progress = asyncio.Event()  # set (and replaced) when a sidecar becomes current
+
+    def current_at(self, sub: Subscriber, generation: int) -> None:
+        """`sub` has (ACKed, or needs nothing new for) `generation`."""
+        if generation > sub.acked:
+            sub.acked = generation
+            self.progress.set()
+            self.progress = asyncio.Event()
+
+    def lagging(self, generation: int) -> list[Subscriber]:
+        """Connected sidecars not yet current at `generation`."""
+        return [s for s in self.subscribers.values() if s.acked < generation]
 
     # -- resources ----------------------------------------------------------------------
     def apply(self, docs: Iterable[Document]) -> tuple[int, list[str]]:
@@ -77,6 +90,8 @@ class ControlState:
     def disconnect(self, sub: Subscriber) -> None:
         if self.subscribers.get(sub.instance.id) is sub:
             del self.subscribers[sub.instance.id]
+            self.progress.set()  # one fewer to wait for
+            self.progress = asyncio.Event()
             if not self.stopping and self.registry.remove(sub.instance.id):
                 self.bump(registry=True)
 

@@ -66,7 +66,7 @@ class ConfigService:
                     await context.write({"snapshot": {"version": sub.sent, "resources": docs}})
                 else:  # nothing new for this sidecar: it is current at this generation too
                     if sub.acked == sub.sent:
-                        sub.acked = state.generation
+                        state.current_at(sub, state.generation)
                     sub.sent = state.generation
                 waiter = asyncio.ensure_future(changed.wait())
                 await asyncio.wait((waiter, reader), return_when=asyncio.FIRST_COMPLETED)
@@ -97,7 +97,7 @@ class ConfigService:
                 f"{identity.uri} cannot register an instance of "
                 f"{instance.namespace}/{instance.service}",
             )
-        return Subscriber(instance=instance)
+        return Subscriber(instance=instance, identity_expires=str(hello.get("expires", ""))[:40])
 
     async def _read(self, messages: Any, sub: Subscriber) -> None:
         loop = asyncio.get_running_loop()
@@ -106,9 +106,9 @@ class ConfigService:
             if not isinstance(message, dict):
                 continue
             if "ack" in message:
-                sub.acked = int(message["ack"].get("version", 0))
                 sub.error = ""
                 state.set_ready(sub, True, loop.time())
+                state.current_at(sub, int(message["ack"].get("version", 0)))
             elif "nack" in message:
                 sub.error = str(message["nack"].get("error", "rejected"))[:1000]
             elif "heartbeat" in message:

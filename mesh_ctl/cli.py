@@ -372,9 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--data-dir", help="default: $WEFT_DATA_DIR or ~/.weft")
     create.set_defaults(func=_token)
 
-    from mesh_ctl import resources_cli
+    from mesh_ctl import mesh_cli, resources_cli
 
     resources_cli.register(sub)
+    mesh_cli.register(sub)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_version)

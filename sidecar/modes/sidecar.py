@@ -250,7 +250,13 @@ class SidecarServer:
             "version": opts.version, "address": address, "port": self.inbound_port,
             "protocol": opts.protocol,
         }  # fmt: skip
-        return {"hello": {"session": self._svid().session, "instance": instance}}
+        svid = self._svid()
+        hello = {
+            "session": svid.session,
+            "instance": instance,
+            "expires": svid.not_after.isoformat(),
+        }
+        return {"hello": hello}
 
     async def _apply(self, version: int, resources: list[dict[str, Any]]) -> str | None:
         """A snapshot from the control plane: in force (None) or why not (NACKed)."""

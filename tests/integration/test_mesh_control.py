@@ -111,3 +111,78 @@ async def test_discovery_split_and_a_dead_instance(plane: ControlPlane) -> None:
             await _until(web, {"503"})  # the route sends everything to v2, which has no one left
             assert v1.draining is False
             nursery.cancel_scope.cancel()
+
+
+async def _meshctl(plane: ControlPlane, *args: str) -> tuple[int, str, str]:
+    import sys
+
+    proc = await trio.run_process(
+        [sys.executable, "-m", "mesh_ctl", *args, "--server", f"127.0.0.1:{plane.port}",
+         "--data-dir", str(plane.data_dir)],
+        capture_stdout=True, capture_stderr=True, check=False,
+    )  # fmt: skip
+    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+
+
+async def test_shift_waits_for_every_sidecar_and_the_split_holds(plane: ControlPlane) -> None:
+    with EchoServer("v1") as app1, EchoServer("v2") as app2:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_sidecar(plane, "orders", app1.port, "v1").run)
+            await nursery.start(_sidecar(plane, "orders", app2.port, "v2").run)
+            web: SidecarServer = await nursery.start(_sidecar(plane, "web", 1).run)
+
+            code, out, err = await _meshctl(plane, "shift", "orders", "v1=90", "v2=10")
+            assert code == 0, err
+            assert out.startswith("orders: v1=90 v2=10 in force on all 3 sidecar(s) in "), out
+            pods = await _pods(web.outbound_port, 1000)  # no waiting: shift returned after the ACKs
+            assert abs(pods.count("v2") / 10 - 10) <= 3, pods.count("v2")
+            assert pods.count("v1") + pods.count("v2") == 1000
+
+            for bad, why in [
+                (("v1=90", "v2=20"), "weights must add up to 100, these add up to 110"),
+                (("v1=90", "v3=10"), "orders has no instances of version v3 (versions: v1, v2)"),
+                (("v1=-5", "v2=105"), "expected VERSION=WEIGHT with a whole number"),
+            ]:
+                code, out, err = await _meshctl(plane, "shift", "orders", *bad)
+                assert code == 1 and err.startswith("meshctl: ") and why in err, (bad, err)
+                assert len(err.strip().splitlines()) == 1, err
+
+            code, out, err = await _meshctl(plane, "status", "-o", "json")
+            assert code == 0, err
+            status = json.loads(out)
+            rows = {(r["service"], r["version"]): r for r in status["instances"]}
+            assert set(rows) == {("orders", "v1"), ("orders", "v2"), ("web", "")}
+            assert all(r["ready"] and r["connected"] and not r["stale"] for r in rows.values())
+            code, table, err = await _meshctl(plane, "status")
+            assert "default/orders" in table and "IDENTITY EXPIRES" in table, err
+            nursery.cancel_scope.cancel()
+
+
+async def test_policy_allow_under_a_default_deny_mesh(plane: ControlPlane) -> None:
+    with EchoServer("orders") as app:
+        async with trio.open_nursery() as nursery:
+            orders: SidecarServer = await nursery.start(_sidecar(plane, "orders", app.port).run)
+            web: SidecarServer = await nursery.start(_sidecar(plane, "web", 1).run)
+            stranger: SidecarServer = await nursery.start(_sidecar(plane, "stranger", 1).run)
+            mesh = {"apiVersion": "weft.dev/v1alpha1", "kind": "MeshConfig",
+                    "metadata": {"name": "mesh"}, "spec": {"defaultPolicy": "deny"}}  # fmt: skip
+            await _apply(plane, mesh)
+            code, out, err = await _meshctl(plane, "policy", "allow", "web", "orders")
+            assert (
+                code == 0
+                and out.strip() == "AuthorizationPolicy default/allow-web-to-orders created"
+            ), err
+            with trio.fail_after(10):  # orders' sidecar has both in force
+                while orders.default_allow or not orders._policies():
+                    await orders.config_changed.wait()
+            async with httpx.AsyncClient(timeout=10) as http:
+                ok = await http.get(
+                    f"http://127.0.0.1:{web.outbound_port}/o", headers={"Host": "orders"}
+                )
+                no = await http.get(
+                    f"http://127.0.0.1:{stranger.outbound_port}/o", headers={"Host": "orders"}
+                )
+            nursery.cancel_scope.cancel()
+    assert ok.status_code == 200
+    assert no.status_code == 403 and no.headers["x-weft-denied"]
+    assert [r["path"] for r in app.received] == ["/o"]

@@ -1,0 +1,113 @@
+"""`meshctl shift`, `status`, `policy allow|deny`: the day-to-day mesh commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from control.shift import parse_weights
+from mesh_ctl.common import CliError, add_server_arguments
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from mesh_ctl.client import AdminClient  # grpcio: only for commands that need it
+
+    return AdminClient.from_args(args)
+
+
+def shift(args: argparse.Namespace) -> int:
+    try:
+        weights = parse_weights(args.weights)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    request = {"service": args.service, "namespace": args.namespace, "weights": weights,
+               "wait": not args.no_wait, "timeout_s": args.timeout}  # fmt: skip
+    reply = _client(args).call("Shift", request, timeout_s=args.timeout + 10)
+    split = " ".join(f"{v}={w}" for v, w in weights.items())
+    if args.no_wait:
+        print(f"{args.service}: {split} written (configuration version {reply['version']})")
+        return 0
+    if reply["lagging"]:
+        print(f"{args.service}: {split} written, but not every sidecar applied it "
+              f"within {args.timeout:g}s:")  # fmt: skip
+        for who in reply["lagging"]:
+            print(f"  {who}")
+        return 1
+    print(f"{args.service}: {split} in force on all {reply['sidecars']} sidecar(s) "
+          f"in {reply['seconds'] * 1000:.0f} ms")  # fmt: skip
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    reply = _client(args).call("Status", {})
+    if args.output == "json":
+        print(json.dumps(reply, indent=2))
+        return 0
+    print(f"control plane: ok, configuration generation {reply['generation']} "
+          f"(resources version {reply['resource_version']})")  # fmt: skip
+    rows = reply["instances"]
+    if not rows:
+        print("no sidecars registered")
+        return 0
+    print(f"{'SERVICE':<24} {'VERSION':<8} {'INSTANCE':<13} {'ADDRESS':<22} {'READY':<6} "
+          f"{'CONFIG':<10} IDENTITY EXPIRES")  # fmt: skip
+    for r in rows:
+        config = str(r["config"]) + (" stale" if r["stale"] else "")
+        if r["error"]:
+            config += " NACK"
+        print(f"{r['namespace'] + '/' + r['service']:<24} {r['version'] or '-':<8} {r['id']:<13} "
+              f"{r['address'] + ':' + str(r['port']):<22} {'yes' if r['ready'] else 'no':<6} "
+              f"{config:<10} {r['identity_expires'][:19] or '-'}")  # fmt: skip
+        if r["error"]:
+            print(f"    refused: {r['error']}")
+    return 0
+
+
+def policy(args: argparse.Namespace) -> int:
+    action = args.action.upper()
+    name = f"{args.action}-{args.source}-to-{args.target}".replace("/", "-").replace(".", "-")
+    doc = {
+        "apiVersion": "weft.dev/v1alpha1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": name, "namespace": args.namespace},
+        "spec": {"targetRef": {"kind": "Service", "name": args.target}, "action": action,
+                 "from": [{"services": [args.source]}]},
+    }  # fmt: skip
+    if args.path or args.method:
+        to: dict[str, list[str]] = {}
+        if args.path:
+            to["paths"] = args.path
+        if args.method:
+            to["methods"] = [m.upper() for m in args.method]
+        doc["spec"]["to"] = [to]  # type: ignore[index]
+    source = f"meshctl policy {args.action} {args.source} {args.target}"
+    reply = _client(args).call("Apply", {"documents": [{"source": source, "data": doc}]})
+    for line in reply["results"]:
+        print(line)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("shift", help="split a service's traffic between its versions")
+    p.add_argument("service")
+    p.add_argument("weights", nargs="+", metavar="VERSION=WEIGHT", help="e.g. v1=90 v2=10")
+    p.add_argument("-n", "--namespace", default="default")
+    p.add_argument("--no-wait", action="store_true", help="return once written, not applied")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
+    add_server_arguments(p)
+    p.set_defaults(func=shift)
+
+    p = sub.add_parser("status", help="the control plane, and every registered instance")
+    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    add_server_arguments(p)
+    p.set_defaults(func=status)
+
+    p = sub.add_parser("policy", help="allow or deny calls from one service to another")
+    p.add_argument("action", choices=("allow", "deny"))
+    p.add_argument("source", help="the calling service (name or namespace/name)")
+    p.add_argument("target", help="the called service")
+    p.add_argument("-n", "--namespace", default="default", help="the target's namespace")
+    p.add_argument("--path", action="append", help="only these path prefixes")
+    p.add_argument("--method", action="append", help="only these methods")
+    add_server_arguments(p)
+    p.set_defaults(func=policy)
