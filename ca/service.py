@@ -103,7 +103,9 @@ class _NoProof(Exception):
     pass
 
 
-def control_plane_credentials(data_dir: Path, now: datetime.datetime) -> tuple[bytes, bytes]:
+def control_plane_credentials(
+    data_dir: Path, now: datetime.datetime, ttl: datetime.timedelta = LEAF_TTL
+) -> tuple[bytes, bytes]:
     """(key PEM, chain PEM) for the control plane's own SVID, minted from the local CA."""
     ca = keystore.load(data_dir, now)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -117,7 +119,7 @@ def control_plane_credentials(data_dir: Path, now: datetime.datetime) -> tuple[b
         .public_key(key.public_key())
         .serial_number(keystore.serial())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(min(now + LEAF_TTL, ca.signer.cert.not_valid_after_utc))
+        .not_valid_after(min(now + ttl, ca.signer.cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.SubjectAlternativeName(

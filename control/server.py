@@ -32,14 +32,21 @@ log = logging.getLogger("weft.server")
 
 class ControlPlane:
     def __init__(
-        self, data_dir: Path, listen: str, *, leaf_ttl: datetime.timedelta = LEAF_TTL
+        self,
+        data_dir: Path,
+        listen: str,
+        *,
+        leaf_ttl: datetime.timedelta = LEAF_TTL,
+        cert_ttl: datetime.timedelta = LEAF_TTL,
     ) -> None:
         self.data_dir = data_dir
         self.listen = listen
         self.leaf_ttl = leaf_ttl
-        now = datetime.datetime.now(datetime.UTC)
-        self._bundle = keystore.load(data_dir, now).bundle_pem  # refuses a bad CA up front
-        self._credentials = control_plane_credentials(data_dir, now)
+        self.cert_ttl = cert_ttl  # of the control plane's own serving certificate
+        keystore.load(data_dir, datetime.datetime.now(datetime.UTC))  # refuses a bad CA up front
+        self._renew_at = datetime.datetime.min.replace(tzinfo=datetime.UTC)
+        self._initial = self._fetch_certificate()
+        assert self._initial is not None
         self.admin_token = api.admin_token(data_dir, create=True)
         self.port = 0
         self.grace_s = 5.0
@@ -66,6 +73,24 @@ class ControlPlane:
         self._thread.join(grace_s + 5)
         self.stopped.set()
 
+    def _fetch_certificate(self) -> grpc.ServerCertificateConfiguration | None:
+        """A new serving certificate at 2/3 of the current one's life (grpcio asks before
+        each handshake; None keeps the current one). Renewal also moves it to the newest
+        intermediate after `meshctl ca rotate`."""
+        now = datetime.datetime.now(datetime.UTC)
+        if now < self._renew_at:
+            return None
+        try:
+            key_pem, chain_pem = control_plane_credentials(self.data_dir, now, self.cert_ttl)
+        except (keystore.KeystoreError, OSError, ValueError) as exc:
+            if self._renew_at.year == 1:  # the first one: nothing to serve with
+                raise
+            log.error("cannot renew the control plane's certificate (retrying in 60 s): %s", exc)
+            self._renew_at = now + datetime.timedelta(seconds=60)
+            return None
+        self._renew_at = now + self.cert_ttl * 2 / 3
+        return grpc.ssl_server_certificate_configuration([(key_pem, chain_pem)])
+
     def _main(self) -> None:
         try:
             asyncio.run(self._serve())
@@ -77,10 +102,7 @@ class ControlPlane:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self.state = state = ControlState(self.data_dir, self._loop.time())
-        key_pem, chain_pem = self._credentials
-        creds = grpc.ssl_server_credentials(
-            [(key_pem, chain_pem)], root_certificates=self._bundle, require_client_auth=False
-        )
+        creds = grpc.dynamic_ssl_server_credentials(self._initial, self._fetch_certificate)
         with futures.ThreadPoolExecutor(max_workers=4) as pool:
             server = grpc.aio.server(migration_thread_pool=pool)
             identity_pb2_grpc.add_IdentityServicer_to_server(  # type: ignore[no-untyped-call]

@@ -183,3 +183,40 @@ async def test_the_identity_helper_process_trusts_a_pinned_root_and_says_why_it_
         await fetch_svid(dataclasses.replace(request, ca_fingerprint=None))
     assert answer("{not json")["error"].startswith("bad request to the identity helper")
     assert "'service'" in answer('{"control_plane": "x", "namespace": "default"}')["error"]
+
+
+def test_the_control_plane_renews_its_own_serving_certificate(tmp_path: Path) -> None:
+    import ssl
+    import time
+
+    from control.api import CONTROL_PLANE_HOST
+
+    keystore.init(tmp_path, "weft.local", datetime.datetime.now(datetime.UTC))
+    srv = ControlPlane(tmp_path, "127.0.0.1:0", cert_ttl=datetime.timedelta(seconds=3))
+    srv.start()
+    try:
+        ctx = ssl.create_default_context(cadata=(tmp_path / "ca" / "root.pem").read_text())
+        ctx.set_alpn_protocols(["h2"])
+
+        def served() -> x509.Certificate:
+            import socket
+
+            with (
+                socket.create_connection(("127.0.0.1", srv.port), timeout=5) as raw,
+                ctx.wrap_socket(raw, server_hostname=CONTROL_PLANE_HOST) as tls,
+            ):
+                der = tls.getpeercert(binary_form=True)
+            assert der is not None
+            return x509.load_der_x509_certificate(der)
+
+        first = served()
+        time.sleep(2.1)  # waiting for wall-clock time itself: 2/3 of the 3-second life
+        second = served()
+        svid = request_svid(f"127.0.0.1:{srv.port}", ORDERS,
+                            trust_pem=(tmp_path / "ca" / "root.pem").read_bytes(),
+                            token=_token(tmp_path, ORDERS))  # fmt: skip
+    finally:
+        srv.stop(0)
+    assert second.serial_number != first.serial_number
+    assert second.not_valid_after_utc > first.not_valid_after_utc
+    assert svid.identity == ORDERS  # gRPC clients connect on the renewed certificate
