@@ -15,8 +15,9 @@ from typing import Any
 import grpc
 
 from control import api
+from control.registry import Instance
 from control.shift import check_weights, split_route
-from control.state import ControlState, Subscriber
+from control.state import ControlState
 from sidecar.config.parse import Document
 from sidecar.errors import ConfigError
 
@@ -114,7 +115,7 @@ class AdminService:
         lagging = state.lagging(generation)
         return {
             "version": version, "generation": generation, "seconds": loop.time() - start,
-            "sidecars": len(state.subscribers), "lagging": [_who(s) for s in lagging],
+            "sidecars": len(state.registry.instances), "lagging": [_who(i) for i in lagging],
         }  # fmt: skip
 
     async def status(self, request: Any, context: Any) -> dict[str, Any]:
@@ -138,6 +139,5 @@ class AdminService:
         }
 
 
-def _who(sub: Subscriber) -> str:
-    i = sub.instance
+def _who(i: Instance) -> str:
     return f"{i.namespace}/{i.service} {i.version or '-'} {i.id} ({i.address}:{i.port})"

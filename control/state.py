@@ -50,12 +50,21 @@ class ControlState:
         """`sub` has (ACKed, or needs nothing new for) `generation`."""
         if generation > sub.acked:
             sub.acked = generation
-            self.progress.set()
-            self.progress = asyncio.Event()
+            self._progressed()
 
-    def lagging(self, generation: int) -> list[Subscriber]:
-        """Connected sidecars not yet current at `generation`."""
-        return [s for s in self.subscribers.values() if s.acked < generation]
+    def lagging(self, generation: int) -> list[Instance]:
+        """Registered instances whose sidecar is not current at `generation` (or not
+        connected: after a control plane restart, until it is back or expires)."""
+        out = []
+        for inst in self.registry.instances.values():
+            sub = self.subscribers.get(inst.id)
+            if sub is None or sub.acked < generation:
+                out.append(inst)
+        return out
+
+    def _progressed(self) -> None:
+        self.progress.set()
+        self.progress = asyncio.Event()
 
     # -- resources ----------------------------------------------------------------------
     def apply(self, docs: Iterable[Document]) -> tuple[int, list[str]]:
@@ -90,8 +99,6 @@ class ControlState:
     def disconnect(self, sub: Subscriber) -> None:
         if self.subscribers.get(sub.instance.id) is sub:
             del self.subscribers[sub.instance.id]
-            self.progress.set()  # one fewer to wait for
-            self.progress = asyncio.Event()
             if not self.stopping and self.registry.remove(sub.instance.id):
                 self.bump(registry=True)
 
@@ -122,3 +129,4 @@ class ControlState:
             os.replace(tmp, self.registry_path)
         self.changed.set()
         self.changed = asyncio.Event()
+        self._progressed()

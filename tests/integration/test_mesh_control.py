@@ -7,6 +7,7 @@ import datetime
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -186,3 +187,66 @@ async def test_policy_allow_under_a_default_deny_mesh(plane: ControlPlane) -> No
     assert ok.status_code == 200
     assert no.status_code == 403 and no.headers["x-weft-denied"]
     assert [r["path"] for r in app.received] == ["/o"]
+
+
+async def test_control_plane_killed_and_restarted_under_traffic(tmp_path: Path) -> None:
+    """`meshctl server` is SIGKILLed and started again while requests flow: none fails
+    (sidecars serve their last snapshot), and afterwards a shift reaches every sidecar."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.support.net import free_port
+
+    data = tmp_path / "cp"
+    keystore.init(data, "weft.local", datetime.datetime.now(datetime.UTC))
+    port = free_port()
+    cmd = [sys.executable, "-m", "mesh_ctl", "server", "--data-dir", str(data),
+           "--listen", f"127.0.0.1:{port}"]  # fmt: skip
+
+    def start() -> subprocess.Popen[str]:
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        assert proc.stderr is not None and "control plane on" in proc.stderr.readline()
+        return proc
+
+    class Plane:  # what _sidecar and _meshctl need
+        data_dir = data
+
+    Plane.port = port  # type: ignore[attr-defined]
+    plane: Any = Plane
+    server = start()
+    statuses: list[int] = []
+    try:
+        with EchoServer("v1") as app1, EchoServer("v2") as app2:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(_sidecar(plane, "orders", app1.port, "v1").run)
+                await nursery.start(_sidecar(plane, "orders", app2.port, "v2").run)
+                web: SidecarServer = await nursery.start(_sidecar(plane, "web", 1).run)
+                stop = trio.Event()
+
+                async def traffic() -> None:
+                    async with httpx.AsyncClient(timeout=10) as http:
+                        while not stop.is_set():
+                            r = await http.get(f"http://127.0.0.1:{web.outbound_port}/o",
+                                               headers={"Host": "orders"})  # fmt: skip
+                            statuses.append(r.status_code)
+
+                nursery.start_soon(traffic)
+                server.send_signal(signal.SIGKILL)
+                server.wait()
+                before = len(statuses)
+                with trio.fail_after(10):  # traffic goes on with the control plane gone
+                    while len(statuses) < before + 50:
+                        await trio.sleep(0.01)
+                server = await trio.to_thread.run_sync(start)
+                code, out, err = await _meshctl(plane, "shift", "orders", "v1=0", "v2=100")
+                assert code == 0, err + out
+                assert "in force on all 3 sidecar(s)" in out
+                pods = await _pods(web.outbound_port, 20)
+                stop.set()
+                nursery.cancel_scope.cancel()
+    finally:
+        server.kill()
+        server.wait()
+    assert len(statuses) > 50 and set(statuses) == {200}, [s for s in statuses if s != 200][:5]
+    assert set(pods) == {"v2"}
