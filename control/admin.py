@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -136,6 +137,7 @@ class AdminService:
             "generation": state.generation,
             "resource_version": state.resources.version,
             "instances": rows,
+            "time": time.time(),  # for clock-skew checks
         }
 
 

@@ -87,7 +87,61 @@ def policy(args: argparse.Namespace) -> int:
     return 0
 
 
+SIDECAR_PORTS = (("sidecar admin", 15000), ("sidecar outbound", 15001), ("sidecar inbound", 15006))
+MAX_SKEW_S = 30.0  # SVIDs are back-dated 5 minutes; beyond this, expiry times mislead
+
+
+def check(args: argparse.Namespace) -> int:
+    """Pre-flight checks, one line each; exit 1 if any fails."""
+    import datetime
+    import socket
+    import time
+
+    from ca import keystore
+    from mesh_ctl.common import data_dir
+
+    results: list[tuple[bool, str]] = []
+
+    def add(ok: bool, text: str, fix: str = "") -> None:
+        results.append((ok, text if ok or not fix else f"{text} — {fix}"))
+
+    ddir = data_dir(args)
+    now = datetime.datetime.now(datetime.UTC)
+    try:
+        left = keystore.load(ddir, now).signer.cert.not_valid_after_utc - now
+        text = f"CA in {keystore.ca_dir(ddir)}: intermediate valid {left.days} more days"
+        add(left > datetime.timedelta(days=30), text, "run `meshctl ca rotate`")
+    except (keystore.KeystoreError, OSError) as exc:
+        add(False, f"CA: {exc}")
+    try:
+        sent = time.time()
+        reply = _client(args).call("Status", {}, timeout_s=5)
+        rtt = time.time() - sent
+        count = len(reply["instances"])
+        add(True, f"control plane reachable (generation {reply['generation']}, "
+                  f"{count} instance(s), {rtt * 1000:.0f} ms)")  # fmt: skip
+        skew = abs(sent + rtt / 2 - float(reply["time"]))
+        add(skew <= MAX_SKEW_S, f"clock skew with the control plane: {skew:.1f} s",
+            "synchronize the clocks (NTP)")  # fmt: skip
+    except CliError as exc:
+        add(False, f"control plane: {exc}")
+    for what, port in SIDECAR_PORTS:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                add(True, f"port {port} ({what}) is free")
+            except OSError as exc:
+                add(False, f"port {port} ({what}) is taken: {exc.strerror}")
+    for ok, text in results:
+        print(f"{'PASS' if ok else 'FAIL'}  {text}")
+    return 0 if all(ok for ok, _ in results) else 1
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("check", help="pre-flight checks: CA, control plane, clock, ports")
+    add_server_arguments(p)
+    p.set_defaults(func=check)
+
     p = sub.add_parser("shift", help="split a service's traffic between its versions")
     p.add_argument("service")
     p.add_argument("weights", nargs="+", metavar="VERSION=WEIGHT", help="e.g. v1=90 v2=10")

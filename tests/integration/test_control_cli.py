@@ -113,3 +113,20 @@ def test_a_bad_document_is_refused_with_its_place_and_nothing_changes(
     down = _meshctl("get", "routes", *conn)
     assert down.returncode == 1
     assert f"cannot reach the control plane at 127.0.0.1:{port}" in down.stderr
+
+
+def test_check_reports_each_preflight_check(data: Path) -> None:
+    port = free_port()
+    conn = ("--server", f"127.0.0.1:{port}", "--data-dir", str(data))
+    with _server(data, port):
+        up = _meshctl("check", *conn)
+    lines = up.stdout.splitlines()
+    assert lines[0].startswith("PASS  CA in ") and "intermediate valid 36" in lines[0]
+    assert lines[1].startswith("PASS  control plane reachable (generation ")
+    assert lines[2].startswith("PASS  clock skew with the control plane: ")
+    assert [line.split("  ", 1)[1].split(" (")[0] for line in lines[3:]] == [
+        "port 15000", "port 15001", "port 15006"]  # fmt: skip
+    assert up.returncode == (0 if all(line.startswith("PASS") for line in lines) else 1)
+    down = _meshctl("check", *conn)
+    assert down.returncode == 1
+    assert f"FAIL  control plane: cannot reach the control plane at 127.0.0.1:{port}" in down.stdout
