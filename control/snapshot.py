@@ -5,7 +5,8 @@ else port 80 with the protocol its instances report; endpoints: the ready instan
 inbound ports, plus static ones a declared Service lists), the mesh routes (those whose
 parents are Services, the GAMMA pattern), the AuthorizationPolicies that target this
 workload, and the MeshConfig. The sidecar composes its outbound listener from them
-(sidecar/config/mesh.py) and compiles them like any configuration, so a snapshot it
+(sidecar/config/mesh.py) and compiles them like any configuration; an edge gateway in the
+mesh gets the Gateways and their routes too, so a snapshot it
 cannot use is NACKed with the same errors a file would get.
 """
 
@@ -25,9 +26,22 @@ def is_mesh_route(doc: dict[str, Any]) -> bool:
     return bool(parents) and all(p.get("kind") == "Service" for p in parents)
 
 
+EDGE_KINDS = (
+    "Gateway",
+    "HTTPRoute",
+    "GRPCRoute",
+    "TCPRoute",
+    "TLSRoute",
+    "Secret",
+    "ReferenceGrant",
+)
+
+
 def documents_for(
-    resources: Resources, registry: Registry, namespace: str, service: str
+    resources: Resources, registry: Registry, namespace: str, service: str, *, gateway: bool = False
 ) -> list[dict[str, Any]]:
+    """`gateway`: the workload is an edge gateway in the mesh, which also gets the Gateways,
+    the routes attached to them and the Secrets and ReferenceGrants they use."""
     declared = {
         (ns, name): d
         for (kind, ns, name), d in resources.docs.items()
@@ -54,6 +68,7 @@ def documents_for(
         if (kind in MESH_ROUTE_KINDS and is_mesh_route(doc))
         or (kind == "AuthorizationPolicy" and _targets(doc, namespace, service))
         or kind == "MeshConfig"
+        or (gateway and kind in EDGE_KINDS and not is_mesh_route(doc))
     )
     return out
 

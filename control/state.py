@@ -29,6 +29,7 @@ class Subscriber:
     acked: int = 0  # generation it confirmed being current at
     error: str = ""  # its last NACK, until a later ACK
     identity_expires: str = ""  # its SVID's not_after (ISO 8601), as it reported
+    gateway: bool = False  # an edge gateway: it also gets Gateways and their routes
     docs: list[dict[str, Any]] | None = field(default=None, repr=False)
 
 

@@ -58,8 +58,9 @@ class ConfigService:
             while not reader.done():
                 changed = state.changed
                 docs = documents_for(
-                    state.resources, state.registry, sub.instance.namespace, sub.instance.service
-                )
+                    state.resources, state.registry, sub.instance.namespace,
+                    sub.instance.service, gateway=sub.gateway,
+                )  # fmt: skip
                 if docs != sub.docs:
                     sub.docs = docs
                     sub.sent = state.generation
@@ -97,7 +98,10 @@ class ConfigService:
                 f"{identity.uri} cannot register an instance of "
                 f"{instance.namespace}/{instance.service}",
             )
-        return Subscriber(instance=instance, identity_expires=str(hello.get("expires", ""))[:40])
+        return Subscriber(
+            instance=instance, identity_expires=str(hello.get("expires", ""))[:40],
+            gateway=bool(hello.get("gateway", False)),
+        )  # fmt: skip
 
     async def _read(self, messages: Any, sub: Subscriber) -> None:
         loop = asyncio.get_running_loop()

@@ -24,6 +24,13 @@ def _edge(args: argparse.Namespace) -> int:
     from sidecar.config.model import Limits
     from sidecar.modes.edge import EdgeServer
 
+    if args.control_plane:
+        return _edge_in_mesh(args)
+    if not args.file:
+        print("meshctl: give -f FILE|DIR, or --control-plane HOST:PORT to join a mesh",
+              file=sys.stderr)  # fmt: skip
+        return 2
+
     sink = None
     if args.access_log == "-":
         sink = sys.stdout
@@ -142,6 +149,31 @@ def _server(args: argparse.Namespace) -> int:
     return 0
 
 
+def _edge_in_mesh(args: argparse.Namespace) -> int:
+    """The edge as a mesh workload: its Gateways and routes come from the control plane and
+    it reaches services over mTLS with its own identity (default `edge`)."""
+    from sidecar.identity.svid import IdentityError
+    from sidecar.modes.sidecar import SidecarOptions, SidecarServer
+
+    token = args.token or os.environ.get("WEFT_TOKEN", "")
+    if not token or not (args.ca_file or args.ca_fingerprint):
+        print("meshctl: joining a mesh needs --token (or WEFT_TOKEN) and --ca-file or "
+              "--ca-fingerprint", file=sys.stderr)  # fmt: skip
+        return 2
+    opts = SidecarOptions(
+        service=args.service, namespace=args.namespace, app_port=1,
+        control_plane=args.control_plane, token=token, ca_file=args.ca_file,
+        ca_fingerprint=args.ca_fingerprint, inbound_address="127.0.0.1", inbound_port=0,
+        outbound_port=0, admin_port=args.admin_port, gateway=True,
+    )  # fmt: skip
+    sink = None if args.access_log == "off" else sys.stdout
+    try:
+        return _run_trio(SidecarServer(opts, access_log=sink).run)
+    except IdentityError as exc:
+        print(f"meshctl: cannot get an identity: {exc}", file=sys.stderr)
+        return 1
+
+
 def _sidecar(args: argparse.Namespace) -> int:
     from sidecar.identity.svid import IdentityError
     from sidecar.modes.sidecar import SidecarOptions, SidecarServer
@@ -233,10 +265,18 @@ def build_parser() -> argparse.ArgumentParser:
         "-f",
         "--file",
         action="append",
-        required=True,
         metavar="PATH",
         help="YAML file or directory of them; repeat for more",
     )
+    mesh = edge.add_argument_group(
+        "in a mesh (instead of -f): Gateways and routes from the control plane"
+    )
+    mesh.add_argument("--control-plane", metavar="HOST:PORT")
+    mesh.add_argument("--token", help="join token (or WEFT_TOKEN) for the edge's identity")
+    mesh.add_argument("--ca-file", help="the mesh's root bundle (PEM)")
+    mesh.add_argument("--ca-fingerprint", metavar="sha256:HEX")
+    mesh.add_argument("--service", default="edge", help="the edge's service identity")
+    mesh.add_argument("--namespace", default="default")
     edge.add_argument(
         "--gateway-class",
         default="weft",

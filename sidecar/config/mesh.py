@@ -41,11 +41,11 @@ def outbound_documents(pushed: list[dict[str, Any]], listener: ListenerKey) -> l
         ns = md.get("namespace", "default")
         if kind == "Service":
             services[(ns, md["name"])] = int(doc["spec"]["ports"][0]["port"])
-        if kind not in ROUTE_KINDS:
-            out.append(doc)
+        parents = doc.get("spec", {}).get("parentRefs") or []
+        if kind not in ROUTE_KINDS or not all(p.get("kind") == "Service" for p in parents):
+            out.append(doc)  # not a mesh route: an edge Gateway's, say, stays as it is
             continue
         route = copy.deepcopy(doc)
-        parents = route["spec"].get("parentRefs", [])
         hostnames: list[str] = []
         for p in parents:
             target = (p.get("namespace", ns), p["name"])

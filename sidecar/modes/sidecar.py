@@ -83,6 +83,7 @@ class SidecarOptions:
     outbound_port: int = 15001
     protocol: str = "HTTP"  # what the app speaks: HTTP | HTTP2 | GRPC | TCP
     advertise: str = ""  # the address peers reach the inbound port at (default: inferred)
+    gateway: bool = False  # an edge gateway in the mesh: also serves the pushed Gateways
 
 
 def inbound_snapshot(opts: SidecarOptions, listener: ListenerKey) -> Snapshot:
@@ -255,6 +256,7 @@ class SidecarServer:
             "session": svid.session,
             "instance": instance,
             "expires": svid.not_after.isoformat(),
+            "gateway": opts.gateway,
         }
         return {"hello": hello}
 
@@ -270,7 +272,7 @@ class SidecarServer:
                     (), admin_port=None, metrics=self.metrics, connector=self._connector,
                     direction="outbound", service=opts.service,
                     access_log=self.access_log_sink, signals=False, source=self._compile,
-                    bind=lambda key: (opts.outbound_address, opts.outbound_port),
+                    bind=self._bind,
                 )  # fmt: skip
                 assert self._nursery is not None
                 await self._nursery.start(outbound.run)
@@ -287,6 +289,12 @@ class SidecarServer:
         self.config_changed = trio.Event()
         log.info("configuration %d from the control plane in force", version)
         return None
+
+    def _bind(self, key: ListenerKey) -> tuple[str, int]:
+        """Where a configured listener binds: the outbound one where the options say."""
+        if key == self._outbound_key:
+            return self.opts.outbound_address, self.opts.outbound_port
+        return key.address, key.port
 
     @property
     def _outbound_key(self) -> ListenerKey:

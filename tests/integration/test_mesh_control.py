@@ -30,7 +30,9 @@ def plane(tmp_path: Path) -> Iterator[ControlPlane]:
     srv.stop(0)
 
 
-def _sidecar(plane: ControlPlane, service: str, app_port: int, version: str = "") -> SidecarServer:
+def _sidecar(
+    plane: ControlPlane, service: str, app_port: int, version: str = "", gateway: bool = False
+) -> SidecarServer:
     now = datetime.datetime.now(datetime.UTC)
     token = tokens.create(
         keystore.token_key(plane.data_dir), SpiffeId("weft.local", "default", service),
@@ -40,7 +42,7 @@ def _sidecar(plane: ControlPlane, service: str, app_port: int, version: str = ""
         service=service, version=version, app_port=app_port,
         control_plane=f"127.0.0.1:{plane.port}", token=token,
         ca_file=str(plane.data_dir / "ca" / "root.pem"), inbound_address="127.0.0.1",
-        inbound_port=0, admin_port=0, outbound_port=0,
+        inbound_port=0, admin_port=0, outbound_port=0, gateway=gateway,
     ))  # fmt: skip
 
 
@@ -250,3 +252,45 @@ async def test_control_plane_killed_and_restarted_under_traffic(tmp_path: Path) 
         server.wait()
     assert len(statuses) > 50 and set(statuses) == {200}, [s for s in statuses if s != 200][:5]
     assert set(pods) == {"v2"}
+
+
+async def test_an_edge_gateway_in_the_mesh_reaches_services_over_mtls(plane: ControlPlane) -> None:
+    from tests.support.net import free_port
+
+    port = free_port()
+    gateway = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": "public"},
+        "spec": {
+            "addresses": [{"type": "IPAddress", "value": "127.0.0.1"}],
+            "listeners": [{"name": "http", "port": port, "protocol": "HTTP"}],
+        },
+    }
+    site = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "site"},
+            "spec": {"parentRefs": [{"name": "public"}],
+                     "rules": [{"backendRefs": [{"name": "orders", "port": 80}]}]}}  # fmt: skip
+    with EchoServer("orders") as app:
+        async with trio.open_nursery() as nursery:
+            await _apply(plane, gateway)
+            await _apply(plane, site)
+            await nursery.start(_sidecar(plane, "orders", app.port).run)
+            edge: SidecarServer = await nursery.start(_sidecar(plane, "edge", 1, gateway=True).run)
+            async with httpx.AsyncClient(timeout=10) as http:
+                with trio.fail_after(10):
+                    while True:  # until the orders instance is an endpoint at the edge
+                        changed = edge.config_changed
+                        r = await http.get(f"http://127.0.0.1:{port}/buy")
+                        if r.status_code == 200:
+                            break
+                        await changed.wait()
+            web_sidecar: SidecarServer = await nursery.start(_sidecar(plane, "web", 1).run)
+            assert web_sidecar.outbound is not None
+            assert web_sidecar.outbound.snapshot is not None
+            assert all(k.port != port for k in web_sidecar.outbound.snapshot.routers)
+            nursery.cancel_scope.cancel()
+    seen = json.loads(r.text)
+    assert seen["path"] == "/buy"
+    xfcc = seen["headers"]["x-forwarded-client-cert"][0]
+    assert xfcc.endswith("URI=spiffe://weft.local/ns/default/svc/edge")  # it came over mTLS
