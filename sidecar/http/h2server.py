@@ -279,7 +279,7 @@ class Http2Connection(H2Pump):
         h2c.initiate_connection()
         h2c.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.kick()
-        scope = trio.CancelScope()
+        scope = self.scope
         tracked = Tracked(
             activity=lambda: self.conn.activity,
             in_head=lambda: False,
@@ -292,10 +292,9 @@ class Http2Connection(H2Pump):
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self.writer)
                     nursery.start_soon(self._drain_on, self.ctx.draining, nursery)
-                    await self._read(nursery, initial)
+                    with contextlib.suppress(ConnectionLost):  # inside: not as a group
+                        await self._read(nursery, initial)
                     nursery.cancel_scope.cancel()
-        except ConnectionLost:
-            pass
         finally:
             self.ctx.idle.discard(tracked)
             self.conn.close()

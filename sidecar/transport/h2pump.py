@@ -33,6 +33,11 @@ class H2Pump:
         self.outbox = bytearray()  # frames written beside h2 (a graceful GOAWAY)
         self._wake = trio.Event()
         self._drained = trio.Event()
+        # When a send fails the writer ends quietly (an exception from it would reach the
+        # connection's nursery as an exception group): `lost` says why, and `scope`, the
+        # connection's cancel scope, is cancelled so its reader stops too.
+        self.lost: ConnectionLost | None = None
+        self.scope = trio.CancelScope()
 
     def kick(self) -> None:
         self._wake.set()
@@ -42,6 +47,14 @@ class H2Pump:
             await self._drained.wait()
 
     async def writer(self) -> None:
+        try:
+            await self._write()
+        except ConnectionLost as exc:
+            self.lost = exc
+            self._drained.set()  # nobody waits on a dead connection
+            self.scope.cancel()
+
+    async def _write(self) -> None:
         conn = self.conn
         while True:
             await self._wake.wait()

@@ -162,7 +162,6 @@ class H2ClientConnection(H2Pump):
         self.streams: dict[int, UpstreamStream] = {}
         self.closed = False
         self.goaway = False
-        self.scope = trio.CancelScope()
 
     @property
     def available(self) -> bool:
@@ -201,6 +200,8 @@ class H2ClientConnection(H2Pump):
                     nursery.cancel_scope.cancel()
         finally:
             self.closed = True
+            if self.lost is not None:
+                error = UpstreamClosed(f"upstream connection lost: {self.lost}")
             for stream in list(self.streams.values()):
                 stream.fail(error)
             self.streams.clear()
