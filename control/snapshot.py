@@ -51,7 +51,11 @@ def documents_for(
     for ns, name in sorted(registry.services() | set(declared)):
         instances = registry.endpoints(ns, name)
         spec = declared[(ns, name)].get("spec", {}) if (ns, name) in declared else {}
-        protocol = instances[0].protocol if instances else "HTTP"
+        # The protocol the service's instances declared, ready or not yet: a cluster made
+        # for the wrong one would speak HTTP/1.1 to a gRPC service until it is replaced.
+        registered = sorted(i.protocol for i in registry.instances.values()
+                            if (i.namespace, i.service) == (ns, name))  # fmt: skip
+        protocol = registered[0] if registered else "HTTP"
         ports = spec.get("ports") or [{"port": 80, "protocol": protocol}]
         endpoints = [*spec.get("endpoints", [])]
         endpoints += [

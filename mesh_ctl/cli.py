@@ -412,10 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--data-dir", help="default: $WEFT_DATA_DIR or ~/.weft")
     create.set_defaults(func=_token)
 
-    from mesh_ctl import mesh_cli, resources_cli
+    from mesh_ctl import mesh_cli, resources_cli, up
 
     resources_cli.register(sub)
     mesh_cli.register(sub)
+    up.register(sub)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_version)
@@ -425,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=getattr(args, "log_level", "info").upper(),
+        level=getattr(args, "log_level", os.environ.get("WEFT_LOG_LEVEL", "info")).upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

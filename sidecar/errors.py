@@ -60,3 +60,12 @@ class UpstreamClosed(UpstreamError):
 
 class DownstreamClosed(WeftError):
     """The client went away (or reset its stream) in the middle of a request."""
+
+
+def unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception a nursery raised (trio wraps even a single one in a group), so
+    that `except UpstreamError` and friends still see it; a real group stays a group."""
+    excs = group.exceptions
+    while len(excs) == 1 and isinstance(excs[0], BaseExceptionGroup):
+        excs = excs[0].exceptions
+    return excs[0] if len(excs) == 1 else group

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import trio
 
+from sidecar.errors import unwrap
 from sidecar.http.filters import HeaderOps
 from sidecar.http.forward import Outcome
 from sidecar.protocol.http1 import End, RequestHead
@@ -65,10 +66,13 @@ async def exchange_h2(
                 outcome.request_complete = True
                 await _relay(stream, ds.response_writer(head, ops, outcome), outcome)
             else:
-                async with trio.open_nursery() as n:
-                    n.start_soon(_send_body, stream, ds, body, outcome)
-                    await _relay(stream, ds.response_writer(head, ops, outcome), outcome)
-                    n.cancel_scope.cancel()  # the upstream answered before reading it all
+                try:
+                    async with trio.open_nursery() as n:
+                        n.start_soon(_send_body, stream, ds, body, outcome)
+                        await _relay(stream, ds.response_writer(head, ops, outcome), outcome)
+                        n.cancel_scope.cancel()  # the upstream answered before reading it all
+                except BaseExceptionGroup as group:
+                    raise unwrap(group) from None
         except UpstreamRefused:
             stream.close()
             if retried or not body_done or outcome.response_started:

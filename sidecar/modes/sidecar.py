@@ -401,6 +401,7 @@ class SidecarServer:
             handshake_failed(ctx, reason or "no_spiffe_id")
             tconn.close()
             return
+        log.debug("inbound connection from %s (%s), ALPN %s", peer, tconn.peer, tconn.alpn)
         if tconn.alpn == "h2":
             from sidecar.http.h2server import serve_http2
 

@@ -96,7 +96,7 @@ class Cluster:
                 pool.close()
                 del self.pools[key]
         for key, h2pool in list(self.h2pools.items()):
-            if key not in keep or spec.protocol != self.spec.protocol:
+            if key not in keep:
                 h2pool.close()
                 del self.h2pools[key]
         for e in spec.endpoints:
@@ -142,6 +142,11 @@ class ClusterManager:
                 self.retired[name] = (self.clusters.pop(name), now)
         for name, spec in specs.items():
             cluster = self.clusters.get(name)
+            if cluster is not None and cluster.spec.protocol != spec.protocol:
+                # How to connect depends on the protocol (ALPN, mTLS contexts): a new
+                # cluster; the old one finishes what it carries and is closed later.
+                self.retired[f"{name} (until {now})"] = (cluster, now)
+                cluster = None
             if cluster is None:
                 self.clusters[name] = Cluster(spec, now, self.connector(spec))
             elif cluster.spec != spec:

@@ -314,3 +314,40 @@ async def test_grpc_js_client(tmp_path: Path, grpc_server: tuple[int, EchoServic
     assert got["unary"] == "echo:from-js:http"
     assert got["fail"] == {"code": 9, "details": "asked to fail"}  # FAILED_PRECONDITION
     assert got["bidi"] == ["A", "BB", "CCC"]
+
+
+async def test_an_upstream_reset_while_the_body_streams_is_a_502_not_a_dropped_connection(
+    tmp_path: Path, grpc_server: tuple[int, EchoService]
+) -> None:
+    """grpcio resets a stream without `te: trailers` (INTERNAL_ERROR) while the request body
+    is still streaming: the client gets 502 on that stream and keeps its connection."""
+    port, _ = grpc_server
+    async with trio.open_nursery() as nursery:
+        _, edge_port = await start_edge(nursery, tmp_path / "c.yaml", CONFIG.format(port=port))
+        stream = await trio.open_tcp_stream("127.0.0.1", edge_port)
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        client.initiate_connection()
+        base = [(":method", "POST"), (":path", f"/{SERVICE}/Unary"), (":scheme", "http"),
+                (":authority", "echo"), ("content-type", "application/grpc")]  # fmt: skip
+        client.send_headers(1, base)  # no te: trailers, and the body follows later
+        await stream.send_all(client.data_to_send())
+        statuses: dict[int, bytes] = {}
+        with trio.fail_after(10):
+            while 1 not in statuses:
+                data = await stream.receive_some(65536)
+                assert data, "the proxy dropped the connection"
+                for ev in client.receive_data(data):
+                    if isinstance(ev, h2.events.ResponseReceived):
+                        statuses[ev.stream_id] = dict(ev.headers)[b":status"]
+                await stream.send_all(client.data_to_send())
+            client.send_headers(3, [*base, ("te", "trailers")])
+            client.send_data(3, b"\x00\x00\x00\x00\x02ok", end_stream=True)
+            await stream.send_all(client.data_to_send())
+            while 3 not in statuses:
+                data = await stream.receive_some(65536)
+                assert data, "the proxy dropped the connection"
+                for ev in client.receive_data(data):
+                    if isinstance(ev, h2.events.ResponseReceived):
+                        statuses[ev.stream_id] = dict(ev.headers)[b":status"]
+        nursery.cancel_scope.cancel()
+    assert statuses == {1: b"502", 3: b"200"}

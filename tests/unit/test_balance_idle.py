@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from sidecar.config.model import Endpoint
@@ -66,3 +67,35 @@ def test_idle_tracker_uses_header_limit_only_mid_head() -> None:
     assert tracker.expired(16.0) == [t]
     state["head"] = False
     assert tracker.expired(71.0) == [t]
+
+
+def test_a_cluster_whose_protocol_changes_gets_a_connector_for_the_new_one() -> None:
+    """A service first seen without its protocol (HTTP by default) and then as gRPC: the
+    connector (in sidecars: which ALPN to offer over mTLS) must follow."""
+    from sidecar.config.model import ClusterSpec, Endpoint
+    from sidecar.upstream.cluster import ClusterManager
+
+    made: list[str] = []
+
+    def connector(spec: ClusterSpec):  # type: ignore[no-untyped-def]
+        made.append(spec.protocol)
+
+        async def connect(address: str, port: int, timeout_s: float):  # type: ignore[no-untyped-def]
+            raise AssertionError("not called")
+
+        return connect
+
+    manager = ClusterManager(connector=connector)
+    ep = (Endpoint(address="127.0.0.1", port=1),)
+    http = ClusterSpec(name="default/catalog:80", service="catalog", namespace="default",
+                       protocol="HTTP", endpoints=ep)  # fmt: skip
+    manager.sync({http.name: http}, 0.0)
+    first = manager.get(http.name)
+    grpc = dataclasses.replace(http, protocol="GRPC")
+    manager.sync({grpc.name: grpc}, 1.0)
+    second = manager.get(grpc.name)
+    assert made == ["HTTP", "GRPC"] and second is not first
+    assert second is not None and second.spec.protocol == "GRPC"
+    more = (*ep, Endpoint(address="127.0.0.1", port=2))
+    manager.sync({grpc.name: dataclasses.replace(grpc, endpoints=more)}, 2.0)
+    assert manager.get(grpc.name) is second and made == ["HTTP", "GRPC"]  # same protocol: kept

@@ -1,0 +1,62 @@
+"""web: the shop's front end. GET / lists the catalog (gRPC to `catalog`) with a quote for
+each item (HTTP to `orders`), both through the local sidecar's outbound port, which finds
+the services, encrypts, balances and splits. It forwards X-Request-Id so one request's hops
+can be found together in the access logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import catalog_pb2
+import catalog_pb2_grpc
+import grpc
+
+MESH = os.environ["MESH_OUTBOUND"]  # host:port of the sidecar's outbound listener
+# gRPC goes to the sidecar too; the authority names the service, as Host does for HTTP.
+catalog = catalog_pb2_grpc.CatalogStub(
+    grpc.insecure_channel(MESH, options=[("grpc.default_authority", "catalog")])
+)
+
+
+def quote(sku: str, request_id: str) -> dict[str, object]:
+    req = urllib.request.Request(
+        f"http://{MESH}/orders/{sku}", headers={"Host": "orders", "X-Request-Id": request_id}
+    )
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        answer: dict[str, object] = json.load(resp)
+        return answer
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # the http.server API
+        if self.path != "/":
+            return self._send(404, {"error": "try GET /"})
+        request_id = self.headers.get("x-request-id", "")
+        try:
+            items = catalog.List(catalog_pb2.ListRequest(), timeout=5,
+                                 metadata=[("x-request-id", request_id)]).items  # fmt: skip
+            page = [{"sku": i.sku, "name": i.name, "price": i.price_cents / 100,
+                     "quote": quote(i.sku, request_id)} for i in items]  # fmt: skip
+        except (grpc.RpcError, OSError) as exc:
+            return self._send(502, {"error": f"a service is unavailable: {exc}"})
+        self._send(200, {"items": page})
+
+    def _send(self, status: int, body: object) -> None:
+        data = json.dumps(body, indent=1).encode() + b"\n"
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:  # the sidecar logs every request
+        pass
+
+
+if __name__ == "__main__":
+    ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()

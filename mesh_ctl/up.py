@@ -1,0 +1,387 @@
+"""`meshctl up [DIR]`: a whole mesh on one machine — control plane, CA, every service's app
+with a sidecar beside each instance, and the edge — then a live view until Ctrl-C.
+
+DIR holds `mesh.yaml` (resources, applied as `meshctl apply` would) and `up.yaml` (which
+apps to run: command, protocol, versions, upstreams). Every process gets its own free
+ports, runs in its own session (so Ctrl-C reaches only `meshctl up`, which then stops them
+in order: edge and sidecars drain first, then apps, then the control plane) and dies with
+`meshctl up` if that is killed (PR_SET_PDEATHSIG). Logs go to `<state>/logs/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import datetime
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mesh_ctl.common import CliError
+
+PROTOCOLS = ("HTTP", "HTTP2", "GRPC", "TCP")
+_REQUESTS = re.compile(
+    r'^weft_requests_total\{direction="inbound",service="([^"]+)".*code="(\d+)"\} (\d+)', re.M
+)
+
+
+@dataclass(frozen=True)
+class App:
+    name: str
+    command: list[str]
+    protocol: str = "HTTP"
+    versions: tuple[str, ...] = ("",)
+    upstreams: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Plan:
+    apps: tuple[App, ...]
+    edge_service: str = "edge"
+    edge_url: str = "http://127.0.0.1:8080/"
+
+
+def load_plan(directory: Path) -> Plan:
+    """up.yaml, checked; CliError naming the field."""
+    path = directory / "up.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CliError(f"{path}: {exc}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("services"), list):
+        raise CliError(f"{path}: expected a mapping with a list of services")
+    apps = []
+    for i, s in enumerate(raw["services"]):
+        where = f"{path}: services[{i}]"
+        if not isinstance(s, dict) or not isinstance(s.get("name"), str):
+            raise CliError(f"{where}.name: required")
+        cmd = s.get("command")
+        if not isinstance(cmd, list) or not cmd or not all(isinstance(c, str) for c in cmd):
+            raise CliError(f"{where}.command: a non-empty list of strings")
+        protocol = s.get("protocol", "HTTP")
+        if protocol not in PROTOCOLS:
+            raise CliError(f"{where}.protocol: one of {', '.join(PROTOCOLS)}")
+        versions = tuple(str(v) for v in s.get("versions") or [""])
+        apps.append(
+            App(s["name"], cmd, protocol, versions, tuple(map(str, s.get("upstreams") or ())))
+        )
+    edge = raw.get("edge") or {}
+    return Plan(
+        tuple(apps),
+        str(edge.get("service", "edge")),
+        str(edge.get("url", "http://127.0.0.1:8080/")),
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when `meshctl up` dies, however it dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    admin: int = 0  # sidecar/edge admin port, for /ready and /metrics
+    service: str = ""
+    version: str = ""
+
+
+@dataclass
+class Mesh:
+    directory: Path
+    plan: Plan
+    state: Path
+    edge_port: int | None = None
+    procs: list[Proc] = field(default_factory=list)
+    server_port: int = 0
+
+    def _spawn(
+        self, name: str, cmd: list[str], env: dict[str, str] | None = None, **info: Any
+    ) -> Proc:
+        log = open(self.state / "logs" / f"{name}.log", "wb")  # noqa: SIM115 - the child's
+        popen = subprocess.Popen(
+            cmd, cwd=self.directory, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})}, start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - prctl only, before any exec
+        )  # fmt: skip
+        log.close()
+        proc = Proc(name, popen, **info)
+        self.procs.append(proc)
+        return proc
+
+    def meshctl(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "mesh_ctl", *args]
+
+    def start(self, say: Any) -> None:
+        from ca import keystore
+
+        (self.state / "logs").mkdir(parents=True)
+        data = self.state / "data"
+        keystore.init(data, "weft.local", datetime.datetime.now(datetime.UTC))
+        self.server_port = free_port()
+        listen = f"127.0.0.1:{self.server_port}"
+        server = self._spawn(
+            "control-plane", self.meshctl("server", "--data-dir", str(data), "--listen", listen)
+        )
+        _wait_listening(self.server_port, server.popen, self.state)
+        say(f"control plane on {listen}, CA in {data / 'ca'}")
+        self._apply_mesh(data)
+        for app in self.plan.apps:
+            for version in app.versions:
+                self._start_instance(data, app, version)
+        admin = free_port()
+        edge = self.plan.edge_service
+        cmd = self.meshctl(
+            "edge", "--service", edge, "--token", self._token(data, edge),
+            "--admin-port", str(admin), "--access-log", "off", *self._join(data),
+        )  # fmt: skip
+        self._spawn("edge", cmd, admin=admin, service=edge)
+
+    def _apply_mesh(self, data: Path) -> None:
+        """mesh.yaml, as `meshctl apply` sends it (with the edge's port moved if asked)."""
+        from mesh_ctl.client import AdminClient
+        from sidecar.config.loader import read_documents
+
+        docs = [d for d in read_documents([self.directory / "mesh.yaml"]) if d.data is not None]
+        for d in docs:
+            if (
+                self.edge_port is not None
+                and isinstance(d.data, dict)
+                and d.data.get("kind") == "Gateway"
+            ):
+                for listener in d.data["spec"]["listeners"]:
+                    listener["port"] = self.edge_port
+        root = (data / "ca" / "root.pem").read_bytes()
+        token = (data / "admin.token").read_text().strip()
+        client = AdminClient(f"127.0.0.1:{self.server_port}", root, token)
+        try:
+            client.call(
+                "Apply", {"documents": [{"source": d.source, "data": d.data} for d in docs]}
+            )
+        finally:
+            client.close()
+
+    def _start_instance(self, data: Path, app: App, version: str) -> None:
+        name = f"{app.name}-{version}" if version else app.name
+        port = {k: free_port() for k in ("app", "inbound", "outbound", "admin")}
+        upstreams = {u: free_port() for u in app.upstreams}
+        env = {"PORT": str(port["app"]), "VERSION": version, "SERVICE": app.name,
+               "MESH_OUTBOUND": f"127.0.0.1:{port['outbound']}"}  # fmt: skip
+        env.update({f"{u.upper()}_ADDR": f"127.0.0.1:{p}" for u, p in upstreams.items()})
+        script = app.command[0].endswith(".py")
+        self._spawn(name, [sys.executable, *app.command] if script else list(app.command), env)
+        cmd = self.meshctl(
+            "sidecar", "--service", app.name, "--version", version, "--protocol", app.protocol,
+            "--app-port", str(port["app"]), "--inbound-address", "127.0.0.1",
+            "--inbound-port", str(port["inbound"]), "--outbound-port", str(port["outbound"]),
+            "--admin-port", str(port["admin"]), "--token", self._token(data, app.name),
+            *self._join(data),
+        )  # fmt: skip
+        for u, p in upstreams.items():
+            cmd += ["--upstream", f"{u}:{p}"]
+        self._spawn(f"{name}-sidecar", cmd, admin=port["admin"], service=app.name, version=version)
+
+    def _join(self, data: Path) -> list[str]:
+        root = str(data / "ca" / "root.pem")
+        return ["--control-plane", f"127.0.0.1:{self.server_port}", "--ca-file", root]
+
+    @staticmethod
+    def _token(data: Path, service: str) -> str:
+        from ca import keystore, tokens
+        from ca.spiffe import SpiffeId
+
+        return tokens.create(
+            keystore.token_key(data), SpiffeId("weft.local", "default", service),
+            now=datetime.datetime.now(datetime.UTC), ttl=datetime.timedelta(hours=1),
+        )  # fmt: skip
+
+    def wait_ready(self, say: Any, timeout_s: float = 90.0) -> None:
+        proxies = [p for p in self.procs if p.admin]
+        waiting = proxies
+        deadline = time.monotonic() + timeout_s
+        shown = ""
+        while True:
+            for p in self.procs:
+                if p.popen.poll() is not None:
+                    log = self.state / "logs" / f"{p.name}.log"
+                    raise CliError(f"{p.name} exited ({p.popen.returncode}); see {log}")
+            waiting = [p for p in waiting if not _ready(p.admin)]
+            line = f"starting: {len(proxies) - len(waiting)}/{len(proxies)} ready"
+            if waiting:
+                line += f" (waiting for {', '.join(p.name for p in waiting)})"
+            if line != shown:
+                say(line)
+                shown = line
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                raise CliError(
+                    f"not ready after {timeout_s:g}s: {', '.join(p.name for p in waiting)}"
+                )
+            time.sleep(0.2)  # polling other processes' /ready endpoints
+
+    def stop(self) -> None:
+        """Edge and sidecars drain first, then the apps, then the control plane."""
+        order = [[p for p in self.procs if p.admin],
+                 [p for p in self.procs if not p.admin and p.name != "control-plane"],
+                 [p for p in self.procs if p.name == "control-plane"]]  # fmt: skip
+        for group in order:
+            for p in group:
+                if p.popen.poll() is None:
+                    p.popen.send_signal(signal.SIGTERM)
+            for p in group:
+                try:
+                    p.popen.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.popen.kill()
+                    p.popen.wait()
+
+    def sample(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(service, version) → (requests, failures) counted by the callee's sidecars."""
+        out: dict[tuple[str, str], tuple[int, int]] = {}
+        for p in self.procs:
+            if not p.admin or p.service == self.plan.edge_service:
+                continue
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{p.admin}/metrics", timeout=2) as r:
+                    text = r.read().decode()
+            except OSError:
+                continue
+            total, failed = out.get((p.service, p.version), (0, 0))
+            for _, code, n in _REQUESTS.findall(text):
+                total += int(n)
+                failed += int(n) if code.startswith("5") else 0
+            out[(p.service, p.version)] = (total, failed)
+        return out
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def _wait_listening(
+    port: int, proc: subprocess.Popen[bytes], state: Path, timeout_s: float = 30.0
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise CliError(f"the control plane exited; see {state / 'logs' / 'control-plane.log'}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise CliError("the control plane did not start listening")
+
+
+def _traffic(url: str, stop: threading.Event) -> None:
+    """About 10 requests a second to the edge, so the live view moves."""
+    while not stop.wait(0.1):
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(url, timeout=5).read()
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+def up(args: argparse.Namespace) -> int:
+    directory = Path(args.dir)
+    plan = load_plan(directory)
+    if not (directory / "mesh.yaml").is_file():
+        raise CliError(f"{directory / 'mesh.yaml'}: not found")
+    url = plan.edge_url
+    if args.edge_port is not None:
+        url = re.sub(r":\d+/", f":{args.edge_port}/", url)
+    state = Path(tempfile.mkdtemp(prefix="weft-up-"))
+    mesh = Mesh(directory, plan, state, edge_port=args.edge_port)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+
+    try:
+        mesh.start(say)
+        mesh.wait_ready(say)
+        rows = [["SERVICE", "VERSION", "IDENTITY", "APP", "SIDECAR ADMIN"]]
+        for p in mesh.procs:
+            if p.admin:
+                identity = f"spiffe://weft.local/ns/default/svc/{p.service}"
+                app = p.name.removesuffix("-sidecar") if p.name != "edge" else "-"
+                rows.append(
+                    [p.service, p.version or "-", identity, app, f"http://127.0.0.1:{p.admin}/"]
+                )
+        say(_table(rows))
+        say(f"logs: {state / 'logs'}    control plane: --server 127.0.0.1:{mesh.server_port} "
+            f"--data-dir {state / 'data'}")  # fmt: skip
+        say(f"Try: curl {url}")
+        if args.traffic:
+            threading.Thread(target=_traffic, args=(url, stop), daemon=True).start()
+        _live(mesh, stop, say, args.interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        say("stopping: draining sidecars and the edge, then apps, then the control plane")
+        mesh.stop()
+        shutil.rmtree(state, ignore_errors=True)
+    return 0
+
+
+def _live(mesh: Mesh, stop: threading.Event, say: Any, interval_s: float) -> None:
+    """Request and success rates per service and version, every `interval_s`, until stopped."""
+    before, then = mesh.sample(), time.monotonic()
+    while not stop.wait(interval_s):
+        now_sample, now = mesh.sample(), time.monotonic()
+        rows = [["SERVICE", "VERSION", "RPS", "SUCCESS"]]
+        for (service, version), (total, failed) in sorted(now_sample.items()):
+            t0, f0 = before.get((service, version), (0, 0))
+            n, bad = total - t0, failed - f0
+            rate = f"{100 * (n - bad) / n:.1f}%" if n else "-"
+            rows.append([service, version or "-", f"{n / (now - then):.1f}", rate])
+        stamp = time.strftime("%H:%M:%S")
+        if sys.stdout.isatty():
+            sys.stdout.write("\x1b[2J\x1b[H")
+        say(f"{stamp}  (Ctrl-C stops the mesh)\n{_table(rows)}")
+        before, then = now_sample, now
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("up", help="run a whole mesh on this machine (default: examples/shop)")
+    p.add_argument("dir", nargs="?", default="examples/shop", help="holds mesh.yaml and up.yaml")
+    p.add_argument("--traffic", action="store_true", help="send ~10 requests/s to the edge")
+    p.add_argument(
+        "--edge-port", type=int, default=None, help="serve the edge on this port instead"
+    )
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between live samples")
+    p.set_defaults(func=up)
