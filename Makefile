@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 APT_TEST_PKGS  := curl nginx-light openssl nghttp2-client
 APT_BENCH_PKGS := curl nginx-light wrk util-linux valgrind openssl nghttp2-client
 
-.PHONY: demo test lint typecheck pytest bench bench-instructions sysdeps sysdeps-bench clean proto
+.PHONY: demo edge-demo test lint typecheck pytest bench bench-instructions sysdeps sysdeps-bench clean proto
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -30,7 +30,11 @@ sysdeps-bench:
 	  if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi; \
 	fi
 
+# The main job: the whole shop mesh on this machine, with traffic, until Ctrl-C.
 demo: $(STAMP)
+	$(PY) -m mesh_ctl up examples/shop --traffic
+
+edge-demo: $(STAMP)
 	$(PY) -m examples.edge_demo
 
 lint: $(STAMP)

@@ -156,7 +156,7 @@ class Mesh:
         edge = self.plan.edge_service
         cmd = self.meshctl(
             "edge", "--service", edge, "--token", self._token(data, edge),
-            "--admin-port", str(admin), "--access-log", "off", *self._join(data),
+            "--admin-port", str(admin), *self._join(data),
         )  # fmt: skip
         self._spawn("edge", cmd, admin=admin, service=edge)
 
