@@ -34,6 +34,13 @@ import yaml
 from mesh_ctl.common import CliError
 
 PROTOCOLS = ("HTTP", "HTTP2", "GRPC", "TCP")
+# Opaque TCP services count connections: a connection the callee's sidecar could not
+# complete is a failure.
+_CONNECTIONS = re.compile(
+    r'^weft_tcp_connections_total\{direction="inbound",service="([^"]+)".*result="([^"]+)"\} (\S+)',
+    re.M,
+)
+_TCP_FAILURES = ("no_route", "no_healthy_upstream", "connect_failed")
 _REQUESTS = re.compile(
     r'^weft_requests_total\{direction="inbound",service="([^"]+)".*code="(\d+)"\} (\d+)', re.M
 )
@@ -274,6 +281,9 @@ class Mesh:
             for _, code, n in _REQUESTS.findall(text):
                 total += int(n)
                 failed += int(n) if code.startswith("5") else 0
+            for _, result, n in _CONNECTIONS.findall(text):
+                total += int(float(n))
+                failed += int(float(n)) if result in _TCP_FAILURES else 0
             out[(p.service, p.version)] = (total, failed)
         return out
 

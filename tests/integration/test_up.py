@@ -56,12 +56,13 @@ async def test_up_runs_the_shop_and_ctrl_c_stops_everything() -> None:
         quotes = [item["quote"] for item in page["items"]]  # from orders, over HTTP
         assert {q["version"] for q in quotes} <= {"v1", "v2"}
         assert [q["in_stock"] for q in quotes] == [42, 7, 0]  # from inventory, over raw TCP
-        with trio.fail_after(30):  # the live view counts the traffic it sends
-            while True:
+        seen: set[str] = set()
+        with trio.fail_after(30):  # the live view counts the traffic it sends, TCP included
+            while seen != {"web", "inventory"}:
                 line = (await trio.to_thread.run_sync(proc.stdout.readline)).decode()
                 out.append(line)
-                if line.startswith("web ") and line.split()[-1] == "100.0%":
-                    break
+                if line.split()[:1] in (["web"], ["inventory"]) and line.split()[-1] == "100.0%":
+                    seen.add(line.split()[0])
         assert _processes_mentioning(state), "the mesh's processes should be running"
         proc.send_signal(signal.SIGINT)
         rest, _ = await trio.to_thread.run_sync(proc.communicate, None, 60)
