@@ -58,6 +58,7 @@ test: lint typecheck pytest
 bench: $(STAMP) sysdeps-bench
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench.run
+	$(PY) -m bench.propagation
 
 bench-instructions: $(STAMP) sysdeps-bench
 	$(PY) -m bench.instructions

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from control import api
 from control.registry import Instance, Registry
+from control.snapshot import documents_for
 from control.store import ResourceFile, Resources
 from sidecar.config.parse import Document
 
@@ -46,6 +48,25 @@ class ControlState:
         self.stopping = False  # shutting down: keep registrations for the restart
         self.changed = asyncio.Event()
         self.progress = asyncio.Event()  # set (and replaced) when a sidecar becomes current
+        # (namespace, service, gateway) -> (generation, documents, encoded snapshot message):
+        # a hundred sidecars of one service share one computation and one encoding per push
+        self._snapshots: dict[tuple[str, str, bool], tuple[int, list[dict[str, Any]], bytes]] = {}
+
+    def snapshot(
+        self, namespace: str, service: str, gateway: bool
+    ) -> tuple[list[dict[str, Any]], bytes]:
+        """The documents for sidecars of `namespace/service` at this generation, and the
+        `{"snapshot": …}` message carrying them, encoded."""
+        key = (namespace, service, gateway)
+        hit = self._snapshots.get(key)
+        if hit is not None and hit[0] == self.generation:
+            return hit[1], hit[2]
+        docs = documents_for(self.resources, self.registry, namespace, service, gateway=gateway)
+        if hit is not None and hit[1] == docs:
+            docs = hit[1]  # unchanged: the same object, so watches compare by identity
+        message = api.encode({"snapshot": {"version": self.generation, "resources": docs}})
+        self._snapshots[key] = (self.generation, docs, message)
+        return docs, message
 
     def current_at(self, sub: Subscriber, generation: int) -> None:
         """`sub` has (ACKed, or needs nothing new for) `generation`."""

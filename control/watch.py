@@ -24,7 +24,6 @@ import grpc
 from ca import keystore, tokens
 from control import api
 from control.registry import Instance
-from control.snapshot import documents_for
 from control.state import ControlState, Subscriber
 
 
@@ -38,7 +37,7 @@ class ConfigService:
             api.CONFIG_SERVICE,
             {
                 "Watch": grpc.stream_stream_rpc_method_handler(
-                    self.watch, request_deserializer=api.decode, response_serializer=api.encode
+                    self.watch, request_deserializer=api.decode, response_serializer=_encoded
                 )
             },
         )
@@ -57,14 +56,12 @@ class ConfigService:
         try:
             while not reader.done():
                 changed = state.changed
-                docs = documents_for(
-                    state.resources, state.registry, sub.instance.namespace,
-                    sub.instance.service, gateway=sub.gateway,
-                )  # fmt: skip
-                if docs != sub.docs:
+                inst = sub.instance
+                docs, message = state.snapshot(inst.namespace, inst.service, sub.gateway)
+                if docs is not sub.docs and docs != sub.docs:
                     sub.docs = docs
                     sub.sent = state.generation
-                    await context.write({"snapshot": {"version": sub.sent, "resources": docs}})
+                    await context.write(message)
                 else:  # nothing new for this sidecar: it is current at this generation too
                     if sub.acked == sub.sent:
                         state.current_at(sub, state.generation)
@@ -72,6 +69,7 @@ class ConfigService:
                 waiter = asyncio.ensure_future(changed.wait())
                 await asyncio.wait((waiter, reader), return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()
+                await _settle(state)
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -119,3 +117,26 @@ class ConfigService:
                 state.heartbeat(sub, loop.time())
             elif "drain" in message:
                 state.set_ready(sub, False, loop.time())
+
+
+DEBOUNCE_S = 0.005  # a change is pushed once no other came for this long ...
+DEBOUNCE_MAX_S = 0.2  # ... or this long after it, whichever is first
+
+
+async def _settle(state: ControlState) -> None:
+    """Let a burst of changes (a hundred sidecars registering at once) become one push
+    instead of one per change: O(N) snapshots instead of O(N²). A lone change (a shift)
+    waits only DEBOUNCE_S."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEBOUNCE_MAX_S
+    while (left := deadline - loop.time()) > 0:
+        changed = state.changed
+        try:
+            await asyncio.wait_for(changed.wait(), min(DEBOUNCE_S, left))
+        except TimeoutError:
+            return
+
+
+def _encoded(message: bytes) -> bytes:
+    """Snapshots are encoded once per service and generation (ControlState.snapshot)."""
+    return message
