@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import trio
 from ca import keystore, tokens
 from ca.spiffe import SpiffeId
 from control.server import ControlPlane
+from control.state import ControlState
 from sidecar.config.parse import Document
 from sidecar.modes.sidecar import SidecarOptions, SidecarServer
 from tests.support.echo import EchoServer
@@ -46,18 +47,23 @@ def _sidecar(
     ))  # fmt: skip
 
 
-async def _apply(plane: ControlPlane, doc: dict[str, object]) -> None:
+async def _on_plane(plane: ControlPlane, change: Callable[[ControlState], object]) -> None:
+    """Run `change` on the control plane's own loop (it owns its state) and wait for it."""
     done = trio.Event()
     token = trio.lowlevel.current_trio_token()
 
-    def apply() -> None:
+    def run() -> None:
         assert plane.state is not None
-        plane.state.apply([Document(doc, "test")])
+        change(plane.state)
         trio.from_thread.run_sync(done.set, trio_token=token)
 
     assert plane._loop is not None
-    plane._loop.call_soon_threadsafe(apply)
+    plane._loop.call_soon_threadsafe(run)
     await done.wait()
+
+
+async def _apply(plane: ControlPlane, doc: dict[str, object]) -> None:
+    await _on_plane(plane, lambda state: state.apply([Document(doc, "test")]))
 
 
 async def _pods(out_port: int, n: int) -> list[str]:
@@ -78,6 +84,17 @@ async def _until(web: SidecarServer, want: set[str], limit_s: float = 10) -> Non
             if set(await _pods(web.outbound_port, 10)) == want:
                 return
             await changed.wait()
+
+
+async def _delete_route(plane: ControlPlane) -> None:
+    await _on_plane(plane, lambda state: state.delete("HTTPRoute", "default", "orders"))
+
+
+def _route_backends(web: SidecarServer) -> list[str]:
+    snap = web.outbound.snapshot if web.outbound is not None else None
+    router = snap.routers.get(next(iter(snap.routers))) if snap is not None else None
+    match = router.route("orders", "/", "GET", [], "") if router is not None else None
+    return [b.cluster or "" for b in match.action.backends] if match is not None else []
 
 
 def _versions(web: SidecarServer) -> set[str]:
@@ -110,8 +127,15 @@ async def test_discovery_split_and_a_dead_instance(plane: ControlPlane) -> None:
                                   {"name": "orders", "port": 80, "version": "v1", "weight": 0}]}]}}  # fmt: skip
             await _apply(plane, split)
             await _until(web, {"v2"})
+            await _delete_route(plane)  # back to the default route: both versions
+            with trio.fail_after(10):
+                while len(_route_backends(web)) != 1:
+                    await web.config_changed.wait()
             v2_scope.cancel()  # the v2 instance dies: its watch ends, it leaves the endpoints
-            await _until(web, {"503"})  # the route sends everything to v2, which has no one left
+            with trio.fail_after(10):
+                while _versions(web) != {"v1"}:
+                    await web.config_changed.wait()
+            assert set(await _pods(web.outbound_port, 20)) == {"v1"}  # traffic moved over
             assert v1.draining is False
             nursery.cancel_scope.cancel()
 
