@@ -15,6 +15,8 @@ from sidecar import __version__
 
 if TYPE_CHECKING:
     import datetime
+
+    from sidecar.modes.sidecar import SidecarOptions
 from mesh_ctl import common
 from mesh_ctl.common import CliError
 from sidecar.errors import ConfigError
@@ -152,8 +154,7 @@ def _server(args: argparse.Namespace) -> int:
 def _edge_in_mesh(args: argparse.Namespace) -> int:
     """The edge as a mesh workload: its Gateways and routes come from the control plane and
     it reaches services over mTLS with its own identity (default `edge`)."""
-    from sidecar.identity.svid import IdentityError
-    from sidecar.modes.sidecar import SidecarOptions, SidecarServer
+    from sidecar.modes.sidecar import SidecarOptions
 
     token = args.token or os.environ.get("WEFT_TOKEN", "")
     if not token or not (args.ca_file or args.ca_fingerprint):
@@ -166,17 +167,11 @@ def _edge_in_mesh(args: argparse.Namespace) -> int:
         ca_fingerprint=args.ca_fingerprint, inbound_address="127.0.0.1", inbound_port=0,
         outbound_port=0, admin_port=args.admin_port, gateway=True,
     )  # fmt: skip
-    sink = None if args.access_log == "off" else sys.stdout
-    try:
-        return _run_trio(SidecarServer(opts, access_log=sink).run)
-    except IdentityError as exc:
-        print(f"meshctl: cannot get an identity: {exc}", file=sys.stderr)
-        return 1
+    return _run_sidecar(opts, args.access_log)
 
 
 def _sidecar(args: argparse.Namespace) -> int:
-    from sidecar.identity.svid import IdentityError
-    from sidecar.modes.sidecar import SidecarOptions, SidecarServer
+    from sidecar.modes.sidecar import SidecarOptions
 
     token = args.token or os.environ.get("WEFT_TOKEN", "")
     if not token:
@@ -192,7 +187,14 @@ def _sidecar(args: argparse.Namespace) -> int:
         default_allow=args.default_policy == "allow",
         upstreams=tuple(_upstream(u) for u in args.upstream or ()),
     )  # fmt: skip
-    sink = None if args.access_log == "off" else sys.stdout
+    return _run_sidecar(opts, args.access_log)
+
+
+def _run_sidecar(opts: SidecarOptions, access_log: str) -> int:
+    from sidecar.identity.svid import IdentityError
+    from sidecar.modes.sidecar import SidecarServer
+
+    sink = None if access_log == "off" else sys.stdout
     try:
         return _run_trio(SidecarServer(opts, access_log=sink).run)
     except IdentityError as exc:

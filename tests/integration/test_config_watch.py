@@ -18,17 +18,15 @@ from control import api
 from control.api import CONTROL_PLANE_HOST
 from control.server import ControlPlane
 from sidecar.config.parse import Document
+from tests.support.plane import running_plane
 
 ORDERS = SpiffeId("weft.local", "default", "orders")
 
 
 @pytest.fixture
 def plane(tmp_path: Path) -> Iterator[ControlPlane]:
-    keystore.init(tmp_path, "weft.local", datetime.datetime.now(datetime.UTC))
-    srv = ControlPlane(tmp_path, "127.0.0.1:0")
-    srv.start()
-    yield srv
-    srv.stop(0)
+    with running_plane(tmp_path) as srv:
+        yield srv
 
 
 class _Watch:

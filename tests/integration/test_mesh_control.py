@@ -20,15 +20,13 @@ from control.state import ControlState
 from sidecar.config.parse import Document
 from sidecar.modes.sidecar import SidecarOptions, SidecarServer
 from tests.support.echo import EchoServer
+from tests.support.plane import running_plane
 
 
 @pytest.fixture
 def plane(tmp_path: Path) -> Iterator[ControlPlane]:
-    keystore.init(tmp_path, "weft.local", datetime.datetime.now(datetime.UTC))
-    srv = ControlPlane(tmp_path, "127.0.0.1:0")
-    srv.start()
-    yield srv
-    srv.stop(0)
+    with running_plane(tmp_path) as srv:
+        yield srv
 
 
 def _sidecar(
