@@ -27,6 +27,7 @@ from sidecar.config.model import (
 )
 from sidecar.http.filters import HeaderOps
 from sidecar.http.router import CompiledMatch, Condition, HostTable, ListenerRoutes, PortRouter
+from sidecar.upstream.balance import SmoothWeighted
 
 DETECT = "weft.dev/Detect"  # HTTP(S) routes, TLS passthrough and a TCP fallback on one port
 _HTTP_KINDS = ("HTTPRoute", "GRPCRoute")
@@ -259,7 +260,7 @@ class _Compiler:
             route=_nn(route.meta),
             rule=0,
             backends=tuple(backends),
-            cumulative_weights=_cumulative(backends),
+            split=_split(backends),
         )
         for key, hosts in targets.items():
             att = attached[key]
@@ -361,7 +362,7 @@ class _Compiler:
             rewrite=rewrite,
             mirrors=tuple(mirrors),
             backends=tuple(backends),
-            cumulative_weights=_cumulative(backends),
+            split=_split(backends),
             request_timeout_s=rule.request_timeout_s,
             backend_request_timeout_s=rule.backend_request_timeout_s,
             upstream_timeout_s=min(
@@ -445,12 +446,8 @@ class _Compiler:
 
 
 # -- helpers ------------------------------------------------------------------------------
-def _cumulative(backends: list[Backend]) -> tuple[int, ...]:
-    out, total = [], 0
-    for b in backends:
-        total += b.weight
-        out.append(total)
-    return tuple(out)
+def _split(backends: list[Backend]) -> SmoothWeighted | None:
+    return SmoothWeighted(tuple(b.weight for b in backends)) if len(backends) > 1 else None
 
 
 def _nn(meta: r.Meta) -> str:

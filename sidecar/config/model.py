@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from sidecar.authz import Policy
     from sidecar.http.filters import HeaderOps
     from sidecar.http.router import PortRouter
+    from sidecar.upstream.balance import SmoothWeighted
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,7 +88,8 @@ class RouteAction:
     rewrite: RewriteAction | None = None
     mirrors: tuple[Mirror, ...] = ()
     backends: tuple[Backend, ...] = ()
-    cumulative_weights: tuple[int, ...] = ()
+    # with several backends: the per-request choice (mutable state, not configuration)
+    split: SmoothWeighted | None = field(default=None, compare=False)
     request_timeout_s: float | None = None
     backend_request_timeout_s: float | None = None
     upstream_timeout_s: float | None = None  # the shorter of the two: bounds the exchange

@@ -294,7 +294,7 @@ class RequestHandler:
                 return await ds.local_reply(
                     head, outcome.status, b"", [(b"location", location.encode("latin-1"))]
                 )
-            backend = pick_backend(action, ctx.rng)
+            backend = pick_backend(action)
             if backend is None or backend.cluster is None:
                 outcome.status = 500
                 detail = "invalid_backend"

@@ -87,17 +87,14 @@ class RequestIds:
         return f"{self._prefix}{self._next & 0xFFFFFFFFFFFF:012x}"
 
 
-def pick_backend(action: RouteAction, rng: random.Random) -> Backend | None:
+def pick_backend(action: RouteAction) -> Backend | None:
     backends = action.backends
     if len(backends) == 1:
         return backends[0] if backends[0].weight > 0 else None
-    if not backends or action.cumulative_weights[-1] <= 0:
+    split = action.split
+    if split is None or split.total <= 0:
         return None
-    x = rng.random() * action.cumulative_weights[-1]
-    for b, acc in zip(backends, action.cumulative_weights, strict=True):
-        if x < acc:
-            return b
-    return backends[-1]
+    return backends[split.pick()]
 
 
 def upstream_request(

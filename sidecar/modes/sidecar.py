@@ -457,6 +457,4 @@ class SidecarServer:
 
 def _to_cluster(cluster: str, route: str) -> RouteAction:
     """A route that sends everything to one cluster (for opaque tunnels)."""
-    return RouteAction(
-        route=route, rule=0, backends=(Backend(cluster=cluster, weight=1),), cumulative_weights=(1,)
-    )
+    return RouteAction(route=route, rule=0, backends=(Backend(cluster=cluster, weight=1),))

@@ -38,7 +38,7 @@ async def serve_tcp(
     peer = result = ""
     counts = Counts()
     try:
-        backend = pick_backend(action, ctx.rng) if action is not None else None
+        backend = pick_backend(action) if action is not None else None
         cluster = ctx.clusters.get(backend.cluster) if backend and backend.cluster else None
         stats = cluster.pick(ctx.rng, start) if cluster is not None else None
         if cluster is None or stats is None:

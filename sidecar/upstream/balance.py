@@ -91,3 +91,27 @@ def make_balancer(policy: str) -> Balancer:
     if policy == "least_request":
         return LeastRequest()
     return PeakEwma()
+
+
+class SmoothWeighted:
+    """A weighted split, picked by nginx's smooth weighted round robin: each pick adds every
+    weight to its running value, takes the largest and subtracts the total from it. 90/10
+    gives exactly 9 and 1 in every 10 picks, spread out (not 9 in a row), so a canary gets
+    its share over small windows, not just on average. A zero weight is never picked."""
+
+    __slots__ = ("current", "total", "weights")
+
+    def __init__(self, weights: tuple[int, ...]) -> None:
+        self.weights = weights
+        self.total = sum(weights)
+        self.current = [0] * len(weights)
+
+    def pick(self) -> int:
+        current = self.current
+        best = 0
+        for i, w in enumerate(self.weights):
+            current[i] += w
+            if current[i] > current[best]:
+                best = i
+        current[best] -= self.total
+        return best

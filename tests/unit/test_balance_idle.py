@@ -99,3 +99,19 @@ def test_a_cluster_whose_protocol_changes_gets_a_connector_for_the_new_one() -> 
     more = (*ep, Endpoint(address="127.0.0.1", port=2))
     manager.sync({grpc.name: dataclasses.replace(grpc, endpoints=more)}, 2.0)
     assert manager.get(grpc.name) is second and made == ["HTTP", "GRPC"]  # same protocol: kept
+
+
+def test_smooth_weighted_split_is_exact_over_small_windows() -> None:
+    from sidecar.upstream.balance import SmoothWeighted
+
+    split = SmoothWeighted((90, 10))
+    picks = [split.pick() for _ in range(1000)]
+    assert picks.count(1) == 100
+    for start in range(0, 1000, 10):  # 9 and 1 in every window of 10, not 9 in a row
+        assert picks[start : start + 10].count(1) == 1
+    three = SmoothWeighted((5, 0, 2))
+    got = [three.pick() for _ in range(700)]
+    assert got.count(1) == 0 and got.count(0) == 500 and got.count(2) == 200
+    for start in range(0, 700, 7):
+        assert got[start : start + 7].count(2) == 2
+    assert got[:7] != sorted(got[:7])  # spread out, not grouped
