@@ -6,6 +6,10 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mesh_ctl.client import AdminClient
 
 DEFAULT_SERVER = "127.0.0.1:15010"
 
@@ -26,3 +30,10 @@ def data_dir(args: argparse.Namespace) -> Path:
     if getattr(args, "data_dir", None):
         return Path(args.data_dir)
     return Path(os.environ.get("WEFT_DATA_DIR") or Path.home() / ".weft")
+
+
+def admin_client(args: argparse.Namespace) -> AdminClient:
+    """A client for the control plane the arguments name (grpcio loads here, on use)."""
+    from mesh_ctl.client import AdminClient
+
+    return AdminClient.from_args(args)

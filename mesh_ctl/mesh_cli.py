@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
 from control.shift import parse_weights
-from mesh_ctl.common import CliError, add_server_arguments
-
-
-def _client(args: argparse.Namespace) -> Any:
-    from mesh_ctl.client import AdminClient  # grpcio: only for commands that need it
-
-    return AdminClient.from_args(args)
+from mesh_ctl.common import CliError, add_server_arguments, admin_client
 
 
 def shift(args: argparse.Namespace) -> int:
@@ -23,7 +16,7 @@ def shift(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     request = {"service": args.service, "namespace": args.namespace, "weights": weights,
                "wait": not args.no_wait, "timeout_s": args.timeout}  # fmt: skip
-    reply = _client(args).call("Shift", request, timeout_s=args.timeout + 10)
+    reply = admin_client(args).call("Shift", request, timeout_s=args.timeout + 10)
     split = " ".join(f"{v}={w}" for v, w in weights.items())
     if args.no_wait:
         print(f"{args.service}: {split} written (configuration version {reply['version']})")
@@ -40,7 +33,7 @@ def shift(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    reply = _client(args).call("Status", {})
+    reply = admin_client(args).call("Status", {})
     if args.output == "json":
         print(json.dumps(reply, indent=2))
         return 0
@@ -81,7 +74,7 @@ def policy(args: argparse.Namespace) -> int:
             to["methods"] = [m.upper() for m in args.method]
         doc["spec"]["to"] = [to]  # type: ignore[index]
     source = f"meshctl policy {args.action} {args.source} {args.target}"
-    reply = _client(args).call("Apply", {"documents": [{"source": source, "data": doc}]})
+    reply = admin_client(args).call("Apply", {"documents": [{"source": source, "data": doc}]})
     for line in reply["results"]:
         print(line)
     return 0
@@ -115,7 +108,7 @@ def check(args: argparse.Namespace) -> int:
         add(False, f"CA: {exc}")
     try:
         sent = time.time()
-        reply = _client(args).call("Status", {}, timeout_s=5)
+        reply = admin_client(args).call("Status", {}, timeout_s=5)
         rtt = time.time() - sent
         count = len(reply["instances"])
         add(True, f"control plane reachable (generation {reply['generation']}, "

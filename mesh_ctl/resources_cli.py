@@ -10,14 +10,8 @@ from typing import Any
 import yaml
 
 from control.store import kind_of
-from mesh_ctl.common import CliError, add_server_arguments
+from mesh_ctl.common import CliError, add_server_arguments, admin_client
 from sidecar.config.loader import expand, read_documents
-
-
-def _client(args: argparse.Namespace) -> Any:
-    from mesh_ctl.client import AdminClient  # grpcio: only for commands that need it
-
-    return AdminClient.from_args(args)
 
 
 def apply(args: argparse.Namespace) -> int:
@@ -25,7 +19,7 @@ def apply(args: argparse.Namespace) -> int:
     request = {
         "documents": [{"source": d.source, "data": d.data} for d in docs if d.data is not None]
     }
-    reply = _client(args).call("Apply", request)
+    reply = admin_client(args).call("Apply", request)
     for line in reply["results"]:
         print(line)
     print(f"configuration version {reply['version']}")
@@ -35,7 +29,7 @@ def apply(args: argparse.Namespace) -> int:
 def get(args: argparse.Namespace) -> int:
     kind = _kind(args.kind)
     request = {"kind": kind, "namespace": args.namespace, "name": args.name}
-    reply = _client(args).call("Get", request)
+    reply = admin_client(args).call("Get", request)
     docs: list[dict[str, Any]] = reply["documents"]
     if args.name and not docs:
         raise CliError(f"{kind} {args.namespace or 'default'}/{args.name} not found")
@@ -54,7 +48,7 @@ def get(args: argparse.Namespace) -> int:
 def delete(args: argparse.Namespace) -> int:
     kind = _kind(args.kind)
     request = {"kind": kind, "namespace": args.namespace, "name": args.name}
-    reply = _client(args).call("Delete", request)
+    reply = admin_client(args).call("Delete", request)
     print(f"{kind} {args.namespace}/{args.name} deleted")
     print(f"configuration version {reply['version']}")
     return 0
