@@ -104,6 +104,7 @@ class ConfigWatch:
         self.connected = False
         self.failures = 0
         self.last_error = ""
+        self.ended = trio.Event()  # set (and replaced) each time a watch ends
         self._stream: UpstreamStream | None = None
 
     async def run(self) -> None:
@@ -116,6 +117,8 @@ class ConfigWatch:
             self._stream = None
             delay = BACKOFF_S[min(self.failures, len(BACKOFF_S) - 1)]
             self.failures += 1
+            self.ended.set()
+            self.ended = trio.Event()
             log.warning("config watch: %s; reconnecting in %.1fs", self.last_error, delay)
             await trio.sleep(delay * random.uniform(0.8, 1.2))
 

@@ -144,6 +144,7 @@ class SidecarServer:
         self._nursery: trio.Nursery | None = None
         self.configured = trio.Event()
         self.config_changed = trio.Event()  # set (and replaced) whenever a snapshot goes in force
+        self.identity_changed = trio.Event()  # ... and whenever a new SVID does
 
     async def run(
         self, *, task_status: trio.TaskStatus[SidecarServer] = trio.TASK_STATUS_IGNORED
@@ -342,6 +343,8 @@ class SidecarServer:
 
     def _install(self, svid: Svid) -> None:
         self.identity = Identity(svid)
+        self.identity_changed.set()
+        self.identity_changed = trio.Event()
         self._expiry_gauge()
         log.info("SVID %s valid until %s", svid.identity, svid.not_after.isoformat())
 

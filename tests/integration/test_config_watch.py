@@ -165,9 +165,9 @@ async def test_the_sidecar_client_speaks_grpc_over_its_own_http2(plane: ControlP
         lambda: _hello(plane, ORDERS, use="join"), apply,
     )  # fmt: skip
     async with trio.open_nursery() as nursery:
+        ended = refused.ended
         nursery.start_soon(refused.run)
         with trio.fail_after(10):
-            while not refused.failures:
-                await trio.sleep(0.05)  # waiting for the client's own retry bookkeeping
+            await ended.wait()
         nursery.cancel_scope.cancel()
     assert "a join token cannot be used as a session token" in refused.last_error

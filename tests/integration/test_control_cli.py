@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.net import free_port
+from tests.support.plane import start_server
 
 ROUTES = """apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -36,15 +37,8 @@ def _meshctl(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
 
 @contextlib.contextmanager
 def _server(data: Path, port: int) -> Iterator[None]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mesh_ctl", "server", "--data-dir", str(data),
-         "--listen", f"127.0.0.1:{port}"],
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = start_server(data, port)
     try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()  # logged once it listens
-        assert "control plane on" in line, line
         yield
     finally:
         proc.terminate()

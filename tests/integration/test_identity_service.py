@@ -129,6 +129,7 @@ def test_meshctl_server_issues_svids_and_stops_on_sigterm(tmp_path: Path) -> Non
     import sys
 
     from tests.support.net import free_port
+    from tests.support.plane import start_server
 
     def meshctl(*args: str) -> str:
         return subprocess.run(
@@ -139,15 +140,8 @@ def test_meshctl_server_issues_svids_and_stops_on_sigterm(tmp_path: Path) -> Non
     meshctl("ca", "init")
     token = meshctl("token", "create", "orders").strip().splitlines()[-1]
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mesh_ctl", "server", "--data-dir", str(tmp_path),
-         "--listen", f"127.0.0.1:{port}"],
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = start_server(tmp_path, port)
     try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()  # logged once it listens
-        assert "control plane on 127.0.0.1" in line, line
         bundle = (tmp_path / "ca" / "root.pem").read_bytes()
         svid = request_svid(f"127.0.0.1:{port}", ORDERS, trust_pem=bundle, token=token)
         assert svid.identity == ORDERS

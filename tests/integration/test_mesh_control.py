@@ -6,9 +6,11 @@ from __future__ import annotations
 import collections
 import datetime
 import json
+import math
+import signal
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -21,7 +23,8 @@ from control.state import ControlState
 from sidecar.config.parse import Document
 from sidecar.modes.sidecar import SidecarOptions, SidecarServer
 from tests.support.echo import EchoServer
-from tests.support.plane import running_plane
+from tests.support.net import free_port
+from tests.support.plane import PlaneAt, running_plane, start_server
 
 
 @pytest.fixture
@@ -31,7 +34,11 @@ def plane(tmp_path: Path) -> Iterator[ControlPlane]:
 
 
 def _sidecar(
-    plane: ControlPlane, service: str, app_port: int, version: str = "", gateway: bool = False
+    plane: ControlPlane | PlaneAt,
+    service: str,
+    app_port: int,
+    version: str = "",
+    gateway: bool = False,
 ) -> SidecarServer:
     now = datetime.datetime.now(datetime.UTC)
     token = tokens.create(
@@ -139,9 +146,7 @@ async def test_discovery_split_and_a_dead_instance(plane: ControlPlane) -> None:
             nursery.cancel_scope.cancel()
 
 
-async def _meshctl(plane: ControlPlane, *args: str) -> tuple[int, str, str]:
-    import sys
-
+async def _meshctl(plane: ControlPlane | PlaneAt, *args: str) -> tuple[int, str, str]:
     proc = await trio.run_process(
         [sys.executable, "-m", "mesh_ctl", *args, "--server", f"127.0.0.1:{plane.port}",
          "--data-dir", str(plane.data_dir)],
@@ -217,29 +222,10 @@ async def test_policy_allow_under_a_default_deny_mesh(plane: ControlPlane) -> No
 async def test_control_plane_killed_and_restarted_under_traffic(tmp_path: Path) -> None:
     """`meshctl server` is SIGKILLed and started again while requests flow: none fails
     (sidecars serve their last snapshot), and afterwards a shift reaches every sidecar."""
-    import signal
-    import subprocess
-    import sys
-
-    from tests.support.net import free_port
-
     data = tmp_path / "cp"
     keystore.init(data, "weft.local", datetime.datetime.now(datetime.UTC))
-    port = free_port()
-    cmd = [sys.executable, "-m", "mesh_ctl", "server", "--data-dir", str(data),
-           "--listen", f"127.0.0.1:{port}"]  # fmt: skip
-
-    def start() -> subprocess.Popen[str]:
-        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-        assert proc.stderr is not None and "control plane on" in proc.stderr.readline()
-        return proc
-
-    class Plane:  # what _sidecar and _meshctl need
-        data_dir = data
-
-    Plane.port = port  # type: ignore[attr-defined]
-    plane: Any = Plane
-    server = start()
+    plane = PlaneAt(data, free_port())
+    server = start_server(data, plane.port)
     statuses: list[int] = []
     try:
         with EchoServer("v1") as app1, EchoServer("v2") as app2:
@@ -248,6 +234,7 @@ async def test_control_plane_killed_and_restarted_under_traffic(tmp_path: Path) 
                 await nursery.start(_sidecar(plane, "orders", app2.port, "v2").run)
                 web: SidecarServer = await nursery.start(_sidecar(plane, "web", 1).run)
                 stop = trio.Event()
+                done, answered = trio.open_memory_channel[int](math.inf)
 
                 async def traffic() -> None:
                     async with httpx.AsyncClient(timeout=10) as http:
@@ -255,6 +242,7 @@ async def test_control_plane_killed_and_restarted_under_traffic(tmp_path: Path) 
                             r = await http.get(f"http://127.0.0.1:{web.outbound_port}/o",
                                                headers={"Host": "orders"})  # fmt: skip
                             statuses.append(r.status_code)
+                            done.send_nowait(r.status_code)
 
                 nursery.start_soon(traffic)
                 server.send_signal(signal.SIGKILL)
@@ -262,8 +250,8 @@ async def test_control_plane_killed_and_restarted_under_traffic(tmp_path: Path) 
                 before = len(statuses)
                 with trio.fail_after(10):  # traffic goes on with the control plane gone
                     while len(statuses) < before + 50:
-                        await trio.sleep(0.01)
-                server = await trio.to_thread.run_sync(start)
+                        await answered.receive()
+                server = await trio.to_thread.run_sync(start_server, data, plane.port)
                 code, out, err = await _meshctl(plane, "shift", "orders", "v1=0", "v2=100")
                 assert code == 0, err + out
                 assert "in force on all 3 sidecar(s)" in out
@@ -278,8 +266,6 @@ async def test_control_plane_killed_and_restarted_under_traffic(tmp_path: Path) 
 
 
 async def test_an_edge_gateway_in_the_mesh_reaches_services_over_mtls(plane: ControlPlane) -> None:
-    from tests.support.net import free_port
-
     port = free_port()
     gateway = {
         "apiVersion": "gateway.networking.k8s.io/v1",

@@ -23,6 +23,7 @@ from control.server import ControlPlane
 from sidecar.modes.sidecar import SidecarOptions, SidecarServer
 from tests.support.echo import EchoServer
 from tests.support.net import free_port
+from tests.support.plane import start_server
 
 OUTBOUND = """apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -233,9 +234,9 @@ async def test_an_svid_that_expired_while_the_control_plane_was_away_is_replaced
             back = ControlPlane(data, f"127.0.0.1:{srv.port}", leaf_ttl=datetime.timedelta(hours=1))
             back.start()
             try:
-                with trio.fail_after(20):
+                with trio.fail_after(20):  # the sidecar retries on its own backoff
                     while sidecar.identity.svid is first:
-                        await trio.sleep(0.1)  # the sidecar retries on its own backoff
+                        await sidecar.identity_changed.wait()
             finally:
                 back.stop(0)
             nursery.cancel_scope.cancel()
@@ -283,11 +284,9 @@ async def test_meshctl_sidecar_process_drains_and_exits_on_sigterm(tmp_path: Pat
     token = run([sys.executable, "-m", "mesh_ctl", "token", "create", "web", "--data-dir",
                  str(data)]).stdout.strip().splitlines()[-1]  # fmt: skip
     cp_port, admin, out_port = free_port(), free_port(), free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mesh_ctl", "server", "--data-dir", str(data),
-                               "--listen", f"127.0.0.1:{cp_port}"], stderr=subprocess.PIPE, text=True)  # fmt: skip
+    server = start_server(data, cp_port)
     cfg = tmp_path / "out.yaml"
     cfg.write_text(OUTBOUND.format(port=out_port) + PEER.format(name="orders", port=free_port()))
-    assert server.stderr is not None and "control plane on" in server.stderr.readline()
     sidecar = subprocess.Popen(
         [sys.executable, "-m", "mesh_ctl", "sidecar", "--service", "web", "--app-port", "1",
          "--token", token, "--control-plane", f"127.0.0.1:{cp_port}",
