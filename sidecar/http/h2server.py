@@ -322,7 +322,7 @@ class Http2Connection(H2Pump):
     def _protocol_error(self, exc: h2.exceptions.ProtocolError) -> None:
         """h2 queued a GOAWAY naming the error; a header block HPACK cannot decode is a
         COMPRESSION_ERROR (RFC 9113 §4.3), which h2 reports as PROTOCOL_ERROR."""
-        log.warning("HTTP/2 protocol error from %s: %s; connection closed", self.conn.peer, exc)
+        log.debug("HTTP/2 protocol error from %s: %s; connection closed", self.conn.peer, exc)
         cause = exc.__cause__ or exc.__context__
         if isinstance(cause, hpack.exceptions.HPACKError) and not isinstance(
             cause,
@@ -428,7 +428,7 @@ class Http2Connection(H2Pump):
         self._done(stream)
 
     async def _refuse(self, stream: H2Stream, exc: ProtocolError) -> None:
-        log.info("HTTP/2 stream %d from %s refused (%d): %s", stream.sid, self.conn.peer,
+        log.debug("HTTP/2 stream %d from %s refused (%d): %s", stream.sid, self.conn.peer,
                  exc.status, exc)  # fmt: skip
         with stream.scope, contextlib.suppress(DownstreamClosed):
             body = f"{exc}\n".encode()
