@@ -20,6 +20,7 @@ from control.registry import Instance
 from control.shift import check_weights, split_route
 from control.state import ControlState
 from sidecar.config.parse import Document
+from sidecar.discovery.consul import ConsulError
 from sidecar.errors import ConfigError
 
 
@@ -58,9 +59,11 @@ class AdminService:
         except (KeyError, TypeError):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "documents: [{source, data}]")
         try:
-            version, outcome = self.state.apply(docs)
+            version, outcome = await self.state.apply(docs)
         except ConfigError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except ConsulError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"not saved: {exc}")
         return {"version": version, "results": outcome}
 
     async def get(self, request: Any, context: Any) -> dict[str, Any]:
@@ -74,11 +77,13 @@ class AdminService:
     async def delete(self, request: Any, context: Any) -> dict[str, Any]:
         await self._authorize(context)
         try:
-            version = self.state.delete(
+            version = await self.state.delete(
                 request["kind"], request.get("namespace") or "default", request["name"]
             )
         except KeyError as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
+        except ConsulError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"not saved: {exc}")
         return {"version": version}
 
     async def shift(self, request: Any, context: Any) -> dict[str, Any]:
@@ -92,19 +97,17 @@ class AdminService:
             weights = {str(k): int(v) for k, v in dict(request["weights"]).items()}
             if any(w < 0 for w in weights.values()):
                 raise ValueError("weights cannot be negative")
-            known = {
-                i.version for i in state.registry.instances.values()
-                if (i.namespace, i.service) == (namespace, service)
-            }  # fmt: skip
-            check_weights(service, weights, known)
+            check_weights(service, weights, state.versions(namespace, service))
         except (KeyError, TypeError, ValueError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc).strip("'\""))
         existing = state.resources.docs.get(("HTTPRoute", namespace, service))
         route = split_route(existing, namespace, service, weights)
         try:
-            version, _ = state.apply([Document(route, f"meshctl shift {service}")])
+            version, _ = await state.apply([Document(route, f"meshctl shift {service}")])
         except ConfigError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except ConsulError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"not saved: {exc}")
         generation = state.generation
         loop = asyncio.get_running_loop()
         start = loop.time()

@@ -26,6 +26,7 @@ class Instance:
     port: int  # the sidecar's inbound (mTLS) port
     protocol: str = "HTTP"  # HTTP | HTTP2 | GRPC | TCP: what the app speaks
     ready: bool = False
+    weight: int = 1  # its share of its version's traffic, relative to the others
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Instance:
@@ -33,7 +34,7 @@ class Instance:
             id=str(data["id"]), namespace=str(data["namespace"]), service=str(data["service"]),
             version=str(data.get("version", "")), address=str(data["address"]),
             port=int(data["port"]), protocol=str(data.get("protocol", "HTTP")),
-            ready=bool(data.get("ready", False)),
+            ready=bool(data.get("ready", False)), weight=int(data.get("weight", 1)),
         )  # fmt: skip
 
 

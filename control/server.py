@@ -24,10 +24,14 @@ from ca.service import IdentityService, control_plane_credentials
 from control import api
 from control.admin import AdminService
 from control.state import ControlState
+from control.store import ResourceFile
 from control.watch import ConfigService
 from mesh_ctl.api import identity_pb2_grpc
+from sidecar.discovery.consul import ConsulError, parse_url
 
 log = logging.getLogger("weft.server")
+
+CONSUL_START_S = 10.0  # how long start-up waits for Consul before serving the cached resources
 
 
 class ControlPlane:
@@ -38,8 +42,13 @@ class ControlPlane:
         *,
         leaf_ttl: datetime.timedelta = LEAF_TTL,
         cert_ttl: datetime.timedelta = LEAF_TTL,
+        store: str = "",
+        consul_token: str = "",
     ) -> None:
+        """`store`: "" keeps resources in the data dir; a consul:// URL (ValueError if
+        malformed) keeps them in Consul KV and takes endpoints from Consul."""
         self.data_dir = data_dir
+        self.consul = parse_url(store, token=consul_token) if store else None
         self.listen = listen
         self.leaf_ttl = leaf_ttl
         self.cert_ttl = cert_ttl  # of the control plane's own serving certificate
@@ -101,7 +110,11 @@ class ControlPlane:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        self.state = state = ControlState(self.data_dir, self._loop.time())
+        background: list[asyncio.Task[None]] = []
+        if self.consul is None:
+            self.state = state = ControlState(self.data_dir, self._loop.time())
+        else:
+            self.state = state = await self._consul_state(background)
         creds = grpc.dynamic_ssl_server_credentials(self._initial, self._fetch_certificate)
         with futures.ThreadPoolExecutor(max_workers=4) as pool:
             server = grpc.aio.server(migration_thread_pool=pool)
@@ -119,11 +132,33 @@ class ControlPlane:
                 raise keystore.KeystoreError(f"cannot listen on {self.listen}")
             await server.start()
             self._ready.set()
-            expiry = asyncio.create_task(_expire_loop(state))
+            background.append(asyncio.create_task(_expire_loop(state)))
             await self._stop.wait()
-            expiry.cancel()
+            for task in background:
+                task.cancel()
             state.stopping = True  # the watches end now; their sidecars will be back
             await server.stop(self.grace_s)
+
+    async def _consul_state(self, background: list[asyncio.Task[None]]) -> ControlState:
+        """Resources from Consul KV (or, while Consul is unreachable, the last ones this
+        replica read), kept current by a watch; endpoints from Consul's health checks."""
+        from control.consul_endpoints import ConsulEndpoints
+        from control.consul_store import ConsulResources
+        from sidecar.discovery.consul_client import ConsulClient
+
+        assert self.consul is not None and self._loop is not None
+        client = ConsulClient(self.consul)
+        kv = ConsulResources(client, ResourceFile(self.data_dir))
+        resources = None
+        try:
+            async with asyncio.timeout(CONSUL_START_S):
+                resources = await kv.load()
+        except (ConsulError, TimeoutError) as exc:
+            log.warning("Consul unreachable at start (%s); serving the cached resources", exc)
+        state = ControlState(self.data_dir, self._loop.time(), consul=kv, resources=resources)
+        background.append(asyncio.create_task(kv.watch(state.put_resources)))
+        background.append(asyncio.create_task(ConsulEndpoints(client, state.put_endpoints).run()))
+        return state
 
 
 async def _expire_loop(state: ControlState) -> None:

@@ -59,7 +59,9 @@ def documents_for(
         ports = spec.get("ports") or [{"port": 80, "protocol": protocol}]
         endpoints = [*spec.get("endpoints", [])]
         endpoints += [
-            {"address": i.address, "port": i.port, "version": i.version} for i in instances
+            {"address": i.address, "port": i.port, "version": i.version}
+            | ({"weight": i.weight} if i.weight != 1 else {})
+            for i in instances
         ]
         out.append({
             "apiVersion": WEFT_API, "kind": "Service",

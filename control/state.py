@@ -3,6 +3,12 @@
 Lives on the control plane's asyncio loop: mutate it from there only. Every change to the
 resources or the registry bumps `generation` and wakes the config watches (`changed`), which
 recompute their sidecar's documents and send them if they differ.
+
+Two backends. Builtin: resources in `<data-dir>/resources.json`, endpoints from the
+registry of connected sidecars. Consul (`consul` given): resources in Consul KV, written with
+check-and-set and read back by every replica's watch (`put_resources`), endpoints from
+Consul's passing instances (`put_endpoints`); the registry then only tracks this replica's
+own sidecars (status, and who a shift waits for).
 """
 
 from __future__ import annotations
@@ -10,16 +16,21 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from control import api
 from control.registry import Instance, Registry
 from control.snapshot import documents_for
 from control.store import ResourceFile, Resources
 from sidecar.config.parse import Document
+
+if TYPE_CHECKING:
+    from control.consul_store import ConsulResources
+
+CAS_ATTEMPTS = 5  # a change that loses this many races in a row is reported, not retried
 
 
 @dataclass(slots=True)
@@ -36,9 +47,21 @@ class Subscriber:
 
 
 class ControlState:
-    def __init__(self, data_dir: Path, now: float) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        now: float,
+        *,
+        consul: ConsulResources | None = None,
+        resources: Resources | None = None,
+    ) -> None:
         self.file = ResourceFile(data_dir)
-        self.resources: Resources = self.file.load()
+        self.consul = consul
+        self.resources: Resources = self.file.load() if resources is None else resources
+        self._writing = asyncio.Lock()
+        # Consul mode: the passing instances of each mesh service, as Consul reports them
+        self.discovered: dict[str, list[Instance]] | None = {} if consul is not None else None
+        self._endpoints: Registry | None = None
         self.registry_path = data_dir / "registry.json"
         self.registry = Registry()
         if self.registry_path.exists():
@@ -61,7 +84,7 @@ class ControlState:
         hit = self._snapshots.get(key)
         if hit is not None and hit[0] == self.generation:
             return hit[1], hit[2]
-        docs = documents_for(self.resources, self.registry, namespace, service, gateway=gateway)
+        docs = documents_for(self.resources, self.endpoints, namespace, service, gateway=gateway)
         if hit is not None and hit[1] == docs:
             docs = hit[1]  # unchanged: the same object, so watches compare by identity
         message = api.encode({"snapshot": {"version": self.generation, "resources": docs}})
@@ -88,22 +111,82 @@ class ControlState:
         self.progress.set()
         self.progress = asyncio.Event()
 
+    @property
+    def endpoints(self) -> Registry:
+        """Where snapshots' endpoints come from: the registry, or what Consul reported."""
+        if self.discovered is None:
+            return self.registry
+        if self._endpoints is None:
+            self._endpoints = Registry()
+            for instances in self.discovered.values():
+                for inst in instances:
+                    self._endpoints.put(inst, 0.0)
+        return self._endpoints
+
+    def versions(self, namespace: str, service: str) -> set[str]:
+        """The versions of a service that have instances (for checking a shift)."""
+        known = (*self.registry.instances.values(), *self.endpoints.instances.values())
+        return {i.version for i in known if (i.namespace, i.service) == (namespace, service)}
+
     # -- resources ----------------------------------------------------------------------
-    def apply(self, docs: Iterable[Document]) -> tuple[int, list[str]]:
-        new, outcome = self.resources.apply(docs)
-        self._put(new)
-        return new.version, outcome
+    async def apply(self, docs: Iterable[Document]) -> tuple[int, list[str]]:
+        """ConfigError if a document is invalid; ConsulError if Consul cannot take it."""
+        docs = list(docs)
+        outcome: list[str] = []
 
-    def delete(self, kind: str, namespace: str, name: str) -> int:
-        new = self.resources.delete(kind, namespace, name)
-        self._put(new)
-        return new.version
+        def change(current: Resources) -> Resources:
+            nonlocal outcome
+            new, outcome = current.apply(docs)
+            return new
 
-    def _put(self, new: Resources) -> None:
-        if new is self.resources:
-            return
-        self.file.save(new)  # on disk before in force: an acknowledged change survives
+        version = await self._change(change)
+        return version, outcome
+
+    async def delete(self, kind: str, namespace: str, name: str) -> int:
+        return await self._change(lambda current: current.delete(kind, namespace, name))
+
+    async def _change(self, change: Callable[[Resources], Resources]) -> int:
+        from sidecar.discovery.consul_client import CasConflict
+
+        async with self._writing:
+            for attempt in range(CAS_ATTEMPTS):
+                new = change(self.resources)
+                if new is self.resources:
+                    return new.version
+                if self.consul is None:
+                    self.file.save(new)  # on disk before in force: an acknowledged change survives
+                    self.resources = new
+                    self.bump()
+                    return new.version
+                try:
+                    committed = await self.consul.commit(self.resources, new)
+                except CasConflict:
+                    if attempt == CAS_ATTEMPTS - 1:
+                        raise
+                    self.put_resources(await self.consul.load())  # someone else wrote first
+                    continue
+                self.resources = committed
+                self.bump()
+                return committed.version
+        raise AssertionError("unreachable")
+
+    def put_resources(self, new: Resources) -> None:
+        """What Consul holds now (this replica's writes and everyone else's)."""
+        changed = new.docs != self.resources.docs
         self.resources = new
+        if changed:
+            self.bump()
+
+    def put_endpoints(self, service: str, instances: list[Instance]) -> None:
+        """Consul's passing instances of one mesh service (none: it is gone)."""
+        assert self.discovered is not None
+        if self.discovered.get(service, []) == instances:
+            return
+        if instances:
+            self.discovered[service] = instances
+        else:
+            self.discovered.pop(service, None)
+        self._endpoints = None
         self.bump()
 
     # -- registry -----------------------------------------------------------------------

@@ -132,9 +132,13 @@ def _server(args: argparse.Namespace) -> int:
     from control.server import ControlPlane
 
     data_dir = common.data_dir(args)
+    store = "" if args.store == "file" else args.store
     try:
-        server = ControlPlane(data_dir, args.listen)
+        server = ControlPlane(data_dir, args.listen, store=store, consul_token=args.consul_token)
         server.start()
+    except ValueError as exc:
+        print(f"meshctl: --store: {exc}", file=sys.stderr)
+        return 2
     except (keystore.KeystoreError, ConfigError) as exc:
         print(f"meshctl: {exc}", file=sys.stderr)
         return 1
@@ -143,8 +147,8 @@ def _server(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     host = args.listen.rpartition(":")[0]
     logging.getLogger("weft.server").info(
-        "control plane on %s:%d (identity, admin; CA in %s)",
-        host, server.port, keystore.ca_dir(data_dir),
+        "control plane on %s:%d (identity, admin; CA in %s; resources in %s)",
+        host, server.port, keystore.ca_dir(data_dir), store or data_dir / "resources.json",
     )  # fmt: skip
     stop.wait()
     server.stop()
@@ -177,6 +181,14 @@ def _sidecar(args: argparse.Namespace) -> int:
     if not token:
         print("meshctl: a join token is needed (--token or WEFT_TOKEN)", file=sys.stderr)
         return 2
+    if args.discovery:
+        from sidecar.discovery.consul import parse_url
+
+        try:
+            parse_url(args.discovery, token=args.consul_token or "")
+        except ValueError as exc:
+            print(f"meshctl: --discovery: {exc}", file=sys.stderr)
+            return 2
     opts = SidecarOptions(
         service=args.service, namespace=args.namespace, version=args.version,
         app_port=args.app_port, control_plane=args.control_plane, token=token,
@@ -186,6 +198,8 @@ def _sidecar(args: argparse.Namespace) -> int:
         admin_port=args.admin_port, files=tuple(args.file or ()),
         default_allow=args.default_policy == "allow",
         upstreams=tuple(_upstream(u) for u in args.upstream or ()),
+        admin_address=args.admin_address, discovery=args.discovery,
+        consul_token=args.consul_token or "",
     )  # fmt: skip
     return _run_sidecar(opts, args.access_log)
 
@@ -384,8 +398,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="the address peers reach the inbound port at (default: the inbound address, "
         "or 127.0.0.1 when it is 0.0.0.0)",
     )  # fmt: skip
+    sc.add_argument(
+        "--admin-address",
+        default="127.0.0.1",
+        help="where /ready, /metrics… listen (0.0.0.0 when Consul checks from afar)",
+    )
     sc.add_argument("--admin-port", type=int, default=15000)
     sc.add_argument("--access-log", default="-", choices=("-", "off"))
+    sc.add_argument(
+        "--discovery", default="", metavar="consul://HOST:PORT",
+        help="register this instance with that Consul agent while ready (TLS and token from "
+        "CONSUL_HTTP_SSL, CONSUL_CACERT, CONSUL_HTTP_TOKEN…)",
+    )  # fmt: skip
+    sc.add_argument("--consul-token", help="ACL token for Consul (default: CONSUL_HTTP_TOKEN)")
     sc.add_argument(
         "--upstream", action="append", metavar="SERVICE:PORT",
         help="a local port (127.0.0.1) that tunnels any protocol to SERVICE over mTLS",
@@ -403,6 +428,12 @@ def build_parser() -> argparse.ArgumentParser:
     server = sub.add_parser("server", help="run the control plane")
     server.add_argument("--data-dir", help="default: $WEFT_DATA_DIR or ~/.weft")
     server.add_argument("--listen", default="127.0.0.1:15010", help="gRPC API address")
+    server.add_argument(
+        "--store", default="file", metavar="file|consul://HOST:PORT[/PREFIX]",
+        help="where resources live: the data dir, or Consul KV (replicas share it; endpoints "
+        "then come from Consul's health checks)",
+    )  # fmt: skip
+    server.add_argument("--consul-token", default="", help="default: CONSUL_HTTP_TOKEN")
     server.set_defaults(func=_server)
 
     token = sub.add_parser("token", help="join tokens for new sidecars")

@@ -409,7 +409,9 @@ class _Compiler:
     def _endpoints(self, svc: r.Service, sport: r.ServicePort) -> tuple[Endpoint, ...]:
         if not svc.kubernetes:
             return tuple(
-                Endpoint(address=e.address, port=e.port or sport.port, version=e.version)
+                Endpoint(
+                    address=e.address, port=e.port or sport.port, version=e.version, weight=e.weight
+                )
                 for e in svc.endpoints
                 if e.ready
             )
@@ -421,7 +423,7 @@ class _Compiler:
             if port is None:
                 continue
             out.extend(
-                Endpoint(address=e.address, port=port, version=e.version)
+                Endpoint(address=e.address, port=port, version=e.version, weight=e.weight)
                 for e in es.endpoints
                 if e.ready
             )

@@ -18,6 +18,7 @@ class Endpoint:
     address: str
     port: int
     version: str = ""
+    weight: int = 1  # relative share of picks among the cluster's endpoints
 
     key: str = field(init=False, compare=False, repr=False)  # "address:port", for logs
 

@@ -175,6 +175,7 @@ def _weft_service(top: Reader, meta: Meta) -> Service:
                 address=_address(er, "address"),
                 port=er.integer("port", None, lo=1, hi=65535),
                 version=er.text("version", "", max_len=63),
+                weight=er.integer("weight", 1, lo=1, hi=1000),
             )
         )
         er.finish()

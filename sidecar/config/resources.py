@@ -238,6 +238,7 @@ class EndpointAddress:
     port: int | None = None  # None: the service port's target
     version: str = ""
     ready: bool = True
+    weight: int = 1  # relative share among the service's endpoints (Consul's Weights.Passing)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -118,9 +118,10 @@ class ConsulClient:
         except ValueError:
             raise ConsulError(f"Consul GET {path}: the answer is not JSON") from None
 
-    async def watch(self, path: str, params: dict[str, str]) -> AsyncIterator[Any]:
-        """Each changed answer of a blocking query, forever. Errors are logged and retried
-        with backoff; the caller keeps what it had (static stability)."""
+    async def watch(self, path: str, params: dict[str, str]) -> AsyncIterator[tuple[int, Any]]:
+        """(index, answer) for each changed answer of a blocking query (None for a 404),
+        forever. Errors are logged and retried with backoff; the caller keeps what it had
+        (static stability)."""
         index, last, failures = 0, object(), 0
         while True:
             started = anyio.current_time()
@@ -136,7 +137,7 @@ class ConsulClient:
             failures = 0
             if body != last:
                 last = body
-                yield body
+                yield index, body
             elapsed = anyio.current_time() - started
             if elapsed < MIN_INTERVAL_S:
                 await anyio.sleep(MIN_INTERVAL_S - elapsed)

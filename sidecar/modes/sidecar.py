@@ -52,6 +52,7 @@ from sidecar.transport.tls import TlsHandshakeError
 from sidecar.upstream.cluster import ClusterManager, Connector
 
 if TYPE_CHECKING:
+    from sidecar.discovery.register import ConsulRegistration
     from sidecar.modes.edge import EdgeServer
 
 log = logging.getLogger("weft.sidecar")
@@ -84,6 +85,8 @@ class SidecarOptions:
     protocol: str = "HTTP"  # what the app speaks: HTTP | HTTP2 | GRPC | TCP
     advertise: str = ""  # the address peers reach the inbound port at (default: inferred)
     gateway: bool = False  # an edge gateway in the mesh: also serves the pushed Gateways
+    discovery: str = ""  # consul://HOST:PORT: register with that Consul agent while ready
+    consul_token: str = ""  # else CONSUL_HTTP_TOKEN
 
 
 def inbound_snapshot(opts: SidecarOptions, listener: ListenerKey) -> Snapshot:
@@ -138,6 +141,7 @@ class SidecarServer:
         self.spiffe_id: SpiffeId | None = None
         self._ctx: ProxyContext | None = None
         self.watch: ConfigWatch | None = None
+        self.consul: ConsulRegistration | None = None
         self.instance_id = uuid.uuid4().hex[:12]
         self.default_allow = opts.default_allow
         self._pushed: list[dict[str, Any]] = []  # the control plane's documents in force
@@ -213,8 +217,30 @@ class SidecarServer:
                 self.upstream_ports[service] = sock.getsockname()[1]
                 handler = functools.partial(self._upstream, service)
                 nursery.start_soon(accept_loop, sock, handler, nursery)
+            if opts.discovery:
+                self.consul = self._consul_registration()
+                nursery.start_soon(self.consul.run)
             log.info("%s ready: inbound mTLS on port %d", self.spiffe_id, self.inbound_port)
             task_status.started(self)
+
+    def _consul_registration(self) -> ConsulRegistration:
+        """Registration with the local Consul agent (httpx loads only in this mode)."""
+        from sidecar.discovery.consul import Registration, parse_url
+        from sidecar.discovery.consul_client import ConsulClient
+        from sidecar.discovery.register import ConsulRegistration
+
+        opts = self.opts
+        wildcard = opts.admin_address in ("0.0.0.0", "::")
+        admin_host = self.advertise_address if wildcard else opts.admin_address
+        if ":" in admin_host:
+            admin_host = f"[{admin_host}]"
+        reg = Registration(
+            service=opts.service, namespace=opts.namespace, version=opts.version,
+            protocol=opts.protocol, address=self.advertise_address, port=self.inbound_port,
+            check_url=f"http://{admin_host}:{self.admin_port}/ready", identity=str(self.spiffe_id),
+        )  # fmt: skip
+        config = parse_url(opts.discovery, token=opts.consul_token)
+        return ConsulRegistration(ConsulClient(config), reg)
 
     async def _watch_sigterm(self, nursery: trio.Nursery) -> None:
         """SIGTERM: drain both sides, wait for connections (at most 15 s), exit."""
@@ -229,6 +255,8 @@ class SidecarServer:
         self.drain()
         assert self._ctx is not None
         with trio.move_on_after(DRAIN_TIMEOUT_S):
+            if self.consul is not None:  # out of Consul first, then the last requests
+                await self.consul.done.wait()
             await self._ctx.idle.wait_empty()
             if self.outbound is not None:
                 await self.outbound.idle.wait_empty()
@@ -242,14 +270,19 @@ class SidecarServer:
         assert self.identity is not None
         return self.identity.svid
 
-    def _hello(self) -> dict[str, Any]:
+    @property
+    def advertise_address(self) -> str:
+        """Where peers reach the inbound port."""
         opts = self.opts
-        address = opts.advertise or (
+        return opts.advertise or (
             opts.inbound_address if opts.inbound_address not in ("0.0.0.0", "::") else "127.0.0.1"
         )
+
+    def _hello(self) -> dict[str, Any]:
+        opts = self.opts
         instance = {
             "id": self.instance_id, "namespace": opts.namespace, "service": opts.service,
-            "version": opts.version, "address": address, "port": self.inbound_port,
+            "version": opts.version, "address": self.advertise_address, "port": self.inbound_port,
             "protocol": opts.protocol,
         }  # fmt: skip
         svid = self._svid()
@@ -320,6 +353,8 @@ class SidecarServer:
 
     def drain(self) -> None:
         self.draining = True
+        if self.consul is not None:
+            self.consul.drain()
         if self.watch is not None and self._nursery is not None:
             self._nursery.start_soon(self.watch.send, {"drain": {}})
         if self._ctx is not None:

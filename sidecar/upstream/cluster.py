@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from sidecar.config.model import ClusterSpec
 from sidecar.transport.io import Conn, connect_within
-from sidecar.upstream.balance import Balancer, EndpointStats, make_balancer
+from sidecar.upstream.balance import Balancer, EndpointStats, cumulative_weights, make_balancer
 
 if TYPE_CHECKING:
     from sidecar.upstream.h2client import H2Pool
@@ -68,13 +68,14 @@ class EndpointPool:
 
 
 class Cluster:
-    __slots__ = ("balancer", "connect", "h2pools", "pools", "spec", "stats")
+    __slots__ = ("balancer", "connect", "cumulative", "h2pools", "pools", "spec", "stats")
 
     def __init__(self, spec: ClusterSpec, now: float, connect: Connector = connect_within) -> None:
         self.spec = spec
         self.connect = connect
         self.balancer: Balancer = make_balancer(spec.lb_policy)
         self.stats: list[EndpointStats] = [EndpointStats(e, now) for e in spec.endpoints]
+        self.cumulative = cumulative_weights([e.weight for e in spec.endpoints])
         self.pools = {e.key: EndpointPool(connect) for e in spec.endpoints}
         self.h2pools: dict[str, H2Pool] = {}  # HTTP/2 clusters, made on first use
 
@@ -82,7 +83,7 @@ class Cluster:
         stats = self.stats
         if not stats:
             return None
-        return self.balancer.pick(stats, rng, now)
+        return self.balancer.pick(stats, rng, now, self.cumulative)
 
     def update(self, spec: ClusterSpec, now: float) -> None:
         """Take a new spec, keeping statistics and pools of endpoints that remain."""
@@ -90,6 +91,7 @@ class Cluster:
             self.balancer = make_balancer(spec.lb_policy)
         old_stats = {s.endpoint: s for s in self.stats}
         self.stats = [old_stats.get(e) or EndpointStats(e, now) for e in spec.endpoints]
+        self.cumulative = cumulative_weights([e.weight for e in spec.endpoints])
         keep = {e.key for e in spec.endpoints}
         for key, pool in list(self.pools.items()):
             if key not in keep:

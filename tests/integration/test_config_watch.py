@@ -3,6 +3,7 @@ snapshots on every relevant change, ACK → ready, deregistration when the strea
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import queue
 from collections.abc import Iterator
@@ -89,7 +90,9 @@ def test_register_ack_ready_push_and_deregister(plane: ControlPlane) -> None:
                  "spec": {"parentRefs": [{"kind": "Service", "name": "orders"}],
                           "rules": [{"backendRefs": [{"name": "orders", "port": 80}]}]}}  # fmt: skip
         assert plane.state is not None and plane._loop is not None
-        plane._loop.call_soon_threadsafe(plane.state.apply, [Document(route, "r.yaml")])
+        asyncio.run_coroutine_threadsafe(
+            plane.state.apply([Document(route, "r.yaml")]), plane._loop
+        ).result(10)
         third = watch.snapshot()
         assert any(d["kind"] == "HTTPRoute" for d in third["resources"])
         watch.send({"drain": {}})

@@ -63,7 +63,7 @@ async def test_register_watch_and_deregister(consul: ConsulDouble) -> None:
 
     async def watch() -> None:
         nonlocal changed
-        async for body in c.watch("/v1/health/service/orders", {"passing": "true"}):
+        async for _, body in c.watch("/v1/health/service/orders", {"passing": "true"}):
             seen.append([(i.version, i.port) for i in parse_health(body, "orders")])
             changed.set()
             changed = trio.Event()
@@ -122,7 +122,7 @@ async def test_index_going_backwards_starts_over(consul: ConsulDouble) -> None:
 
     async def watch() -> None:
         nonlocal got
-        async for body in c.watch("/v1/health/service/orders", {}):
+        async for _, body in c.watch("/v1/health/service/orders", {}):
             answers.append(len(body))
             got.set()
             got = trio.Event()
@@ -164,7 +164,7 @@ async def test_consul_down_keeps_the_last_answer_and_backs_off(consul: ConsulDou
     first, second = trio.Event(), trio.Event()
 
     async def watch() -> None:
-        async for body in c.watch("/v1/catalog/services", {}):
+        async for _, body in c.watch("/v1/catalog/services", {}):
             bodies.append(body)
             (second if first.is_set() else first).set()
 

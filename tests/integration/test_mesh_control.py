@@ -3,14 +3,16 @@ routes applied centrally, version splits, and an instance that dies leaving the 
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import datetime
 import json
 import math
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -53,19 +55,13 @@ def _sidecar(
     ))  # fmt: skip
 
 
-async def _on_plane(plane: ControlPlane, change: Callable[[ControlState], object]) -> None:
+async def _on_plane(
+    plane: ControlPlane, change: Callable[[ControlState], Coroutine[Any, Any, object]]
+) -> None:
     """Run `change` on the control plane's own loop (it owns its state) and wait for it."""
-    done = trio.Event()
-    token = trio.lowlevel.current_trio_token()
-
-    def run() -> None:
-        assert plane.state is not None
-        change(plane.state)
-        trio.from_thread.run_sync(done.set, trio_token=token)
-
-    assert plane._loop is not None
-    plane._loop.call_soon_threadsafe(run)
-    await done.wait()
+    assert plane._loop is not None and plane.state is not None
+    done = asyncio.run_coroutine_threadsafe(change(plane.state), plane._loop)
+    await trio.to_thread.run_sync(done.result)
 
 
 async def _apply(plane: ControlPlane, doc: dict[str, object]) -> None:

@@ -414,7 +414,12 @@ class ConsulDouble:
         if method == "GET" and path.startswith("/v1/health/service/"):
             name = urllib.parse.unquote(path.rsplit("/", 1)[1])
             passing = "passing" in q and q["passing"] not in ("false", "0")
-            return self._blocking(q, "services", lambda: self._health(name, passing=passing))
+            tag = q.get("tag")
+            return self._blocking(
+                q, "services",
+                lambda: [e for e in self._health(name, passing=passing)
+                         if tag is None or tag in e["Service"]["Tags"]],
+            )  # fmt: skip
         if path.startswith("/v1/kv/"):
             return self._kv(method, urllib.parse.unquote(path[len("/v1/kv/") :]), q, raw)
         if method == "PUT" and path == "/v1/txn":

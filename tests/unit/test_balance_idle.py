@@ -5,9 +5,17 @@ from __future__ import annotations
 import dataclasses
 import random
 
+import pytest
+
 from sidecar.config.model import Endpoint
 from sidecar.transport.idle import IdleTracker, Tracked
-from sidecar.upstream.balance import EndpointStats, LeastRequest, PeakEwma, RoundRobin
+from sidecar.upstream.balance import (
+    EndpointStats,
+    LeastRequest,
+    PeakEwma,
+    RoundRobin,
+    cumulative_weights,
+)
 
 
 def _stats(n: int) -> list[EndpointStats]:
@@ -115,3 +123,28 @@ def test_smooth_weighted_split_is_exact_over_small_windows() -> None:
     for start in range(0, 700, 7):
         assert got[start : start + 7].count(2) == 2
     assert got[:7] != sorted(got[:7])  # spread out, not grouped
+
+
+def weighted_stats(*weights: int) -> list[EndpointStats]:
+    return [
+        EndpointStats(Endpoint(address="10.0.0.1", port=8000 + i, weight=w), 0.0)
+        for i, w in enumerate(weights)
+    ]
+
+
+@pytest.mark.parametrize("balancer", [PeakEwma, LeastRequest, RoundRobin])
+def test_weights_set_the_share_of_picks(balancer: type) -> None:
+    """Consul's Weights.Passing 3:1 gives three times the picks, with every balancer."""
+    stats = weighted_stats(3, 1)
+    cumulative = cumulative_weights([3, 1])
+    rng = random.Random(7)
+    b = balancer()
+    counts = {8000: 0, 8001: 0}
+    for _ in range(4000):
+        counts[b.pick(stats, rng, 0.0, cumulative).endpoint.port] += 1
+    assert 0.70 <= counts[8000] / 4000 <= 0.80, counts
+
+
+def test_equal_weights_take_the_unweighted_path() -> None:
+    assert cumulative_weights([2, 2, 2]) is None
+    assert cumulative_weights([1, 3]) == (1, 4)
