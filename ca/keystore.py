@@ -76,6 +76,7 @@ def init(data_dir: Path, trust_domain: str, now: datetime.datetime) -> CA:
     os.chmod(d, 0o700)
     state = {"trust_domain": trust_domain, "generation": 0, "roots": []}
     _new_generation(d, state, now)
+    token_key(data_dir)  # now, so a copy of the directory is complete (control plane replicas)
     return load(data_dir, now)
 
 

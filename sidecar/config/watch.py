@@ -8,7 +8,9 @@ control plane against the mesh's root bundle.
 `run` keeps the watch open for the sidecar's life: each snapshot goes to `apply`, which
 answers None (in force: ACK) or the reason it was refused (NACK); heartbeats go out every
 `HEARTBEAT_S`. When the stream or connection ends, the last snapshot stays in force (static
-stability) and the watch reconnects after a growing, jittered backoff.
+stability) and the watch reconnects after a growing, jittered backoff, to the next control
+plane replica when it was given several (`HOST:PORT,HOST:PORT`; each sidecar starts at a
+random one, so a fleet spreads over the replicas).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import trio
 
 from control import api
 from sidecar.errors import UpstreamError
+from sidecar.identity.svid import control_planes
 from sidecar.transport.io import ConnectionLost, connect_within
 from sidecar.transport.tls import TlsConn, TlsHandshakeError
 from sidecar.upstream.h2client import H2ClientConnection, Response, Trailers, UpstreamStream
@@ -96,7 +99,9 @@ class ConfigWatch:
         *,
         connect_timeout_s: float = 5.0,
     ) -> None:
-        self.target = target
+        self.targets = control_planes(target)
+        self._next = random.randrange(len(self.targets)) if self.targets else 0
+        self.target = ""  # the replica of the current (or last) session
         self.trust_pem = trust_pem
         self.hello = hello  # fresh each connect: the session token renews with the SVID
         self.apply = apply
@@ -155,6 +160,10 @@ class ConfigWatch:
             raise ended
 
     async def _connect(self) -> TlsConn:
+        if not self.targets:
+            raise WatchError("no control plane address given")
+        self.target = self.targets[self._next % len(self.targets)]
+        self._next += 1  # the next session tries the next replica, unless this one lasts
         host, _, port = self.target.rpartition(":")
         ctx = ssl.create_default_context(cadata=self.trust_pem().decode())
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -204,6 +213,7 @@ class ConfigWatch:
         if error is None:
             self.connected = True
             self.failures = 0
+            self._next = self.targets.index(self.target)  # stay with a replica that works
             self.last_error = ""
             reply: dict[str, Any] = {"ack": {"version": version}}
         else:

@@ -13,25 +13,34 @@ import sys
 from typing import Any
 
 from ca.spiffe import InvalidSpiffeId, SpiffeId
-from sidecar.identity.svid import IdentityError, Svid, SvidRequest
+from sidecar.identity.svid import IdentityError, Svid, SvidRequest, control_planes
 
 
 def obtain(request: SvidRequest) -> Svid:
+    """From the first control plane replica that answers (a dead one is skipped)."""
+    errors = []
+    for target in control_planes(request.control_plane):
+        try:
+            return _obtain(request, target)
+        except IdentityError as exc:
+            errors.append(f"{target}: {exc}")
+    raise IdentityError("; ".join(errors) or "no control plane address given")
+
+
+def _obtain(request: SvidRequest, target: str) -> Svid:
     from sidecar.identity import client
 
     trust = request.trust_pem
     if trust is None:
         if not request.ca_fingerprint:
             raise IdentityError("give --ca-file or --ca-fingerprint to trust the control plane")
-        trust = client.trust_from_fingerprint(
-            request.control_plane, request.ca_fingerprint, request.timeout_s
-        )
+        trust = client.trust_from_fingerprint(target, request.ca_fingerprint, request.timeout_s)
     try:
         identity = SpiffeId(client.trust_domain(trust), request.namespace, request.service)
     except InvalidSpiffeId as exc:
         raise IdentityError(str(exc)) from None
     return client.request_svid(
-        request.control_plane, identity, trust_pem=trust, token=request.token,
+        target, identity, trust_pem=trust, token=request.token,
         current=request.current, timeout_s=request.timeout_s,
     )  # fmt: skip
 

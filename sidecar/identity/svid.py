@@ -57,6 +57,11 @@ class Svid:
         )
 
 
+def control_planes(spec: str) -> list[str]:
+    """`HOST:PORT[,HOST:PORT…]`: the control plane replicas a sidecar may use."""
+    return [t.strip() for t in spec.split(",") if t.strip()]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SvidRequest:
     """What the identity helper needs to get an SVID: where the control plane is, how to trust

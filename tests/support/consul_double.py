@@ -133,6 +133,13 @@ class ConsulDouble:
         with self.lock:
             self._bump(table)
 
+    def put(self, key: str, value: bytes) -> None:
+        """Write a KV entry as an operator would (`consul kv put`)."""
+        with self.lock:
+            idx = self._bump("kvs")
+            old = self.kv.get(key)
+            self.kv[key] = _Kv(value, 0, old.create_index if old else idx, idx)
+
     def count(self, prefix: str) -> int:
         with self.lock:
             return sum(1 for _, p in self.requests if p.startswith(prefix))

@@ -34,11 +34,11 @@ class PlaneAt:
     port: int
 
 
-def start_server(data: Path, port: int) -> subprocess.Popen[str]:
+def start_server(data: Path, port: int, *extra: str) -> subprocess.Popen[str]:
     """`meshctl server` as a process, returned once it listens (it logs a line then)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "mesh_ctl", "server", "--data-dir", str(data),
-         "--listen", f"127.0.0.1:{port}"],
+         "--listen", f"127.0.0.1:{port}", *extra],
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stderr is not None

@@ -147,7 +147,7 @@ def test_registration_body() -> None:
         address="10.0.1.7",
         port=15006,
         check_url="http://10.0.1.7:15000/ready",
-        identity="spiffe://weft.local/ns/default/sa/orders",
+        identity="spiffe://weft.local/ns/default/svc/orders",
     )
     body = reg.body()
     assert body["ID"] == "orders-10.0.1.7-15006"
@@ -161,7 +161,7 @@ def test_registration_body() -> None:
         "version": "v2",
         "namespace": "default",
         "protocol": "HTTP",
-        "spiffe_id": "spiffe://weft.local/ns/default/sa/orders",
+        "spiffe_id": "spiffe://weft.local/ns/default/svc/orders",
     }
     check = body["Check"]
     assert (check["HTTP"], check["Interval"], check["Status"]) == (
