@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
@@ -160,10 +161,10 @@ def _edge_in_mesh(args: argparse.Namespace) -> int:
     it reaches services over mTLS with its own identity (default `edge`)."""
     from sidecar.modes.sidecar import SidecarOptions
 
-    token = args.token or os.environ.get("WEFT_TOKEN", "")
+    token = _join_token(args)
     if not token or not (args.ca_file or args.ca_fingerprint):
-        print("meshctl: joining a mesh needs --token (or WEFT_TOKEN) and --ca-file or "
-              "--ca-fingerprint", file=sys.stderr)  # fmt: skip
+        print("meshctl: joining a mesh needs --token (or --token-file, WEFT_TOKEN) and "
+              "--ca-file or --ca-fingerprint", file=sys.stderr)  # fmt: skip
         return 2
     opts = SidecarOptions(
         service=args.service, namespace=args.namespace, app_port=1,
@@ -177,9 +178,10 @@ def _edge_in_mesh(args: argparse.Namespace) -> int:
 def _sidecar(args: argparse.Namespace) -> int:
     from sidecar.modes.sidecar import SidecarOptions
 
-    token = args.token or os.environ.get("WEFT_TOKEN", "")
+    token = _join_token(args)
     if not token:
-        print("meshctl: a join token is needed (--token or WEFT_TOKEN)", file=sys.stderr)
+        print("meshctl: a join token is needed (--token, --token-file or WEFT_TOKEN)",
+              file=sys.stderr)  # fmt: skip
         return 2
     if args.discovery:
         from sidecar.discovery.consul import parse_url
@@ -202,6 +204,18 @@ def _sidecar(args: argparse.Namespace) -> int:
         consul_token=args.consul_token or "",
     )  # fmt: skip
     return _run_sidecar(opts, args.access_log)
+
+
+def _join_token(args: argparse.Namespace) -> str:
+    """--token, else the file --token-file names (a mounted secret), else WEFT_TOKEN."""
+    if args.token:
+        return str(args.token)
+    if args.token_file:
+        try:
+            return Path(args.token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise CliError(f"--token-file: {exc}") from None
+    return os.environ.get("WEFT_TOKEN", "")
 
 
 def _run_sidecar(opts: SidecarOptions, access_log: str) -> int:
@@ -289,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mesh.add_argument("--control-plane", metavar="HOST:PORT")
     mesh.add_argument("--token", help="join token (or WEFT_TOKEN) for the edge's identity")
+    mesh.add_argument("--token-file", metavar="PATH", help="read the join token from a file")
     mesh.add_argument("--ca-file", help="the mesh's root bundle (PEM)")
     mesh.add_argument("--ca-fingerprint", metavar="sha256:HEX")
     mesh.add_argument("--service", default="edge", help="the edge's service identity")
@@ -383,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--app-port", type=int, required=True, help="the local app's port")
     sc.add_argument("--control-plane", default="127.0.0.1:15010", metavar="HOST:PORT")
     sc.add_argument("--token", help="join token (or WEFT_TOKEN); `meshctl token create`")
+    sc.add_argument("--token-file", metavar="PATH", help="read the join token from a file")
     trust = sc.add_mutually_exclusive_group(required=True)
     trust.add_argument("--ca-file", help="the mesh's root bundle (PEM)")
     trust.add_argument("--ca-fingerprint", metavar="sha256:HEX", help="pin the root instead")
