@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import trio
@@ -18,6 +20,7 @@ from sidecar.discovery.consul import (
 )
 from sidecar.discovery.consul_client import CasConflict, ConsulClient
 from tests.support.consul_double import ConsulDouble
+from tests.support.pki import TestCA
 from tests.unit.test_consul_api import fixture
 
 
@@ -223,3 +226,26 @@ async def test_unreachable_consul_is_a_clear_error() -> None:
     with pytest.raises(ConsulError, match=r"Consul at http://127.0.0.1:1: ConnectError"):
         await c.register(registration(15006, "http://127.0.0.1:1/"))
     await c.aclose()
+
+
+async def test_tls_to_consul_with_consul_environment_variables(tmp_path: Path) -> None:
+    """CONSUL_CACERT and CONSUL_TLS_SERVER_NAME, as Consul's CLI reads them."""
+    ca = TestCA()
+    cert, key = ca.issue("consul.test").write(tmp_path, "consul")
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert, key)
+    with ConsulDouble(tls=server).serving() as consul:
+        env = {"CONSUL_CACERT": str(ca.write(tmp_path / "ca.pem")),
+               "CONSUL_TLS_SERVER_NAME": "consul.test"}  # fmt: skip
+        good = ConsulClient(parse_url(consul.url, env))
+        await good.register(registration(15006, "http://127.0.0.1:1/"))
+        assert await good.registered("orders-127.0.0.1-15006")
+        await good.aclose()
+        untrusted = ConsulClient(parse_url(consul.url, {"CONSUL_TLS_SERVER_NAME": "consul.test"}))
+        with pytest.raises(ConsulError, match="CERTIFICATE_VERIFY_FAILED"):
+            await untrusted.registered("orders-127.0.0.1-15006")
+        await untrusted.aclose()
+        wrong_name = ConsulClient(parse_url(consul.url, {"CONSUL_CACERT": env["CONSUL_CACERT"]}))
+        with pytest.raises(ConsulError, match=r"CERTIFICATE_VERIFY_FAILED|match"):
+            await wrong_name.registered("orders-127.0.0.1-15006")
+        await wrong_name.aclose()

@@ -26,6 +26,7 @@ import base64
 import contextlib
 import json
 import re
+import ssl
 import threading
 import time
 import urllib.parse
@@ -109,12 +110,13 @@ class ConsulDouble:
     instant: bool = False  # answer blocking queries at once (a proxy that drops `index`)
     lock: threading.Condition = field(default_factory=threading.Condition)
     port: int = 0
+    tls: ssl.SSLContext | None = None  # serve HTTPS (Consul's `ports.https`)
     _server: ThreadingHTTPServer | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
 
     @property
     def url(self) -> str:
-        return f"consul://127.0.0.1:{self.port}"
+        return f"consul{'+https' if self.tls else ''}://127.0.0.1:{self.port}"
 
     # -- test controls ---------------------------------------------------------------------
     def fail_with(self, status: int) -> None:
@@ -350,6 +352,8 @@ class ConsulDouble:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
         threads = [
             threading.Thread(target=self._server.serve_forever, daemon=True),
