@@ -26,6 +26,7 @@ from control.registry import Instance, Registry
 from control.snapshot import documents_for
 from control.store import ResourceFile, Resources
 from sidecar.config.parse import Document
+from sidecar.discovery.consul import CasConflict
 
 if TYPE_CHECKING:
     from control.consul_store import ConsulResources
@@ -146,8 +147,6 @@ class ControlState:
         return await self._change(lambda current: current.delete(kind, namespace, name))
 
     async def _change(self, change: Callable[[Resources], Resources]) -> int:
-        from sidecar.discovery.consul_client import CasConflict
-
         async with self._writing:
             for attempt in range(CAS_ATTEMPTS):
                 new = change(self.resources)

@@ -29,6 +29,10 @@ class ConsulError(Exception):
     """Consul refused or could not be reached; the message says which and why."""
 
 
+class CasConflict(ConsulError):
+    """A check-and-set lost: someone else wrote first. Re-read and try again."""
+
+
 @dataclass(frozen=True, slots=True)
 class ConsulConfig:
     """How to reach Consul, from a `consul://` URL and Consul's environment variables

@@ -23,6 +23,7 @@ import httpx
 
 from sidecar.discovery.consul import (
     WAIT,
+    CasConflict,
     ConsulConfig,
     ConsulError,
     KvEntry,
@@ -38,10 +39,6 @@ log = logging.getLogger("weft.consul")
 
 BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 MIN_INTERVAL_S = 0.05  # between blocking requests: an unchanged answer must not spin
-
-
-class CasConflict(ConsulError):
-    """A check-and-set lost: someone else wrote first. Re-read and try again."""
 
 
 def tls_context(config: ConsulConfig) -> ssl.SSLContext | bool:

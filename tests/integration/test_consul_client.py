@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from sidecar.discovery.consul import (
+    CasConflict,
     ConsulError,
     Registration,
     parse_health,
@@ -18,7 +19,7 @@ from sidecar.discovery.consul import (
     txn_delete,
     txn_set,
 )
-from sidecar.discovery.consul_client import CasConflict, ConsulClient
+from sidecar.discovery.consul_client import ConsulClient
 from tests.support.consul_double import ConsulDouble
 from tests.support.pki import TestCA
 from tests.unit.test_consul_api import fixture

@@ -25,8 +25,8 @@ from control.server import ControlPlane
 from control.state import ControlState
 from control.store import ResourceFile
 from sidecar.config.parse import Document
-from sidecar.discovery.consul import Registration, parse_url
-from sidecar.discovery.consul_client import CasConflict, ConsulClient
+from sidecar.discovery.consul import CasConflict, Registration, parse_url
+from sidecar.discovery.consul_client import ConsulClient
 from sidecar.modes.sidecar import SidecarOptions, SidecarServer
 from tests.support.consul_double import ConsulDouble
 from tests.support.echo import EchoServer
