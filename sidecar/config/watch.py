@@ -163,7 +163,7 @@ class ConfigWatch:
         if not self.targets:
             raise WatchError("no control plane address given")
         self.target = self.targets[self._next % len(self.targets)]
-        self._next += 1  # the next session tries the next replica, unless this one lasts
+        self._next += 1  # when this session ends, the next tries another replica first
         host, _, port = self.target.rpartition(":")
         ctx = ssl.create_default_context(cadata=self.trust_pem().decode())
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -213,7 +213,6 @@ class ConfigWatch:
         if error is None:
             self.connected = True
             self.failures = 0
-            self._next = self.targets.index(self.target)  # stay with a replica that works
             self.last_error = ""
             reply: dict[str, Any] = {"ack": {"version": version}}
         else:
