@@ -17,8 +17,7 @@ import httpx
 import pytest
 import trio
 
-from ca import keystore, tokens
-from ca.spiffe import SpiffeId
+from ca import keystore
 from control import api
 from control.consul_store import ConsulResources
 from control.server import ControlPlane
@@ -27,11 +26,11 @@ from control.store import ResourceFile
 from sidecar.config.parse import Document
 from sidecar.discovery.consul import CasConflict, Registration, parse_url
 from sidecar.discovery.consul_client import ConsulClient
-from sidecar.modes.sidecar import SidecarOptions, SidecarServer
+from sidecar.modes.sidecar import SidecarServer
 from tests.support.consul_double import ConsulDouble
 from tests.support.echo import EchoServer
 from tests.support.net import free_port
-from tests.support.plane import start_server
+from tests.support.plane import mesh_sidecar, on_plane, start_server
 
 ROUTE = {
     "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
@@ -63,19 +62,6 @@ def replica_dirs(tmp_path: Path, n: int) -> list[Path]:
     return dirs
 
 
-def sidecar(data: Path, control_plane: str, service: str, app_port: int, version: str = "",
-            discovery: str = "") -> SidecarServer:  # fmt: skip
-    token = tokens.create(
-        keystore.token_key(data), SpiffeId("weft.local", "default", service),
-        now=datetime.datetime.now(datetime.UTC), ttl=datetime.timedelta(hours=1),
-    )  # fmt: skip
-    return SidecarServer(SidecarOptions(
-        service=service, version=version, app_port=app_port, control_plane=control_plane,
-        token=token, ca_file=str(data / "ca" / "root.pem"), inbound_address="127.0.0.1",
-        inbound_port=0, admin_port=0, outbound_port=0, discovery=discovery,
-    ))  # fmt: skip
-
-
 def endpoints(web: SidecarServer) -> set[tuple[str, int]]:
     snap = web.outbound.snapshot if web.outbound is not None else None
     cluster = snap.clusters.get("default/orders:80") if snap is not None else None
@@ -88,18 +74,6 @@ async def until(web: SidecarServer, want: Callable[[], bool]) -> None:
             await web.config_changed.wait()
 
 
-async def on_loop(plane: ControlPlane, fn: Callable[[ControlState], object]) -> object:
-    """Run a coroutine function on the control plane's loop (it owns its state)."""
-    assert plane._loop is not None and plane.state is not None
-    state = plane.state
-
-    async def run() -> object:
-        return await fn(state)  # type: ignore[misc]
-
-    fut = asyncio.run_coroutine_threadsafe(run(), plane._loop)
-    return await trio.to_thread.run_sync(fut.result)
-
-
 async def settled(plane: ControlPlane, done: Callable[[ControlState], bool]) -> None:
     """Wait until `done(state)` holds on the plane's loop (checked at each change)."""
 
@@ -108,7 +82,7 @@ async def settled(plane: ControlPlane, done: Callable[[ControlState], bool]) -> 
             while not done(state):
                 await state.changed.wait()
 
-    await on_loop(plane, wait)
+    await on_plane(plane, wait)
 
 
 async def test_sidecars_register_and_endpoints_come_from_consul(
@@ -122,7 +96,7 @@ async def test_sidecars_register_and_endpoints_come_from_consul(
         with EchoServer("v1") as app:
             async with trio.open_nursery() as nursery:
                 orders: SidecarServer = await nursery.start(
-                    sidecar(data, target, "orders", app.port, "v1", consul.url).run
+                    mesh_sidecar(data, target, "orders", app.port, "v1", discovery=consul.url).run
                 )
                 assert orders.consul is not None
                 with trio.fail_after(10):
@@ -147,7 +121,7 @@ async def test_sidecars_register_and_endpoints_come_from_consul(
                 assert check["Status"] == "passing"
 
                 web: SidecarServer = await nursery.start(
-                    sidecar(data, target, "web", 1, "", consul.url).run
+                    mesh_sidecar(data, target, "web", 1, "", discovery=consul.url).run
                 )
                 await until(web, lambda: endpoints(web) == {("v1", 1)})
                 async with httpx.AsyncClient(timeout=10) as http:
@@ -186,25 +160,25 @@ async def test_resources_live_in_consul_kv_and_replicas_agree(
     a.start()
     b.start()
     try:
-        await on_loop(a, lambda s: s.apply([Document(ROUTE, "route.yaml")]))
+        await on_plane(a, lambda s: s.apply([Document(ROUTE, "route.yaml")]))
         key = "weft/resources/HTTPRoute/default/orders"
         assert json.loads(consul.kv[key].value)["spec"] == ROUTE["spec"]
         await settled(b, lambda s: ("HTTPRoute", "default", "orders") in s.resources.docs)
         assert a.state is not None and b.state is not None
         # the same documents, and the same version (Consul's index), from either replica
         await settled(a, lambda s: s.resources.version == b.state.resources.version)  # type: ignore[union-attr]
-        docs_a = await on_loop(a, _web_docs)
-        docs_b = await on_loop(b, _web_docs)
+        docs_a = await on_plane(a, _web_docs)
+        docs_b = await on_plane(b, _web_docs)
         assert docs_a == docs_b and any(d["kind"] == "HTTPRoute" for d in docs_a)  # type: ignore[union-attr]
 
         # a delete through B reaches A
-        await on_loop(b, lambda s: s.delete("HTTPRoute", "default", "orders"))
+        await on_plane(b, lambda s: s.delete("HTTPRoute", "default", "orders"))
         assert key not in consul.kv
         await settled(a, lambda s: not s.resources.docs)
 
         # a key written by hand that does not parse is ignored, with the rest still served
         consul.put("weft/resources/HTTPRoute/default/junk", b"{not json")  # `consul kv put`
-        await on_loop(a, lambda s: s.apply([Document(ROUTE, "route.yaml")]))
+        await on_plane(a, lambda s: s.apply([Document(ROUTE, "route.yaml")]))
         await settled(b, lambda s: list(s.resources.docs) == [("HTTPRoute", "default", "orders")])
     finally:
         a.stop(0)
@@ -279,10 +253,12 @@ async def test_killing_a_replica_moves_its_sidecars_with_no_failed_request(
         with EchoServer("v1") as app:
             async with trio.open_nursery() as nursery:
                 await nursery.start(
-                    sidecar(dirs[0], targets, "orders", app.port, "v1", consul.url).run
+                    mesh_sidecar(
+                        dirs[0], targets, "orders", app.port, "v1", discovery=consul.url
+                    ).run
                 )
                 web: SidecarServer = await nursery.start(
-                    sidecar(dirs[0], targets, "web", 1, "", consul.url).run
+                    mesh_sidecar(dirs[0], targets, "web", 1, "", discovery=consul.url).run
                 )
                 await until(web, lambda: endpoints(web) == {("v1", 1)})
                 assert web.watch is not None

@@ -3,30 +3,26 @@ routes applied centrally, version splits, and an instance that dies leaving the 
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import datetime
 import json
 import math
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import trio
 
-from ca import keystore, tokens
-from ca.spiffe import SpiffeId
+from ca import keystore
 from control.server import ControlPlane
-from control.state import ControlState
 from sidecar.config.parse import Document
-from sidecar.modes.sidecar import SidecarOptions, SidecarServer
+from sidecar.modes.sidecar import SidecarServer
 from tests.support.echo import EchoServer
 from tests.support.net import free_port
-from tests.support.plane import PlaneAt, running_plane, start_server
+from tests.support.plane import PlaneAt, mesh_sidecar, on_plane, running_plane, start_server
 
 
 @pytest.fixture
@@ -42,30 +38,12 @@ def _sidecar(
     version: str = "",
     gateway: bool = False,
 ) -> SidecarServer:
-    now = datetime.datetime.now(datetime.UTC)
-    token = tokens.create(
-        keystore.token_key(plane.data_dir), SpiffeId("weft.local", "default", service),
-        now=now, ttl=datetime.timedelta(hours=1),
-    )  # fmt: skip
-    return SidecarServer(SidecarOptions(
-        service=service, version=version, app_port=app_port,
-        control_plane=f"127.0.0.1:{plane.port}", token=token,
-        ca_file=str(plane.data_dir / "ca" / "root.pem"), inbound_address="127.0.0.1",
-        inbound_port=0, admin_port=0, outbound_port=0, gateway=gateway,
-    ))  # fmt: skip
-
-
-async def _on_plane(
-    plane: ControlPlane, change: Callable[[ControlState], Coroutine[Any, Any, object]]
-) -> None:
-    """Run `change` on the control plane's own loop (it owns its state) and wait for it."""
-    assert plane._loop is not None and plane.state is not None
-    done = asyncio.run_coroutine_threadsafe(change(plane.state), plane._loop)
-    await trio.to_thread.run_sync(done.result)
+    target = f"127.0.0.1:{plane.port}"
+    return mesh_sidecar(plane.data_dir, target, service, app_port, version, gateway=gateway)
 
 
 async def _apply(plane: ControlPlane, doc: dict[str, object]) -> None:
-    await _on_plane(plane, lambda state: state.apply([Document(doc, "test")]))
+    await on_plane(plane, lambda state: state.apply([Document(doc, "test")]))
 
 
 async def _pods(out_port: int, n: int) -> list[str]:
@@ -89,7 +67,7 @@ async def _until(web: SidecarServer, want: set[str], limit_s: float = 10) -> Non
 
 
 async def _delete_route(plane: ControlPlane) -> None:
-    await _on_plane(plane, lambda state: state.delete("HTTPRoute", "default", "orders"))
+    await on_plane(plane, lambda state: state.delete("HTTPRoute", "default", "orders"))
 
 
 def _route_backends(web: SidecarServer) -> list[str]:

@@ -3,16 +3,23 @@ CA, or `meshctl server` as a process."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ca import keystore
+import trio
+
+from ca import keystore, tokens
+from ca.spiffe import SpiffeId
 from control.server import ControlPlane
+from control.state import ControlState
+from sidecar.modes.sidecar import SidecarOptions, SidecarServer
 
 
 @contextlib.contextmanager
@@ -45,3 +52,37 @@ def start_server(data: Path, port: int, *extra: str) -> subprocess.Popen[str]:
     line = proc.stderr.readline()
     assert f"control plane on 127.0.0.1:{port}" in line, line
     return proc
+
+
+def mesh_sidecar(
+    data: Path,
+    control_plane: str,
+    service: str,
+    app_port: int,
+    version: str = "",
+    *,
+    gateway: bool = False,
+    discovery: str = "",
+) -> SidecarServer:
+    """A sidecar joining the mesh whose CA is in `data` (a fresh join token), on ports 0."""
+    token = tokens.create(
+        keystore.token_key(data), SpiffeId("weft.local", "default", service),
+        now=datetime.datetime.now(datetime.UTC), ttl=datetime.timedelta(hours=1),
+    )  # fmt: skip
+    return SidecarServer(SidecarOptions(
+        service=service, version=version, app_port=app_port, control_plane=control_plane,
+        token=token, ca_file=str(data / "ca" / "root.pem"), inbound_address="127.0.0.1",
+        inbound_port=0, admin_port=0, outbound_port=0, gateway=gateway, discovery=discovery,
+    ))  # fmt: skip
+
+
+async def on_plane(plane: ControlPlane, fn: Callable[[ControlState], Awaitable[Any]]) -> Any:
+    """Run `fn(state)` on the control plane's own loop (it owns its state); its result."""
+    assert plane._loop is not None and plane.state is not None
+    state = plane.state
+
+    async def run() -> Any:
+        return await fn(state)
+
+    done = asyncio.run_coroutine_threadsafe(run(), plane._loop)
+    return await trio.to_thread.run_sync(done.result)
