@@ -4,10 +4,10 @@ For the workload `namespace/service`: a Weft Service per mesh service (its decla
 else port 80 with the protocol its instances report; endpoints: the ready instances'
 inbound ports, plus static ones a declared Service lists), the mesh routes (those whose
 parents are Services, the GAMMA pattern), the AuthorizationPolicies that target this
-workload, and the MeshConfig. The sidecar composes its outbound listener from them
-(sidecar/config/mesh.py) and compiles them like any configuration; an edge gateway in the
-mesh gets the Gateways and their routes too, so a snapshot it
-cannot use is NACKed with the same errors a file would get.
+workload, the BackendTrafficPolicies and the MeshConfig. The sidecar composes its outbound
+listener from them (sidecar/config/mesh.py) and compiles them like any configuration; an
+edge gateway in the mesh gets the Gateways and their routes too, so a snapshot it cannot
+use is NACKed with the same errors a file would get.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def documents_for(
         for (kind, _, _), doc in sorted(resources.docs.items())
         if (kind in MESH_ROUTE_KINDS and is_mesh_route(doc))
         or (kind == "AuthorizationPolicy" and _targets(doc, namespace, service))
-        or kind == "MeshConfig"
+        or kind in ("MeshConfig", "BackendTrafficPolicy")
         or (gateway and kind in EDGE_KINDS and not is_mesh_route(doc))
     )
     return out

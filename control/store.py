@@ -33,6 +33,8 @@ KIND_ALIASES = {
     "service": "Service", "services": "Service", "svc": "Service",
     "authorizationpolicy": "AuthorizationPolicy", "authorizationpolicies": "AuthorizationPolicy",
     "policy": "AuthorizationPolicy", "policies": "AuthorizationPolicy",
+    "backendtrafficpolicy": "BackendTrafficPolicy",
+    "backendtrafficpolicies": "BackendTrafficPolicy", "btp": "BackendTrafficPolicy",
     "meshconfig": "MeshConfig", "meshconfigs": "MeshConfig",
     "secret": "Secret", "secrets": "Secret",
     "referencegrant": "ReferenceGrant", "referencegrants": "ReferenceGrant",

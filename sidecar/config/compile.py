@@ -7,6 +7,7 @@ decided here, once per configuration; the data path only does compiled lookups.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,10 +22,12 @@ from sidecar.config.model import (
     ListenerKey,
     Mirror,
     RedirectAction,
+    RetryPolicy,
     RewriteAction,
     RouteAction,
     Snapshot,
 )
+from sidecar.config.parse_policy import NON_IDEMPOTENT_ANNOTATION
 from sidecar.http.filters import HeaderOps
 from sidecar.http.router import CompiledMatch, Condition, HostTable, ListenerRoutes, PortRouter
 from sidecar.upstream.balance import SmoothWeighted
@@ -51,6 +54,7 @@ class _Index:
     routes: list[r.HTTPRoute] = field(default_factory=list)
     streams: list[r.StreamRoute] = field(default_factory=list)
     policies: list[r.AuthorizationPolicy] = field(default_factory=list)
+    traffic: dict[tuple[str, str], r.BackendTrafficPolicy] = field(default_factory=dict)
     grants: list[r.ReferenceGrant] = field(default_factory=list)
     services: dict[tuple[str, str], r.Service] = field(default_factory=dict)
     slices: dict[tuple[str, str], list[r.EndpointSlice]] = field(default_factory=dict)
@@ -77,6 +81,11 @@ def compile_snapshot(
             idx.streams.append(res)
         elif isinstance(res, r.AuthorizationPolicy):
             idx.policies.append(res)
+        elif isinstance(res, r.BackendTrafficPolicy):
+            key = (res.meta.namespace, res.target)
+            other = idx.traffic.get(key)
+            if other is None or _route_age(res) < _route_age(other):  # the oldest wins
+                idx.traffic[key] = res
         elif isinstance(res, r.ReferenceGrant):
             idx.grants.append(res)
         elif isinstance(res, r.Service):
@@ -351,6 +360,7 @@ class _Compiler:
                     request_headers=b_req,
                     response_ops=tuple(op for op in (resp_h, b_resp) if op is not None),
                     reason=why,
+                    retry=self._retry(route, rule, cluster),
                 )
             )
         return RouteAction(
@@ -365,11 +375,26 @@ class _Compiler:
             split=_split(backends),
             request_timeout_s=rule.request_timeout_s,
             backend_request_timeout_s=rule.backend_request_timeout_s,
-            upstream_timeout_s=min(
-                (t for t in (rule.request_timeout_s, rule.backend_request_timeout_s) if t),
-                default=None,
-            ),
         )
+
+    def _retry(
+        self, route: r.HTTPRoute, rule: r.RouteRule, cluster: str | None
+    ) -> RetryPolicy | None:
+        """The rule's `retry` (and the route's non-idempotent annotation) over the policy
+        of the backend's cluster; None when the rule changes nothing."""
+        unsafe = route.meta.annotations.get(NON_IDEMPOTENT_ANNOTATION) == "true"
+        if (rule.retry is None and not unsafe) or cluster is None:
+            return None
+        base = self.clusters[cluster].retry
+        changes: dict[str, object] = {"non_idempotent": unsafe}
+        if (rt := rule.retry) is not None:
+            changes["codes"] = frozenset(rt.codes)
+            if rt.attempts is not None:
+                changes["attempts"] = rt.attempts
+            if rt.backoff_s is not None:  # the base; the cap scales with it as Envoy's does
+                changes["backoff_base_s"] = rt.backoff_s
+                changes["backoff_max_s"] = max(base.backoff_max_s, rt.backoff_s * 10)
+        return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
     # -- backends -------------------------------------------------------------------------
     def _resolve(
@@ -397,12 +422,15 @@ class _Compiler:
             name += f"@{ref.version}"
             endpoints = tuple(e for e in endpoints if e.version == ref.version)
         if name not in self.clusters:
-            self.clusters[name] = ClusterSpec(
-                name=name,
-                service=ref.name,
-                namespace=ns,
-                protocol=sport.protocol,
-                endpoints=endpoints,
+            self.clusters[name] = _apply_policy(
+                ClusterSpec(
+                    name=name,
+                    service=ref.name,
+                    namespace=ns,
+                    protocol=sport.protocol,
+                    endpoints=endpoints,
+                ),
+                self.idx.traffic.get((ns, ref.name)),
             )
         return name, ""
 
@@ -448,6 +476,24 @@ class _Compiler:
 
 
 # -- helpers ------------------------------------------------------------------------------
+def _apply_policy(spec: ClusterSpec, p: r.BackendTrafficPolicy | None) -> ClusterSpec:
+    """The cluster as its Service's BackendTrafficPolicy sets it (defaults where silent)."""
+    if p is None:
+        return spec
+    changes: dict[str, object] = {"policy": _nn(p.meta)}
+    for key, value in (
+        ("lb_policy", p.lb_policy), ("connect_timeout_s", p.connect_timeout_s),
+        ("request_timeout_s", p.request_timeout_s), ("idle_timeout_s", p.idle_timeout_s),
+        ("retry", p.retry), ("budget", p.budget), ("limits", p.limits),
+        ("outlier", p.outlier), ("health_check", p.health_check),
+    ):  # fmt: skip
+        if value is not None:
+            changes[key] = value
+    if p.outlier_off:
+        changes["outlier"] = None
+    return dataclasses.replace(spec, **changes)  # type: ignore[arg-type]
+
+
 def _split(backends: list[Backend]) -> SmoothWeighted | None:
     return SmoothWeighted(tuple(b.weight for b in backends)) if len(backends) > 1 else None
 
@@ -456,7 +502,9 @@ def _nn(meta: r.Meta) -> str:
     return f"{meta.namespace}/{meta.name}"
 
 
-def _route_age(route: r.HTTPRoute | r.StreamRoute) -> tuple[str, str, str]:
+def _route_age(
+    route: r.HTTPRoute | r.StreamRoute | r.BackendTrafficPolicy,
+) -> tuple[str, str, str]:
     return (route.meta.creation_timestamp, route.meta.namespace, route.meta.name)
 
 

@@ -27,6 +27,69 @@ class Endpoint:
         object.__setattr__(self, "key", f"{host}:{self.port}")
 
 
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """When a failed try is sent again (upstream/retry.py decides; docs/resilience.md).
+
+    Connect failures and refused streams (the request never reached the app) are retried
+    for every method; resets, per-try timeouts and the `codes` only for idempotent methods
+    unless `non_idempotent` (the route said so)."""
+
+    attempts: int = 2  # retries after the first try; 0: never
+    codes: frozenset[int] = frozenset()
+    per_try_timeout_s: float | None = None
+    backoff_base_s: float = 0.025
+    backoff_max_s: float = 0.25
+    non_idempotent: bool = False
+    buffer_bytes: int = 64 * 1024  # a body streamed past this is never replayed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryBudget:
+    """Retries may add at most `ratio` of the requests of the last `window_s`, plus
+    `min_per_s` per second so a quiet service can still retry."""
+
+    ratio: float = 0.2
+    min_per_s: float = 10.0
+    window_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CircuitLimits:
+    """Per-cluster limits; over one the request is answered 503 at once (no queue)."""
+
+    max_connections: int = 1024
+    max_pending_requests: int = 1024  # waiting for a connection to be opened
+    max_requests: int = 1024  # in flight
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutlierPolicy:
+    """Passive health: consecutive errors open an endpoint's breaker (it is ejected)."""
+
+    consecutive_5xx: int = 0  # responses 500-599 (0: not counted)
+    consecutive_gateway_errors: int = 5  # 502/503/504, connect failures, resets, timeouts
+    base_ejection_s: float = 30.0  # times the number of ejections so far
+    max_ejection_s: float = 300.0
+    max_ejection_percent: int = 50
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthCheckPolicy:
+    """Active health checks of every endpoint of a cluster."""
+
+    type: str = "HTTP"  # HTTP | TCP
+    path: str = "/"
+    expected_statuses: frozenset[int] = frozenset(range(200, 400))
+    interval_s: float = 5.0
+    timeout_s: float = 1.0
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 3
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClusterSpec:
     """An upstream cluster: one service port and its endpoints."""
@@ -39,6 +102,14 @@ class ClusterSpec:
     lb_policy: str = "p2c_ewma"  # p2c_ewma | round_robin | least_request
     connect_timeout_s: float = 5.0
     idle_timeout_s: float = 60.0
+    # from a BackendTrafficPolicy targeting the Service (defaults otherwise)
+    request_timeout_s: float | None = None
+    retry: RetryPolicy = RetryPolicy()  # for routes that set no `retry` of their own
+    budget: RetryBudget = RetryBudget()
+    limits: CircuitLimits = CircuitLimits()
+    outlier: OutlierPolicy | None = OutlierPolicy()
+    health_check: HealthCheckPolicy | None = None
+    policy: str = ""  # "namespace/name" of the BackendTrafficPolicy, for logs
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,6 +122,8 @@ class Backend:
     # the rule's ResponseHeaderModifier then this backend's, in the order they apply
     response_ops: tuple[HeaderOps, ...] = ()
     reason: str = ""  # why the ref is invalid
+    # the cluster's retry policy with the rule's `retry` over it; None: the cluster's as is
+    retry: RetryPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,9 +164,8 @@ class RouteAction:
     backends: tuple[Backend, ...] = ()
     # with several backends: the per-request choice (mutable state, not configuration)
     split: SmoothWeighted | None = field(default=None, compare=False)
-    request_timeout_s: float | None = None
-    backend_request_timeout_s: float | None = None
-    upstream_timeout_s: float | None = None  # the shorter of the two: bounds the exchange
+    request_timeout_s: float | None = None  # the whole exchange, retries included
+    backend_request_timeout_s: float | None = None  # each try
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -17,6 +17,7 @@ from typing import Any
 
 from ca.spiffe import DEFAULT_TRUST_DOMAIN, TRUST_DOMAIN_RE, InvalidSpiffeId, SpiffeId
 from sidecar.authz import Operation, Policy, Source
+from sidecar.config.parse_policy import parse_backend_traffic_policy
 from sidecar.config.parse_routes import (
     parse_gateway,
     parse_grpc_route,
@@ -110,13 +111,17 @@ def _meta(r: Reader) -> Meta:
     name = r.text("name", pattern=NAME_RE)
     ns = r.text("namespace", "default", pattern=NAME_RE, max_len=63)
     labels = r.str_map("labels")
+    annotations = r.str_map("annotations")
     ts = r.raw("creationTimestamp", "")
     r.ignore(
-        "annotations", "uid", "resourceVersion", "generation", "managedFields",
+        "uid", "resourceVersion", "generation", "managedFields",
         "finalizers", "ownerReferences", "generateName", "deletionTimestamp",
     )  # fmt: skip
     r.finish()
-    return Meta(name=name, namespace=ns, labels=labels, creation_timestamp=str(ts))
+    return Meta(
+        name=name, namespace=ns, labels=labels, annotations=annotations,
+        creation_timestamp=str(ts),
+    )  # fmt: skip
 
 
 def _k8s_service(top: Reader, meta: Meta) -> Service:
@@ -331,7 +336,6 @@ def _namespace(top: Reader, meta: Meta) -> Namespace:
 # Kinds that later parts of Weft serve: refused with a pointer instead of "unknown".
 _LATER = {
     ("networking.k8s.io", "Ingress"): "Ingress translation arrives in a later release",
-    (WEFT_GROUP, "BackendTrafficPolicy"): "arrives with retries and circuit breaking",
     (WEFT_GROUP, "SecurityPolicy"): "arrives with edge authentication",
 }
 
@@ -348,6 +352,7 @@ _PARSERS: dict[tuple[str, str], Callable[..., Any]] = {
     ("", "Secret"): _secret,
     (WEFT_GROUP, "TLSCertificate"): _tls_certificate,
     (WEFT_GROUP, "AuthorizationPolicy"): _authorization_policy,
+    (WEFT_GROUP, "BackendTrafficPolicy"): parse_backend_traffic_policy,
     ("discovery.k8s.io", "EndpointSlice"): _endpoint_slice,
     (WEFT_GROUP, "Service"): _weft_service,
     (WEFT_GROUP, "MeshConfig"): _mesh_config,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 
+from sidecar.config.parse_policy import parse_route_retry
 from sidecar.config.reader import HOSTNAME_RE, NAME_RE, Reader
 from sidecar.config.resources import (
     GATEWAY_GROUP,
@@ -304,9 +305,9 @@ def _rule(rr: Reader) -> RouteRule:
         if req_t and backend_t and backend_t > req_t:
             tr.fail("backendRequest", "must not be longer than request")
         tr.finish()
-    for unsupported in ("retry", "sessionPersistence"):
-        if rr.has(unsupported):
-            rr.fail(unsupported, "is not supported yet")
+    retry = parse_route_retry(rt) if (rt := rr.obj("retry")) is not None else None
+    if rr.has("sessionPersistence"):
+        rr.fail("sessionPersistence", "is not supported yet")
     rr.finish()
     return RouteRule(
         name=name,
@@ -315,6 +316,7 @@ def _rule(rr: Reader) -> RouteRule:
         backend_refs=tuple(backends),
         request_timeout_s=req_t or None,
         backend_request_timeout_s=backend_t or None,
+        retry=retry,
     )
 
 

@@ -10,6 +10,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sidecar.authz import Policy
+from sidecar.config.model import (
+    CircuitLimits,
+    HealthCheckPolicy,
+    OutlierPolicy,
+    RetryBudget,
+    RetryPolicy,
+)
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 WEFT_GROUP = "weft.dev"
@@ -21,6 +28,7 @@ class Meta:
     name: str
     namespace: str
     labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
     creation_timestamp: str = ""
 
 
@@ -192,6 +200,16 @@ class RouteRule:
     backend_refs: tuple[BackendRef, ...]
     request_timeout_s: float | None = None
     backend_request_timeout_s: float | None = None
+    retry: RouteRetry | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteRetry:
+    """An HTTPRoute rule's `retry` (Gateway API): fields left out keep the cluster's."""
+
+    codes: tuple[int, ...] = ()
+    attempts: int | None = None
+    backoff_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -299,6 +317,26 @@ class AuthorizationPolicy:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BackendTrafficPolicy:
+    """How a Service's upstream cluster is used (weft.dev/v1alpha1): balancing, timeouts,
+    retries and their budget, circuit-breaker limits, outlier detection, health checks.
+    Sections left out keep Weft's defaults (docs/resilience.md)."""
+
+    meta: Meta
+    target: str  # a Service in the policy's namespace
+    lb_policy: str | None = None
+    connect_timeout_s: float | None = None
+    request_timeout_s: float | None = None
+    idle_timeout_s: float | None = None
+    retry: RetryPolicy | None = None
+    budget: RetryBudget | None = None
+    limits: CircuitLimits | None = None
+    outlier: OutlierPolicy | None = None
+    outlier_off: bool = False
+    health_check: HealthCheckPolicy | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MeshConfig:
     """Mesh-wide settings (one per mesh; the control plane reads the one named `mesh`)."""
 
@@ -319,6 +357,7 @@ Resource = (
     | TLSCertificate
     | StreamRoute
     | AuthorizationPolicy
+    | BackendTrafficPolicy
     | MeshConfig
 )
 

@@ -17,11 +17,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from sidecar.config.model import IDEMPOTENT
 from sidecar.errors import (
     DownstreamClosed,
     ProtocolError,
     UpstreamClosed,
     UpstreamProtocolError,
+    WeftError,
 )
 from sidecar.http.filters import HeaderOps
 from sidecar.protocol.http1 import End, RequestHead
@@ -45,6 +47,16 @@ NextEvent = Callable[[], Awaitable[bytes | End]]
 Relay = Callable[[Conn, Any, RequestHead, "tuple[HeaderOps, ...]", "Outcome"], Awaitable[bool]]
 
 
+class RetryableStatus(WeftError):
+    """A response the retry policy takes instead of forwarding it (raised by a relay
+    before anything reached the downstream; the budget has already paid for the retry)."""
+
+    def __init__(self, status: int, not_sent: bool) -> None:
+        self.status = status
+        self.not_sent = not_sent  # the peer's sidecar could not reach its app
+        super().__init__(f"status {status}")
+
+
 class Outcome:
     """What happened to one request, for the caller's metrics and log."""
 
@@ -52,6 +64,9 @@ class Outcome:
         "bytes_in",
         "bytes_out",
         "downstream_keep_alive",
+        "hold",
+        "replay",
+        "replay_limit",
         "request_complete",
         "response_started",
         "status",
@@ -69,6 +84,19 @@ class Outcome:
         self.upstream = ""
         # after a 101: the upstream connection and the bytes it sent past the head
         self.tunnel: tuple[Conn, bytes] | None = None
+        # a response head for which this returns True is not forwarded: RetryableStatus
+        self.hold: Callable[[Any], bool] | None = None
+        # a copy of a streamed request for a retry, while it stays within `replay_limit`
+        self.replay: bytearray | None = None
+        self.replay_limit = 0
+
+    def keep_for_replay(self, data: bytes | bytearray) -> None:
+        replay = self.replay
+        if replay is not None:
+            if len(replay) + len(data) > self.replay_limit:
+                self.replay = None  # streamed past the buffer: never replayed
+            else:
+                replay += data
 
 
 async def exchange(
@@ -123,9 +151,6 @@ async def exchange(
         return
 
 
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-
-
 def _replayable(head: RequestHead, body_done: bool, written: bool, outcome: Outcome) -> bool:
     """May a request that failed on a reused connection be sent again on a new one?
 
@@ -144,10 +169,24 @@ async def _stream_body(conn: Conn, chunked: bool, next_event: NextEvent, outcome
         ev = await next_event()
         if isinstance(ev, End):
             if chunked:
-                await conn.send_all(last_chunk(ev.trailers))
+                end = last_chunk(ev.trailers)
+                outcome.keep_for_replay(end)
+                await conn.send_all(end)
             return
         outcome.bytes_in += len(ev)
-        await conn.send_all(chunk(ev) if chunked else ev)
+        data = chunk(ev) if chunked else ev
+        outcome.keep_for_replay(data)
+        await conn.send_all(data)
+
+
+# Set by a sidecar on the 503 it answers when it cannot reach its own app: the request was
+# not processed, so the caller's sidecar may retry it whatever its method.
+NOT_SENT_HEADER = b"x-weft-error"
+NOT_SENT_VALUE = b"connect_failure"
+
+
+def not_sent_marker(headers: Headers) -> bool:
+    return any(n.lower() == NOT_SENT_HEADER and v == NOT_SENT_VALUE for n, v in headers)
 
 
 def response_parser(conn: Conn, head: RequestHead) -> ResponseParser:
@@ -225,6 +264,8 @@ async def relay_http1(
                 outcome.bytes_out += len(ev)
                 out += chunk(ev) if chunked_down else ev
             elif isinstance(ev, ResponseHead):
+                if outcome.hold is not None and outcome.hold(ev):
+                    raise RetryableStatus(ev.status, not_sent_marker(ev.headers))
                 if ev.status == 101:  # the upstream took the Upgrade: HTTP ends here
                     outcome.status = 101
                     outcome.response_started = True

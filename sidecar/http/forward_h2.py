@@ -17,7 +17,7 @@ import trio
 
 from sidecar.errors import unwrap
 from sidecar.http.filters import HeaderOps
-from sidecar.http.forward import Outcome
+from sidecar.http.forward import Outcome, RetryableStatus, not_sent_marker
 from sidecar.protocol.http1 import End, RequestHead
 from sidecar.upstream.h2client import (
     H2Pool,
@@ -96,10 +96,13 @@ async def _send_body(stream: UpstreamStream, ds: Any, body: bytes, outcome: Outc
         ev = await ds.next_event()
         if isinstance(ev, End):
             trailers = [(n.lower(), v) for n, v in ev.trailers] if ev.trailers else None
+            if trailers:
+                outcome.replay = None  # request trailers are not kept for a replay
             stream.end(trailers)
             outcome.request_complete = True
             return
         outcome.bytes_in += len(ev)
+        outcome.keep_for_replay(ev)
         await stream.send_data(ev, end=False)
 
 
@@ -107,6 +110,8 @@ async def _relay(stream: UpstreamStream, writer: ResponseWriter, outcome: Outcom
     while True:
         ev = await stream.next_event()
         if isinstance(ev, Response):
+            if outcome.hold is not None and outcome.hold(ev):
+                raise RetryableStatus(ev.status, not_sent_marker(ev.headers))
             outcome.status = ev.status
             outcome.response_started = True
             events = stream.events

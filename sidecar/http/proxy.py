@@ -11,7 +11,6 @@ through the connection's cancel scope; no deadline moves per request.
 from __future__ import annotations
 
 import contextlib
-import functools
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -20,11 +19,18 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from sidecar.config.model import ListenerKey, RouteAction, Snapshot
+from sidecar.config.model import Backend, ListenerKey, RouteAction, Snapshot
 from sidecar.config.store import SnapshotStore
 from sidecar.errors import DownstreamClosed, ProtocolError, UpstreamError
 from sidecar.http.filters import HeaderOps, redirect_location
-from sidecar.http.forward import Http1Writer, Outcome, Relay, exchange, relay_http1
+from sidecar.http.forward import (
+    NOT_SENT_HEADER,
+    NOT_SENT_VALUE,
+    Http1Writer,
+    Outcome,
+    Relay,
+    relay_http1,
+)
 from sidecar.http.request import (
     Forwarding,
     RequestIds,
@@ -35,6 +41,7 @@ from sidecar.http.request import (
     upstream_request,
 )
 from sidecar.http.router import normalize_host
+from sidecar.http.tries import H2_PROTOCOLS, NoHealthyUpstream, Overloaded, Tries
 from sidecar.observe.accesslog import AccessLog
 from sidecar.observe.metrics import Metrics
 from sidecar.protocol.grpc import GRPC_DEADLINE_EXCEEDED, grpc_timeout
@@ -50,8 +57,6 @@ if TYPE_CHECKING:  # HTTP/2 and TLS load on first use: a plain gateway stays sma
     from sidecar.authz import Decision
     from sidecar.http.forward_h2 import ResponseWriter
     from sidecar.http.terminate import ServerTls
-
-H2_PROTOCOLS = ("HTTP2", "GRPC")  # cluster protocols spoken over HTTP/2
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # Bodies of requests answered locally are read and dropped up to this size so the
@@ -259,6 +264,7 @@ class RequestHandler:
                 match = router.route(host, path, head.method, head.headers, query)
         outcome = Outcome(head.keep_alive)
         route_label = peer_label = detail = rid = ""
+        retries = 0
         try:
             if misdirected:
                 outcome.status = 421
@@ -294,48 +300,41 @@ class RequestHandler:
                 return await ds.local_reply(
                     head, outcome.status, b"", [(b"location", location.encode("latin-1"))]
                 )
-            backend = pick_backend(action)
+            backend = pick_backend(action, self.usable if action.split is not None else None)
             if backend is None or backend.cluster is None:
+                if backend is None and action.split is not None and action.split.skipped:
+                    outcome.status = 503
+                    detail = "no_healthy_upstream"
+                    return await ds.local_reply(head, 503, b"no healthy upstream\n")
                 outcome.status = 500
                 detail = "invalid_backend"
                 return await ds.local_reply(head, 500, b"no valid backend for this route\n")
             peer_label = backend.cluster
             cluster = ctx.clusters.get(backend.cluster)
-            stats = cluster.pick(ctx.rng, start) if cluster is not None else None
-            pool = cluster.pools.get(stats.endpoint.key) if cluster and stats else None
-            if cluster is None or stats is None or pool is None:
+            if cluster is None or not cluster.has_endpoints:
                 outcome.status = 503
                 detail = "no_healthy_upstream"
                 return await ds.local_reply(head, 503, b"no healthy upstream\n")
             rid = head.request_id.decode("latin-1") if head.request_id else ctx.ids.new()
             if head.expect_continue and head.has_body:
                 await ds.send_continue()
-            endpoint = stats.endpoint
-            outcome.upstream = endpoint.key
             spec = cluster.spec
-            deadline = action.upstream_timeout_s
+            policy = backend.retry or spec.retry
+            tries = Tries(ctx, ds, head, cluster, backend, policy,
+                          action.backend_request_timeout_s or policy.per_try_timeout_s,
+                          outcome, start)  # fmt: skip
+            deadline = action.request_timeout_s or spec.request_timeout_s
             grpc_deadline = grpc_timeout(head) if spec.protocol in H2_PROTOCOLS else None
             if grpc_deadline is not None and (deadline is None or grpc_deadline < deadline):
                 deadline = grpc_deadline
-            cs = trio.CancelScope(relative_deadline=deadline) if deadline else None
+            fields = None
             if spec.protocol in H2_PROTOCOLS:
-                from sidecar.http.forward_h2 import exchange_h2
-                from sidecar.upstream.h2client import H2Pool
-
                 buffered = bytearray()
                 outcome.bytes_in, body_done = ds.take_buffered_body(buffered, False)
-                pools = cluster.h2pools
-                h2pool = pools.get(endpoint.key) or pools.setdefault(
-                    endpoint.key, H2Pool(cluster.connect)
-                )
                 fields = h2_request_headers(
                     head, target, authority, action, backend, match, self.fwd, rid
                 )
-                run = functools.partial(
-                    exchange_h2, ds, h2pool, ctx.background, endpoint.address, endpoint.port,
-                    head, fields, bytes(buffered), body_done, backend.response_ops, outcome,
-                    spec.connect_timeout_s,
-                )  # fmt: skip
+                tries.prepare(buffered, body_done)
             else:
                 request = upstream_request(
                     head, target, authority, action, backend, match, self.fwd, rid
@@ -343,22 +342,17 @@ class RequestHandler:
                 outcome.bytes_in, body_done = ds.take_buffered_body(request, head.chunked)
                 if action.mirrors:
                     self.mirror(action, bytes(request) if body_done else None)
-                run = functools.partial(
-                    exchange, ds, pool, endpoint.address, endpoint.port, head, request,
-                    body_done, ds.next_event, backend.response_ops, outcome,
-                    spec.connect_timeout_s, spec.idle_timeout_s, start, ds.relay,
-                )  # fmt: skip
-            stats.pending += 1
+                tries.prepare(request, body_done)
+            cluster.budget.request(start)
+            cs = trio.CancelScope(relative_deadline=deadline) if deadline else None
             try:
                 if cs is None:  # most routes: no cancel scope per request
-                    await run()
+                    await tries.run(fields)
                 else:
                     with cs:
-                        await run()
+                        await tries.run(fields)
             finally:
-                stats.pending -= 1
-            end = time.perf_counter()
-            stats.observe(end - start, end)
+                retries = tries.retries
             if outcome.tunnel is not None:  # 101: bytes both ways until either side ends
                 upstream, first = outcome.tunnel
                 try:
@@ -390,9 +384,26 @@ class RequestHandler:
                 return False
             outcome.status = exc.status
             body = f"upstream error: {exc}\n".encode("utf-8", "replace")
-            return await ds.local_reply(head, exc.status, body, close=True)
+            # A caller's sidecar may retry what never reached the app, whatever its method.
+            marker = [(NOT_SENT_HEADER, NOT_SENT_VALUE)] if exc.retryable else None
+            return await ds.local_reply(head, exc.status, body, marker, close=True)
+        except NoHealthyUpstream:
+            detail = "no_healthy_upstream"
+            outcome.status = 503
+            return await ds.local_reply(head, 503, b"no healthy upstream\n")
+        except Overloaded as exc:  # a circuit-breaker limit: answer at once, queue nothing
+            detail = f"overload_{exc.limit}"
+            outcome.status = 503
+            labels = (("cluster", peer_label), ("limit", exc.limit))
+            ctx.metrics.inc("weft_overload_total", labels)
+            why = exc.limit.encode()
+            return await ds.local_reply(
+                head, 503, b"upstream overloaded: " + why + b"\n", [(b"x-weft-overload", why)]
+            )
         finally:
             duration = time.perf_counter() - start
+            if retries and not detail:
+                detail = "retried"
             ctx.metrics.request(
                 (ctx.direction, ctx.service, peer_label, route_label), outcome.status, duration
             )
@@ -412,7 +423,13 @@ class RequestHandler:
                     upstream=outcome.upstream,
                     request_id=rid,
                     detail=detail,
+                    retries=retries,
                 )
+
+    def usable(self, backend: Backend) -> bool:
+        """Can this backend of a split take traffic now (some endpoint is healthy)?"""
+        cluster = self.ctx.clusters.get(backend.cluster) if backend.cluster else None
+        return cluster is not None and cluster.has_endpoints
 
     def mirror(self, action: RouteAction, request: bytes | None) -> None:
         """Send a copy to each sampled mirror without waiting for it; a streaming body is

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sidecar.config.model import Backend, RouteAction
@@ -12,6 +14,8 @@ from sidecar.http.filters import rewritten_target, split_target
 from sidecar.http.router import CompiledMatch
 from sidecar.protocol.http1 import RequestHead
 from sidecar.protocol.wire import cut_lines, serialize_head, strip_hop_by_hop
+
+log = logging.getLogger("weft.route")
 
 _ABSOLUTE = re.compile(r"^(https?)://([^/?#]*)([^#]*)", re.IGNORECASE)
 _FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
@@ -87,14 +91,36 @@ class RequestIds:
         return f"{self._prefix}{self._next & 0xFFFFFFFFFFFF:012x}"
 
 
-def pick_backend(action: RouteAction) -> Backend | None:
+def pick_backend(
+    action: RouteAction, usable: Callable[[Backend], bool] | None = None
+) -> Backend | None:
+    """The backend of the rule for this request: the only one, or the weighted split's
+    next pick among those `usable` says can take traffic (when several are named). A
+    backend that stops or starts being usable is logged once per change."""
     backends = action.backends
     if len(backends) == 1:
         return backends[0] if backends[0].weight > 0 else None
     split = action.split
     if split is None or split.total <= 0:
         return None
-    return backends[split.pick()]
+    if usable is None:
+        return backends[split.pick()]
+    mask = [usable(b) for b in backends]
+    skipped = frozenset(i for i, ok in enumerate(mask) if not ok)
+    if skipped != split.skipped:
+        _log_shares(action, split.skipped, skipped)
+        split.skipped = skipped
+    i = split.pick(mask)
+    return backends[i] if i >= 0 else None
+
+
+def _log_shares(action: RouteAction, before: frozenset[int], now: frozenset[int]) -> None:
+    for i in sorted(now - before):
+        log.warning("route %s: backend %s has no healthy endpoint; its share goes to the others",
+                    action.route, action.backends[i].cluster)  # fmt: skip
+    for i in sorted(before - now):
+        log.info("route %s: backend %s takes its share again", action.route,
+                 action.backends[i].cluster)  # fmt: skip
 
 
 def upstream_request(

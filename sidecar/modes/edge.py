@@ -79,6 +79,7 @@ class EdgeServer:
         self.metrics = metrics or Metrics()
         self.access_log = AccessLog(access_log)
         self.clusters = ClusterManager(connector=connector)
+        self.metrics.collectors.append(self._breakers)
         self.store: SnapshotStore | None = None
         self.idle = IdleTracker(idle_timeout_s=300.0, header_timeout_s=30.0)
         self.listeners: dict[ListenerKey, tuple[trio.CancelScope, int]] = {}
@@ -132,6 +133,7 @@ class EdgeServer:
                 direction=self.direction,
                 service=self.service,
             )
+            self.clusters.nursery = nursery  # active health checks run there
             self.clusters.sync(snap.clusters, time.perf_counter())
             self._serve(opened)
             if admin is not None:
@@ -188,6 +190,13 @@ class EdgeServer:
         return len(self.idle.tracked)
 
     # -- internals ------------------------------------------------------------------------
+    def _breakers(self) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
+        """`weft_circuit_open{cluster}`: endpoints whose breaker is open (ejected) now."""
+        return [
+            ("weft_circuit_open", (("direction", self.direction), ("cluster", name)), n)
+            for name, n in self.clusters.circuit_open(time.perf_counter())
+        ]
+
     def _load(self, version: int) -> Snapshot:
         if self.source is not None:
             snap = self.source(version)

@@ -106,6 +106,12 @@ def inbound_snapshot(opts: SidecarOptions, listener: ListenerKey) -> Snapshot:
          "metadata": {"name": "inbound", "namespace": ns},
          "spec": {"parentRefs": [{"name": "inbound"}],
                   "rules": [{"backendRefs": [{"name": app, "port": opts.app_port}]}]}},
+        # The caller's sidecar retries elsewhere (what never reached the app is marked as
+        # such); retrying here too would multiply tries. One local app: nothing to eject.
+        {"apiVersion": "weft.dev/v1alpha1", "kind": "BackendTrafficPolicy",
+         "metadata": {"name": "inbound", "namespace": ns},
+         "spec": {"targetRef": {"kind": "Service", "name": app}, "retry": {"attempts": 0},
+                  "outlierDetection": {"enabled": False}}},
     ]  # fmt: skip
     resources = load_documents(Document(d, f"inbound {i}") for i, d in enumerate(docs))
     return compile_snapshot(resources, version=1)

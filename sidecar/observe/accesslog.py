@@ -47,6 +47,7 @@ class AccessLog:
         upstream: str,
         request_id: str,
         detail: str,
+        retries: int = 0,
     ) -> None:
         secs = int(start)
         if secs != self._second:  # strftime once a second, not once a request
@@ -60,7 +61,7 @@ class AccessLog:
             f'"protocol":"{protocol}","status":{status},"bytes_in":{bytes_in},'
             f'"bytes_out":{bytes_out},"route":"{route}",'
             f'"upstream":"{upstream}","request_id":{encode_basestring(request_id)},'
-            f'"detail":"{detail}"}}\n'
+            f'"retries":{retries},"detail":"{detail}"}}\n'
         )
         self._buf.append(line)
         self._size += len(line)

@@ -7,6 +7,11 @@ codes from the status line; no raw path or user value ever becomes a label.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Callable, Iterable
+
+Labels = tuple[tuple[str, str], ...]
+# Computes gauges when /metrics is read (state the data path keeps anyway, e.g. breakers).
+Collector = Callable[[], Iterable[tuple[str, Labels, float]]]
 
 BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -35,6 +40,7 @@ class Metrics:
         self.gauges: dict[str, float] = {}
         self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self.histograms: dict[tuple[str, tuple[tuple[str, str], ...]], Histogram] = {}
+        self.collectors: list[Collector] = []
 
     def request(self, key: DurationKey, code: int, duration_s: float) -> None:
         rkey = (*key, code)
@@ -87,6 +93,11 @@ class Metrics:
         for name, value in sorted(self.gauges.items()):
             lines.append(f"# TYPE {name} gauge")
             lines.append(f"{name} {_number(value)}")
+        collected = sorted(g for collect in self.collectors for g in collect())
+        for i, (name, pairs, value) in enumerate(collected):
+            if i == 0 or collected[i - 1][0] != name:
+                lines.append(f"# TYPE {name} gauge")
+            lines.append(f"{name}{{{_labels(**dict(pairs))}}} {_number(value)}")
         return "\n".join(lines) + "\n"
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import socket
+from collections.abc import Callable
 
 import trio
 
@@ -34,7 +35,7 @@ class ConnectionLost(Exception):
 class Conn:
     """A connected non-blocking socket."""
 
-    __slots__ = ("activity", "closed", "peer", "proto", "sock")
+    __slots__ = ("activity", "closed", "on_close", "peer", "proto", "sock")
 
     def __init__(self, sock: socket.socket, peer: tuple[str, int] | None = None) -> None:
         sock.setblocking(False)
@@ -43,6 +44,7 @@ class Conn:
         self.closed = False
         self.activity = 0  # reads and writes so far; the idle sweeper watches it
         self.proto: object = None  # protocol state kept with the connection (pooled parsers)
+        self.on_close: Callable[[], None] | None = None  # e.g. a cluster's connection count
 
     async def recv(self, size: int = RECV_SIZE) -> bytes:
         """Wait for bytes; b"" at end of stream. Raises ConnectionLost on reset."""
@@ -114,6 +116,8 @@ class Conn:
             self.closed = True
             trio.lowlevel.notify_closing(self.sock)
             self.sock.close()
+            if self.on_close is not None:
+                self.on_close()
 
 
 async def connect_tcp(address: str, port: int) -> Conn:

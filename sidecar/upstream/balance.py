@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from sidecar.config.model import Endpoint
+from sidecar.upstream.breaker import Outlier
 
 DECAY_S = 10.0
 DEFAULT_RTT_S = 0.001  # the guess for an endpoint we have not timed yet
@@ -31,13 +32,15 @@ DEFAULT_RTT_S = 0.001  # the guess for an endpoint we have not timed yet
 class EndpointStats:
     """Live statistics of one endpoint; owned by its cluster."""
 
-    __slots__ = ("endpoint", "ewma_s", "pending", "stamp")
+    __slots__ = ("endpoint", "ewma_s", "healthy", "outlier", "pending", "stamp")
 
     def __init__(self, endpoint: Endpoint, now: float) -> None:
         self.endpoint = endpoint
         self.pending = 0
         self.ewma_s = DEFAULT_RTT_S
         self.stamp = now
+        self.outlier = Outlier()  # passive health: this endpoint's breaker
+        self.healthy = True  # active health checks' verdict
 
     def cost(self, now: float) -> float:
         decayed = self.ewma_s * math.exp(-max(0.0, now - self.stamp) / DECAY_S)
@@ -147,21 +150,32 @@ class SmoothWeighted:
     """A weighted split, picked by nginx's smooth weighted round robin: each pick adds every
     weight to its running value, takes the largest and subtracts the total from it. 90/10
     gives exactly 9 and 1 in every 10 picks, spread out (not 9 in a row), so a canary gets
-    its share over small windows, not just on average. A zero weight is never picked."""
+    its share over small windows, not just on average. A zero weight is never picked.
 
-    __slots__ = ("current", "total", "weights")
+    `usable` masks choices that cannot take traffic now (a version with no healthy
+    endpoint): they are left out of the pick, so their share goes to the others in
+    proportion to their weights, and they rejoin where they left off."""
+
+    __slots__ = ("current", "skipped", "total", "weights")
 
     def __init__(self, weights: tuple[int, ...]) -> None:
         self.weights = weights
         self.total = sum(weights)
         self.current = [0] * len(weights)
+        self.skipped: frozenset[int] = frozenset()  # masked at the last pick, for logs
 
-    def pick(self) -> int:
+    def pick(self, usable: Sequence[bool] | None = None) -> int:
+        """The index of the next choice; -1 when none is usable."""
         current = self.current
-        best = 0
+        best = -1
+        total = 0
         for i, w in enumerate(self.weights):
+            if w == 0 or (usable is not None and not usable[i]):
+                continue
             current[i] += w
-            if current[i] > current[best]:
+            total += w
+            if best < 0 or current[i] > current[best]:
                 best = i
-        current[best] -= self.total
+        if best >= 0:
+            current[best] -= total
         return best

@@ -9,13 +9,24 @@ reload for endpoints that stay, and are dropped for endpoints that leave.
 
 from __future__ import annotations
 
+import math
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import TYPE_CHECKING
 
-from sidecar.config.model import ClusterSpec
+import trio
+
+from sidecar.config.model import ClusterSpec, Endpoint
 from sidecar.transport.io import Conn, connect_within
-from sidecar.upstream.balance import Balancer, EndpointStats, cumulative_weights, make_balancer
+from sidecar.upstream.balance import (
+    Balancer,
+    Cumulative,
+    EndpointStats,
+    cumulative_weights,
+    make_balancer,
+)
+from sidecar.upstream.breaker import count_open, may_eject, over_limit
+from sidecar.upstream.retry import Budget
 
 if TYPE_CHECKING:
     from sidecar.upstream.h2client import H2Pool
@@ -68,30 +79,139 @@ class EndpointPool:
 
 
 class Cluster:
-    __slots__ = ("balancer", "connect", "cumulative", "h2pools", "pools", "spec", "stats")
+    """One upstream cluster at run time: its endpoints' statistics and breakers, the
+    endpoints that may take traffic now, pools, the retry budget and the limits' counters."""
+
+    __slots__ = (
+        "available", "balancer", "budget", "connect_raw", "connecting", "connections",
+        "cumulative", "h2pools", "half_open", "next_change", "pools", "requests", "spec",
+        "stats",
+    )  # fmt: skip
 
     def __init__(self, spec: ClusterSpec, now: float, connect: Connector = connect_within) -> None:
         self.spec = spec
-        self.connect = connect
+        self.connect_raw = connect
         self.balancer: Balancer = make_balancer(spec.lb_policy)
         self.stats: list[EndpointStats] = [EndpointStats(e, now) for e in spec.endpoints]
-        self.cumulative = cumulative_weights([e.weight for e in spec.endpoints])
-        self.pools = {e.key: EndpointPool(connect) for e in spec.endpoints}
+        self.pools = {e.key: EndpointPool(self.connect) for e in spec.endpoints}
         self.h2pools: dict[str, H2Pool] = {}  # HTTP/2 clusters, made on first use
+        self.budget = Budget(spec.budget, now)
+        self.requests = 0  # in flight
+        self.connecting = 0  # requests waiting for a new connection
+        self.connections = 0  # open
+        self.available: list[EndpointStats] = []
+        self.half_open: list[EndpointStats] = []  # past their ejection, one trial at a time
+        self.cumulative: Cumulative = None
+        self.next_change = 0.0
+        self.refresh(now)
 
-    def pick(self, rng: random.Random, now: float) -> EndpointStats | None:
-        stats = self.stats
+    # -- endpoints that take traffic ------------------------------------------------------
+    def refresh(self, now: float) -> None:
+        """Recompute which endpoints take traffic (after a breaker or health change)."""
+        avail: list[EndpointStats] = []
+        half: list[EndpointStats] = []
+        next_change = math.inf
+        checked = self.spec.health_check is not None
+        for s in self.stats:
+            if not s.healthy:
+                continue
+            until = s.outlier.until
+            if until:
+                if now < until:
+                    next_change = min(next_change, until)
+                elif not checked:  # with active checks, a passing check closes it
+                    half.append(s)
+                continue
+            avail.append(s)
+        self.available = avail
+        self.half_open = half
+        self.cumulative = cumulative_weights([s.endpoint.weight for s in avail])
+        self.next_change = next_change
+
+    def pick(
+        self, rng: random.Random, now: float, avoid: Collection[Endpoint] = ()
+    ) -> EndpointStats | None:
+        """An endpoint for the next try; one not in `avoid` (those tried) when possible."""
+        if now >= self.next_change:
+            self.refresh(now)
+        for s in self.half_open:
+            if s.pending == 0 and s.endpoint not in avoid:
+                return s  # the half-open trial
+        stats = self.available
+        cumulative = self.cumulative
+        if avoid:
+            others = [s for s in stats if s.endpoint not in avoid]
+            if others and len(others) < len(stats):
+                stats = others
+                cumulative = cumulative_weights([s.endpoint.weight for s in others])
         if not stats:
             return None
-        return self.balancer.pick(stats, rng, now, self.cumulative)
+        return self.balancer.pick(stats, rng, now, cumulative)
 
+    @property
+    def has_endpoints(self) -> bool:
+        """Can a request be sent at all (some endpoint takes traffic or a trial)?"""
+        return bool(self.available or self.half_open)
+
+    def observe(self, stats: EndpointStats, status: int, now: float) -> float:
+        """Feed one try's outcome (`status` 0: no response) to the endpoint's breaker;
+        returns the ejection time when it opened (0.0 otherwise)."""
+        policy = self.spec.outlier
+        o = stats.outlier
+        if policy is None or (
+            0 < status < 500 and not (o.until or o.consecutive_gateway or o.consecutive_5xx)
+        ):
+            return 0.0
+        was_open = o.until
+        if o.record(policy, status, now):
+            # A failed half-open trial reopens; a closed breaker opens within the maximum.
+            if was_open or may_eject(policy, count_open([s.outlier for s in self.stats], now),
+                                     len(self.stats)):  # fmt: skip
+                duration = o.open(policy, now)
+                self.refresh(now)
+                return duration
+        elif was_open and not o.until:
+            self.refresh(now)  # the trial passed: closed again
+        return 0.0
+
+    def open_count(self, now: float) -> int:
+        """Endpoints whose breaker is open (ejected), for `weft_circuit_open`."""
+        return count_open([s.outlier for s in self.stats], now)
+
+    # -- limits -----------------------------------------------------------------------------
+    def over_limit(self, key: str) -> str | None:
+        """The limit a new request to endpoint `key` would break (see breaker.over_limit)."""
+        pool = self.pools.get(key)
+        connecting = pool is None or not pool.idle
+        if self.h2pools:
+            connecting = False  # HTTP/2 multiplexes: the pool opens few connections
+        return over_limit(
+            self.spec.limits, self.requests, self.connecting, self.connections, connecting
+        )
+
+    async def connect(self, address: str, port: int, timeout_s: float) -> Conn:
+        """Open a connection, counted against the limits while it is open."""
+        self.connecting += 1
+        try:
+            conn = await self.connect_raw(address, port, timeout_s)
+        finally:
+            self.connecting -= 1
+        self.connections += 1
+        conn.on_close = self._closed
+        return conn
+
+    def _closed(self) -> None:
+        self.connections -= 1
+
+    # -- configuration ----------------------------------------------------------------------
     def update(self, spec: ClusterSpec, now: float) -> None:
         """Take a new spec, keeping statistics and pools of endpoints that remain."""
         if spec.lb_policy != self.spec.lb_policy:
             self.balancer = make_balancer(spec.lb_policy)
+        if spec.budget != self.spec.budget:
+            self.budget = Budget(spec.budget, now)
         old_stats = {s.endpoint: s for s in self.stats}
         self.stats = [old_stats.get(e) or EndpointStats(e, now) for e in spec.endpoints]
-        self.cumulative = cumulative_weights([e.weight for e in spec.endpoints])
         keep = {e.key for e in spec.endpoints}
         for key, pool in list(self.pools.items()):
             if key not in keep:
@@ -103,7 +223,11 @@ class Cluster:
                 del self.h2pools[key]
         for e in spec.endpoints:
             self.pools.setdefault(e.key, EndpointPool(self.connect))
+        if spec.health_check is None:
+            for s in self.stats:
+                s.healthy = True
         self.spec = spec
+        self.refresh(now)
 
     def close(self) -> None:
         for pool in self.pools.values():
@@ -124,6 +248,9 @@ class ClusterManager:
         self.clusters: dict[str, Cluster] = {}
         self.retired: dict[str, tuple[Cluster, float]] = {}
         self.retire_after_s = retire_after_s
+        # where active health checks run; set by the process before the first sync
+        self.nursery: trio.Nursery | None = None
+        self.checks: dict[Cluster, trio.CancelScope] = {}
 
     def get(self, name: str) -> Cluster | None:
         cluster = self.clusters.get(name)
@@ -153,11 +280,37 @@ class ClusterManager:
                 self.clusters[name] = Cluster(spec, now, self.connector(spec))
             elif cluster.spec != spec:
                 cluster.update(spec, now)
+        self._reconcile_checks()
+
+    def _reconcile_checks(self) -> None:
+        """Run active health checks for exactly the clusters in force that ask for them."""
+        wanted = {c for c in self.clusters.values() if c.spec.health_check is not None}
+        for cluster in [c for c in self.checks if c not in wanted]:
+            self.checks.pop(cluster).cancel()
+        if self.nursery is None:
+            return
+        for cluster in wanted - self.checks.keys():
+            scope = self.checks[cluster] = trio.CancelScope()
+            self.nursery.start_soon(_checks, cluster, scope)
+
+    def circuit_open(self, now: float) -> list[tuple[str, int]]:
+        """(cluster, endpoints ejected now) for each cluster, for `weft_circuit_open`."""
+        return [(name, c.open_count(now)) for name, c in sorted(self.clusters.items())]
 
     def close(self) -> None:
+        for scope in self.checks.values():
+            scope.cancel()
+        self.checks.clear()
         for cluster in self.clusters.values():
             cluster.close()
         for cluster, _ in self.retired.values():
             cluster.close()
         self.clusters.clear()
         self.retired.clear()
+
+
+async def _checks(cluster: Cluster, scope: trio.CancelScope) -> None:
+    from sidecar.upstream.health import run_checks
+
+    with scope:
+        await run_checks(cluster)

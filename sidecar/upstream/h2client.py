@@ -43,6 +43,8 @@ MAX_CONNECTIONS = 8
 class UpstreamRefused(UpstreamClosed):
     """The upstream did not process the stream (REFUSED_STREAM or GOAWAY): safe to retry."""
 
+    retryable = True
+
 
 class Response:
     """The upstream's response head."""

@@ -1,0 +1,184 @@
+"""Parsing of the resilience settings: BackendTrafficPolicy and HTTPRoute `retry`.
+
+Field names follow the Gateway API (`retry.codes/attempts/backoff`) and, for what it has
+no field for, Envoy Gateway's BackendTrafficPolicy where one exists (circuitBreaker,
+healthCheck), so the vocabulary is familiar; docs/resilience.md lists every field.
+"""
+
+from __future__ import annotations
+
+from sidecar.config.model import (
+    CircuitLimits,
+    HealthCheckPolicy,
+    OutlierPolicy,
+    RetryBudget,
+    RetryPolicy,
+)
+from sidecar.config.reader import NAME_RE, Reader
+from sidecar.config.resources import WEFT_GROUP, BackendTrafficPolicy, Meta, RouteRetry
+
+# Envoy Gateway's names, and ours
+LB_TYPES = {
+    "PeakEWMA": "p2c_ewma",
+    "LeastRequest": "least_request",
+    "RoundRobin": "round_robin",
+}
+# An HTTPRoute annotation: retry this route's requests on `codes`, resets and timeouts
+# whatever their method (the app makes them safe to repeat, e.g. with idempotency keys).
+NON_IDEMPOTENT_ANNOTATION = "weft.dev/retry-non-idempotent"
+
+
+def _duration(r: Reader, key: str, *, positive: bool = True) -> float | None:
+    from sidecar.config.parse_routes import DURATION_RE, duration_s
+
+    text = r.text(key, None, pattern=DURATION_RE)
+    if text is None:
+        return None
+    value = duration_s(text)
+    if positive and value <= 0:
+        r.fail(key, "must be longer than 0s")
+    return value
+
+
+def status_codes(r: Reader, key: str, lo: int = 400) -> tuple[int, ...]:
+    value = r.raw(key, [])
+    if not isinstance(value, list):
+        r.fail(key, "must be a list of status codes")
+    for i, code in enumerate(value):
+        if isinstance(code, bool) or not isinstance(code, int) or not lo <= code <= 599:
+            r.fail(f"{key}[{i}]", f"must be a status code between {lo} and 599; got {code!r}")
+    return tuple(value)
+
+
+def parse_route_retry(r: Reader) -> RouteRetry:
+    """An HTTPRoute rule's `retry`: codes (400-599), attempts (retries), backoff."""
+    codes = status_codes(r, "codes")
+    attempts = r.integer("attempts", None, lo=0, hi=10)
+    backoff = _duration(r, "backoff")
+    r.finish()
+    return RouteRetry(codes=codes, attempts=attempts, backoff_s=backoff)
+
+
+def parse_backend_traffic_policy(top: Reader, meta: Meta) -> BackendTrafficPolicy:
+    spec = top.req_obj("spec")
+    tr = spec.req_obj("targetRef")
+    tr.text("group", "", choices=("", WEFT_GROUP))
+    tr.text("kind", "Service", choices=("Service",))
+    target = tr.text("name", pattern=NAME_RE)
+    tr.finish()
+    lb = None
+    if (lr := spec.obj("loadBalancer")) is not None:
+        lb = LB_TYPES[lr.text("type", choices=tuple(LB_TYPES))]
+        lr.finish()
+    connect = request = idle = None
+    if (t := spec.obj("timeout")) is not None:
+        connect = _duration(t, "connect")
+        request = _duration(t, "request")
+        idle = _duration(t, "idle")
+        t.finish()
+    retry = budget = None
+    if (rr := spec.obj("retry")) is not None:
+        retry, budget = _retry(rr)
+    limits = None
+    if (cr := spec.obj("circuitBreaker")) is not None:
+        d = CircuitLimits()
+        limits = CircuitLimits(
+            max_connections=cr.integer("maxConnections", d.max_connections, lo=1),
+            max_pending_requests=cr.integer("maxPendingRequests", d.max_pending_requests, lo=1),
+            max_requests=cr.integer("maxRequests", d.max_requests, lo=1),
+        )
+        cr.finish()
+    outlier = None
+    outlier_off = False
+    if (orr := spec.obj("outlierDetection")) is not None:
+        outlier_off = not orr.flag("enabled", True)
+        outlier = _outlier(orr)
+    health = None
+    if (hr := spec.obj("healthCheck")) is not None:
+        health = _health_check(hr)
+    spec.finish()
+    return BackendTrafficPolicy(
+        meta=meta, target=target, lb_policy=lb, connect_timeout_s=connect,
+        request_timeout_s=request, idle_timeout_s=idle, retry=retry, budget=budget,
+        limits=limits, outlier=outlier, outlier_off=outlier_off, health_check=health,
+    )  # fmt: skip
+
+
+def _retry(rr: Reader) -> tuple[RetryPolicy, RetryBudget | None]:
+    d = RetryPolicy()
+    base, cap = d.backoff_base_s, d.backoff_max_s
+    if (br := rr.obj("backoff")) is not None:
+        base = _duration(br, "baseInterval") or base
+        cap = _duration(br, "maxInterval") or max(cap, base)
+        if cap < base:
+            br.fail("maxInterval", "must not be shorter than baseInterval")
+        br.finish()
+    policy = RetryPolicy(
+        attempts=rr.integer("attempts", d.attempts, lo=0, hi=10),
+        codes=frozenset(status_codes(rr, "codes")),
+        per_try_timeout_s=_duration(rr, "perTryTimeout"),
+        backoff_base_s=base,
+        backoff_max_s=cap,
+        buffer_bytes=rr.integer("bufferBytes", d.buffer_bytes, lo=0, hi=64 * 1024 * 1024),
+    )
+    budget = None
+    if (bg := rr.obj("budget")) is not None:
+        b = RetryBudget()
+        budget = RetryBudget(
+            ratio=bg.integer("percent", int(b.ratio * 100), lo=0, hi=1000) / 100,
+            min_per_s=bg.integer("minRetriesPerSecond", int(b.min_per_s), lo=0, hi=100_000),
+            window_s=_duration(bg, "window") or b.window_s,
+        )
+        if not 1 <= budget.window_s <= 300:
+            bg.fail("window", "must be between 1s and 300s")
+        bg.finish()
+    rr.finish()
+    return policy, budget
+
+
+def _outlier(r: Reader) -> OutlierPolicy:
+    d = OutlierPolicy()
+    base = _duration(r, "baseEjectionTime") or d.base_ejection_s
+    cap = _duration(r, "maxEjectionTime") or max(d.max_ejection_s, base)
+    if cap < base:
+        r.fail("maxEjectionTime", "must not be shorter than baseEjectionTime")
+    policy = OutlierPolicy(
+        consecutive_5xx=r.integer("consecutive5xx", d.consecutive_5xx, lo=0, hi=10_000),
+        consecutive_gateway_errors=r.integer(
+            "consecutiveGatewayErrors", d.consecutive_gateway_errors, lo=0, hi=10_000
+        ),
+        base_ejection_s=base,
+        max_ejection_s=cap,
+        max_ejection_percent=r.integer("maxEjectionPercent", d.max_ejection_percent, hi=100),
+    )
+    r.finish()
+    return policy
+
+
+def _health_check(r: Reader) -> HealthCheckPolicy:
+    d = HealthCheckPolicy()
+    kind = r.text("type", choices=("HTTP", "TCP"))
+    path, expected = d.path, d.expected_statuses
+    hr = r.obj("http")
+    if kind == "HTTP":
+        if hr is None:
+            r.fail("http", "is required when type is HTTP")
+        path = hr.text("path", d.path, max_len=1024)
+        if not path.startswith("/") or any(c in path for c in " \r\n"):
+            hr.fail("path", f"must be an absolute path; got {path!r}")
+        codes = status_codes(hr, "expectedStatuses", lo=100)
+        expected = frozenset(codes) if codes else expected
+        hr.finish()
+    elif hr is not None:
+        r.fail("http", "is only for type HTTP")
+    policy = HealthCheckPolicy(
+        type=kind,
+        path=path,
+        expected_statuses=expected,
+        interval_s=_duration(r, "interval") or d.interval_s,
+        timeout_s=_duration(r, "timeout") or d.timeout_s,
+        healthy_threshold=r.integer("healthyThreshold", d.healthy_threshold, lo=1, hi=100),
+        unhealthy_threshold=r.integer("unhealthyThreshold", d.unhealthy_threshold, lo=1, hi=100),
+    )
+    r.finish()
+    return policy
