@@ -311,7 +311,7 @@ class RequestHandler:
                 return await ds.local_reply(head, 500, b"no valid backend for this route\n")
             peer_label = backend.cluster
             cluster = ctx.clusters.get(backend.cluster)
-            if cluster is None or not cluster.has_endpoints:
+            if cluster is None or not cluster.has_endpoints(start):
                 outcome.status = 503
                 detail = "no_healthy_upstream"
                 return await ds.local_reply(head, 503, b"no healthy upstream\n")
@@ -429,7 +429,7 @@ class RequestHandler:
     def usable(self, backend: Backend) -> bool:
         """Can this backend of a split take traffic now (some endpoint is healthy)?"""
         cluster = self.ctx.clusters.get(backend.cluster) if backend.cluster else None
-        return cluster is not None and cluster.has_endpoints
+        return cluster is not None and cluster.has_endpoints(time.perf_counter())
 
     def mirror(self, action: RouteAction, request: bytes | None) -> None:
         """Send a copy to each sampled mirror without waiting for it; a streaming body is

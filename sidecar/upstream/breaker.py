@@ -10,7 +10,8 @@ Outlier detection. Each endpoint has a breaker in the standard sense:
 - OPEN: the endpoint is ejected (gets no traffic) until its ejection ends. The time is the
   base time multiplied by how many times it was ejected (capped), so an endpoint that keeps
   failing stays out longer; the count decays by one for each base period spent healthy.
-  No more than `max_ejection_percent` of a cluster's endpoints are open at once.
+  No more than `max_ejection_percent` of a cluster's endpoints are open at once (but one
+  always may be).
 - HALF_OPEN: the ejection time is over. With active health checks the endpoint waits for
   a passing check; without, it takes one trial request at a time. A success closes the
   breaker; a failure opens it again at once, for longer.
@@ -102,8 +103,10 @@ class Outlier:
 
 
 def may_eject(policy: OutlierPolicy, open_now: int, endpoints: int) -> bool:
-    """Would one more open breaker stay within the cluster's maximum percentage?"""
-    return (open_now + 1) * 100 <= policy.max_ejection_percent * endpoints
+    """Would one more open breaker stay within the cluster's maximum percentage? One
+    endpoint may always be ejected (as in Envoy), so a version whose only instance fails
+    leaves a split and its share goes to the others."""
+    return open_now == 0 or (open_now + 1) * 100 <= policy.max_ejection_percent * endpoints
 
 
 def count_open(outliers: Sequence[Outlier], now: float) -> int:

@@ -148,9 +148,10 @@ class Cluster:
             return None
         return self.balancer.pick(stats, rng, now, cumulative)
 
-    @property
-    def has_endpoints(self) -> bool:
+    def has_endpoints(self, now: float) -> bool:
         """Can a request be sent at all (some endpoint takes traffic or a trial)?"""
+        if now >= self.next_change:
+            self.refresh(now)
         return bool(self.available or self.half_open)
 
     def observe(self, stats: EndpointStats, status: int, now: float) -> float:
