@@ -22,6 +22,7 @@ from sidecar.errors import (
     DownstreamClosed,
     ProtocolError,
     UpstreamClosed,
+    UpstreamConnectError,
     UpstreamProtocolError,
     WeftError,
 )
@@ -117,7 +118,9 @@ async def exchange(
 ) -> None:
     """Forward one request (`request` holds its head and any buffered body) and `relay`
     the response to `downstream`. Raises UpstreamError while nothing was sent downstream."""
-    conn = pool.take(now, idle_timeout_s)
+    # A non-idempotent request on a connection the upstream closed could fail after it was
+    # written and could not be replayed: for those, a closed connection is noticed first.
+    conn = pool.take(now, idle_timeout_s, head.method not in IDEMPOTENT)
     reused = conn is not None
     while True:
         if conn is None:
@@ -140,6 +143,8 @@ async def exchange(
                 continue
             if outcome.response_started:
                 raise
+            if not written:  # the upstream cannot have acted on a request it did not get
+                raise UpstreamConnectError(f"upstream connection lost: {exc}") from None
             raise UpstreamClosed(f"upstream closed the connection: {exc}") from None
         except BaseException:
             conn.close()
@@ -154,14 +159,15 @@ async def exchange(
 def _replayable(head: RequestHead, body_done: bool, written: bool, outcome: Outcome) -> bool:
     """May a request that failed on a reused connection be sent again on a new one?
 
-    Only when all of it is still in memory and nothing of the response arrived; and, as
-    Go's HTTP client decides, only for idempotent methods unless the request could not
-    even be written (then the upstream cannot have acted on it). A POST that reached an
-    upstream which then closed is never sent twice.
+    When the request could not even be written, always (the upstream cannot have acted on
+    it, and what the body has not sent yet is still unread downstream). Otherwise, as Go's
+    HTTP client decides, only idempotent requests that are all still in memory and had no
+    response byte yet. A POST that reached an upstream which then closed is never sent
+    twice.
     """
-    if not body_done or outcome.response_started:
+    if outcome.response_started:
         return False
-    return not written or head.method in IDEMPOTENT
+    return not written or (body_done and head.method in IDEMPOTENT)
 
 
 async def _stream_body(conn: Conn, chunked: bool, next_event: NextEvent, outcome: Outcome) -> None:

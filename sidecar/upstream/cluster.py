@@ -55,12 +55,15 @@ class EndpointPool:
         self.idle: list[tuple[Conn, float]] = []
         self.connect = connect
 
-    def take(self, now: float, idle_timeout_s: float) -> Conn | None:
+    def take(self, now: float, idle_timeout_s: float, check: bool = False) -> Conn | None:
+        """An idle connection; `check`: make sure the upstream has not closed it, however
+        recently it was used (for requests that must not be replayed after a failure)."""
         idle = self.idle
         while idle:
             conn, since = idle.pop()
             age = now - since
-            if age > idle_timeout_s or (age > STALE_CHECK_AFTER_S and conn.at_eof_or_garbage()):
+            stale_check = check or age > STALE_CHECK_AFTER_S
+            if age > idle_timeout_s or (stale_check and conn.at_eof_or_garbage()):
                 conn.close()
                 continue
             return conn

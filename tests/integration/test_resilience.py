@@ -332,3 +332,37 @@ spec:
             assert len(failed) <= 2, collections.Counter(after)  # until the breaker opens
             assert after[-250:] == ["v1"] * 250
             nursery.cancel_scope.cancel()
+
+
+async def test_in_the_mesh_a_dead_app_is_retried_elsewhere_even_for_posts(tmp_path: Path) -> None:
+    """Two instances of orders behind their sidecars; one app is killed. Its sidecar answers
+    503 marked `x-weft-error: connect_failure` (the request never reached an app), so the
+    caller's sidecar retries even a POST on the other instance: no failure, no duplicate."""
+    from tests.support.plane import mesh_sidecar, running_plane
+
+    receipts = tmp_path / "receipts"
+    with running_plane(tmp_path / "plane") as plane, backends(
+        ("a", "--receipts", str(receipts)), ("b", "--receipts", str(receipts))
+    ) as (app_a, app_b):
+        target = f"127.0.0.1:{plane.port}"
+        async with trio.open_nursery() as nursery:
+            for app in (app_a, app_b):
+                await nursery.start(mesh_sidecar(plane.data_dir, target, "orders", app.port).run)
+            web = await nursery.start(mesh_sidecar(plane.data_dir, target, "web", 1).run)
+            url = f"http://127.0.0.1:{web.outbound_port}/"
+            async with httpx.AsyncClient(timeout=10, headers={"Host": "orders"}) as http:
+                with trio.fail_after(20):  # until both instances are endpoints of web's cluster
+                    names: set[str] = set()
+                    while names != {"a", "b"}:
+                        r = await http.get(url)
+                        names.add(r.json()["name"] if r.status_code == 200 else "")
+                app_a.kill()
+                statuses = collections.Counter()
+                for i in range(60):
+                    r = await http.post(url, content=b"pay", headers={"x-id": f"p{i}"})
+                    ok = r.status_code == 200
+                    statuses[(r.status_code, r.json()["name"] if ok else r.text)] += 1
+            assert statuses == {(200, "b"): 60}, dict(statuses)
+            seen = collections.Counter(line.split()[0] for line in receipts.read_text().splitlines())
+            assert set(seen) == {f"p{i}" for i in range(60)} and max(seen.values()) == 1
+            nursery.cancel_scope.cancel()
