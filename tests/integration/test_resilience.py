@@ -341,9 +341,13 @@ async def test_in_the_mesh_a_dead_app_is_retried_elsewhere_even_for_posts(tmp_pa
     from tests.support.plane import mesh_sidecar, running_plane
 
     receipts = tmp_path / "receipts"
-    with running_plane(tmp_path / "plane") as plane, backends(
-        ("a", "--receipts", str(receipts)), ("b", "--receipts", str(receipts))
-    ) as (app_a, app_b):
+    with (
+        running_plane(tmp_path / "plane") as plane,
+        backends(("a", "--receipts", str(receipts)), ("b", "--receipts", str(receipts))) as (
+            app_a,
+            app_b,
+        ),
+    ):
         target = f"127.0.0.1:{plane.port}"
         async with trio.open_nursery() as nursery:
             for app in (app_a, app_b):
@@ -363,6 +367,8 @@ async def test_in_the_mesh_a_dead_app_is_retried_elsewhere_even_for_posts(tmp_pa
                     ok = r.status_code == 200
                     statuses[(r.status_code, r.json()["name"] if ok else r.text)] += 1
             assert statuses == {(200, "b"): 60}, dict(statuses)
-            seen = collections.Counter(line.split()[0] for line in receipts.read_text().splitlines())
+            seen = collections.Counter(
+                line.split()[0] for line in receipts.read_text().splitlines()
+            )
             assert set(seen) == {f"p{i}" for i in range(60)} and max(seen.values()) == 1
             nursery.cancel_scope.cancel()
