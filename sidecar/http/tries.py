@@ -16,12 +16,13 @@ replayed and its failure goes to the client.
 from __future__ import annotations
 
 import time
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from sidecar.config.model import RetryPolicy
-from sidecar.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout, WeftError
+from sidecar.errors import UpstreamError, UpstreamTimeout, WeftError
 from sidecar.http.forward import Outcome, RetryableStatus, exchange, not_sent_marker
 from sidecar.upstream.balance import EndpointStats
 from sidecar.upstream.cluster import Cluster
@@ -102,8 +103,8 @@ class Tries:
         outcome = self.outcome
         policy = self.policy
         tried: list[Endpoint] = []
+        now = self.start
         while True:
-            now = time.perf_counter()
             stats = cluster.pick(ctx.rng, now, tried)
             if stats is None:
                 raise NoHealthyUpstream("no healthy upstream")
@@ -157,6 +158,7 @@ class Tries:
                 (("service", ctx.service), ("peer", cluster.spec.name), ("reason", failure.value)),
             )
             tried.append(endpoint)
+            now = time.perf_counter()
             if not self.body_done:  # from now on the copy is the request
                 assert outcome.replay is not None
                 self.body = bytes(outcome.replay)
@@ -192,7 +194,10 @@ class Tries:
         return self.cluster.budget.withdraw(time.perf_counter())
 
     # -- one try --------------------------------------------------------------------------
-    async def send(self, stats: EndpointStats, h2_fields: list[tuple[bytes, bytes]] | None) -> None:
+    def send(
+        self, stats: EndpointStats, h2_fields: list[tuple[bytes, bytes]] | None
+    ) -> Coroutine[Any, Any, None]:
+        """The exchange of one try (its coroutine, awaited by `run`: no frame of our own)."""
         ctx, ds, head, outcome = self.ctx, self.ds, self.head, self.outcome
         endpoint = stats.endpoint
         cluster = self.cluster
@@ -205,17 +210,14 @@ class Tries:
             h2pool = pools.get(endpoint.key) or pools.setdefault(
                 endpoint.key, H2Pool(cluster.connect)
             )
-            await exchange_h2(
+            return exchange_h2(
                 ds, h2pool, ctx.background, endpoint.address, endpoint.port, head, h2_fields,
                 bytes(self.body), self.body_done, self.backend.response_ops, outcome,
                 spec.connect_timeout_s,
             )  # fmt: skip
-            return
-        pool = cluster.pools.get(endpoint.key)
-        if pool is None:  # the endpoint left the cluster between pick and send
-            raise UpstreamConnectError(f"{endpoint.key} left the cluster")
+        pool = cluster.pools[endpoint.key]  # kept in step with the endpoints (Cluster.update)
         request = self.body if isinstance(self.body, bytearray) else bytearray(self.body)
-        await exchange(
+        return exchange(
             ds, pool, endpoint.address, endpoint.port, head, request, self.body_done,
             ds.next_event, self.backend.response_ops, outcome, spec.connect_timeout_s,
             spec.idle_timeout_s, self.start, ds.relay,

@@ -186,6 +186,8 @@ class Cluster:
     def over_limit(self, key: str) -> str | None:
         """The limit a new request to endpoint `key` would break (see breaker.over_limit)."""
         pool = self.pools.get(key)
+        if self.requests < self.spec.limits.max_requests and (self.h2pools or (pool and pool.idle)):
+            return None  # the common case, decided without a call
         connecting = pool is None or not pool.idle
         if self.h2pools:
             connecting = False  # HTTP/2 multiplexes: the pool opens few connections

@@ -69,7 +69,9 @@ class Budget:
 
     def request(self, now: float) -> None:
         """Count one request (its first try)."""
-        self.requests[self._advance(now)] += 1
+        second = int(now)
+        index = second % self.buckets if second == self.stamp else self._advance(now)
+        self.requests[index] += 1
 
     def allowed(self, now: float) -> float:
         """Retries the window still allows (may be fractional or negative)."""
