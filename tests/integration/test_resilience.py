@@ -52,8 +52,14 @@ def backends(*specs: tuple[str, ...]) -> Iterator[list[Backend]]:
             b.kill()
 
 
-def config(endpoints: list[Backend], policy: str = "", route_extra: str = "") -> str:
-    eps = ", ".join(f"{{address: 127.0.0.1, port: {b.port}}}" for b in endpoints)
+def config(endpoints: list[Backend], policy: str = "", split: dict[str, int] | None = None) -> str:
+    """One Service `app` over `endpoints`, a route to it (with `split`: version -> weight,
+    each backend's name being its version) and, if given, a BackendTrafficPolicy."""
+    version = (lambda b: f", version: {b.name}") if split else (lambda b: "")
+    eps = ", ".join(f"{{address: 127.0.0.1, port: {b.port}{version(b)}}}" for b in endpoints)
+    refs = ", ".join(
+        f"{{name: app, port: 80, version: {v}, weight: {w}}}" for v, w in (split or {}).items()
+    )
     text = (
         GATEWAY.format(port=80)
         + f"""---
@@ -70,8 +76,8 @@ metadata: {{name: app}}
 spec:
   parentRefs: [{{name: edge}}]
   rules:
-  - backendRefs: [{{name: app, port: 80}}]
-{route_extra}"""
+  - backendRefs: [{refs or "{name: app, port: 80}"}]
+"""
     )
     if policy:
         text += f"""---
@@ -288,30 +294,8 @@ async def test_active_health_checks_take_an_endpoint_out_and_back(tmp_path: Path
 async def test_a_version_with_no_healthy_endpoint_gets_no_traffic(tmp_path: Path) -> None:
     """A 90/10 split whose v2 instance dies: after its breaker opens, v2's share goes to v1."""
     with backends(("v1",), ("v2",)) as procs:
-        v1, v2 = procs
-        text = (
-            GATEWAY.format(port=80)
-            + f"""---
-apiVersion: weft.dev/v1alpha1
-kind: Service
-metadata: {{name: app}}
-spec:
-  ports: [{{port: 80}}]
-  endpoints:
-  - {{address: 127.0.0.1, port: {v1.port}, version: v1}}
-  - {{address: 127.0.0.1, port: {v2.port}, version: v2}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: app}}
-spec:
-  parentRefs: [{{name: edge}}]
-  rules:
-  - backendRefs:
-    - {{name: app, port: 80, version: v1, weight: 90}}
-    - {{name: app, port: 80, version: v2, weight: 10}}
-"""
-        )
+        v2 = procs[1]
+        text = config(procs, split={"v1": 90, "v2": 10})
         async with trio.open_nursery() as nursery:
             _, port = await start_edge(nursery, tmp_path / "c.yaml", text)
             async with httpx.AsyncClient(timeout=10) as http:
