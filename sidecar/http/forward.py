@@ -50,11 +50,12 @@ Relay = Callable[[Conn, Any, RequestHead, "tuple[HeaderOps, ...]", "Outcome"], A
 
 class RetryableStatus(WeftError):
     """A response the retry policy takes instead of forwarding it (raised by a relay
-    before anything reached the downstream; the budget has already paid for the retry)."""
+    before anything reached the downstream; the budget has already paid for the retry).
+    `failure` is what `Outcome.hold` said of it (upstream/retry.py's Failure)."""
 
-    def __init__(self, status: int, not_sent: bool) -> None:
+    def __init__(self, status: int, failure: Any) -> None:
         self.status = status
-        self.not_sent = not_sent  # the peer's sidecar could not reach its app
+        self.failure = failure
         super().__init__(f"status {status}")
 
 
@@ -85,8 +86,8 @@ class Outcome:
         self.upstream = ""
         # after a 101: the upstream connection and the bytes it sent past the head
         self.tunnel: tuple[Conn, bytes] | None = None
-        # a response head for which this returns True is not forwarded: RetryableStatus
-        self.hold: Callable[[Any], bool] | None = None
+        # a response head for which this returns a failure is not forwarded: RetryableStatus
+        self.hold: Callable[[Any], Any] | None = None
         # a copy of a streamed request for a retry, while it stays within `replay_limit`
         self.replay: bytearray | None = None
         self.replay_limit = 0
@@ -270,8 +271,8 @@ async def relay_http1(
                 outcome.bytes_out += len(ev)
                 out += chunk(ev) if chunked_down else ev
             elif isinstance(ev, ResponseHead):
-                if outcome.hold is not None and outcome.hold(ev):
-                    raise RetryableStatus(ev.status, not_sent_marker(ev.headers))
+                if outcome.hold is not None and (failure := outcome.hold(ev)) is not None:
+                    raise RetryableStatus(ev.status, failure)
                 if ev.status == 101:  # the upstream took the Upgrade: HTTP ends here
                     outcome.status = 101
                     outcome.response_started = True

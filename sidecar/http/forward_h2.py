@@ -17,7 +17,7 @@ import trio
 
 from sidecar.errors import unwrap
 from sidecar.http.filters import HeaderOps
-from sidecar.http.forward import Outcome, RetryableStatus, not_sent_marker
+from sidecar.http.forward import Outcome, RetryableStatus
 from sidecar.protocol.http1 import End, RequestHead
 from sidecar.upstream.h2client import (
     H2Pool,
@@ -110,8 +110,8 @@ async def _relay(stream: UpstreamStream, writer: ResponseWriter, outcome: Outcom
     while True:
         ev = await stream.next_event()
         if isinstance(ev, Response):
-            if outcome.hold is not None and outcome.hold(ev):
-                raise RetryableStatus(ev.status, not_sent_marker(ev.headers))
+            if outcome.hold is not None and (failure := outcome.hold(ev)) is not None:
+                raise RetryableStatus(ev.status, failure)
             outcome.status = ev.status
             outcome.response_started = True
             events = stream.events

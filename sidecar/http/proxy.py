@@ -301,20 +301,16 @@ class RequestHandler:
                     head, outcome.status, b"", [(b"location", location.encode("latin-1"))]
                 )
             backend = pick_backend(action, self.usable if action.split is not None else None)
+            if backend is None and action.split is not None and action.split.skipped:
+                raise NoHealthyUpstream("no backend of the split has a healthy endpoint")
             if backend is None or backend.cluster is None:
-                if backend is None and action.split is not None and action.split.skipped:
-                    outcome.status = 503
-                    detail = "no_healthy_upstream"
-                    return await ds.local_reply(head, 503, b"no healthy upstream\n")
                 outcome.status = 500
                 detail = "invalid_backend"
                 return await ds.local_reply(head, 500, b"no valid backend for this route\n")
             peer_label = backend.cluster
             cluster = ctx.clusters.get(backend.cluster)
             if cluster is None or not cluster.has_endpoints(start):
-                outcome.status = 503
-                detail = "no_healthy_upstream"
-                return await ds.local_reply(head, 503, b"no healthy upstream\n")
+                raise NoHealthyUpstream(f"{backend.cluster} has no healthy endpoint")
             rid = head.request_id.decode("latin-1") if head.request_id else ctx.ids.new()
             if head.expect_continue and head.has_body:
                 await ds.send_continue()

@@ -131,7 +131,7 @@ class Tries:
                         if not outcome.response_started:
                             failure = Failure.TIMEOUT
             except RetryableStatus as exc:  # the gate took it: the budget paid already
-                failure = Failure.NOT_SENT if exc.not_sent else Failure.STATUS
+                failure = exc.failure
                 status = exc.status
             except UpstreamError as exc:
                 error = exc
@@ -179,19 +179,20 @@ class Tries:
             and self.cluster.budget.withdraw(now)
         )
 
-    def gate(self, response: Any) -> bool:
-        """`Outcome.hold`: should this response head be retried instead of forwarded?"""
+    def gate(self, response: Any) -> Failure | None:
+        """`Outcome.hold`: the failure this response head is retried as, or None to
+        forward it (the budget pays for the retry here)."""
         status = response.status
         policy = self.policy
         if status != 503 and status not in policy.codes:
-            return False
+            return None
         if not self.replayable():
-            return False
+            return None
         not_sent = status == 503 and self.trust_marker and not_sent_marker(response.headers)
-        if not retryable(policy, self.head.method, Failure.NOT_SENT if not_sent else
-                         Failure.STATUS, status):  # fmt: skip
-            return False
-        return self.cluster.budget.withdraw(time.perf_counter())
+        failure = Failure.NOT_SENT if not_sent else Failure.STATUS
+        if not retryable(policy, self.head.method, failure, status):
+            return None
+        return failure if self.cluster.budget.withdraw(time.perf_counter()) else None
 
     # -- one try --------------------------------------------------------------------------
     def send(
