@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import datetime
 
     from sidecar.modes.sidecar import SidecarOptions
-from mesh_ctl import common
+from mesh_ctl import common, telemetry
 from mesh_ctl.common import CliError
 from sidecar.errors import ConfigError
 
@@ -34,11 +34,8 @@ def _edge(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
 
-    sink = None
-    if args.access_log == "-":
-        sink = sys.stdout
-    elif args.access_log != "off":
-        sink = open(args.access_log, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+    sink = telemetry.access_log_sink(args.access_log)
+    trace = telemetry.trace_options(args)
     limits = Limits(
         max_header_bytes=args.max_header_bytes,
         max_request_body_bytes=args.max_request_body_bytes,
@@ -56,6 +53,7 @@ def _edge(args: argparse.Namespace) -> int:
         admin_port=args.admin_port,
         access_log=sink,
         drain_timeout_s=args.drain_timeout,
+        trace=trace,
     )
     return _run_trio(server.run)
 
@@ -171,6 +169,7 @@ def _edge_in_mesh(args: argparse.Namespace) -> int:
         control_plane=args.control_plane, token=token, ca_file=args.ca_file,
         ca_fingerprint=args.ca_fingerprint, inbound_address="127.0.0.1", inbound_port=0,
         outbound_port=0, admin_port=args.admin_port, gateway=True,
+        trace=telemetry.trace_options(args),
     )  # fmt: skip
     return _run_sidecar(opts, args.access_log)
 
@@ -201,7 +200,7 @@ def _sidecar(args: argparse.Namespace) -> int:
         default_allow=args.default_policy == "allow",
         upstreams=tuple(_upstream(u) for u in args.upstream or ()),
         admin_address=args.admin_address, discovery=args.discovery,
-        consul_token=args.consul_token or "",
+        consul_token=args.consul_token or "", trace=telemetry.trace_options(args),
     )  # fmt: skip
     return _run_sidecar(opts, args.access_log)
 
@@ -222,7 +221,7 @@ def _run_sidecar(opts: SidecarOptions, access_log: str) -> int:
     from sidecar.identity.svid import IdentityError
     from sidecar.modes.sidecar import SidecarServer
 
-    sink = None if access_log == "off" else sys.stdout
+    sink = telemetry.access_log_sink(access_log)
     try:
         return _run_trio(SidecarServer(opts, access_log=sink).run)
     except IdentityError as exc:
@@ -315,12 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     edge.add_argument("--admin-address", default="127.0.0.1")
     edge.add_argument("--admin-port", type=int, default=15000)
-    edge.add_argument(
-        "--access-log",
-        default="-",
-        metavar="PATH|-|off",
-        help="where JSON access log lines go (default: standard output)",
-    )
+    telemetry.add_arguments(edge)
     edge.add_argument(
         "--max-header-bytes",
         type=int,
@@ -420,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where /ready, /metrics… listen (0.0.0.0 when Consul checks from afar)",
     )
     sc.add_argument("--admin-port", type=int, default=15000)
-    sc.add_argument("--access-log", default="-", choices=("-", "off"))
+    telemetry.add_arguments(sc)
     sc.add_argument(
         "--discovery", default="", metavar="consul://HOST:PORT",
         help="register this instance with that Consul agent while ready (TLS and token from "

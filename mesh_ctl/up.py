@@ -124,6 +124,7 @@ class Mesh:
     edge_port: int | None = None
     procs: list[Proc] = field(default_factory=list)
     server_port: int = 0
+    otlp_endpoint: str = ""  # where the proxies export spans ("" none)
 
     def _spawn(
         self, name: str, cmd: list[str], env: dict[str, str] | None = None, **info: Any
@@ -213,7 +214,10 @@ class Mesh:
 
     def _join(self, data: Path) -> list[str]:
         root = str(data / "ca" / "root.pem")
-        return ["--control-plane", f"127.0.0.1:{self.server_port}", "--ca-file", root]
+        join = ["--control-plane", f"127.0.0.1:{self.server_port}", "--ca-file", root]
+        if self.otlp_endpoint:
+            join += ["--otlp-endpoint", self.otlp_endpoint]
+        return join
 
     @staticmethod
     def _token(data: Path, service: str) -> str:
@@ -333,7 +337,7 @@ def up(args: argparse.Namespace) -> int:
     if args.edge_port is not None:
         url = re.sub(r":\d+/", f":{args.edge_port}/", url)
     state = Path(tempfile.mkdtemp(prefix="weft-up-"))
-    mesh = Mesh(directory, plan, state, edge_port=args.edge_port)
+    mesh = Mesh(directory, plan, state, edge_port=args.edge_port, otlp_endpoint=args.otlp_endpoint)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
 
@@ -394,4 +398,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--edge-port", type=int, default=None, help="serve the edge on this port instead"
     )
     p.add_argument("--interval", type=float, default=2.0, help="seconds between live samples")
+    p.add_argument(
+        "--otlp-endpoint", default="", metavar="HOST:PORT",
+        help="the edge and sidecars export spans there over OTLP/gRPC (Jaeger: :4317)",
+    )  # fmt: skip
     p.set_defaults(func=up)

@@ -568,4 +568,12 @@ def _compile_match(
         query=conds(m.query_params),
         path_regex=re.compile(m.path.value) if m.path.type == "RegularExpression" else None,
         order=order,
+        template=route_template(m.path.type, m.path.value),
     )
+
+
+def route_template(path_type: str, value: str) -> str:
+    """How a match's path reads as OpenTelemetry's `http.route`: a prefix ends in `/*`."""
+    if path_type == "PathPrefix":
+        return value.rstrip("/") + "/*"
+    return value

@@ -45,7 +45,15 @@ from sidecar.http.tries import H2_PROTOCOLS, NoHealthyUpstream, Overloaded, Trie
 from sidecar.observe.accesslog import AccessLog
 from sidecar.observe.metrics import Metrics
 from sidecar.protocol.grpc import GRPC_DEADLINE_EXCEEDED, grpc_timeout
-from sidecar.protocol.http1 import EDGE_KINDS, MESH_KINDS, End, RequestHead, RequestParser
+from sidecar.protocol.http1 import (
+    EDGE_KINDS,
+    EDGE_TRACE_KINDS,
+    MESH_KINDS,
+    MESH_TRACE_KINDS,
+    End,
+    RequestHead,
+    RequestParser,
+)
 from sidecar.protocol.wire import chunk, last_chunk, simple_response
 from sidecar.tcp.relay import Counts, relay
 from sidecar.transport.idle import IdleTracker, Tracked
@@ -57,6 +65,7 @@ if TYPE_CHECKING:  # HTTP/2 and TLS load on first use: a plain gateway stays sma
     from sidecar.authz import Decision
     from sidecar.http.forward_h2 import ResponseWriter
     from sidecar.http.terminate import ServerTls
+    from sidecar.observe.tracing import Tracer
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # Bodies of requests answered locally are read and dropped up to this size so the
@@ -85,6 +94,10 @@ class ProxyContext:
     authorize: Callable[[SpiffeId | None, str, str], Decision] | None = None
     # sidecar inbound: this workload's SPIFFE ID, named in X-Forwarded-Client-Cert
     identity: SpiffeId | None = None
+    # upstreams are peer sidecars (mTLS): their "could not reach my app" marker is believed
+    sidecar_upstreams: bool = False
+    # set when spans are exported: every request gets a span and passes its context on
+    tracer: Tracer | None = None
     ids: RequestIds = field(init=False)
 
     def __post_init__(self) -> None:
@@ -105,12 +118,17 @@ async def serve_http1(
     server name a TLS client asked for: requests for another listener get 421; `initial`
     holds bytes already read from the connection."""
     limits = ctx.store.current.limits
+    edge = ctx.direction == "edge"
+    if ctx.tracer is None:
+        kinds = EDGE_KINDS if edge else MESH_KINDS
+    else:
+        kinds = EDGE_TRACE_KINDS if edge else MESH_TRACE_KINDS
     parser = RequestParser(
         max_header_bytes=limits.max_header_bytes,
         max_headers=limits.max_headers,
         max_body_bytes=limits.max_request_body_bytes,
         upgrades=limits.upgrades,
-        kinds=EDGE_KINDS if ctx.direction == "edge" else MESH_KINDS,
+        kinds=kinds,
     )
     events = parser.events
     scope = trio.CancelScope()
@@ -221,12 +239,14 @@ class RequestHandler:
         self.sni = sni
         self.listener = listener
         self.peer_text = peer[0] if peer else "-"
+        trace = ctx.tracer is not None
         if ctx.direction == "edge":
-            self.fwd = Forwarding(self.peer_text.encode(), scheme.encode())
+            self.fwd = Forwarding(self.peer_text.encode(), scheme.encode(), trace=trace)
         elif ctx.identity is not None and peer_id is not None:
-            self.fwd = Forwarding(client_cert=client_cert_line(ctx.identity.uri, peer_id.uri))
+            cert = client_cert_line(ctx.identity.uri, peer_id.uri)
+            self.fwd = Forwarding(client_cert=cert, trace=trace)
         else:
-            self.fwd = Forwarding()
+            self.fwd = Forwarding(trace=trace)
         self.snapshot: Snapshot | None = None  # the last snapshot that had our listener
         self.authority: str | None = None
         self.host = ""
@@ -263,8 +283,11 @@ class RequestHandler:
             if not misdirected:
                 match = router.route(host, path, head.method, head.headers, query)
         outcome = Outcome(head.keep_alive)
-        route_label = peer_label = detail = rid = ""
+        route_label = peer_label = peer_service = detail = rid = ""
         retries = 0
+        upstream_at = 0.0
+        span = ctx.tracer.begin(head, ctx.direction) if ctx.tracer is not None else None
+        trace = span.headers if span is not None else b""
         try:
             if misdirected:
                 outcome.status = 421
@@ -315,6 +338,7 @@ class RequestHandler:
             if head.expect_continue and head.has_body:
                 await ds.send_continue()
             spec = cluster.spec
+            peer_service = spec.service
             policy = backend.retry or spec.retry
             tries = Tries(ctx, ds, head, cluster, backend, policy,
                           action.backend_request_timeout_s or policy.per_try_timeout_s,
@@ -328,18 +352,19 @@ class RequestHandler:
                 buffered = bytearray()
                 outcome.bytes_in, body_done = ds.take_buffered_body(buffered, False)
                 fields = h2_request_headers(
-                    head, target, authority, action, backend, match, self.fwd, rid
+                    head, target, authority, action, backend, match, self.fwd, rid, trace
                 )
                 tries.prepare(buffered, body_done)
             else:
                 request = upstream_request(
-                    head, target, authority, action, backend, match, self.fwd, rid
+                    head, target, authority, action, backend, match, self.fwd, rid, trace
                 )
                 outcome.bytes_in, body_done = ds.take_buffered_body(request, head.chunked)
                 if action.mirrors:
                     self.mirror(action, bytes(request) if body_done else None)
                 tries.prepare(request, body_done)
-            cluster.budget.request(start)
+            upstream_at = time.perf_counter()
+            cluster.budget.request(upstream_at)
             cs = trio.CancelScope(relative_deadline=deadline) if deadline else None
             try:
                 if cs is None:  # most routes: no cancel scope per request
@@ -403,9 +428,22 @@ class RequestHandler:
             ctx.metrics.request(
                 (ctx.direction, ctx.service, peer_label, route_label), outcome.status, duration
             )
+            began = time.time() - duration
+            if span is not None and span.sampled:
+                assert ctx.tracer is not None
+                client_id = span.client_id if upstream_at else 0  # no call: no CLIENT span
+                ctx.tracer.finish(
+                    (span.kind, span.trace_id, span.span_id, span.parent_id, client_id,
+                     began, upstream_at - start if upstream_at else 0.0, duration,
+                     head.method, match.template if match is not None else "", route_label,
+                     self.scheme, authority, path, outcome.status, peer_service,
+                     outcome.upstream, retries, head.version, self.peer_text,
+                     self.peer_id.uri if self.peer_id is not None else "", detail),
+                    2 if client_id else 1,
+                )  # fmt: skip
             if ctx.access_log.enabled:
                 ctx.access_log.record(
-                    start=time.time() - duration,
+                    start=began,
                     duration_s=duration,
                     downstream=self.peer_text,
                     method=head.method,

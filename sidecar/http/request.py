@@ -12,6 +12,7 @@ from sidecar.config.model import Backend, RouteAction
 from sidecar.errors import ProtocolError
 from sidecar.http.filters import rewritten_target, split_target
 from sidecar.http.router import CompiledMatch
+from sidecar.observe.tracecontext import REPLACED
 from sidecar.protocol.http1 import RequestHead
 from sidecar.protocol.wire import cut_lines, serialize_head, strip_hop_by_hop
 
@@ -19,7 +20,15 @@ log = logging.getLogger("weft.route")
 
 _ABSOLUTE = re.compile(r"^(https?)://([^/?#]*)([^#]*)", re.IGNORECASE)
 _FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
-_NEVER_FORWARDED = (b"expect", b"x-forwarded-client-cert")
+_NEVER_FORWARDED = (b"expect", b"x-forwarded-client-cert", b"host")
+# Fields forwarded_fields drops, by (this hop sets X-Forwarded-*, this hop traces).
+_DROPPED = {
+    (edge, trace): frozenset(
+        (*_NEVER_FORWARDED, *(_FORWARDED if edge else ()), *(REPLACED if trace else ()))
+    )
+    for edge in (False, True)
+    for trace in (False, True)
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +42,7 @@ class Forwarding:
     peer: bytes | None = None
     scheme: bytes = b"http"
     client_cert: bytes = b""
+    trace: bool = False  # this hop traces: it replaces the trace context fields
 
 
 def client_cert_line(own: str, peer: str) -> bytes:
@@ -132,8 +142,10 @@ def upstream_request(
     match: CompiledMatch,
     fwd: Forwarding,
     rid: str,
+    trace: bytes = b"",
 ) -> bytearray:
-    """The request head to send upstream (without its body)."""
+    """The request head to send upstream (without its body); `trace` holds the trace
+    context lines of a tracing hop."""
     target = _target(target, action, match)
     rewrite = action.rewrite
     out = bytearray(b"%b %b HTTP/1.1\r\n" % (head.method.encode(), target.encode("latin-1")))
@@ -153,6 +165,7 @@ def upstream_request(
         out += _rebuilt_headers(head, host, action, backend, fwd)
     if not head.request_id:
         out += b"x-request-id: " + rid.encode() + b"\r\n"
+    out += trace
     if fwd.peer is not None:
         peer = fwd.peer
         xff = head.forwarded_for + b", " + peer if head.forwarded_for else peer
@@ -194,11 +207,7 @@ def forwarded_fields(
     """The request's end-to-end fields after the route's filters, `host` first (the
     rewritten hostname if the route has one); no framing fields, and no forwarding fields
     when this hop sets them."""
-    drop = (
-        (*_NEVER_FORWARDED, *_FORWARDED, b"host")
-        if fwd.peer is not None
-        else (*_NEVER_FORWARDED, b"host")
-    )
+    drop = _DROPPED[fwd.peer is not None, fwd.trace]
     kept = strip_hop_by_hop(head.headers, head.connection)
     headers = [h for h in kept if h[0].lower() not in drop]
     rewrite = action.rewrite
@@ -221,6 +230,7 @@ def h2_request_headers(
     match: CompiledMatch,
     fwd: Forwarding,
     rid: str,
+    trace: bytes = b"",
 ) -> list[tuple[bytes, bytes]]:
     """The header list of the request on an HTTP/2 upstream stream."""
     target = _target(target, action, match)
@@ -238,6 +248,9 @@ def h2_request_headers(
         out.append((b"content-length", b"%d" % head.content_length))
     if not head.request_id:
         out.append((b"x-request-id", rid.encode()))
+    for line in trace.split(b"\r\n")[:-1]:
+        name, _, value = line.partition(b": ")
+        out.append((name, value))
     if fwd.peer is not None:
         xff = head.forwarded_for + b", " + fwd.peer if head.forwarded_for else fwd.peer
         out.append((b"x-forwarded-for", xff))

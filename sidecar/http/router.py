@@ -43,6 +43,8 @@ class CompiledMatch:
     headers: tuple[Condition, ...]
     query: tuple[Condition, ...]
     path_regex: re.Pattern[str] | None = None
+    # the path as a route template (spans' http.route): /a/b, /a/* for a prefix, or the regex
+    template: str = ""
     # precedence inside one path bucket: smaller sorts first
     order: tuple[object, ...] = ()
 

@@ -80,7 +80,7 @@ class Tries:
         self.retries = 0
         self.last_failure = ""  # why the last retry was made, for the log
         # Only a peer's sidecar says "connect_failure" (mesh traffic, mTLS-verified).
-        self.trust_marker = ctx.direction == "outbound"
+        self.trust_marker = ctx.sidecar_upstreams
         self.body: bytes | bytearray = b""  # HTTP/1: the request head and body so far
         self.body_done = False
 

@@ -35,6 +35,7 @@ from sidecar.upstream.cluster import ClusterManager, ConnectorFactory, plain
 
 if TYPE_CHECKING:
     from sidecar.http.terminate import ServerTls
+    from sidecar.observe.tracing import TraceOptions, Tracer
 
 log = logging.getLogger("weft.edge")
 
@@ -60,10 +61,13 @@ class EdgeServer:
         service: str = "edge",
         signals: bool = True,
         source: Callable[[int], Snapshot] | None = None,
+        trace: TraceOptions | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         """`admin_port=None` runs no admin listener (a sidecar's outbound side, whose
         sidecar has one); `connector` says how upstreams are reached (mTLS in sidecars);
-        `source` compiles snapshots from elsewhere than `paths` (what a control plane sent)."""
+        `source` compiles snapshots from elsewhere than `paths` (what a control plane sent).
+        Spans go to the collector `trace` names, or to an embedding sidecar's `tracer`."""
         self.source = source
         self.drain_timeout_s = drain_timeout_s
         self.signals = signals  # SIGHUP reloads, SIGTERM drains and exits (off when embedded)
@@ -90,6 +94,12 @@ class EdgeServer:
         self._stamp = FileStamp(())
         self._nursery: trio.Nursery | None = None
         self._ctx: ProxyContext | None = None
+        self._own_tracer = trace is not None
+        if trace is not None:
+            from sidecar.observe.tracing import Tracer
+
+            tracer = Tracer(trace, self.metrics)
+        self.tracer = tracer
 
     # -- public ---------------------------------------------------------------------------
     @property
@@ -132,6 +142,8 @@ class EdgeServer:
                 tls=tls,
                 direction=self.direction,
                 service=self.service,
+                tracer=self.tracer,
+                sidecar_upstreams=self.clusters.connector is not plain,
             )
             self.clusters.nursery = nursery  # active health checks run there
             self.clusters.sync(snap.clusters, time.perf_counter())
@@ -140,6 +152,8 @@ class EdgeServer:
                 self._serve_admin(nursery, admin)
             self._publish(snap)
             nursery.start_soon(self.access_log.run)
+            if self._own_tracer and self.tracer is not None:
+                nursery.start_soon(self.tracer.run)
             nursery.start_soon(run_sweeper, self.idle)
             nursery.start_soon(self._watch_files)
             if self.signals:

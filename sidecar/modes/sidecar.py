@@ -15,6 +15,7 @@ handler as the edge, with `direction="inbound"` in metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import logging
@@ -54,6 +55,7 @@ from sidecar.upstream.cluster import ClusterManager, Connector
 if TYPE_CHECKING:
     from sidecar.discovery.register import ConsulRegistration
     from sidecar.modes.edge import EdgeServer
+    from sidecar.observe.tracing import TraceOptions, Tracer
 
 log = logging.getLogger("weft.sidecar")
 
@@ -87,6 +89,7 @@ class SidecarOptions:
     gateway: bool = False  # an edge gateway in the mesh: also serves the pushed Gateways
     discovery: str = ""  # consul://HOST:PORT: register with that Consul agent while ready
     consul_token: str = ""  # else CONSUL_HTTP_TOKEN
+    trace: TraceOptions | None = None  # export spans (service fields filled in by the sidecar)
 
 
 def inbound_snapshot(opts: SidecarOptions, listener: ListenerKey) -> Snapshot:
@@ -155,6 +158,15 @@ class SidecarServer:
         self.configured = trio.Event()
         self.config_changed = trio.Event()  # set (and replaced) whenever a snapshot goes in force
         self.identity_changed = trio.Event()  # ... and whenever a new SVID does
+        self.tracer: Tracer | None = None
+        if opts.trace is not None:
+            from sidecar.observe.tracing import Tracer
+
+            trace = dataclasses.replace(
+                opts.trace, service=opts.service, namespace=opts.namespace,
+                version=opts.version, instance=self.instance_id,
+            )  # fmt: skip
+            self.tracer = Tracer(trace, self.metrics)
 
     async def run(
         self, *, task_status: trio.TaskStatus[SidecarServer] = trio.TASK_STATUS_IGNORED
@@ -188,10 +200,13 @@ class SidecarServer:
                 direction="inbound",
                 authorize=self._authorize,
                 identity=self.spiffe_id,
+                tracer=self.tracer,
             )
             ctx.clusters.sync(snap.clusters, 0.0)
             nursery.start_soon(run_sweeper, idle)
             nursery.start_soon(self.access_log.run)
+            if self.tracer is not None:
+                nursery.start_soon(self.tracer.run)
             nursery.start_soon(accept_loop, inbound, functools.partial(self._inbound, key), nursery)
             state = AdminState(
                 snapshot=lambda: ctx.store.current,
@@ -208,8 +223,8 @@ class SidecarServer:
 
                 self.outbound = EdgeServer(
                     opts.files, admin_port=None, metrics=self.metrics, connector=self._connector,
-                    direction="outbound", service=opts.service,
-                    access_log=self.access_log_sink, signals=False,
+                    direction=self._outbound_direction, service=opts.service,
+                    access_log=self.access_log_sink, signals=False, tracer=self.tracer,
                 )  # fmt: skip
                 await nursery.start(self.outbound.run)
             else:
@@ -310,9 +325,9 @@ class SidecarServer:
                 opts = self.opts
                 outbound = EdgeServer(
                     (), admin_port=None, metrics=self.metrics, connector=self._connector,
-                    direction="outbound", service=opts.service,
+                    direction=self._outbound_direction, service=opts.service,
                     access_log=self.access_log_sink, signals=False, source=self._compile,
-                    bind=self._bind,
+                    bind=self._bind, tracer=self.tracer,
                 )  # fmt: skip
                 assert self._nursery is not None
                 await self._nursery.start(outbound.run)
@@ -329,6 +344,12 @@ class SidecarServer:
         self.config_changed = trio.Event()
         log.info("configuration %d from the control plane in force", version)
         return None
+
+    @property
+    def _outbound_direction(self) -> str:
+        """An edge gateway in the mesh serves clients from outside: its requests are the
+        edge's (X-Forwarded-* set, a SERVER and a CLIENT span), not an app's calls out."""
+        return "edge" if self.opts.gateway else "outbound"
 
     def _bind(self, key: ListenerKey) -> tuple[str, int]:
         """Where a configured listener binds: the outbound one where the options say."""

@@ -24,6 +24,7 @@ from sidecar.errors import ProtocolError
 # What on_header does with a field: 0 keep, else the kind below. Keys are lower case.
 # Sidecars leave X-Forwarded-* as the app sent them; the edge sets them (EDGE_KINDS).
 _HOST, _LENGTH, _TE, _CONN, _EXPECT, _UPGRADE, _HOP, _XFF, _XFWD, _XRID = range(1, 11)
+_TRACE, _TSTATE, _B3 = range(11, 14)
 MESH_KINDS = {
     b"host": _HOST,
     b"content-length": _LENGTH,
@@ -43,6 +44,19 @@ EDGE_KINDS = MESH_KINDS | {
     b"x-forwarded-proto": _XFWD,
     b"x-forwarded-host": _XFWD,
 }
+# A tracing hop replaces the trace context fields with its own (observe/tracecontext.py).
+_TRACE_KINDS = {
+    b"traceparent": _TRACE,
+    b"tracestate": _TSTATE,
+    b"b3": _B3,
+    b"x-b3-traceid": _B3,
+    b"x-b3-spanid": _B3,
+    b"x-b3-parentspanid": _B3,
+    b"x-b3-sampled": _B3,
+    b"x-b3-flags": _B3,
+}
+MESH_TRACE_KINDS = MESH_KINDS | _TRACE_KINDS
+EDGE_TRACE_KINDS = EDGE_KINDS | _TRACE_KINDS
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
 # Connection tokens that name no other field.
 _PLAIN_CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade", b"te"})
@@ -76,6 +90,9 @@ class RequestHead:
     upgrade: bytes | None = None
     forwarded_for = b""
     request_id = b""
+    traceparent = b""  # trace context fields (seen only by a tracing hop's HTTP/1 parser)
+    tracestate = b""
+    b3 = False
     raw: bytes | None = None  # the header block as received, when whole in one feed
     tunnel = False  # an Upgrade the proxy will pass through if the upstream agrees (101)
 
@@ -182,7 +199,14 @@ class RequestParser:
             head.request_id = value
             return
         head.cut.append(name)
-        if kind == _TE:
+        if kind >= _TRACE:
+            if kind == _TRACE:
+                head.traceparent = value
+            elif kind == _TSTATE:
+                head.tracestate = head.tracestate + b"," + value if head.tracestate else value
+            else:
+                head.b3 = True
+        elif kind == _TE:
             head.chunked = True
         elif kind == _CONN:
             low = value.lower()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sidecar.errors import ProtocolError
 from sidecar.http.filters import HeaderOps
+from sidecar.observe.tracecontext import B3_FIELDS
 from sidecar.protocol.http1 import RequestHead
 from sidecar.protocol.response import ResponseHead
 from sidecar.protocol.wire import strip_hop_by_hop
@@ -54,6 +55,12 @@ def request_head(headers: Headers, *, end_stream: bool) -> RequestHead:
             head.forwarded_for = head.forwarded_for + b", " + value if head.forwarded_for else value
         elif name == b"x-request-id":
             head.request_id = value
+        elif name == b"traceparent":
+            head.traceparent = value
+        elif name == b"tracestate":
+            head.tracestate = head.tracestate + b"," + value if head.tracestate else value
+        elif name in B3_FIELDS:
+            head.b3 = True
         fields.append((name, value))
     if cookies:
         fields.append((b"cookie", b"; ".join(cookies)))

@@ -1,0 +1,192 @@
+"""The trace exporter process: spans from a data plane's pipe to an OTLP/gRPC collector.
+
+The data plane (observe/tracing.py) writes frames to stdin: 4 bytes payload length, 4 bytes
+span count, then a marshal'd list of `spans.Finished` tuples. A reader thread keeps stdin
+drained into a small backlog (frames past it are dropped at once, so a slow collector never
+blocks the data plane); the main thread encodes each batch (observe/spans.py) under this
+process's OpenTelemetry Resource and exports it with the SDK's `OTLPSpanExporter`, which
+brings the channel, TLS, headers, compression, timeouts and retries (and their
+OTEL_EXPORTER_OTLP_* variables). Each outcome goes back on stdout as one JSON line:
+{"exported": n} or {"dropped": n, "reason": ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import marshal
+import queue
+import struct
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource as ResourceMessage
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace.export import SpanExportResult
+
+from sidecar import __version__
+from sidecar.observe.spans import Finished, encode
+
+log = logging.getLogger("weft.exporter")
+
+BACKLOG = 8  # frames waiting for an export; more are dropped
+_FRAME = struct.Struct(">II")
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    request: bytes  # a serialized ExportTraceServiceRequest
+    count: int
+
+
+class Exporter(OTLPSpanExporter):
+    """The SDK's OTLP/gRPC span exporter, sending requests Weft encoded (the two hooks
+    its exporters implement: what to send, and how many items it holds)."""
+
+    def _translate_data(self, data: Any) -> ExportTraceServiceRequest:
+        request: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(data.request)
+        return request
+
+    def _count_data(self, data: Any) -> int:
+        return int(data.count)
+
+
+def resource_message(service: str, namespace: str, version: str, instance: str) -> bytes:
+    """This process's Resource (OTEL_RESOURCE_ATTRIBUTES merged in), encoded."""
+    attrs: dict[str, str] = {"service.name": service, "service.namespace": namespace}
+    if version:
+        attrs["service.version"] = version
+    if instance:
+        attrs["service.instance.id"] = instance
+    resource = Resource.create(attrs)
+    message = ResourceMessage(
+        attributes=[KeyValue(key=k, value=_any(v)) for k, v in resource.attributes.items()]
+    )
+    return bytes(message.SerializeToString())
+
+
+def _any(value: object) -> AnyValue:
+    if isinstance(value, bool):
+        return AnyValue(bool_value=value)
+    if isinstance(value, int):
+        return AnyValue(int_value=value)
+    if isinstance(value, float):
+        return AnyValue(double_value=value)
+    return AnyValue(string_value=str(value))
+
+
+def request_bytes(resource: bytes, spans: bytes) -> bytes:
+    """ExportTraceServiceRequest{ResourceSpans{resource, ScopeSpans{scope, spans}}}."""
+    scope = bytes(InstrumentationScope(name="weft", version=__version__).SerializeToString())
+    scope_spans = b"\x0a" + _varint(len(scope)) + scope + spans
+    body = b"\x0a" + _varint(len(resource)) + resource
+    body += b"\x12" + _varint(len(scope_spans)) + scope_spans
+    return b"\x0a" + _varint(len(body)) + body
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+class Reporter:
+    """JSON lines on stdout, from both threads."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self._out = out
+        self._lock = threading.Lock()
+
+    def __call__(self, **fields: object) -> None:
+        with self._lock:
+            self._out.write(json.dumps(fields) + "\n")
+            self._out.flush()
+
+
+def read_frames(stdin: IO[bytes], backlog: queue.Queue[bytes | None], report: Reporter) -> None:
+    """Drain stdin into the backlog; a frame that does not fit is dropped and reported."""
+    while True:
+        head = stdin.read(_FRAME.size)
+        if len(head) < _FRAME.size:
+            break
+        size, spans = _FRAME.unpack(head)
+        payload = stdin.read(size)
+        if len(payload) < size:
+            break
+        try:
+            backlog.put_nowait(payload)
+        except queue.Full:
+            report(dropped=spans, reason="exporter_backlog")
+    backlog.put(None)
+
+
+def export_loop(
+    exporter: OTLPSpanExporter, resource: bytes, backlog: queue.Queue[bytes | None],
+    report: Reporter, endpoint: str,
+) -> None:  # fmt: skip
+    failing = False
+    while (payload := backlog.get()) is not None:
+        records = [Finished(*t) for t in marshal.loads(payload)]
+        count = sum(2 if r.client_id else 1 for r in records)
+        try:
+            request = request_bytes(resource, encode(records))
+        except Exception:  # a record the encoder cannot take: its batch, not the process
+            log.exception("could not encode %d spans", count)
+            report(dropped=count, reason="encode_error")
+            continue
+        if exporter.export(Batch(request, count)) is SpanExportResult.SUCCESS:  # type: ignore[arg-type]
+            if failing:
+                log.warning("exporting spans to %s again", endpoint)
+                failing = False
+            report(exported=count)
+        else:
+            if not failing:
+                log.error("cannot export spans to %s; dropping them until it answers", endpoint)
+                failing = True
+            report(dropped=count, reason="export_failed")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sidecar.observe.exporter")
+    parser.add_argument("--endpoint", required=True)
+    parser.add_argument("--service", required=True)
+    parser.add_argument("--namespace", default="default")
+    parser.add_argument("--version", default="")
+    parser.add_argument("--instance", default="")
+    parser.add_argument("--timeout", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
+    logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)  # failures reported above
+    exporter = Exporter(
+        endpoint=args.endpoint,
+        insecure=not args.endpoint.startswith("https://"),
+        timeout=args.timeout,
+    )
+    resource = resource_message(args.service, args.namespace, args.version, args.instance)
+    report = Reporter(sys.stdout)
+    backlog: queue.Queue[bytes | None] = queue.Queue(BACKLOG)
+    reader = threading.Thread(
+        target=read_frames, args=(sys.stdin.buffer, backlog, report), daemon=True
+    )
+    reader.start()
+    try:
+        export_loop(exporter, resource, backlog, report, args.endpoint)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        exporter.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
