@@ -39,11 +39,8 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[mis
         self.spans: list[Received] = []
         self.requests = 0
         self.changed = threading.Condition()
-        self.fail_with: grpc.StatusCode | None = None  # answer every export with this
 
-    def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - the gRPC method
-        if self.fail_with is not None:
-            context.abort(self.fail_with, "refused by the test")
+    def Export(self, request: Any, context: Any) -> Any:  # the gRPC method's name
         with self.changed:
             self.requests += 1
             for rs in request.resource_spans:
