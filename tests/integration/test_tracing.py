@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 import trio
 
@@ -173,24 +172,10 @@ async def test_a_collector_that_is_down_costs_spans_not_requests(tmp_path: Path)
                 assert [r.status_code for r in answers] == [200] * 40
                 await counted(server, DROPPED, 2, (("reason", "export_failed"),))
                 # the collector comes up: spans of new requests reach it
-                from concurrent.futures import ThreadPoolExecutor
-
-                from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
-
-                from tests.support.otlp import Receiver
-
-                receiver = Receiver()
-                grpc_server = grpc.server(ThreadPoolExecutor(max_workers=2))
-                trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, grpc_server)
-                grpc_server.add_insecure_port(f"127.0.0.1:{collector}")
-                grpc_server.start()
-                try:
-                    with trio.fail_after(60):
-                        while not receiver.spans:
-                            assert (await http.get("/api/again")).status_code == 200
-                            await server.tracer.reported.wait()  # type: ignore[union-attr]
-                finally:
-                    grpc_server.stop(0)
+                with otlp_receiver(collector) as (receiver, _), trio.fail_after(60):
+                    while not receiver.spans:
+                        assert (await http.get("/api/again")).status_code == 200
+                        await server.tracer.reported.wait()  # type: ignore[union-attr]
             metrics = server.metrics.render()
             nursery.cancel_scope.cancel()
     assert 'weft_trace_spans_dropped_total{reason="export_failed"}' in metrics

@@ -62,12 +62,12 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[mis
 
 
 @contextlib.contextmanager
-def otlp_receiver() -> Iterator[tuple[Receiver, int]]:
-    """A receiver on 127.0.0.1 and the port it listens on."""
+def otlp_receiver(port: int = 0) -> Iterator[tuple[Receiver, int]]:
+    """A receiver on 127.0.0.1 (`port`, or any) and the port it listens on."""
     receiver = Receiver()
     server = grpc.server(ThreadPoolExecutor(max_workers=4))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     try:
         yield receiver, port
