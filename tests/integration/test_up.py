@@ -1,6 +1,7 @@
 """`meshctl up examples/shop`, as a user runs it: everything starts, the shop answers through
 the edge (edge → web → catalog over gRPC and orders over HTTP → inventory over raw TCP, all
-mTLS), and Ctrl-C stops every process it started."""
+mTLS), one request is one trace at an OTLP receiver, and Ctrl-C stops every process it
+started."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import httpx
 import trio
 
 from tests.support.net import free_port
+from tests.support.otlp import Received, Receiver, otlp_receiver
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,9 +33,14 @@ def _processes_mentioning(text: str) -> list[int]:
 
 
 async def test_up_runs_the_shop_and_ctrl_c_stops_everything() -> None:
+    with otlp_receiver() as (receiver, otlp):
+        await _up_and_down(receiver, otlp)
+
+
+async def _up_and_down(receiver: Receiver, otlp: int) -> None:
     port = free_port()
     cmd = [sys.executable, "-m", "mesh_ctl", "up", "examples/shop", "--edge-port", str(port),
-           "--interval", "1", "--traffic"]  # fmt: skip
+           "--interval", "1", "--traffic", "--otlp-endpoint", f"127.0.0.1:{otlp}"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
     assert proc.stdout is not None
@@ -49,8 +56,10 @@ async def test_up_runs_the_shop_and_ctrl_c_stops_everything() -> None:
         )
         assert out[-1].strip() == f"Try: curl http://127.0.0.1:{port}/"
         assert any(line.startswith("starting: 6/6 ready") for line in out)
+        caller = "5a1e5a1e5a1e5a1e5a1e5a1e5a1e5a1e"
         async with httpx.AsyncClient(timeout=10) as http:
-            page = (await http.get(f"http://127.0.0.1:{port}/")).json()
+            page = (await http.get(f"http://127.0.0.1:{port}/",
+                                   headers={"traceparent": f"00-{caller}-00000000000000c1-01"})).json()  # fmt: skip
         skus = [item["sku"] for item in page["items"]]  # from catalog, over gRPC
         assert skus == ["tea", "mug", "teapot"]
         quotes = [item["quote"] for item in page["items"]]  # from orders, over HTTP
@@ -63,6 +72,7 @@ async def test_up_runs_the_shop_and_ctrl_c_stops_everything() -> None:
                 out.append(line)
                 if line.split()[:1] in (["web"], ["inventory"]) and line.split()[-1] == "100.0%":
                     seen.add(line.split()[0])
+        _one_trace(receiver, await _trace(receiver, caller))
         assert _processes_mentioning(state), "the mesh's processes should be running"
         proc.send_signal(signal.SIGINT)
         rest, _ = await trio.to_thread.run_sync(proc.communicate, None, 60)
@@ -74,3 +84,45 @@ async def test_up_runs_the_shop_and_ctrl_c_stops_everything() -> None:
     assert "Traceback" not in rest.decode()
     assert _processes_mentioning(state) == []
     assert not Path(state).exists()
+
+
+async def _trace(receiver: Receiver, trace_hex: str) -> list[Received]:
+    """The spans of one trace, once every hop's are in: edge 2, web 1 + 4 calls, catalog 1,
+    orders 3 (the exporters send within a second or so)."""
+
+    def spans(all_spans: list[Received]) -> list[Received]:
+        return [r for r in all_spans if r.span.trace_id.hex() == trace_hex]
+
+    assert await receiver.wait_for(lambda s: len(spans(s)) >= 11, 60), spans(receiver.spans)
+    return spans(receiver.spans)
+
+
+def _one_trace(receiver: Receiver, spans: list[Received]) -> None:
+    server, client = 2, 3
+    by_id = {r.span.span_id: r for r in spans}
+
+    def parent(r: Received) -> Received:
+        return by_id[r.span.parent_span_id]
+
+    kinds = sorted((r.service, r.span.kind) for r in spans)
+    assert kinds == sorted([("edge", server), ("edge", client), ("web", server),
+                            ("web", client), *[("web", client)] * 3, ("catalog", server),
+                            *[("orders", server)] * 3]), kinds  # fmt: skip
+    edge_in = next(r for r in spans if r.service == "edge" and r.span.kind == server)
+    assert edge_in.span.parent_span_id == bytes.fromhex("00000000000000c1")  # the caller's
+    web_in = next(r for r in spans if r.service == "web" and r.span.kind == server)
+    assert parent(web_in).service == "edge" and parent(parent(web_in)) is edge_in
+    assert web_in.attributes["weft.peer.identity"] == "spiffe://weft.local/ns/default/svc/edge"
+    for callee in ("catalog", "orders"):
+        for r in (r for r in spans if r.service == callee):
+            call = parent(r)  # web's sidecar's CLIENT span, a child of web's SERVER span
+            assert (call.service, call.span.kind) == ("web", client)
+            assert parent(call) is web_in
+            assert call.attributes["peer.service"] == callee
+            assert r.attributes["http.response.status_code"] == 200
+    grpc_call = next(r for r in spans if r.service == "catalog")
+    assert grpc_call.attributes["network.protocol.version"] == "2"
+    assert {r.resource.get("service.version") for r in spans if r.service == "orders"} <= {
+        "v1",
+        "v2",
+    }

@@ -187,7 +187,7 @@ def _record(kind: int, client_id: int, status: int, error: str = "") -> Finished
         method="POST", template="/orders/*", route="shop/orders", scheme="http",
         authority="orders:8080", path="/orders/7", status=status, peer_service="orders",
         upstream="10.0.0.5:9000", retries=1, version="1.1", client="10.0.0.9",
-        identity="spiffe://weft.local/ns/shop/sa/web", error=error,
+        identity="spiffe://weft.local/ns/shop/svc/web", error=error,
     )  # fmt: skip
 
 

@@ -1,5 +1,8 @@
 """orders: order quotes as JSON over HTTP. v1 and v2 answer differently; both ask
-inventory (raw TCP, through the sidecar's local port for it) how much is in stock."""
+inventory (raw TCP, through the sidecar's local port for it) how much is in stock.
+
+Raw TCP has no headers to carry a trace context: the inventory hop is in no trace (as with
+any mesh); its connections and bytes show in the sidecars' weft_tcp_* metrics instead."""
 
 from __future__ import annotations
 

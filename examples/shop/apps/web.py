@@ -1,7 +1,11 @@
 """web: the shop's front end. GET / lists the catalog (gRPC to `catalog`) with a quote for
 each item (HTTP to `orders`), both through the local sidecar's outbound port, which finds
-the services, encrypts, balances and splits. It forwards X-Request-Id so one request's hops
-can be found together in the access logs."""
+the services, encrypts, balances and splits.
+
+It copies the trace context and X-Request-Id of the request it serves onto the calls it
+makes (FORWARD), so one shop request is one trace in Jaeger and its hops share a request id
+in the access logs. That is all an app must do for tracing in a mesh: the sidecars make the
+spans, but only the app knows which incoming request an outgoing call belongs to."""
 
 from __future__ import annotations
 
@@ -14,6 +18,9 @@ import catalog_pb2
 import catalog_pb2_grpc
 import grpc
 
+# What a request's calls must carry on: W3C trace context, B3 (for apps that speak it), the id.
+FORWARD = ("traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid",
+           "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags", "x-request-id")  # fmt: skip
 MESH = os.environ["MESH_OUTBOUND"]  # host:port of the sidecar's outbound listener
 # gRPC goes to the sidecar too; the authority names the service, as Host does for HTTP.
 catalog = catalog_pb2_grpc.CatalogStub(
@@ -21,9 +28,9 @@ catalog = catalog_pb2_grpc.CatalogStub(
 )
 
 
-def quote(sku: str, request_id: str) -> dict[str, object]:
+def quote(sku: str, context: dict[str, str]) -> dict[str, object]:
     req = urllib.request.Request(
-        f"http://{MESH}/orders/{sku}", headers={"Host": "orders", "X-Request-Id": request_id}
+        f"http://{MESH}/orders/{sku}", headers={"Host": "orders", **context}
     )
     with urllib.request.urlopen(req, timeout=5) as resp:
         answer: dict[str, object] = json.load(resp)
@@ -36,12 +43,12 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # the http.server API
         if self.path != "/":
             return self._send(404, {"error": "try GET /"})
-        request_id = self.headers.get("x-request-id", "")
+        context = {k: v for k in FORWARD if (v := self.headers.get(k)) is not None}
         try:
             items = catalog.List(catalog_pb2.ListRequest(), timeout=5,
-                                 metadata=[("x-request-id", request_id)]).items  # fmt: skip
+                                 metadata=list(context.items())).items  # fmt: skip
             page = [{"sku": i.sku, "name": i.name, "price": i.price_cents / 100,
-                     "quote": quote(i.sku, request_id)} for i in items]  # fmt: skip
+                     "quote": quote(i.sku, context)} for i in items]  # fmt: skip
         except (grpc.RpcError, OSError) as exc:
             return self._send(502, {"error": f"a service is unavailable: {exc}"})
         self._send(200, {"items": page})
