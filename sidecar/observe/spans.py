@@ -56,24 +56,61 @@ class Finished(NamedTuple):
 def encode(records: list[Finished]) -> bytes:
     """The concatenated `Span` messages (as ScopeSpans field 2) of these requests."""
     out = bytearray()
+    shapes = _SHAPES
     for r in records:
+        key = (r.kind, r.method, r.template, r.route, r.scheme, r.authority, r.status,
+               r.peer_service, r.upstream, r.retries, r.version, r.client, r.identity, r.error,
+               r.parent_id != 0, r.client_id != 0)  # fmt: skip
+        shape = shapes.get(key)
+        if shape is None:
+            if len(shapes) >= _SHAPES_MAX:
+                shapes.clear()
+            shape = shapes[key] = _shape(r)
+        first, child = shape
+        trace = r.trace_id.to_bytes(16, "big")
         start = int(r.start_s * 1e9)
         end = start + int(r.duration_s * 1e9)
-        name = f"{r.method} {r.template}" if r.template else r.method
         if r.kind == SERVER:
-            error = _error(r, 500)
-            out += _span(r.trace_id, r.span_id, r.parent_id, name, SERVER,
-                         start, end, _server_attributes(r), error, r.parent_id != 0)  # fmt: skip
-            if r.client_id:  # the edge's call upstream, a child of its SERVER span
-                up = start + int(r.upstream_s * 1e9)
-                error = _error(r, 400)
-                out += _span(r.trace_id, r.client_id, r.span_id, name, CLIENT,
-                             up, end, _client_attributes(r), error, False)  # fmt: skip
+            var = _str(_URL_PATH, r.path)
         else:
-            error = _error(r, 400)
-            out += _span(r.trace_id, r.span_id, r.parent_id, name, CLIENT,
-                         start, end, _client_attributes(r), error, r.parent_id != 0)  # fmt: skip
+            var = _str(_URL_FULL, f"{r.scheme}://{r.authority}{r.path}")
+        out += _span(trace, r.span_id, r.parent_id, start, end, first, var)
+        if child:  # the edge's call upstream, a child of its SERVER span
+            up = start + int(r.upstream_s * 1e9)
+            var = _str(_URL_FULL, f"{r.scheme}://{r.authority}{r.path}")
+            out += _span(trace, r.client_id, r.span_id, up, end, child, var)
     return bytes(out)
+
+
+# What a span's message holds besides ids, times and the path, by the request's shape (route,
+# status, addresses...): requests repeat a few shapes, so each is encoded once. Cleared when
+# full: client-chosen values (authorities) cannot grow it without bound.
+_SHAPES: dict[tuple[object, ...], tuple[bytes, bytes]] = {}
+_SHAPES_MAX = 4096
+
+
+def _shape(r: Finished) -> tuple[bytes, bytes]:
+    """(the first span's fixed fields, its CLIENT child's or b"")."""
+    name = f"{r.method} {r.template}" if r.template else r.method
+    remote = r.parent_id != 0
+    if r.kind == SERVER:
+        first = _fixed(name, SERVER, _server_attributes(r), _error(r, 500), remote)
+    else:
+        first = _fixed(name, CLIENT, _client_attributes(r), _error(r, 400), remote)
+    child = (
+        _fixed(name, CLIENT, _client_attributes(r), _error(r, 400), False) if r.client_id else b""
+    )
+    return first, child
+
+
+def _fixed(name: str, kind: int, attrs: bytes, error: str, remote: bool) -> bytes:
+    raw = name.encode()
+    out = b"\x2a" + _varint(len(raw)) + raw + b"\x30" + bytes((kind,)) + attrs
+    if error:
+        msg = error.encode()
+        status = b"\x12" + _varint(len(msg)) + msg + b"\x18\x02"
+        out += b"\x7a" + _varint(len(status)) + status
+    return out + _FLAGS.pack(0x85, 0x01, _HAS_IS_REMOTE | (_IS_REMOTE if remote else 0))
 
 
 def _error(r: Finished, from_status: int) -> str:
@@ -84,49 +121,41 @@ def _error(r: Finished, from_status: int) -> str:
     return r.error or str(r.status) or "no_response"
 
 
-def _server_attributes(r: Finished) -> bytearray:
-    a = bytearray()
-    a += _cached(_METHOD, r.method)
-    a += _str(_URL_PATH, r.path)
-    a += _cached(_URL_SCHEME, r.scheme)
+def _server_attributes(r: Finished) -> bytes:
+    a = _str(_METHOD, r.method) + _str(_URL_SCHEME, r.scheme)
     if r.template:
-        a += _cached(_ROUTE, r.template)
-        a += _cached(_WEFT_ROUTE, r.route)
+        a += _str(_ROUTE, r.template) + _str(_WEFT_ROUTE, r.route)
     if r.status:
-        a += _cached(_STATUS, r.status)
-    a += _cached(_SERVER_ADDRESS, _host(r.authority))
-    a += _cached(_CLIENT_ADDRESS, r.client)
-    a += _cached(_PROTOCOL_VERSION, r.version)
+        a += _int(_STATUS, r.status)
+    a += _str(_SERVER_ADDRESS, _host(r.authority)) + _str(_CLIENT_ADDRESS, r.client)
+    a += _str(_PROTOCOL_VERSION, r.version)
     if r.identity:
-        a += _cached(_PEER_IDENTITY, r.identity)
+        a += _str(_PEER_IDENTITY, r.identity)
     if error := _error(r, 500):
-        a += _cached(_ERROR_TYPE, error)
+        a += _str(_ERROR_TYPE, error)
     if r.upstream and not r.client_id:
-        a += _cached(_WEFT_UPSTREAM, r.upstream)
+        a += _str(_WEFT_UPSTREAM, r.upstream)
     return a
 
 
-def _client_attributes(r: Finished) -> bytearray:
-    a = bytearray()
-    a += _cached(_METHOD, r.method)
-    a += _str(_URL_FULL, f"{r.scheme}://{r.authority}{r.path}")
+def _client_attributes(r: Finished) -> bytes:
+    a = _str(_METHOD, r.method)
     if r.template:
-        a += _cached(_ROUTE, r.template)
-        a += _cached(_WEFT_ROUTE, r.route)
+        a += _str(_ROUTE, r.template) + _str(_WEFT_ROUTE, r.route)
     if r.status:
-        a += _cached(_STATUS, r.status)
-    a += _cached(_SERVER_ADDRESS, _host(r.authority))
+        a += _int(_STATUS, r.status)
+    a += _str(_SERVER_ADDRESS, _host(r.authority))
     if r.peer_service:
-        a += _cached(_PEER_SERVICE, r.peer_service)
+        a += _str(_PEER_SERVICE, r.peer_service)
     if r.upstream:
         host, _, port = r.upstream.rpartition(":")
-        a += _cached(_PEER_ADDRESS, host.strip("[]"))
+        a += _str(_PEER_ADDRESS, host.strip("[]"))
         if port.isdigit():
-            a += _cached(_PEER_PORT, int(port))
+            a += _int(_PEER_PORT, int(port))
     if r.retries:
-        a += _cached(_RESEND_COUNT, r.retries)
+        a += _int(_RESEND_COUNT, r.retries)
     if error := _error(r, 400):
-        a += _cached(_ERROR_TYPE, error)
+        a += _str(_ERROR_TYPE, error)
     return a
 
 
@@ -137,34 +166,12 @@ def _host(authority: str) -> str:
 
 
 def _span(
-    trace_id: int,
-    span_id: int,
-    parent_id: int,
-    name: str,
-    kind: int,
-    start: int,
-    end: int,
-    attrs: bytearray,
-    error: str,
-    remote: bool,
+    trace: bytes, span_id: int, parent_id: int, start: int, end: int, fixed: bytes, var: bytes
 ) -> bytes:
-    body = bytearray(b"\x0a\x10")
-    body += trace_id.to_bytes(16, "big")
-    body += b"\x12\x08"
-    body += span_id.to_bytes(8, "big")
+    body = b"\x0a\x10" + trace + b"\x12\x08" + span_id.to_bytes(8, "big")
     if parent_id:
-        body += b"\x22\x08"
-        body += parent_id.to_bytes(8, "big")
-    raw = name.encode()
-    body += b"\x2a" + _varint(len(raw)) + raw
-    body += b"\x30" + bytes((kind,))
-    body += _TIMES.pack(0x39, start, 0x41, end)
-    body += attrs
-    if error:
-        msg = error.encode()
-        status = b"\x12" + _varint(len(msg)) + msg + b"\x18\x02"
-        body += b"\x7a" + _varint(len(status)) + status
-    body += _FLAGS.pack(0x85, 0x01, _HAS_IS_REMOTE | (_IS_REMOTE if remote else 0))
+        body += b"\x22\x08" + parent_id.to_bytes(8, "big")
+    body += _TIMES.pack(0x39, start, 0x41, end) + fixed + var
     return b"\x12" + _varint(len(body)) + body  # ScopeSpans.spans (field 2)
 
 
@@ -187,23 +194,6 @@ def _key(name: str) -> bytes:
     """KeyValue.key, encoded once per attribute name."""
     raw = name.encode()
     return b"\x0a" + _varint(len(raw)) + raw
-
-
-# Encoded attributes by (key, value): most values repeat from request to request (method,
-# route, status, addresses); only the path changes. Cleared when full: client-chosen values
-# (authorities) cannot grow it without bound.
-_CACHE: dict[tuple[bytes, str | int], bytes] = {}
-_CACHE_MAX = 8192
-
-
-def _cached(key: bytes, value: str | int) -> bytes:
-    hit = _CACHE.get((key, value))
-    if hit is None:
-        if len(_CACHE) >= _CACHE_MAX:
-            _CACHE.clear()
-        hit = _str(key, value) if isinstance(value, str) else _int(key, value)
-        _CACHE[(key, value)] = hit
-    return hit
 
 
 def _str(key: bytes, value: str) -> bytes:

@@ -202,24 +202,25 @@ def _sdk_span(r: Finished, span_id: int, parent: int, kind: SpanKind, start: int
 
 
 def test_encoded_spans_equal_the_sdk_encoders() -> None:
-    """Weft's writer and the SDK's encoder, given the same span, give the same message."""
+    """Weft's writer and the SDK's encoder, given the same span, give the same message
+    (attributes in the writer's order; a span's attributes have no meaningful order)."""
     r = _record(SERVER, 0x2222, 502, "UpstreamConnectError")
     start = int(r.start_s * 1e9)
     end = start + int(r.duration_s * 1e9)
     up = start + int(r.upstream_s * 1e9)
     server_attrs = {
-        "http.request.method": "POST", "url.path": "/orders/7", "url.scheme": "http",
+        "http.request.method": "POST", "url.scheme": "http",
         "http.route": "/orders/*", "weft.route": "shop/orders", "http.response.status_code": 502,
         "server.address": "orders", "client.address": "10.0.0.9",
         "network.protocol.version": "1.1", "weft.peer.identity": r.identity,
-        "error.type": "UpstreamConnectError",
+        "error.type": "UpstreamConnectError", "url.path": "/orders/7",
     }  # fmt: skip
     client_attrs = {
-        "http.request.method": "POST", "url.full": "http://orders:8080/orders/7",
+        "http.request.method": "POST",
         "http.route": "/orders/*", "weft.route": "shop/orders", "http.response.status_code": 502,
         "server.address": "orders", "peer.service": "orders", "network.peer.address": "10.0.0.5",
         "network.peer.port": 9000, "http.request.resend_count": 1,
-        "error.type": "UpstreamConnectError",
+        "error.type": "UpstreamConnectError", "url.full": "http://orders:8080/orders/7",
     }  # fmt: skip
     sdk = [
         _sdk_span(r, 0x1111, int(SPAN, 16), SpanKind.SERVER, start, end, server_attrs,
@@ -266,10 +267,10 @@ def test_route_templates() -> None:
     assert route_template("RegularExpression", "/v[0-9]+/.*") == "/v[0-9]+/.*"
 
 
-def test_encoder_cost_is_bounded_by_its_cache() -> None:
-    """Client-chosen values (authorities) cannot grow the attribute cache without bound."""
+def test_the_encoders_cache_is_bounded() -> None:
+    """Client-chosen values (authorities) cannot grow the shape cache without bound."""
     from sidecar.observe import spans
 
     records = [_record(SERVER, 0, 200)._replace(authority=f"h{i}.example") for i in range(20000)]
     encode(records)
-    assert len(spans._CACHE) <= spans._CACHE_MAX
+    assert len(spans._SHAPES) <= spans._SHAPES_MAX
