@@ -443,11 +443,21 @@ def main() -> int:
         if sink.proc is not None and sink.proc.stdout is not None:
             print(f"\nweft+trace: tracing at 100% to an OTLP receiver (bench/otlp_sink.py, on "
                   f"core {LOAD_CORE}); it received {sink.proc.stdout.read().decode().strip()} "
-                  "spans in the whole run (two per edge request).")  # fmt: skip
+                  "spans in the whole run (two per edge request)." + _trace_cost(targets))  # fmt: skip
         if not args.skip_scaling:
             print()
             print(_scaling(tmp, args))
     return 0
+
+
+def _trace_cost(targets: list[Target]) -> str:
+    """The RPS tracing costs: weft+trace over weft, per round (side by side), median."""
+    by = {t.name: t.runs.get("http1") for t in targets}
+    plain, traced = by.get("weft"), by.get("weft+trace")
+    if not plain or not traced:
+        return ""
+    ratio = statistics.median(a.rps / b.rps for a, b in zip(traced, plain, strict=True))
+    return f" RPS with tracing / without: {ratio:.2f} (median of per-round ratios)."
 
 
 def _scaling(tmp: Path, args: argparse.Namespace) -> str:
