@@ -97,7 +97,7 @@ def edge(tmp: Path, access_log: str) -> tuple[list[tuple[list[str], int]], int]:
 
 
 def pair(tmp: Path, access_log: str) -> tuple[list[tuple[list[str], int]], int]:
-    sidecars, _ = mtls._weft(tmp)
+    sidecars = mtls._weft(tmp, "weft")
     log = [] if access_log == "on" else ["--access-log", "off"]
     orders, web = ([*cmd, *log] for cmd in sidecars)
     return [(orders, mtls.P["weft_in"]), (web, mtls.P["weft"])], mtls.P["weft"]
@@ -121,8 +121,7 @@ def main() -> int:
                 cmds, port = edge(tmp, log)
             else:
                 mtls._meshctl("ca", "init", "--data-dir", str(tmp / "weft-data"))
-                _, server = mtls._weft(tmp)
-                procs.append(subprocess.Popen(server, stderr=subprocess.DEVNULL))
+                procs.append(subprocess.Popen(mtls.control_plane(tmp), stderr=subprocess.DEVNULL))
                 _wait_port(mtls.P["cp"])
                 cmds, port = pair(tmp, args.access_log)
             few = _measure(cmds, port, args.requests // 4, tmp)

@@ -31,8 +31,10 @@ from bench.run import (
 )
 from ca import keystore
 
-P = {"weft": 18320, "weft_in": 18321, "nginx": 18330, "nginx_in": 18331,
-     "envoy": 18340, "envoy_in": 18341, "cp": 18350}  # fmt: skip
+P = {"weft": 18320, "weft_in": 18321, "weft+trace": 18324, "weft+trace_in": 18325,
+     "nginx": 18330, "nginx_in": 18331, "envoy": 18340, "envoy_in": 18341, "cp": 18350}  # fmt: skip
+# Weft pairs' other ports: web's inbound, the two admin ports, orders' outbound.
+WEFT_PORTS = {"weft": (18323, 18352, 18353, 18354), "weft+trace": (18326, 18355, 18356, 18357)}
 PEM = serialization.Encoding.PEM
 
 
@@ -162,23 +164,23 @@ def _meshctl(*args: str) -> str:
     ).stdout
 
 
-def _weft(tmp: Path) -> tuple[list[list[str]], list[str]]:
-    """(sidecar commands, control plane command)."""
+def _weft(tmp: Path, name: str, *extra_args: str) -> list[list[str]]:
+    """The sidecar commands of a Weft pair (orders first)."""
     data = tmp / "weft-data"
-    outbound = tmp / "weft-outbound.yaml"
+    outbound = tmp / f"{name}-outbound.yaml"
     outbound.write_text(f"""apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {{name: outbound}}
 spec:
   addresses: [{{type: IPAddress, value: 127.0.0.1}}]
-  listeners: [{{name: out, port: {P["weft"]}, protocol: HTTP}}]
+  listeners: [{{name: out, port: {P[name]}, protocol: HTTP}}]
 ---
 apiVersion: weft.dev/v1alpha1
 kind: Service
 metadata: {{name: orders}}
 spec:
   ports: [{{port: 80}}]
-  endpoints: [{{address: 127.0.0.1, port: {P["weft_in"]}}}]
+  endpoints: [{{address: 127.0.0.1, port: {P[f"{name}_in"]}}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -188,16 +190,17 @@ spec:
   rules: [{{backendRefs: [{{name: orders, port: 80}}]}}]
 """)
     common = ["--control-plane", f"127.0.0.1:{P['cp']}", "--ca-file", str(data / "ca" / "root.pem"),
-              "--inbound-address", "127.0.0.1", "--log-level", "warning"]  # fmt: skip
+              "--inbound-address", "127.0.0.1", "--log-level", "warning", *extra_args]  # fmt: skip
+    web_in, orders_admin, web_admin, orders_out = WEFT_PORTS[name]
     sidecars = []
     for service, inbound, admin, extra in (
         (
             "orders",
-            P["weft_in"],
-            18352,
-            ["--app-port", str(PORTS["backend"]), "--outbound-port", "18354"],
+            P[f"{name}_in"],
+            orders_admin,
+            ["--app-port", str(PORTS["backend"]), "--outbound-port", str(orders_out)],
         ),
-        ("web", 18323, 18353, ["--app-port", "1", "-f", str(outbound)]),
+        ("web", web_in, web_admin, ["--app-port", "1", "-f", str(outbound)]),
     ):
         token = (
             _meshctl("token", "create", service, "--data-dir", str(data)).strip().splitlines()[-1]
@@ -205,18 +208,26 @@ spec:
         sidecars.append([sys.executable, "-m", "mesh_ctl", "sidecar", "--service", service,
                          "--token", token, "--inbound-port", str(inbound),
                          "--admin-port", str(admin), *extra, *common])  # fmt: skip
-    server = [sys.executable, "-m", "mesh_ctl", "server", "--data-dir", str(data),
-              "--listen", f"127.0.0.1:{P['cp']}"]  # fmt: skip
-    return sidecars, server
+    return sidecars
 
 
-def run(tmp: Path, rounds: int, seconds: float, connections: int, envoy: str | None) -> str:
+def control_plane(tmp: Path) -> list[str]:
+    return [sys.executable, "-m", "mesh_ctl", "server", "--data-dir", str(tmp / "weft-data"),
+            "--listen", f"127.0.0.1:{P['cp']}"]  # fmt: skip
+
+
+def run(
+    tmp: Path, rounds: int, seconds: float, connections: int, envoy: str | None, otlp: str = ""
+) -> str:
+    """The pairs' table; with `otlp` (a receiver's host:port) also a Weft pair tracing 100%."""
     data = tmp / "weft-data"
     _meshctl("ca", "init", "--data-dir", str(data))
     ca = keystore.load(data, datetime.datetime.now(datetime.UTC))
     files = _files(tmp, ca)
-    sidecars, server = _weft(tmp)
-    pairs: dict[str, list[list[str]]] = {"nginx": [_nginx(tmp, files)], "weft": sidecars}
+    server = control_plane(tmp)
+    pairs: dict[str, list[list[str]]] = {"nginx": [_nginx(tmp, files)], "weft": _weft(tmp, "weft")}
+    if otlp:
+        pairs["weft+trace"] = _weft(tmp, "weft+trace", "--otlp-endpoint", otlp)
     if envoy:
         pairs["envoy"] = [_envoy(tmp, files, envoy)]
     procs: dict[str, list[subprocess.Popen[bytes]]] = {}
@@ -229,8 +240,9 @@ def run(tmp: Path, rounds: int, seconds: float, connections: int, envoy: str | N
             for cmd in cmds:
                 procs[name].append(subprocess.Popen(_taskset(PROXY_CORE, cmd),
                                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
-                if name == "weft":  # the web sidecar needs orders' inbound first
-                    _wait_port(P["weft_in"] if len(procs[name]) == 1 else P["weft"], timeout=60)
+                if name.startswith("weft"):  # the web sidecar needs orders' inbound first
+                    first = len(procs[name]) == 1
+                    _wait_port(P[f"{name}_in"] if first else P[name], timeout=60)
             _wait_port(P[name], timeout=60)
             # warm-up (pools, TLS sessions); its errors, if any, are the start-up's
             subprocess.run(_taskset(LOAD_CORE, ["wrk", "-t1", f"-c{connections}", "-d2s",

@@ -435,7 +435,8 @@ def main() -> int:
                 envoy = cmds["envoy"][0] if Path(cmds["envoy"][0]).exists() else None
                 print("\nmTLS hop: wrk → proxy → mutual TLS 1.3 → proxy → backend, both ends of "
                       "each pair on the proxy core, keep-alive both hops\n")  # fmt: skip
-                print(mtls.run(tmp, args.rounds, args.seconds, args.connections, envoy))
+                print(mtls.run(tmp, args.rounds, args.seconds, args.connections, envoy,
+                               f"127.0.0.1:{OTLP_SINK}"))  # fmt: skip
         finally:
             for t in [*targets, backend]:
                 _stop(t)
