@@ -444,7 +444,8 @@ def main() -> int:
         if sink.proc is not None and sink.proc.stdout is not None:
             print(f"\nweft+trace: tracing at 100% to an OTLP receiver (bench/otlp_sink.py, on "
                   f"core {LOAD_CORE}); it received {sink.proc.stdout.read().decode().strip()} "
-                  "spans in the whole run (two per edge request)." + _trace_cost(targets))  # fmt: skip
+                  "spans in the whole run (edge: two per request; mTLS pair: one per sidecar)."
+                  + _trace_cost(targets))  # fmt: skip
         if not args.skip_scaling:
             print()
             print(_scaling(tmp, args))
