@@ -32,7 +32,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from sidecar import __version__
-from sidecar.observe.spans import Finished, encode
+from sidecar.observe.spans import Finished, encode, varint
 
 log = logging.getLogger("weft.exporter")
 
@@ -85,19 +85,10 @@ def _any(value: object) -> AnyValue:
 def request_bytes(resource: bytes, spans: bytes) -> bytes:
     """ExportTraceServiceRequest{ResourceSpans{resource, ScopeSpans{scope, spans}}}."""
     scope = bytes(InstrumentationScope(name="weft", version=__version__).SerializeToString())
-    scope_spans = b"\x0a" + _varint(len(scope)) + scope + spans
-    body = b"\x0a" + _varint(len(resource)) + resource
-    body += b"\x12" + _varint(len(scope_spans)) + scope_spans
-    return b"\x0a" + _varint(len(body)) + body
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+    scope_spans = b"\x0a" + varint(len(scope)) + scope + spans
+    body = b"\x0a" + varint(len(resource)) + resource
+    body += b"\x12" + varint(len(scope_spans)) + scope_spans
+    return b"\x0a" + varint(len(body)) + body
 
 
 class Reporter:

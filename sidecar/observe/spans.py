@@ -105,11 +105,11 @@ def _shape(r: Finished) -> tuple[bytes, bytes]:
 
 def _fixed(name: str, kind: int, attrs: bytes, error: str, remote: bool) -> bytes:
     raw = name.encode()
-    out = b"\x2a" + _varint(len(raw)) + raw + b"\x30" + bytes((kind,)) + attrs
+    out = b"\x2a" + varint(len(raw)) + raw + b"\x30" + bytes((kind,)) + attrs
     if error:
         msg = error.encode()
-        status = b"\x12" + _varint(len(msg)) + msg + b"\x18\x02"
-        out += b"\x7a" + _varint(len(status)) + status
+        status = b"\x12" + varint(len(msg)) + msg + b"\x18\x02"
+        out += b"\x7a" + varint(len(status)) + status
     return out + _FLAGS.pack(0x85, 0x01, _HAS_IS_REMOTE | (_IS_REMOTE if remote else 0))
 
 
@@ -172,14 +172,15 @@ def _span(
     if parent_id:
         body += b"\x22\x08" + parent_id.to_bytes(8, "big")
     body += _TIMES.pack(0x39, start, 0x41, end) + fixed + var
-    return b"\x12" + _varint(len(body)) + body  # ScopeSpans.spans (field 2)
+    return b"\x12" + varint(len(body)) + body  # ScopeSpans.spans (field 2)
 
 
 _TIMES = struct.Struct("<BQBQ")
 _FLAGS = struct.Struct("<BBI")
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """A protobuf base-128 varint."""
     if n < 0x80:
         return bytes((n,))
     out = bytearray()
@@ -193,20 +194,20 @@ def _varint(n: int) -> bytes:
 def _key(name: str) -> bytes:
     """KeyValue.key, encoded once per attribute name."""
     raw = name.encode()
-    return b"\x0a" + _varint(len(raw)) + raw
+    return b"\x0a" + varint(len(raw)) + raw
 
 
 def _str(key: bytes, value: str) -> bytes:
     raw = value.encode("utf-8", "replace")
-    any_value = b"\x0a" + _varint(len(raw)) + raw  # AnyValue.string_value
-    kv = key + b"\x12" + _varint(len(any_value)) + any_value
-    return b"\x4a" + _varint(len(kv)) + kv  # Span.attributes (field 9)
+    any_value = b"\x0a" + varint(len(raw)) + raw  # AnyValue.string_value
+    kv = key + b"\x12" + varint(len(any_value)) + any_value
+    return b"\x4a" + varint(len(kv)) + kv  # Span.attributes (field 9)
 
 
 def _int(key: bytes, value: int) -> bytes:
-    any_value = b"\x18" + _varint(value)  # AnyValue.int_value
-    kv = key + b"\x12" + _varint(len(any_value)) + any_value
-    return b"\x4a" + _varint(len(kv)) + kv
+    any_value = b"\x18" + varint(value)  # AnyValue.int_value
+    kv = key + b"\x12" + varint(len(any_value)) + any_value
+    return b"\x4a" + varint(len(kv)) + kv
 
 
 _METHOD = _key("http.request.method")
