@@ -24,7 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get(
         "OTEL_EXPORTER_OTLP_ENDPOINT", ""
     )
-    sampler = env.get("OTEL_TRACES_SAMPLER", SAMPLERS[0])
     group = parser.add_argument_group("traces and access log")
     group.add_argument(
         "--otlp-endpoint", default=endpoint, metavar="HOST:PORT",
@@ -32,14 +31,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "OTEL_EXPORTER_OTLP_ENDPOINT, else no tracing",
     )  # fmt: skip
     group.add_argument(
-        "--trace-sampling", type=float, default=_ratio(env.get("OTEL_TRACES_SAMPLER_ARG")),
-        metavar="RATIO", help="share of new traces recorded, 0..1 (default 1); a sampled "
-        "caller is always followed",
+        "--trace-sampling", type=float, default=None, metavar="RATIO",
+        help="share of new traces recorded, 0..1 (default OTEL_TRACES_SAMPLER_ARG, else 1); "
+        "a sampled caller is always followed",
     )  # fmt: skip
     group.add_argument(
-        "--trace-sampler", choices=SAMPLERS,
-        default=sampler if sampler in SAMPLERS else SAMPLERS[0],
-        help="parentbased_traceidratio (default) also follows a caller that did not sample",
+        "--trace-sampler", choices=SAMPLERS, default=None,
+        help="parentbased_traceidratio (default, or OTEL_TRACES_SAMPLER) also follows a "
+        "caller that did not sample",
     )  # fmt: skip
     group.add_argument(
         "--access-log", default="-", metavar="PATH|-|off",
@@ -47,26 +46,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def _ratio(text: str | None) -> float:
-    try:
-        return float(text) if text else 1.0
-    except ValueError:
-        return 1.0
+# OTEL_TRACES_SAMPLER values Weft can follow: (parent-based, ratio or None for the argument).
+_ENV_SAMPLERS: dict[str, tuple[bool, float | None]] = {
+    "parentbased_traceidratio": (True, None), "traceidratio": (False, None),
+    "parentbased_always_on": (True, 1.0), "always_on": (False, 1.0),
+    "parentbased_always_off": (True, 0.0), "always_off": (False, 0.0),
+}  # fmt: skip
 
 
 def trace_options(args: argparse.Namespace) -> TraceOptions | None:
-    """What the flags say about tracing (None: off); CliError for a bad ratio."""
+    """What the flags (else OpenTelemetry's variables) say about tracing (None: off);
+    CliError for a ratio or a sampler Weft cannot follow."""
     if not args.otlp_endpoint:
         return None
-    if not 0.0 <= args.trace_sampling <= 1.0:
-        raise CliError(f"--trace-sampling must be within 0..1, not {args.trace_sampling}")
+    name = os.environ.get("OTEL_TRACES_SAMPLER", SAMPLERS[0]).strip().lower()
+    if name not in _ENV_SAMPLERS:
+        raise CliError(f"OTEL_TRACES_SAMPLER={name} is not one of: {', '.join(_ENV_SAMPLERS)}")
+    parent_based, ratio = _ENV_SAMPLERS[name]
+    if args.trace_sampler is not None:
+        parent_based, ratio = args.trace_sampler == SAMPLERS[0], None
+    if args.trace_sampling is not None:
+        ratio = args.trace_sampling
+    if ratio is None:
+        text = os.environ.get("OTEL_TRACES_SAMPLER_ARG", "1")
+        try:
+            ratio = float(text)
+        except ValueError:
+            raise CliError(f"OTEL_TRACES_SAMPLER_ARG={text} is not a number") from None
+    if not 0.0 <= ratio <= 1.0:
+        raise CliError(f"the trace sampling ratio must be within 0..1, not {ratio}")
     from sidecar.observe.tracing import TraceOptions
 
-    return TraceOptions(
-        endpoint=args.otlp_endpoint,
-        ratio=args.trace_sampling,
-        parent_based=args.trace_sampler == SAMPLERS[0],
-    )
+    return TraceOptions(endpoint=args.otlp_endpoint, ratio=ratio, parent_based=parent_based)
 
 
 def access_log_sink(value: str) -> TextIO | None:

@@ -152,28 +152,35 @@ class Tracer:
 
     async def run(self) -> None:
         """Keep an exporter process running and feed it; restart it (with backoff) if it
-        dies, counting what it took with it as dropped."""
+        dies or cannot start, counting what it took with it as dropped."""
         failures = 0
         while True:
-            async with trio.open_nursery() as nursery:
-                proc: trio.Process = await nursery.start(
-                    partial(
-                        trio.run_process, self.command(), stdin=subprocess.PIPE,
-                        stdout=subprocess.PIPE, check=False,
-                    )
-                )  # fmt: skip
-                assert proc.stdin is not None and proc.stdout is not None
-                nursery.start_soon(self._feed, proc.stdin)
-                await self._results(proc.stdout)  # returns when the process is gone
-                nursery.cancel_scope.cancel()
+            try:
+                why = await self._run_exporter()
+            except OSError as exc:  # could not even start it
+                why = str(exc)
             if self._spans:
                 self.metrics.inc(DROPPED, (("reason", "exporter_down"),), self._spans)
                 self.pending, self._spans = [], 0
             delay = RESTART_S[min(failures, len(RESTART_S) - 1)]
             failures += 1
-            log.error("the trace exporter process exited (%s); restarting in %gs",
-                      proc.returncode, delay)  # fmt: skip
+            log.error("the trace exporter process stopped (%s); restarting in %gs", why, delay)
             await trio.sleep(delay)
+
+    async def _run_exporter(self) -> str:
+        """Run one exporter process until it exits; its exit status."""
+        async with trio.open_nursery() as nursery:
+            proc: trio.Process = await nursery.start(
+                partial(
+                    trio.run_process, self.command(), stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, check=False,
+                )
+            )  # fmt: skip
+            assert proc.stdin is not None and proc.stdout is not None
+            nursery.start_soon(self._feed, proc.stdin)
+            await self._results(proc.stdout)  # returns when the process is gone
+            nursery.cancel_scope.cancel()
+        return f"exit status {proc.returncode}"
 
     async def _feed(self, stdin: trio.abc.SendStream) -> None:
         while True:

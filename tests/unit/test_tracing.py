@@ -274,3 +274,38 @@ def test_the_encoders_cache_is_bounded() -> None:
     records = [_record(SERVER, 0, 200)._replace(authority=f"h{i}.example") for i in range(20000)]
     encode(records)
     assert len(spans._SHAPES) <= spans._SHAPES_MAX
+
+
+# -- the command line ---------------------------------------------------------------------------
+def _trace_flags(*argv: str) -> TraceOptions | None:
+    from mesh_ctl.cli import build_parser
+    from mesh_ctl.telemetry import trace_options
+
+    return trace_options(build_parser().parse_args(["edge", "-f", "x.yaml", *argv]))
+
+
+def test_trace_flags_and_opentelemetry_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mesh_ctl.common import CliError
+
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                 "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    assert _trace_flags() is None  # no endpoint: no tracing
+    assert _trace_flags("--otlp-endpoint", "c:4317") == TraceOptions("c:4317", 1.0, True)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger:4317")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.25")
+    assert _trace_flags() == TraceOptions("http://jaeger:4317", 0.25, False)
+    assert _trace_flags("--trace-sampling", "0.5", "--trace-sampler",
+                        "parentbased_traceidratio") == TraceOptions("http://jaeger:4317", 0.5, True)  # fmt: skip
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_always_off")
+    assert _trace_flags() == TraceOptions("http://jaeger:4317", 0.0, True)
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "jaeger_remote")
+    with pytest.raises(CliError, match="OTEL_TRACES_SAMPLER=jaeger_remote"):
+        _trace_flags()
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "half")
+    with pytest.raises(CliError, match="not a number"):
+        _trace_flags()
+    with pytest.raises(CliError, match=r"within 0\.\.1"):
+        _trace_flags("--trace-sampling", "2")
