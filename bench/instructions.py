@@ -8,9 +8,12 @@ same in both runs, drop out). It counts user-space instructions only (the kernel
 send/recv is not in it).
 
     .venv/bin/python -m bench.instructions [--requests 3000] [--access-log off] [--target mtls]
+        [--trace]
 
 `--target edge` (default) measures `meshctl edge`; `--target mtls` the sidecar pair of the
 mTLS hop (both sidecars under callgrind, their counts added; the control plane is not).
+`--trace` turns tracing on at 100% (to bench/otlp_sink.py); the span exporter runs in a child
+process that callgrind does not follow, so this counts what tracing costs the data path.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import time
 from pathlib import Path
 
 from bench import mtls
-from bench.run import PORTS, _configs, _wait_port, _weft_config, require
+from bench.run import OTLP_SINK, PORTS, _configs, _wait_port, _weft_config, require
 
 REQUEST = b"GET /api/x HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
 
@@ -90,14 +93,15 @@ def _measure(cmds: list[tuple[list[str], int]], port: int, requests: int, tmp: P
     return sum(_summary(out) for _, out in procs)
 
 
-def edge(tmp: Path, access_log: str) -> tuple[list[tuple[list[str], int]], int]:
+def edge(tmp: Path, access_log: str, trace: list[str]) -> tuple[list[tuple[list[str], int]], int]:
     cmd = [sys.executable, "-m", "sidecar", "edge", "-f", str(tmp / "weft.yaml"),
-           "--admin-port", "18186", "--access-log", access_log, "--log-level", "warning"]  # fmt: skip
+           "--admin-port", "18186", "--access-log", access_log, "--log-level", "warning",
+           *trace]  # fmt: skip
     return [(cmd, PORTS["weft"])], PORTS["weft"]
 
 
-def pair(tmp: Path, access_log: str) -> tuple[list[tuple[list[str], int]], int]:
-    sidecars = mtls._weft(tmp, "weft")
+def pair(tmp: Path, access_log: str, trace: list[str]) -> tuple[list[tuple[list[str], int]], int]:
+    sidecars = mtls._weft(tmp, "weft", *trace)
     log = [] if access_log == "on" else ["--access-log", "off"]
     orders, web = ([*cmd, *log] for cmd in sidecars)
     return [(orders, mtls.P["weft_in"]), (web, mtls.P["weft"])], mtls.P["weft"]
@@ -108,31 +112,43 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--access-log", default="on", choices=("on", "off"))
     ap.add_argument("--target", default="edge", choices=("edge", "mtls"))
+    ap.add_argument("--trace", action="store_true", help="tracing at 100%% to an OTLP receiver")
     args = ap.parse_args()
     require("valgrind", "nginx")
+    trace = []
+    if args.trace:
+        trace = ["--otlp-endpoint", f"http://127.0.0.1:{OTLP_SINK}", "--trace-sampling", "1"]
     with tempfile.TemporaryDirectory(prefix="weft-icount-") as d:
         tmp = Path(d)
-        procs = [subprocess.Popen(_configs(tmp)["backend"], stderr=subprocess.DEVNULL)]
+        configs = _configs(tmp)
+        procs = [subprocess.Popen(configs["backend"], stderr=subprocess.DEVNULL)]
+        if args.trace:
+            procs.append(subprocess.Popen(configs["sink"], stdout=subprocess.DEVNULL))
         try:
             _wait_port(PORTS["backend"])
             if args.target == "edge":
                 _weft_config(tmp / "weft.yaml", 1)
                 log = str(tmp / "access.log") if args.access_log == "on" else "off"
-                cmds, port = edge(tmp, log)
+                cmds, port = edge(tmp, log, trace)
             else:
                 mtls._meshctl("ca", "init", "--data-dir", str(tmp / "weft-data"))
                 procs.append(subprocess.Popen(mtls.control_plane(tmp), stderr=subprocess.DEVNULL))
                 _wait_port(mtls.P["cp"])
-                cmds, port = pair(tmp, args.access_log)
+                cmds, port = pair(tmp, args.access_log, trace)
             few = _measure(cmds, port, args.requests // 4, tmp)
-            cmds, port = edge(tmp, log) if args.target == "edge" else pair(tmp, args.access_log)
+            if args.target == "edge":
+                cmds, port = edge(tmp, log, trace)
+            else:
+                cmds, port = pair(tmp, args.access_log, trace)
             many = _measure(cmds, port, args.requests, tmp)
         finally:
             for proc in procs:
                 proc.terminate()
                 proc.wait(5)
     per = (many - few) / (args.requests - args.requests // 4)
-    print(f"{per:,.0f} instructions per request ({args.target}, access log {args.access_log}; "
+    traced = ", tracing 100%" if args.trace else ""
+    print(f"{per:,.0f} instructions per request ({args.target}, access log {args.access_log}"
+          f"{traced}; "
           f"{args.requests} requests, {time.strftime('%Y-%m-%d')})")  # fmt: skip
     return 0
 

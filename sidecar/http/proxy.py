@@ -458,6 +458,8 @@ class RequestHandler:
                     request_id=rid,
                     detail=detail,
                     retries=retries,
+                    trace_id=f"{span.trace_id:032x}" if span is not None else "",
+                    peer_identity=self.peer_id.uri if self.peer_id is not None else "",
                 )
 
     def usable(self, backend: Backend) -> bool:

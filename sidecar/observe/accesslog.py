@@ -18,7 +18,8 @@ class AccessLog:
     """Buffers lines; `run` flushes them. With no sink, lines are dropped (logging off).
 
     Fields a client controls (authority, path, request id) are JSON-escaped; the others are
-    tokens llhttp or the configuration already restricted (method, route, addresses).
+    tokens llhttp or the configuration already restricted (method, route, addresses), hex
+    (trace id) or a SPIFFE ID the mesh's CA signed (peer identity).
     """
 
     def __init__(self, sink: TextIO | None) -> None:
@@ -48,6 +49,8 @@ class AccessLog:
         request_id: str,
         detail: str,
         retries: int = 0,
+        trace_id: str = "",
+        peer_identity: str = "",
     ) -> None:
         secs = int(start)
         if secs != self._second:  # strftime once a second, not once a request
@@ -61,7 +64,8 @@ class AccessLog:
             f'"protocol":"{protocol}","status":{status},"bytes_in":{bytes_in},'
             f'"bytes_out":{bytes_out},"route":"{route}",'
             f'"upstream":"{upstream}","request_id":{encode_basestring(request_id)},'
-            f'"retries":{retries},"detail":"{detail}"}}\n'
+            f'"retries":{retries},"detail":"{detail}","trace_id":"{trace_id}",'
+            f'"peer_identity":"{peer_identity}"}}\n'
         )
         self._buf.append(line)
         self._size += len(line)

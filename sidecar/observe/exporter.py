@@ -24,8 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
+import grpc
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource as ResourceMessage
 from opentelemetry.sdk.resources import Resource
@@ -46,13 +47,36 @@ class Batch:
     count: int
 
 
-class Exporter(OTLPSpanExporter):
-    """The SDK's OTLP/gRPC span exporter, sending requests Weft encoded (the two hooks
-    its exporters implement: what to send, and how many items it holds)."""
+EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
-    def _translate_data(self, data: Any) -> ExportTraceServiceRequest:
-        request: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(data.request)
-        return request
+
+class _EncodedStub:
+    """TraceService's Export on a channel, taking a request already serialized."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.Export = channel.unary_unary(
+            EXPORT,
+            request_serializer=None,  # bytes go out as they are
+            response_deserializer=ExportTraceServiceResponse.FromString,
+        )
+
+
+class Exporter(OTLPSpanExporter):
+    """The SDK's OTLP/gRPC span exporter (channel, TLS, headers, compression, retries,
+    reconnects), sending requests Weft encoded: its stub takes bytes, so a batch is not
+    parsed into messages only to be serialized again (the two hooks its exporters implement
+    are what to send and how many items it holds)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._client = _EncodedStub(self._channel)  # type: ignore[assignment]
+
+    def _initialize_channel_and_stub(self) -> None:  # the SDK calls it again to reconnect
+        super()._initialize_channel_and_stub()  # type: ignore[no-untyped-call]
+        self._client = _EncodedStub(self._channel)  # type: ignore[assignment]
+
+    def _translate_data(self, data: Any) -> Any:
+        return data.request
 
     def _count_data(self, data: Any) -> int:
         return int(data.count)

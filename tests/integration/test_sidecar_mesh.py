@@ -9,6 +9,7 @@ import functools
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TextIO
 
 import httpx
 import pytest
@@ -81,11 +82,14 @@ async def _pair(
     peers: tuple[str, ...] = ("orders",),
     orders_files: tuple[str, ...] = (),
     upstreams: tuple[tuple[str, int], ...] = (),
+    orders_log: TextIO | None = None,
 ) -> tuple[SidecarServer, SidecarServer, int]:
     """An orders sidecar in front of `app_port` and a web sidecar whose outbound listener
     (the returned port) routes each name in `peers` to the orders sidecar."""
     orders: SidecarServer = await nursery.start(
-        SidecarServer(_options(cp, "orders", app_port, files=orders_files)).run
+        SidecarServer(
+            _options(cp, "orders", app_port, files=orders_files), access_log=orders_log
+        ).run
     )
     out_port = free_port()
     cfg = tmp_path / "web-outbound.yaml"
@@ -127,12 +131,14 @@ def _options(cp: PlaneAndData, service: str, app_port: int, **kw: object) -> Sid
 
 
 async def test_app_to_app_through_two_sidecars(control_plane: PlaneAndData, tmp_path: Path) -> None:
-    with EchoServer("orders-app") as orders_app:
+    log_path = tmp_path / "orders-access.log"
+    with EchoServer("orders-app") as orders_app, log_path.open("w") as orders_log:
         async with trio.open_nursery() as nursery:
             # "payments" points at the orders sidecar: it will present the wrong identity.
             orders, web, out_port = await _pair(
-                nursery, control_plane, tmp_path, orders_app.port, peers=("orders", "payments")
-            )
+                nursery, control_plane, tmp_path, orders_app.port, peers=("orders", "payments"),
+                orders_log=orders_log,
+            )  # fmt: skip
             async with httpx.AsyncClient(timeout=10) as http:
                 ok = await http.get(
                     f"http://127.0.0.1:{out_port}/orders/7", headers={"Host": "orders"}
@@ -159,6 +165,9 @@ async def test_app_to_app_through_two_sidecars(control_plane: PlaneAndData, tmp_
     assert not any(r["path"] == "/pay" for r in orders_app.received)
     assert 'direction="outbound",service="web",peer="default/orders:80"' in web_metrics
     assert 'direction="inbound",service="orders"' in orders_metrics
+    logged = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert [line["path"] for line in logged] == ["/orders/7", "/orders/8"]
+    assert {line["peer_identity"] for line in logged} == {"spiffe://weft.local/ns/default/svc/web"}
 
 
 POLICY = """apiVersion: weft.dev/v1alpha1

@@ -3,6 +3,7 @@ propagation (W3C and B3), sampling, and a collector that is down."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,14 @@ def by_id(spans: list[Received]) -> dict[bytes, Received]:
 
 
 async def edge(
-    nursery: trio.Nursery, tmp_path: Path, backend: int, **trace: Any
+    nursery: trio.Nursery, tmp_path: Path, backend: int, access_log: Any = None, **trace: Any
 ) -> tuple[EdgeServer, int]:
     text = config(
         {"api": backend, "dead": free_port()}, [("api", "/api", "api"), ("dead", "/dead", "dead")]
     )
-    return await start_edge(nursery, tmp_path / "edge.yaml", text, trace=TraceOptions(**trace))
+    return await start_edge(
+        nursery, tmp_path / "edge.yaml", text, trace=TraceOptions(**trace), access_log=access_log
+    )
 
 
 async def counted(
@@ -44,10 +47,15 @@ async def counted(
 
 
 async def test_edge_spans_links_and_attributes(tmp_path: Path) -> None:
-    with otlp_receiver() as (receiver, port), EchoServer("api") as api:
+    log_path = tmp_path / "access.log"
+    with (
+        otlp_receiver() as (receiver, port),
+        EchoServer("api") as api,
+        log_path.open("w") as access_log,
+    ):
         async with trio.open_nursery() as nursery:
             server, edge_port = await edge(
-                nursery, tmp_path, api.port, endpoint=f"127.0.0.1:{port}"
+                nursery, tmp_path, api.port, access_log, endpoint=f"127.0.0.1:{port}"
             )
             caller_trace, caller_span = 0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7
             async with httpx.AsyncClient(
@@ -107,6 +115,10 @@ async def test_edge_spans_links_and_attributes(tmp_path: Path) -> None:
     assert server.span.start_time_unix_nano <= client.span.start_time_unix_nano
     assert client.span.end_time_unix_nano <= server.span.end_time_unix_nano
     assert server.span.status.code == 0
+    logged = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert logged[0]["trace_id"] == trace_hex and logged[0]["path"] == "/api/items/7?q=1"
+    assert logged[1]["trace_id"] == f"{caller_trace:032x}"
+    assert len({line["trace_id"] for line in logged}) == 5  # every request has its own
     # 2. a caller's sampled context: the same trace, the caller's span as parent, tracestate on
     seen = joined.json()["headers"]
     _, trace_hex, parent_hex, _ = seen["traceparent"][0].split("-")
