@@ -213,7 +213,7 @@ spec:
 
 def control_plane(tmp: Path) -> list[str]:
     return [sys.executable, "-m", "mesh_ctl", "server", "--data-dir", str(tmp / "weft-data"),
-            "--listen", f"127.0.0.1:{P['cp']}"]  # fmt: skip
+            "--listen", f"127.0.0.1:{P['cp']}", "--http-listen", "off"]  # fmt: skip
 
 
 def run(

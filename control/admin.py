@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from control import api
+from control import api, top
 from control.registry import Instance
 from control.shift import check_weights, split_route
 from control.state import ControlState
@@ -32,7 +32,7 @@ class AdminService:
     def handler(self) -> grpc.GenericRpcHandler:
         methods = {
             "Apply": self.apply, "Get": self.get, "Delete": self.delete,
-            "Shift": self.shift, "Status": self.status,
+            "Shift": self.shift, "Status": self.status, "Top": self.top,
         }  # fmt: skip
         return grpc.method_handlers_generic_handler(
             api.ADMIN_SERVICE,
@@ -142,6 +142,28 @@ class AdminService:
             "instances": rows,
             "time": time.time(),  # for clock-skew checks
         }
+
+    async def top(self, request: Any, context: Any) -> dict[str, Any]:
+        """RPS, success rate and latency by service and version over the last `window_s`,
+        from the counters this replica's sidecars report (control/top.py)."""
+        await self._authorize(context)
+        try:
+            window_s = float(request.get("window_s", top.WINDOW_S))
+            if not top.STATS_S <= window_s <= top.HISTORY_S:
+                raise ValueError
+        except (TypeError, ValueError):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"window_s: seconds from {top.STATS_S:g} to {top.HISTORY_S:g}",
+            )
+        namespace = request.get("namespace") or None
+        subs = [s for s in self.state.subscribers.values()
+                if namespace is None or s.instance.namespace == namespace]  # fmt: skip
+        instances = [(s.instance.namespace, s.instance.service, s.instance.version, s.samples)
+                     for s in subs]  # fmt: skip
+        now = asyncio.get_running_loop().time()
+        return {"time": time.time(), "window_s": window_s,
+                "services": top.rows(instances, now, window_s)}  # fmt: skip
 
 
 def _who(i: Instance) -> str:

@@ -1,4 +1,5 @@
-"""`meshctl server`: the control plane's gRPC port (identity, admin, config watch).
+"""`meshctl server`: the control plane's gRPC port (identity, admin, config watch), and its
+HTTP port (/healthz, /metrics: control/metrics.py).
 
 grpcio's asyncio server runs on its own event loop in a background thread (`start` returns
 once it listens, `stop` drains it), so the CLI's main thread only waits for a signal and
@@ -23,6 +24,7 @@ from ca.authority import LEAF_TTL
 from ca.service import IdentityService, control_plane_credentials
 from control import api
 from control.admin import AdminService
+from control.metrics import HttpPort
 from control.state import ControlState
 from control.store import ResourceFile
 from control.watch import ConfigService
@@ -44,9 +46,11 @@ class ControlPlane:
         cert_ttl: datetime.timedelta = LEAF_TTL,
         store: str = "",
         consul_token: str = "",
+        http_listen: str = "",
     ) -> None:
         """`store`: "" keeps resources in the data dir; a consul:// URL (ValueError if
-        malformed) keeps them in Consul KV and takes endpoints from Consul."""
+        malformed) keeps them in Consul KV and takes endpoints from Consul. `http_listen`:
+        where to serve /healthz and /metrics (HOST:PORT; "" for nowhere)."""
         self.data_dir = data_dir
         self.consul = parse_url(store, token=consul_token) if store else None
         self.listen = listen
@@ -57,6 +61,8 @@ class ControlPlane:
         self._initial = self._fetch_certificate()
         assert self._initial is not None
         self.admin_token = api.admin_token(data_dir, create=True)
+        self.http_listen = http_listen
+        self.http: HttpPort | None = None
         self.port = 0
         self.grace_s = 5.0
         self.state: ControlState | None = None
@@ -115,6 +121,21 @@ class ControlPlane:
             self.state = state = ControlState(self.data_dir, self._loop.time())
         else:
             self.state = state = await self._consul_state(background)
+        if self.http_listen:
+            try:
+                self.http = HttpPort(self.http_listen, state.metrics.registry)
+            except OSError as exc:
+                raise keystore.KeystoreError(
+                    f"cannot listen on {self.http_listen}: {exc}"
+                ) from None
+        try:
+            await self._serve_grpc(state, background)
+        finally:
+            if self.http is not None:
+                self.http.close()
+
+    async def _serve_grpc(self, state: ControlState, background: list[asyncio.Task[None]]) -> None:
+        assert self._stop is not None
         creds = grpc.dynamic_ssl_server_credentials(self._initial, self._fetch_certificate)
         with futures.ThreadPoolExecutor(max_workers=4) as pool:
             server = grpc.aio.server(migration_thread_pool=pool)

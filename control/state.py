@@ -16,15 +16,19 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from control import api
+from control.metrics import ControlMetrics
 from control.registry import Instance, Registry
 from control.snapshot import documents_for
 from control.store import ResourceFile, Resources
+from control.top import Sample, history
 from sidecar.config.parse import Document
 from sidecar.discovery.consul import CasConflict
 
@@ -45,6 +49,8 @@ class Subscriber:
     identity_expires: str = ""  # its SVID's not_after (ISO 8601), as it reported
     gateway: bool = False  # an edge gateway: it also gets Gateways and their routes
     docs: list[dict[str, Any]] | None = field(default=None, repr=False)
+    changed_at: float = 0.0  # when the change in its last snapshot was made (until ACKed)
+    samples: deque[Sample] = field(default_factory=history, repr=False)  # for `meshctl top`
 
 
 class ControlState:
@@ -69,6 +75,9 @@ class ControlState:
             self.registry.load(json.loads(self.registry_path.read_text()), now)
         self.subscribers: dict[str, Subscriber] = {}
         self.generation = 1
+        self.changed_at = time.monotonic()  # when `generation` was made
+        self.metrics = ControlMetrics()
+        self.metrics.watch(lambda: len(self.subscribers), lambda: self.generation)
         self.stopping = False  # shutting down: keep registrations for the restart
         self.changed = asyncio.Event()
         self.progress = asyncio.Event()  # set (and replaced) when a sidecar becomes current
@@ -226,6 +235,7 @@ class ControlState:
 
     def bump(self, *, registry: bool = False) -> None:
         self.generation += 1
+        self.changed_at = time.monotonic()
         if registry:
             tmp = self.registry_path.with_suffix(".tmp")
             with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:

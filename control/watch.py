@@ -6,9 +6,11 @@ be of that identity's service. The instance is registered (not ready) and the st
 `{"snapshot": {"version": G, "resources": [...]}}` whenever what this sidecar should have
 changes (G is the control plane's generation). The sidecar answers `{"ack": {"version":
 G}}` once a snapshot is in force (its instance becomes ready: an endpoint for others) or
-`{"nack": {"version": G, "error": "..."}}`; it sends `{"heartbeat": {}}` every few seconds
-and `{"drain": {}}` when it drains (no longer an endpoint). The stream's end deregisters
-the instance, except while the control plane itself shuts down.
+`{"nack": {"version": G, "error": "..."}}`; it sends `{"stats": {...}}` (its counters, for
+`meshctl top`: control/top.py) while they change, `{"heartbeat": {}}` every few seconds
+otherwise (both keep its registration alive) and `{"drain": {}}` when it drains (no longer
+an endpoint). The stream's end deregisters the instance, except while the control plane
+itself shuts down.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from ca import keystore, tokens
 from control import api
 from control.registry import Instance
 from control.state import ControlState, Subscriber
+from control.top import parse_sample
 
 
 class ConfigService:
@@ -61,7 +65,9 @@ class ConfigService:
                 if docs is not sub.docs and docs != sub.docs:
                     sub.docs = docs
                     sub.sent = state.generation
+                    sub.changed_at = state.changed_at
                     await context.write(message)
+                    state.metrics.pushes.inc()
                 else:  # nothing new for this sidecar: it is current at this generation too
                     if sub.acked == sub.sent:
                         state.current_at(sub, state.generation)
@@ -109,10 +115,22 @@ class ConfigService:
                 continue
             if "ack" in message:
                 sub.error = ""
+                version = int(message["ack"].get("version", 0))
+                state.metrics.acks.inc()
+                if version == sub.sent and sub.changed_at:
+                    state.metrics.push_seconds.observe(time.monotonic() - sub.changed_at)
+                    sub.changed_at = 0.0
                 state.set_ready(sub, True, loop.time())
-                state.current_at(sub, int(message["ack"].get("version", 0)))
+                state.current_at(sub, version)
             elif "nack" in message:
                 sub.error = str(message["nack"].get("error", "rejected"))[:1000]
+                state.metrics.nacks.inc()
+                sub.changed_at = 0.0
+            elif "stats" in message:
+                sample = parse_sample(message["stats"], loop.time())
+                if sample is not None:
+                    sub.samples.append(sample)
+                state.heartbeat(sub, loop.time())
             elif "heartbeat" in message:
                 state.heartbeat(sub, loop.time())
             elif "drain" in message:

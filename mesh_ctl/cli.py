@@ -133,7 +133,10 @@ def _server(args: argparse.Namespace) -> int:
     data_dir = common.data_dir(args)
     store = "" if args.store == "file" else args.store
     try:
-        server = ControlPlane(data_dir, args.listen, store=store, consul_token=args.consul_token)
+        server = ControlPlane(
+            data_dir, args.listen, store=store, consul_token=args.consul_token,
+            http_listen="" if args.http_listen == "off" else args.http_listen,
+        )  # fmt: skip
         server.start()
     except ValueError as exc:
         print(f"meshctl: --store: {exc}", file=sys.stderr)
@@ -145,9 +148,10 @@ def _server(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     host = args.listen.rpartition(":")[0]
+    http = f"; /metrics on port {server.http.port}" if server.http is not None else ""
     logging.getLogger("weft.server").info(
-        "control plane on %s:%d (identity, admin; CA in %s; resources in %s)",
-        host, server.port, keystore.ca_dir(data_dir), store or data_dir / "resources.json",
+        "control plane on %s:%d (identity, admin; CA in %s; resources in %s%s)",
+        host, server.port, keystore.ca_dir(data_dir), store or data_dir / "resources.json", http,
     )  # fmt: skip
     stop.wait()
     server.stop()
@@ -438,6 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     server = sub.add_parser("server", help="run the control plane")
     server.add_argument("--data-dir", help="default: $WEFT_DATA_DIR or ~/.weft")
     server.add_argument("--listen", default="127.0.0.1:15010", help="gRPC API address")
+    server.add_argument(
+        "--http-listen", default="127.0.0.1:15014", metavar="HOST:PORT",
+        help="/healthz and /metrics (Prometheus); off: none",
+    )  # fmt: skip
     server.add_argument(
         "--store", default="file", metavar="file|consul://HOST:PORT[/PREFIX]",
         help="where resources live: the data dir, or Consul KV (replicas share it; endpoints "

@@ -1,9 +1,13 @@
-"""`meshctl shift`, `status`, `policy allow|deny`: the day-to-day mesh commands."""
+"""`meshctl shift`, `status`, `top`, `policy allow|deny`: the day-to-day mesh commands."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
 
 from control.shift import parse_weights
 from mesh_ctl.common import CliError, add_server_arguments, admin_client
@@ -55,6 +59,50 @@ def status(args: argparse.Namespace) -> int:
         if r["error"]:
             print(f"    refused: {r['error']}")
     return 0
+
+
+def top(args: argparse.Namespace) -> int:
+    """Every service's RPS, success rate and latency by version, refreshed every
+    `--interval` (a terminal is redrawn in place, like `top`); `-o json`: one sample."""
+    client = admin_client(args)
+    request = {"namespace": args.namespace, "window_s": args.window}
+    if args.output == "json":
+        print(json.dumps(client.call("Top", request), indent=2))
+        return 0
+    redraw = sys.stdout.isatty()
+    shown = 0
+    try:
+        while True:
+            reply = client.call("Top", request)
+            head = (f"meshctl top: {client.target}, last {reply['window_s']:g} s, "
+                    f"{time.strftime('%H:%M:%S')} (Ctrl-C to quit)")  # fmt: skip
+            print(("\x1b[H\x1b[2J" if redraw else "") + head + "\n" + render_top(reply), flush=True)
+            shown += 1
+            if shown == args.count:
+                return 0
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0
+
+
+def render_top(reply: Mapping[str, Any]) -> str:
+    """The table for one Top reply (control/top.py rows)."""
+    lines = [
+        f"{'SERVICE':<28} {'VERSION':<8} {'INST':>4} {'RPS':>9} {'SUCCESS':>8} "
+        f"{'P50 ms':>8} {'P99 ms':>8} {'TCP/s':>7}"
+    ]
+    for r in reply["services"]:
+        success = "-" if r["success"] is None else f"{r['success'] * 100:.2f}%"
+        p50 = "-" if r["p50_ms"] is None else f"{r['p50_ms']:.1f}"
+        p99 = "-" if r["p99_ms"] is None else f"{r['p99_ms']:.1f}"
+        lines.append(
+            f"{r['namespace'] + '/' + r['service']:<28} {r['version'] or '-':<8} "
+            f"{r['instances']:>4} {r['rps']:>9.1f} {success:>8} {p50:>8} {p99:>8} "
+            f"{r['tcp_cps']:>7.1f}"
+        )
+    if not reply["services"]:
+        lines.append("no sidecars connected")
+    return "\n".join(lines)
 
 
 def policy(args: argparse.Namespace) -> int:
@@ -149,6 +197,39 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_server_arguments(p)
     p.set_defaults(func=status)
 
+    p = sub.add_parser("top", help="live RPS, success rate and latency of every service")
+    p.add_argument("-n", "--namespace", default=None, help="only this namespace")
+    p.add_argument(
+        "--window",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="rates and latency over this many past seconds (2 to 120; default 10)",
+    )
+    p.add_argument(
+        "--interval",
+        type=_seconds,
+        default=2.0,
+        metavar="SECONDS",
+        help="refresh every this many seconds (default 2)",
+    )
+    p.add_argument(
+        "--count",
+        type=int,
+        default=0,
+        metavar="N",
+        help="stop after N refreshes (default: until Ctrl-C)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "json"),
+        default="table",
+        help="json: print one sample and exit",
+    )
+    add_server_arguments(p)
+    p.set_defaults(func=top)
+
     p = sub.add_parser("policy", help="allow or deny calls from one service to another")
     p.add_argument("action", choices=("allow", "deny"))
     p.add_argument("source", help="the calling service (name or namespace/name)")
@@ -158,3 +239,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--method", action="append", help="only these methods")
     add_server_arguments(p)
     p.set_defaults(func=policy)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < 3600:
+        raise argparse.ArgumentTypeError(f"out of range: {text}")
+    return value

@@ -27,23 +27,17 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from mesh_ctl.common import CliError
+from mesh_ctl.mesh_cli import render_top
+
+if TYPE_CHECKING:
+    from mesh_ctl.client import AdminClient
 
 PROTOCOLS = ("HTTP", "HTTP2", "GRPC", "TCP")
-# Opaque TCP services count connections: a connection the callee's sidecar could not
-# complete is a failure.
-_CONNECTIONS = re.compile(
-    r'^weft_tcp_connections_total\{direction="inbound",service="([^"]+)".*result="([^"]+)"\} (\S+)',
-    re.M,
-)
-_TCP_FAILURES = ("no_route", "no_healthy_upstream", "connect_failed")
-_REQUESTS = re.compile(
-    r'^weft_requests_total\{direction="inbound",service="([^"]+)".*code="(\d+)"\} (\d+)', re.M
-)
 
 
 @dataclass(frozen=True)
@@ -124,6 +118,7 @@ class Mesh:
     edge_port: int | None = None
     procs: list[Proc] = field(default_factory=list)
     server_port: int = 0
+    http_port: int = 0
     otlp_endpoint: str = ""  # where the proxies export spans ("" none)
 
     def _spawn(
@@ -151,11 +146,12 @@ class Mesh:
         keystore.init(data, "weft.local", datetime.datetime.now(datetime.UTC))
         self.server_port = free_port()
         listen = f"127.0.0.1:{self.server_port}"
-        server = self._spawn(
-            "control-plane", self.meshctl("server", "--data-dir", str(data), "--listen", listen)
-        )
+        self.http_port = free_port()
+        http = f"127.0.0.1:{self.http_port}"
+        cmd = self.meshctl("server", "--data-dir", str(data), "--listen", listen)
+        server = self._spawn("control-plane", [*cmd, "--http-listen", http])
         _wait_listening(self.server_port, server.popen, self.state)
-        say(f"control plane on {listen}, CA in {data / 'ca'}")
+        say(f"control plane on {listen} (metrics on {http}), CA in {data / 'ca'}")
         self._apply_mesh(data)
         for app in self.plan.apps:
             for version in app.versions:
@@ -170,7 +166,6 @@ class Mesh:
 
     def _apply_mesh(self, data: Path) -> None:
         """mesh.yaml, as `meshctl apply` sends it (with the edge's port moved if asked)."""
-        from mesh_ctl.client import AdminClient
         from sidecar.config.loader import read_documents
 
         docs = [d for d in read_documents([self.directory / "mesh.yaml"]) if d.data is not None]
@@ -182,15 +177,21 @@ class Mesh:
             ):
                 for listener in d.data["spec"]["listeners"]:
                     listener["port"] = self.edge_port
-        root = (data / "ca" / "root.pem").read_bytes()
-        token = (data / "admin.token").read_text().strip()
-        client = AdminClient(f"127.0.0.1:{self.server_port}", root, token)
+        client = self.admin()
         try:
             client.call(
                 "Apply", {"documents": [{"source": d.source, "data": d.data} for d in docs]}
             )
         finally:
             client.close()
+
+    def admin(self) -> AdminClient:
+        from mesh_ctl.client import AdminClient
+
+        data = self.state / "data"
+        root = (data / "ca" / "root.pem").read_bytes()
+        token = (data / "admin.token").read_text().strip()
+        return AdminClient(f"127.0.0.1:{self.server_port}", root, token)
 
     def _start_instance(self, data: Path, app: App, version: str) -> None:
         name = f"{app.name}-{version}" if version else app.name
@@ -269,27 +270,6 @@ class Mesh:
                 except subprocess.TimeoutExpired:
                     p.popen.kill()
                     p.popen.wait()
-
-    def sample(self) -> dict[tuple[str, str], tuple[int, int]]:
-        """(service, version) → (requests, failures) counted by the callee's sidecars."""
-        out: dict[tuple[str, str], tuple[int, int]] = {}
-        for p in self.procs:
-            if not p.admin or p.service == self.plan.edge_service:
-                continue
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{p.admin}/metrics", timeout=2) as r:
-                    text = r.read().decode()
-            except OSError:
-                continue
-            total, failed = out.get((p.service, p.version), (0, 0))
-            for _, code, n in _REQUESTS.findall(text):
-                total += int(n)
-                failed += int(n) if code.startswith("5") else 0
-            for _, result, n in _CONNECTIONS.findall(text):
-                total += int(float(n))
-                failed += int(float(n)) if result in _TCP_FAILURES else 0
-            out[(p.service, p.version)] = (total, failed)
-        return out
 
 
 def _ready(port: int) -> bool:
@@ -373,21 +353,20 @@ def up(args: argparse.Namespace) -> int:
 
 
 def _live(mesh: Mesh, stop: threading.Event, say: Any, interval_s: float) -> None:
-    """Request and success rates per service and version, every `interval_s`, until stopped."""
-    before, then = mesh.sample(), time.monotonic()
-    while not stop.wait(interval_s):
-        now_sample, now = mesh.sample(), time.monotonic()
-        rows = [["SERVICE", "VERSION", "RPS", "SUCCESS"]]
-        for (service, version), (total, failed) in sorted(now_sample.items()):
-            t0, f0 = before.get((service, version), (0, 0))
-            n, bad = total - t0, failed - f0
-            rate = f"{100 * (n - bad) / n:.1f}%" if n else "-"
-            rows.append([service, version or "-", f"{n / (now - then):.1f}", rate])
-        stamp = time.strftime("%H:%M:%S")
-        if sys.stdout.isatty():
-            sys.stdout.write("\x1b[2J\x1b[H")
-        say(f"{stamp}  (Ctrl-C stops the mesh)\n{_table(rows)}")
-        before, then = now_sample, now
+    """`meshctl top`'s view of the mesh, every `interval_s`, until stopped."""
+    client = mesh.admin()
+    try:
+        while not stop.wait(interval_s):
+            try:
+                table = render_top(client.call("Top", {"window_s": 10.0}))
+            except CliError as exc:
+                table = f"no live view: {exc}"
+            stamp = time.strftime("%H:%M:%S")
+            if sys.stdout.isatty():
+                sys.stdout.write("\x1b[2J\x1b[H")
+            say(f"{stamp}  (Ctrl-C stops the mesh; `meshctl top` shows the same)\n{table}")
+    finally:
+        client.close()
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

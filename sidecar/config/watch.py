@@ -6,11 +6,13 @@ in trailers), spoken by `upstream/h2client.py` over a TLS connection that verifi
 control plane against the mesh's root bundle.
 
 `run` keeps the watch open for the sidecar's life: each snapshot goes to `apply`, which
-answers None (in force: ACK) or the reason it was refused (NACK); heartbeats go out every
-`HEARTBEAT_S`. When the stream or connection ends, the last snapshot stays in force (static
-stability) and the watch reconnects after a growing, jittered backoff, to the next control
-plane replica when it was given several (`HOST:PORT,HOST:PORT`; each sidecar starts at a
-random one, so a fleet spreads over the replicas).
+answers None (in force: ACK) or the reason it was refused (NACK); the sidecar's request
+counters go out every `STATS_S` while they change (for `meshctl top`, control/top.py), a
+heartbeat every `HEARTBEAT_S` otherwise. When the stream or connection ends, the last
+snapshot stays in force (static stability) and the watch reconnects after a growing,
+jittered backoff, to the next control plane replica when it was given several
+(`HOST:PORT,HOST:PORT`; each sidecar starts at a random one, so a fleet spreads over the
+replicas).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 import trio
 
 from control import api
+from control.top import STATS_S
 from sidecar.errors import UpstreamError
 from sidecar.identity.svid import control_planes
 from sidecar.transport.io import ConnectionLost, connect_within
@@ -97,6 +100,7 @@ class ConfigWatch:
         hello: Callable[[], dict[str, Any]],
         apply: Apply,
         *,
+        stats: Callable[[], dict[str, Any]] | None = None,
         connect_timeout_s: float = 5.0,
     ) -> None:
         self.targets = control_planes(target)
@@ -105,6 +109,7 @@ class ConfigWatch:
         self.trust_pem = trust_pem
         self.hello = hello  # fresh each connect: the session token renews with the SVID
         self.apply = apply
+        self.stats = stats  # this sidecar's counters for `meshctl top` (control/top.py)
         self.connect_timeout_s = connect_timeout_s
         self.connected = False
         self.failures = 0
@@ -220,8 +225,19 @@ class ConfigWatch:
         await stream.send_data(frame(reply), end=False)
 
     async def _heartbeats(self, stream: UpstreamStream) -> None:
-        """Until the stream fails (the receiving side then sees why and reconnects)."""
+        """Until the stream fails (the receiving side then sees why and reconnects): the
+        counters every STATS_S while they change (the first right away, as the base the
+        control plane measures from), else a heartbeat every HEARTBEAT_S."""
+        last: dict[str, Any] | None = None
+        silent_s = 0.0
         with contextlib.suppress(*_ENDINGS):
             while True:
-                await trio.sleep(HEARTBEAT_S)
-                await stream.send_data(frame({"heartbeat": {}}), end=False)
+                stats = self.stats() if self.stats is not None else None
+                if stats is not None and stats != last:
+                    await stream.send_data(frame({"stats": stats}), end=False)
+                    last, silent_s = stats, 0.0
+                elif silent_s >= HEARTBEAT_S:
+                    await stream.send_data(frame({"heartbeat": {}}), end=False)
+                    silent_s = 0.0
+                await trio.sleep(STATS_S)
+                silent_s += STATS_S

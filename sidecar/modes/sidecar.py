@@ -57,6 +57,8 @@ if TYPE_CHECKING:
     from sidecar.modes.edge import EdgeServer
     from sidecar.observe.tracing import TraceOptions, Tracer
 
+SERVED = ("inbound", "edge")  # what `meshctl top` counts: requests served, not made
+
 log = logging.getLogger("weft.sidecar")
 
 DRAIN_TIMEOUT_S = 15.0
@@ -229,8 +231,9 @@ class SidecarServer:
                 await nursery.start(self.outbound.run)
             else:
                 self.watch = ConfigWatch(
-                    opts.control_plane, lambda: self._svid().bundle_pem, self._hello, self._apply
-                )
+                    opts.control_plane, lambda: self._svid().bundle_pem, self._hello, self._apply,
+                    stats=functools.partial(self.metrics.summary, SERVED),
+                )  # fmt: skip
                 nursery.start_soon(self.watch.run)
                 await self.configured.wait()  # ready means identity and first configuration
             for service, port in opts.upstreams:

@@ -15,6 +15,9 @@ Collector = Callable[[], Iterable[tuple[str, Labels, float]]]
 
 BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
+# weft_tcp_connections_total results where the connection never reached the app
+TCP_FAILURES = ("no_route", "no_healthy_upstream", "connect_failed")
+
 RequestKey = tuple[str, str, str, str, int]  # direction, service, peer, route, code
 DurationKey = tuple[str, str, str, str]  # direction, service, peer, route
 
@@ -61,6 +64,33 @@ class Metrics:
             hist = self.histograms[(name, labels)] = Histogram()
         hist.observe(value)
 
+    def summary(self, directions: tuple[str, ...]) -> dict[str, object]:
+        """This process's totals for the requests it served (`directions`: inbound, or edge
+        for a gateway), as `meshctl top` needs them: requests, failures (5xx, or no
+        response), the duration histogram's bucket counts (BUCKETS_S, then +Inf; not
+        cumulative), TCP connections and those that could not reach the app. Sent to the
+        control plane (config/watch.py)."""
+        requests = failures = 0
+        for key, n in self.requests.items():
+            if key[0] in directions:
+                requests += n
+                if key[4] >= 500 or key[4] == 0:
+                    failures += n
+        buckets = [0] * (len(BUCKETS_S) + 1)
+        for dkey, hist in self.durations.items():
+            if dkey[0] in directions:
+                buckets = [a + b for a, b in zip(buckets, hist.counts, strict=True)]
+        connections = refused = 0.0
+        for (name, labels), count in self.counters.items():
+            if name == "weft_tcp_connections_total" and labels[0][1] in directions:
+                connections += count
+                if labels[-1][1] in TCP_FAILURES:
+                    refused += count
+        return {
+            "requests": requests, "failures": failures, "buckets": buckets,
+            "connections": int(connections), "connection_failures": int(refused),
+        }  # fmt: skip
+
     def render(self) -> str:
         lines = [
             "# HELP weft_requests_total Requests handled, by outcome.",
@@ -68,8 +98,9 @@ class Metrics:
         ]
         for (direction, service, peer, route, code), n in sorted(self.requests.items()):
             labels = _labels(
-                direction=direction, service=service, peer=peer, route=route, code=str(code)
-            )
+                direction=direction, service=service, peer=peer, route=route,
+                code_class=code_class(code), code=str(code),
+            )  # fmt: skip
             lines.append(f"weft_requests_total{{{labels}}} {n}")
         lines += [
             "# HELP weft_request_duration_seconds Request duration from first byte to last.",
@@ -99,6 +130,11 @@ class Metrics:
                 lines.append(f"# TYPE {name} gauge")
             lines.append(f"{name}{{{_labels(**dict(pairs))}}} {_number(value)}")
         return "\n".join(lines) + "\n"
+
+
+def code_class(code: int) -> str:
+    """2xx … 5xx; "none" when no response was sent (the client went away first)."""
+    return f"{code // 100}xx" if 100 <= code <= 599 else "none"
 
 
 def _histogram(lines: list[str], name: str, base: str, h: Histogram) -> None:

@@ -17,7 +17,9 @@ route's name) and `weft.peer.identity` (a caller's SPIFFE ID on inbound spans).
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
+from collections.abc import Iterable
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 SERVER, CLIENT = 2, 3  # Span.SpanKind
 _STATUS_ERROR = 2
@@ -53,44 +55,73 @@ class Finished(NamedTuple):
     error: str  # what went wrong ("" nothing)
 
 
-def encode(records: list[Finished]) -> bytes:
-    """The concatenated `Span` messages (as ScopeSpans field 2) of these requests."""
+def encode(records: Iterable[tuple[Any, ...]]) -> bytes:
+    """The concatenated `Span` messages (as ScopeSpans field 2) of these requests (each a
+    `Finished`, or the plain tuple of its fields that the data path sends)."""
     out = bytearray()
-    shapes = _SHAPES
+    shapes, urls = _SHAPES, _URLS
     for r in records:
-        key = (r.kind, r.method, r.template, r.route, r.scheme, r.authority, r.status,
-               r.peer_service, r.upstream, r.retries, r.version, r.client, r.identity, r.error,
-               r.parent_id != 0, r.client_id != 0)  # fmt: skip
+        kind, trace_id, span_id, parent_id, client_id, start_s, upstream_s, duration_s = r[:8]
+        key = (*_SHAPE_FIELDS(r), parent_id != 0, client_id != 0)
         shape = shapes.get(key)
         if shape is None:
-            if len(shapes) >= _SHAPES_MAX:
+            if len(shapes) >= _CACHE_MAX:
                 shapes.clear()
-            shape = shapes[key] = _shape(r)
-        first, child = shape
-        trace = r.trace_id.to_bytes(16, "big")
-        start = int(r.start_s * 1e9)
-        end = start + int(r.duration_s * 1e9)
-        if r.kind == SERVER:
-            var = _str(_URL_PATH, r.path)
+            shape = shapes[key] = _shape(Finished(*r))
+        first, child, origin = shape
+        path = r[13]
+        url = urls.get((origin, path))
+        if url is None:  # url.path (server spans), url.full (client spans)
+            if len(urls) >= _CACHE_MAX:
+                urls.clear()
+            url = urls[(origin, path)] = (_str(_URL_PATH, path), _str(_URL_FULL, origin + path))
+        hi, lo = trace_id >> 64, trace_id & _LOW64
+        start = int(start_s * 1e9)
+        end = start + int(duration_s * 1e9)
+        if parent_id:
+            ids = _IDS_PARENT.pack(0x0A, 16, hi, lo, 0x12, 8, span_id, 0x22, 8, parent_id)
         else:
-            var = _str(_URL_FULL, f"{r.scheme}://{r.authority}{r.path}")
-        out += _span(trace, r.span_id, r.parent_id, start, end, first, var)
+            ids = _IDS.pack(0x0A, 16, hi, lo, 0x12, 8, span_id)
+        body = ids + _TIMES.pack(0x39, start, 0x41, end) + first + url[kind != SERVER]
+        out += _length(body)
+        out += body
         if child:  # the edge's call upstream, a child of its SERVER span
-            up = start + int(r.upstream_s * 1e9)
-            var = _str(_URL_FULL, f"{r.scheme}://{r.authority}{r.path}")
-            out += _span(trace, r.client_id, r.span_id, up, end, child, var)
+            up = start + int(upstream_s * 1e9)
+            body = (
+                _IDS_PARENT.pack(0x0A, 16, hi, lo, 0x12, 8, client_id, 0x22, 8, span_id)
+                + _TIMES.pack(0x39, up, 0x41, end) + child + url[1]
+            )  # fmt: skip
+            out += _length(body)
+            out += body
     return bytes(out)
 
 
+def _length(body: bytes) -> bytes:
+    """ScopeSpans.spans' tag (field 2) and the span's length."""
+    n = len(body)
+    if n < 0x80:
+        return bytes((0x12, n))
+    if n < 0x4000:
+        return bytes((0x12, (n & 0x7F) | 0x80, n >> 7))
+    return b"\x12" + varint(n)
+
+
 # What a span's message holds besides ids, times and the path, by the request's shape (route,
-# status, addresses...): requests repeat a few shapes, so each is encoded once. Cleared when
-# full: client-chosen values (authorities) cannot grow it without bound.
-_SHAPES: dict[tuple[object, ...], tuple[bytes, bytes]] = {}
-_SHAPES_MAX = 4096
+# status, addresses...): requests repeat a few shapes, so each is encoded once; likewise the
+# url attributes per path. Cleared when full: client-chosen values (authorities, paths)
+# cannot grow them without bound.
+_SHAPES: dict[tuple[object, ...], tuple[bytes, bytes, str]] = {}
+_URLS: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+_CACHE_MAX = 4096
+# Finished's fields that make a shape: kind, method … authority, status … error
+_SHAPE_FIELDS = itemgetter(0, 8, 9, 10, 11, 12, 14, 15, 16, 17, 18, 19, 20, 21)
+_LOW64 = (1 << 64) - 1
+_IDS = struct.Struct(">BBQQBBQ")  # trace_id (field 1), span_id (2); ids are big-endian bytes
+_IDS_PARENT = struct.Struct(">BBQQBBQBBQ")  # and parent_span_id (4)
 
 
-def _shape(r: Finished) -> tuple[bytes, bytes]:
-    """(the first span's fixed fields, its CLIENT child's or b"")."""
+def _shape(r: Finished) -> tuple[bytes, bytes, str]:
+    """(the first span's fixed fields, its CLIENT child's or b"", "scheme://authority")."""
     name = f"{r.method} {r.template}" if r.template else r.method
     remote = r.parent_id != 0
     if r.kind == SERVER:
@@ -100,7 +131,7 @@ def _shape(r: Finished) -> tuple[bytes, bytes]:
     child = (
         _fixed(name, CLIENT, _client_attributes(r), _error(r, 400), False) if r.client_id else b""
     )
-    return first, child
+    return first, child, f"{r.scheme}://{r.authority}"
 
 
 def _fixed(name: str, kind: int, attrs: bytes, error: str, remote: bool) -> bytes:
@@ -163,16 +194,6 @@ def _host(authority: str) -> str:
     if authority.startswith("["):
         return authority[1 : authority.find("]")]
     return authority.rpartition(":")[0] if ":" in authority else authority
-
-
-def _span(
-    trace: bytes, span_id: int, parent_id: int, start: int, end: int, fixed: bytes, var: bytes
-) -> bytes:
-    body = b"\x0a\x10" + trace + b"\x12\x08" + span_id.to_bytes(8, "big")
-    if parent_id:
-        body += b"\x22\x08" + parent_id.to_bytes(8, "big")
-    body += _TIMES.pack(0x39, start, 0x41, end) + fixed + var
-    return b"\x12" + varint(len(body)) + body  # ScopeSpans.spans (field 2)
 
 
 _TIMES = struct.Struct("<BQBQ")

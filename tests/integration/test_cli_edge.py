@@ -65,7 +65,7 @@ async def test_admin_reload_on_edit_and_sighup(tmp_path: Path) -> None:
                     assert (await client.get("/ready")).status_code == 200
                     metrics = (await client.get("/metrics")).text
                     assert (
-                        'weft_requests_total{direction="edge",service="edge",peer="default/one:80",route="default/r",code="200"} 1'
+                        'weft_requests_total{direction="edge",service="edge",peer="default/one:80",route="default/r",code_class="2xx",code="200"} 1'
                         in metrics
                     )
                     assert "weft_config_version 1" in metrics

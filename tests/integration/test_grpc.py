@@ -145,7 +145,9 @@ async def test_all_four_call_kinds_through_the_edge(
     assert got["server_stream"] == [b"0", b"1", b"2", b"3", b"4"]
     assert got["client_stream"] == b"a+b+c"
     assert got["bidi"] == got["bidi_expected"]
-    assert 'peer="default/echo:50051",route="default/grpc",code="200"} 5' in metrics
+    assert (
+        'peer="default/echo:50051",route="default/grpc",code_class="2xx",code="200"} 5' in metrics
+    )
 
 
 async def test_grpc_timeout_is_enforced_by_the_proxy(
@@ -285,8 +287,8 @@ async def test_grpcroute_matches_service_method_and_headers(tmp_path: Path) -> N
     assert got["gold"]["x-served-by"] == "b"  # type: ignore[index]
     assert got["streamed"] == [b"0", b"1"]
     assert got["missing"] == grpc.StatusCode.UNIMPLEMENTED  # 404 from the proxy
-    assert 'peer="default/b:50051",route="default/echo",code="200"} 2' in metrics
-    assert 'peer="default/a:50051",route="default/echo",code="200"} 1' in metrics
+    assert 'peer="default/b:50051",route="default/echo",code_class="2xx",code="200"} 2' in metrics
+    assert 'peer="default/a:50051",route="default/echo",code_class="2xx",code="200"} 1' in metrics
 
 
 NODE_MODULES = Path(__file__).resolve().parents[2] / ".cache" / "node" / "node_modules"

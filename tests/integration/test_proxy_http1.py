@@ -222,7 +222,7 @@ spec:
         "/echo": 200, "/nothing": 404, "/dead": 503, "/garbage": 502, "/silent": 504, "/missing": 500,
     }  # fmt: skip
     metrics = server.metrics.render()
-    assert 'route="default/slow",code="504"' in metrics
+    assert 'route="default/slow",code_class="5xx",code="504"' in metrics
 
 
 async def test_reload_keeps_established_connections(tmp_path: Path) -> None:

@@ -202,7 +202,10 @@ async def test_authorization_policy_is_enforced_on_the_inbound_side(
     assert post.status_code == 403 and admin.status_code == 403
     assert post.headers["x-weft-denied"] == "no ALLOW policy of default/orders matches"
     assert [r["path"] for r in orders_app.received] == ["/orders/1"]
-    assert 'direction="inbound",service="orders",peer="",route="",code="403"} 2' in metrics
+    assert (
+        'direction="inbound",service="orders",peer="",route="",code_class="4xx",code="403"} 2'
+        in metrics
+    )
 
 
 async def test_renewals_under_continuous_traffic_lose_no_request(tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ def start_server(data: Path, port: int, *extra: str) -> subprocess.Popen[str]:
     """`meshctl server` as a process, returned once it listens (it logs a line then)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "mesh_ctl", "server", "--data-dir", str(data),
-         "--listen", f"127.0.0.1:{port}", *extra],
+         "--listen", f"127.0.0.1:{port}", "--http-listen", "127.0.0.1:0", *extra],
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stderr is not None

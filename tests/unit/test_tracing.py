@@ -268,12 +268,16 @@ def test_route_templates() -> None:
 
 
 def test_the_encoders_cache_is_bounded() -> None:
-    """Client-chosen values (authorities) cannot grow the shape cache without bound."""
+    """Client-chosen values (authorities, paths) cannot grow the caches without bound."""
     from sidecar.observe import spans
 
-    records = [_record(SERVER, 0, 200)._replace(authority=f"h{i}.example") for i in range(20000)]
+    records = [
+        _record(SERVER, 0, 200)._replace(authority=f"h{i}.example", path=f"/p/{i}")
+        for i in range(20000)
+    ]
     encode(records)
-    assert len(spans._SHAPES) <= spans._SHAPES_MAX
+    assert 0 < len(spans._SHAPES) <= spans._CACHE_MAX
+    assert 0 < len(spans._URLS) <= spans._CACHE_MAX
 
 
 # -- the command line ---------------------------------------------------------------------------
