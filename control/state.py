@@ -81,6 +81,7 @@ class ControlState:
         self.stopping = False  # shutting down: keep registrations for the restart
         self.changed = asyncio.Event()
         self.progress = asyncio.Event()  # set (and replaced) when a sidecar becomes current
+        self.reported = asyncio.Event()  # set (and replaced) when a sidecar's counters arrive
         # (namespace, service, gateway) -> (generation, documents, encoded snapshot message):
         # a hundred sidecars of one service share one computation and one encoding per push
         self._snapshots: dict[tuple[str, str, bool], tuple[int, list[dict[str, Any]], bytes]] = {}
@@ -106,6 +107,11 @@ class ControlState:
         if generation > sub.acked:
             sub.acked = generation
             self._progressed()
+
+    def sampled(self, sub: Subscriber, sample: Sample) -> None:
+        sub.samples.append(sample)
+        self.reported.set()
+        self.reported = asyncio.Event()
 
     def lagging(self, generation: int) -> list[Instance]:
         """Registered instances whose sidecar is not current at `generation` (or not

@@ -129,7 +129,7 @@ class ConfigService:
             elif "stats" in message:
                 sample = parse_sample(message["stats"], loop.time())
                 if sample is not None:
-                    sub.samples.append(sample)
+                    state.sampled(sub, sample)
                 state.heartbeat(sub, loop.time())
             elif "heartbeat" in message:
                 state.heartbeat(sub, loop.time())

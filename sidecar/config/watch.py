@@ -110,11 +110,13 @@ class ConfigWatch:
         self.hello = hello  # fresh each connect: the session token renews with the SVID
         self.apply = apply
         self.stats = stats  # this sidecar's counters for `meshctl top` (control/top.py)
+        self.stats_interval_s = STATS_S
         self.connect_timeout_s = connect_timeout_s
         self.connected = False
         self.failures = 0
         self.last_error = ""
         self.ended = trio.Event()  # set (and replaced) each time a watch ends
+        self.stats_sent = trio.Event()  # set (and replaced) each time counters went out
         self._stream: UpstreamStream | None = None
 
     async def run(self) -> None:
@@ -226,7 +228,7 @@ class ConfigWatch:
 
     async def _heartbeats(self, stream: UpstreamStream) -> None:
         """Until the stream fails (the receiving side then sees why and reconnects): the
-        counters every STATS_S while they change (the first right away, as the base the
+        counters every `stats_interval_s` while they change (the first right away, as the base the
         control plane measures from), else a heartbeat every HEARTBEAT_S."""
         last: dict[str, Any] | None = None
         silent_s = 0.0
@@ -236,8 +238,10 @@ class ConfigWatch:
                 if stats is not None and stats != last:
                     await stream.send_data(frame({"stats": stats}), end=False)
                     last, silent_s = stats, 0.0
+                    self.stats_sent.set()
+                    self.stats_sent = trio.Event()
                 elif silent_s >= HEARTBEAT_S:
                     await stream.send_data(frame({"heartbeat": {}}), end=False)
                     silent_s = 0.0
-                await trio.sleep(STATS_S)
-                silent_s += STATS_S
+                await trio.sleep(self.stats_interval_s)
+                silent_s += self.stats_interval_s

@@ -3,6 +3,7 @@ routes applied centrally, version splits, and an instance that dies leaving the 
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import datetime
 import json
@@ -15,9 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from ca import keystore
 from control.server import ControlPlane
+from control.state import ControlState
 from sidecar.config.parse import Document
 from sidecar.modes.sidecar import SidecarServer
 from tests.support.echo import EchoServer
@@ -127,6 +130,78 @@ async def _meshctl(plane: ControlPlane | PlaneAt, *args: str) -> tuple[int, str,
         capture_stdout=True, capture_stderr=True, check=False,
     )  # fmt: skip
     return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+
+
+async def _reported(plane: ControlPlane, version: str, requests: int) -> None:
+    """Until the control plane holds counters of `requests` from orders `version`."""
+
+    async def wait(state: ControlState) -> None:
+        async with asyncio.timeout(20):
+            while not any(
+                s.instance.version == version and s.samples and s.samples[-1].requests == requests
+                for s in state.subscribers.values()
+            ):
+                await state.reported.wait()
+
+    await on_plane(plane, wait)
+
+
+async def test_top_and_the_control_planes_metrics(plane: ControlPlane) -> None:
+    """`meshctl top` shows what each version served (rate, success, latency) from the
+    counters sidecars report; the control plane's /metrics counts its pushes and ACKs."""
+    with EchoServer("v1") as app1, EchoServer("v2") as app2:
+        async with trio.open_nursery() as nursery:
+            orders = [
+                await nursery.start(_sidecar(plane, "orders", app.port, version).run)
+                for app, version in ((app1, "v1"), (app2, "v2"))
+            ]
+            web: SidecarServer = await nursery.start(_sidecar(plane, "web", 1).run)
+            with trio.fail_after(10):
+                while _versions(web) != {"v1", "v2"}:
+                    await web.config_changed.wait()
+            for sidecar in (*orders, web):
+                assert sidecar.watch is not None
+                sidecar.watch.stats_interval_s = 0.1
+            async with httpx.AsyncClient(timeout=10) as http:
+                for i in range(40):  # every 8th fails; the others take 30 ms
+                    path = "/status/500/x" if i % 8 == 0 else "/delay/30/x"
+                    r = await http.get(
+                        f"http://127.0.0.1:{web.outbound_port}{path}", headers={"Host": "orders"}
+                    )
+                    assert r.status_code == (500 if i % 8 == 0 else 200)
+            served = {"v1": app1.received, "v2": app2.received}
+            assert all(served.values())  # both versions took some
+            for version, got in served.items():
+                await _reported(plane, version, len(got))
+            code, out, err = await _meshctl(plane, "top", "-o", "json", "--window", "120")
+            assert code == 0, err
+            code, table, err = await _meshctl(plane, "top", "--count", "1")
+            assert code == 0, err
+            assert plane.http is not None
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{plane.http.port}") as http:
+                metrics = (await http.get("/metrics")).text
+                health, missing = await http.get("/healthz"), await http.get("/nope")
+            nursery.cancel_scope.cancel()
+    rows = {(r["service"], r["version"]): r for r in json.loads(out)["services"]}
+    assert set(rows) == {("orders", "v1"), ("orders", "v2"), ("web", "")}
+    for version, got in served.items():
+        row = rows[("orders", version)]
+        failed = sum(1 for r in got if r["path"].startswith("/status/500"))
+        assert row["instances"] == 1 and row["rps"] > 0
+        assert row["success"] == round(1 - failed / len(got), 5)
+        if failed < len(got):  # the 30 ms ones are the median: within the 25-50 ms bucket
+            assert 25 <= row["p50_ms"] <= 50 and row["p50_ms"] <= row["p99_ms"] <= 50
+    assert rows[("web", "")]["rps"] == 0 and rows[("web", "")]["success"] is None
+    assert [line.split()[:2] for line in table.splitlines()[2:]] == [
+        ["default/orders", "v1"], ["default/orders", "v2"], ["default/web", "-"],
+    ]  # fmt: skip
+    families = {f.name: f for f in text_string_to_metric_families(metrics)}
+    assert families["weft_control_sidecars_connected"].samples[0].value == 3
+    acks = families["weft_control_config_acks"].samples[0].value
+    assert acks >= 3 and families["weft_control_config_nacks"].samples[0].value == 0
+    pushes = {s.name: s.value for s in families["weft_control_config_push_seconds"].samples}
+    assert 3 <= pushes["weft_control_config_push_seconds_count"] <= acks
+    assert health.text == "ok\n" and missing.status_code == 404
 
 
 async def test_shift_waits_for_every_sidecar_and_the_split_holds(plane: ControlPlane) -> None:

@@ -70,8 +70,12 @@ async def _up_and_down(receiver: Receiver, otlp: int) -> None:
             while seen != {"web", "inventory"}:
                 line = (await trio.to_thread.run_sync(proc.stdout.readline)).decode()
                 out.append(line)
-                if line.split()[:1] in (["web"], ["inventory"]) and line.split()[-1] == "100.0%":
-                    seen.add(line.split()[0])
+                cols = line.split()  # SERVICE VERSION INST RPS SUCCESS P50 P99 TCP/s
+                if len(cols) == 8 and cols[4] == "100.00%":
+                    if cols[0] == "default/web" and float(cols[3]) > 0 and cols[6] != "-":
+                        seen.add("web")
+                    if cols[0] == "default/inventory" and float(cols[7]) > 0:
+                        seen.add("inventory")
         _one_trace(receiver, await _trace(receiver, caller))
         assert _processes_mentioning(state), "the mesh's processes should be running"
         proc.send_signal(signal.SIGINT)

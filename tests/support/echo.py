@@ -96,7 +96,10 @@ class EchoServer:
                     owner.received.append(info)
                     owner.cond.notify_all()
                 payload = json.dumps(info).encode()
-                self.send_response(200)
+                status = 200
+                if self.path.startswith("/status/"):  # /status/<code>/...: answer with it
+                    status = int(self.path.split("/")[2])
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 for item in self.headers.get_all("X-Echo-Set-Header") or []:

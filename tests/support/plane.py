@@ -25,7 +25,7 @@ from sidecar.modes.sidecar import SidecarOptions, SidecarServer
 @contextlib.contextmanager
 def running_plane(data: Path) -> Iterator[ControlPlane]:
     keystore.init(data, "weft.local", datetime.datetime.now(datetime.UTC))
-    srv = ControlPlane(data, "127.0.0.1:0")
+    srv = ControlPlane(data, "127.0.0.1:0", http_listen="127.0.0.1:0")
     srv.start()
     try:
         yield srv
