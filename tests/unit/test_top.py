@@ -3,6 +3,10 @@ computes them, versions added up; and its table."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
 import pytest
 
 from control.top import Sample, delta, parse_sample, quantile, rows
@@ -119,3 +123,39 @@ def test_the_table() -> None:
     assert orders.split() == ["default/orders", "v2", "2", "12.3", "99.00%", "1.3", "80.0", "0.0"]
     assert web.split() == ["default/web", "-", "1", "0.0", "-", "-", "-", "0.0"]
     assert "no sidecars connected" in render_top({"window_s": 10.0, "services": []})
+
+
+def test_the_watch_counts_acks_nacks_and_keeps_samples(tmp_path: Path) -> None:
+    """What a sidecar sends on its watch, as the control plane's reader takes it."""
+    from control.registry import Instance
+    from control.state import ControlState, Subscriber
+    from control.watch import ConfigService
+
+    async def run() -> tuple[ControlState, Subscriber]:
+        state = ControlState(tmp_path, 0.0)
+        inst = Instance(id="i1", namespace="default", service="orders", version="v1",
+                        address="127.0.0.1", port=1)  # fmt: skip
+        sub = Subscriber(instance=inst)
+        state.connect(sub, 0.0)
+        sub.sent, sub.changed_at = state.generation, state.changed_at  # as if pushed
+
+        async def messages() -> AsyncIterator[object]:
+            stats = {"requests": 4, "failures": 1, "buckets": [4] + [0] * (N - 1)}
+            for message in (
+                {"stats": stats}, {"stats": {"requests": "many"}}, "noise",
+                {"ack": {"version": sub.sent}}, {"nack": {"version": sub.sent, "error": "bad"}},
+                {"ack": {"version": sub.sent}},  # again: its push was already timed
+            ):  # fmt: skip
+                yield message
+
+        await ConfigService(state, tmp_path)._read(messages(), sub)
+        return state, sub
+
+    state, sub = asyncio.run(run())
+    registry = state.metrics.registry
+    assert registry.get_sample_value("weft_control_config_acks_total") == 2
+    assert registry.get_sample_value("weft_control_config_nacks_total") == 1
+    assert registry.get_sample_value("weft_control_config_push_seconds_count") == 1
+    assert registry.get_sample_value("weft_control_sidecars_connected") == 1
+    assert [s.requests for s in sub.samples] == [4]  # the malformed one was dropped
+    assert sub.error == "" and state.registry.instances["i1"].ready
