@@ -116,7 +116,6 @@ class ConfigWatch:
         self.failures = 0
         self.last_error = ""
         self.ended = trio.Event()  # set (and replaced) each time a watch ends
-        self.stats_sent = trio.Event()  # set (and replaced) each time counters went out
         self._stream: UpstreamStream | None = None
 
     async def run(self) -> None:
@@ -238,8 +237,6 @@ class ConfigWatch:
                 if stats is not None and stats != last:
                     await stream.send_data(frame({"stats": stats}), end=False)
                     last, silent_s = stats, 0.0
-                    self.stats_sent.set()
-                    self.stats_sent = trio.Event()
                 elif silent_s >= HEARTBEAT_S:
                     await stream.send_data(frame({"heartbeat": {}}), end=False)
                     silent_s = 0.0

@@ -219,6 +219,7 @@ class RequestHandler:
         "listener",
         "peer_id",
         "peer_text",
+        "peer_uri",
         "scheme",
         "snapshot",
         "sni",
@@ -235,6 +236,7 @@ class RequestHandler:
     ) -> None:
         self.ctx = ctx
         self.peer_id = peer_id  # the caller's verified SPIFFE ID (sidecar inbound)
+        self.peer_uri = peer_id.uri if peer_id is not None else ""  # for spans and the log
         self.scheme = scheme
         self.sni = sni
         self.listener = listener
@@ -243,7 +245,7 @@ class RequestHandler:
         if ctx.direction == "edge":
             self.fwd = Forwarding(self.peer_text.encode(), scheme.encode(), trace=trace)
         elif ctx.identity is not None and peer_id is not None:
-            cert = client_cert_line(ctx.identity.uri, peer_id.uri)
+            cert = client_cert_line(ctx.identity.uri, self.peer_uri)
             self.fwd = Forwarding(client_cert=cert, trace=trace)
         else:
             self.fwd = Forwarding(trace=trace)
@@ -438,7 +440,7 @@ class RequestHandler:
                      head.method, match.template if match is not None else "", route_label,
                      self.scheme, authority, path, outcome.status, peer_service,
                      outcome.upstream, retries, head.version, self.peer_text,
-                     self.peer_id.uri if self.peer_id is not None else "", detail),
+                     self.peer_uri, detail),
                     2 if client_id else 1,
                 )  # fmt: skip
             if ctx.access_log.enabled:
@@ -459,7 +461,7 @@ class RequestHandler:
                     detail=detail,
                     retries=retries,
                     trace_id=f"{span.trace_id:032x}" if span is not None else "",
-                    peer_identity=self.peer_id.uri if self.peer_id is not None else "",
+                    peer_identity=self.peer_uri,
                 )
 
     def usable(self, backend: Backend) -> bool:

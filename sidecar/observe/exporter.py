@@ -69,6 +69,7 @@ class Exporter(OTLPSpanExporter):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # SDKs older than the reconnect hook below make their stub here, not through it
         self._client = _EncodedStub(self._channel)  # type: ignore[assignment]
 
     def _initialize_channel_and_stub(self) -> None:  # the SDK calls it again to reconnect
