@@ -188,6 +188,9 @@ class Limits:
     detect_timeout_s: float = 0.3
     # Upgrade protocols passed through to upstreams (lower-case tokens, without version)
     upgrades: frozenset[bytes] = frozenset({b"websocket"})
+    # Path normalization before routing and authorization (http/paths.py)
+    merge_slashes: bool = True
+    escaped_slashes: str = "reject"  # %2F and %5C in paths: reject (400), keep or decode
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -308,7 +308,7 @@ async def relay_http1(
                 outcome.downstream_keep_alive = False
                 return False
         if finished:
-            return keep_upstream and parser.done
+            return keep_upstream and parser.reusable
 
 
 class Http1Writer:

@@ -45,6 +45,7 @@ from sidecar.http.proxy import ProxyContext, RequestHandler
 from sidecar.protocol.http1 import END, End, RequestHead
 from sidecar.protocol.http2 import (
     CONNECTION_SPECIFIC,
+    check_fields,
     local_headers,
     request_head,
     response_headers,
@@ -58,7 +59,7 @@ from sidecar.transport.io import Conn, ConnectionLost
 log = logging.getLogger("weft.h2")
 STREAM_WINDOW = 256 * 1024  # what a client may send on one stream before we ask for more
 CONNECTION_WINDOW = 1024 * 1024  # ... and on all streams together
-MAX_CONCURRENT_STREAMS = 256
+MAX_CONCURRENT_STREAMS = 100
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -66,15 +67,18 @@ Headers = list[tuple[bytes, bytes]]
 class H2Stream(FlowStream):
     """One request/response exchange on an HTTP/2 connection (a `Downstream`)."""
 
-    __slots__ = ("body", "more", "request_ended", "reset_code", "scope")
+    __slots__ = ("body", "body_left", "more", "request_ended", "reset_code", "scope", "too_large")
 
-    def __init__(self, conn: Http2Connection, sid: int) -> None:
+    def __init__(self, conn: Http2Connection, sid: int, max_body_bytes: int = 0) -> None:
         super().__init__(conn, sid)
         self.body: deque[tuple[bytes, int] | End] = deque()
         self.more = trio.Event()  # set when body arrives, ends, or the stream is reset
         self.scope = trio.CancelScope()
         self.reset_code: int | None = None
         self.request_ended = False
+        # --max-request-body-bytes, as on HTTP/1: what may still arrive (None: no limit)
+        self.body_left = max_body_bytes or None
+        self.too_large = False
 
     def failure(self) -> Exception | None:
         return (
@@ -86,8 +90,19 @@ class H2Stream(FlowStream):
 
     # -- events from the reader ---------------------------------------------------------
     def feed(self, data: bytes, flow: int) -> None:
+        if self.body_left is not None:
+            self.body_left -= len(data)
+            if self.body_left < 0 or self.too_large:
+                self.too_large = True  # the handler answers 413 (or resets) at next read
+                self._ack(flow)
+                self.body.clear()
+                self.more.set()
+                return
         self.body.append((data, flow))
         self.more.set()
+
+    def _over_limit(self) -> ProtocolError:
+        return ProtocolError("request body over the limit", status=413)
 
     def finish(self, trailers: Headers | None) -> None:
         self.request_ended = True
@@ -120,6 +135,8 @@ class H2Stream(FlowStream):
         while not self.body:
             if self.reset_code is not None:
                 raise DownstreamClosed("stream reset by the client")
+            if self.too_large:
+                raise self._over_limit()
             self.more = trio.Event()
             await self.more.wait()
         item = self.body.popleft()
@@ -130,6 +147,8 @@ class H2Stream(FlowStream):
         return data
 
     def take_buffered_body(self, out: bytearray, chunked: bool) -> tuple[int, bool]:
+        if self.too_large:
+            raise self._over_limit()
         taken = 0
         body = self.body
         while body:
@@ -368,6 +387,11 @@ class Http2Connection(H2Pump):
         elif isinstance(event, h2.events.TrailersReceived):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
+                try:
+                    check_fields(event.headers)
+                except ProtocolError:
+                    self._reset(stream, ErrorCodes.PROTOCOL_ERROR)
+                    return
                 stream.finish(event.headers)
         elif isinstance(event, h2.events.StreamEnded):
             stream = self.streams.get(event.stream_id)
@@ -401,40 +425,57 @@ class Http2Connection(H2Pump):
             # A reload removed our listener: this stream finishes on the last snapshot that
             # had it (as HTTP/1 does), and the client is told to go elsewhere for the next.
             self.goaway()
-        stream = H2Stream(self, sid)
+        limits = self.ctx.store.current.limits
+        stream = H2Stream(self, sid, limits.max_request_body_bytes)
         self.streams[sid] = stream
         ended = event.stream_ended is not None
         if ended:
             stream.finish(None)
         try:
-            head = request_head(event.headers or [], end_stream=ended)
+            head = request_head(
+                event.headers or [],
+                end_stream=ended,
+                max_headers=limits.max_headers,
+                max_body_bytes=limits.max_request_body_bytes,
+            )
         except ProtocolError as exc:
             nursery.start_soon(self._refuse, stream, exc)
             return
         nursery.start_soon(self._serve, stream, head)
 
     async def _serve(self, stream: H2Stream, head: RequestHead) -> None:
+        """Run one request; whatever it raises ends this stream only."""
+        refused = None
         try:
             with stream.scope:
                 await self.handler.handle(head, stream)
         except ProtocolError as exc:
-            if not stream.ended_local:
-                await self._refuse(stream, exc)
-                return
+            refused = exc
         except DownstreamClosed:
             pass
         except Exception:  # a bug in one stream must not take the connection's others down
             log.exception("HTTP/2 stream %d failed; reset", stream.sid)
-        self._done(stream)
+        if refused is not None and not stream.ended_local and stream.reset_code is None:
+            await self._refuse(stream, refused)
+        else:
+            self._done(stream)
 
     async def _refuse(self, stream: H2Stream, exc: ProtocolError) -> None:
+        """Answer a request the proxy refuses (its status, a one-line reason)."""
         log.debug("HTTP/2 stream %d from %s refused (%d): %s", stream.sid, self.conn.peer,
                  exc.status, exc)  # fmt: skip
+        stream.scope = trio.CancelScope()  # a scope is entered once; the handler's is spent
         with stream.scope, contextlib.suppress(DownstreamClosed):
             body = f"{exc}\n".encode()
             stream.send_headers(local_headers(exc.status, body), end=False)
             await stream.send_data(body, end=True)
         self._done(stream)
+
+    def _reset(self, stream: H2Stream, code: ErrorCodes) -> None:
+        """A stream error: reset this stream, keep the connection (RFC 9113 §5.4.2)."""
+        with contextlib.suppress(h2.exceptions.H2Error):
+            self.h2.reset_stream(stream.sid, code)
+        stream.was_reset(code)
 
     def _done(self, stream: H2Stream) -> None:
         stream.close()
@@ -482,7 +523,7 @@ async def relay_h2(
         if pending is not None:
             stream.send_headers(pending, end=False)
         if finished:
-            return keep_upstream and parser.done
+            return keep_upstream and parser.reusable
 
 
 async def serve_http2(

@@ -270,7 +270,7 @@ class RequestHandler:
             self.snapshot = snapshot
         if ctx.draining.is_set():
             head.keep_alive = False
-        authority, target, path, query = parse_target(head)
+        authority, target, path, query = parse_target(head, snapshot.limits)
         if authority != self.authority:  # clients repeat their Host: normalize it once
             self.authority = authority
             self.host = normalize_host(authority)

@@ -8,24 +8,31 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sidecar.config.model import Backend, RouteAction
+from sidecar.config.model import Backend, Limits, RouteAction
 from sidecar.errors import ProtocolError
 from sidecar.http.filters import rewritten_target, split_target
+from sidecar.http.paths import normalize_path
 from sidecar.http.router import CompiledMatch
 from sidecar.observe.tracecontext import REPLACED
-from sidecar.protocol.http1 import RequestHead
-from sidecar.protocol.wire import cut_lines, serialize_head, strip_hop_by_hop
+from sidecar.protocol.http1 import FIELD_ALIASES, RequestHead
+from sidecar.protocol.wire import (
+    AUTHORITY,
+    cut_lines,
+    serialize_head,
+    strip_hop_by_hop,
+)
 
 log = logging.getLogger("weft.route")
 
 _ABSOLUTE = re.compile(r"^(https?)://([^/?#]*)([^#]*)", re.IGNORECASE)
 _FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
-_NEVER_FORWARDED = (b"expect", b"x-forwarded-client-cert", b"host")
+_NEVER_FORWARDED = (b"expect", b"x-forwarded-client-cert", b"host", b"x-request-id")
 # Fields forwarded_fields drops, by (this hop sets X-Forwarded-*, this hop traces).
 _DROPPED = {
     (edge, trace): frozenset(
         (*_NEVER_FORWARDED, *(_FORWARDED if edge else ()), *(REPLACED if trace else ()))
     )
+    | FIELD_ALIASES
     for edge in (False, True)
     for trace in (False, True)
 }
@@ -50,36 +57,30 @@ def client_cert_line(own: str, peer: str) -> bytes:
     return b"x-forwarded-client-cert: By=%b;URI=%b\r\n" % (own.encode(), peer.encode())
 
 
-def parse_target(head: RequestHead) -> tuple[str, str, str, str]:
-    """(authority, target, path, query) of a request; dot segments removed from the path."""
+def parse_target(head: RequestHead, limits: Limits) -> tuple[str, str, str, str]:
+    """(authority, target, path, query) of a request, its path normalized (http/paths.py):
+    routing, authorization and the upstream all see this target."""
     target = head.target
     authority = head.host
     if target[:1] != "/":
         m = _ABSOLUTE.match(target)
         if m is not None:
             authority = m.group(2)
-            target = m.group(3) or "/"
+            if not AUTHORITY.fullmatch(authority.encode("latin-1")):
+                raise ProtocolError("invalid authority in the request target")
+            target = m.group(3)
+            if target[:1] != "/":  # "http://a?x=1" asks for "/?x=1"
+                target = "/" + target
         elif not (target == "*" and head.method == "OPTIONS"):
             raise ProtocolError("request target must be an absolute path or absolute URI")
     path, query = split_target(target)
-    if "/." in path or "//" in path:
-        path = remove_dot_segments(path)
+    normal = normalize_path(
+        path, merge_slashes=limits.merge_slashes, escaped_slashes=limits.escaped_slashes
+    )
+    if normal is not path:
+        path = normal
         target = f"{path}?{query}" if query else path
     return authority, target, path, query
-
-
-def remove_dot_segments(path: str) -> str:
-    """RFC 3986 §5.2.4, applied only when the path has dot segments or empty segments."""
-    out: list[str] = []
-    segments = path.split("/")
-    for seg in segments[1:]:
-        if seg == "..":
-            if out:
-                out.pop()
-        elif seg not in (".", ""):
-            out.append(seg)
-    trailing = segments[-1] in ("", ".", "..") and len(segments) > 2
-    return "/" + "/".join(out) + ("/" if trailing and out else "")
 
 
 class RequestIds:
@@ -155,16 +156,17 @@ def upstream_request(
         and action.request_headers is None
         and backend.request_headers is None
         and (rewrite is None or rewrite.hostname is None)
-        and authority == head.host
     ):
+        # The client's block minus what it may not pass on (Host and the framing fields
+        # are always cut: they are written here from the validated values).
+        out += b"host: " + host + b"\r\n"
         cut = head.cut + head.connection_named() if head.connection else head.cut
         out += cut_lines(head.raw, cut) if cut else head.raw
-        if not head.host:
-            out += b"host: " + host + b"\r\n"
+        if head.content_length is not None and not head.chunked:
+            out += b"content-length: %d\r\n" % head.content_length
     else:
         out += _rebuilt_headers(head, host, action, backend, fwd)
-    if not head.request_id:
-        out += b"x-request-id: " + rid.encode() + b"\r\n"
+    out += b"x-request-id: " + rid.encode("latin-1") + b"\r\n"
     out += trace
     if fwd.peer is not None:
         peer = fwd.peer
@@ -246,8 +248,7 @@ def h2_request_headers(
         out.append((b"te", b"trailers"))  # gRPC needs it end to end; the only TE HTTP/2 allows
     if head.content_length is not None and not head.chunked:
         out.append((b"content-length", b"%d" % head.content_length))
-    if not head.request_id:
-        out.append((b"x-request-id", rid.encode()))
+    out.append((b"x-request-id", rid.encode("latin-1")))
     for line in trace.split(b"\r\n")[:-1]:
         name, _, value = line.partition(b": ")
         out.append((name, value))

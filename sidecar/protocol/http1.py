@@ -4,13 +4,18 @@ Bytes go in through `feed`; heads, body chunks and ends of message come out in `
 llhttp in strict mode already refuses the ambiguous framings request smuggling relies on
 (Content-Length with Transfer-Encoding, duplicate or signed lengths, bad chunk sizes,
 obs-fold, bare CR/LF, control bytes in values); this module adds the rules a proxy must
-enforce on top: limits, HTTP/0.9, Host presence, and Transfer-Encoding on HTTP/1.0.
+enforce on top: limits, HTTP/0.9, Host presence, transfer codings other than chunked (501,
+as nginx and Envoy answer), fragments in the target, and Transfer-Encoding on HTTP/1.0.
 
-Theory of operation (the fast path). A head that arrives whole in one `feed` keeps its
-header block as received (`raw`), with the names of the lines a proxy must drop noted in
-`cut`. Forwarding then cuts those few lines out of the block with bytes operations instead
-of re-serializing every field in Python; `headers` (the parsed list) is still there for
-routing and for filters that rewrite fields.
+Theory of operation (the fast path). A head whose request line is the first byte of one
+`feed` and which ends within it keeps its header block as received (`raw`), with the names
+of the lines a proxy must drop noted in `cut`. Forwarding then cuts those few lines out of
+the block with bytes operations instead of re-serializing every field in Python; `headers`
+(the parsed list) is still there for routing and for filters that rewrite fields. The
+block is kept only when it is provably the one llhttp parsed: the feed starts with exactly
+the request line llhttp reported, and the block holds exactly one line per parsed field.
+Host, Content-Length, Transfer-Encoding and X-Request-Id are always in `cut`: whoever
+forwards writes them from the validated values, never from the client's bytes.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from collections import deque
 import httptools
 
 from sidecar.errors import ProtocolError
+from sidecar.protocol.wire import AUTHORITY, PROTECTED, connection_named, underscore_aliases
 
 # What on_header does with a field: 0 keep, else the kind below. Keys are lower case.
 # Sidecars leave X-Forwarded-* as the app sent them; the edge sets them (EDGE_KINDS).
@@ -55,11 +61,17 @@ _TRACE_KINDS = {
     b"x-b3-sampled": _B3,
     b"x-b3-flags": _B3,
 }
-MESH_TRACE_KINDS = MESH_KINDS | _TRACE_KINDS
-EDGE_TRACE_KINDS = EDGE_KINDS | _TRACE_KINDS
+
+
+# Every spelling with `_` for `-` of the fields a hop controls: CGI/WSGI-style backends
+# read `Transfer_Encoding` as `Transfer-Encoding`, so such aliases are never forwarded.
+FIELD_ALIASES = underscore_aliases({*EDGE_KINDS, *_TRACE_KINDS, *PROTECTED})
+_ALIAS_KINDS = dict.fromkeys(FIELD_ALIASES, _HOP)
+MESH_TRACE_KINDS = MESH_KINDS | _TRACE_KINDS | _ALIAS_KINDS
+EDGE_TRACE_KINDS = EDGE_KINDS | _TRACE_KINDS | _ALIAS_KINDS
+MESH_KINDS = MESH_KINDS | _ALIAS_KINDS
+EDGE_KINDS = EDGE_KINDS | _ALIAS_KINDS
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
-# Connection tokens that name no other field.
-_PLAIN_CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade", b"te"})
 
 
 class End:
@@ -105,11 +117,9 @@ class RequestHead:
         return self.chunked or bool(self.content_length)
 
     def connection_named(self) -> list[bytes]:
-        """Names of fields the Connection header declares hop-by-hop (besides the usual)."""
-        if self.connection in _PLAIN_CONNECTION_TOKENS or not self.connection:
-            return []
-        tokens = {t.strip() for t in self.connection.split(b",")} - _PLAIN_CONNECTION_TOKENS
-        tokens.discard(b"")
+        """Names (as received) of fields the Connection header declares hop-by-hop,
+        besides the usual ones; never one that carries framing or routing (wire.PROTECTED)."""
+        tokens = connection_named(self.connection)
         return [n for n, _ in self.headers if n.lower() in tokens] if tokens else []
 
 
@@ -187,19 +197,18 @@ class RequestParser:
             self._special(head, kind, name, value)
 
     def _special(self, head: RequestHead, kind: int, name: bytes, value: bytes) -> None:
-        if kind == _HOST:
+        head.cut.append(name)
+        if kind == _XRID:
+            head.request_id = head.request_id or value  # forwarded once, as the hop keeps it
+        elif kind == _HOST:
             if head.host:
                 self._fail(ProtocolError("more than one Host header"))
+            if not AUTHORITY.fullmatch(value):
+                self._fail(ProtocolError("invalid Host"))
             head.host = value.decode("latin-1") or " "
-            return
-        if kind == _LENGTH:
+        elif kind == _LENGTH:
             head.content_length = int(value)
-            return
-        if kind == _XRID:
-            head.request_id = value
-            return
-        head.cut.append(name)
-        if kind >= _TRACE:
+        elif kind >= _TRACE:
             if kind == _TRACE:
                 head.traceparent = value
             elif kind == _TSTATE:
@@ -207,6 +216,8 @@ class RequestParser:
             else:
                 head.b3 = True
         elif kind == _TE:
+            if value.strip().lower() != b"chunked":  # llhttp checks chunked is last
+                self._fail(ProtocolError("transfer coding other than chunked", status=501))
             head.chunked = True
         elif kind == _CONN:
             low = value.lower()
@@ -229,6 +240,8 @@ class RequestParser:
         head.version = version
         method = p.get_method()
         head.method = _METHODS.get(method) or method.decode("ascii")
+        if b"#" in self._url:
+            self._fail(ProtocolError("fragment in the request target"))
         head.target = self._url.decode("latin-1")
         head.keep_alive = p.should_keep_alive()
         if not head.host:
@@ -266,19 +279,32 @@ class RequestParser:
         self._completed_in_feed += 1
 
     def _raw_block(self, head: RequestHead) -> bytes | None:
-        """The header block of a head that began and ended within the current feed; also
-        enforces the size and count limits (once per head, not per field)."""
+        """The header block of a head whose request line opens the current feed and which
+        ends within it, when it is exactly what llhttp parsed (None otherwise: forwarding
+        then serializes the parsed fields); also enforces the size and count limits (once
+        per head, not per field)."""
         headers = head.headers
         if len(headers) > self.max_headers:
             self._fail(ProtocolError("too many header fields", status=431))
-        data = self._data
-        if not self._began_in_feed or data[:2] == b"\r\n":
+        raw = None
+        if self._began_in_feed:
+            data = self._data
+            line = b"%b %b HTTP/%b\r\n" % (
+                self._parser.get_method(),
+                self._url,
+                head.version.encode(),
+            )
+            if data.startswith(line):
+                start = len(line)
+                end = data.find(b"\r\n\r\n", start - 2) + 2
+                raw = data[start:end]
+                # One line per parsed field: no line the parser saw differently (a bare
+                # LF, an empty line skipped before the request line, a folded value).
+                if raw.count(b"\n") != len(headers):
+                    raw = None
+        if raw is None:
             size = self._head_bytes + sum(len(n) + len(v) + 4 for n, v in headers)
-            raw = None
         else:
-            start = data.find(b"\r\n") + 2
-            end = data.find(b"\r\n\r\n", start - 2) + 2
-            raw = data[start:end] if start <= end else b""
             size = self._head_bytes + len(raw)
         if size > self.max_header_bytes:
             self._fail(ProtocolError("request header fields too large", status=431))

@@ -1,19 +1,28 @@
 """HTTP/2 header lists to and from the proxy's message model (pure; h2 does the framing).
 
 h2 validates what arrives (pseudo-header order and set, lower-case names, no
-connection-specific fields, `te: trailers` only, content-length against DATA); this module
-maps the result onto `RequestHead` so routing and forwarding see one model whatever the
-protocol, and builds HTTP/2 header lists from upstream responses.
+connection-specific fields, `te: trailers` only, no NUL/CR/LF or surrounding whitespace in
+values, content-length against DATA). That is not all an HTTP/1.1 upstream needs: a
+`:method` of `GET /admin HTTP/1.1`, a `:path` with a space or an `:authority` with one
+would each become a second request line token. So this module refuses, on the way in,
+everything an HTTP/1.1 client could not have sent (RFC 9113 §8.2.1, §8.3.1; RFC 9110
+§5.1, §5.5): a method that is not a token, a path that is not origin-form of visible ASCII
+(or `*` for OPTIONS), an authority with anything but host and port characters, field names
+that are not tokens, and control characters in values. It maps the result onto
+`RequestHead` so routing and forwarding see one model whatever the protocol, and builds
+HTTP/2 header lists from upstream responses.
 """
 
 from __future__ import annotations
+
+import re
 
 from sidecar.errors import ProtocolError
 from sidecar.http.filters import HeaderOps
 from sidecar.observe.tracecontext import B3_FIELDS
 from sidecar.protocol.http1 import RequestHead
 from sidecar.protocol.response import ResponseHead
-from sidecar.protocol.wire import strip_hop_by_hop
+from sidecar.protocol.wire import AUTHORITY, strip_hop_by_hop
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -25,8 +34,27 @@ CONNECTION_SPECIFIC = frozenset(
 )
 
 
-def request_head(headers: Headers, *, end_stream: bool) -> RequestHead:
-    """The request a HEADERS frame opened; ProtocolError for what the proxy cannot carry."""
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_NOT_TOKEN = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9a-z]")  # names arrive lower case (h2)
+_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # HTAB is the one allowed
+_ORIGIN_FORM = re.compile(rb"/[\x21-\x22\x24-\x7e]*")  # visible ASCII without "#"
+
+
+def check_fields(headers: Headers) -> None:
+    """ProtocolError unless every regular field could be sent by an HTTP/1.1 client."""
+    for name, value in headers:
+        if (_NOT_TOKEN.search(name) and name[:1] != b":") or _CTL.search(value):
+            raise ProtocolError(f"invalid field {name[:64]!r}")
+
+
+def request_head(
+    headers: Headers, *, end_stream: bool, max_headers: int = 100, max_body_bytes: int = 0
+) -> RequestHead:
+    """The request a HEADERS frame opened; ProtocolError for what the proxy cannot carry
+    (or what an HTTP/1.1 upstream would read differently), with the status to answer."""
+    if len(headers) > max_headers + 4:  # the four pseudo-header fields are not counted
+        raise ProtocolError("too many header fields", status=431)
+    check_fields(headers)
     head = RequestHead()
     head.version = "2"
     method = path = authority = host = None
@@ -54,7 +82,7 @@ def request_head(headers: Headers, *, end_stream: bool) -> RequestHead:
         elif name == b"x-forwarded-for":
             head.forwarded_for = head.forwarded_for + b", " + value if head.forwarded_for else value
         elif name == b"x-request-id":
-            head.request_id = value
+            head.request_id = head.request_id or value
         elif name == b"traceparent":
             head.traceparent = value
         elif name == b"tracestate":
@@ -68,9 +96,18 @@ def request_head(headers: Headers, *, end_stream: bool) -> RequestHead:
         raise ProtocolError("CONNECT is not supported here", status=405)
     if method is None or path is None:
         raise ProtocolError("request without :method or :path")
+    if not _TOKEN.fullmatch(method):
+        raise ProtocolError("invalid :method")
+    if not _ORIGIN_FORM.fullmatch(path) and not (path == b"*" and method == b"OPTIONS"):
+        raise ProtocolError("invalid :path (origin-form of visible ASCII, or * for OPTIONS)")
+    authority = authority if authority is not None else host or b""
+    if not AUTHORITY.fullmatch(authority) or (host is not None and host != authority):
+        raise ProtocolError("invalid :authority or Host")
     head.method = method.decode("ascii")
     head.target = path.decode("latin-1")
-    head.host = (authority if authority is not None else host or b"").decode("latin-1")
+    head.host = authority.decode("latin-1")
+    if max_body_bytes and (head.content_length or 0) > max_body_bytes:
+        raise ProtocolError(f"request body over {max_body_bytes} bytes", status=413)
     if end_stream:
         head.content_length = None
     elif head.content_length is None:

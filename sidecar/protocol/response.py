@@ -21,6 +21,7 @@ import httptools
 
 from sidecar.errors import ProtocolError
 from sidecar.protocol.http1 import END, End
+from sidecar.protocol.wire import connection_named
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -30,7 +31,6 @@ _FIELDS = re.compile(
     rb"\r\n(content-length|transfer-encoding|connection|keep-alive|proxy-connection|te"
     rb"|trailer|upgrade):[ \t]*([^\r]*)"
 )
-_PLAIN_CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade", b"te"})
 
 
 class ResponseHead:
@@ -76,10 +76,9 @@ class ResponseHead:
         return out
 
     def connection_named(self) -> list[bytes]:
-        """Names (as received) of fields the Connection header declares hop-by-hop."""
-        if not self.connection or self.connection in _PLAIN_CONNECTION_TOKENS:
-            return []
-        tokens = {t.strip() for t in self.connection.split(b",")} - _PLAIN_CONNECTION_TOKENS
+        """Names (as received) of fields the Connection header declares hop-by-hop
+        (never one that carries framing: wire.PROTECTED)."""
+        tokens = connection_named(self.connection)
         out = []
         for token in tokens:
             key = b"\r\n" + token + b":"
@@ -104,6 +103,7 @@ class ResponseParser:
         self._interim = False
         self.close_delimited = False
         self._upgrade = False
+        self._trailing = False  # bytes arrived after the response ended
         self.tunnel = b""  # after a 101 to an Upgrade: bytes of the new protocol
 
     def start(self, *, head_request: bool, upgrade: bool = False) -> None:
@@ -118,10 +118,14 @@ class ResponseParser:
         self._upgrade = upgrade
         self._done = False
         self._interim = False
+        self._trailing = False
         self.close_delimited = False
 
     # llhttp callbacks ------------------------------------------------------------------
     def on_headers_complete(self) -> None:
+        if self._done:  # a second response to one request: the connection is out of step
+            self._trailing = True
+            return
         p = self._parser
         buf = self._buf
         line_end = buf.index(b"\r\n")
@@ -163,6 +167,7 @@ class ResponseParser:
     # feeding --------------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
         if self._done:
+            self._trailing = self._trailing or bool(data)
             return
         if self._in_head:
             self._buf = self._buf + data if self._buf else data
@@ -173,8 +178,9 @@ class ResponseParser:
         except httptools.HttpParserUpgrade as exc:  # a 101 to our Upgrade: HTTP ends here
             self.tunnel = data[int(exc.args[0]) :]
         except (httptools.HttpParserError, ValueError) as exc:
-            if self._done:  # bytes after a bodiless response: the connection is unusable
-                raise ProtocolError("bytes after a bodiless response", status=502) from None
+            if self._done:  # bytes after the response: the connection is unusable
+                self._trailing = True
+                return
             raise ProtocolError(f"malformed response: {exc}", status=502) from None
 
     def feed_eof(self) -> bool:
@@ -190,3 +196,10 @@ class ResponseParser:
     @property
     def done(self) -> bool:
         return self._done
+
+    @property
+    def reusable(self) -> bool:
+        """The response ended and nothing followed it: the connection may carry another
+        exchange. Bytes after a response (an upstream that answered twice, or a body
+        longer than its length) would otherwise reach the next client as its answer."""
+        return self._done and not self._trailing

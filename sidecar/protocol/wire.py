@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 Headers = list[tuple[bytes, bytes]]
@@ -21,6 +22,10 @@ HOP_BY_HOP = frozenset(
     }
 )
 
+# What a Host field or an :authority may hold: RFC 3986 host (reg-name, IP literal) and
+# port characters. No userinfo ("@"), no space, no byte a server could split or decode.
+AUTHORITY = re.compile(rb"[A-Za-z0-9\-._~%!$&'()*+,;=:\[\]]*")
+
 _REASONS = {
     200: b"OK", 204: b"No Content", 301: b"Moved Permanently", 302: b"Found",
     303: b"See Other", 307: b"Temporary Redirect", 308: b"Permanent Redirect",
@@ -36,13 +41,57 @@ def reason_phrase(status: int) -> bytes:
     return _REASONS.get(status, b"Unknown")
 
 
-def connection_tokens(value: bytes) -> frozenset[bytes]:
-    return frozenset(t.strip() for t in value.split(b",") if t.strip())
+# Fields that carry framing or routing, or that a hop sets itself: a Connection header
+# naming one of them does not make it hop-by-hop. Otherwise `Connection: Content-Length`
+# would strip the length of a body that is still forwarded (the next hop reads the body as
+# another request), `Connection: Host` would forward a request without Host, and
+# `Connection: X-Request-Id` would drop the id this hop vouches for.
+PROTECTED = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"transfer-encoding",
+        b"x-request-id",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-client-cert",
+        b"traceparent",
+        b"tracestate",
+    }
+)
+# Connection tokens that name no other field.
+PLAIN_CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade", b"te", b""})
+
+
+def connection_named(connection: bytes) -> frozenset[bytes]:
+    """The fields (lower case) a Connection header's value declares hop-by-hop, besides
+    the ones always dropped; never a PROTECTED field."""
+    if not connection or connection in PLAIN_CONNECTION_TOKENS:
+        return frozenset()
+    tokens = frozenset(t.strip().lower() for t in connection.split(b","))
+    return tokens - PLAIN_CONNECTION_TOKENS - PROTECTED
+
+
+def underscore_aliases(names: Iterable[bytes]) -> frozenset[bytes]:
+    """Every spelling of `names` with one or more `-` written `_` (`transfer_encoding`):
+    CGI and WSGI servers map both to one variable, so such a field beside the real one
+    would reach the app as the real one. A proxy drops these aliases of the fields it
+    controls."""
+    out: set[bytes] = set()
+    for name in names:
+        parts = name.split(b"-")
+        for mask in range(1, 1 << (len(parts) - 1)):
+            alias = parts[0]
+            for i, part in enumerate(parts[1:]):
+                alias += (b"_" if mask >> i & 1 else b"-") + part
+            out.add(alias)
+    return frozenset(out)
 
 
 def strip_hop_by_hop(headers: Headers, connection: bytes) -> Headers:
     """Drop hop-by-hop fields, including those the Connection header names."""
-    drop = HOP_BY_HOP | connection_tokens(connection) if connection else HOP_BY_HOP
+    drop = HOP_BY_HOP | connection_named(connection) if connection else HOP_BY_HOP
     return [h for h in headers if h[0].lower() not in drop]
 
 

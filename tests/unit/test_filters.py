@@ -6,7 +6,7 @@ import pytest
 
 from sidecar.config.model import RedirectAction
 from sidecar.http.filters import HeaderOps, redirect_location, rewrite_path
-from sidecar.http.request import remove_dot_segments
+from sidecar.http.paths import remove_dot_segments
 
 
 @pytest.mark.parametrize(
