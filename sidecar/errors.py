@@ -26,6 +26,11 @@ class ProtocolError(WeftError):
         super().__init__(message)
 
 
+class StreamError(ProtocolError):
+    """A malformed HTTP/2 request (RFC 9113 §8.1.1): its stream is reset with
+    PROTOCOL_ERROR; the connection and its other streams go on."""
+
+
 class UpstreamError(WeftError):
     """Forwarding to an upstream failed; `status` is what the downstream gets."""
 

@@ -38,14 +38,14 @@ from hyperframe.frame import GoAwayFrame
 
 from ca.spiffe import SpiffeId
 from sidecar.config.model import ListenerKey
-from sidecar.errors import DownstreamClosed, ProtocolError
+from sidecar.errors import DownstreamClosed, ProtocolError, StreamError
 from sidecar.http.filters import HeaderOps
 from sidecar.http.forward import Outcome, Relay, feed_response, response_parser
 from sidecar.http.proxy import ProxyContext, RequestHandler
 from sidecar.protocol.http1 import END, End, RequestHead
 from sidecar.protocol.http2 import (
     CONNECTION_SPECIFIC,
-    check_fields,
+    check_trailers,
     local_headers,
     request_head,
     response_headers,
@@ -271,11 +271,16 @@ class Http2Connection(H2Pump):
         self.handler = RequestHandler(ctx, listener, conn.peer, scheme, sni, peer_id)
         # What arrives is validated; what we send is built valid (lower-case names, no
         # connection-specific fields), so h2's second check of it is skipped (~15% of CPU).
+        # What arrives is validated by request_head (protocol/http2.py) instead of h2,
+        # whose checks make a malformed request a connection error and miss what an
+        # HTTP/1.1 upstream needs.
         config = h2.config.H2Configuration(
             client_side=False,
             header_encoding=None,
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
+            validate_inbound_headers=False,
+            normalize_inbound_headers=False,
         )
         super().__init__(conn, h2.connection.H2Connection(config))
         limits = ctx.store.current.limits
@@ -388,8 +393,8 @@ class Http2Connection(H2Pump):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 try:
-                    check_fields(event.headers)
-                except ProtocolError:
+                    check_trailers(event.headers)
+                except StreamError:
                     self._reset(stream, ErrorCodes.PROTOCOL_ERROR)
                     return
                 stream.finish(event.headers)
@@ -438,6 +443,11 @@ class Http2Connection(H2Pump):
                 max_headers=limits.max_headers,
                 max_body_bytes=limits.max_request_body_bytes,
             )
+        except StreamError as exc:
+            log.debug("HTTP/2 stream %d from %s malformed: %s", sid, self.conn.peer, exc)
+            self._reset(stream, ErrorCodes.PROTOCOL_ERROR)
+            self._done(stream)
+            return
         except ProtocolError as exc:
             nursery.start_soon(self._refuse, stream, exc)
             return

@@ -1,23 +1,23 @@
 """HTTP/2 header lists to and from the proxy's message model (pure; h2 does the framing).
 
-h2 validates what arrives (pseudo-header order and set, lower-case names, no
-connection-specific fields, `te: trailers` only, no NUL/CR/LF or surrounding whitespace in
-values, content-length against DATA). That is not all an HTTP/1.1 upstream needs: a
-`:method` of `GET /admin HTTP/1.1`, a `:path` with a space or an `:authority` with one
-would each become a second request line token. So this module refuses, on the way in,
-everything an HTTP/1.1 client could not have sent (RFC 9113 §8.2.1, §8.3.1; RFC 9110
-§5.1, §5.5): a method that is not a token, a path that is not origin-form of visible ASCII
-(or `*` for OPTIONS), an authority with anything but host and port characters, field names
-that are not tokens, and control characters in values. It maps the result onto
-`RequestHead` so routing and forwarding see one model whatever the protocol, and builds
-HTTP/2 header lists from upstream responses.
+h2 frames and checks content-length against DATA; the fields themselves are validated
+here, in one pass (RFC 9113 §8.2-8.3: pseudo-header order and set, lower-case token names,
+no connection-specific fields, `te: trailers` only, no control bytes or surrounding
+whitespace in values), so a malformed request resets its own stream only. That is not all
+an HTTP/1.1 upstream needs: a `:method` of `GET /admin HTTP/1.1`, a `:path` with a space
+or an `:authority` with one would each become a second request line token. So this
+module also refuses what an HTTP/1.1 client could not have sent (RFC 9110 §5.1, §5.6.2):
+a method that is not a token, a path that is not origin-form of visible ASCII (or `*` for
+OPTIONS), an authority with anything but host and port characters. It maps the result
+onto `RequestHead` so routing and forwarding see one model whatever the protocol, and
+builds HTTP/2 header lists from upstream responses.
 """
 
 from __future__ import annotations
 
 import re
 
-from sidecar.errors import ProtocolError
+from sidecar.errors import ProtocolError, StreamError
 from sidecar.http.filters import HeaderOps
 from sidecar.observe.tracecontext import B3_FIELDS
 from sidecar.protocol.http1 import RequestHead
@@ -35,48 +35,64 @@ CONNECTION_SPECIFIC = frozenset(
 
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_NOT_TOKEN = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9a-z]")  # names arrive lower case (h2)
-_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # HTAB is the one allowed
+_NOT_LOWER_TOKEN = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9a-z]")
+# Control bytes (HTAB aside) anywhere, or whitespace around the value (RFC 9113 §8.2.1)
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]|^[ \t]|[ \t]$")
 _ORIGIN_FORM = re.compile(rb"/[\x21-\x22\x24-\x7e]*")  # visible ASCII without "#"
+_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path"})
 
 
-def check_fields(headers: Headers) -> None:
-    """ProtocolError unless every regular field could be sent by an HTTP/1.1 client."""
+def _field_error(name: bytes, value: bytes) -> str | None:
+    """Why a regular field is malformed (None: it is not)."""
+    if not name or _NOT_LOWER_TOKEN.search(name):
+        return f"invalid field name {name[:64]!r}"
+    if _BAD_VALUE.search(value):
+        return f"invalid value of {name[:64]!r}"
+    if name in CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers"):
+        return f"connection-specific field {name!r}"
+    return None
+
+
+def check_trailers(headers: Headers) -> None:
+    """StreamError unless every trailer field is well formed (no pseudo-header fields)."""
     for name, value in headers:
-        if (_NOT_TOKEN.search(name) and name[:1] != b":") or _CTL.search(value):
-            raise ProtocolError(f"invalid field {name[:64]!r}")
+        why = _field_error(name, value)
+        if why is not None:
+            raise StreamError(why)
 
 
 def request_head(
     headers: Headers, *, end_stream: bool, max_headers: int = 100, max_body_bytes: int = 0
 ) -> RequestHead:
-    """The request a HEADERS frame opened; ProtocolError for what the proxy cannot carry
-    (or what an HTTP/1.1 upstream would read differently), with the status to answer."""
+    """The request a HEADERS frame opened, validated here in one pass (h2's own inbound
+    checks are off: they make a malformed request a connection error, and they do not
+    cover what an HTTP/1.1 upstream needs). StreamError for a malformed request (RFC 9113
+    §8.1.1: its stream is reset), ProtocolError with the status to answer for a request
+    the proxy refuses."""
     if len(headers) > max_headers + 4:  # the four pseudo-header fields are not counted
         raise ProtocolError("too many header fields", status=431)
-    check_fields(headers)
     head = RequestHead()
     head.version = "2"
-    method = path = authority = host = None
+    pseudo: dict[bytes, bytes] = {}
+    host = None
     cookies: list[bytes] = []
     fields = head.headers
     for name, value in headers:
         if name[:1] == b":":
-            if name == b":method":
-                method = value
-            elif name == b":path":
-                path = value
-            elif name == b":authority":
-                authority = value
+            if fields or cookies or name not in _PSEUDO or name in pseudo:
+                raise StreamError(f"pseudo-header field {name!r} unknown, repeated or late")
+            if _BAD_VALUE.search(value):
+                raise StreamError(f"invalid value of {name!r}")
+            pseudo[name] = value
             continue
+        why = _field_error(name, value)
+        if why is not None:
+            raise StreamError(why)
         if name == b"cookie":  # split into many fields by HTTP/2 clients (RFC 9113 §8.2.3)
             cookies.append(value)
             continue
-        if name == b"content-length":
-            try:
-                head.content_length = int(value)
-            except ValueError:
-                raise ProtocolError("invalid content-length") from None
+        if name == b"content-length":  # h2 checked it is digits and agrees with DATA
+            head.content_length = int(value)
         elif name == b"host":
             host = value
         elif name == b"x-forwarded-for":
@@ -92,16 +108,26 @@ def request_head(
         fields.append((name, value))
     if cookies:
         fields.append((b"cookie", b"; ".join(cookies)))
+    method = pseudo.get(b":method")
     if method == b"CONNECT":
         raise ProtocolError("CONNECT is not supported here", status=405)
-    if method is None or path is None:
-        raise ProtocolError("request without :method or :path")
+    path = pseudo.get(b":path")
+    if method is None or path is None or b":scheme" not in pseudo:
+        raise StreamError("request without :method, :scheme or :path")
+    if not path:
+        raise StreamError("empty :path")
+    authority = pseudo.get(b":authority")
+    if authority is not None and host is not None and host != authority:
+        raise StreamError(":authority and Host differ")
+    authority = authority if authority is not None else host
+    if authority is None:
+        raise StreamError("request without :authority or Host")
+    # What an HTTP/1.1 request line and Host field could carry (RFC 9110 §5.1, §5.6.2)
     if not _TOKEN.fullmatch(method):
         raise ProtocolError("invalid :method")
     if not _ORIGIN_FORM.fullmatch(path) and not (path == b"*" and method == b"OPTIONS"):
         raise ProtocolError("invalid :path (origin-form of visible ASCII, or * for OPTIONS)")
-    authority = authority if authority is not None else host or b""
-    if not AUTHORITY.fullmatch(authority) or (host is not None and host != authority):
+    if not AUTHORITY.fullmatch(authority):
         raise ProtocolError("invalid :authority or Host")
     head.method = method.decode("ascii")
     head.target = path.decode("latin-1")

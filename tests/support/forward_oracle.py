@@ -60,12 +60,13 @@ class Seen:
         return [v for n, v in self.headers if n.lower() == name]
 
 
-class _Strict:
-    """httptools callbacks collecting every message of a byte string."""
+class StrictSink:
+    """httptools callbacks collecting every message of a byte stream."""
 
     def __init__(self) -> None:
         self.seen: list[Seen] = []
         self._in_head = True
+        self.parser = httptools.HttpRequestParser(self)
 
     def on_message_begin(self) -> None:
         self.seen.append(Seen())
@@ -79,6 +80,7 @@ class _Strict:
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self.seen[-1].method = self.parser.get_method()
 
     def on_body(self, body: bytes) -> None:
         self.seen[-1].body += body
@@ -89,16 +91,13 @@ class _Strict:
 
 def parse_strict(data: bytes) -> list[Seen]:
     """What llhttp reads in `data` (AssertionError if it refuses it)."""
-    sink = _Strict()
-    parser = httptools.HttpRequestParser(sink)
+    sink = StrictSink()
     try:
-        parser.feed_data(data)
+        sink.parser.feed_data(data)
     except httptools.HttpParserUpgrade:
         pass
     except httptools.HttpParserError as exc:
         raise AssertionError(f"llhttp refuses the forwarded bytes ({exc}): {data!r}") from None
-    if sink.seen:
-        sink.seen[-1].method = parser.get_method()
     return sink.seen
 
 
