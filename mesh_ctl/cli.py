@@ -41,6 +41,12 @@ def _edge(args: argparse.Namespace) -> int:
         max_request_body_bytes=args.max_request_body_bytes,
         idle_timeout_s=args.idle_timeout,
         header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        min_body_rate=args.min_body_rate,
+        max_connections_per_client=args.max_connections_per_client,
+        max_requests_per_client=args.max_requests_per_client,
+        merge_slashes=args.merge_slashes,
+        escaped_slashes=args.escaped_slashes,
         tls_handshake_timeout_s=args.tls_handshake_timeout,
         detect_timeout_s=args.detect_timeout,
         upgrades=frozenset(t.strip().lower().encode() for t in args.upgrade.split(",") if t),
@@ -344,6 +350,47 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         metavar="SECONDS",
         help="close a connection whose request head takes longer than this",
+    )
+    edge.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a request body gets this long plus a second per --min-body-rate bytes, then 408 "
+        "(0: no limit; gRPC streams are exempt)",
+    )
+    edge.add_argument(
+        "--min-body-rate",
+        type=int,
+        default=500,
+        metavar="BYTES_PER_S",
+        help="the rate a request body must keep after --body-timeout (0: only the timeout)",
+    )
+    edge.add_argument(
+        "--max-connections-per-client",
+        type=int,
+        default=0,
+        metavar="N",
+        help="connections one client address may hold open; more are closed (0: no limit)",
+    )
+    edge.add_argument(
+        "--max-requests-per-client",
+        type=int,
+        default=0,
+        metavar="N",
+        help="requests one client address may have in flight; more get 429 (0: no limit)",
+    )
+    edge.add_argument(
+        "--merge-slashes",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="read // in a path as / before routing and authorization",
+    )
+    edge.add_argument(
+        "--escaped-slashes",
+        choices=("reject", "keep", "decode"),
+        default="reject",
+        help="%%2F and %%5C in a path: refuse (400), forward as they are, or read as / first",
     )
     edge.add_argument(
         "--tls-handshake-timeout",

@@ -42,6 +42,27 @@ async def serve_http2(ctx: ProxyContext, listener: ListenerKey, conn: Conn, **kw
 
 
 async def serve_downstream(ctx: ProxyContext, listener: ListenerKey, conn: Conn) -> None:
+    limit = ctx.store.current.limits.max_connections_per_client
+    if not limit or conn.peer is None:
+        await _serve_downstream(ctx, listener, conn)
+        return
+    counts = ctx.client_connections
+    client = conn.peer[0]
+    if counts.get(client, 0) >= limit:
+        ctx.metrics.inc("weft_overload_total", (("cluster", ""), ("limit", "client_connections")))
+        conn.close()
+        return
+    counts[client] = counts.get(client, 0) + 1
+    try:
+        await _serve_downstream(ctx, listener, conn)
+    finally:
+        if counts[client] == 1:
+            del counts[client]
+        else:
+            counts[client] -= 1
+
+
+async def _serve_downstream(ctx: ProxyContext, listener: ListenerKey, conn: Conn) -> None:
     snapshot = ctx.store.current
     router = snapshot.routers.get(listener)
     protocol = router.protocol if router is not None else "HTTP"

@@ -181,8 +181,17 @@ class Limits:
     max_header_bytes: int = 64 * 1024
     max_headers: int = 100
     max_request_body_bytes: int = 0  # 0: unlimited (bodies stream)
-    header_timeout_s: float = 30.0
+    header_timeout_s: float = 30.0  # the whole head, from its first byte (first request:
+    # from the connection's start)
     idle_timeout_s: float = 300.0
+    # A request body gets this long, plus a second per min_body_rate bytes (http/pace.py);
+    # 0: no limit. gRPC streams are exempt (their messages come when the app has them).
+    body_timeout_s: float = 30.0
+    min_body_rate: int = 500  # bytes per second
+    # Per client address, 0: no limit. Connections beyond the first are closed at once;
+    # requests beyond the second are answered 429 (HTTP/2 also caps streams per connection).
+    max_connections_per_client: int = 0
+    max_requests_per_client: int = 0
     tls_handshake_timeout_s: float = 10.0
     # Detecting ports: how long a silent client may wait before it is relayed as opaque TCP
     detect_timeout_s: float = 0.3

@@ -41,7 +41,9 @@ from sidecar.config.model import ListenerKey
 from sidecar.errors import DownstreamClosed, ProtocolError, StreamError
 from sidecar.http.filters import HeaderOps
 from sidecar.http.forward import Outcome, Relay, feed_response, response_parser
+from sidecar.http.pace import BodyPace, too_slow
 from sidecar.http.proxy import ProxyContext, RequestHandler
+from sidecar.protocol.grpc import is_grpc
 from sidecar.protocol.http1 import END, End, RequestHead
 from sidecar.protocol.http2 import (
     CONNECTION_SPECIFIC,
@@ -67,7 +69,9 @@ Headers = list[tuple[bytes, bytes]]
 class H2Stream(FlowStream):
     """One request/response exchange on an HTTP/2 connection (a `Downstream`)."""
 
-    __slots__ = ("body", "body_left", "more", "request_ended", "reset_code", "scope", "too_large")
+    __slots__ = (
+        "body", "body_left", "more", "pace", "request_ended", "reset_code", "scope", "too_large"
+    )  # fmt: skip
 
     def __init__(self, conn: Http2Connection, sid: int, max_body_bytes: int = 0) -> None:
         super().__init__(conn, sid)
@@ -79,6 +83,7 @@ class H2Stream(FlowStream):
         # --max-request-body-bytes, as on HTTP/1: what may still arrive (None: no limit)
         self.body_left = max_body_bytes or None
         self.too_large = False
+        self.pace: BodyPace | None = None  # the body's deadline (http/pace.py)
 
     def failure(self) -> Exception | None:
         return (
@@ -90,6 +95,8 @@ class H2Stream(FlowStream):
 
     # -- events from the reader ---------------------------------------------------------
     def feed(self, data: bytes, flow: int) -> None:
+        if self.pace is not None:
+            self.pace.took(len(data))
         if self.body_left is not None:
             self.body_left -= len(data)
             if self.body_left < 0 or self.too_large:
@@ -138,7 +145,13 @@ class H2Stream(FlowStream):
             if self.too_large:
                 raise self._over_limit()
             self.more = trio.Event()
-            await self.more.wait()
+            if self.pace is None:
+                await self.more.wait()
+                continue
+            with trio.move_on_at(self.pace.deadline) as cs:
+                await self.more.wait()
+            if cs.cancelled_caught:
+                raise too_slow()
         item = self.body.popleft()
         if isinstance(item, End):
             return item
@@ -451,6 +464,8 @@ class Http2Connection(H2Pump):
         except ProtocolError as exc:
             nursery.start_soon(self._refuse, stream, exc)
             return
+        if not ended and limits.body_timeout_s and not is_grpc(head):
+            stream.pace = BodyPace(trio.current_time(), limits)
         nursery.start_soon(self._serve, stream, head)
 
     async def _serve(self, stream: H2Stream, head: RequestHead) -> None:

@@ -31,6 +31,7 @@ from sidecar.http.forward import (
     Relay,
     relay_http1,
 )
+from sidecar.http.pace import BodyPace, too_slow
 from sidecar.http.request import (
     Forwarding,
     RequestIds,
@@ -98,6 +99,10 @@ class ProxyContext:
     sidecar_upstreams: bool = False
     # set when spans are exported: every request gets a span and passes its context on
     tracer: Tracer | None = None
+    # per client address: open downstream connections, requests in flight (only counted
+    # while the matching limit is set)
+    client_connections: dict[str, int] = field(default_factory=dict)
+    client_requests: dict[str, int] = field(default_factory=dict)
     ids: RequestIds = field(init=False)
 
     def __post_init__(self) -> None:
@@ -135,7 +140,8 @@ async def serve_http1(
     handler = _Http1(ctx, listener, conn, parser, scheme, sni, peer_id)
     tracked = Tracked(
         activity=lambda: conn.activity,
-        in_head=lambda: parser.partial_head,
+        # the first head is timed from the connection's start (a silent client too)
+        in_head=lambda: parser.partial_head or handler.snapshot is None,
         cancel=scope.cancel,
         busy=lambda: handler.busy or parser.partial_head,
     )
@@ -154,6 +160,7 @@ async def serve_http1(
                 if not isinstance(head, RequestHead):  # cannot happen: bodies are consumed
                     return
                 handler.busy = True
+                handler.pace = None
                 if not await handler.handle(head, handler) or ctx.draining.is_set():
                     return
                 handler.busy = False
@@ -285,6 +292,7 @@ class RequestHandler:
             if not misdirected:
                 match = router.route(host, path, head.method, head.headers, query)
         outcome = Outcome(head.keep_alive)
+        counted = False  # in the client's count of requests in flight
         route_label = peer_label = peer_service = detail = rid = ""
         retries = 0
         upstream_at = 0.0
@@ -336,6 +344,10 @@ class RequestHandler:
             cluster = ctx.clusters.get(backend.cluster)
             if cluster is None or not cluster.has_endpoints(start):
                 raise NoHealthyUpstream(f"{backend.cluster} has no healthy endpoint")
+            if snapshot.limits.max_requests_per_client:
+                if not self.count_client(snapshot.limits.max_requests_per_client):
+                    raise Overloaded("client_requests", status=429)
+                counted = True
             rid = head.request_id.decode("latin-1") if head.request_id else ctx.ids.new()
             if head.expect_continue and head.has_body:
                 await ds.send_continue()
@@ -416,14 +428,16 @@ class RequestHandler:
             return await ds.local_reply(head, 503, b"no healthy upstream\n")
         except Overloaded as exc:  # a circuit-breaker limit: answer at once, queue nothing
             detail = f"overload_{exc.limit}"
-            outcome.status = 503
+            outcome.status = exc.status
             labels = (("cluster", peer_label), ("limit", exc.limit))
             ctx.metrics.inc("weft_overload_total", labels)
             why = exc.limit.encode()
             return await ds.local_reply(
-                head, 503, b"upstream overloaded: " + why + b"\n", [(b"x-weft-overload", why)]
+                head, exc.status, b"overloaded: " + why + b"\n", [(b"x-weft-overload", why)]
             )
         finally:
+            if counted:
+                self.uncount_client()
             duration = time.perf_counter() - start
             if retries and not detail:
                 detail = "retried"
@@ -464,6 +478,21 @@ class RequestHandler:
                     peer_identity=self.peer_uri,
                 )
 
+    def count_client(self, limit: int) -> bool:
+        """Count a request in flight for this client; False when it has `limit` already."""
+        counts = self.ctx.client_requests
+        n = counts.get(self.peer_text, 0)
+        if n >= limit:
+            return False
+        counts[self.peer_text] = n + 1
+        return True
+
+    def uncount_client(self) -> None:
+        counts = self.ctx.client_requests
+        n = counts.pop(self.peer_text)
+        if n > 1:
+            counts[self.peer_text] = n - 1
+
     def usable(self, backend: Backend) -> bool:
         """Can this backend of a split take traffic now (some endpoint is healthy)?"""
         cluster = self.ctx.clusters.get(backend.cluster) if backend.cluster else None
@@ -485,7 +514,7 @@ class RequestHandler:
 class _Http1(RequestHandler):
     """An HTTP/1.x connection: requests one after another on one byte stream."""
 
-    __slots__ = ("busy", "conn", "parser")
+    __slots__ = ("busy", "conn", "pace", "parser")
 
     relay: Relay = staticmethod(relay_http1)
 
@@ -503,6 +532,7 @@ class _Http1(RequestHandler):
         self.conn = conn
         self.parser = parser
         self.busy = False  # in the middle of a request
+        self.pace: BodyPace | None = None  # the body's deadline, once the proxy waits for it
 
     def protocol(self, head: RequestHead) -> str:
         return "HTTP/1.1" if head.version == "1.1" else "HTTP/1.0"
@@ -525,8 +555,19 @@ class _Http1(RequestHandler):
     async def next_event(self) -> bytes | End:
         events = self.parser.events
         while not events:
+            pace = self.pace
+            limits = self.ctx.store.current.limits
+            if pace is None:
+                pace = self.pace = BodyPace(trio.current_time(), limits)
             try:
-                data = await self.conn.recv()
+                if limits.body_timeout_s:
+                    with trio.move_on_at(pace.deadline) as cs:
+                        data = await self.conn.recv()
+                    if cs.cancelled_caught:
+                        raise too_slow()
+                    pace.took(len(data))
+                else:
+                    data = await self.conn.recv()
             except ConnectionLost as exc:
                 raise DownstreamClosed(str(exc)) from None
             if not data:

@@ -41,10 +41,12 @@ class NoHealthyUpstream(WeftError):
 
 
 class Overloaded(WeftError):
-    """A circuit-breaker limit of the cluster is reached; `limit` names it."""
+    """A circuit-breaker limit of the cluster (503), or a client's limit (429), is
+    reached; `limit` names it."""
 
-    def __init__(self, limit: str) -> None:
+    def __init__(self, limit: str, status: int = 503) -> None:
         self.limit = limit
+        self.status = status
         super().__init__(limit)
 
 

@@ -15,6 +15,11 @@ GRPC_DEADLINE_EXCEEDED = [
 ]
 
 
+def is_grpc(head: RequestHead) -> bool:
+    """A gRPC call (content-type application/grpc, with or without a +format suffix)."""
+    return any(n == b"content-type" and v.startswith(b"application/grpc") for n, v in head.headers)
+
+
 def grpc_timeout(head: RequestHead) -> float | None:
     """The call's deadline in seconds from its `grpc-timeout`, for gRPC requests."""
     for name, value in head.headers:

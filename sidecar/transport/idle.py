@@ -4,9 +4,11 @@ Theory of operation. Moving a trio cancel scope's deadline re-sorts trio's deadl
 and costs more than the rest of a small request's bookkeeping, so connections do not
 move deadlines. Each `Conn` counts its reads and writes; one sweeper task looks at every
 tracked connection a few times per timeout, and a connection whose count did not change
-for longer than its limit is cancelled. The limit is the header timeout while a request
-head is incomplete and the idle timeout otherwise; expiry is detected within one sweep
-interval of the limit, which is the precision such timeouts need.
+for longer than its limit is cancelled (the idle timeout). The header timeout is a
+deadline for the whole head, counted from the first sweep that saw the head incomplete
+and not moved by the bytes that arrive: a client trickling a head one byte at a time
+is cut off like a silent one. Expiry is detected within one sweep interval of the limit
+(two for the header timeout), which is the precision such timeouts need.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class Tracked:
     busy: Callable[[], bool] = lambda: True  # carrying a request now (drain waits for it)
     seen: int = -1
     quiet_since: float = 0.0
+    head_since: float | None = None  # when a sweep first saw the current head incomplete
 
 
 @dataclass(slots=True)
@@ -63,13 +66,19 @@ class IdleTracker:
     def expired(self, now: float) -> list[Tracked]:
         out = []
         for t in self.tracked:
+            if t.in_head():
+                if t.head_since is None:
+                    t.head_since = now
+                elif now - t.head_since >= self.header_timeout_s:
+                    out.append(t)
+                    continue
+            else:
+                t.head_since = None
             count = t.activity()
             if count != t.seen:
                 t.seen = count
                 t.quiet_since = now
-                continue
-            limit = self.header_timeout_s if t.in_head() else self.idle_timeout_s
-            if now - t.quiet_since >= limit:
+            elif now - t.quiet_since >= self.idle_timeout_s:
                 out.append(t)
         return out
 

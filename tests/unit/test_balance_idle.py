@@ -77,6 +77,27 @@ def test_idle_tracker_uses_header_limit_only_mid_head() -> None:
     assert tracker.expired(71.0) == [t]
 
 
+def test_header_timeout_is_a_deadline_that_trickled_bytes_do_not_move() -> None:
+    """A head arriving one byte every 3 s is cut off at the header timeout (counted from
+    the first sweep that saw it begin), as a silent one is; the next head starts anew."""
+    tracker = IdleTracker(idle_timeout_s=60.0, header_timeout_s=10.0)
+    state = {"n": 0, "head": True}
+    t = Tracked(activity=lambda: state["n"], in_head=lambda: state["head"], cancel=lambda: None)
+    tracker.add(t, now=0.0)
+    for now in (3.0, 6.0, 9.0, 12.0):  # a byte every 3 s: never quiet for long
+        state["n"] += 1
+        assert tracker.expired(now) == []
+    state["n"] += 1
+    assert tracker.expired(13.0) == [t]  # 10 s after the first sweep that saw the head
+    state["head"] = False  # the head completed: idle rules again
+    assert tracker.expired(13.0) == []
+    state["head"] = True
+    state["n"] += 1
+    assert tracker.expired(20.0) == []  # a new head: a new deadline from 20
+    assert tracker.expired(29.0) == []
+    assert tracker.expired(30.0) == [t]
+
+
 def test_a_cluster_whose_protocol_changes_gets_a_connector_for_the_new_one() -> None:
     """A service first seen without its protocol (HTTP by default) and then as gRPC: the
     connector (in sidecars: which ALPN to offer over mTLS) must follow."""
