@@ -52,6 +52,7 @@ from sidecar.protocol.http2 import (
     request_head,
     response_headers,
 )
+from sidecar.protocol.resets import ResetBudget
 from sidecar.protocol.response import ResponseHead
 from sidecar.tcp.relay import Counts
 from sidecar.transport.h2pump import FlowStream, H2Pump
@@ -308,7 +309,8 @@ class Http2Connection(H2Pump):
         self.listener = listener
         self.streams: dict[int, H2Stream] = {}
         self.closing = False
-        self.peer_gone = False
+        self.peer_gone = False  # nothing more can be sent: flush and close
+        self.resets = ResetBudget(trio.current_time())
         self._idle = trio.Event()  # set when the last stream ends while closing
 
     async def run(self, initial: bytes = b"") -> None:
@@ -352,9 +354,18 @@ class Http2Connection(H2Pump):
                 if self.peer_gone:
                     await self.flush_now()
                     return
+                await self.room_to_read()
             data = await self.conn.recv()
             if not data:
                 return
+
+    def _calm_down(self) -> None:
+        """Rapid reset (protocol/resets.py): GOAWAY ENHANCE_YOUR_CALM, then close."""
+        log.warning("HTTP/2 client %s reset streams faster than allowed; connection closed",
+                    self.conn.peer)  # fmt: skip
+        with contextlib.suppress(h2.exceptions.H2Error):
+            self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+        self.peer_gone = True
 
     def _protocol_error(self, exc: h2.exceptions.ProtocolError) -> None:
         """h2 queued a GOAWAY naming the error; a header block HPACK cannot decode is a
@@ -393,6 +404,8 @@ class Http2Connection(H2Pump):
         self.kick()
 
     def _dispatch(self, nursery: trio.Nursery, event: h2.events.Event) -> None:
+        if self.peer_gone:  # after a GOAWAY of ours: the rest of the batch is not served
+            return
         if isinstance(event, h2.events.RequestReceived):
             self._open(nursery, event)
         elif isinstance(event, h2.events.DataReceived):
@@ -419,6 +432,8 @@ class Http2Connection(H2Pump):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.was_reset(event.error_code)
+                if event.remote_reset and not self.resets.spend(trio.current_time()):
+                    self._calm_down()
         elif isinstance(event, h2.events.WindowUpdated):
             if event.stream_id:
                 stream = self.streams.get(event.stream_id)

@@ -30,6 +30,7 @@ class H2Pump:
         self.conn = conn
         self.h2 = h2conn
         self.buffered = 0  # DATA bytes handed to h2 and not yet written
+        self.unsent = 0  # bytes the writer holds because the peer does not read them
         self.outbox = bytearray()  # frames written beside h2 (a graceful GOAWAY)
         self._wake = trio.Event()
         self._drained = trio.Event()
@@ -65,10 +66,20 @@ class H2Pump:
             if data:
                 sent = conn.send_now(data)
                 if sent < len(data):
+                    self.unsent = len(data) - sent
                     await conn.send_rest(data, sent)
+                    self.unsent = 0
                 self.buffered = max(0, self.buffered - len(data))
             drained, self._drained = self._drained, trio.Event()
             drained.set()
+
+    async def room_to_read(self) -> None:
+        """Until the writer is no longer stuck on a peer that does not read. A peer
+        flooding PING or SETTINGS frames without reading their ACKs would otherwise grow
+        the queue of answers without bound: it is not read either while its answers wait,
+        so TCP stops it."""
+        if self.unsent:
+            await self.flushed()
 
     async def flushed(self) -> None:
         """Until the writer has carried out everything queued so far."""
