@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 APT_TEST_PKGS  := curl nginx-light openssl nghttp2-client
 APT_BENCH_PKGS := curl nginx-light wrk util-linux valgrind openssl nghttp2-client
 
-.PHONY: demo edge-demo test lint typecheck pytest bench bench-instructions sysdeps sysdeps-bench clean proto
+.PHONY: fuzz demo edge-demo test lint typecheck pytest bench bench-instructions sysdeps sysdeps-bench clean proto
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -69,3 +69,13 @@ clean:
 # Regenerate the gRPC API modules from mesh_ctl/api/*.proto (checked in; needs the test extras).
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. mesh_ctl/api/*.proto
+
+# Coverage-guided fuzzing (atheris), FUZZ_SECONDS per harness; findings go to fuzz/findings/.
+FUZZ_SECONDS ?= 120
+fuzz: $(STAMP)
+	$(PY) -m pip install -q -e '.[test,fuzz]'
+	@mkdir -p fuzz/findings .cache/fuzz/http1
+	cp -n tests/fuzz/http1/* .cache/fuzz/http1/ 2>/dev/null || true
+	$(PY) -m fuzz.http1_forward -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=fuzz/findings/ .cache/fuzz/http1
+	$(PY) -m fuzz.h2_request -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=fuzz/findings/
+	$(PY) -m fuzz.config -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=fuzz/findings/

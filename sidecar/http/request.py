@@ -74,11 +74,10 @@ def parse_target(head: RequestHead, limits: Limits) -> tuple[str, str, str, str]
         elif not (target == "*" and head.method == "OPTIONS"):
             raise ProtocolError("request target must be an absolute path or absolute URI")
     path, query = split_target(target)
-    normal = normalize_path(
-        path, merge_slashes=limits.merge_slashes, escaped_slashes=limits.escaped_slashes
-    )
-    if normal is not path:
-        path = normal
+    if "%" in path or "\\" in path or "/." in path or "//" in path:
+        path = normalize_path(
+            path, merge_slashes=limits.merge_slashes, escaped_slashes=limits.escaped_slashes
+        )
         target = f"{path}?{query}" if query else path
     return authority, target, path, query
 
@@ -156,17 +155,21 @@ def upstream_request(
         and action.request_headers is None
         and backend.request_headers is None
         and (rewrite is None or rewrite.hostname is None)
+        and authority == head.host
     ):
-        # The client's block minus what it may not pass on (Host and the framing fields
-        # are always cut: they are written here from the validated values).
-        out += b"host: " + host + b"\r\n"
+        # The client's block minus what it may not pass on: its one validated Host,
+        # Content-Length and X-Request-Id lines stay, the framing is written here.
         cut = head.cut + head.connection_named() if head.connection else head.cut
         out += cut_lines(head.raw, cut) if cut else head.raw
-        if head.content_length is not None and not head.chunked:
-            out += b"content-length: %d\r\n" % head.content_length
+        if not head.has_host:
+            out += b"host: " + host + b"\r\n"
+        if head.rewrite_length and not head.chunked:
+            out += b"content-length: %d\r\n" % (head.content_length or 0)
+        if not head.request_id or head.request_id_cut:
+            out += b"x-request-id: " + rid.encode("latin-1") + b"\r\n"
     else:
         out += _rebuilt_headers(head, host, action, backend, fwd)
-    out += b"x-request-id: " + rid.encode("latin-1") + b"\r\n"
+        out += b"x-request-id: " + rid.encode("latin-1") + b"\r\n"
     out += trace
     if fwd.peer is not None:
         peer = fwd.peer

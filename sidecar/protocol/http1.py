@@ -14,8 +14,9 @@ the block with bytes operations instead of re-serializing every field in Python;
 (the parsed list) is still there for routing and for filters that rewrite fields. The
 block is kept only when it is provably the one llhttp parsed: the feed starts with exactly
 the request line llhttp reported, and the block holds exactly one line per parsed field.
-Host, Content-Length, Transfer-Encoding and X-Request-Id are always in `cut`: whoever
-forwards writes them from the validated values, never from the client's bytes.
+Transfer-Encoding is always in `cut` (the hop writes its own framing); Host, Content-Length
+and X-Request-Id stay in the block only as the one validated line in canonical form, and
+are otherwise cut and written by the hop from the validated values.
 """
 
 from __future__ import annotations
@@ -106,6 +107,9 @@ class RequestHead:
     tracestate = b""
     b3 = False
     raw: bytes | None = None  # the header block as received, when whole in one feed
+    has_host = False  # a Host line is in the block
+    rewrite_length = False  # the Content-Length line is cut from raw (not canonical)
+    request_id_cut = False  # X-Request-Id lines are cut from raw (there were several)
     tunnel = False  # an Upgrade the proxy will pass through if the upstream agrees (101)
 
     def __init__(self) -> None:
@@ -197,18 +201,27 @@ class RequestParser:
             self._special(head, kind, name, value)
 
     def _special(self, head: RequestHead, kind: int, name: bytes, value: bytes) -> None:
-        head.cut.append(name)
-        if kind == _XRID:
-            head.request_id = head.request_id or value  # forwarded once, as the hop keeps it
-        elif kind == _HOST:
+        if kind == _HOST:
             if head.host:
                 self._fail(ProtocolError("more than one Host header"))
             if not AUTHORITY.fullmatch(value):
                 self._fail(ProtocolError("invalid Host"))
             head.host = value.decode("latin-1") or " "
-        elif kind == _LENGTH:
-            head.content_length = int(value)
-        elif kind >= _TRACE:
+            head.has_host = True
+            return
+        if kind == _LENGTH:
+            n = head.content_length = int(value)
+            if value != b"%d" % n:  # "05": forwarded as the hop read it, "5"
+                head.cut.append(name)
+                head.rewrite_length = True
+            return
+        if kind == _XRID:
+            if not head.request_id:  # one is forwarded, the first
+                head.request_id = value
+                return
+            head.request_id_cut = True
+        head.cut.append(name)
+        if kind >= _TRACE:
             if kind == _TRACE:
                 head.traceparent = value
             elif kind == _TSTATE:

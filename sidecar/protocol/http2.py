@@ -15,7 +15,10 @@ builds HTTP/2 header lists from upstream responses.
 
 from __future__ import annotations
 
+import functools
 import re
+
+import httptools
 
 from sidecar.errors import ProtocolError, StreamError
 from sidecar.http.filters import HeaderOps
@@ -40,6 +43,17 @@ _NOT_LOWER_TOKEN = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9a-z]")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]|^[ \t]|[ \t]$")
 _ORIGIN_FORM = re.compile(rb"/[\x21-\x22\x24-\x7e]*")  # visible ASCII without "#"
 _PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path"})
+
+
+@functools.lru_cache(maxsize=256)
+def _http1_method(method: bytes) -> bool:
+    """Whether the HTTP/1 parser (llhttp) knows `method`: a request may go on to an
+    HTTP/1.1 upstream, and a method HTTP/1 clients cannot use is not forwarded (501)."""
+    try:
+        httptools.HttpRequestParser(object()).feed_data(method + b" / HTTP/1.1\r\n")
+    except httptools.HttpParserError:
+        return False
+    return True
 
 
 def _field_error(name: bytes, value: bytes) -> str | None:
@@ -91,7 +105,9 @@ def request_head(
         if name == b"cookie":  # split into many fields by HTTP/2 clients (RFC 9113 §8.2.3)
             cookies.append(value)
             continue
-        if name == b"content-length":  # h2 checked it is digits and agrees with DATA
+        if name == b"content-length":  # h2 also checks it against the DATA received
+            if not value.isdigit():
+                raise StreamError("invalid content-length")
             head.content_length = int(value)
         elif name == b"host":
             host = value
@@ -125,6 +141,8 @@ def request_head(
     # What an HTTP/1.1 request line and Host field could carry (RFC 9110 §5.1, §5.6.2)
     if not _TOKEN.fullmatch(method):
         raise ProtocolError("invalid :method")
+    if not _http1_method(method):
+        raise ProtocolError("method not implemented", status=501)
     if not _ORIGIN_FORM.fullmatch(path) and not (path == b"*" and method == b"OPTIONS"):
         raise ProtocolError("invalid :path (origin-form of visible ASCII, or * for OPTIONS)")
     if not AUTHORITY.fullmatch(authority):

@@ -212,7 +212,8 @@ def _build(
     authority, target, _, _ = parse_target(head, limits)
 
     def one(h: RequestHead) -> bytes:
-        req = upstream_request(h, target, authority, _ACTION, _BACKEND, _MATCH, fwd, RID)
+        rid = h.request_id.decode("latin-1") or RID  # as the proxy chooses it
+        req = upstream_request(h, target, authority, _ACTION, _BACKEND, _MATCH, fwd, rid)
         if h.chunked:
             req += (chunk(body) if body else b"") + last_chunk(trailers)
         else:
@@ -277,3 +278,11 @@ def check(data: bytes, cuts: Sequence[int] = (), *, edge: bool = True) -> int:
     for acc in accepted:
         check_one(acc, fwd)
     return len(accepted)
+
+
+def check_input(data: bytes) -> None:
+    """The fuzz harness's and the regression corpus's check of one input: at the edge and
+    inbound, whole and split into three reads."""
+    for edge in (True, False):
+        check(data, edge=edge)
+        check(data, (len(data) // 3, 2 * len(data) // 3), edge=edge)
