@@ -46,20 +46,15 @@ async def serve_downstream(ctx: ProxyContext, listener: ListenerKey, conn: Conn)
     if not limit or conn.peer is None:
         await _serve_downstream(ctx, listener, conn)
         return
-    counts = ctx.client_connections
     client = conn.peer[0]
-    if counts.get(client, 0) >= limit:
+    if not ctx.client_connections.enter(client, limit):
         ctx.metrics.inc("weft_overload_total", (("cluster", ""), ("limit", "client_connections")))
         conn.close()
         return
-    counts[client] = counts.get(client, 0) + 1
     try:
         await _serve_downstream(ctx, listener, conn)
     finally:
-        if counts[client] == 1:
-            del counts[client]
-        else:
-            counts[client] -= 1
+        ctx.client_connections.leave(client)
 
 
 async def _serve_downstream(ctx: ProxyContext, listener: ListenerKey, conn: Conn) -> None:

@@ -188,8 +188,8 @@ class Limits:
     # 0: no limit. gRPC streams are exempt (their messages come when the app has them).
     body_timeout_s: float = 30.0
     min_body_rate: int = 500  # bytes per second
-    # Per client address, 0: no limit. Connections beyond the first are closed at once;
-    # requests beyond the second are answered 429 (HTTP/2 also caps streams per connection).
+    # Per client address, 0: no limit. A connection over the first limit is closed at once;
+    # a request over the second is answered 429 (HTTP/2 also caps streams per connection).
     max_connections_per_client: int = 0
     max_requests_per_client: int = 0
     tls_handshake_timeout_s: float = 10.0
@@ -199,7 +199,7 @@ class Limits:
     upgrades: frozenset[bytes] = frozenset({b"websocket"})
     # Path normalization before routing and authorization (http/paths.py)
     merge_slashes: bool = True
-    escaped_slashes: str = "reject"  # %2F and %5C in paths: reject (400), keep or decode
+    escaped_slashes: str = "reject"  # %2F and %5C in paths: "reject" (400), "keep", "decode"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -283,11 +283,10 @@ class Http2Connection(H2Pump):
     ) -> None:
         self.ctx = ctx
         self.handler = RequestHandler(ctx, listener, conn.peer, scheme, sni, peer_id)
-        # What arrives is validated; what we send is built valid (lower-case names, no
-        # connection-specific fields), so h2's second check of it is skipped (~15% of CPU).
-        # What arrives is validated by request_head (protocol/http2.py) instead of h2,
-        # whose checks make a malformed request a connection error and miss what an
-        # HTTP/1.1 upstream needs.
+        # What we send is built valid (lower-case names, no connection-specific fields), so
+        # h2's check of it is skipped (~15% of CPU). What arrives is validated by
+        # request_head (protocol/http2.py) instead of h2, whose checks make a malformed
+        # request a connection error and miss what an HTTP/1.1 upstream needs.
         config = h2.config.H2Configuration(
             client_side=False,
             header_encoding=None,

@@ -25,7 +25,6 @@ import re
 
 from sidecar.errors import ProtocolError
 
-ESCAPED_SLASH_ACTIONS = ("reject", "keep", "decode")
 _ESCAPE = re.compile(r"%(..)?", re.DOTALL)
 _HEX = frozenset("0123456789abcdefABCDEF")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
@@ -35,7 +34,7 @@ def normalize_path(
     path: str, *, merge_slashes: bool = True, escaped_slashes: str = "reject"
 ) -> str:
     """`path` (an absolute path, no query) normalized as the module docstring says;
-    ProtocolError (400) for what `escaped_slashes` (ESCAPED_SLASH_ACTIONS) refuses."""
+    ProtocolError (400) for what `escaped_slashes` ("reject", "keep" or "decode") refuses."""
     if "%" in path:
         path = _decode_unreserved(path, escaped_slashes)
     if "\\" in path:

@@ -74,6 +74,28 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 DISCARD_LIMIT = 256 * 1024
 
 
+class PerClient:
+    """How many of something (connections, requests) each client address has open."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def enter(self, client: str, limit: int) -> bool:
+        """Count one more for `client`; False (and nothing counted) at `limit` already."""
+        n = self.counts.get(client, 0)
+        if n >= limit:
+            return False
+        self.counts[client] = n + 1
+        return True
+
+    def leave(self, client: str) -> None:
+        n = self.counts.pop(client)
+        if n > 1:
+            self.counts[client] = n - 1
+
+
 @dataclass(slots=True, kw_only=True)
 class ProxyContext:
     """Everything a connection handler shares with the rest of the process."""
@@ -101,8 +123,8 @@ class ProxyContext:
     tracer: Tracer | None = None
     # per client address: open downstream connections, requests in flight (only counted
     # while the matching limit is set)
-    client_connections: dict[str, int] = field(default_factory=dict)
-    client_requests: dict[str, int] = field(default_factory=dict)
+    client_connections: PerClient = field(default_factory=PerClient)
+    client_requests: PerClient = field(default_factory=PerClient)
     ids: RequestIds = field(init=False)
 
     def __post_init__(self) -> None:
@@ -345,7 +367,9 @@ class RequestHandler:
             if cluster is None or not cluster.has_endpoints(start):
                 raise NoHealthyUpstream(f"{backend.cluster} has no healthy endpoint")
             if snapshot.limits.max_requests_per_client:
-                if not self.count_client(snapshot.limits.max_requests_per_client):
+                if not ctx.client_requests.enter(
+                    self.peer_text, snapshot.limits.max_requests_per_client
+                ):
                     raise Overloaded("client_requests", status=429)
                 counted = True
             rid = head.request_id.decode("latin-1") if head.request_id else ctx.ids.new()
@@ -437,7 +461,7 @@ class RequestHandler:
             )
         finally:
             if counted:
-                self.uncount_client()
+                ctx.client_requests.leave(self.peer_text)
             duration = time.perf_counter() - start
             if retries and not detail:
                 detail = "retried"
@@ -477,21 +501,6 @@ class RequestHandler:
                     trace_id=f"{span.trace_id:032x}" if span is not None else "",
                     peer_identity=self.peer_uri,
                 )
-
-    def count_client(self, limit: int) -> bool:
-        """Count a request in flight for this client; False when it has `limit` already."""
-        counts = self.ctx.client_requests
-        n = counts.get(self.peer_text, 0)
-        if n >= limit:
-            return False
-        counts[self.peer_text] = n + 1
-        return True
-
-    def uncount_client(self) -> None:
-        counts = self.ctx.client_requests
-        n = counts.pop(self.peer_text)
-        if n > 1:
-            counts[self.peer_text] = n - 1
 
     def usable(self, backend: Backend) -> bool:
         """Can this backend of a split take traffic now (some endpoint is healthy)?"""
