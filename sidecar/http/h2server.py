@@ -320,7 +320,9 @@ class Http2Connection(H2Pump):
         scope = self.scope
         tracked = Tracked(
             activity=lambda: self.conn.activity,
-            in_head=lambda: False,
+            # until its first request, a connection is timed like a head (PINGs and
+            # SETTINGS do not keep a connection that asks for nothing open)
+            in_head=lambda: self.handler.snapshot is None,
             cancel=scope.cancel,
             busy=lambda: True,  # a drain ends it with GOAWAY once its streams are done
         )

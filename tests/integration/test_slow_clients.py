@@ -7,8 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
+from hyperframe.frame import PingFrame, SettingsFrame
 
 from sidecar.config.model import Limits
+from sidecar.protocol.http2 import PREFACE
 from tests.support.edge import config, start_edge
 from tests.support.h2raw import RawH2, get
 from tests.support.recorder import Recorder
@@ -58,6 +60,28 @@ async def test_a_trickled_head_gets_408_at_the_header_timeout(tmp_path: Path) ->
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert took < 3.0  # the 1 s deadline and the sweeper's precision (two quarter-seconds)
     assert backend.requests == []
+
+
+async def test_an_h2_connection_that_never_asks_is_closed_at_the_header_timeout(
+    tmp_path: Path,
+) -> None:
+    """Preface, then a PING every 0.2 s and no request: closed after the header timeout,
+    however busy it keeps the connection."""
+    limits = Limits(header_timeout_s=1.0, idle_timeout_s=30.0)
+    async with trio.open_nursery() as nursery:
+        port, _ = await _edge(nursery, tmp_path / "c.yaml", limits)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(PREFACE + SettingsFrame(0).serialize())
+        ping = PingFrame(0, opaque_data=b"12345678").serialize()
+        start = trio.current_time()
+        with trio.fail_after(10):
+            async with trio.open_nursery() as inner:
+                inner.start_soon(_trickle, stream, ping * 100, 0.2 / len(ping))
+                await _read_all(stream)
+                inner.cancel_scope.cancel()
+        took = trio.current_time() - start
+        nursery.cancel_scope.cancel()
+    assert took < 3.0
 
 
 async def test_a_trickled_body_gets_408_and_releases_the_upstream(tmp_path: Path) -> None:
