@@ -63,6 +63,7 @@ log = logging.getLogger("weft.h2")
 STREAM_WINDOW = 256 * 1024  # what a client may send on one stream before we ask for more
 CONNECTION_WINDOW = 1024 * 1024  # ... and on all streams together
 MAX_CONCURRENT_STREAMS = 100
+READ_SLICE = 8 * 1024  # bytes handed to h2 at once (see _read)
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -310,6 +311,7 @@ class Http2Connection(H2Pump):
         self.closing = False
         self.peer_gone = False  # nothing more can be sent: flush and close
         self.resets = ResetBudget(trio.current_time())
+        self._reset_now: set[int] = set()  # streams the client reset in the current read
         self._idle = trio.Event()  # set when the last stream ends while closing
 
     async def run(self, initial: bytes = b"") -> None:
@@ -342,13 +344,20 @@ class Http2Connection(H2Pump):
     async def _read(self, nursery: trio.Nursery, initial: bytes) -> None:
         data = initial
         while True:
-            if data:
+            # A large read is handed to h2 in slices, with a checkpoint between them: a
+            # client that packs a read with cheap frames (rapid reset) cannot hold the
+            # event loop for the whole of it, and is cut off as soon as it is told GOAWAY.
+            for at in range(0, len(data), READ_SLICE):
+                if at:
+                    await trio.lowlevel.checkpoint()
                 try:
-                    events = self.h2.receive_data(data)
+                    events = self.h2.receive_data(data[at : at + READ_SLICE])
                 except h2.exceptions.ProtocolError as exc:
                     self._protocol_error(exc)
                     await self.flush_now()
                     return
+                # a stream opened and reset in the same read is never started
+                self._reset_now = {e.stream_id for e in events if type(e) is h2.events.StreamReset}
                 for event in events:
                     self._dispatch(nursery, event)
                 self.kick()
@@ -433,8 +442,12 @@ class Http2Connection(H2Pump):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.was_reset(event.error_code)
-                if event.remote_reset and not self.resets.spend(trio.current_time()):
-                    self._calm_down()
+            if (
+                event.remote_reset
+                and (stream is not None or event.stream_id in self._reset_now)
+                and not self.resets.spend(trio.current_time())
+            ):
+                self._calm_down()
         elif isinstance(event, h2.events.WindowUpdated):
             if event.stream_id:
                 stream = self.streams.get(event.stream_id)
@@ -459,6 +472,8 @@ class Http2Connection(H2Pump):
             # A reload removed our listener: this stream finishes on the last snapshot that
             # had it (as HTTP/1 does), and the client is told to go elsewhere for the next.
             self.goaway()
+        if sid in self._reset_now:  # opened and reset in one read: nothing to serve
+            return
         limits = self.ctx.store.current.limits
         stream = H2Stream(self, sid, limits.max_request_body_bytes)
         self.streams[sid] = stream
