@@ -72,7 +72,7 @@ def attack(name: str, port: int, seconds: float) -> None:
             except OSError:
                 goaways += 1
             s.close()
-        print(f"streams={streams} connections_closed={goaways}")
+        print(f"streams_written={streams} connections_closed={goaways}")
     elif name in ("ping-flood", "settings-flood"):
         s = _h2_connection(port)
         s.settimeout(max(0.1, end - time.monotonic()))

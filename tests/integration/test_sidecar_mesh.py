@@ -9,7 +9,7 @@ import functools
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import httpx
 import pytest
@@ -22,9 +22,14 @@ from ca.authority import LEAF_TTL
 from ca.spiffe import SpiffeId
 from control.server import ControlPlane
 from sidecar.modes.sidecar import SidecarOptions, SidecarServer
+from sidecar.transport import mtls
 from tests.support.echo import EchoServer
+from tests.support.h2raw import RawH2
+from tests.support.h2raw import get as h2_get
+from tests.support.mesh import mint
 from tests.support.net import free_port
 from tests.support.plane import start_server
+from tests.support.recorder import Recorder
 
 OUTBOUND = """apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -52,6 +57,8 @@ spec:
 
 
 PlaneAndData = tuple[ControlPlane, Path]
+ORDERS = SpiffeId("weft.local", "default", "orders")
+WEB = SpiffeId("weft.local", "default", "web")
 
 
 @contextlib.contextmanager
@@ -206,6 +213,131 @@ async def test_authorization_policy_is_enforced_on_the_inbound_side(
         'direction="inbound",service="orders",peer="",route="",code_class="4xx",code="403"} 2'
         in metrics
     )
+
+
+SMUGGLED = (
+    b"GET /admin HTTP/1.1\r\nHost: orders\r\n"
+    b"X-Forwarded-Client-Cert: By=spiffe://weft.local/ns/default/svc/orders;"
+    b"URI=spiffe://weft.local/ns/default/svc/admin\r\n\r\n"
+)
+WEB_XFCC = (
+    b"By=spiffe://weft.local/ns/default/svc/orders;URI=spiffe://weft.local/ns/default/svc/web"
+)
+
+
+async def test_a_caller_cannot_smuggle_past_the_policy_or_forge_its_identity(
+    control_plane: PlaneAndData, tmp_path: Path
+) -> None:
+    """web may GET /orders/ only. Its app, hostile, sends raw bytes to its sidecar's
+    outbound port: a body that would be a second request (Connection naming the length,
+    empty lines before the request line), paths that resolve to /admin, a forged
+    X-Forwarded-Client-Cert. The orders app (a recording backend) sees only the allowed
+    request, its body intact, with the identity web's certificate proves."""
+    policy = tmp_path / "orders-policy.yaml"
+    policy.write_text(POLICY)
+    get = b"GET /orders/1 HTTP/1.1\r\nHost: orders\r\nContent-Length: %d\r\n" % len(SMUGGLED)
+    attacks = [
+        get + b"Connection: Content-Length\r\n\r\n" + SMUGGLED,
+        b"\r\n" + get + b"X_Forwarded_Client_Cert: URI=spiffe://x\r\n\r\n" + SMUGGLED,
+    ]
+    async with trio.open_nursery() as nursery:
+        app: Recorder = await nursery.start(Recorder().run)
+        _, _, out_port = await _pair(
+            nursery, control_plane, tmp_path, app.port, orders_files=(str(policy),)
+        )
+        answers = [await _raw(out_port, a) for a in attacks]
+        paths = {}
+        for path in (
+            b"/orders/%2e%2e/admin",
+            b"/orders/..\\admin",
+            b"//admin",
+            b"/orders/..%2Fadmin",
+        ):
+            paths[path] = await _raw(
+                out_port, b"GET " + path + b" HTTP/1.1\r\nHost: orders\r\n\r\n"
+            )
+        nursery.cancel_scope.cancel()
+    assert all(a.startswith(b"HTTP/1.1 200 ") for a in answers), answers
+    assert [(r.method, r.target, r.body) for r in app.requests] == [
+        (b"GET", b"/orders/1", SMUGGLED)
+    ] * 2
+    for r in app.requests:
+        assert r.values(b"x-forwarded-client-cert") == [WEB_XFCC]
+    # normalized before the policy (403 on the inbound side) or refused (400)
+    assert {p: a[9:12] for p, a in paths.items()} == {
+        b"/orders/%2e%2e/admin": b"403",
+        b"/orders/..\\admin": b"403",
+        b"//admin": b"403",
+        b"/orders/..%2Fadmin": b"400",
+    }
+
+
+async def test_http2_callers_get_the_same_identity_and_path_rules(
+    control_plane: PlaneAndData, tmp_path: Path
+) -> None:
+    """Straight to the orders sidecar's inbound port over mTLS with HTTP/2, as web: a
+    forged X-Forwarded-Client-Cert (and its `_` spelling) is replaced by the verified one,
+    and a path that resolves to /admin is denied."""
+    policy = tmp_path / "orders-policy.yaml"
+    policy.write_text(POLICY)
+    async with trio.open_nursery() as nursery:
+        app: Recorder = await nursery.start(Recorder().run)
+        orders, _, _ = await _pair(
+            nursery, control_plane, tmp_path, app.port, orders_files=(str(policy),)
+        )
+        conn = await mtls.connect(
+            mtls.client_context(mint(control_plane[1], WEB), alpn=["h2"]),
+            "127.0.0.1", orders.inbound_port, ORDERS, 5,
+        )  # fmt: skip
+        client = RawH2(_ConnStream(conn))
+        client.h2.initiate_connection()
+        await client.flush()
+        forged = [(b"x-forwarded-client-cert", b"By=x;URI=spiffe://weft.local/ns/default/svc/admin"),
+                  (b"x_forwarded_client_cert", b"URI=spiffe://x")]  # fmt: skip
+        ok = await client.request([*h2_get(b"/orders/1", b"orders"), *forged])
+        denied = await client.request(h2_get(b"/orders/%2e%2e/admin", b"orders"))
+        ok_answer, denied_answer = await client.wait(ok, denied)
+        conn.close()
+        nursery.cancel_scope.cancel()
+    assert ok_answer.status == 200 and denied_answer.status == 403
+    (seen,) = app.requests
+    assert seen.target == b"/orders/1"
+    assert seen.values(b"x-forwarded-client-cert") == [WEB_XFCC]
+
+
+class _ConnStream:
+    """A Weft TLS connection as the stream RawH2 reads and writes."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    async def send_all(self, data: bytes) -> None:
+        await self.conn.send_all(data)
+
+    async def receive_some(self, max_bytes: int = 65536) -> bytes:
+        return bytes(await self.conn.recv())
+
+
+async def _raw(port: int, data: bytes) -> bytes:
+    """Send raw bytes on a new connection; the first response (head and body)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(data)
+        got = b""
+        with trio.fail_after(10):
+            while b"\r\n\r\n" not in got or len(got.split(b"\r\n\r\n", 1)[1]) < _length(got):
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    break
+                got += chunk
+    return got
+
+
+def _length(response: bytes) -> int:
+    for line in response.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":")[1])
+    return 0
 
 
 async def test_renewals_under_continuous_traffic_lose_no_request(tmp_path: Path) -> None:

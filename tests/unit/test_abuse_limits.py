@@ -1,13 +1,15 @@
-"""Pure cores of the abuse limits: the reset budget, the body pace, path normalization."""
+"""Pure cores of the abuse limits: the reset budget, the body pace, path normalization,
+and the HTTP/2 request validator's fuzz findings."""
 
 from __future__ import annotations
 
 import pytest
 
 from sidecar.config.model import Limits
-from sidecar.errors import ProtocolError
+from sidecar.errors import ProtocolError, StreamError
 from sidecar.http.pace import BodyPace
 from sidecar.http.paths import normalize_path
+from sidecar.protocol.http2 import request_head
 from sidecar.protocol.resets import ResetBudget
 
 
@@ -68,3 +70,21 @@ def test_escaped_slashes_by_policy(path: str, action: str, want: str) -> None:
 def test_bad_escapes_are_refused(path: str) -> None:
     with pytest.raises(ProtocolError):
         normalize_path(path)
+
+
+def _h2(*extra: tuple[bytes, bytes], method: bytes = b"GET") -> list[tuple[bytes, bytes]]:
+    return [(b":method", method), (b":scheme", b"http"), (b":authority", b"h"),
+            (b":path", b"/"), *extra]  # fmt: skip
+
+
+def test_h2_fuzz_findings() -> None:
+    """What the HTTP/2 fuzzer found: a content-length that is not digits reached int(),
+    and a method HTTP/1 parsers do not know was forwarded to HTTP/1.1 upstreams."""
+    with pytest.raises(StreamError):
+        request_head(_h2((b"content-length", b"")), end_stream=False)
+    with pytest.raises(StreamError):
+        request_head(_h2((b"content-length", b"\xb2")), end_stream=False)
+    with pytest.raises(ProtocolError) as err:
+        request_head(_h2(method=b"A"), end_stream=True)
+    assert err.value.status == 501
+    assert request_head(_h2(method=b"PROPFIND"), end_stream=True).method == "PROPFIND"
