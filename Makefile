@@ -59,6 +59,7 @@ bench: $(STAMP) sysdeps-bench
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench.run
 	$(PY) -m bench.propagation
+	$(PY) -m bench.attacks
 
 bench-instructions: $(STAMP) sysdeps-bench
 	$(PY) -m bench.instructions
