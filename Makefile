@@ -80,3 +80,5 @@ fuzz: $(STAMP)
 	$(PY) -m fuzz.http1_forward -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=fuzz/findings/ .cache/fuzz/http1
 	$(PY) -m fuzz.h2_request -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=fuzz/findings/
 	$(PY) -m fuzz.config -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=fuzz/findings/
+	@seed=$$(od -An -N2 -tu2 /dev/urandom | tr -d ' '); echo "HTTP/2 frame sequences, seed $$seed (WEFT_H2_SEED=$$seed to replay)"; \
+	  WEFT_H2_SEED=$$seed WEFT_H2_SEQUENCES=$$(( $(FUZZ_SECONDS) * 50 )) $(PY) -m pytest -q -p no:cacheprovider tests/integration/test_h2_frames.py
