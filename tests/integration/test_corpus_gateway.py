@@ -35,7 +35,7 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def test_the_corpus_is_present() -> None:
-    # CI runs with ../shared beside the repository; a missing corpus must fail, not skip.
+    # The corpus is part of the repository; a missing corpus must fail, not skip.
     assert FILES, f"routing corpus not found at {CORPUS}"
 
 

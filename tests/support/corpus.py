@@ -1,4 +1,4 @@
-"""Load the routing corpus (../shared/corpora/routing) and turn a test file into a live setup.
+"""Load the routing corpus (tests/corpora/routing) and turn a test file into a live setup.
 
 The corpus gives Kubernetes objects and pod labels; a cluster would add the pods and
 EndpointSlices. Here every workload is an echo server on 127.0.0.1, each selector Service
@@ -11,15 +11,13 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from tests.support.pki import self_signed
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = Path(os.environ.get("WEFT_SHARED", REPO.parent / "shared"))
-CORPUS = SHARED / "corpora" / "routing" / "public"
+CORPUS = REPO / "tests" / "corpora" / "routing" / "public"
 
 H2C = "kubernetes.io/h2c"
 
