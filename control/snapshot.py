@@ -16,6 +16,7 @@ from typing import Any
 
 from control.registry import Registry
 from control.store import Resources
+from sidecar.config.parse import APP_PROTOCOLS
 
 WEFT_API = "weft.dev/v1alpha1"
 MESH_ROUTE_KINDS = ("HTTPRoute", "GRPCRoute", "TCPRoute")
@@ -33,7 +34,6 @@ EDGE_KINDS = (
     "TCPRoute",
     "TLSRoute",
     "Secret",
-    "ReferenceGrant",
 )
 
 
@@ -43,9 +43,7 @@ def documents_for(
     """`gateway`: the workload is an edge gateway in the mesh, which also gets the Gateways,
     the routes attached to them and the Secrets and ReferenceGrants they use."""
     declared = {
-        (ns, name): d
-        for (kind, ns, name), d in resources.docs.items()
-        if kind == "Service" and str(d.get("apiVersion", "")).startswith("weft.dev/")
+        (ns, name): d for (kind, ns, name), d in resources.docs.items() if kind == "Service"
     }
     out: list[dict[str, Any]] = []
     for ns, name in sorted(registry.services() | set(declared)):
@@ -56,7 +54,7 @@ def documents_for(
         registered = sorted(i.protocol for i in registry.instances.values()
                             if (i.namespace, i.service) == (ns, name))  # fmt: skip
         protocol = registered[0] if registered else "HTTP"
-        ports = spec.get("ports") or [{"port": 80, "protocol": protocol}]
+        ports = _ports(declared.get((ns, name)), protocol) or [{"port": 80, "protocol": protocol}]
         endpoints = [*spec.get("endpoints", [])]
         endpoints += [
             {"address": i.address, "port": i.port, "version": i.version}
@@ -73,9 +71,27 @@ def documents_for(
         for (kind, _, _), doc in sorted(resources.docs.items())
         if (kind in MESH_ROUTE_KINDS and is_mesh_route(doc))
         or (kind == "AuthorizationPolicy" and _targets(doc, namespace, service))
-        or kind in ("MeshConfig", "BackendTrafficPolicy")
+        or kind in ("MeshConfig", "BackendTrafficPolicy", "ReferenceGrant")
         or (gateway and kind in EDGE_KINDS and not is_mesh_route(doc))
     )
+    return out
+
+
+def _ports(doc: dict[str, Any] | None, registered: str) -> list[dict[str, Any]]:
+    """A declared Service's ports in the Weft vocabulary: a Kubernetes v1 Service's
+    `appProtocol` read as its protocol, as `meshctl edge` reads it; a port without one
+    speaks what the service's instances registered with."""
+    if doc is None:
+        return []
+    ports = doc.get("spec", {}).get("ports") or []
+    if str(doc.get("apiVersion", "")).startswith("weft.dev/"):
+        return list(ports)
+    out = []
+    for p in ports:
+        protocol = APP_PROTOCOLS.get(p.get("appProtocol", ""), registered)
+        out.append({"port": int(p["port"]), "protocol": protocol})
+        if p.get("name"):
+            out[-1]["name"] = p["name"]
     return out
 
 

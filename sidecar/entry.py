@@ -80,9 +80,9 @@ async def _serve_downstream(ctx: ProxyContext, listener: ListenerKey, conn: Conn
         await _detect(ctx, listener, router, conn, limits.detect_timeout_s)
 
 
-async def _detect(
-    ctx: ProxyContext, listener: ListenerKey, router: PortRouter, conn: Conn, timeout_s: float
-) -> None:
+async def sniff(conn: Conn, timeout_s: float) -> tuple[bytes, Detected | None] | None:
+    """The first bytes and what they are; None (connection closed) if the client went
+    away. A client silent for `timeout_s` gives what it sent so far and None."""
     data = b""
     found: Detected | None = None
     with trio.move_on_after(timeout_s):
@@ -95,7 +95,17 @@ async def _detect(
                 found = detect(data)
         except ConnectionLost:
             conn.close()
-            return
+            return None
+    return data, found
+
+
+async def _detect(
+    ctx: ProxyContext, listener: ListenerKey, router: PortRouter, conn: Conn, timeout_s: float
+) -> None:
+    sniffed = await sniff(conn, timeout_s)
+    if sniffed is None:
+        return
+    data, found = sniffed
     if found is Detected.HTTP1:
         await serve_http1(ctx, listener, conn, initial=data)
     elif found is Detected.HTTP2:

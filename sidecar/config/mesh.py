@@ -1,31 +1,101 @@
 """A sidecar's outbound configuration from what the control plane sent (pure).
 
-The control plane sends the mesh as resources (control/snapshot.py). Here they become what
-`meshctl edge` would read for the sidecar's outbound listener: a Gateway on that listener;
-each mesh route (parentRefs to a Service, the GAMMA pattern) attached to it with the
-Service's names as hostnames (`orders`, `orders.shop`, `orders.shop.svc`,
-`orders.shop.svc.cluster.local`); and, for a Service no route names, a default route to all
-of its instances. Apps call `Host: orders` on the outbound port.
+Theory of operation. The control plane sends the mesh as resources (control/snapshot.py).
+Here they become what `meshctl edge` would read for the sidecar's outbound listener: one
+Gateway on that listener, and the mesh routes (parentRefs to a Service: the GAMMA pattern)
+attached to it. A mesh route applies to a *destination* — a Service's port — not to a host
+name, so each destination gets a synthetic hostname (`destination_host`) and the routes
+carry the hostnames of the destinations they apply to. A request's Host is read as the
+destination it names (`MeshNames.destination`) before routing; the route table never sees
+a caller's own spelling.
+
+Which routes apply, per the GAMMA rules, for callers in this sidecar's namespace:
+- a producer route (in the Service's namespace) applies to every caller; a consumer route
+  (in another namespace) only to callers in its own namespace, and where one exists for a
+  destination it replaces the producer routes there;
+- a parentRef with `port` applies to that Service port only, without it to every port;
+- a destination no route applies to gets a default route to the Service's same port.
+
+Host names resolve as Kubernetes DNS resolves them: `orders` in the caller's namespace
+only; `orders.shop`, `orders.shop.svc` and `orders.shop.svc.cluster.local` in any. A Host
+without a port names the Service's port 80, or its first port when it has no port 80.
+
+A consumer route may send to its parent Service in another namespace without a
+ReferenceGrant (the caller may call that Service anyway); other cross-namespace backends
+need one, as on a Gateway.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sidecar.config.model import ListenerKey
+from sidecar.http.router import normalize_host
 
 GATEWAY_API = "gateway.networking.k8s.io/v1"
 OUTBOUND = {"name": "outbound", "namespace": "weft-system"}
 ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")
+DEFAULT_PORT = 80  # what a Host without a port names, when the Service has it
+MESH_SUFFIX = "mesh.weft.internal"
+
+Destination = tuple[str, str, int]  # (namespace, service, port)
 
 
 def service_hostnames(name: str, namespace: str) -> list[str]:
-    return [name, f"{name}.{namespace}", f"{name}.{namespace}.svc",
+    return [f"{name}.{namespace}", f"{name}.{namespace}.svc",
             f"{name}.{namespace}.svc.cluster.local"]  # fmt: skip
 
 
-def outbound_documents(pushed: list[dict[str, Any]], listener: ListenerKey) -> list[dict[str, Any]]:
+def destination_host(dest: Destination) -> str:
+    """The synthetic route hostname of one Service port."""
+    ns, name, port = dest
+    return f"{name}.{ns}.p{port}.{MESH_SUFFIX}"
+
+
+@dataclass(frozen=True, slots=True)
+class MeshNames:
+    """How the outbound listener reads a request's Host: the destination it names."""
+
+    listener: ListenerKey
+    names: Mapping[str, tuple[str, str]]  # host name -> (namespace, service)
+    ports: Mapping[tuple[str, str], tuple[int, ...]]  # a Service's ports, in order
+    protocols: Mapping[Destination, str]  # HTTP | HTTP2 | GRPC | TCP
+
+    def destination(self, authority: str) -> Destination | None:
+        host = normalize_host(authority)
+        svc = self.names.get(host)
+        if svc is None:
+            return None
+        ports = self.ports[svc]
+        _, colon, given = authority.rpartition(":")  # a service name: no IPv6 brackets
+        if not colon:
+            port = DEFAULT_PORT if DEFAULT_PORT in ports else ports[0]
+        elif given.isdigit() and int(given) in ports:
+            port = int(given)
+        else:
+            return None
+        return (svc[0], svc[1], port)
+
+    def route_host(self, authority: str) -> str:
+        """What the route table is searched with ("" matches no route)."""
+        dest = self.destination(authority)
+        return destination_host(dest) if dest is not None else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """The outbound listener's documents and how it reads Host."""
+
+    documents: list[dict[str, Any]]
+    names: MeshNames
+
+
+def outbound_config(
+    pushed: list[dict[str, Any]], listener: ListenerKey, caller_namespace: str
+) -> Outbound:
     out: list[dict[str, Any]] = [{
         "apiVersion": GATEWAY_API, "kind": "Gateway", "metadata": dict(OUTBOUND),
         "spec": {
@@ -34,35 +104,95 @@ def outbound_documents(pushed: list[dict[str, Any]], listener: ListenerKey) -> l
                            "allowedRoutes": {"namespaces": {"from": "All"}}}],
         },
     }]  # fmt: skip
-    routed: set[tuple[str, str]] = set()
-    services: dict[tuple[str, str], int] = {}  # -> its first port
+    ports: dict[tuple[str, str], tuple[int, ...]] = {}
+    protocols: dict[Destination, str] = {}
     for doc in pushed:
-        kind, md = doc.get("kind"), doc.get("metadata", {})
-        ns = md.get("namespace", "default")
-        if kind == "Service":
-            services[(ns, md["name"])] = int(doc["spec"]["ports"][0]["port"])
+        if doc.get("kind") == "Service":
+            md = doc.get("metadata", {})
+            ns, name = md.get("namespace", "default"), md["name"]
+            ports[(ns, name)] = tuple(int(p["port"]) for p in doc["spec"]["ports"])
+            for p in doc["spec"]["ports"]:
+                protocols[(ns, name, int(p["port"]))] = str(p.get("protocol", "HTTP"))
+    # destination -> (consumer routes, producer routes), each route by its index in `routes`
+    routes: list[dict[str, Any]] = []
+    attached: dict[Destination, tuple[list[int], list[int]]] = {}
+    for doc in pushed:
+        kind = doc.get("kind")
         parents = doc.get("spec", {}).get("parentRefs") or []
         if kind not in ROUTE_KINDS or not all(p.get("kind") == "Service" for p in parents):
             out.append(doc)  # not a mesh route: an edge Gateway's, say, stays as it is
             continue
-        route = copy.deepcopy(doc)
-        hostnames: list[str] = []
+        route_ns = doc.get("metadata", {}).get("namespace", "default")
+        index = len(routes)
+        routes.append(doc)
         for p in parents:
-            target = (p.get("namespace", ns), p["name"])
-            routed.add(target)
-            hostnames += service_hostnames(target[1], target[0])
-        route["spec"]["parentRefs"] = [dict(OUTBOUND)]
-        route["spec"]["hostnames"] = hostnames
-        out.append(route)
-    for (ns, name), port in services.items():
-        if (ns, name) not in routed:
-            out.append({
-                "apiVersion": GATEWAY_API, "kind": "HTTPRoute",
-                "metadata": {"name": f"weft-default-{name}", "namespace": ns},
-                "spec": {"parentRefs": [dict(OUTBOUND)], "hostnames": service_hostnames(name, ns),
-                         "rules": [{"backendRefs": [{"name": name, "port": port}]}]},
-            })  # fmt: skip
-    return out
+            svc = (p.get("namespace", route_ns), p["name"])
+            consumer = svc[0] != route_ns
+            if (consumer and route_ns != caller_namespace) or svc not in ports:
+                continue
+            for port in ports[svc] if p.get("port") is None else (int(p["port"]),):
+                if port in ports[svc]:
+                    lists = attached.setdefault((*svc, port), ([], []))
+                    lists[0 if consumer else 1].append(index)
+    hostnames: dict[int, list[str]] = {}
+    for dest, (consumers, producers) in attached.items():
+        for index in consumers or producers:
+            hostnames.setdefault(index, []).append(destination_host(dest))
+    for index, doc in enumerate(routes):
+        if index in hostnames:
+            out.extend(_attach(doc, hostnames[index]))
+    for (ns, name), svc_ports in ports.items():
+        for port in svc_ports:
+            if (ns, name, port) not in attached:
+                out.append({
+                    "apiVersion": GATEWAY_API, "kind": "HTTPRoute",
+                    "metadata": {"name": f"weft-default-{name}-{port}", "namespace": ns},
+                    "spec": {"parentRefs": [dict(OUTBOUND)],
+                             "hostnames": [destination_host((ns, name, port))],
+                             "rules": [{"backendRefs": [{"name": name, "port": port}]}]},
+                })  # fmt: skip
+    names: dict[str, tuple[str, str]] = {}
+    for ns, name in ports:
+        for host in service_hostnames(name, ns):
+            names[host] = (ns, name)
+        if ns == caller_namespace:
+            names[name] = (ns, name)
+    return Outbound(out, MeshNames(listener, names, ports, protocols))
+
+
+def _attach(doc: dict[str, Any], hostnames: list[str]) -> list[dict[str, Any]]:
+    """The route on the outbound listener, and the grant a consumer route's backendRef to
+    its own parent Service needs."""
+    route = copy.deepcopy(doc)
+    route_ns = route.get("metadata", {}).get("namespace", "default")
+    parents = {(p.get("namespace", route_ns), p["name"]) for p in route["spec"]["parentRefs"]}
+    route["spec"]["parentRefs"] = [dict(OUTBOUND)]
+    route["spec"]["hostnames"] = hostnames
+    grants: dict[tuple[str, str], dict[str, Any]] = {}
+    for rule in route["spec"].get("rules") or []:
+        for ref in rule.get("backendRefs") or []:
+            target = (ref.get("namespace", route_ns), ref.get("name", ""))
+            service = ref.get("kind", "Service") == "Service"
+            if service and target[0] != route_ns and target in parents:
+                grants[target] = {
+                    "apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+                    "metadata": {"name": f"weft-{route_ns}-{route['metadata']['name']}-{target[1]}",
+                                 "namespace": target[0]},
+                    "spec": {"from": [{"group": "gateway.networking.k8s.io",
+                                       "kind": route["kind"], "namespace": route_ns}],
+                             "to": [{"group": "", "kind": "Service", "name": target[1]}]},
+                }  # fmt: skip
+    return [route, *grants.values()]
+
+
+def mesh_unknown(authority: str) -> bytes:
+    """The 404 body for a Host that names no mesh Service port."""
+    text = (
+        f"no mesh service answers to {authority!r}: a short name reaches the caller's own "
+        "namespace only (use name.namespace for another), and a port must be one the "
+        "Service declares\n"
+    )
+    return text.encode("latin-1", "replace")
 
 
 def mesh_default_allow(pushed: list[dict[str, Any]], fallback: bool) -> bool:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from sidecar.authz import Policy
+    from sidecar.config.mesh import MeshNames
     from sidecar.http.filters import HeaderOps
     from sidecar.http.router import PortRouter
     from sidecar.upstream.balance import SmoothWeighted
@@ -211,3 +212,5 @@ class Snapshot:
     warnings: tuple[str, ...] = ()
     sources: tuple[str, ...] = field(default_factory=tuple)
     authz: tuple[Policy, ...] = ()  # AuthorizationPolicies (enforced by sidecars' inbound)
+    # a sidecar's outbound listener: how its requests' Host names a mesh destination
+    mesh: MeshNames | None = None

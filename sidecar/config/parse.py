@@ -54,7 +54,7 @@ _VERSIONS = {
     WEFT_GROUP: ("v1alpha1",),
 }
 
-_APP_PROTOCOLS = {
+APP_PROTOCOLS = {
     "kubernetes.io/h2c": "HTTP2",
     "http": "HTTP",
     "kubernetes.io/ws": "HTTP",
@@ -136,7 +136,7 @@ def _k8s_service(top: Reader, meta: Meta) -> Service:
             ServicePort(
                 port=pr.integer("port", lo=1, hi=65535),
                 name=pr.text("name", ""),
-                protocol=_APP_PROTOCOLS.get(app or "", "HTTP"),
+                protocol=APP_PROTOCOLS.get(app or "", "HTTP"),
                 target_port=target,
             )
         )

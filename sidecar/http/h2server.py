@@ -37,6 +37,7 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
 from ca.spiffe import SpiffeId
+from sidecar.config.mesh import Destination
 from sidecar.config.model import ListenerKey
 from sidecar.errors import DownstreamClosed, ProtocolError, StreamError
 from sidecar.http.filters import HeaderOps
@@ -281,9 +282,10 @@ class Http2Connection(H2Pump):
         scheme: str,
         sni: str | None,
         peer_id: SpiffeId | None = None,
+        destination: Destination | None = None,
     ) -> None:
         self.ctx = ctx
-        self.handler = RequestHandler(ctx, listener, conn.peer, scheme, sni, peer_id)
+        self.handler = RequestHandler(ctx, listener, conn.peer, scheme, sni, peer_id, destination)
         # What we send is built valid (lower-case names, no connection-specific fields), so
         # h2's check of it is skipped (~15% of CPU). What arrives is validated by
         # request_head (protocol/http2.py) instead of h2, whose checks make a malformed
@@ -591,5 +593,8 @@ async def serve_http2(
     scheme: str = "http",
     sni: str | None = None,
     peer_id: SpiffeId | None = None,
+    destination: Destination | None = None,
 ) -> None:
-    await Http2Connection(ctx, listener, conn, scheme=scheme, sni=sni, peer_id=peer_id).run(initial)
+    await Http2Connection(
+        ctx, listener, conn, scheme=scheme, sni=sni, peer_id=peer_id, destination=destination
+    ).run(initial)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
+from sidecar.config.mesh import Destination, MeshNames, destination_host, mesh_unknown
 from sidecar.config.model import Backend, ListenerKey, RouteAction, Snapshot
 from sidecar.config.store import SnapshotStore
 from sidecar.errors import DownstreamClosed, ProtocolError, UpstreamError
@@ -140,10 +141,12 @@ async def serve_http1(
     sni: str | None = None,
     initial: bytes = b"",
     peer_id: SpiffeId | None = None,
+    destination: Destination | None = None,
 ) -> None:
     """Serve one downstream connection until it closes, errs or idles out. `sni` is the
     server name a TLS client asked for: requests for another listener get 421; `initial`
-    holds bytes already read from the connection."""
+    holds bytes already read from the connection; `destination`: the mesh Service port
+    the connection was made for (a sidecar's `--upstream` port), whatever Host says."""
     limits = ctx.store.current.limits
     edge = ctx.direction == "edge"
     if ctx.tracer is None:
@@ -159,7 +162,7 @@ async def serve_http1(
     )
     events = parser.events
     scope = trio.CancelScope()
-    handler = _Http1(ctx, listener, conn, parser, scheme, sni, peer_id)
+    handler = _Http1(ctx, listener, conn, parser, scheme, sni, peer_id, destination)
     tracked = Tracked(
         activity=lambda: conn.activity,
         # the first head is timed from the connection's start (a silent client too)
@@ -243,12 +246,16 @@ class RequestHandler:
     __slots__ = (
         "authority",
         "ctx",
+        "destination",
         "fwd",
         "host",
         "listener",
+        "mesh",
         "peer_id",
         "peer_text",
         "peer_uri",
+        "port",
+        "route_host",
         "scheme",
         "snapshot",
         "sni",
@@ -262,8 +269,10 @@ class RequestHandler:
         scheme: str,
         sni: str | None,
         peer_id: SpiffeId | None = None,
+        destination: Destination | None = None,
     ) -> None:
         self.ctx = ctx
+        self.destination = destination
         self.peer_id = peer_id  # the caller's verified SPIFFE ID (sidecar inbound)
         self.peer_uri = peer_id.uri if peer_id is not None else ""  # for spans and the log
         self.scheme = scheme
@@ -281,6 +290,9 @@ class RequestHandler:
         self.snapshot: Snapshot | None = None  # the last snapshot that had our listener
         self.authority: str | None = None
         self.host = ""
+        self.mesh: MeshNames | None = None  # the snapshot's, when self.route_host was made
+        self.route_host = ""  # what the route table is searched with
+        self.port: int | None = None  # the mesh destination's port (redirects keep it)
 
     # -- one request --------------------------------------------------------------------
     async def handle(self, head: RequestHead, ds: Downstream) -> bool:
@@ -300,9 +312,14 @@ class RequestHandler:
         if ctx.draining.is_set():
             head.keep_alive = False
         authority, target, path, query = parse_target(head, snapshot.limits)
-        if authority != self.authority:  # clients repeat their Host: normalize it once
-            self.authority = authority
-            self.host = normalize_host(authority)
+        if authority != self.authority or snapshot.mesh is not self.mesh:
+            # Clients repeat their Host: read it once per connection and configuration.
+            self.authority, self.mesh = authority, snapshot.mesh
+            self.host = self.route_host = normalize_host(authority)
+            if self.mesh is not None and self.mesh.listener == self.listener:
+                dest = self.destination or self.mesh.destination(authority)
+                self.route_host = destination_host(dest) if dest is not None else ""
+                self.port = dest[2] if dest is not None else None
         host = self.host
         match = None
         misdirected = False
@@ -312,7 +329,7 @@ class RequestHandler:
                 # only the listener the handshake chose may answer on it (RFC 9110 §15.5.20).
                 misdirected = router.listener_for(host) is not router.listener_for(self.sni)
             if not misdirected:
-                match = router.route(host, path, head.method, head.headers, query)
+                match = router.route(self.route_host, path, head.method, head.headers, query)
         outcome = Outcome(head.keep_alive)
         counted = False  # in the client's count of requests in flight
         route_label = peer_label = peer_service = detail = rid = ""
@@ -337,16 +354,19 @@ class RequestHandler:
             if match is None:
                 outcome.status = 404
                 detail = "no_route"
+                if not self.route_host:  # a mesh name that is not a service (or its port)
+                    return await ds.local_reply(head, 404, mesh_unknown(self.authority or ""))
                 return await ds.local_reply(head, 404, b"no route\n")
             action = match.action
             route_label = action.route
             if action.redirect is not None:
                 lst = router.listener_for(host) if router is not None else None
+                port = lst.port if lst is not None else self.listener.port
                 location = redirect_location(
                     action.redirect,
                     scheme=self.scheme,
                     host=host,
-                    listener_port=lst.port if lst is not None else self.listener.port,
+                    listener_port=self.port or port,
                     target=target,
                     matched_prefix=match.path_value if match.path_type == "PathPrefix" else None,
                 )
@@ -536,8 +556,9 @@ class _Http1(RequestHandler):
         scheme: str,
         sni: str | None,
         peer_id: SpiffeId | None = None,
+        destination: Destination | None = None,
     ) -> None:
-        super().__init__(ctx, listener, conn.peer, scheme, sni, peer_id)
+        super().__init__(ctx, listener, conn.peer, scheme, sni, peer_id, destination)
         self.conn = conn
         self.parser = parser
         self.busy = False  # in the middle of a request

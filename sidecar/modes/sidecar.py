@@ -32,18 +32,19 @@ from ca.spiffe import SpiffeId
 from sidecar.admin import AdminState, serve_admin
 from sidecar.authz import Decision, Policy, decide
 from sidecar.config.compile import compile_snapshot
-from sidecar.config.mesh import mesh_default_allow, outbound_documents
+from sidecar.config.mesh import mesh_default_allow, outbound_config
 from sidecar.config.model import Backend, ClusterSpec, ListenerKey, RouteAction, Snapshot
 from sidecar.config.parse import Document, load_documents
 from sidecar.config.store import SnapshotStore
 from sidecar.config.watch import ConfigWatch
-from sidecar.entry import handshake_failed
+from sidecar.entry import handshake_failed, serve_http2, sniff
 from sidecar.errors import ConfigError
 from sidecar.http.proxy import ProxyContext, serve_http1
 from sidecar.identity.fetch import fetch_svid
 from sidecar.identity.svid import IdentityError, Svid, SvidRequest
 from sidecar.observe.accesslog import AccessLog
 from sidecar.observe.metrics import Metrics
+from sidecar.protocol.sniff import Detected
 from sidecar.tcp.proxy import serve_tcp
 from sidecar.transport import mtls
 from sidecar.transport.idle import IdleTracker, run_sweeper
@@ -375,11 +376,11 @@ class SidecarServer:
         return self.outbound.bound_port(key.address, key.port)
 
     def _compile(self, version: int) -> Snapshot:
-        docs = outbound_documents(self._pushed, self._outbound_key)
+        out = outbound_config(self._pushed, self._outbound_key, self.opts.namespace)
         resources = load_documents(
-            Document(d, f"control plane document {i}") for i, d in enumerate(docs, 1)
+            Document(d, f"control plane document {i}") for i, d in enumerate(out.documents, 1)
         )
-        return compile_snapshot(resources, version=version)
+        return dataclasses.replace(compile_snapshot(resources, version=version), mesh=out.names)
 
     def drain(self) -> None:
         self.draining = True
@@ -497,22 +498,47 @@ class SidecarServer:
         return snap.authz if snap is not None else ()
 
     async def _upstream(self, service: str, conn: Conn) -> None:
-        """A local `--upstream` port: opaque bytes over mTLS to `service`'s sidecars."""
+        """A local `--upstream` port. HTTP goes to the routes of the Service the port is
+        for, whatever its Host says (the port is the frontend the app dialled); anything
+        else, and everything for a TCP port, as opaque bytes over mTLS to its sidecars."""
         assert self.outbound is not None and self.outbound.context is not None
         ctx = self.outbound.context
-        snap = ctx.store.current
-        name = next((n for n, c in snap.clusters.items() if c.service == service), None)
-        if name is None or self.spiffe_id is None:
+        snap, mesh = ctx.store.current, ctx.store.current.mesh
+        dest = mesh.destination(service) if mesh is not None else None
+        if (mesh is not None and dest is None) or self.spiffe_id is None:
+            log.warning("--upstream %s: no such mesh service; connection closed", service)
             conn.close()
             return
-        spec = snap.clusters[name]
+        initial = b""
+        if mesh is not None and dest is not None and mesh.protocols.get(dest) != "TCP":
+            sniffed = await sniff(conn, snap.limits.detect_timeout_s)
+            if sniffed is None:
+                return
+            initial, found = sniffed
+            if found is Detected.HTTP1:
+                await serve_http1(ctx, self._outbound_key, conn, initial=initial, destination=dest)
+                return
+            if found is Detected.HTTP2:
+                await serve_http2(ctx, self._outbound_key, conn, initial=initial, destination=dest)
+                return
+        # the destination's, or (outbound routes from files) the first of that name
+        target = dest[:2] if dest is not None else None
+        spec = next(
+            (c for c in snap.clusters.values()
+             if (c.namespace, c.service) == target or (target is None and c.service == service)),
+            None,
+        )  # fmt: skip
+        if spec is None:
+            conn.close()
+            return
         expected = SpiffeId(self.spiffe_id.trust_domain, spec.namespace, spec.service)
 
         async def connect(address: str, port: int, timeout_s: float) -> Conn:
             assert self.identity is not None
             return await mtls.connect(self.identity.client_tcp, address, port, expected, timeout_s)
 
-        await serve_tcp(ctx, conn, _to_cluster(name, f"upstream/{service}"), connect=connect)
+        route = _to_cluster(spec.name, f"upstream/{service}")
+        await serve_tcp(ctx, conn, route, connect=connect, initial=initial)
 
     def _authorize(self, peer: SpiffeId | None, method: str, path: str) -> Decision:
         """AuthorizationPolicies from the sidecar's files, for this service."""

@@ -75,8 +75,10 @@ async def _delete_route(plane: ControlPlane) -> None:
 
 def _route_backends(web: SidecarServer) -> list[str]:
     snap = web.outbound.snapshot if web.outbound is not None else None
-    router = snap.routers.get(next(iter(snap.routers))) if snap is not None else None
-    match = router.route("orders", "/", "GET", [], "") if router is not None else None
+    if snap is None or snap.mesh is None:
+        return []
+    router = snap.routers[snap.mesh.listener]
+    match = router.route(snap.mesh.route_host("orders"), "/", "GET", [], "")
     return [b.cluster or "" for b in match.action.backends] if match is not None else []
 
 

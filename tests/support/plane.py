@@ -63,16 +63,20 @@ def mesh_sidecar(
     *,
     gateway: bool = False,
     discovery: str = "",
+    namespace: str = "default",
+    upstreams: tuple[tuple[str, int], ...] = (),
 ) -> SidecarServer:
     """A sidecar joining the mesh whose CA is in `data` (a fresh join token), on ports 0."""
     token = tokens.create(
-        keystore.token_key(data), SpiffeId("weft.local", "default", service),
+        keystore.token_key(data), SpiffeId("weft.local", namespace, service),
         now=datetime.datetime.now(datetime.UTC), ttl=datetime.timedelta(hours=1),
     )  # fmt: skip
     return SidecarServer(SidecarOptions(
-        service=service, version=version, app_port=app_port, control_plane=control_plane,
+        service=service, namespace=namespace, version=version, app_port=app_port,
+        control_plane=control_plane,
         token=token, ca_file=str(data / "ca" / "root.pem"), inbound_address="127.0.0.1",
         inbound_port=0, admin_port=0, outbound_port=0, gateway=gateway, discovery=discovery,
+        upstreams=upstreams,
     ))  # fmt: skip
 
 

@@ -3,13 +3,17 @@ routes on its outbound listener, with version subsets and weights."""
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 from control.registry import Instance, Registry
 from control.snapshot import documents_for
 from control.store import Resources
 from sidecar.config.compile import compile_snapshot
-from sidecar.config.mesh import outbound_documents
-from sidecar.config.model import ListenerKey
+from sidecar.config.mesh import outbound_config
+from sidecar.config.model import ListenerKey, Snapshot
 from sidecar.config.parse import Document, load_documents
+from sidecar.http.router import CompiledMatch
 
 SPLIT = {
     "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
@@ -46,10 +50,16 @@ def _mesh() -> tuple[Resources, Registry]:
     return res, reg
 
 
-def _compiled(pushed: list[dict[str, object]]):  # type: ignore[no-untyped-def]
-    docs = outbound_documents(pushed, OUT)  # type: ignore[arg-type]
-    resources = load_documents(Document(d, f"pushed {i}") for i, d in enumerate(docs))
-    return compile_snapshot(resources, version=1)
+def _compiled(pushed: list[dict[str, Any]], caller_ns: str = "default") -> Snapshot:
+    out = outbound_config(pushed, OUT, caller_ns)
+    resources = load_documents(Document(d, f"pushed {i}") for i, d in enumerate(out.documents))
+    return dataclasses.replace(compile_snapshot(resources, version=1), mesh=out.names)
+
+
+def _route(snap: Snapshot, host: str, path: str = "/") -> CompiledMatch | None:
+    """The rule a request with this Host and path reaches on the outbound listener."""
+    assert snap.mesh is not None
+    return snap.routers[OUT].route(snap.mesh.route_host(host), path, "GET", [], "")
 
 
 def test_web_gets_every_service_and_the_split_but_not_orders_policies() -> None:
@@ -58,18 +68,18 @@ def test_web_gets_every_service_and_the_split_but_not_orders_policies() -> None:
     kinds = [(d["kind"], d["metadata"]["name"]) for d in pushed]
     assert kinds == [("Service", "orders"), ("Service", "web"), ("HTTPRoute", "orders")]
     snap = _compiled(pushed)
-    router = snap.routers[OUT]
-    split = router.route("orders", "/x", "GET", [], "")
+    split = _route(snap, "orders", "/x")
     assert split is not None
     assert [(b.cluster, b.weight) for b in split.action.backends] == [
         ("default/orders:80@v1", 90), ("default/orders:80@v2", 10)]  # fmt: skip
     ports = {n: [e.port for e in c.endpoints] for n, c in snap.clusters.items()}
     assert ports["default/orders:80@v1"] == [21001, 21002]
     assert ports["default/orders:80@v2"] == [21003]  # the instance not ready yet is left out
-    for host in ("web", "web.default.svc.cluster.local"):
-        match = router.route(host, "/", "GET", [], "")
+    for host in ("web", "web:80", "web.default", "web.default.svc.cluster.local"):
+        match = _route(snap, host)
         assert match is not None and match.action.backends[0].cluster == "default/web:80"
-    assert router.route("unknown", "/", "GET", [], "") is None
+    for host in ("unknown", "web:8080", "web.other"):
+        assert _route(snap, host) is None
 
 
 def test_orders_gets_the_policies_that_target_it() -> None:
