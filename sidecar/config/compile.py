@@ -124,7 +124,7 @@ class _Compiler:
                 if lst.protocol not in ROUTE_KINDS:
                     self.warnings.append(
                         f"Gateway {_nn(gw.meta)} listener {lst.name}: protocol {lst.protocol} "
-                        "is not supported yet; listener not served"
+                        "is not supported; listener not served"
                     )
                     continue
                 if lst.protocol == "TLS" and lst.tls_mode != "Passthrough":
