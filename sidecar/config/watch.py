@@ -134,10 +134,14 @@ class ConfigWatch:
             await trio.sleep(delay * random.uniform(0.8, 1.2))
 
     async def send(self, message: dict[str, Any]) -> None:
-        """Send on the open stream, if there is one (drain notices, for instance)."""
+        """Send on the open stream, if there is one (drain notices, for instance). Best
+        effort: a control plane going away as well learns it when the stream ends."""
         stream = self._stream
         if stream is not None:
-            await stream.send_data(frame(message), end=False)
+            try:
+                await stream.send_data(frame(message), end=False)
+            except UpstreamError as exc:
+                log.info("config watch: %s not sent (%s)", next(iter(message), "message"), exc)
 
     async def _session(self) -> None:
         tconn = await self._connect()

@@ -16,12 +16,14 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
 from ca import keystore
 from control.server import ControlPlane
 from control.state import ControlState
 from sidecar.config.parse import Document
+from sidecar.errors import UpstreamClosed
 from sidecar.modes.sidecar import SidecarServer
 from tests.support.echo import EchoServer
 from tests.support.net import free_port
@@ -356,3 +358,21 @@ async def test_an_edge_gateway_in_the_mesh_reaches_services_over_mtls(plane: Con
     assert seen["path"] == "/buy"
     xfcc = seen["headers"]["x-forwarded-client-cert"][0]
     assert xfcc.endswith("URI=spiffe://weft.local/ns/default/svc/edge")  # it came over mTLS
+
+
+async def test_a_drain_while_the_control_plane_goes_away_is_not_an_error(
+    plane: ControlPlane,
+) -> None:
+    """The drain notice finds the watch stream already broken (the control plane stopped
+    first): the sidecar drains and stops cleanly instead of failing with the send's error."""
+    with EchoServer("v1") as app:
+        async with trio.open_nursery() as nursery:
+            sc: SidecarServer = await nursery.start(_sidecar(plane, "orders", app.port).run)
+            assert sc.watch is not None and sc.watch._stream is not None
+            plane.stop(0)
+            # what the HTTP/2 client does to its streams when the connection dies
+            sc.watch._stream.fail(UpstreamClosed("the control plane went away"))
+            sc.drain()
+            await trio.testing.wait_all_tasks_blocked()
+            assert sc.draining and not sc._ready()
+            nursery.cancel_scope.cancel()
