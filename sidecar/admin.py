@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
-from sidecar.config.dump import describe
-from sidecar.config.model import Snapshot
 from sidecar.errors import ProtocolError
 from sidecar.observe.metrics import Metrics
 from sidecar.protocol.http1 import End, RequestHead, RequestParser
@@ -22,7 +21,7 @@ _PROM = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
 
 @dataclass(slots=True, kw_only=True)
 class AdminState:
-    snapshot: Callable[[], Snapshot | None]
+    dump: Callable[[], dict[str, Any]]  # /config_dump
     metrics: Metrics
     drain: Callable[[], None]
     ready: Callable[[], bool]
@@ -80,8 +79,6 @@ def _respond(state: AdminState, head: RequestHead) -> bytearray:
         body = state.metrics.render().encode()
         return simple_response(200, body, headers=_PROM, head_only=head_only)
     if path == "/config_dump":
-        snap = state.snapshot()
-        doc = describe(snap) if snap is not None else {"version": 0}
-        body = json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+        body = json.dumps(state.dump(), indent=2, sort_keys=True).encode() + b"\n"
         return simple_response(200, body, headers=_JSON, head_only=head_only)
     return simple_response(404, b"unknown admin path\n", head_only=head_only)

@@ -8,7 +8,9 @@ from sidecar.config.model import Snapshot
 from sidecar.http.router import CompiledMatch, PathTable
 
 
-def describe(snap: Snapshot) -> dict[str, Any]:
+def describe(snap: Snapshot | None) -> dict[str, Any]:
+    if snap is None:  # nothing configured yet
+        return {"version": 0}
     listeners = []
     for key, router in sorted(snap.routers.items(), key=lambda kv: (kv[0].address, kv[0].port)):
         for lst in router.listeners():
@@ -36,13 +38,22 @@ def describe(snap: Snapshot) -> dict[str, Any]:
         }
         for name, c in sorted(snap.clusters.items())
     }
-    return {
+    doc: dict[str, Any] = {
         "version": snap.version,
         "sources": list(snap.sources),
         "listeners": listeners,
         "clusters": clusters,
         "warnings": list(snap.warnings),
     }
+    if snap.mesh is not None:  # how the outbound listener reads Host
+        doc["mesh_services"] = {
+            "/".join(svc): {
+                "ports": list(ports),
+                "names": sorted(n for n, s in snap.mesh.names.items() if s == svc),
+            }
+            for svc, ports in sorted(snap.mesh.ports.items())
+        }
+    return doc
 
 
 def _rules(table: PathTable) -> list[dict[str, Any]]:

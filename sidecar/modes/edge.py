@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, TextIO
 import trio
 
 from sidecar.admin import AdminState, serve_admin
+from sidecar.config.dump import describe
 from sidecar.config.loader import FileStamp, load_snapshot
 from sidecar.config.model import Limits, ListenerKey, Snapshot
 from sidecar.config.store import SnapshotStore
@@ -288,7 +289,7 @@ class EdgeServer:
 
     def _serve_admin(self, nursery: trio.Nursery, sock: socket.socket) -> None:
         state = AdminState(
-            snapshot=lambda: self.snapshot,
+            dump=lambda: describe(self.snapshot),
             metrics=self.metrics,
             drain=self.drain,
             ready=lambda: self.store is not None and not self.draining,

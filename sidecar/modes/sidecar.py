@@ -32,6 +32,7 @@ from ca.spiffe import SpiffeId
 from sidecar.admin import AdminState, serve_admin
 from sidecar.authz import Decision, Policy, decide
 from sidecar.config.compile import compile_snapshot
+from sidecar.config.dump import describe
 from sidecar.config.mesh import mesh_default_allow, outbound_config
 from sidecar.config.model import Backend, ClusterSpec, ListenerKey, RouteAction, Snapshot
 from sidecar.config.parse import Document, load_documents
@@ -212,7 +213,7 @@ class SidecarServer:
                 nursery.start_soon(self.tracer.run)
             nursery.start_soon(accept_loop, inbound, functools.partial(self._inbound, key), nursery)
             state = AdminState(
-                snapshot=lambda: ctx.store.current,
+                dump=self._config_dump,
                 metrics=self.metrics,
                 drain=self.drain,
                 ready=self._ready,
@@ -286,6 +287,13 @@ class SidecarServer:
             if self.outbound is not None:
                 await self.outbound.idle.wait_empty()
         nursery.cancel_scope.cancel()
+
+    def _config_dump(self) -> dict[str, Any]:
+        """/config_dump: the outbound configuration (from the control plane or files) and
+        the inbound listener."""
+        assert self._ctx is not None
+        outbound = self.outbound.snapshot if self.outbound is not None else None
+        return {"outbound": describe(outbound), "inbound": describe(self._ctx.store.current)}
 
     def _ready(self) -> bool:
         """Identity loaded, outbound configuration in force, not draining."""

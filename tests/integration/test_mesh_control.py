@@ -376,3 +376,28 @@ async def test_a_drain_while_the_control_plane_goes_away_is_not_an_error(
             await trio.testing.wait_all_tasks_blocked()
             assert sc.draining and not sc._ready()
             nursery.cancel_scope.cancel()
+
+
+async def test_config_dump_shows_what_the_control_plane_sent(plane: ControlPlane) -> None:
+    await _apply(plane, {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "orders"},
+        "spec": {"ports": [{"port": 80, "appProtocol": "http"}, {"port": 9000}]},
+    })  # fmt: skip
+    with EchoServer("v1") as app:
+        async with trio.open_nursery() as nursery:
+            sc: SidecarServer = await nursery.start(_sidecar(plane, "orders", app.port).run)
+            async with httpx.AsyncClient(timeout=10) as http:
+                r = await http.get(f"http://127.0.0.1:{sc.admin_port}/config_dump")
+            nursery.cancel_scope.cancel()
+    dump = r.json()
+    out = dump["outbound"]
+    assert out["mesh_services"]["default/orders"] == {
+        "ports": [80, 9000],
+        "names": ["orders", "orders.default", "orders.default.svc",
+                  "orders.default.svc.cluster.local"],
+    }  # fmt: skip
+    assert set(out["clusters"]) == {"default/orders:80", "default/orders:9000"}
+    assert [lst["name"] for lst in out["listeners"]] == ["weft-system/outbound/outbound"]
+    assert (
+        list(dump["inbound"]["clusters"]) == ["default/orders:app"] or dump["inbound"]["clusters"]
+    )
