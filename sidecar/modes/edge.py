@@ -273,7 +273,8 @@ class EdgeServer:
             bound = sock.getsockname()[1]
             self.listeners[key] = (scope, bound)
             handler = functools.partial(serve_downstream, self._ctx, key)
-            self._nursery.start_soon(_scoped, scope, accept_loop, sock, handler, self._nursery)
+            serve = functools.partial(accept_loop, app=self.direction == "outbound")
+            self._nursery.start_soon(_scoped, scope, serve, sock, handler, self._nursery)
             log.info("listening on %s:%d", sock.getsockname()[0], bound)
 
     def _bind_admin(self, port: int) -> socket.socket:

@@ -49,7 +49,7 @@ from sidecar.protocol.sniff import Detected
 from sidecar.tcp.proxy import serve_tcp
 from sidecar.transport import mtls
 from sidecar.transport.idle import IdleTracker, run_sweeper
-from sidecar.transport.io import Conn
+from sidecar.transport.io import Conn, connect_app
 from sidecar.transport.listen import accept_loop, open_listener
 from sidecar.transport.tls import TlsHandshakeError
 from sidecar.upstream.cluster import ClusterManager, Connector
@@ -195,7 +195,7 @@ class SidecarServer:
             idle = IdleTracker(idle_timeout_s=300.0, header_timeout_s=30.0)
             self._ctx = ctx = ProxyContext(
                 store=SnapshotStore(snap),
-                clusters=ClusterManager(),
+                clusters=ClusterManager(connector=lambda spec: connect_app),
                 metrics=self.metrics,
                 access_log=self.access_log,
                 background=nursery,
@@ -242,7 +242,7 @@ class SidecarServer:
                 sock = open_listener("127.0.0.1", port)
                 self.upstream_ports[service] = sock.getsockname()[1]
                 handler = functools.partial(self._upstream, service)
-                nursery.start_soon(accept_loop, sock, handler, nursery)
+                nursery.start_soon(functools.partial(accept_loop, app=True), sock, handler, nursery)
             if opts.discovery:
                 self.consul = self._consul_registration()
                 nursery.start_soon(self.consul.run)

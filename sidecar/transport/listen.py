@@ -38,8 +38,11 @@ def open_listener(address: str, port: int, *, backlog: int = 4096) -> socket.soc
     return sock
 
 
-async def accept_loop(sock: socket.socket, handler: Handler, connections: trio.Nursery) -> None:
+async def accept_loop(
+    sock: socket.socket, handler: Handler, connections: trio.Nursery, *, app: bool = False
+) -> None:
     """Accept until cancelled; each connection runs in `connections`, which outlives us.
+    `app`: clients are the local app (`Conn.quickack`).
 
     Closing the listener (a reload that removes a port) therefore never touches
     established connections.
@@ -58,7 +61,9 @@ async def accept_loop(sock: socket.socket, handler: Handler, connections: trio.N
                     await trio.sleep(0.01)
                     break
                 client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                connections.start_soon(_guarded, handler, Conn(client, (addr[0], addr[1])))
+                conn = Conn(client, (addr[0], addr[1]))
+                conn.quickack = app
+                connections.start_soon(_guarded, handler, conn)
     finally:
         trio.lowlevel.notify_closing(sock)
         sock.close()
