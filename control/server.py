@@ -138,7 +138,9 @@ class ControlPlane:
         assert self._stop is not None
         creds = grpc.dynamic_ssl_server_credentials(self._initial, self._fetch_certificate)
         with futures.ThreadPoolExecutor(max_workers=4) as pool:
-            server = grpc.aio.server(migration_thread_pool=pool)
+            # grpc turns SO_REUSEPORT on by default: a second control plane on the same
+            # address would start and share the clients (split brain). Refuse it instead.
+            server = grpc.aio.server(migration_thread_pool=pool, options=[("grpc.so_reuseport", 0)])
             identity_pb2_grpc.add_IdentityServicer_to_server(  # type: ignore[no-untyped-call]
                 IdentityService(self.data_dir, self.leaf_ttl), server
             )
@@ -148,9 +150,15 @@ class ControlPlane:
                     ConfigService(state, self.data_dir).handler(),
                 )
             )
-            self.port = server.add_secure_port(self.listen, creds)
+            try:
+                self.port = server.add_secure_port(self.listen, creds)
+            except RuntimeError:  # grpc's "Failed to bind" says no more than this
+                self.port = 0
             if self.port == 0:
-                raise keystore.KeystoreError(f"cannot listen on {self.listen}")
+                raise keystore.KeystoreError(
+                    f"cannot listen on {self.listen}: address in use (another control plane?)"
+                    " or not available"
+                )
             await server.start()
             self._ready.set()
             background.append(asyncio.create_task(_expire_loop(state)))

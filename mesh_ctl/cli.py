@@ -263,9 +263,9 @@ def _token(args: argparse.Namespace) -> int:
     except (keystore.KeystoreError, InvalidSpiffeId, ValueError) as exc:
         print(f"meshctl: {exc}", file=sys.stderr)
         return 1
-    print(
-        f"join token for {identity.uri}, valid until {(now + ttl).isoformat(timespec='seconds')}:"
-    )
+    # only the token on stdout: `WEFT_TOKEN=$(meshctl token create orders)` works
+    until = (now + ttl).isoformat(timespec="seconds")
+    print(f"join token for {identity.uri}, valid until {until}:", file=sys.stderr)
     print(token)
     return 0
 
@@ -522,6 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # grpc's C core logs to stderr on its own (`E1204 … add_port.cc … Failed to bind`);
+    # what it reports reaches the user as meshctl's one-line errors instead
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=getattr(args, "log_level", os.environ.get("WEFT_LOG_LEVEL", "info")).upper(),

@@ -257,7 +257,7 @@ class EdgeServer:
                     opened.append((key, open_listener(address, port)))
                 except OSError as exc:
                     raise ConfigError(
-                        f"cannot listen on {address}:{port}: {exc.strerror}",
+                        str(exc.strerror),
                         source=f"listener {key.address}:{key.port}",
                     ) from None
         except ConfigError:
@@ -282,7 +282,7 @@ class EdgeServer:
             sock = open_listener(self.admin_address, port)
         except OSError as exc:
             raise ConfigError(
-                f"cannot listen on {self.admin_address}:{port}: {exc.strerror}",
+                str(exc.strerror),
                 source="admin",
             ) from None
         self.admin_bound_port = sock.getsockname()[1]

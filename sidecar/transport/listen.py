@@ -25,6 +25,8 @@ async def _guarded(handler: Handler, conn: Conn) -> None:
 
 
 def open_listener(address: str, port: int, *, backlog: int = 4096) -> socket.socket:
+    """A listening socket; an OSError whose strerror names the address otherwise. No
+    SO_REUSEPORT: an address in use is refused, never shared with another process."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -32,6 +34,10 @@ def open_listener(address: str, port: int, *, backlog: int = 4096) -> socket.soc
         sock.bind((address, port))
         sock.listen(backlog)
         sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        where = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+        raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror}") from None
     except BaseException:
         sock.close()
         raise

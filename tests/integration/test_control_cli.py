@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -124,3 +125,34 @@ def test_check_reports_each_preflight_check(data: Path) -> None:
     down = _meshctl("check", *conn)
     assert down.returncode == 1
     assert f"FAIL  control plane: cannot reach the control plane at 127.0.0.1:{port}" in down.stdout
+
+
+def test_a_second_control_plane_on_a_used_address_refuses_to_start(data: Path) -> None:
+    """No split brain: grpc would share the port (SO_REUSEPORT) and the CLI's calls would
+    alternate between the two control planes."""
+    port = free_port()
+    with _server(data, port):
+        second = _meshctl(
+            "server", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}",
+            "--http-listen", "127.0.0.1:0",
+        )  # fmt: skip
+    assert second.returncode == 1
+    lines = [ln for ln in second.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, second.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: address in use" in lines[0]
+
+
+def test_a_sidecar_on_a_used_port_says_which(data: Path) -> None:
+    port = free_port()
+    with _server(data, port), socket.create_server(("127.0.0.1", 0)) as busy:
+        taken = busy.getsockname()[1]
+        token = _meshctl("token", "create", "orders", "--data-dir", str(data)).stdout.strip()
+        sidecar = _meshctl(
+            "sidecar", "--service", "orders", "--app-port", "1", "--token", token,
+            "--control-plane", f"127.0.0.1:{port}", "--ca-file", str(data / "ca" / "root.pem"),
+            "--inbound-port", str(taken), "--admin-port", "0", "--outbound-port", "0",
+        )  # fmt: skip
+    assert sidecar.returncode == 1
+    lines = [ln for ln in sidecar.stderr.splitlines() if ln.strip() and "INFO" not in ln]
+    assert len(lines) == 1, sidecar.stderr
+    assert f"cannot listen on 0.0.0.0:{taken}: Address already in use" in lines[0], lines[0]
