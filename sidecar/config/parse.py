@@ -295,9 +295,9 @@ def _authorization_policy(top: Reader, meta: Meta) -> AuthorizationPolicy:
                 fr.fail(f"identities[{i}]", str(exc))
         services = fr.str_list("services", pattern=re.compile(r"^([a-z0-9-]+/)?[a-z0-9-]+$"))
         namespaces = fr.str_list("namespaces", pattern=NAME_RE)
+        fr.finish()  # an unknown field is named as such before what is missing
         if not (identities or services or namespaces):
             fr.fail(None, "needs identities, services or namespaces")
-        fr.finish()
         sources.append(
             Source(identities=tuple(identities), services=tuple(services),
                    namespaces=tuple(namespaces))

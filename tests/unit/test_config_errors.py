@@ -71,6 +71,16 @@ CASES = {
 """,
         "RequestRedirect cannot be combined with backendRefs",
     ),
+    "unknown policy field": (
+        """apiVersion: weft.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: p}
+spec:
+  targetRef: {kind: Service, name: orders}
+  from: [{ipBlocks: [10.0.0.0/8]}]
+""",
+        "spec.from[0].ipBlocks: unknown field",
+    ),
 }
 
 
