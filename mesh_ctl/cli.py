@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -154,6 +155,8 @@ def _server(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     host = args.listen.rpartition(":")[0]
+    reach = "127.0.0.1" if host in ("0.0.0.0", "[::]", "") else host
+    common.write_context(f"{reach}:{server.port}", data_dir)
     http = f"; /metrics on port {server.http.port}" if server.http is not None else ""
     logging.getLogger("weft.server").info(
         "control plane on %s:%d (identity, admin; CA in %s; resources in %s%s)",
@@ -286,7 +289,28 @@ def _duration(text: str) -> datetime.timedelta:
 
 
 def _version(args: argparse.Namespace) -> int:
-    print(f"meshctl {__version__}")
+    if args.output == "json":
+        print(json.dumps({"version": __version__}))
+    else:
+        print(f"meshctl {__version__}")
+    return 0
+
+
+def _context(args: argparse.Namespace) -> int:
+    """The control plane and data dir admin verbs use, and where each comes from."""
+    saved = common.read_context()
+    server = common.server_address(args)
+    ddir = common.data_dir(args)
+    doc = {"server": server, "data_dir": str(ddir), "context_file": str(common.context_path()),
+           "saved": saved}  # fmt: skip
+    if args.output == "json":
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(f"server    {server}\ndata dir  {ddir}")
+    where = common.context_path()
+    print(f"(saved by the last `meshctl up` or `meshctl server` in {where}; flags, "
+          "WEFT_SERVER and WEFT_DATA_DIR override it)" if saved else
+          f"(no saved context in {where}: defaults, flags and WEFT_* variables)")  # fmt: skip
     return 0
 
 
@@ -310,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     mesh = edge.add_argument_group(
         "in a mesh (instead of -f): Gateways and routes from the control plane"
     )
-    mesh.add_argument("--control-plane", metavar="HOST:PORT")
+    mesh.add_argument("--control-plane", "--server", dest="control_plane", metavar="HOST:PORT")
     mesh.add_argument("--token", help="join token (or WEFT_TOKEN) for the edge's identity")
     mesh.add_argument("--token-file", metavar="PATH", help="read the join token from a file")
     mesh.add_argument("--ca-file", help="the mesh's root bundle (PEM)")
@@ -441,7 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--namespace", default="default")
     sc.add_argument("--version", default="")
     sc.add_argument("--app-port", type=int, required=True, help="the local app's port")
-    sc.add_argument("--control-plane", default="127.0.0.1:15010", metavar="HOST:PORT")
+    sc.add_argument(
+        "--control-plane", "--server", dest="control_plane", default="127.0.0.1:15010",
+        metavar="HOST:PORT",
+    )  # fmt: skip
     sc.add_argument("--token", help="join token (or WEFT_TOKEN); `meshctl token create`")
     sc.add_argument("--token-file", metavar="PATH", help="read the join token from a file")
     trust = sc.add_mutually_exclusive_group(required=True)
@@ -517,7 +544,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.register(sub)
 
     version = sub.add_parser("version", help="print the version")
+    version.add_argument("-o", "--output", choices=("text", "json"), default="text")
     version.set_defaults(func=_version)
+    ctx = sub.add_parser("context", help="show which mesh admin verbs talk to")
+    common.add_server_arguments(ctx)
+    ctx.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    ctx.set_defaults(func=_context)
     return parser
 
 

@@ -11,7 +11,7 @@ import grpc
 
 from control import api
 from control.api import CONTROL_PLANE_HOST
-from mesh_ctl.common import DEFAULT_SERVER, CliError, data_dir
+from mesh_ctl.common import CliError, data_dir, server_address
 
 
 class AdminClient:
@@ -24,23 +24,23 @@ class AdminClient:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> AdminClient:
-        target = args.server or os.environ.get("WEFT_SERVER") or DEFAULT_SERVER
+        target = server_address(args)
         ddir = data_dir(args)
         root = ddir / "ca" / "root.pem"
         try:
             trust = root.read_bytes()
         except OSError:
-            raise CliError(
-                f"no trust bundle at {root}: give --data-dir of the control plane"
-            ) from None
+            hint = (
+                "" if getattr(args, "data_dir", None) else ": give --data-dir of the control plane"
+            )
+            raise CliError(f"no trust bundle at {root}{hint}") from None
         token = os.environ.get("WEFT_ADMIN_TOKEN", "")
         if not token:
             try:
                 token = api.admin_token(ddir)
             except OSError:
-                raise CliError(
-                    f"no admin token in {ddir}: set WEFT_ADMIN_TOKEN or give --data-dir"
-                ) from None
+                hint = "" if getattr(args, "data_dir", None) else " or give --data-dir"
+                raise CliError(f"no admin token in {ddir}: set WEFT_ADMIN_TOKEN{hint}") from None
         return cls(target, trust, token)
 
     def call(self, method: str, request: dict[str, Any], timeout_s: float = 15.0) -> Any:

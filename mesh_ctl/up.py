@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from mesh_ctl.common import CliError
+from mesh_ctl.common import CliError, write_context
 from mesh_ctl.mesh_cli import render_top
 
 if TYPE_CHECKING:
@@ -336,12 +336,16 @@ def up(args: argparse.Namespace) -> int:
                     [p.service, p.version or "-", identity, app, f"http://127.0.0.1:{p.admin}/"]
                 )
         say(_table(rows))
-        say(f"logs: {state / 'logs'}    control plane: --server 127.0.0.1:{mesh.server_port} "
-            f"--data-dir {state / 'data'}")  # fmt: skip
-        say(f"Try: curl {url}")
+        server = f"127.0.0.1:{mesh.server_port}"
+        write_context(server, state / "data")  # `meshctl top` etc. in another terminal
+        reach = (
+            f"control plane: {server}  data: {state / 'data'}  (the current context: "
+            f"meshctl top, get, shift … find it)\nlogs: {state / 'logs'}    try: curl {url}"
+        )
+        say(reach)
         if args.traffic:
             threading.Thread(target=_traffic, args=(url, stop), daemon=True).start()
-        _live(mesh, stop, say, args.interval)
+        _live(mesh, stop, say, args.interval, reach)
     except KeyboardInterrupt:
         pass
     finally:
@@ -352,8 +356,9 @@ def up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _live(mesh: Mesh, stop: threading.Event, say: Any, interval_s: float) -> None:
-    """`meshctl top`'s view of the mesh, every `interval_s`, until stopped."""
+def _live(mesh: Mesh, stop: threading.Event, say: Any, interval_s: float, reach: str) -> None:
+    """`meshctl top`'s view of the mesh, every `interval_s`, until stopped; `reach` (how
+    to reach this mesh) stays on screen under it."""
     client = mesh.admin()
     try:
         while not stop.wait(interval_s):
@@ -364,7 +369,7 @@ def _live(mesh: Mesh, stop: threading.Event, say: Any, interval_s: float) -> Non
             stamp = time.strftime("%H:%M:%S")
             if sys.stdout.isatty():
                 sys.stdout.write("\x1b[2J\x1b[H")
-            say(f"{stamp}  (Ctrl-C stops the mesh; `meshctl top` shows the same)\n{table}")
+            say(f"{stamp}  (Ctrl-C stops the mesh; `meshctl top` shows the same)\n{table}\n{reach}")
     finally:
         client.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -156,3 +157,31 @@ def test_a_sidecar_on_a_used_port_says_which(data: Path) -> None:
     lines = [ln for ln in sidecar.stderr.splitlines() if ln.strip() and "INFO" not in ln]
     assert len(lines) == 1, sidecar.stderr
     assert f"cannot listen on 0.0.0.0:{taken}: Address already in use" in lines[0], lines[0]
+
+
+def test_admin_verbs_find_the_running_control_plane_without_flags(
+    data: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEFT_")}
+    env["WEFT_CONTEXT"] = str(tmp_path / "context.json")
+    env["HOME"] = str(tmp_path)  # not the data dir the default would find
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mesh_ctl", "server", "--data-dir", str(data),
+         "--listen", f"127.0.0.1:{port}", "--http-listen", "127.0.0.1:0"],
+        stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None and "control plane on" in proc.stderr.readline()
+        ctx = _meshctl("context", "-o", "json", env=env)
+        assert json.loads(ctx.stdout)["server"] == f"127.0.0.1:{port}", ctx.stderr
+        assert json.loads(ctx.stdout)["data_dir"] == str(data.resolve())
+        status = _meshctl("status", env=env)
+        assert status.returncode == 0, status.stderr
+        assert "control plane: ok" in status.stdout
+        # flags still win over the context, and --control-plane is --server's other name
+        other = _meshctl("status", "--control-plane", f"127.0.0.1:{free_port()}", env=env)
+        assert other.returncode == 1
+    finally:
+        proc.terminate()
+        assert proc.wait(15) == 0
