@@ -5,6 +5,7 @@ started."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -47,15 +48,20 @@ async def _up_and_down(receiver: Receiver, otlp: int) -> None:
     out: list[str] = []
     try:
         with trio.fail_after(120):
-            while not out or not out[-1].startswith("Try: curl"):
+            while not out or not out[-1].startswith("logs: "):
                 line = await trio.to_thread.run_sync(proc.stdout.readline)
                 assert line, "".join(out)
                 out.append(line.decode())
-        state = next(line.split()[1] for line in out if line.startswith("logs: ")).removesuffix(
-            "/logs"
-        )
-        assert out[-1].strip() == f"Try: curl http://127.0.0.1:{port}/"
+        state = out[-1].split()[1].removesuffix("/logs")
+        assert out[-1].strip().endswith(f"try: curl http://127.0.0.1:{port}/")
         assert any(line.startswith("starting: 6/6 ready") for line in out)
+        # another terminal: no flags, the current context `up` saved finds this mesh
+        top = await trio.run_process(
+            [sys.executable, "-m", "mesh_ctl", "top", "-o", "json"], capture_stdout=True,
+            capture_stderr=True, check=False,
+        )  # fmt: skip
+        assert top.returncode == 0, top.stderr
+        assert "web" in {s["service"] for s in json.loads(top.stdout)["services"]}
         caller = "5a1e5a1e5a1e5a1e5a1e5a1e5a1e5a1e"
         async with httpx.AsyncClient(timeout=10) as http:
             page = (await http.get(f"http://127.0.0.1:{port}/",
