@@ -310,9 +310,12 @@ def _table(rows: list[list[str]]) -> str:
 
 def up(args: argparse.Namespace) -> int:
     directory = Path(args.dir)
+    if not directory.is_dir():
+        raise CliError(f"{directory}: no such directory (it holds mesh.yaml and up.yaml)")
+    for name in ("up.yaml", "mesh.yaml"):
+        if not (directory / name).is_file():
+            raise CliError(f"{directory / name}: not found")
     plan = load_plan(directory)
-    if not (directory / "mesh.yaml").is_file():
-        raise CliError(f"{directory / 'mesh.yaml'}: not found")
     url = plan.edge_url
     if args.edge_port is not None:
         url = re.sub(r":\d+/", f":{args.edge_port}/", url)

@@ -136,3 +136,17 @@ def _one_trace(receiver: Receiver, spans: list[Received]) -> None:
         "v1",
         "v2",
     }
+
+
+def test_up_with_a_missing_directory_says_so_in_one_line(tmp_path: Path) -> None:
+    for target, want in (
+        (tmp_path / "nowhere", f"meshctl: {tmp_path / 'nowhere'}: no such directory"),
+        (tmp_path, f"meshctl: {tmp_path / 'up.yaml'}: not found"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "mesh_ctl", "up", str(target)], cwd=ROOT,
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 1
+        assert done.stderr.splitlines() == [done.stderr.strip()], done.stderr
+        assert done.stderr.startswith(want), done.stderr
