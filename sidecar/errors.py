@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import trio
+
 
 class WeftError(Exception):
     """Base of every error the data plane raises on purpose."""
@@ -69,8 +71,18 @@ class DownstreamClosed(WeftError):
 
 def unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The one exception a nursery raised (trio wraps even a single one in a group), so
-    that `except UpstreamError` and friends still see it; a real group stays a group."""
+    that `except UpstreamError` and friends still see it; a real group stays a group.
+
+    A task cancelled beside one that failed (a client resets its stream: the body reader
+    sees `DownstreamClosed`, the relay is cancelled) says less than the failure, which is
+    kept alone: trio's cancellation is level-triggered, so the cancelled scope still
+    stops the code at its next checkpoint."""
     excs = group.exceptions
-    while len(excs) == 1 and isinstance(excs[0], BaseExceptionGroup):
+    while True:
+        failures = [e for e in excs if not isinstance(e, trio.Cancelled)]
+        if len(excs) > 1 and len(failures) == 1:
+            excs = tuple(failures)
+        if len(excs) != 1 or not isinstance(excs[0], BaseExceptionGroup):
+            break
         excs = excs[0].exceptions
     return excs[0] if len(excs) == 1 else group

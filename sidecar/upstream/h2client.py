@@ -9,15 +9,18 @@ reader turns frames into per-stream events, one writer sends what h2 queues.
 
 Flow control runs end to end here too: response DATA is acknowledged when the downstream
 took it, request DATA is sent only within the upstream's windows. A GOAWAY stops new
-streams on that connection; streams above its last-stream-id were never processed and end
-with `UpstreamRefused`, which the caller may retry elsewhere.
+streams on that connection (the next request opens another); streams at or below its
+last-stream-id go on to their end (RFC 9113 §6.8: a server stopping gracefully finishes
+them), streams above it were never processed and end with `UpstreamRefused`, which the
+caller may retry elsewhere. h2 itself treats a received GOAWAY as the end of the
+connection and would refuse the frames still due, so `_ClientH2` keeps the connection open.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import h2.config
 import h2.connection
@@ -143,6 +146,18 @@ class UpstreamStream(FlowStream):
             conn.kick()
 
 
+class _ClientH2(h2.connection.H2Connection):
+    """h2, except that a GOAWAY does not close the connection or drop what is queued to
+    send: the streams it lets finish still need their frames both ways. No stream opens
+    after it (`H2ClientConnection.goaway`)."""
+
+    def _receive_goaway_frame(self, frame: Any) -> Any:
+        state, unsent = self.state_machine.state, self._data_to_send
+        result = super()._receive_goaway_frame(frame)
+        self.state_machine.state, self._data_to_send = state, unsent
+        return result
+
+
 class H2ClientConnection(H2Pump):
     def __init__(self, conn: Conn) -> None:
         # What arrives is validated; what we send is built valid (lower-case names, no
@@ -153,7 +168,7 @@ class H2ClientConnection(H2Pump):
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
         )
-        super().__init__(conn, h2.connection.H2Connection(config))
+        super().__init__(conn, _ClientH2(config))
         self.h2.local_settings = h2.settings.Settings(
             client=True,
             initial_values={
@@ -172,6 +187,8 @@ class H2ClientConnection(H2Pump):
         return len(self.streams) < self.h2.remote_settings.max_concurrent_streams
 
     def open(self, headers: Headers, *, end_stream: bool) -> UpstreamStream:
+        if self.goaway:
+            raise UpstreamRefused("upstream connection is going away")
         try:
             sid = self.h2.get_next_available_stream_id()
             self.h2.send_headers(sid, headers, end_stream=end_stream)

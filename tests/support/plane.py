@@ -65,6 +65,7 @@ def mesh_sidecar(
     discovery: str = "",
     namespace: str = "default",
     upstreams: tuple[tuple[str, int], ...] = (),
+    protocol: str = "HTTP",
 ) -> SidecarServer:
     """A sidecar joining the mesh whose CA is in `data` (a fresh join token), on ports 0."""
     token = tokens.create(
@@ -76,7 +77,7 @@ def mesh_sidecar(
         control_plane=control_plane,
         token=token, ca_file=str(data / "ca" / "root.pem"), inbound_address="127.0.0.1",
         inbound_port=0, admin_port=0, outbound_port=0, gateway=gateway, discovery=discovery,
-        upstreams=upstreams,
+        upstreams=upstreams, protocol=protocol,
     ))  # fmt: skip
 
 
