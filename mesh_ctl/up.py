@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,7 +151,7 @@ class Mesh:
         http = f"127.0.0.1:{self.http_port}"
         cmd = self.meshctl("server", "--data-dir", str(data), "--listen", listen)
         server = self._spawn("control-plane", [*cmd, "--http-listen", http])
-        _wait_listening(self.server_port, server.popen, self.state)
+        _wait_listening(self, self.server_port, server)
         say(f"control plane on {listen} (metrics on {http}), CA in {data / 'ca'}")
         self._apply_mesh(data)
         for app in self.plan.apps:
@@ -231,6 +232,8 @@ class Mesh:
         )  # fmt: skip
 
     def wait_ready(self, say: Any, timeout_s: float = 90.0) -> None:
+        """Until every proxy is ready; CliError with the failing one's last log lines as
+        soon as a process exits or a proxy says it refused its configuration."""
         proxies = [p for p in self.procs if p.admin]
         waiting = proxies
         deadline = time.monotonic() + timeout_s
@@ -238,9 +241,15 @@ class Mesh:
         while True:
             for p in self.procs:
                 if p.popen.poll() is not None:
-                    log = self.state / "logs" / f"{p.name}.log"
-                    raise CliError(f"{p.name} exited ({p.popen.returncode}); see {log}")
-            waiting = [p for p in waiting if not _ready(p.admin)]
+                    raise self.failed(p.name, f"exited ({p.popen.returncode})")
+            still = []
+            for p in waiting:
+                ready, problem = _ready(p.admin)
+                if problem:
+                    raise self.failed(p.name, f"is not ready: {problem}")
+                if not ready:
+                    still.append(p)
+            waiting = still
             line = f"starting: {len(proxies) - len(waiting)}/{len(proxies)} ready"
             if waiting:
                 line += f" (waiting for {', '.join(p.name for p in waiting)})"
@@ -250,10 +259,19 @@ class Mesh:
             if not waiting:
                 return
             if time.monotonic() > deadline:
-                raise CliError(
-                    f"not ready after {timeout_s:g}s: {', '.join(p.name for p in waiting)}"
-                )
+                names = ", ".join(p.name for p in waiting)
+                raise self.failed(waiting[0].name, f"not ready after {timeout_s:g}s ({names})")
             time.sleep(0.2)  # polling other processes' /ready endpoints
+
+    def failed(self, name: str, what: str, lines: int = 12) -> CliError:
+        """`name` failed: what, and the end of its log (where the cause usually is)."""
+        log = self.state / "logs" / f"{name}.log"
+        try:
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            tail = []
+        shown = "".join(f"\n  | {line}" for line in tail)
+        return CliError(f"{name} {what}; the end of {log}:{shown}" if tail else f"{name} {what}")
 
     def stop(self) -> None:
         """Edge and sidecars drain first, then the apps, then the control plane."""
@@ -272,26 +290,28 @@ class Mesh:
                     p.popen.wait()
 
 
-def _ready(port: int) -> bool:
+def _ready(port: int) -> tuple[bool, str]:
+    """Whether the proxy with admin `port` is ready, and what it refused if it says."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as r:
-            return bool(r.status == 200)
+            return r.status == 200, ""
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode(errors="replace").strip()
+        return False, body.removeprefix("not ready: ") if body.startswith("not ready: ") else ""
     except OSError:
-        return False
+        return False, ""
 
 
-def _wait_listening(
-    port: int, proc: subprocess.Popen[bytes], state: Path, timeout_s: float = 30.0
-) -> None:
+def _wait_listening(mesh: Mesh, port: int, proc: Proc, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise CliError(f"the control plane exited; see {state / 'logs' / 'control-plane.log'}")
+        if proc.popen.poll() is not None:
+            raise mesh.failed(proc.name, f"exited ({proc.popen.returncode})")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.1)
-    raise CliError("the control plane did not start listening")
+    raise mesh.failed(proc.name, f"is not listening on port {port} after {timeout_s:g}s")
 
 
 def _traffic(url: str, stop: threading.Event) -> None:
@@ -322,11 +342,13 @@ def up(args: argparse.Namespace) -> int:
     state = Path(tempfile.mkdtemp(prefix="weft-up-"))
     mesh = Mesh(directory, plan, state, edge_port=args.edge_port, otlp_endpoint=args.otlp_endpoint)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # SIGTERM stops the mesh as Ctrl-C does, at any point (start-up included).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     def say(text: str) -> None:
         print(text, flush=True)
 
+    kept = False
     try:
         mesh.start(say)
         mesh.wait_ready(say)
@@ -351,11 +373,16 @@ def up(args: argparse.Namespace) -> int:
         _live(mesh, stop, say, args.interval, reach)
     except KeyboardInterrupt:
         pass
+    except CliError:
+        kept = True  # the logs say what went wrong: keep them
+        raise
     finally:
         stop.set()
         say("stopping: draining sidecars and the edge, then apps, then the control plane")
         mesh.stop()
-        shutil.rmtree(state, ignore_errors=True)
+        shutil.rmtree(state / "data" if kept else state, ignore_errors=True)
+        if kept:
+            say(f"logs kept in {state / 'logs'}")
     return 0
 
 

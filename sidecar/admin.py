@@ -25,6 +25,7 @@ class AdminState:
     metrics: Metrics
     drain: Callable[[], None]
     ready: Callable[[], bool]
+    problem: Callable[[], str] = str  # why not ready, when something was refused ("" else)
 
 
 async def serve_admin(state: AdminState, conn: Conn) -> None:
@@ -74,7 +75,9 @@ def _respond(state: AdminState, head: RequestHead) -> bytearray:
     if path == "/ready":
         if state.ready():
             return simple_response(200, b"ready\n", head_only=head_only)
-        return simple_response(503, b"not ready\n", head_only=head_only)
+        problem = state.problem()
+        reason = f"not ready: {problem}\n" if problem else "not ready\n"
+        return simple_response(503, reason.encode(), head_only=head_only)
     if path == "/metrics":
         body = state.metrics.render().encode()
         return simple_response(200, body, headers=_PROM, head_only=head_only)

@@ -255,11 +255,10 @@ class EdgeServer:
                 address, port = self.bind(key)
                 try:
                     opened.append((key, open_listener(address, port)))
-                except OSError as exc:
-                    raise ConfigError(
-                        str(exc.strerror),
-                        source=f"listener {key.address}:{key.port}",
-                    ) from None
+                except OSError as exc:  # its message names the address it could not bind
+                    moved = (address, port) != (key.address, key.port)
+                    source = f"listener {key.address}:{key.port}" if moved else ""
+                    raise ConfigError(str(exc.strerror), source=source) from None
         except ConfigError:
             for _, sock in opened:
                 sock.close()

@@ -151,6 +151,7 @@ class SidecarServer:
         self.inbound_port = 0
         self.admin_port = 0
         self.draining = False
+        self.refused = ""  # why the last configuration pushed was refused ("" in force)
         self.spiffe_id: SpiffeId | None = None
         self._ctx: ProxyContext | None = None
         self.watch: ConfigWatch | None = None
@@ -217,6 +218,7 @@ class SidecarServer:
                 metrics=self.metrics,
                 drain=self.drain,
                 ready=self._ready,
+                problem=lambda: self.refused,
             )
             nursery.start_soon(accept_loop, admin, functools.partial(serve_admin, state), nursery)
             nursery.start_soon(self._renew)
@@ -348,8 +350,10 @@ class SidecarServer:
                 raise ConfigError(self.outbound.last_error)
         except ConfigError as exc:
             self._pushed = previous
-            log.error("configuration %d from the control plane refused: %s", version, exc)
+            self.refused = f"configuration {version} from the control plane refused: {exc}"
+            log.error("%s", self.refused)
             return str(exc)
+        self.refused = ""
         self.default_allow = mesh_default_allow(resources, self.opts.default_allow)
         self.configured.set()
         self.config_changed.set()

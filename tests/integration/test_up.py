@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -150,3 +153,60 @@ def test_up_with_a_missing_directory_says_so_in_one_line(tmp_path: Path) -> None
         assert done.returncode == 1
         assert done.stderr.splitlines() == [done.stderr.strip()], done.stderr
         assert done.stderr.startswith(want), done.stderr
+
+
+def _start_up(*extra: str) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "mesh_ctl", "up", "examples/shop", *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+
+
+async def test_up_with_the_edge_port_taken_prints_the_cause_and_keeps_the_logs() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = _start_up("--edge-port", str(port))
+        try:
+            with trio.fail_after(10):
+                out, _ = await trio.to_thread.run_sync(proc.communicate)
+        finally:
+            proc.kill()
+    assert proc.returncode == 1, out
+    assert "edge is not ready: configuration" in out, out
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in out
+    kept = Path(
+        next(line for line in out.splitlines() if line.startswith("logs kept in ")).split()[-1]
+    )
+    try:
+        assert f"the end of {kept / 'edge.log'}:" in out
+        assert "Address already in use" in (kept / "edge.log").read_text()
+        assert not (kept.parent / "data").exists()  # the CA's keys go; the logs stay
+        assert _processes_mentioning(str(kept.parent)) == []
+    finally:
+        shutil.rmtree(kept.parent)
+
+
+async def test_sigterm_during_start_up_stops_everything() -> None:
+    proc = _start_up("--edge-port", str(free_port()))
+    assert proc.stdout is not None
+    try:
+        with trio.fail_after(60):
+            first = await trio.to_thread.run_sync(proc.stdout.readline)
+            assert first.startswith("control plane on "), first
+            line = await trio.to_thread.run_sync(proc.stdout.readline)
+            assert line.startswith("starting: 0/6 ready"), line
+        state = first.split(" CA in ")[1].strip().removesuffix("/data/ca")
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        with trio.fail_after(15):
+            rest, _ = await trio.to_thread.run_sync(proc.communicate)
+        took = time.monotonic() - started
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, rest
+    assert "stopping: draining sidecars and the edge" in rest
+    assert "Traceback" not in rest
+    assert _processes_mentioning(state) == []
+    assert not Path(state).exists()
+    assert took < 5, f"stopping took {took:.1f}s"
