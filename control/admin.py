@@ -20,7 +20,7 @@ from control.registry import Instance
 from control.shift import check_weights, split_route
 from control.state import ControlState
 from sidecar.config.parse import Document
-from sidecar.discovery.consul import ConsulError
+from sidecar.discovery.consul import ConsulError, ConsulRefused
 from sidecar.errors import ConfigError
 
 
@@ -63,7 +63,7 @@ class AdminService:
         except ConfigError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except ConsulError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"not saved: {exc}")
+            await _not_saved(context, exc)
         return {"version": version, "results": outcome}
 
     async def get(self, request: Any, context: Any) -> dict[str, Any]:
@@ -83,7 +83,7 @@ class AdminService:
         except KeyError as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
         except ConsulError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"not saved: {exc}")
+            await _not_saved(context, exc)
         return {"version": version}
 
     async def shift(self, request: Any, context: Any) -> dict[str, Any]:
@@ -107,7 +107,7 @@ class AdminService:
         except ConfigError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except ConsulError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"not saved: {exc}")
+            await _not_saved(context, exc)
         generation = state.generation
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -168,3 +168,17 @@ class AdminService:
 
 def _who(i: Instance) -> str:
     return f"{i.namespace}/{i.service} {i.version or '-'} {i.id} ({i.address}:{i.port})"
+
+
+async def _not_saved(context: Any, exc: ConsulError) -> None:
+    """A write Consul did not take: its own reason, with a code saying whether Consul
+    refused it (trying again changes nothing) or could not be reached."""
+    if isinstance(exc, ConsulRefused):
+        code = (
+            grpc.StatusCode.PERMISSION_DENIED
+            if exc.status == 403
+            else grpc.StatusCode.FAILED_PRECONDITION
+        )
+    else:
+        code = grpc.StatusCode.UNAVAILABLE
+    await context.abort(code, f"not saved: {exc}")

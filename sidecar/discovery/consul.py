@@ -29,6 +29,14 @@ class ConsulError(Exception):
     """Consul refused or could not be reached; the message says which and why."""
 
 
+class ConsulRefused(ConsulError):
+    """Consul answered, and said no (an ACL, a bad request): `status` is its HTTP status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class CasConflict(ConsulError):
     """A check-and-set lost: someone else wrote first. Re-read and try again."""
 

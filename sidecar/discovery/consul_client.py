@@ -26,6 +26,7 @@ from sidecar.discovery.consul import (
     CasConflict,
     ConsulConfig,
     ConsulError,
+    ConsulRefused,
     KvEntry,
     Registration,
     next_index,
@@ -94,7 +95,8 @@ class ConsulClient:
             raise ConsulError(f"Consul at {self.config.base_url}: {_why(exc)}") from None
         if resp.status_code not in ok:
             text = resp.text.strip()[:300]
-            raise ConsulError(f"Consul {method} {path}: HTTP {resp.status_code}: {text}")
+            message = f"Consul {method} {path}: HTTP {resp.status_code}: {text}"
+            raise ConsulRefused(message, resp.status_code)
         return resp
 
     async def blocking_get(self, path: str, params: dict[str, str], index: int) -> tuple[int, Any]:

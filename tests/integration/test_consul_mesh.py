@@ -307,3 +307,29 @@ async def test_killing_a_replica_moves_its_sidecars_with_no_failed_request(
                 p.send_signal(signal.SIGTERM)
                 p.wait(10)
     assert failed == 0 and served > 0, (served, failed)
+
+
+async def test_a_write_consul_refuses_is_answered_with_consuls_reason(
+    tmp_path: Path, consul: ConsulDouble
+) -> None:
+    (data,) = replica_dirs(tmp_path, 1)
+    plane = ControlPlane(data, "127.0.0.1:0", store=consul.url)
+    plane.start()
+    route = tmp_path / "route.yaml"
+    route.write_text(json.dumps(ROUTE))
+    try:
+        consul.read_only = True  # a token that may read the mesh's keys, not write them
+        done = await trio.run_process(
+            [sys.executable, "-m", "mesh_ctl", "apply", "-f", str(route),
+             "--server", f"127.0.0.1:{plane.port}", "--data-dir", str(data)],
+            capture_stdout=True, capture_stderr=True, check=False,
+        )  # fmt: skip
+    finally:
+        plane.stop(0)
+    assert done.returncode == 1
+    lines = done.stderr.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(
+        "meshctl: not saved: Consul PUT /v1/txn: HTTP 403: Permission denied: token with "
+        "AccessorID '00000000-0000-0000-0000-000000000002' lacks permission 'key:write'"
+    ), lines[0]

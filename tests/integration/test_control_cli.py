@@ -185,3 +185,21 @@ def test_admin_verbs_find_the_running_control_plane_without_flags(
     finally:
         proc.terminate()
         assert proc.wait(15) == 0
+
+
+def test_a_cli_holding_another_meshs_ca_says_so(data: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    assert _meshctl("ca", "init", "--data-dir", str(other)).returncode == 0
+    port = free_port()
+    env = {**os.environ, "WEFT_ADMIN_TOKEN": "whatever"}
+    with _server(data, port):
+        wrong = _meshctl("status", "--server", f"127.0.0.1:{port}", "--data-dir", str(other),
+                         env=env)  # fmt: skip
+        right = _meshctl("status", "--server", f"127.0.0.1:{port}", "--data-dir", str(data))
+    assert right.returncode == 0, right.stderr
+    assert wrong.returncode == 1
+    lines = [ln for ln in wrong.stderr.splitlines() if ln.strip()]
+    assert lines == [
+        f"meshctl: TLS handshake with 127.0.0.1:{port} failed: the control plane's certificate "
+        f"is not signed by the CA in {other / 'ca' / 'root.pem'} (another mesh's CA?)"
+    ], wrong.stderr

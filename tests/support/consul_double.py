@@ -13,7 +13,8 @@ documented HTTP API that Weft calls, over real HTTP on 127.0.0.1, in the documen
   delete-cas, get; at most 64 operations; 409 with `Errors` when a check fails);
 - blocking queries: `X-Consul-Index` per table (kvs, services), `index` + `wait` hold the
   request until the table changes or the wait ends;
-- ACLs when made with a token: every call needs `X-Consul-Token` (403 otherwise).
+- ACLs when made with a token: every call needs `X-Consul-Token` (403 otherwise);
+  `read_only` makes it a token without `key:write` (KV writes answer 403 as Consul does).
 
 It is strict where Consul is (unknown fields in a registration are refused; JSON bodies
 must be JSON) so client code cannot come to rely on leniency. Tests can also make it fail
@@ -98,9 +99,13 @@ class _Kv:
     modify_index: int
 
 
+ANONYMOUS = "00000000-0000-0000-0000-000000000002"  # Consul's anonymous token's AccessorID
+
+
 @dataclass
 class ConsulDouble:
     token: str = ""
+    read_only: bool = False  # the token lacks key:write
     index: int = 10  # the raft index: grows with every write
     tables: dict[str, int] = field(default_factory=lambda: {"kvs": 10, "services": 10})
     services: dict[str, _Service] = field(default_factory=dict)
@@ -385,6 +390,14 @@ class ConsulDouble:
         if self.token and h.headers.get("X-Consul-Token") != self.token:
             return _send(h, 403, "ACL not found", {})
         path = url.path
+        if (
+            self.read_only
+            and method in ("PUT", "DELETE")
+            and path.startswith(("/v1/kv/", "/v1/txn"))
+        ):
+            where = f' on "{path.removeprefix("/v1/kv/")}"' if path.startswith("/v1/kv/") else ""
+            return _send(h, 403, "Permission denied: token with AccessorID "
+                         f"'{ANONYMOUS}' lacks permission 'key:write'{where}", {})  # fmt: skip
         try:
             status, body, headers = self._route(method, path, q, raw)
         except (ValueError, KeyError) as exc:
