@@ -80,3 +80,11 @@ def admin_client(args: argparse.Namespace) -> AdminClient:
     from mesh_ctl.client import AdminClient
 
     return AdminClient.from_args(args)
+
+
+def table(rows: list[list[str]]) -> str:
+    """Rows as columns two spaces apart (the first row the header)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from control.store import kind_of
-from mesh_ctl.common import CliError, add_server_arguments, admin_client
+from mesh_ctl.common import CliError, add_server_arguments, admin_client, table
 from sidecar.config.loader import expand, read_documents
 
 
@@ -29,20 +29,72 @@ def apply(args: argparse.Namespace) -> int:
 def get(args: argparse.Namespace) -> int:
     kind = _kind(args.kind)
     request = {"kind": kind, "namespace": args.namespace, "name": args.name}
-    reply = admin_client(args).call("Get", request)
+    client = admin_client(args)
+    reply = client.call("Get", request)
     docs: list[dict[str, Any]] = reply["documents"]
+    if kind == "Service":  # declared ones, and those only sidecars registered
+        docs = with_registered(docs, client.call("Status", {})["instances"], args)
     if args.name and not docs:
         raise CliError(f"{kind} {args.namespace or 'default'}/{args.name} not found")
     if args.output == "json":
         print(json.dumps(docs[0] if args.name else docs, indent=2))
     elif args.output == "yaml":
         sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False))
+    elif kind == "Service":
+        rows = [["NAMESPACE", "NAME", "SOURCE", "INSTANCES", "VERSIONS"]]
+        for d in docs:
+            st = d["status"]
+            rows.append([d["metadata"].get("namespace", "default"), d["metadata"]["name"],
+                         st["source"], f"{st['ready']}/{st['instances']}",
+                         ",".join(v or "-" for v in st["versions"]) or "-"])  # fmt: skip
+        print(table(rows))
     else:
         print(f"{'KIND':<20} {'NAMESPACE':<16} NAME")
         for d in docs:
             md = d.get("metadata", {})
             print(f"{kind:<20} {md.get('namespace', 'default'):<16} {md.get('name')}")
     return 0
+
+
+def with_registered(
+    docs: list[dict[str, Any]], instances: list[dict[str, Any]], args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Service documents, each with a `status` (where it comes from, its instances), plus
+    one for each service that sidecars registered without a declaration."""
+    by_name: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for inst in instances:
+        if args.namespace not in (None, inst["namespace"]) or args.name not in (
+            None,
+            inst["service"],
+        ):
+            continue
+        by_name.setdefault((inst["namespace"], inst["service"]), []).append(inst)
+    out = []
+    for d in docs:
+        md = d.get("metadata", {})
+        key = (md.get("namespace", "default"), md.get("name", ""))
+        out.append({**d, "status": _status("declared", by_name.pop(key, []))})
+    for (ns, name), insts in sorted(by_name.items()):
+        ports = sorted({(i["protocol"]) for i in insts})
+        out.append({
+            "apiVersion": "weft.dev/v1alpha1", "kind": "Service",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"ports": [{"port": 80, "protocol": p} for p in ports]},
+            "status": _status("registered", insts),
+        })  # fmt: skip
+    for d in out:
+        if d["status"]["source"] == "declared" and d["status"]["instances"]:
+            d["status"]["source"] = "declared, registered"
+    return out
+
+
+def _status(source: str, insts: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "source": source,
+        "instances": len(insts),
+        "ready": sum(1 for i in insts if i.get("ready")),
+        "versions": sorted({i["version"] for i in insts}),
+    }
 
 
 def delete(args: argparse.Namespace) -> int:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from mesh_ctl.common import CliError, write_context
+from mesh_ctl.common import CliError, table, write_context
 from mesh_ctl.mesh_cli import render_top
 
 if TYPE_CHECKING:
@@ -314,18 +314,19 @@ def _wait_listening(mesh: Mesh, port: int, proc: Proc, timeout_s: float = 30.0) 
     raise mesh.failed(proc.name, f"is not listening on port {port} after {timeout_s:g}s")
 
 
-def _traffic(url: str, stop: threading.Event) -> None:
-    """About 10 requests a second to the edge, so the live view moves."""
-    while not stop.wait(0.1):
+TRAFFIC_RPS = 10.0
+TRAFFIC_WORKERS = 4  # a request through the shop takes ~100 ms: one at a time is too few
+
+
+def _traffic(url: str, stop: threading.Event, worker: int) -> None:
+    """One of TRAFFIC_WORKERS senders of TRAFFIC_RPS requests a second to the edge, on a
+    fixed schedule (a slow answer delays the next, not the rate after it)."""
+    period = TRAFFIC_WORKERS / TRAFFIC_RPS
+    due = time.monotonic() + worker * period / TRAFFIC_WORKERS
+    while not stop.wait(max(0.0, due - time.monotonic())):
         with contextlib.suppress(OSError):
             urllib.request.urlopen(url, timeout=5).read()
-
-
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
-    )
+        due = max(due + period, time.monotonic() - period)  # never a burst to catch up
 
 
 def up(args: argparse.Namespace) -> int:
@@ -360,7 +361,7 @@ def up(args: argparse.Namespace) -> int:
                 rows.append(
                     [p.service, p.version or "-", identity, app, f"http://127.0.0.1:{p.admin}/"]
                 )
-        say(_table(rows))
+        say(table(rows))
         server = f"127.0.0.1:{mesh.server_port}"
         write_context(server, state / "data")  # `meshctl top` etc. in another terminal
         reach = (
@@ -369,7 +370,8 @@ def up(args: argparse.Namespace) -> int:
         )
         say(reach)
         if args.traffic:
-            threading.Thread(target=_traffic, args=(url, stop), daemon=True).start()
+            for worker in range(TRAFFIC_WORKERS):
+                threading.Thread(target=_traffic, args=(url, stop, worker), daemon=True).start()
         _live(mesh, stop, say, args.interval, reach)
     except KeyboardInterrupt:
         pass

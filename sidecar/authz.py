@@ -101,3 +101,15 @@ def _operation(o: Operation, method: str, path: str) -> bool:
     if o.methods and method not in o.methods:
         return False
     return not o.paths or any(path.startswith(prefix) for prefix in o.paths)
+
+
+def denials(
+    policies: Iterable[Policy], *, namespace: str, service: str, peer: SpiffeId
+) -> list[Policy]:
+    """The DENY policies of namespace/service that refuse `peer` some call (all of them,
+    or the paths and methods they name): whatever an ALLOW says, those calls stay refused."""
+    return [
+        p for p in policies
+        if p.namespace == namespace and p.target == service and p.action == "DENY"
+        and (not p.sources or any(_source(s, p.namespace, peer) for s in p.sources))
+    ]  # fmt: skip

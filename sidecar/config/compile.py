@@ -486,6 +486,7 @@ def _apply_policy(spec: ClusterSpec, p: r.BackendTrafficPolicy | None) -> Cluste
         ("request_timeout_s", p.request_timeout_s), ("idle_timeout_s", p.idle_timeout_s),
         ("retry", p.retry), ("budget", p.budget), ("limits", p.limits),
         ("outlier", p.outlier), ("health_check", p.health_check),
+        ("panic_threshold", p.panic_threshold),
     ):  # fmt: skip
         if value is not None:
             changes[key] = value
@@ -573,7 +574,8 @@ def _compile_match(
 
 
 def route_template(path_type: str, value: str) -> str:
-    """How a match's path reads as OpenTelemetry's `http.route`: a prefix ends in `/*`."""
+    """How a match's path reads as OpenTelemetry's `http.route`: a prefix ends in `/*`;
+    "" for a match of every path (no route to report: spans are named `{method}`)."""
     if path_type == "PathPrefix":
-        return value.rstrip("/") + "/*"
+        return value.rstrip("/") + "/*" if value.rstrip("/") else ""
     return value

@@ -110,6 +110,8 @@ class ClusterSpec:
     limits: CircuitLimits = CircuitLimits()
     outlier: OutlierPolicy | None = OutlierPolicy()
     health_check: HealthCheckPolicy | None = None
+    # Below this % of endpoints taking traffic, balance over all of them (Envoy's panic).
+    panic_threshold: int = 50
     policy: str = ""  # "namespace/name" of the BackendTrafficPolicy, for logs
 
 

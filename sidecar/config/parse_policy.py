@@ -93,14 +93,19 @@ def parse_backend_traffic_policy(top: Reader, meta: Meta) -> BackendTrafficPolic
     if (orr := spec.obj("outlierDetection")) is not None:
         outlier_off = not orr.flag("enabled", True)
         outlier = _outlier(orr)
-    health = None
+    health = panic = None
     if (hr := spec.obj("healthCheck")) is not None:
-        health = _health_check(hr)
+        panic = hr.integer("panicThreshold", None, lo=0, hi=100)
+        if panic is None or hr.raw("type", None) is not None:  # an active check
+            health = _health_check(hr)
+        else:
+            hr.finish()
     spec.finish()
     return BackendTrafficPolicy(
         meta=meta, target=target, lb_policy=lb, connect_timeout_s=connect,
         request_timeout_s=request, idle_timeout_s=idle, retry=retry, budget=budget,
         limits=limits, outlier=outlier, outlier_off=outlier_off, health_check=health,
+        panic_threshold=panic,
     )  # fmt: skip
 
 

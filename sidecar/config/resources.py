@@ -334,6 +334,7 @@ class BackendTrafficPolicy:
     outlier: OutlierPolicy | None = None
     outlier_off: bool = False
     health_check: HealthCheckPolicy | None = None
+    panic_threshold: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

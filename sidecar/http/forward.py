@@ -66,7 +66,9 @@ class Outcome:
         "bytes_in",
         "bytes_out",
         "downstream_keep_alive",
+        "grpc_status",
         "hold",
+        "proxy_error",
         "replay",
         "replay_limit",
         "request_complete",
@@ -84,6 +86,8 @@ class Outcome:
         self.request_complete = False
         self.response_started = False
         self.upstream = ""
+        self.proxy_error = False  # a 5xx answered by a peer's sidecar, not its app
+        self.grpc_status = -1  # from a gRPC answer's trailers (-1: none), for its span
         # after a 101: the upstream connection and the bytes it sent past the head
         self.tunnel: tuple[Conn, bytes] | None = None
         # a response head for which this returns a failure is not forwarded: RetryableStatus
@@ -186,14 +190,23 @@ async def _stream_body(conn: Conn, chunked: bool, next_event: NextEvent, outcome
         await conn.send_all(data)
 
 
-# Set by a sidecar on the 503 it answers when it cannot reach its own app: the request was
-# not processed, so the caller's sidecar may retry it whatever its method.
-NOT_SENT_HEADER = b"x-weft-error"
+# Set by the proxy on the errors it answers itself (`x-weft-error: <why>`), so a caller's
+# sidecar can tell them from its peer app's own 5xx answers (outlier detection ejects
+# instances that cannot serve, not apps that report errors). `connect_failure`: the
+# sidecar could not reach its app, the request was not processed, and the caller's
+# sidecar may retry it whatever its method. A sidecar removes the field from what its app
+# answers, so an app cannot claim either.
+PROXY_ERROR_HEADER = b"x-weft-error"
 NOT_SENT_VALUE = b"connect_failure"
 
 
 def not_sent_marker(headers: Headers) -> bool:
-    return any(n.lower() == NOT_SENT_HEADER and v == NOT_SENT_VALUE for n, v in headers)
+    return any(n.lower() == PROXY_ERROR_HEADER and v == NOT_SENT_VALUE for n, v in headers)
+
+
+def proxy_error(headers: Headers) -> bool:
+    """Did a proxy (a peer's sidecar) answer this error, rather than the app?"""
+    return any(n.lower() == PROXY_ERROR_HEADER for n, _ in headers)
 
 
 def response_parser(conn: Conn, head: RequestHead) -> ResponseParser:
@@ -271,6 +284,8 @@ async def relay_http1(
                 outcome.bytes_out += len(ev)
                 out += chunk(ev) if chunked_down else ev
             elif isinstance(ev, ResponseHead):
+                if ev.status >= 500:
+                    outcome.proxy_error = proxy_error(ev.headers)
                 if outcome.hold is not None and (failure := outcome.hold(ev)) is not None:
                     raise RetryableStatus(ev.status, failure)
                 if ev.status == 101:  # the upstream took the Upgrade: HTTP ends here

@@ -17,7 +17,7 @@ import trio
 
 from sidecar.errors import unwrap
 from sidecar.http.filters import HeaderOps
-from sidecar.http.forward import Outcome, RetryableStatus
+from sidecar.http.forward import Outcome, RetryableStatus, proxy_error
 from sidecar.protocol.http1 import End, RequestHead
 from sidecar.upstream.h2client import (
     H2Pool,
@@ -110,6 +110,8 @@ async def _relay(stream: UpstreamStream, writer: ResponseWriter, outcome: Outcom
     while True:
         ev = await stream.next_event()
         if isinstance(ev, Response):
+            if ev.status >= 500:
+                outcome.proxy_error = proxy_error(ev.headers)
             if outcome.hold is not None and (failure := outcome.hold(ev)) is not None:
                 raise RetryableStatus(ev.status, failure)
             outcome.status = ev.status
@@ -117,6 +119,7 @@ async def _relay(stream: UpstreamStream, writer: ResponseWriter, outcome: Outcom
             events = stream.events
             if events and isinstance(events[0], Trailers) and events[0].headers is None:
                 events.popleft()  # HEADERS with END_STREAM (gRPC's trailers-only answers)
+                outcome.grpc_status = grpc_status(ev.headers)
                 await writer.start(ev.status, ev.headers, end=True)
                 return
             await writer.start(ev.status, ev.headers, end=False)
@@ -124,5 +127,15 @@ async def _relay(stream: UpstreamStream, writer: ResponseWriter, outcome: Outcom
             outcome.bytes_out += len(ev)
             await writer.data(ev)
         else:
+            if ev.headers:
+                outcome.grpc_status = grpc_status(ev.headers)
             await writer.end(ev.headers)
             return
+
+
+def grpc_status(headers: Headers) -> int:
+    """The grpc-status field's code (-1: none, or not a number)."""
+    for name, value in headers:
+        if name == b"grpc-status":
+            return int(value) if value.isdigit() else -1
+    return -1

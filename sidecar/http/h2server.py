@@ -41,9 +41,9 @@ from sidecar.config.mesh import Destination
 from sidecar.config.model import ListenerKey
 from sidecar.errors import DownstreamClosed, ProtocolError, StreamError
 from sidecar.http.filters import HeaderOps
-from sidecar.http.forward import Outcome, Relay, feed_response, response_parser
+from sidecar.http.forward import Outcome, Relay, feed_response, proxy_error, response_parser
 from sidecar.http.pace import BodyPace, too_slow
-from sidecar.http.proxy import ProxyContext, RequestHandler
+from sidecar.http.proxy import ProxyContext, RequestHandler, log_refused
 from sidecar.protocol.grpc import is_grpc
 from sidecar.protocol.http1 import END, End, RequestHead
 from sidecar.protocol.http2 import (
@@ -495,6 +495,9 @@ class Http2Connection(H2Pump):
             self._done(stream)
             return
         except ProtocolError as exc:
+            got = {n: v.decode("latin-1") for n, v in event.headers or () if n[:1] == b":"}
+            log_refused(self.ctx, self.handler.peer_text, "HTTP/2", exc, got.get(b":method", "-"),
+                        got.get(b":authority", ""), got.get(b":path", ""))  # fmt: skip
             nursery.start_soon(self._refuse, stream, exc)
             return
         if not ended and limits.body_timeout_s and not is_grpc(head):
@@ -562,6 +565,8 @@ async def relay_h2(
             ev = events.popleft()
             if isinstance(ev, ResponseHead):
                 keep_upstream = ev.keep_alive
+                if ev.status >= 500:
+                    outcome.proxy_error = proxy_error(ev.headers)
                 outcome.status = ev.status
                 outcome.response_started = True
                 pending = response_headers(ev, ops)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,8 +26,8 @@ from sidecar.config.store import SnapshotStore
 from sidecar.errors import DownstreamClosed, ProtocolError, UpstreamError
 from sidecar.http.filters import HeaderOps, redirect_location
 from sidecar.http.forward import (
-    NOT_SENT_HEADER,
     NOT_SENT_VALUE,
+    PROXY_ERROR_HEADER,
     Http1Writer,
     Outcome,
     Relay,
@@ -46,7 +47,7 @@ from sidecar.http.router import normalize_host
 from sidecar.http.tries import H2_PROTOCOLS, NoHealthyUpstream, Overloaded, Tries
 from sidecar.observe.accesslog import AccessLog
 from sidecar.observe.metrics import Metrics
-from sidecar.protocol.grpc import GRPC_DEADLINE_EXCEEDED, grpc_timeout
+from sidecar.protocol.grpc import GRPC_DEADLINE_EXCEEDED, grpc_timeout, is_grpc
 from sidecar.protocol.http1 import (
     EDGE_KINDS,
     EDGE_TRACE_KINDS,
@@ -192,12 +193,43 @@ async def serve_http1(
         if scope.cancelled_caught and parser.partial_head:
             await _best_effort(conn, simple_response(408, b"request timeout\n", close=True))
     except ProtocolError as exc:
+        read = next((e for e in events if isinstance(e, RequestHead)), None)
+        log_refused(ctx, handler.peer_text, "HTTP/1.1", exc, *_named(read))
         await _best_effort(conn, simple_response(exc.status, f"{exc}\n".encode(), close=True))
     except (ConnectionLost, DownstreamClosed):
         pass
     finally:
         ctx.idle.discard(tracked)
         conn.close()
+
+
+def _named(head: RequestHead | None) -> tuple[str, str, str]:
+    """(method, authority, path) of a refused HTTP/1 request, as far as it was read."""
+    if head is None:
+        return "-", "", ""
+    if head.method == "CONNECT":
+        return head.method, head.target, ""
+    return head.method, head.host, head.target
+
+
+def log_refused(
+    ctx: ProxyContext, peer: str, protocol: str, exc: ProtocolError,
+    method: str = "-", authority: str = "", path: str = "",
+) -> None:  # fmt: skip
+    """A request refused before it could be routed (malformed, CONNECT, over a limit) is
+    still a request answered: counted, and a line in the access log saying why."""
+    ctx.metrics.request((ctx.direction, ctx.service, "", ""), exc.status, 0.0)
+    if ctx.access_log.enabled:
+        why = re.sub(r"\W+", "_", str(exc).lower()).strip("_")[:64]
+        ctx.access_log.record(
+            start=time.time(), duration_s=0.0, downstream=peer,
+            method=method if _METHOD.match(method) else "-", authority=authority, path=path,
+            protocol=protocol, status=exc.status, bytes_in=0, bytes_out=0, route="",
+            upstream="", request_id="", detail=f"refused_{why}",
+        )  # fmt: skip
+
+
+_METHOD = re.compile(r"[A-Z]{1,20}\Z")
 
 
 async def _best_effort(conn: Conn, data: bytes | bytearray) -> None:
@@ -376,8 +408,6 @@ class RequestHandler:
                     head, outcome.status, b"", [(b"location", location.encode("latin-1"))]
                 )
             backend = pick_backend(action, self.usable if action.split is not None else None)
-            if backend is None and action.split is not None and action.split.skipped:
-                raise NoHealthyUpstream("no backend of the split has a healthy endpoint")
             if backend is None or backend.cluster is None:
                 outcome.status = 500
                 detail = "invalid_backend"
@@ -447,9 +477,13 @@ class RequestHandler:
                     return False
                 if grpc_deadline is not None:  # gRPC clients read the status from trailers
                     outcome.status = 200
+                    outcome.grpc_status = 4  # DEADLINE_EXCEEDED
                     return await ds.local_reply(head, 200, b"", GRPC_DEADLINE_EXCEEDED)
                 outcome.status = 504
-                return await ds.local_reply(head, 504, b"upstream timed out\n", close=True)
+                return await ds.local_reply(
+                    head, 504, b"upstream timed out\n", [(PROXY_ERROR_HEADER, b"upstream_timeout")],
+                    close=True,
+                )  # fmt: skip
             return outcome.request_complete and outcome.downstream_keep_alive
         except ProtocolError as exc:  # the client broke framing or a limit mid-body
             detail = "downstream_protocol_error"
@@ -464,12 +498,16 @@ class RequestHandler:
             outcome.status = exc.status
             body = f"upstream error: {exc}\n".encode("utf-8", "replace")
             # A caller's sidecar may retry what never reached the app, whatever its method.
-            marker = [(NOT_SENT_HEADER, NOT_SENT_VALUE)] if exc.retryable else None
-            return await ds.local_reply(head, exc.status, body, marker, close=True)
+            why = NOT_SENT_VALUE if exc.retryable else b"upstream_error"
+            return await ds.local_reply(
+                head, exc.status, body, [(PROXY_ERROR_HEADER, why)], close=True
+            )
         except NoHealthyUpstream:
             detail = "no_healthy_upstream"
             outcome.status = 503
-            return await ds.local_reply(head, 503, b"no healthy upstream\n")
+            return await ds.local_reply(
+                head, 503, b"no healthy upstream\n", [(PROXY_ERROR_HEADER, b"no_healthy_upstream")]
+            )
         except Overloaded as exc:  # a circuit-breaker limit: answer at once, queue nothing
             detail = f"overload_{exc.limit}"
             outcome.status = exc.status
@@ -477,8 +515,9 @@ class RequestHandler:
             ctx.metrics.inc("weft_overload_total", labels)
             why = exc.limit.encode()
             return await ds.local_reply(
-                head, exc.status, b"overloaded: " + why + b"\n", [(b"x-weft-overload", why)]
-            )
+                head, exc.status, b"overloaded: " + why + b"\n",
+                [(b"x-weft-overload", why), (PROXY_ERROR_HEADER, b"overload")],
+            )  # fmt: skip
         finally:
             if counted:
                 ctx.client_requests.leave(self.peer_text)
@@ -498,7 +537,8 @@ class RequestHandler:
                      head.method, match.template if match is not None else "", route_label,
                      self.scheme, authority, path, outcome.status, peer_service,
                      outcome.upstream, retries, head.version, self.peer_text,
-                     self.peer_uri, detail),
+                     self.peer_uri, detail, path[1:] if is_grpc(head) else "",
+                     outcome.grpc_status),
                     2 if client_id else 1,
                 )  # fmt: skip
             if ctx.access_log.enabled:
@@ -525,7 +565,7 @@ class RequestHandler:
     def usable(self, backend: Backend) -> bool:
         """Can this backend of a split take traffic now (some endpoint is healthy)?"""
         cluster = self.ctx.clusters.get(backend.cluster) if backend.cluster else None
-        return cluster is not None and cluster.has_endpoints(time.perf_counter())
+        return cluster is not None and cluster.healthy(time.perf_counter())
 
     def mirror(self, action: RouteAction, request: bytes | None) -> None:
         """Send a copy to each sampled mirror without waiting for it; a streaming body is

@@ -105,8 +105,9 @@ def pick_backend(
     action: RouteAction, usable: Callable[[Backend], bool] | None = None
 ) -> Backend | None:
     """The backend of the rule for this request: the only one, or the weighted split's
-    next pick among those `usable` says can take traffic (when several are named). A
-    backend that stops or starts being usable is logged once per change."""
+    next pick among those `usable` says can take traffic (when several are named; when
+    none can, among all of them by weight, as a cluster in panic does). A backend that
+    stops or starts being usable is logged once per change."""
     backends = action.backends
     if len(backends) == 1:
         return backends[0] if backends[0].weight > 0 else None
@@ -121,6 +122,8 @@ def pick_backend(
         _log_shares(action, split.skipped, skipped)
         split.skipped = skipped
     i = split.pick(mask)
+    if i < 0:
+        i = split.pick()
     return backends[i] if i >= 0 else None
 
 

@@ -144,7 +144,9 @@ class Tries:
                 cluster.requests -= 1
             end = time.perf_counter()
             seen = status or (outcome.status if error is None else 0)  # 0: no response
-            duration = cluster.observe(stats, seen, end)
+            # A peer sidecar's app answering 5xx is not a peer that cannot serve.
+            app = self.trust_marker and seen >= 500 and not outcome.proxy_error
+            duration = cluster.observe(stats, seen, end, app_error=app)
             if duration:
                 ctx.metrics.inc("weft_outlier_ejections_total", (("cluster", cluster.spec.name),))
             if error is None and failure is None:
@@ -166,6 +168,7 @@ class Tries:
                 self.body = bytes(outcome.replay)
                 self.body_done = True
             outcome.status = 0
+            outcome.proxy_error = False
             outcome.request_complete = False
             await trio.sleep(backoff_s(policy, self.retries, ctx.rng.random()))
 

@@ -96,6 +96,11 @@ class SidecarOptions:
     trace: TraceOptions | None = None  # export spans (service fields filled in by the sidecar)
 
 
+# Only this sidecar says which errors it answered itself (http/forward.py): its app's
+# answers lose the field.
+UNMARK = {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"remove": ["x-weft-error"]}}
+
+
 def inbound_snapshot(opts: SidecarOptions, listener: ListenerKey) -> Snapshot:
     """Inbound routing: every request to the local app (compiled like any configuration)."""
     ns, app = opts.namespace, opts.service
@@ -112,7 +117,8 @@ def inbound_snapshot(opts: SidecarOptions, listener: ListenerKey) -> Snapshot:
         {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
          "metadata": {"name": "inbound", "namespace": ns},
          "spec": {"parentRefs": [{"name": "inbound"}],
-                  "rules": [{"backendRefs": [{"name": app, "port": opts.app_port}]}]}},
+                  "rules": [{"backendRefs": [{"name": app, "port": opts.app_port}],
+                             "filters": [UNMARK]}]}},
         # The caller's sidecar retries elsewhere (what never reached the app is marked as
         # such); retrying here too would multiply tries. One local app: nothing to eject.
         {"apiVersion": "weft.dev/v1alpha1", "kind": "BackendTrafficPolicy",

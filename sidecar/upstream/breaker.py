@@ -7,6 +7,9 @@ caller answers 503 at once with `x-weft-overload: <limit>` (nothing queues).
 Outlier detection. Each endpoint has a breaker in the standard sense:
 - CLOSED: traffic flows; consecutive gateway errors (502/503/504, connect failures, resets,
   timeouts) or consecutive 5xx responses are counted, any other answer resets the count.
+  Behind a peer's sidecar, a 502/503/504 its app answered itself (the sidecar marks the
+  errors it answers, `x-weft-error`) is a 5xx, not a gateway error: an app reporting that
+  its own dependencies fail is not an instance that cannot serve.
 - OPEN: the endpoint is ejected (gets no traffic) until its ejection ends. The time is the
   base time multiplied by how many times it was ejected (capped), so an endpoint that keeps
   failing stays out longer; the count decays by one for each base period spent healthy.
@@ -65,11 +68,15 @@ class Outlier:
             return State.CLOSED
         return State.OPEN if now < self.until else State.HALF_OPEN
 
-    def record(self, policy: OutlierPolicy, status: int, now: float) -> bool:
-        """Count one outcome (`status` 0: no response: connect failure, reset, timeout);
-        True when the breaker should open (the caller checks the cluster's maximum)."""
-        gateway = status == 0 or status in GATEWAY_ERRORS
-        if not (gateway or status >= 500):
+    def record(
+        self, policy: OutlierPolicy, status: int, now: float, *, app_error: bool = False
+    ) -> bool:
+        """Count one outcome (`status` 0: no response: connect failure, reset, timeout;
+        `app_error`: the peer's app answered this 5xx itself); True when the breaker should
+        open (the caller checks the cluster's maximum)."""
+        gateway = status == 0 or (status in GATEWAY_ERRORS and not app_error)
+        counted = gateway or (status >= 500 and (not app_error or policy.consecutive_5xx > 0))
+        if not counted:
             if self.until and now >= self.until:  # the half-open trial passed
                 self.close(policy, now)
             self.consecutive_5xx = self.consecutive_gateway = 0

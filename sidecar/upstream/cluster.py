@@ -5,10 +5,20 @@ Times here are `time.perf_counter()` seconds, the data path's clock (not trio's)
 A `ClusterSpec` in the snapshot is immutable; its `Cluster` here is the mutable owner of
 what outlives one configuration: endpoint statistics and idle connections survive a
 reload for endpoints that stay, and are dropped for endpoints that leave.
+
+Panic (Envoy's `healthy_panic_threshold`): when fewer than `panic_threshold` percent of a
+cluster's endpoints take traffic (ejected by outlier detection or failing active checks),
+it balances over all of them instead. Health signals are then wrong more often than the
+endpoints are (a deny policy making every instance answer errors, a dependency down for
+all): failing every request with `503 no healthy upstream` turns a partial outage into a
+full one. A split still leaves a version with no healthy endpoint out (`healthy`), so a
+failing canary's share goes to the others; only when no version is healthy does the split
+fall back to its weights.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Awaitable, Callable, Collection, Mapping
@@ -30,6 +40,8 @@ from sidecar.upstream.retry import Budget
 
 if TYPE_CHECKING:
     from sidecar.upstream.h2client import H2Pool
+
+log = logging.getLogger("weft.upstream")
 
 MAX_IDLE_PER_ENDPOINT = 256
 # An idle connection older than this is checked for a FIN from the upstream before reuse.
@@ -87,8 +99,8 @@ class Cluster:
 
     __slots__ = (
         "available", "balancer", "budget", "connect_raw", "connecting", "connections",
-        "cumulative", "h2pools", "half_open", "next_change", "pools", "requests", "spec",
-        "stats",
+        "cumulative", "h2pools", "half_open", "healthy_now", "next_change", "panic", "pools",
+        "requests", "spec", "stats",
     )  # fmt: skip
 
     def __init__(self, spec: ClusterSpec, now: float, connect: Connector = connect_within) -> None:
@@ -106,6 +118,8 @@ class Cluster:
         self.half_open: list[EndpointStats] = []  # past their ejection, one trial at a time
         self.cumulative: Cumulative = None
         self.next_change = 0.0
+        self.healthy_now = True  # some endpoint takes traffic on its own merits
+        self.panic = False  # too few do: all endpoints take it
         self.refresh(now)
 
     # -- endpoints that take traffic ------------------------------------------------------
@@ -126,6 +140,20 @@ class Cluster:
                     half.append(s)
                 continue
             avail.append(s)
+        self.healthy_now = bool(avail or half)
+        total = len(self.stats)
+        panic = total > 0 and len(avail) * 100 < self.spec.panic_threshold * total
+        if panic != self.panic:
+            self.panic = panic
+            if panic:
+                log.warning("cluster %s: %d of %d endpoints healthy, under the %d%% panic "
+                            "threshold: balancing over all of them", self.spec.name,
+                            len(avail), total, self.spec.panic_threshold)  # fmt: skip
+            else:
+                log.info("cluster %s: out of panic (%d of %d endpoints healthy)",
+                         self.spec.name, len(avail), total)  # fmt: skip
+        if panic:
+            avail, half = list(self.stats), []
         self.available = avail
         self.half_open = half
         self.cumulative = cumulative_weights([s.endpoint.weight for s in avail])
@@ -152,14 +180,25 @@ class Cluster:
         return self.balancer.pick(stats, rng, now, cumulative)
 
     def has_endpoints(self, now: float) -> bool:
-        """Can a request be sent at all (some endpoint takes traffic or a trial)?"""
+        """Can a request be sent at all (some endpoint takes traffic or a trial, or the
+        cluster is in panic)?"""
         if now >= self.next_change:
             self.refresh(now)
         return bool(self.available or self.half_open)
 
-    def observe(self, stats: EndpointStats, status: int, now: float) -> float:
-        """Feed one try's outcome (`status` 0: no response) to the endpoint's breaker;
-        returns the ejection time when it opened (0.0 otherwise)."""
+    def healthy(self, now: float) -> bool:
+        """Does some endpoint take traffic on its own merits (panic aside)? What a split
+        asks before giving this backend its share."""
+        if now >= self.next_change:
+            self.refresh(now)
+        return self.healthy_now
+
+    def observe(
+        self, stats: EndpointStats, status: int, now: float, *, app_error: bool = False
+    ) -> float:
+        """Feed one try's outcome (`status` 0: no response; `app_error`: a 5xx the peer's
+        app answered itself) to the endpoint's breaker; returns the ejection time when it
+        opened (0.0 otherwise)."""
         policy = self.spec.outlier
         o = stats.outlier
         if policy is None or (
@@ -167,7 +206,7 @@ class Cluster:
         ):
             return 0.0
         was_open = o.until
-        if o.record(policy, status, now):
+        if o.record(policy, status, now, app_error=app_error):
             # A failed half-open trial reopens; a closed breaker opens within the maximum.
             if was_open or may_eject(policy, count_open([s.outlier for s in self.stats], now),
                                      len(self.stats)):  # fmt: skip

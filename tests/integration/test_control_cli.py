@@ -116,6 +116,7 @@ def test_check_reports_each_preflight_check(data: Path) -> None:
     conn = ("--server", f"127.0.0.1:{port}", "--data-dir", str(data))
     with _server(data, port):
         up = _meshctl("check", *conn)
+        as_json = _meshctl("check", "-o", "json", *conn)
     lines = up.stdout.splitlines()
     assert lines[0].startswith("PASS  CA in ") and "intermediate valid 36" in lines[0]
     assert lines[1].startswith("PASS  control plane reachable (generation ")
@@ -123,6 +124,12 @@ def test_check_reports_each_preflight_check(data: Path) -> None:
     assert [line.split("  ", 1)[1].split(" (")[0] for line in lines[3:]] == [
         "port 15000", "port 15001", "port 15006"]  # fmt: skip
     assert up.returncode == (0 if all(line.startswith("PASS") for line in lines) else 1)
+    got = json.loads(as_json.stdout)
+    assert [c["check"] for c in got["checks"]] == [
+        "ca", "control_plane", "clock_skew", "port_15000", "port_15001", "port_15006"]  # fmt: skip
+    assert [c["ok"] for c in got["checks"][:3]] == [True, True, True]
+    assert got["ok"] == all(c["ok"] for c in got["checks"])
+    assert as_json.returncode == (0 if got["ok"] else 1)
     down = _meshctl("check", *conn)
     assert down.returncode == 1
     assert f"FAIL  control plane: cannot reach the control plane at 127.0.0.1:{port}" in down.stdout

@@ -278,6 +278,60 @@ async def test_policy_allow_under_a_default_deny_mesh(plane: ControlPlane) -> No
     assert [r["path"] for r in app.received] == ["/o"]
 
 
+async def test_policy_list_remove_and_a_deny_that_still_wins(plane: ControlPlane) -> None:
+    code, _, err = await _meshctl(plane, "policy", "deny", "web", "orders")
+    assert code == 0, err
+    code, out, err = await _meshctl(plane, "policy", "allow", "web", "orders", "--path", "/o")
+    assert code == 0 and out.strip() == "AuthorizationPolicy default/allow-web-to-orders created"
+    assert err.startswith(
+        "warning: AuthorizationPolicy default/deny-web-to-orders denies web → orders, and a "
+        "DENY wins over any ALLOW: those calls stay refused"
+    ), err
+    _, out, _ = await _meshctl(plane, "policy", "allow", "stranger", "orders")
+    _, listed, _ = await _meshctl(plane, "policy", "list")
+    assert [line.split()[:3] for line in listed.splitlines()] == [
+        ["NAME", "TARGET", "ACTION"],
+        ["default/allow-stranger-to-orders", "default/orders", "ALLOW"],
+        ["default/allow-web-to-orders", "default/orders", "ALLOW"],
+        ["default/deny-web-to-orders", "default/orders", "DENY"],
+        ["default", "for", "services"],
+    ], listed
+    assert "service web       any /o" in listed, listed
+    code, out, _ = await _meshctl(plane, "policy", "remove", "web", "orders")
+    assert code == 0
+    assert [line.split(" (")[0] for line in out.splitlines()] == [
+        "AuthorizationPolicy default/allow-web-to-orders deleted",
+        "AuthorizationPolicy default/deny-web-to-orders deleted",
+    ]
+    _, listed, _ = await _meshctl(plane, "policy", "list", "-o", "json")
+    got = json.loads(listed)
+    assert got["default"] == "allow"
+    assert [p["name"] for p in got["policies"]] == ["default/allow-stranger-to-orders"]
+    code, _, err = await _meshctl(plane, "policy", "remove", "web", "orders")
+    assert code == 1 and "no policy web → orders in default" in err
+
+
+async def test_get_services_lists_declared_and_registered_ones(plane: ControlPlane) -> None:
+    billing = {"apiVersion": "weft.dev/v1alpha1", "kind": "Service",
+               "metadata": {"name": "billing"}, "spec": {"ports": [{"port": 80}]}}  # fmt: skip
+    await _apply(plane, billing)
+    with EchoServer("orders") as app:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_sidecar(plane, "orders", app.port, "v1").run)
+            await nursery.start(_sidecar(plane, "orders", app.port, "v2").run)
+            code, out, err = await _meshctl(plane, "get", "services")
+            _, as_json, _ = await _meshctl(plane, "get", "services", "orders", "-o", "json")
+            nursery.cancel_scope.cancel()
+    assert code == 0, err
+    assert [line.split() for line in out.splitlines()] == [
+        ["NAMESPACE", "NAME", "SOURCE", "INSTANCES", "VERSIONS"],
+        ["default", "billing", "declared", "0/0", "-"],
+        ["default", "orders", "registered", "2/2", "v1,v2"],
+    ], out
+    doc = json.loads(as_json)
+    assert doc["metadata"]["name"] == "orders" and doc["status"]["versions"] == ["v1", "v2"]
+
+
 async def test_control_plane_killed_and_restarted_under_traffic(tmp_path: Path) -> None:
     """`meshctl server` is SIGKILLed and started again while requests flow: none fails
     (sidecars serve their last snapshot), and afterwards a shift reaches every sidecar."""

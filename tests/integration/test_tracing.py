@@ -3,6 +3,7 @@ propagation (W3C and B3), sampling, and a collector that is down."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,11 @@ async def test_edge_spans_links_and_attributes(tmp_path: Path) -> None:
     assert attrs["client.address"] == "127.0.0.1"
     assert attrs["weft.route"] == "default/api"
     cattrs = client.attributes
+    assert "http.route" not in cattrs and cattrs["url.template"] == "/api/*"
+    # the CLIENT span is the call upstream: the endpoint it reached, not the client's URL
+    assert cattrs["url.full"] == f"http://127.0.0.1:{api.port}/api/items/7"
+    assert (cattrs["server.address"], cattrs["server.port"]) == ("127.0.0.1", api.port)
+    assert attrs["url.scheme"] == "http" and attrs["server.address"] == "127.0.0.1"
     assert cattrs["network.peer.address"] == "127.0.0.1"
     assert cattrs["network.peer.port"] == api.port
     assert cattrs["peer.service"] == "api"
@@ -192,3 +198,37 @@ async def test_a_collector_that_is_down_costs_spans_not_requests(tmp_path: Path)
             nursery.cancel_scope.cancel()
     assert 'weft_trace_spans_dropped_total{reason="export_failed"}' in metrics
     assert "weft_trace_spans_exported_total" in metrics
+
+
+async def test_grpc_spans_follow_the_rpc_conventions(tmp_path: Path) -> None:
+    """A gRPC call through the edge: spans named `package.Service/Method` with the RPC
+    attributes; a FAILED_PRECONDITION answer fails the CLIENT span, not the SERVER one."""
+    from tests.integration.test_grpc import CONFIG, SERVICE, _echo_server
+
+    with otlp_receiver() as (receiver, port), _echo_server() as (backend, _):
+        async with trio.open_nursery() as nursery:
+            _, edge_port = await start_edge(
+                nursery, tmp_path / "c.yaml", CONFIG.format(port=backend),
+                trace=TraceOptions(endpoint=f"127.0.0.1:{port}"),
+            )  # fmt: skip
+
+            def calls() -> None:
+                import grpc
+
+                with grpc.insecure_channel(f"127.0.0.1:{edge_port}") as ch:
+                    unary = ch.unary_unary(f"/{SERVICE}/Unary")
+                    assert unary(b"hi", timeout=10).startswith(b"echo:hi")
+                    with contextlib.suppress(grpc.RpcError):
+                        unary(b"fail", timeout=10)
+
+            await trio.to_thread.run_sync(calls)
+            assert await receiver.wait_for(lambda s: len(s) >= 4, 30), receiver.spans
+            nursery.cancel_scope.cancel()
+    spans = receiver.spans
+    assert {r.span.name for r in spans} == {f"{SERVICE}/Unary"}
+    codes = sorted((r.attributes["rpc.grpc.status_code"], r.span.kind, r.span.status.code)
+                   for r in spans)  # fmt: skip
+    assert codes == [(0, SERVER, 0), (0, CLIENT, 0), (9, SERVER, 0), (9, CLIENT, ERROR)]
+    for r in spans:
+        a = r.attributes
+        assert (a["rpc.system"], a["rpc.service"], a["rpc.method"]) == ("grpc", SERVICE, "Unary")

@@ -119,6 +119,21 @@ def test_consecutive_gateway_errors_open_and_any_success_resets() -> None:
         assert not o2.record(POLICY, 500, float(t))  # 5xx counting is off by default
 
 
+def test_a_peer_apps_own_errors_are_not_gateway_errors() -> None:
+    o = Outlier()
+    for t in range(10):  # a peer's app answering 502 itself: the instance serves
+        assert not o.record(POLICY, 502, float(t), app_error=True)
+    assert not o.record(POLICY, 503, 10.0)  # its sidecar's own 503s do count
+    assert not o.record(POLICY, 502, 10.1, app_error=True)  # an app answered: count reset
+    assert not o.record(POLICY, 503, 10.2)
+    assert not o.record(POLICY, 0, 10.3)
+    assert o.record(POLICY, 504, 10.4)
+    counting = OutlierPolicy(consecutive_5xx=2, consecutive_gateway_errors=0)
+    o2 = Outlier()  # 5xx counting, when asked for, counts an app's errors too
+    assert not o2.record(counting, 502, 0.0, app_error=True)
+    assert o2.record(counting, 500, 0.1, app_error=True)
+
+
 def test_consecutive_5xx_when_configured() -> None:
     p = OutlierPolicy(consecutive_5xx=2, consecutive_gateway_errors=0)
     o = Outlier()
@@ -180,7 +195,7 @@ def test_cluster_ejects_within_max_and_routes_around() -> None:
         assert c.observe(b, 503, 4.0 + t) == 0.0
     assert c.open_count(10.0) == 1
     # after 30 s: a is half-open and gets exactly one trial at a time
-    one = _cluster(1, outlier=POLICY)
+    one = _cluster(1, outlier=POLICY, panic_threshold=0)
     for t in range(3):
         one.observe(one.stats[0], 503, float(t))
     assert not one.has_endpoints(10.0)
@@ -217,10 +232,45 @@ def test_cluster_avoids_endpoints_already_tried() -> None:
 
 
 def test_unhealthy_endpoints_leave_rotation() -> None:
-    c = _cluster(2)
+    c = _cluster(2, panic_threshold=0)
     c.stats[0].healthy = c.stats[1].healthy = False
     c.refresh(0.0)
     assert c.pick(random.Random(), 0.0) is None and not c.has_endpoints(0.0)
+
+
+def test_under_the_panic_threshold_every_endpoint_takes_traffic() -> None:
+    rng = random.Random(4)
+    c = _cluster(4, outlier=OutlierPolicy(max_ejection_percent=100), lb_policy="round_robin")
+    for s in c.stats[:2]:  # 2 of 4 healthy: 50% is not under 50%
+        s.outlier.open(POLICY, 0.0)
+    c.refresh(0.0)
+    assert {c.pick(rng, 1.0).endpoint.port for _ in range(20)} == {9002, 9003}  # type: ignore[union-attr]
+    assert c.healthy(1.0) and not c.panic
+    c.stats[2].healthy = False  # 1 of 4: panic, all four take traffic
+    c.refresh(1.0)
+    assert c.panic and c.healthy(1.0)
+    assert {c.pick(rng, 1.0).endpoint.port for _ in range(20)} == {9000, 9001, 9002, 9003}  # type: ignore[union-attr]
+    c.stats[3].healthy = False  # none healthy: still served (panic), but not healthy
+    c.refresh(1.0)
+    assert c.has_endpoints(1.0) and not c.healthy(1.0)
+    c.stats[2].healthy = c.stats[3].healthy = True  # back over the threshold
+    c.refresh(1.0)
+    assert not c.panic
+    assert {c.pick(rng, 1.0).endpoint.port for _ in range(20)} == {9002, 9003}  # type: ignore[union-attr]
+
+
+def test_a_split_with_no_healthy_backend_falls_back_to_its_weights() -> None:
+    from sidecar.config.model import Backend, RouteAction
+    from sidecar.http.request import pick_backend
+
+    backends = (Backend(cluster="a", weight=3), Backend(cluster="b", weight=1))
+    action = RouteAction(backends=backends, split=SmoothWeighted((3, 1)), route="r", rule=0)
+    healthy = {"a": False, "b": True}
+    picks = [pick_backend(action, lambda b: healthy[b.cluster or ""]) for _ in range(8)]
+    assert {p.cluster for p in picks if p} == {"b"}  # a's share goes to b
+    healthy["b"] = False
+    picks = [pick_backend(action, lambda b: healthy[b.cluster or ""]) for _ in range(8)]
+    assert [p.cluster for p in picks if p].count("a") == 6  # by weight, 3:1
 
 
 # -- health verdicts -----------------------------------------------------------------------

@@ -215,12 +215,13 @@ def test_encoded_spans_equal_the_sdk_encoders() -> None:
         "network.protocol.version": "1.1", "weft.peer.identity": r.identity,
         "error.type": "UpstreamConnectError", "url.path": "/orders/7",
     }  # fmt: skip
-    client_attrs = {
+    client_attrs = {  # the edge's call: to the endpoint it reached
         "http.request.method": "POST",
-        "http.route": "/orders/*", "weft.route": "shop/orders", "http.response.status_code": 502,
-        "server.address": "orders", "peer.service": "orders", "network.peer.address": "10.0.0.5",
-        "network.peer.port": 9000, "http.request.resend_count": 1,
-        "error.type": "UpstreamConnectError", "url.full": "http://orders:8080/orders/7",
+        "url.template": "/orders/*", "weft.route": "shop/orders", "http.response.status_code": 502,
+        "server.address": "10.0.0.5", "server.port": 9000, "peer.service": "orders",
+        "network.peer.address": "10.0.0.5", "network.peer.port": 9000,
+        "http.request.resend_count": 1,
+        "error.type": "UpstreamConnectError", "url.full": "http://10.0.0.5:9000/orders/7",
     }  # fmt: skip
     sdk = [
         _sdk_span(r, 0x1111, int(SPAN, 16), SpanKind.SERVER, start, end, server_attrs,
@@ -260,8 +261,46 @@ def test_export_request_framing() -> None:
     assert len(rs.scope_spans[0].spans) == 6
 
 
+def test_span_names_follow_the_http_and_rpc_conventions() -> None:
+    def names(r: Finished) -> list[str]:
+        return [span.name for span in ScopeSpans.FromString(encode([r])).spans]
+
+    edge = _record(SERVER, 0x2222, 200)
+    assert names(edge) == ["POST /orders/*", "POST /orders/*"]  # server: http.route
+    assert names(edge._replace(template="")) == ["POST", "POST"]  # every path: no route
+    outbound = _record(CLIENT, 0, 200)._replace(peer_service="orders")
+    spans = ScopeSpans.FromString(encode([outbound])).spans
+    assert spans[0].name == "POST /orders/*"  # client: url.template
+    attrs = {kv.key: kv.value for kv in spans[0].attributes}
+    assert "http.route" not in attrs and attrs["url.template"].string_value == "/orders/*"
+    assert attrs["url.full"].string_value == "http://orders:8080/orders/7"  # the app's URL
+    assert attrs["server.address"].string_value == "orders"
+
+
+@pytest.mark.parametrize(
+    ("kind", "code", "failed"),
+    [(SERVER, 0, False), (SERVER, 5, False), (SERVER, 14, True), (SERVER, 4, True),
+     (CLIENT, 0, False), (CLIENT, 5, True)],
+)  # fmt: skip
+def test_grpc_spans(kind: int, code: int, failed: bool) -> None:
+    call = _record(kind, 0, 200)._replace(
+        method="POST", path="/shop.Catalog/List", rpc="shop.Catalog/List", grpc_status=code
+    )
+    span = ScopeSpans.FromString(encode([call])).spans[0]
+    assert span.name == "shop.Catalog/List"
+    attrs = {kv.key: kv.value for kv in span.attributes}
+    assert attrs["rpc.system"].string_value == "grpc"
+    assert attrs["rpc.service"].string_value == "shop.Catalog"
+    assert attrs["rpc.method"].string_value == "List"
+    assert attrs["rpc.grpc.status_code"].int_value == code
+    assert (span.status.code == 2) is failed
+    if failed:
+        names = {4: "DEADLINE_EXCEEDED", 5: "NOT_FOUND", 14: "UNAVAILABLE"}
+        assert attrs["error.type"].string_value == names[code]
+
+
 def test_route_templates() -> None:
-    assert route_template("PathPrefix", "/") == "/*"
+    assert route_template("PathPrefix", "/") == ""  # every path: no route template
     assert route_template("PathPrefix", "/api/") == "/api/*"
     assert route_template("Exact", "/healthz") == "/healthz"
     assert route_template("RegularExpression", "/v[0-9]+/.*") == "/v[0-9]+/.*"

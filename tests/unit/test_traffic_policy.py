@@ -61,6 +61,7 @@ spec:
     timeout: 500ms
     healthyThreshold: 1
     unhealthyThreshold: 2
+    panicThreshold: 25
 """
 
 
@@ -92,6 +93,14 @@ def test_policy_sets_the_cluster(tmp_path: Path) -> None:
     assert (h.interval_s, h.timeout_s, h.healthy_threshold, h.unhealthy_threshold) == (
         2, 0.5, 1, 2,
     )  # fmt: skip
+    assert spec.panic_threshold == 25
+
+
+def test_a_panic_threshold_alone_is_no_active_check(tmp_path: Path) -> None:
+    alone = POLICY.split("  healthCheck:", maxsplit=1)[0] + "  healthCheck: {panicThreshold: 0}\n"
+    spec = _load(tmp_path, BASE + alone).clusters["shop/orders:80"]
+    assert spec.health_check is None and spec.panic_threshold == 0
+    assert _load(tmp_path, BASE).clusters["shop/orders:80"].panic_threshold == 50
 
 
 def test_defaults_without_a_policy(tmp_path: Path) -> None:
@@ -151,6 +160,8 @@ def test_outlier_detection_can_be_switched_off(tmp_path: Path) -> None:
         (("maxInterval: 1s", "maxInterval: 1ms"),
          "spec.retry.backoff.maxInterval: must not be shorter than baseInterval"),
         (("kind: Service, name: orders", "kind: Gateway, name: orders"), "spec.targetRef.kind"),
+        (("panicThreshold: 25", "panicThreshold: 101"),
+         "spec.healthCheck.panicThreshold: must be between 0 and 100"),
         (("bufferBytes: 1024", "bufferBytes: 1024\n    retryOn: everything"),
          "spec.retry.retryOn: unknown field"),
     ],
