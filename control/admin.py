@@ -19,20 +19,23 @@ from control import api, top
 from control.registry import Instance
 from control.shift import check_weights, split_route
 from control.state import ControlState
+from control.traces import TraceStore
 from sidecar.config.parse import Document
 from sidecar.discovery.consul import ConsulError, ConsulRefused
 from sidecar.errors import ConfigError
 
 
 class AdminService:
-    def __init__(self, state: ControlState, token: str) -> None:
+    def __init__(self, state: ControlState, token: str, traces: TraceStore | None = None) -> None:
         self.state = state
         self.token = token
+        self.traces = traces
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods = {
             "Apply": self.apply, "Get": self.get, "Delete": self.delete,
             "Shift": self.shift, "Status": self.status, "Top": self.top,
+            "Traces": self.list_traces,
         }  # fmt: skip
         return grpc.method_handlers_generic_handler(
             api.ADMIN_SERVICE,
@@ -142,6 +145,28 @@ class AdminService:
             "instances": rows,
             "time": time.time(),  # for clock-skew checks
         }
+
+    async def list_traces(self, request: Any, context: Any) -> dict[str, Any]:
+        """Recent traces from the built-in OTLP receiver: a list, or one trace's spans
+        (`trace_id`: an id or its prefix)."""
+        await self._authorize(context)
+        if self.traces is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this control plane receives no traces (start it with --otlp-listen)",
+            )
+        assert self.traces is not None
+        if prefix := str(request.get("trace_id") or ""):
+            found = self.traces.find(prefix)
+            if found is None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"no trace {prefix} (kept: the "
+                                    f"{self.traces.max_traces} most recent)")  # fmt: skip
+            assert found is not None
+            return {"trace_id": found[0], "spans": found[1]}
+        limit = int(request.get("limit") or 20)
+        listed = self.traces.summaries(self.traces.max_traces, str(request.get("service") or ""))
+        done = [t for t in listed if t["settled"]]
+        return {"traces": done[:limit], "receiving": len(listed) - len(done)}
 
     async def top(self, request: Any, context: Any) -> dict[str, Any]:
         """RPS, success rate and latency by service and version over the last `window_s`,

@@ -27,6 +27,7 @@ from control.admin import AdminService
 from control.metrics import HttpPort
 from control.state import ControlState
 from control.store import ResourceFile
+from control.traces import TraceStore, otlp_handler
 from control.watch import ConfigService
 from mesh_ctl.api import identity_pb2_grpc
 from sidecar.discovery.consul import ConsulError, parse_url
@@ -47,10 +48,12 @@ class ControlPlane:
         store: str = "",
         consul_token: str = "",
         http_listen: str = "",
+        otlp_listen: str = "",
     ) -> None:
         """`store`: "" keeps resources in the data dir; a consul:// URL (ValueError if
         malformed) keeps them in Consul KV and takes endpoints from Consul. `http_listen`:
-        where to serve /healthz and /metrics (HOST:PORT; "" for nowhere)."""
+        where to serve /healthz and /metrics (HOST:PORT; "" for nowhere). `otlp_listen`:
+        where to receive spans over OTLP/gRPC for `meshctl traces` ("" for nowhere)."""
         self.data_dir = data_dir
         self.consul = parse_url(store, token=consul_token) if store else None
         self.listen = listen
@@ -63,6 +66,9 @@ class ControlPlane:
         self.admin_token = api.admin_token(data_dir, create=True)
         self.http_listen = http_listen
         self.http: HttpPort | None = None
+        self.otlp_listen = otlp_listen
+        self.otlp_port = 0
+        self.traces = TraceStore() if otlp_listen else None
         self.port = 0
         self.grace_s = 5.0
         self.state: ControlState | None = None
@@ -146,7 +152,7 @@ class ControlPlane:
             )
             server.add_generic_rpc_handlers(
                 (
-                    AdminService(state, self.admin_token).handler(),
+                    AdminService(state, self.admin_token, self.traces).handler(),
                     ConfigService(state, self.data_dir).handler(),
                 )
             )
@@ -159,6 +165,7 @@ class ControlPlane:
                     f"cannot listen on {self.listen}: address in use (another control plane?)"
                     " or not available"
                 )
+            otlp = await self._serve_otlp(pool) if self.otlp_listen else None
             await server.start()
             self._ready.set()
             background.append(asyncio.create_task(_expire_loop(state)))
@@ -166,7 +173,23 @@ class ControlPlane:
             for task in background:
                 task.cancel()
             state.stopping = True  # the watches end now; their sidecars will be back
+            if otlp is not None:
+                await otlp.stop(0)
             await server.stop(self.grace_s)
+
+    async def _serve_otlp(self, pool: futures.ThreadPoolExecutor) -> grpc.aio.Server:
+        """OTLP/gRPC's TraceService on `otlp_listen`, plaintext as a collector's is."""
+        server = grpc.aio.server(migration_thread_pool=pool, options=[("grpc.so_reuseport", 0)])
+        assert self.traces is not None
+        server.add_generic_rpc_handlers((otlp_handler(self.traces),))
+        try:
+            self.otlp_port = server.add_insecure_port(self.otlp_listen)
+        except RuntimeError:
+            self.otlp_port = 0
+        if self.otlp_port == 0:
+            raise keystore.KeystoreError(f"cannot listen on {self.otlp_listen}: address in use")
+        await server.start()
+        return server
 
     async def _consul_state(self, background: list[asyncio.Task[None]]) -> ControlState:
         """Resources from Consul KV (or, while Consul is unreachable, the last ones this

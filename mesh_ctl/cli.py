@@ -143,6 +143,7 @@ def _server(args: argparse.Namespace) -> int:
         server = ControlPlane(
             data_dir, args.listen, store=store, consul_token=args.consul_token,
             http_listen="" if args.http_listen == "off" else args.http_listen,
+            otlp_listen="" if args.otlp_listen == "off" else args.otlp_listen,
         )  # fmt: skip
         server.start()
     except ValueError as exc:
@@ -158,6 +159,8 @@ def _server(args: argparse.Namespace) -> int:
     reach = "127.0.0.1" if host in ("0.0.0.0", "[::]", "") else host
     common.write_context(f"{reach}:{server.port}", data_dir)
     http = f"; /metrics on port {server.http.port}" if server.http is not None else ""
+    if server.otlp_port:
+        http += f"; OTLP traces in on port {server.otlp_port} (meshctl traces)"
     logging.getLogger("weft.server").info(
         "control plane on %s:%d (identity, admin; CA in %s; resources in %s%s)",
         host, server.port, keystore.ca_dir(data_dir), store or data_dir / "resources.json", http,
@@ -521,6 +524,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="/healthz and /metrics (Prometheus); off: none",
     )  # fmt: skip
     server.add_argument(
+        "--otlp-listen", default="off", metavar="HOST:PORT",
+        help="receive spans over OTLP/gRPC there and keep the recent ones for "
+        "`meshctl traces` (default: off)",
+    )  # fmt: skip
+    server.add_argument(
         "--store", default="file", metavar="file|consul://HOST:PORT[/PREFIX]",
         help="where resources live: the data dir, or Consul KV (replicas share it; endpoints "
         "then come from Consul's health checks)",
@@ -537,10 +545,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--data-dir", help="default: $WEFT_DATA_DIR or ~/.weft")
     create.set_defaults(func=_token)
 
-    from mesh_ctl import mesh_cli, resources_cli, up
+    from mesh_ctl import mesh_cli, resources_cli, traces_cli, up
 
     resources_cli.register(sub)
     mesh_cli.register(sub)
+    traces_cli.register(sub)
     up.register(sub)
 
     version = sub.add_parser("version", help="print the version")

@@ -149,8 +149,11 @@ class Mesh:
         listen = f"127.0.0.1:{self.server_port}"
         self.http_port = free_port()
         http = f"127.0.0.1:{self.http_port}"
-        cmd = self.meshctl("server", "--data-dir", str(data), "--listen", listen)
-        server = self._spawn("control-plane", [*cmd, "--http-listen", http])
+        otlp = f"127.0.0.1:{free_port()}"  # the control plane keeps traces for `meshctl traces`
+        self.otlp_endpoint = self.otlp_endpoint or otlp
+        cmd = self.meshctl("server", "--data-dir", str(data), "--listen", listen,
+                           "--http-listen", http, "--otlp-listen", otlp)  # fmt: skip
+        server = self._spawn("control-plane", cmd)
         _wait_listening(self, self.server_port, server)
         say(f"control plane on {listen} (metrics on {http}), CA in {data / 'ca'}")
         self._apply_mesh(data)
@@ -364,9 +367,11 @@ def up(args: argparse.Namespace) -> int:
         say(table(rows))
         server = f"127.0.0.1:{mesh.server_port}"
         write_context(server, state / "data")  # `meshctl top` etc. in another terminal
+        traces = "meshctl traces" if not args.otlp_endpoint else args.otlp_endpoint
         reach = (
             f"control plane: {server}  data: {state / 'data'}  (the current context: "
-            f"meshctl top, get, shift … find it)\nlogs: {state / 'logs'}    try: curl {url}"
+            f"meshctl top, get, shift … find it)\ntraces: {traces}    logs: {state / 'logs'}"
+            f"    try: curl {url}"
         )
         say(reach)
         if args.traffic:
@@ -416,6 +421,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--interval", type=float, default=2.0, help="seconds between live samples")
     p.add_argument(
         "--otlp-endpoint", default="", metavar="HOST:PORT",
-        help="the edge and sidecars export spans there over OTLP/gRPC (Jaeger: :4317)",
+        help="the edge and sidecars export spans there over OTLP/gRPC (Jaeger: :4317); "
+        "default: the control plane, which keeps the recent ones for `meshctl traces`",
     )  # fmt: skip
     p.set_defaults(func=up)

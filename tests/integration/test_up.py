@@ -51,11 +51,12 @@ async def _up_and_down(receiver: Receiver, otlp: int) -> None:
     out: list[str] = []
     try:
         with trio.fail_after(120):
-            while not out or not out[-1].startswith("logs: "):
+            while not out or not out[-1].startswith("traces: "):
                 line = await trio.to_thread.run_sync(proc.stdout.readline)
                 assert line, "".join(out)
                 out.append(line.decode())
-        state = out[-1].split()[1].removesuffix("/logs")
+        assert out[-1].startswith(f"traces: 127.0.0.1:{otlp} ")  # where it was told
+        state = out[-1].split("logs: ")[1].split()[0].removesuffix("/logs")
         assert out[-1].strip().endswith(f"try: curl http://127.0.0.1:{port}/")
         assert any(line.startswith("starting: 6/6 ready") for line in out)
         # another terminal: no flags, the current context `up` saved finds this mesh
