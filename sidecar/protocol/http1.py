@@ -103,6 +103,7 @@ class RequestHead:
     upgrade: bytes | None = None
     forwarded_for = b""
     request_id = b""
+    request_id_name = b""  # the first X-Request-Id line's name, as received
     traceparent = b""  # trace context fields (seen only by a tracing hop's HTTP/1 parser)
     tracestate = b""
     b3 = False
@@ -215,11 +216,16 @@ class RequestParser:
                 head.cut.append(name)
                 head.rewrite_length = True
             return
-        if kind == _XRID:
-            if not head.request_id:  # one is forwarded, the first
+        if kind == _XRID:  # one is forwarded, the first with a value
+            if not head.request_id and value:
                 head.request_id = value
-                return
-            head.request_id_cut = True
+                if not head.request_id_cut:  # the line can stay as it is
+                    head.request_id_name = name
+                    return
+            if not head.request_id_cut:  # another, or an empty one: every line is cut
+                head.request_id_cut = True  # (however each is spelled) and the proxy
+                if head.request_id_name:  # writes the one line itself
+                    head.cut.append(head.request_id_name)
         head.cut.append(name)
         if kind >= _TRACE:
             if kind == _TRACE:

@@ -262,3 +262,11 @@ async def test_traces_without_jaeger(tmp_path: Path) -> None:
     assert lines[1].startswith("edge GET /api/*") and "server http=200" in lines[1]
     assert lines[2].startswith("  edge GET /api/*") and "client http=200 peer=api" in lines[2]
     assert missing.returncode == 1 and "no trace ffff" in missing.stderr
+
+
+def test_a_missing_admin_token_gives_no_hint_already_followed(data: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "WEFT_ADMIN_TOKEN"}
+    done = _meshctl("status", "--data-dir", str(data), "--server", "127.0.0.1:1", env=env)
+    assert done.returncode == 1
+    assert done.stderr.startswith("meshctl: no admin token in "), done.stderr
+    assert done.stderr.strip().endswith(": set WEFT_ADMIN_TOKEN")  # --data-dir was given

@@ -49,6 +49,11 @@ FINDINGS = {
     b"X-Forwarded-Client-Cert: By=a;URI=spiffe://x\r\n\r\n",
     "leading_zero_length": b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 0005\r\n\r\nhello",
     "empty_host": b"GET /a HTTP/1.1\r\nHost:\r\n\r\n",
+    # several X-Request-Id lines spelled differently: one is forwarded, not two
+    "request_ids_spelled_apart": b"GET /a HTTP/1.1\r\nHost: h\r\nx-request-id: a\r\n"
+    b"X-Request-Id: b\r\n\r\n",
+    "request_id_empty_first": b"GET /a HTTP/1.1\r\nHost: h\r\nX-Request-Id:\r\n"
+    b"x-request-id: a\r\n\r\n",
 }
 
 
