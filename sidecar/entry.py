@@ -19,7 +19,8 @@ from typing import Any
 import trio
 
 from sidecar.config.model import ListenerKey, RouteAction
-from sidecar.http.proxy import ProxyContext, serve_http1
+from sidecar.http.context import ProxyContext
+from sidecar.http.http1 import serve_http1
 from sidecar.http.router import ListenerRoutes, PortRouter
 from sidecar.protocol.http2 import PREFACE
 from sidecar.protocol.sniff import Detected, NeedMore, client_hello_sni, detect

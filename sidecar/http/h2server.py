@@ -40,10 +40,11 @@ from ca.spiffe import SpiffeId
 from sidecar.config.mesh import Destination
 from sidecar.config.model import ListenerKey
 from sidecar.errors import DownstreamClosed, ProtocolError, StreamError
+from sidecar.http.context import ProxyContext
 from sidecar.http.filters import HeaderOps
 from sidecar.http.forward import Outcome, Relay, feed_response, proxy_error, response_parser
+from sidecar.http.handler import RequestHandler, log_refused
 from sidecar.http.pace import BodyPace, too_slow
-from sidecar.http.proxy import ProxyContext, RequestHandler, log_refused
 from sidecar.protocol.grpc import is_grpc
 from sidecar.protocol.http1 import END, End, RequestHead
 from sidecar.protocol.http2 import (

@@ -30,7 +30,7 @@ from sidecar.upstream.retry import Failure, backoff_s, retryable
 
 if TYPE_CHECKING:
     from sidecar.config.model import Backend, Endpoint
-    from sidecar.http.proxy import ProxyContext
+    from sidecar.http.context import ProxyContext
     from sidecar.protocol.http1 import RequestHead
 
 H2_PROTOCOLS = ("HTTP2", "GRPC")  # cluster protocols spoken over HTTP/2

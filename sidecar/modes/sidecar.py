@@ -40,7 +40,8 @@ from sidecar.config.store import SnapshotStore
 from sidecar.config.watch import ConfigWatch
 from sidecar.entry import handshake_failed, serve_http2, sniff
 from sidecar.errors import ConfigError
-from sidecar.http.proxy import ProxyContext, serve_http1
+from sidecar.http.context import ProxyContext
+from sidecar.http.http1 import serve_http1
 from sidecar.identity.fetch import fetch_svid
 from sidecar.identity.svid import IdentityError, Svid, SvidRequest
 from sidecar.observe.accesslog import AccessLog

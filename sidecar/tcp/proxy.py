@@ -15,7 +15,7 @@ import trio
 
 from sidecar.config.model import RouteAction
 from sidecar.errors import UpstreamConnectError
-from sidecar.http.proxy import ProxyContext
+from sidecar.http.context import ProxyContext
 from sidecar.http.request import pick_backend
 from sidecar.tcp.relay import Counts, relay
 from sidecar.transport.idle import Tracked
