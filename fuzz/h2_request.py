@@ -45,7 +45,7 @@ def one_input(data: bytes) -> None:
         return
     fwd = oracle.INBOUND
     rid = head.request_id.decode("latin-1") or oracle.RID
-    out = bytes(upstream_request(head, target, authority, oracle._ACTION, oracle._BACKEND,
+    out = bytes(upstream_request(head, target, authority, oracle._ACTION, (),
                                  oracle._MATCH, fwd, rid))  # fmt: skip
     if head.chunked:
         out += b"0\r\n\r\n"

@@ -357,7 +357,7 @@ class _Compiler:
                 Backend(
                     cluster=cluster,
                     weight=br.weight,
-                    request_headers=b_req,
+                    request_ops=tuple(op for op in (req_h, b_req) if op is not None),
                     response_ops=tuple(op for op in (resp_h, b_resp) if op is not None),
                     reason=why,
                     retry=self._retry(route, rule, cluster),
@@ -367,7 +367,6 @@ class _Compiler:
             route=_nn(route.meta),
             rule=index,
             rule_name=rule.name,
-            request_headers=req_h,
             redirect=redirect,
             rewrite=rewrite,
             mirrors=tuple(mirrors),

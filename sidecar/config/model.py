@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from sidecar.authz import Policy
     from sidecar.config.mesh import MeshNames
+    from sidecar.filters.chain import Filter
     from sidecar.http.filters import HeaderOps
     from sidecar.http.router import PortRouter
     from sidecar.upstream.balance import SmoothWeighted
@@ -121,8 +122,8 @@ class Backend:
 
     cluster: str | None
     weight: int
-    request_headers: HeaderOps | None = None
-    # the rule's ResponseHeaderModifier then this backend's, in the order they apply
+    # the rule's Request/ResponseHeaderModifier then this backend's, in the order they apply
+    request_ops: tuple[HeaderOps, ...] = ()
     response_ops: tuple[HeaderOps, ...] = ()
     reason: str = ""  # why the ref is invalid
     # the cluster's retry policy with the rule's `retry` over it; None: the cluster's as is
@@ -160,7 +161,6 @@ class RouteAction:
     route: str  # "namespace/name", the bounded `route` metric label
     rule: int
     rule_name: str | None = None
-    request_headers: HeaderOps | None = None
     redirect: RedirectAction | None = None
     rewrite: RewriteAction | None = None
     mirrors: tuple[Mirror, ...] = ()
@@ -169,6 +169,8 @@ class RouteAction:
     split: SmoothWeighted | None = field(default=None, compare=False)
     request_timeout_s: float | None = None  # the whole exchange, retries included
     backend_request_timeout_s: float | None = None  # each try
+    # what runs on each request before it is forwarded (sidecar/filters/chain.py)
+    filters: tuple[Filter, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -47,6 +47,8 @@ if TYPE_CHECKING:  # HTTP/2 and TLS load on first use: a plain gateway stays sma
     from ca.spiffe import SpiffeId
     from sidecar.http.forward_h2 import ResponseWriter
 
+from sidecar.filters.chain import Exchange
+from sidecar.filters.chain import run as run_filters
 from sidecar.http.context import ProxyContext
 from sidecar.http.mirror import mirror
 
@@ -205,6 +207,15 @@ class RequestHandler:
                 return await ds.local_reply(head, 404, b"no route\n")
             action = match.action
             route_label = action.route
+            x = None
+            if action.filters:  # the rule's chain: it may answer, or edit what goes on
+                x = Exchange(head.method, authority, path, query, head.headers, self.peer_text,
+                             self.scheme)  # fmt: skip
+                reply = run_filters(action.filters, x)
+                if reply is not None:
+                    outcome.status = reply.status
+                    detail = reply.detail
+                    return await ds.local_reply(head, reply.status, reply.body, list(reply.headers))
             if action.redirect is not None:
                 lst = router.listener_for(host) if router is not None else None
                 port = lst.port if lst is not None else self.listener.port
@@ -249,17 +260,21 @@ class RequestHandler:
             grpc_deadline = grpc_timeout(head) if spec.protocol in H2_PROTOCOLS else None
             if grpc_deadline is not None and (deadline is None or grpc_deadline < deadline):
                 deadline = grpc_deadline
+            ops = backend.request_ops
+            if x is not None:
+                ops = (*ops, *x.request_ops)
+                tries.response_ops = (*tries.response_ops, *x.response_ops)
             fields = None
             if spec.protocol in H2_PROTOCOLS:
                 buffered = bytearray()
                 outcome.bytes_in, body_done = ds.take_buffered_body(buffered, False)
                 fields = h2_request_headers(
-                    head, target, authority, action, backend, match, self.fwd, rid, trace
+                    head, target, authority, action, ops, match, self.fwd, rid, trace
                 )
                 tries.prepare(buffered, body_done)
             else:
                 request = upstream_request(
-                    head, target, authority, action, backend, match, self.fwd, rid, trace
+                    head, target, authority, action, ops, match, self.fwd, rid, trace
                 )
                 outcome.bytes_in, body_done = ds.take_buffered_body(request, head.chunked)
                 if action.mirrors:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from sidecar.config.model import Backend, Limits, RouteAction
 from sidecar.errors import ProtocolError
-from sidecar.http.filters import rewritten_target, split_target
+from sidecar.http.filters import HeaderOps, rewritten_target, split_target
 from sidecar.http.paths import normalize_path
 from sidecar.http.router import CompiledMatch
 from sidecar.observe.tracecontext import REPLACED
@@ -141,7 +141,7 @@ def upstream_request(
     target: str,
     authority: str,
     action: RouteAction,
-    backend: Backend,
+    ops: tuple[HeaderOps, ...],
     match: CompiledMatch,
     fwd: Forwarding,
     rid: str,
@@ -155,8 +155,7 @@ def upstream_request(
     host = authority.encode("latin-1")
     if (
         head.raw is not None
-        and action.request_headers is None
-        and backend.request_headers is None
+        and not ops
         and (rewrite is None or rewrite.hostname is None)
         and authority == head.host
     ):
@@ -171,7 +170,7 @@ def upstream_request(
         if not head.request_id or head.request_id_cut:
             out += b"x-request-id: " + rid.encode("latin-1") + b"\r\n"
     else:
-        out += _rebuilt_headers(head, host, action, backend, fwd)
+        out += _rebuilt_headers(head, host, action, ops, fwd)
         out += b"x-request-id: " + rid.encode("latin-1") + b"\r\n"
     out += trace
     if fwd.peer is not None:
@@ -198,10 +197,11 @@ def _target(target: str, action: RouteAction, match: CompiledMatch) -> str:
 
 
 def _rebuilt_headers(
-    head: RequestHead, host: bytes, action: RouteAction, backend: Backend, fwd: Forwarding
-) -> bytearray:
+    head: RequestHead, host: bytes, action: RouteAction, ops: tuple[HeaderOps, ...],
+    fwd: Forwarding,
+) -> bytearray:  # fmt: skip
     """The slow path: parsed fields, filtered and modified, serialized again."""
-    headers = forwarded_fields(head, host, action, backend, fwd)
+    headers = forwarded_fields(head, host, action, ops, fwd)
     if head.content_length is not None and not head.chunked:
         headers.append((b"content-length", b"%d" % head.content_length))
     out = serialize_head(b"", headers)
@@ -210,11 +210,12 @@ def _rebuilt_headers(
 
 
 def forwarded_fields(
-    head: RequestHead, host: bytes, action: RouteAction, backend: Backend, fwd: Forwarding
-) -> list[tuple[bytes, bytes]]:
-    """The request's end-to-end fields after the route's filters, `host` first (the
-    rewritten hostname if the route has one); no framing fields, and no forwarding fields
-    when this hop sets them."""
+    head: RequestHead, host: bytes, action: RouteAction, ops: tuple[HeaderOps, ...],
+    fwd: Forwarding,
+) -> list[tuple[bytes, bytes]]:  # fmt: skip
+    """The request's end-to-end fields after the edits of the route's filters (`ops`, in
+    order), `host` first (the rewritten hostname if the route has one); no framing
+    fields, and no forwarding fields when this hop sets them."""
     drop = _DROPPED[fwd.peer is not None, fwd.trace]
     kept = strip_hop_by_hop(head.headers, head.connection)
     headers = [h for h in kept if h[0].lower() not in drop]
@@ -222,10 +223,8 @@ def forwarded_fields(
     if rewrite is not None and rewrite.hostname is not None:
         host = rewrite.hostname.encode()
     headers.insert(0, (b"host", host))
-    if action.request_headers is not None:
-        headers = action.request_headers.apply(headers)
-    if backend.request_headers is not None:
-        headers = backend.request_headers.apply(headers)
+    for edit in ops:
+        headers = edit.apply(headers)
     return headers
 
 
@@ -234,7 +233,7 @@ def h2_request_headers(
     target: str,
     authority: str,
     action: RouteAction,
-    backend: Backend,
+    ops: tuple[HeaderOps, ...],
     match: CompiledMatch,
     fwd: Forwarding,
     rid: str,
@@ -242,7 +241,7 @@ def h2_request_headers(
 ) -> list[tuple[bytes, bytes]]:
     """The header list of the request on an HTTP/2 upstream stream."""
     target = _target(target, action, match)
-    fields = forwarded_fields(head, authority.encode("latin-1"), action, backend, fwd)
+    fields = forwarded_fields(head, authority.encode("latin-1"), action, ops, fwd)
     out = [
         (b":method", head.method.encode()),
         (b":scheme", b"http"),

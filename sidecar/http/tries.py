@@ -55,7 +55,7 @@ class Tries:
 
     __slots__ = (
         "backend", "body", "body_done", "cluster", "ctx", "ds", "head", "last_failure",
-        "outcome", "per_try_s", "policy", "retries", "start", "trust_marker",
+        "outcome", "per_try_s", "policy", "response_ops", "retries", "start", "trust_marker",
     )  # fmt: skip
 
     def __init__(
@@ -83,6 +83,8 @@ class Tries:
         self.last_failure = ""  # why the last retry was made, for the log
         # Only a peer's sidecar says "connect_failure" (mesh traffic, mTLS-verified).
         self.trust_marker = ctx.sidecar_upstreams
+        # edits to the response head: the route's, then what its filters added
+        self.response_ops = backend.response_ops
         self.body: bytes | bytearray = b""  # HTTP/1: the request head and body so far
         self.body_done = False
 
@@ -218,13 +220,13 @@ class Tries:
             )
             return exchange_h2(
                 ds, h2pool, ctx.background, endpoint.address, endpoint.port, head, h2_fields,
-                bytes(self.body), self.body_done, self.backend.response_ops, outcome,
+                bytes(self.body), self.body_done, self.response_ops, outcome,
                 spec.connect_timeout_s,
             )  # fmt: skip
         pool = cluster.pools[endpoint.key]  # kept in step with the endpoints (Cluster.update)
         request = self.body if isinstance(self.body, bytearray) else bytearray(self.body)
         return exchange(
             ds, pool, endpoint.address, endpoint.port, head, request, self.body_done,
-            ds.next_event, self.backend.response_ops, outcome, spec.connect_timeout_s,
+            ds.next_event, self.response_ops, outcome, spec.connect_timeout_s,
             spec.idle_timeout_s, self.start, ds.relay,
         )  # fmt: skip

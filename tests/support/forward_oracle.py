@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import httptools
 
-from sidecar.config.model import Backend, Limits, RouteAction
+from sidecar.config.model import Limits, RouteAction
 from sidecar.errors import ProtocolError
 from sidecar.http.request import Forwarding, client_cert_line, parse_target, upstream_request
 from sidecar.http.router import CompiledMatch
@@ -32,7 +32,6 @@ from sidecar.protocol.http1 import EDGE_KINDS, MESH_KINDS, End, RequestHead, Req
 from sidecar.protocol.wire import chunk, last_chunk
 
 _ACTION = RouteAction(route="ns/r", rule=0)
-_BACKEND = Backend(cluster="c", weight=1)
 _MATCH = CompiledMatch(
     action=_ACTION, path_type="PathPrefix", path_value="/", method=None, headers=(), query=()
 )
@@ -213,7 +212,7 @@ def _build(
 
     def one(h: RequestHead) -> bytes:
         rid = h.request_id.decode("latin-1") or RID  # as the proxy chooses it
-        req = upstream_request(h, target, authority, _ACTION, _BACKEND, _MATCH, fwd, rid)
+        req = upstream_request(h, target, authority, _ACTION, (), _MATCH, fwd, rid)
         if h.chunked:
             req += (chunk(body) if body else b"") + last_chunk(trailers)
         else:

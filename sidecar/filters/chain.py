@@ -1,0 +1,77 @@
+"""The filter chain of a route rule: one place for per-request features.
+
+Theory of operation. The configuration compiles, once per snapshot, the chain of each
+route rule from what applies to it (its own filters, and policies attached to its route or
+Gateway). On a request the handler builds an `Exchange` — the request as every protocol
+has it (method, authority, path, query, fields, client) — and runs the filters in order.
+A filter may answer the request itself (`LocalReply`: a preflight, 403, 429…), or add
+header edits to the forwarded request and to the response head (`HeaderOps`, the same
+edits Gateway API's header modifiers compile to). The codecs (HTTP/1.1, HTTP/2, gRPC)
+apply those edits where they serialize; no filter knows the protocol.
+
+A rule without filters never builds an Exchange: its requests take the path they always
+took. Filters are frozen configuration; state that must outlive a snapshot (rate-limit
+buckets, key caches) belongs to an owner the process keeps and syncs per snapshot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sidecar.http.filters import HeaderOps
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One request, as filters see it."""
+
+    method: str
+    authority: str  # as the client sent it (Host or :authority)
+    path: str
+    query: str
+    headers: Headers  # as received: names in any case
+    client: str  # the address the connection came from
+    scheme: str = "http"
+    request_ops: list[HeaderOps] = field(default_factory=list)  # edits to what is forwarded
+    response_ops: list[HeaderOps] = field(default_factory=list)  # edits to the response head
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of field `name` (lower case), or None."""
+        for n, v in self.headers:
+            if n.lower() == name:
+                return v
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class LocalReply:
+    """An answer a filter gives instead of forwarding the request."""
+
+    status: int
+    body: bytes = b""
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    detail: str = ""  # the access log's `detail` (why)
+
+
+class Filter(Protocol):
+    def on_request(self, x: Exchange) -> LocalReply | None:
+        """Look at (and possibly edit) a request; a reply ends it here."""
+        ...
+
+
+def run(filters: tuple[Filter, ...], x: Exchange) -> LocalReply | None:
+    """The filters in order until one answers; its reply carries the response edits
+    earlier filters made (a CORS header on a 429, say)."""
+    for f in filters:
+        reply = f.on_request(x)
+        if reply is not None:
+            if x.response_ops:
+                edited: Headers = list(reply.headers)
+                for ops in x.response_ops:
+                    edited = ops.apply(edited)
+                return LocalReply(reply.status, reply.body, tuple(edited), reply.detail)
+            return reply
+    return None
