@@ -28,6 +28,8 @@ from sidecar.config.model import (
     Snapshot,
 )
 from sidecar.config.parse_policy import NON_IDEMPOTENT_ANNOTATION
+from sidecar.filters.chain import Filter
+from sidecar.filters.cors import CorsFilter
 from sidecar.http.filters import HeaderOps
 from sidecar.http.router import CompiledMatch, Condition, HostTable, ListenerRoutes, PortRouter
 from sidecar.upstream.balance import SmoothWeighted
@@ -309,8 +311,11 @@ class _Compiler:
         req_h = resp_h = None
         redirect = rewrite = None
         mirrors = []
+        filters: list[Filter] = []
         for f in rule.filters:
-            if f.request_headers is not None:
+            if f.cors is not None:
+                filters.append(CorsFilter(f.cors))
+            elif f.request_headers is not None:
                 req_h = _ops(f.request_headers)
             elif f.response_headers is not None:
                 resp_h = _ops(f.response_headers)
@@ -374,6 +379,7 @@ class _Compiler:
             split=_split(backends),
             request_timeout_s=rule.request_timeout_s,
             backend_request_timeout_s=rule.backend_request_timeout_s,
+            filters=tuple(filters),
         )
 
     def _retry(

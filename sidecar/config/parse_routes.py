@@ -6,6 +6,7 @@ Rules follow the Gateway API CRD validation (OpenAPI and CEL) where it exists.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from sidecar.config.parse_policy import parse_route_retry
 from sidecar.config.reader import HOSTNAME_RE, NAME_RE, Reader
@@ -14,6 +15,7 @@ from sidecar.config.resources import (
     AllowedRoutes,
     BackendObjectRef,
     BackendRef,
+    CorsPolicy,
     Gateway,
     HeaderModifier,
     HTTPRoute,
@@ -423,11 +425,12 @@ _FILTER_KEYS = {
     "RequestRedirect": "requestRedirect",
     "URLRewrite": "urlRewrite",
     "RequestMirror": "requestMirror",
+    "CORS": "cors",
 }
 
 
 def _filter(fr: Reader) -> RouteFilter:
-    ftype = fr.text("type", choices=(*_FILTER_KEYS, "CORS", "ExtensionRef"))
+    ftype = fr.text("type", choices=(*_FILTER_KEYS, "ExtensionRef"))
     if ftype not in _FILTER_KEYS:
         fr.fail("type", f"filter {ftype} is not supported yet")
     for t, k in _FILTER_KEYS.items():
@@ -464,10 +467,41 @@ def _filter(fr: Reader) -> RouteFilter:
             ),
         )
         body.finish()
+    elif ftype == "CORS":
+        out = RouteFilter(type=ftype, cors=parse_cors(body, max_age=_seconds_field))
     else:
         out = RouteFilter(type=ftype, mirror=_mirror(body))
     fr.finish()
     return out
+
+
+_ORIGIN_RE = re.compile(r"^(\*|[a-z][a-z0-9+.-]*://(\*\.)?[a-z0-9.-]+(:[0-9]{1,5})?)$")
+_TOKEN_RE = re.compile(r"^(\*|[!#$%&'*+.^_`|~0-9A-Za-z-]+)$")
+
+
+def _seconds_field(r: Reader, key: str, default: int) -> int:
+    """Gateway API's `maxAge`: whole seconds."""
+    return int(r.integer(key, default, lo=0, hi=86400))
+
+
+def parse_cors(r: Reader, *, max_age: Callable[[Reader, str, int], int]) -> CorsPolicy:
+    """A CORS policy (HTTPRoute filter or SecurityPolicy), checked: origins are `*` or
+    scheme://host[:port] with an optional leading `*.`; methods and header names are
+    tokens. `max_age` reads maxAge in the resource's own form. (`*` with credentials is
+    allowed: the answer always names the requesting origin, never `*`.)"""
+    origins = tuple(r.str_list("allowOrigins", pattern=_ORIGIN_RE))
+    if not origins:
+        r.fail("allowOrigins", 'must name at least one origin (or "*")')
+    policy = CorsPolicy(
+        origins=origins,
+        methods=tuple(r.str_list("allowMethods", pattern=_TOKEN_RE)),
+        headers=tuple(r.str_list("allowHeaders", pattern=_TOKEN_RE)),
+        expose=tuple(r.str_list("exposeHeaders", pattern=_TOKEN_RE)),
+        max_age_s=max_age(r, "maxAge", 5),
+        credentials=r.flag("allowCredentials", False),
+    )
+    r.finish()
+    return policy
 
 
 def _mirror(r: Reader) -> Mirror:

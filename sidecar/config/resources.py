@@ -175,6 +175,18 @@ class Mirror:
     denominator: int = 100
 
 
+@dataclass(frozen=True, slots=True)
+class CorsPolicy:
+    """CORS for a route (an HTTPRoute `CORS` filter, or a SecurityPolicy's `cors`)."""
+
+    origins: tuple[str, ...]  # "*", or scheme://host[:port] where host may start with "*."
+    methods: tuple[str, ...] = ()  # "*" for any
+    headers: tuple[str, ...] = ()  # "*" for any
+    expose: tuple[str, ...] = ()
+    max_age_s: int = 5
+    credentials: bool = False
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RouteFilter:
     type: str
@@ -183,6 +195,7 @@ class RouteFilter:
     redirect: Redirect | None = None
     rewrite: Rewrite | None = None
     mirror: Mirror | None = None
+    cors: CorsPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

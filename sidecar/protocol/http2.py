@@ -178,5 +178,6 @@ def local_headers(status: int, body: bytes, extra: Headers | None = None) -> Hea
     out.extend((n.lower(), v) for n, v in extra or ())
     if body and not any(n == b"content-type" for n, _ in out):
         out.append((b"content-type", b"text/plain; charset=utf-8"))
-    out.append((b"content-length", b"%d" % len(body)))
+    if status not in (204, 304):  # no body, and 204 no length (RFC 9110 §8.6)
+        out.append((b"content-length", b"%d" % len(body)))
     return out

@@ -143,7 +143,8 @@ def simple_response(
 ) -> bytearray:
     """A complete locally generated response."""
     hs: Headers = list(headers or ())
-    hs.append((b"content-length", b"%d" % len(body)))
+    if status not in (204, 304):  # they carry no body, and 204 no length (RFC 9110 §8.6)
+        hs.append((b"content-length", b"%d" % len(body)))
     if body and not any(n.lower() == b"content-type" for n, _ in hs):
         hs.append((b"content-type", b"text/plain; charset=utf-8"))
     if close:

@@ -1,0 +1,91 @@
+"""Route filters at the edge, with real clients over HTTP/1.1 and HTTP/2: CORS preflights
+answered without reaching the backend, CORS fields on forwarded answers (the backend's own
+replaced), and bad filter configuration refused naming the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from sidecar.config.loader import load_snapshot
+from sidecar.errors import ConfigError
+from tests.support.echo import EchoServer
+from tests.support.edge import config, start_edge
+from tests.support.h2raw import RawH2, get
+
+CORS = """    filters:
+    - type: CORS
+      cors:
+        allowOrigins: ["https://app.example.com", "https://*.example.org"]
+        allowMethods: [GET, POST]
+        allowHeaders: [x-token]
+        exposeHeaders: [x-request-id]
+        allowCredentials: true
+        maxAge: 600
+"""
+
+
+async def test_cors_over_http1_and_http2(tmp_path: Path) -> None:
+    with EchoServer("api") as api:
+        async with trio.open_nursery() as nursery:
+            text = config({"api": api.port}, [("api", "/", "api")], extra=CORS)
+            _, port = await start_edge(nursery, tmp_path / "c.yaml", text)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+                preflight = await http.options("/items", headers={
+                    "Origin": "https://a.b.example.org", "Access-Control-Request-Method": "POST",
+                    "Access-Control-Request-Headers": "X-Token"})  # fmt: skip
+                refused = await http.options("/items", headers={
+                    "Origin": "https://evil.example.com", "Access-Control-Request-Method": "GET"})  # fmt: skip
+                actual = await http.get("/items", headers={
+                    "Origin": "https://app.example.com",
+                    "X-Echo-Set-Header": "Access-Control-Allow-Origin:*"})  # fmt: skip
+                other = await http.get("/items", headers={"Origin": "https://evil.example.com"})
+            h2 = await RawH2.connect(port)
+            sid = await h2.request([*get(b"/items", b"gw", b"OPTIONS"),
+                                    (b"origin", b"https://app.example.com"),
+                                    (b"access-control-request-method", b"GET")])  # fmt: skip
+            ok = await h2.request([*get(b"/items", b"gw"), (b"origin", b"https://app.example.com")])
+            h2_pre, h2_ok = await h2.wait(sid, ok)
+            await h2.aclose()
+            nursery.cancel_scope.cancel()
+    assert preflight.status_code == 204 and preflight.content == b""
+    assert preflight.headers["access-control-allow-origin"] == "https://a.b.example.org"
+    assert preflight.headers["access-control-allow-methods"] == "GET, POST"
+    assert preflight.headers["access-control-allow-headers"] == "x-token"
+    assert preflight.headers["access-control-max-age"] == "600"
+    assert preflight.headers["access-control-allow-credentials"] == "true"
+    assert "content-length" not in preflight.headers  # a 204 has none
+    assert refused.status_code == 403 and "access-control-allow-origin" not in refused.headers
+    assert actual.status_code == 200
+    assert actual.headers.get_list("access-control-allow-origin") == ["https://app.example.com"]
+    assert actual.headers["access-control-expose-headers"] == "x-request-id"
+    assert actual.headers["vary"] == "origin"
+    assert other.status_code == 200 and "access-control-allow-origin" not in other.headers
+    # the preflights never reached the backend; the two GETs did
+    assert [r["method"] for r in api.received] == ["GET", "GET", "GET"]
+    h2_fields = dict(h2_pre.headers)
+    assert (
+        h2_pre.status == 204
+        and h2_fields[b"access-control-allow-origin"] == b"https://app.example.com"
+    )
+    assert dict(h2_ok.headers)[b"access-control-allow-origin"] == b"https://app.example.com"
+
+
+@pytest.mark.parametrize(
+    ("cors", "message"),
+    [('allowOrigins: ["app.example.com"]', "allowOrigins[0]"),
+     ("allowOrigins: []", "allowOrigins: must name at least one origin"),
+     ('allowOrigins: ["*"]\n        allowMethods: ["GET POST"]', "allowMethods[0]"),
+     ('allowOrigins: ["*"]\n        maxAge: -1', "maxAge: must be between 0 and 86400"),
+     ('allowOrigins: ["*"]\n        allowOrigin: ["x"]', "allowOrigin: unknown field")],
+)  # fmt: skip
+def test_bad_cors_is_refused_naming_the_field(tmp_path: Path, cors: str, message: str) -> None:
+    extra = f"    filters:\n    - type: CORS\n      cors:\n        {cors}\n"
+    path = tmp_path / "c.yaml"
+    path.write_text(config({"api": 1}, [("api", "/", "api")], extra=extra))
+    with pytest.raises(ConfigError) as info:
+        load_snapshot([str(path)], version=1, gateway_class="weft")
+    assert message in str(info.value)
