@@ -30,6 +30,7 @@ from sidecar.config.model import (
 from sidecar.config.parse_policy import NON_IDEMPOTENT_ANNOTATION
 from sidecar.filters.chain import Filter
 from sidecar.filters.cors import CorsFilter
+from sidecar.filters.ip import IpFilter
 from sidecar.http.filters import HeaderOps
 from sidecar.http.router import CompiledMatch, Condition, HostTable, ListenerRoutes, PortRouter
 from sidecar.upstream.balance import SmoothWeighted
@@ -56,6 +57,7 @@ class _Index:
     routes: list[r.HTTPRoute] = field(default_factory=list)
     streams: list[r.StreamRoute] = field(default_factory=list)
     policies: list[r.AuthorizationPolicy] = field(default_factory=list)
+    security: list[r.SecurityPolicy] = field(default_factory=list)
     traffic: dict[tuple[str, str], r.BackendTrafficPolicy] = field(default_factory=dict)
     grants: list[r.ReferenceGrant] = field(default_factory=list)
     services: dict[tuple[str, str], r.Service] = field(default_factory=dict)
@@ -83,6 +85,8 @@ def compile_snapshot(
             idx.streams.append(res)
         elif isinstance(res, r.AuthorizationPolicy):
             idx.policies.append(res)
+        elif isinstance(res, r.SecurityPolicy):
+            idx.security.append(res)
         elif isinstance(res, r.BackendTrafficPolicy):
             key = (res.meta.namespace, res.target)
             other = idx.traffic.get(key)
@@ -248,12 +252,33 @@ class _Compiler:
             return
         actions = [self._action(route, i, rule) for i, rule in enumerate(route.rules)]
         for key, hosts in targets.items():
-            host_table = attached[key].routes
+            att = attached[key]
+            here = [self._secured(action, route, rule, att) for action, rule in
+                    zip(actions, route.rules, strict=True)]  # fmt: skip
             for host in dict.fromkeys(hosts):
-                table = host_table.table_for(host)
+                table = att.routes.table_for(host)
                 for i, rule in enumerate(route.rules):
                     for j, match in enumerate(rule.matches):
-                        table.add(_compile_match(route, i, j, match, actions[i]))
+                        table.add(_compile_match(route, i, j, match, here[i]))
+
+    def _secured(
+        self, action: RouteAction, route: r.HTTPRoute, rule: r.RouteRule, att: _Attached
+    ) -> RouteAction:
+        """The rule's action with the filters of the SecurityPolicy that applies to it on
+        this listener: the most specific target wins whole (route rule, route, listener,
+        Gateway), as Gateway API policy attachment and Envoy Gateway have it."""
+        policy = security_policy(
+            self.idx.security, route, rule.name, att.gateway, att.listener.name
+        )
+        if policy is None:
+            return action
+        filters: list[Filter] = []
+        if policy.cors is not None and not any(isinstance(f, CorsFilter) for f in action.filters):
+            filters.append(CorsFilter(policy.cors))  # a route's own CORS filter comes first
+        filters.extend(action.filters)
+        if policy.authorization is not None:
+            filters.append(IpFilter(policy.authorization))
+        return dataclasses.replace(action, filters=tuple(filters))
 
     def _attach_stream(
         self, route: r.StreamRoute, attached: dict[tuple[str, str, str], _Attached]
@@ -509,7 +534,7 @@ def _nn(meta: r.Meta) -> str:
 
 
 def _route_age(
-    route: r.HTTPRoute | r.StreamRoute | r.BackendTrafficPolicy,
+    route: r.HTTPRoute | r.StreamRoute | r.BackendTrafficPolicy | r.SecurityPolicy,
 ) -> tuple[str, str, str]:
     return (route.meta.creation_timestamp, route.meta.namespace, route.meta.name)
 
@@ -584,3 +609,38 @@ def route_template(path_type: str, value: str) -> str:
     if path_type == "PathPrefix":
         return value.rstrip("/") + "/*" if value.rstrip("/") else ""
     return value
+
+
+def security_policy(
+    policies: list[r.SecurityPolicy], route: r.HTTPRoute, rule: str | None, gateway: r.Gateway,
+    listener: str,
+) -> r.SecurityPolicy | None:  # fmt: skip
+    """The SecurityPolicy for a route rule reached through a Gateway listener: the one
+    whose target is most specific (rule > route > listener > Gateway; the oldest among
+    equals), or None."""
+    best, found = -1, None
+    for p in policies:
+        rank = _rank(p, route, rule, gateway, listener)
+        if rank > best or (rank == best >= 0 and found and _route_age(p) < _route_age(found)):
+            best, found = rank, p
+    return found
+
+
+def _rank(
+    p: r.SecurityPolicy, route: r.HTTPRoute, rule: str | None, gateway: r.Gateway, listener: str
+) -> int:
+    """How specifically `p` targets this rule on this listener (-1: not at all)."""
+    rank = -1
+    ns = p.meta.namespace
+    for t in p.targets:
+        if t.kind == route.kind and (t.name, ns) == (route.meta.name, route.meta.namespace):
+            section, base = rule, 2
+        elif t.kind == "Gateway" and (t.name, ns) == (gateway.meta.name, gateway.meta.namespace):
+            section, base = listener, 0
+        else:
+            continue
+        if t.section_name is None:
+            rank = max(rank, base)
+        elif t.section_name == section:
+            rank = max(rank, base + 1)
+    return rank

@@ -25,8 +25,10 @@ from sidecar.config.parse_routes import (
     parse_reference_grant,
     parse_stream_route,
 )
+from sidecar.config.parse_security import parse_security_policy
 from sidecar.config.reader import HOSTNAME_RE, NAME_RE, Reader
 from sidecar.config.resources import (
+    ENVOY_GATEWAY_GROUP,
     GATEWAY_GROUP,
     WEFT_GROUP,
     AuthorizationPolicy,
@@ -52,6 +54,7 @@ _VERSIONS = {
     "": ("v1",),
     "discovery.k8s.io": ("v1",),
     WEFT_GROUP: ("v1alpha1",),
+    ENVOY_GATEWAY_GROUP: ("v1alpha1",),
 }
 
 APP_PROTOCOLS = {
@@ -336,7 +339,8 @@ def _namespace(top: Reader, meta: Meta) -> Namespace:
 # Kinds that later parts of Weft serve: refused with a pointer instead of "unknown".
 _LATER = {
     ("networking.k8s.io", "Ingress"): "Ingress translation arrives in a later release",
-    (WEFT_GROUP, "SecurityPolicy"): "arrives with edge authentication",
+    (ENVOY_GATEWAY_GROUP, "BackendTrafficPolicy"): "in this apiVersion; weft.dev/v1alpha1 "
+    "BackendTrafficPolicy covers retries, timeouts, breakers and health checks",
 }
 
 _PARSERS: dict[tuple[str, str], Callable[..., Any]] = {
@@ -356,6 +360,8 @@ _PARSERS: dict[tuple[str, str], Callable[..., Any]] = {
     ("discovery.k8s.io", "EndpointSlice"): _endpoint_slice,
     (WEFT_GROUP, "Service"): _weft_service,
     (WEFT_GROUP, "MeshConfig"): _mesh_config,
+    (WEFT_GROUP, "SecurityPolicy"): parse_security_policy,
+    (ENVOY_GATEWAY_GROUP, "SecurityPolicy"): parse_security_policy,
 }
 
 

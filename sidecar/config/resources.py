@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
 
 from sidecar.authz import Policy
 from sidecar.config.model import (
@@ -20,6 +21,7 @@ from sidecar.config.model import (
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 WEFT_GROUP = "weft.dev"
+ENVOY_GATEWAY_GROUP = "gateway.envoyproxy.io"  # its policies are read for what Weft implements
 
 
 # -- shared pieces ----------------------------------------------------------------------
@@ -359,6 +361,44 @@ class MeshConfig:
     default_allow: bool
 
 
+# -- parsing ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyTarget:
+    """A policy's targetRef (Gateway API policy attachment)."""
+
+    kind: str  # Gateway | HTTPRoute | GRPCRoute
+    name: str
+    section_name: str | None = None  # a Gateway's listener, a route's rule
+
+
+@dataclass(frozen=True, slots=True)
+class IpRule:
+    name: str
+    action: str  # Allow | Deny
+    cidrs: tuple[IPv4Network | IPv6Network, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class IpAuthorization:
+    """SecurityPolicy.authorization on client addresses: the first rule whose CIDRs hold
+    the client decides, else `default_action`."""
+
+    default_action: str  # Allow | Deny
+    rules: tuple[IpRule, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecurityPolicy:
+    """Who may call the routes it targets, and from where (Envoy Gateway's shape)."""
+
+    meta: Meta
+    targets: tuple[PolicyTarget, ...]
+    cors: CorsPolicy | None = None
+    authorization: IpAuthorization | None = None
+
+
 Resource = (
     Gateway
     | GatewayClass
@@ -373,7 +413,5 @@ Resource = (
     | AuthorizationPolicy
     | BackendTrafficPolicy
     | MeshConfig
+    | SecurityPolicy
 )
-
-
-# -- parsing ----------------------------------------------------------------------------

@@ -89,3 +89,42 @@ def test_bad_cors_is_refused_naming_the_field(tmp_path: Path, cors: str, message
     with pytest.raises(ConfigError) as info:
         load_snapshot([str(path)], version=1, gateway_class="weft")
     assert message in str(info.value)
+
+
+SECURITY = """---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: SecurityPolicy
+metadata: {{name: {name}}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: {kind}, name: {target}}}]
+  authorization:
+    defaultAction: {default}
+    rules: [{{name: r, action: {action}, principal: {{clientCIDRs: ["{cidr}"]}}}}]
+"""
+
+
+async def test_client_address_rules_with_policy_attachment(tmp_path: Path) -> None:
+    """The Gateway's policy denies loopback; route `open` has its own policy allowing it,
+    which replaces the Gateway's for that route."""
+    with EchoServer("api") as api:
+        text = config({"api": api.port}, [("open", "/open", "api"), ("shut", "/shut", "api")])
+        text += SECURITY.format(name="gw", kind="Gateway", target="edge", default="Allow",
+                                action="Deny", cidr="127.0.0.0/8")  # fmt: skip
+        text += SECURITY.format(name="open", kind="HTTPRoute", target="open", default="Deny",
+                                action="Allow", cidr="127.0.0.1/32")  # fmt: skip
+        async with trio.open_nursery() as nursery:
+            edge, port = await start_edge(nursery, tmp_path / "c.yaml", text)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+                opened = await http.get("/open/x")
+                shut = await http.post("/shut/x", content=b"x" * 1000)
+                after = await http.get("/open/y")  # the connection survives a refusal
+            h2 = await RawH2.connect(port)
+            (h2_shut,) = await h2.wait(await h2.request(get(b"/shut/z", b"gw")))
+            await h2.aclose()
+            metrics = edge.metrics.render()
+            nursery.cancel_scope.cancel()
+    assert opened.status_code == 200 and after.status_code == 200
+    assert shut.status_code == 403 and shut.text == "forbidden: client address not allowed\n"
+    assert h2_shut.status == 403
+    assert [r["path"] for r in api.received] == ["/open/x", "/open/y"]  # nothing denied got in
+    assert 'route="default/shut",code_class="4xx",code="403"} 2' in metrics

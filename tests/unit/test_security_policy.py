@@ -1,0 +1,107 @@
+"""SecurityPolicy: parsing (both apiVersions, unimplemented sections refused by name),
+which policy applies to a route rule (attachment precedence), and client-address rules."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from sidecar.config.loader import load_snapshot
+from sidecar.config.model import Snapshot
+from sidecar.config.resources import IpAuthorization, IpRule
+from sidecar.errors import ConfigError
+from sidecar.filters.cors import CorsFilter
+from sidecar.filters.ip import IpFilter
+from tests.support.edge import config
+
+POLICY = """---
+apiVersion: {api}
+kind: SecurityPolicy
+metadata: {{name: {name}, creationTimestamp: "2026-01-0{day}T00:00:00Z"}}
+spec:
+  targetRefs: [{target}]
+{body}"""
+DENY_ALL = "  authorization: {defaultAction: Deny}\n"
+ALLOW_LOCAL = (
+    "  authorization:\n    defaultAction: Deny\n"
+    "    rules: [{name: local, action: Allow, principal: {clientCIDRs: [127.0.0.0/8]}}]\n"
+)
+CORS = '  cors: {allowOrigins: ["https://app.example.com"], maxAge: 10m}\n'
+ROUTES = config({"a": 1, "b": 2}, [("a", "/a", "a"), ("b", "/b", "b")])
+
+
+def _policy(name: str, target: str, body: str, day: int = 1, api: str = "weft.dev/v1alpha1") -> str:
+    return POLICY.format(api=api, name=name, target=target, body=body, day=day)
+
+
+def _load(tmp_path: Path, *docs: str) -> Snapshot:
+    path = tmp_path / "c.yaml"
+    path.write_text(ROUTES + "".join(docs))
+    return load_snapshot([str(path)], version=1, gateway_class="weft")
+
+
+def _filters(snap: Snapshot, path: str) -> list[object]:
+    (router,) = snap.routers.values()
+    match = router.route("any.host", path, "GET", [], "")
+    assert match is not None
+    return list(match.action.filters)
+
+
+GW = "{group: gateway.networking.k8s.io, kind: Gateway, name: edge}"
+GW_LISTENER = "{group: gateway.networking.k8s.io, kind: Gateway, name: edge, sectionName: http}"
+ROUTE_A = "{group: gateway.networking.k8s.io, kind: HTTPRoute, name: a}"
+
+
+def test_the_most_specific_target_wins_whole(tmp_path: Path) -> None:
+    snap = _load(
+        tmp_path,
+        _policy("gw", GW, DENY_ALL + CORS, day=1),
+        _policy("route", ROUTE_A, ALLOW_LOCAL, day=2, api="gateway.envoyproxy.io/v1alpha1"),
+    )
+    a, b = _filters(snap, "/a"), _filters(snap, "/b")
+    assert [type(f) for f in a] == [IpFilter]  # the route's policy, without the Gateway's CORS
+    assert isinstance(a[0], IpFilter) and a[0].allows("127.0.0.1")
+    assert [type(f) for f in b] == [CorsFilter, IpFilter]  # the Gateway's, whole
+    assert isinstance(b[1], IpFilter) and not b[1].allows("127.0.0.1")
+    assert isinstance(b[0], CorsFilter) and b[0].policy.max_age_s == 600
+    # a listener beats the Gateway; among equals the oldest wins
+    snap = _load(tmp_path, _policy("gw", GW, DENY_ALL, day=1),
+                 _policy("lst", GW_LISTENER, ALLOW_LOCAL, day=3),
+                 _policy("lst2", GW_LISTENER, DENY_ALL, day=4))  # fmt: skip
+    (ip,) = _filters(snap, "/b")
+    assert isinstance(ip, IpFilter) and ip.allows("127.0.0.1")
+    assert _filters(_load(tmp_path), "/a") == []  # no policy: no filter
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [("  jwt: {providers: []}\n", "spec.jwt: is not supported yet"),
+     ("  basicAuth: {users: {name: x}}\n", "spec.basicAuth: is not supported yet"),
+     ("  authorization:\n    rules: [{action: Allow, principal: {clientCIDRs: [10.0.0.300/8]}}]\n",
+      "clientCIDRs[0]: is not a CIDR"),
+     ("  authorization:\n    rules: [{action: Allow, principal: {jwt: {}, clientCIDRs: [10.0.0.0/8]}}]\n",
+      "principal.jwt: is not supported yet"),
+     ("  authorization: {defaultAction: Maybe}\n", "defaultAction: must be one of Allow, Deny"),
+     ("", "sets nothing Weft enforces")],
+)  # fmt: skip
+def test_what_is_not_enforced_is_refused_by_name(tmp_path: Path, body: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, _policy("p", GW, body, api="gateway.envoyproxy.io/v1alpha1"))
+    assert message in str(info.value)
+
+
+def test_client_address_rules() -> None:
+    f = IpFilter(IpAuthorization(default_action="Allow", rules=(
+        IpRule("office", "Allow", (ipaddress.ip_network("10.1.0.0/16"),)),
+        IpRule("rest-of-10", "Deny", (ipaddress.ip_network("10.0.0.0/8"),)),
+        IpRule("v6", "Deny", (ipaddress.ip_network("2001:db8::/32"),)),
+    )))  # fmt: skip
+    assert f.allows("10.1.2.3")  # the first matching rule decides
+    assert not f.allows("10.2.0.1")
+    assert not f.allows("::ffff:10.2.0.1")  # an IPv4 client on a dual-stack socket
+    assert not f.allows("2001:db8::1") and f.allows("2001:db9::1")
+    assert f.allows("192.0.2.1")  # the default
+    assert not IpFilter(IpAuthorization("Deny", ())).allows("192.0.2.1")
+    assert not IpFilter(IpAuthorization("Deny", ())).allows("-")  # no address
