@@ -34,6 +34,7 @@ EDGE_KINDS = (
     "TCPRoute",
     "TLSRoute",
     "Secret",
+    "SecurityPolicy",
 )
 
 

@@ -36,6 +36,7 @@ KIND_ALIASES = {
     "backendtrafficpolicy": "BackendTrafficPolicy",
     "backendtrafficpolicies": "BackendTrafficPolicy", "btp": "BackendTrafficPolicy",
     "meshconfig": "MeshConfig", "meshconfigs": "MeshConfig",
+    "securitypolicy": "SecurityPolicy", "securitypolicies": "SecurityPolicy",
     "secret": "Secret", "secrets": "Secret",
     "referencegrant": "ReferenceGrant", "referencegrants": "ReferenceGrant",
     "namespace": "Namespace", "namespaces": "Namespace", "ns": "Namespace",

@@ -11,6 +11,7 @@ import dataclasses
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from sidecar.config import resources as r
 from sidecar.config.certs import CertificatePair, CertKey
@@ -31,6 +32,7 @@ from sidecar.config.parse_policy import NON_IDEMPOTENT_ANNOTATION
 from sidecar.filters.chain import Filter
 from sidecar.filters.cors import CorsFilter
 from sidecar.filters.ip import IpFilter
+from sidecar.filters.ratelimit import RateLimitFilter
 from sidecar.http.filters import HeaderOps
 from sidecar.http.router import CompiledMatch, Condition, HostTable, ListenerRoutes, PortRouter
 from sidecar.upstream.balance import SmoothWeighted
@@ -58,6 +60,7 @@ class _Index:
     streams: list[r.StreamRoute] = field(default_factory=list)
     policies: list[r.AuthorizationPolicy] = field(default_factory=list)
     security: list[r.SecurityPolicy] = field(default_factory=list)
+    rate_limits: list[r.BackendTrafficPolicy] = field(default_factory=list)  # route-level
     traffic: dict[tuple[str, str], r.BackendTrafficPolicy] = field(default_factory=dict)
     grants: list[r.ReferenceGrant] = field(default_factory=list)
     services: dict[tuple[str, str], r.Service] = field(default_factory=dict)
@@ -87,6 +90,8 @@ def compile_snapshot(
             idx.policies.append(res)
         elif isinstance(res, r.SecurityPolicy):
             idx.security.append(res)
+        elif isinstance(res, r.BackendTrafficPolicy) and res.targets:
+            idx.rate_limits.append(res)
         elif isinstance(res, r.BackendTrafficPolicy):
             key = (res.meta.namespace, res.target)
             other = idx.traffic.get(key)
@@ -120,6 +125,7 @@ class _Compiler:
         self.certificates = certificates
         self.clusters: dict[str, ClusterSpec] = {}
         self.warnings: list[str] = []
+        self.limiters: dict[str, RateLimitFilter] = {}  # by policy: their buckets' owners
 
     # -- top level ----------------------------------------------------------------------
     def build(self, version: int, limits: Limits) -> Snapshot:
@@ -183,6 +189,7 @@ class _Compiler:
             limits=limits,
             warnings=tuple(self.warnings),
             authz=tuple(p.policy for p in self.idx.policies),
+            limiters=tuple(self.limiters.values()),
         )
 
     def _certificates(self, gw: r.Gateway, lst: r.Listener) -> tuple[CertificatePair, ...] | None:
@@ -267,18 +274,31 @@ class _Compiler:
         """The rule's action with the filters of the SecurityPolicy that applies to it on
         this listener: the most specific target wins whole (route rule, route, listener,
         Gateway), as Gateway API policy attachment and Envoy Gateway have it."""
-        policy = security_policy(
-            self.idx.security, route, rule.name, att.gateway, att.listener.name
-        )
-        if policy is None:
+        where = (route, rule.name, att.gateway, att.listener.name)
+        policy = most_specific(self.idx.security, *where)
+        limit = most_specific(self.idx.rate_limits, *where)
+        if policy is None and limit is None:
             return action
         filters: list[Filter] = []
-        if policy.cors is not None and not any(isinstance(f, CorsFilter) for f in action.filters):
-            filters.append(CorsFilter(policy.cors))  # a route's own CORS filter comes first
+        own_cors = any(isinstance(f, CorsFilter) for f in action.filters)
+        if policy is not None and policy.cors is not None and not own_cors:
+            filters.append(CorsFilter(policy.cors))  # a route's own CORS filter wins
         filters.extend(action.filters)
-        if policy.authorization is not None:
+        if policy is not None and policy.authorization is not None:
             filters.append(IpFilter(policy.authorization))
+        if limit is not None and limit.rate_limit:
+            filters.append(self._limiter(limit))
         return dataclasses.replace(action, filters=tuple(filters))
+
+    def _limiter(self, policy: r.BackendTrafficPolicy) -> RateLimitFilter:
+        """One filter per policy, shared by every route it applies to: its buckets count
+        all of them together."""
+        name = _nn(policy.meta)
+        found = self.limiters.get(name)
+        if found is None:
+            assert policy.rate_limit is not None
+            found = self.limiters[name] = RateLimitFilter(name, policy.rate_limit)
+        return found
 
     def _attach_stream(
         self, route: r.StreamRoute, attached: dict[tuple[str, str, str], _Attached]
@@ -611,13 +631,12 @@ def route_template(path_type: str, value: str) -> str:
     return value
 
 
-def security_policy(
-    policies: list[r.SecurityPolicy], route: r.HTTPRoute, rule: str | None, gateway: r.Gateway,
-    listener: str,
-) -> r.SecurityPolicy | None:  # fmt: skip
-    """The SecurityPolicy for a route rule reached through a Gateway listener: the one
-    whose target is most specific (rule > route > listener > Gateway; the oldest among
-    equals), or None."""
+def most_specific(
+    policies: list[_P], route: r.HTTPRoute, rule: str | None, gateway: r.Gateway, listener: str
+) -> _P | None:
+    """The policy for a route rule reached through a Gateway listener: the one whose
+    target is most specific (rule > route > listener > Gateway; the oldest among equals),
+    or None."""
     best, found = -1, None
     for p in policies:
         rank = _rank(p, route, rule, gateway, listener)
@@ -626,9 +645,13 @@ def security_policy(
     return found
 
 
+_P = TypeVar("_P", r.SecurityPolicy, r.BackendTrafficPolicy)
+
+
 def _rank(
-    p: r.SecurityPolicy, route: r.HTTPRoute, rule: str | None, gateway: r.Gateway, listener: str
-) -> int:
+    p: r.SecurityPolicy | r.BackendTrafficPolicy, route: r.HTTPRoute, rule: str | None,
+    gateway: r.Gateway, listener: str,
+) -> int:  # fmt: skip
     """How specifically `p` targets this rule on this listener (-1: not at all)."""
     rank = -1
     ns = p.meta.namespace

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from sidecar.authz import Policy
     from sidecar.config.mesh import MeshNames
     from sidecar.filters.chain import Filter
+    from sidecar.filters.ratelimit import RateLimitFilter
     from sidecar.http.filters import HeaderOps
     from sidecar.http.router import PortRouter
     from sidecar.upstream.balance import SmoothWeighted
@@ -218,3 +219,5 @@ class Snapshot:
     authz: tuple[Policy, ...] = ()  # AuthorizationPolicies (enforced by sidecars' inbound)
     # a sidecar's outbound listener: how its requests' Host names a mesh destination
     mesh: MeshNames | None = None
+    # rate-limit filters in force: the process's RateLimitState gives them their buckets
+    limiters: tuple[RateLimitFilter, ...] = ()

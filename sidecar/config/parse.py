@@ -339,8 +339,6 @@ def _namespace(top: Reader, meta: Meta) -> Namespace:
 # Kinds that later parts of Weft serve: refused with a pointer instead of "unknown".
 _LATER = {
     ("networking.k8s.io", "Ingress"): "Ingress translation arrives in a later release",
-    (ENVOY_GATEWAY_GROUP, "BackendTrafficPolicy"): "in this apiVersion; weft.dev/v1alpha1 "
-    "BackendTrafficPolicy covers retries, timeouts, breakers and health checks",
 }
 
 _PARSERS: dict[tuple[str, str], Callable[..., Any]] = {
@@ -362,6 +360,7 @@ _PARSERS: dict[tuple[str, str], Callable[..., Any]] = {
     (WEFT_GROUP, "MeshConfig"): _mesh_config,
     (WEFT_GROUP, "SecurityPolicy"): parse_security_policy,
     (ENVOY_GATEWAY_GROUP, "SecurityPolicy"): parse_security_policy,
+    (ENVOY_GATEWAY_GROUP, "BackendTrafficPolicy"): parse_backend_traffic_policy,
 }
 
 

@@ -7,6 +7,8 @@ healthCheck), so the vocabulary is familiar; docs/resilience.md lists every fiel
 
 from __future__ import annotations
 
+import re
+
 from sidecar.config.model import (
     CircuitLimits,
     HealthCheckPolicy,
@@ -16,6 +18,7 @@ from sidecar.config.model import (
 )
 from sidecar.config.reader import NAME_RE, Reader
 from sidecar.config.resources import WEFT_GROUP, BackendTrafficPolicy, Meta, RouteRetry
+from sidecar.filters.ratelimit import UNITS, CidrSelector, HeaderSelector, LimitRule
 
 # Envoy Gateway's names, and ours
 LB_TYPES = {
@@ -61,6 +64,13 @@ def parse_route_retry(r: Reader) -> RouteRetry:
 
 def parse_backend_traffic_policy(top: Reader, meta: Meta) -> BackendTrafficPolicy:
     spec = top.req_obj("spec")
+    route_level = spec.has("targetRefs") or (
+        spec.has("targetRef") and spec.req_obj("targetRef").raw("kind", "Service") != "Service"
+    )
+    if route_level:
+        return _route_traffic_policy(spec, meta)
+    if spec.has("rateLimit"):
+        spec.fail("rateLimit", "applies to routes: target a Gateway, HTTPRoute or GRPCRoute")
     tr = spec.req_obj("targetRef")
     tr.text("group", "", choices=("", WEFT_GROUP))
     tr.text("kind", "Service", choices=("Service",))
@@ -187,3 +197,68 @@ def _health_check(r: Reader) -> HealthCheckPolicy:
     )
     r.finish()
     return policy
+
+
+_CLUSTER_SECTIONS = ("loadBalancer", "timeout", "retry", "circuitBreaker", "outlierDetection",
+                     "healthCheck")  # fmt: skip
+
+
+def _route_traffic_policy(spec: Reader, meta: Meta) -> BackendTrafficPolicy:
+    """A BackendTrafficPolicy that targets Gateways or routes: its rate limit (what Weft
+    applies per route); the cluster sections apply per Service."""
+    from sidecar.config.parse_security import parse_targets
+
+    targets = parse_targets(spec)
+    for key in _CLUSTER_SECTIONS:
+        if spec.has(key):
+            spec.fail(key, "applies per Service in Weft: put it in a BackendTrafficPolicy whose "
+                      "targetRef is the Service")  # fmt: skip
+    rr = spec.req_obj("rateLimit")
+    kind = rr.text("type", "Local", choices=("Local", "Global"))
+    if kind == "Global":
+        rr.fail("type", "Global (shared through Redis) is not supported yet; use Local")
+    lr = rr.req_obj("local")
+    rules = tuple(_limit_rule(r) for r in lr.objs("rules", max_items=64))
+    if not rules:
+        lr.fail("rules", "must have at least one rule")
+    lr.finish()
+    rr.finish()
+    spec.finish()
+    return BackendTrafficPolicy(meta=meta, target="", targets=targets, rate_limit=rules)
+
+
+def _limit_rule(r: Reader) -> LimitRule:
+    import ipaddress
+
+    headers: list[HeaderSelector] = []
+    cidr = None
+    for cs in r.objs("clientSelectors", max_items=8):
+        for hr in cs.objs("headers", max_items=8):
+            name = hr.text("name", pattern=_HEADER_NAME_RE).lower().encode()
+            kind = hr.text("type", "Exact", choices=("Exact", "Distinct"))
+            value = hr.text("value", None, max_len=1024)
+            if kind == "Exact" and value is None:
+                hr.fail("value", "is required when type is Exact")
+            if kind == "Distinct" and value is not None:
+                hr.fail("value", "must not be set when type is Distinct")
+            headers.append(HeaderSelector(name, value.encode() if value is not None else None))
+            hr.finish()
+        if (sr := cs.obj("sourceCIDR")) is not None:
+            distinct = sr.text("type", "Exact", choices=("Exact", "Distinct")) == "Distinct"
+            text = sr.text("value")
+            try:
+                network = ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                sr.fail("value", f"is not a CIDR: {text!r}")
+            cidr = CidrSelector(network, distinct)
+            sr.finish()
+        cs.finish()
+    lim = r.req_obj("limit")
+    requests = lim.integer("requests", lo=1, hi=10**9)
+    unit = lim.text("unit", choices=tuple(UNITS))
+    lim.finish()
+    r.finish()
+    return LimitRule(requests=requests, unit_s=UNITS[unit], headers=tuple(headers), cidr=cidr)
+
+
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")

@@ -27,7 +27,7 @@ _NOT_YET = ("jwt", "apiKeyAuth", "basicAuth", "extAuth", "oidc")
 
 def parse_security_policy(top: Reader, meta: Meta) -> SecurityPolicy:
     spec = top.req_obj("spec")
-    targets = _targets(spec)
+    targets = parse_targets(spec)
     for key in _NOT_YET:
         if spec.has(key):
             spec.fail(key, "is not supported yet (supported: cors, authorization)")
@@ -43,7 +43,7 @@ def parse_security_policy(top: Reader, meta: Meta) -> SecurityPolicy:
     return SecurityPolicy(meta=meta, targets=targets, cors=cors, authorization=authorization)
 
 
-def _targets(spec: Reader) -> tuple[PolicyTarget, ...]:
+def parse_targets(spec: Reader) -> tuple[PolicyTarget, ...]:
     readers = list(spec.objs("targetRefs", max_items=16))
     if (single := spec.obj("targetRef")) is not None:
         readers.append(single)
@@ -51,14 +51,11 @@ def _targets(spec: Reader) -> tuple[PolicyTarget, ...]:
         spec.fail("targetRefs", "is required (a Gateway, HTTPRoute or GRPCRoute)")
     out = []
     for tr in readers:
+        kind = tr.text("kind", choices=_TARGET_KINDS)
         tr.text("group", GATEWAY_GROUP, choices=(GATEWAY_GROUP,))
-        out.append(
-            PolicyTarget(
-                kind=tr.text("kind", choices=_TARGET_KINDS),
-                name=tr.text("name", pattern=NAME_RE),
-                section_name=tr.text("sectionName", None, pattern=NAME_RE),
-            )
-        )
+        name = tr.text("name", pattern=NAME_RE)
+        section = tr.text("sectionName", None, pattern=NAME_RE)
+        out.append(PolicyTarget(kind=kind, name=name, section_name=section))
         tr.finish()
     return tuple(out)
 

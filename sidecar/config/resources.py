@@ -18,6 +18,7 @@ from sidecar.config.model import (
     RetryBudget,
     RetryPolicy,
 )
+from sidecar.filters.ratelimit import LimitRule
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 WEFT_GROUP = "weft.dev"
@@ -350,6 +351,9 @@ class BackendTrafficPolicy:
     outlier_off: bool = False
     health_check: HealthCheckPolicy | None = None
     panic_threshold: int | None = None
+    # targeting Gateways or routes instead of a Service: a rate limit for them
+    targets: tuple[PolicyTarget, ...] = ()
+    rate_limit: tuple[LimitRule, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -27,6 +27,7 @@ from sidecar.config.model import Limits, ListenerKey, Snapshot
 from sidecar.config.store import SnapshotStore
 from sidecar.entry import serve_downstream
 from sidecar.errors import ConfigError
+from sidecar.filters.ratelimit import RateLimitState
 from sidecar.http.context import ProxyContext
 from sidecar.observe.accesslog import AccessLog
 from sidecar.observe.metrics import Metrics
@@ -84,6 +85,7 @@ class EdgeServer:
         self.metrics = metrics or Metrics()
         self.access_log = AccessLog(access_log)
         self.clusters = ClusterManager(connector=connector)
+        self.limits_state = RateLimitState()  # rate-limit buckets, kept across reloads
         self.metrics.collectors.append(self._breakers)
         self.store: SnapshotStore | None = None
         self.idle = IdleTracker(idle_timeout_s=300.0, header_timeout_s=30.0)
@@ -148,6 +150,7 @@ class EdgeServer:
             )
             self.clusters.nursery = nursery  # active health checks run there
             self.clusters.sync(snap.clusters, time.perf_counter())
+            self.limits_state.sync(snap.limiters)
             self._serve(opened)
             if admin is not None:
                 self._serve_admin(nursery, admin)
@@ -181,6 +184,7 @@ class EdgeServer:
         self.idle.idle_timeout_s = snap.limits.idle_timeout_s
         self.idle.header_timeout_s = snap.limits.header_timeout_s
         self.clusters.sync(snap.clusters, time.perf_counter())
+        self.limits_state.sync(snap.limiters)
         for key in [k for k in self.listeners if k not in snap.routers]:
             scope, port = self.listeners.pop(key)
             scope.cancel()

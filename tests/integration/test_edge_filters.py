@@ -128,3 +128,49 @@ async def test_client_address_rules_with_policy_attachment(tmp_path: Path) -> No
     assert h2_shut.status == 403
     assert [r["path"] for r in api.received] == ["/open/x", "/open/y"]  # nothing denied got in
     assert 'route="default/shut",code_class="4xx",code="403"} 2' in metrics
+
+
+RATE = """---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: BackendTrafficPolicy
+metadata: {{name: per-user}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: api}}]
+  rateLimit:
+    type: Local
+    local:
+      rules:
+      - clientSelectors: [{{headers: [{{name: x-user, type: Distinct}}]}}]
+        limit: {{requests: {n}, unit: Hour}}
+"""
+
+
+async def test_a_local_rate_limit_per_user_survives_a_reload(tmp_path: Path) -> None:
+    with EchoServer("api") as api:
+        text = config({"api": api.port}, [("api", "/", "api")]) + RATE.format(n=3)
+        async with trio.open_nursery() as nursery:
+            edge, port = await start_edge(nursery, tmp_path / "c.yaml", text)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+                alice = [await http.get("/", headers={"x-user": "alice"}) for _ in range(4)]
+                bob = await http.get("/", headers={"x-user": "bob"})
+                anonymous = [await http.get("/") for _ in range(5)]  # not counted
+                (tmp_path / "c.yaml").write_text(text + "# touched\n")
+                assert edge.reload()
+                again = await http.get("/", headers={"x-user": "alice"})  # still spent
+                (tmp_path / "c.yaml").write_text(
+                    config({"api": api.port}, [("api", "/", "api")]) + RATE.format(n=5)
+                )
+                assert edge.reload()
+                raised = await http.get("/", headers={"x-user": "alice"})  # a new limit
+            metrics = edge.metrics.render()
+            nursery.cancel_scope.cancel()
+    assert [r.status_code for r in alice] == [200, 200, 200, 429]
+    assert [r.headers["ratelimit-remaining"] for r in alice] == ["2", "1", "0", "0"]
+    assert alice[0].headers["ratelimit-limit"] == "3"
+    assert int(alice[3].headers["retry-after"]) == 1200  # an hour / 3
+    assert alice[3].text == "too many requests\n"
+    assert bob.status_code == 200 and all(r.status_code == 200 for r in anonymous)
+    assert "ratelimit-limit" not in anonymous[0].headers
+    assert again.status_code == 429 and raised.status_code == 200
+    assert len([r for r in api.received if r["headers"].get("x-user") == ["alice"]]) == 4
+    assert 'route="default/api",code_class="4xx",code="429"} 2' in metrics
