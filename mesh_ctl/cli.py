@@ -26,7 +26,7 @@ from sidecar.errors import ConfigError
 
 def _edge(args: argparse.Namespace) -> int:
     from sidecar.config.model import Limits
-    from sidecar.modes.edge import EdgeServer
+    from sidecar.modes.edge import MESH_ONLY, EdgeServer
 
     if args.control_plane:
         return _edge_in_mesh(args)
@@ -61,6 +61,7 @@ def _edge(args: argparse.Namespace) -> int:
         access_log=sink,
         drain_timeout_s=args.drain_timeout,
         trace=trace,
+        refused=MESH_ONLY,
     )
     return _run_trio(server.run)
 

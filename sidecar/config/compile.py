@@ -29,6 +29,7 @@ from sidecar.config.model import (
     Snapshot,
 )
 from sidecar.config.parse_policy import NON_IDEMPOTENT_ANNOTATION
+from sidecar.filters.apikey import ApiKeyFilter, KeySources, digest
 from sidecar.filters.chain import Filter
 from sidecar.filters.cors import CorsFilter
 from sidecar.filters.ip import IpFilter
@@ -60,6 +61,7 @@ class _Index:
     streams: list[r.StreamRoute] = field(default_factory=list)
     policies: list[r.AuthorizationPolicy] = field(default_factory=list)
     security: list[r.SecurityPolicy] = field(default_factory=list)
+    secrets: dict[tuple[str, str], r.Secret] = field(default_factory=dict)  # Opaque
     rate_limits: list[r.BackendTrafficPolicy] = field(default_factory=list)  # route-level
     traffic: dict[tuple[str, str], r.BackendTrafficPolicy] = field(default_factory=dict)
     grants: list[r.ReferenceGrant] = field(default_factory=list)
@@ -90,6 +92,8 @@ def compile_snapshot(
             idx.policies.append(res)
         elif isinstance(res, r.SecurityPolicy):
             idx.security.append(res)
+        elif isinstance(res, r.Secret) and res.secret_type == "Opaque":
+            idx.secrets[(res.meta.namespace, res.meta.name)] = res
         elif isinstance(res, r.BackendTrafficPolicy) and res.targets:
             idx.rate_limits.append(res)
         elif isinstance(res, r.BackendTrafficPolicy):
@@ -286,9 +290,35 @@ class _Compiler:
         filters.extend(action.filters)
         if policy is not None and policy.authorization is not None:
             filters.append(IpFilter(policy.authorization))
+        if policy is not None and policy.api_keys is not None:
+            filters.append(self._api_keys(policy))
         if limit is not None and limit.rate_limit:
             filters.append(self._limiter(limit))
         return dataclasses.replace(action, filters=tuple(filters))
+
+    def _api_keys(self, policy: r.SecurityPolicy) -> ApiKeyFilter:
+        """The policy's key filter, its keys read from its Secrets (digests only). A Secret
+        that is missing leaves its clients out, with a warning: the routes stay closed."""
+        auth = policy.api_keys
+        assert auth is not None
+        clients: dict[bytes, str] = {}
+        for name in auth.secrets:
+            secret = self.idx.secrets.get((policy.meta.namespace, name))
+            if secret is None:
+                self.warnings.append(
+                    f"SecurityPolicy {_nn(policy.meta)}: apiKeyAuth Secret "
+                    f"{policy.meta.namespace}/{name} not found (or not Opaque); its keys are "
+                    "not accepted"
+                )
+                continue
+            for client, key in secret.data:
+                clients[digest(key.strip())] = client
+        sources = KeySources(
+            headers=tuple(h.encode() for h in auth.headers), params=auth.params,
+            cookies=auth.cookies,
+        )  # fmt: skip
+        forward = auth.forward_client_id.encode() if auth.forward_client_id else None
+        return ApiKeyFilter(clients, sources, forward, auth.sanitize)
 
     def _limiter(self, policy: r.BackendTrafficPolicy) -> RateLimitFilter:
         """One filter per policy, shared by every route it applies to: its buckets count

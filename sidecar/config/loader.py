@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import yaml
 from sidecar.config.certs import CertificatePair, CertKey, check_pair
 from sidecar.config.compile import compile_snapshot
 from sidecar.config.model import Limits, Snapshot
-from sidecar.config.parse import Document, load_documents
+from sidecar.config.parse import Document, kind_key, load_documents
 from sidecar.config.resources import Resource, Secret, TLSCertificate
 from sidecar.errors import ConfigError
 
@@ -54,12 +54,19 @@ def read_documents(files: Sequence[Path]) -> list[Document]:
 
 
 def load_snapshot(
-    paths: Sequence[str], *, version: int, gateway_class: str, limits: Limits | None = None
-) -> Snapshot:
+    paths: Sequence[str], *, version: int, gateway_class: str, limits: Limits | None = None,
+    refused: Mapping[str, str] | None = None,
+) -> Snapshot:  # fmt: skip
+    """The files' snapshot; `refused`: kinds this process does not serve, and why (an
+    edge given the mesh's AuthorizationPolicy says so rather than ignoring it)."""
     files = expand(paths)
     if not files:
         raise ConfigError("no configuration files found", source=", ".join(paths))
     resources = load_documents(read_documents(files))
+    for res in resources:
+        if refused and (why := refused.get(kind_key(res))):
+            meta = res.meta
+            raise ConfigError(f"{kind_key(res)} {meta.namespace}/{meta.name}: {why}")
     certificates = load_certificates(resources)
     snap = compile_snapshot(
         resources,

@@ -246,13 +246,22 @@ def _gateway_class(top: Reader, meta: Meta) -> GatewayClass:
 
 
 def _secret(top: Reader, meta: Meta) -> Secret:
-    """Secrets of other types load (a cluster dump has many) but keep no data."""
+    """TLS Secrets keep their pair, Opaque ones their data (credentials for SecurityPolicy);
+    Secrets of other types load (a cluster dump has many) but keep no data."""
     stype = top.text("type", "Opaque")
     top.ignore("immutable")
-    if stype != "kubernetes.io/tls":
+    if stype not in ("kubernetes.io/tls", "Opaque"):
         top.ignore("data", "stringData")
         return Secret(meta=meta, secret_type=stype)
     data, strings = top.str_map("data"), top.str_map("stringData")
+    if stype == "Opaque":
+        decoded = {k: v.encode() for k, v in strings.items()}
+        for key, value in data.items():
+            try:
+                decoded.setdefault(key, base64.b64decode(value, validate=True))
+            except binascii.Error:
+                top.fail(f"data.{key}", "is not valid base64")
+        return Secret(meta=meta, secret_type=stype, data=tuple(sorted(decoded.items())))
 
     def item(key: str) -> bytes:
         if key in strings:

@@ -9,11 +9,13 @@ dropped its `jwt` section would leave an API open.
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from sidecar.config.parse_routes import parse_cors
 from sidecar.config.reader import NAME_RE, Reader
 from sidecar.config.resources import (
     GATEWAY_GROUP,
+    ApiKeyAuth,
     IpAuthorization,
     IpRule,
     Meta,
@@ -22,7 +24,8 @@ from sidecar.config.resources import (
 )
 
 _TARGET_KINDS = ("Gateway", "HTTPRoute", "GRPCRoute")
-_NOT_YET = ("jwt", "apiKeyAuth", "basicAuth", "extAuth", "oidc")
+_NOT_YET = ("jwt", "basicAuth", "extAuth", "oidc")
+_SUPPORTED = "supported: cors, authorization, apiKeyAuth"
 
 
 def parse_security_policy(top: Reader, meta: Meta) -> SecurityPolicy:
@@ -30,17 +33,57 @@ def parse_security_policy(top: Reader, meta: Meta) -> SecurityPolicy:
     targets = parse_targets(spec)
     for key in _NOT_YET:
         if spec.has(key):
-            spec.fail(key, "is not supported yet (supported: cors, authorization)")
+            spec.fail(key, f"is not supported yet ({_SUPPORTED})")
     cors = None
     if (cr := spec.obj("cors")) is not None:
         cors = parse_cors(cr, max_age=_max_age)
     authorization = None
     if (ar := spec.obj("authorization")) is not None:
         authorization = _authorization(ar)
+    api_keys = None
+    if (kr := spec.obj("apiKeyAuth")) is not None:
+        api_keys = _api_keys(kr)
     spec.finish()
-    if cors is None and authorization is None:
-        top.fail("spec", "sets nothing Weft enforces (cors, authorization)")
-    return SecurityPolicy(meta=meta, targets=targets, cors=cors, authorization=authorization)
+    if cors is None and authorization is None and api_keys is None:
+        top.fail("spec", f"sets nothing Weft enforces ({_SUPPORTED})")
+    return SecurityPolicy(
+        meta=meta, targets=targets, cors=cors, authorization=authorization, api_keys=api_keys
+    )
+
+
+def _api_keys(r: Reader) -> ApiKeyAuth:
+    secrets = []
+    for cr in r.objs("credentialRefs", max_items=16):
+        cr.text("group", "", choices=("",))
+        cr.text("kind", "Secret", choices=("Secret",))
+        secrets.append(cr.text("name", pattern=NAME_RE))
+        if cr.has("namespace"):
+            cr.fail("namespace", "must be the policy's own (a Secret of another namespace "
+                    "is not read)")  # fmt: skip
+        cr.finish()
+    if not secrets:
+        r.fail("credentialRefs", "must name at least one Secret")
+    headers: list[str] = []
+    params: list[str] = []
+    cookies: list[str] = []
+    for er in r.objs("extractFrom", max_items=8):
+        headers += er.str_list("headers", pattern=_FIELD_RE)
+        params += er.str_list("params", pattern=_FIELD_RE)
+        cookies += er.str_list("cookies", pattern=_FIELD_RE)
+        er.finish()
+    if not (headers or params or cookies):
+        r.fail("extractFrom", "must name a header, param or cookie to read the key from")
+    forward = r.text("forwardClientIDHeader", None, pattern=_FIELD_RE)
+    sanitize = r.flag("sanitize", False)
+    r.finish()
+    return ApiKeyAuth(
+        secrets=tuple(secrets), headers=tuple(h.lower() for h in headers), params=tuple(params),
+        cookies=tuple(cookies), forward_client_id=forward.lower() if forward else None,
+        sanitize=sanitize,
+    )  # fmt: skip
+
+
+_FIELD_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
 
 
 def parse_targets(spec: Reader) -> tuple[PolicyTarget, ...]:

@@ -309,12 +309,13 @@ class GatewayClass:
 # -- certificates -------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Secret:
-    """A Kubernetes Secret; only `kubernetes.io/tls` ones carry data we keep."""
+    """A Kubernetes Secret: a TLS pair, or an Opaque one's data (never printed)."""
 
     meta: Meta
     secret_type: str
     tls_cert: bytes | None = field(default=None, repr=False)
     tls_key: bytes | None = field(default=None, repr=False)
+    data: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)  # Opaque
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -394,6 +395,18 @@ class IpAuthorization:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ApiKeyAuth:
+    """SecurityPolicy.apiKeyAuth: where keys are read, which Secrets hold them."""
+
+    secrets: tuple[str, ...]  # Opaque Secrets in the policy's namespace: client-id -> key
+    headers: tuple[str, ...] = ()
+    params: tuple[str, ...] = ()
+    cookies: tuple[str, ...] = ()
+    forward_client_id: str | None = None
+    sanitize: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SecurityPolicy:
     """Who may call the routes it targets, and from where (Envoy Gateway's shape)."""
 
@@ -401,6 +414,7 @@ class SecurityPolicy:
     targets: tuple[PolicyTarget, ...]
     cors: CorsPolicy | None = None
     authorization: IpAuthorization | None = None
+    api_keys: ApiKeyAuth | None = None
 
 
 Resource = (

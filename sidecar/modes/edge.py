@@ -15,7 +15,7 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, TextIO
 
 import trio
@@ -41,6 +41,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("weft.edge")
 
+# What a standalone edge refuses from its files: the mesh's kinds, which it would not enforce
+MESH_ONLY = {
+    "AuthorizationPolicy": "is enforced by mesh sidecars on their inbound side, not by an "
+    "edge; at the edge use a SecurityPolicy (authorization, apiKeyAuth)",
+    "MeshConfig": "configures a mesh's control plane; an edge does not read it",
+}
+
 BindHook = Callable[[ListenerKey], tuple[str, int]]
 
 
@@ -65,12 +72,15 @@ class EdgeServer:
         source: Callable[[int], Snapshot] | None = None,
         trace: TraceOptions | None = None,
         tracer: Tracer | None = None,
+        refused: Mapping[str, str] | None = None,
     ) -> None:
         """`admin_port=None` runs no admin listener (a sidecar's outbound side, whose
         sidecar has one); `connector` says how upstreams are reached (mTLS in sidecars);
         `source` compiles snapshots from elsewhere than `paths` (what a control plane sent).
-        Spans go to the collector `trace` names, or to an embedding sidecar's `tracer`."""
+        Spans go to the collector `trace` names, or to an embedding sidecar's `tracer`.
+        `refused`: kinds the files may not hold, and why (`MESH_ONLY` for `meshctl edge`)."""
         self.source = source
+        self.refused = refused
         self.drain_timeout_s = drain_timeout_s
         self.signals = signals  # SIGHUP reloads, SIGTERM drains and exits (off when embedded)
         self.direction = direction
@@ -221,8 +231,9 @@ class EdgeServer:
             snap = self.source(version)
         else:
             snap = load_snapshot(
-                self.paths, version=version, gateway_class=self.gateway_class, limits=self.limits
-            )
+                self.paths, version=version, gateway_class=self.gateway_class, limits=self.limits,
+                refused=self.refused,
+            )  # fmt: skip
         for warning in snap.warnings:
             log.warning("%s", warning)
         return snap

@@ -112,6 +112,26 @@ async def test_bad_initial_config_exits_non_zero_with_one_line(tmp_path: Path) -
     assert "Traceback" not in proc.stderr.decode()
 
 
+async def test_the_meshs_kinds_are_refused_by_an_edge(tmp_path: Path) -> None:
+    for doc, why in (
+        ("kind: AuthorizationPolicy\nmetadata: {name: p}\nspec: {targetRef: {name: web}, "
+         "from: [{services: [x]}]}", "AuthorizationPolicy default/p: is enforced by mesh sidecars"),
+        ("kind: MeshConfig\nmetadata: {name: mesh}", "MeshConfig default/mesh: configures a mesh"),
+    ):  # fmt: skip
+        cfg = tmp_path / "edge.yaml"
+        cfg.write_text(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: e}\n"
+            "spec: {listeners: [{name: h, port: 8080, protocol: HTTP}]}\n---\n"
+            f"apiVersion: weft.dev/v1alpha1\n{doc}\n"
+        )
+        proc = await trio.run_process(
+            [sys.executable, "-m", "sidecar", "edge", "-f", str(cfg), "--admin-port", "0"],
+            capture_stderr=True, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 1
+        assert why in proc.stderr.decode().strip().splitlines()[-1], proc.stderr.decode()
+
+
 async def test_listener_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

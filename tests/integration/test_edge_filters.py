@@ -12,6 +12,7 @@ import trio
 
 from sidecar.config.loader import load_snapshot
 from sidecar.errors import ConfigError
+from sidecar.filters.apikey import ApiKeyFilter
 from tests.support.echo import EchoServer
 from tests.support.edge import config, start_edge
 from tests.support.h2raw import RawH2, get
@@ -174,3 +175,68 @@ async def test_a_local_rate_limit_per_user_survives_a_reload(tmp_path: Path) -> 
     assert again.status_code == 429 and raised.status_code == 200
     assert len([r for r in api.received if r["headers"].get("x-user") == ["alice"]]) == 4
     assert 'route="default/api",code_class="4xx",code="429"} 2' in metrics
+
+
+KEYS = """---
+apiVersion: v1
+kind: Secret
+metadata: {{name: api-keys}}
+type: Opaque
+stringData: {{alice: key-of-alice}}
+data: {{bob: {bob}}}
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: SecurityPolicy
+metadata: {{name: keys}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: api}}]
+  apiKeyAuth:
+    credentialRefs: [{{name: api-keys}}]
+    extractFrom: [{{headers: [x-api-key]}}, {{params: [api_key]}}]
+    forwardClientIDHeader: x-client-id
+    sanitize: true
+---
+apiVersion: weft.dev/v1alpha1
+kind: BackendTrafficPolicy
+metadata: {{name: per-client}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: api}}]
+  rateLimit:
+    local:
+      rules:
+      - clientSelectors: [{{headers: [{{name: x-client-id, type: Distinct}}]}}]
+        limit: {{requests: 2, unit: Hour}}
+"""
+
+
+async def test_api_keys_name_the_client_for_the_backend_and_the_rate_limit(tmp_path: Path) -> None:
+    import base64
+
+    bob = base64.b64encode(b"key-of-bob").decode()
+    with EchoServer("api") as api:
+        text = config({"api": api.port}, [("api", "/", "api")]) + KEYS.format(bob=bob)
+        async with trio.open_nursery() as nursery:
+            edge, port = await start_edge(nursery, tmp_path / "c.yaml", text)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+                none = await http.get("/")
+                wrong = await http.get("/", headers={"x-api-key": "key-of-mallory"})
+                forged = await http.get("/", headers={"x-client-id": "alice"})
+                alice = [await http.get("/a", headers={"x-api-key": "key-of-alice",
+                                                       "x-client-id": "bob"}) for _ in range(3)]  # fmt: skip
+                by_param = await http.get("/b?api_key=key-of-bob&x=1")
+            nursery.cancel_scope.cancel()
+    assert none.status_code == 401 and none.headers["www-authenticate"].startswith("API-Key")
+    assert wrong.status_code == 401 and wrong.text == "invalid API key\n"
+    assert forged.status_code == 401  # naming a client is not a key
+    assert [r.status_code for r in alice] == [200, 200, 429]  # counted as alice, not bob
+    assert by_param.status_code == 200
+    seen = [r["headers"] for r in api.received]
+    assert [h["x-client-id"] for h in seen] == [["alice"], ["alice"], ["bob"]]
+    assert all("x-api-key" not in h for h in seen)  # sanitized
+    assert edge.snapshot is not None
+    (router,) = edge.snapshot.routers.values()
+    match = router.route("x", "/", "GET", [], "")
+    assert match is not None
+    (keys,) = [f for f in match.action.filters if isinstance(f, ApiKeyFilter)]
+    assert sorted(keys.clients.values()) == ["alice", "bob"]
+    assert all(len(k) == 32 and b"key-of" not in k for k in keys.clients)  # digests only

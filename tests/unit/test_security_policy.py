@@ -105,3 +105,48 @@ def test_client_address_rules() -> None:
     assert f.allows("192.0.2.1")  # the default
     assert not IpFilter(IpAuthorization("Deny", ())).allows("192.0.2.1")
     assert not IpFilter(IpAuthorization("Deny", ())).allows("-")  # no address
+
+
+API_KEYS = """  apiKeyAuth:
+    credentialRefs: [{name: keys}]
+    extractFrom: [{cookies: [session-key]}]
+"""
+SECRET = """---
+apiVersion: v1
+kind: Secret
+metadata: {name: keys}
+stringData: {carol: k-carol}
+"""
+
+
+def test_api_keys_from_cookies_and_a_missing_secret_closes_the_route(tmp_path: Path) -> None:
+    from sidecar.filters.apikey import ApiKeyFilter
+    from sidecar.filters.chain import Exchange
+
+    def ask(f: object, cookie: str) -> int:
+        assert isinstance(f, ApiKeyFilter)
+        x = Exchange("GET", "h", "/", "", [(b"cookie", cookie.encode())], "10.0.0.1")
+        reply = f.on_request(x)
+        return reply.status if reply is not None else 200
+
+    snap = _load(tmp_path, SECRET, _policy("k", GW, API_KEYS))
+    (f,) = _filters(snap, "/a")
+    assert ask(f, "a=b; session-key=k-carol") == 200
+    assert ask(f, "session-key=k-dave") == 401 and ask(f, "other=k-carol") == 401
+    closed = _load(tmp_path, _policy("k", GW, API_KEYS))  # the Secret is missing
+    assert any("Secret default/keys not found" in w for w in closed.warnings)
+    (g,) = _filters(closed, "/a")
+    assert ask(g, "session-key=k-carol") == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [("  apiKeyAuth: {credentialRefs: [{name: k}]}\n", "apiKeyAuth.extractFrom: must name"),
+     ("  apiKeyAuth: {extractFrom: [{headers: [x-k]}]}\n", "credentialRefs: must name"),
+     ("  apiKeyAuth:\n    credentialRefs: [{name: k, namespace: other}]\n"
+      "    extractFrom: [{headers: [x-k]}]\n", "namespace: must be the policy's own")],
+)  # fmt: skip
+def test_bad_api_key_settings(tmp_path: Path, body: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, _policy("p", GW, body))
+    assert message in str(info.value)
