@@ -30,6 +30,7 @@ from sidecar.config.model import (
 )
 from sidecar.config.parse_policy import NON_IDEMPOTENT_ANNOTATION
 from sidecar.filters.apikey import ApiKeyFilter, KeySources, digest
+from sidecar.filters.basic import BasicAuthFilter, parse_htpasswd
 from sidecar.filters.chain import Filter
 from sidecar.filters.cors import CorsFilter
 from sidecar.filters.ip import IpFilter
@@ -290,11 +291,34 @@ class _Compiler:
         filters.extend(action.filters)
         if policy is not None and policy.authorization is not None:
             filters.append(IpFilter(policy.authorization))
+        if policy is not None and policy.basic is not None:
+            filters.append(self._basic(policy))
         if policy is not None and policy.api_keys is not None:
             filters.append(self._api_keys(policy))
         if limit is not None and limit.rate_limit:
             filters.append(self._limiter(limit))
         return dataclasses.replace(action, filters=tuple(filters))
+
+    def _basic(self, policy: r.SecurityPolicy) -> BasicAuthFilter:
+        """The policy's basic-auth filter, its users from the Secret's `.htpasswd` (a
+        missing Secret or entry leaves users out, with a warning: the route stays closed)."""
+        auth = policy.basic
+        assert auth is not None
+        where = f"SecurityPolicy {_nn(policy.meta)}: basicAuth"
+        secret = self.idx.secrets.get((policy.meta.namespace, auth.secret))
+        text = dict(secret.data).get(".htpasswd") if secret is not None else None
+        users: dict[str, bytes] = {}
+        if text is None:
+            missing = f"Secret {policy.meta.namespace}/{auth.secret}"
+            self.warnings.append(f"{where} {missing} not found, not Opaque, or without "
+                                 ".htpasswd; nobody is let in")  # fmt: skip
+        else:
+            users, skipped = parse_htpasswd(text)
+            if skipped:
+                self.warnings.append(f"{where}: users {', '.join(skipped)} have a hash kind "
+                                     "other than {SHA} or bcrypt; they are not let in")  # fmt: skip
+        forward = auth.forward_username.encode() if auth.forward_username else None
+        return BasicAuthFilter(users, _nn(policy.meta), forward)
 
     def _api_keys(self, policy: r.SecurityPolicy) -> ApiKeyFilter:
         """The policy's key filter, its keys read from its Secrets (digests only). A Secret

@@ -16,6 +16,7 @@ from sidecar.config.reader import NAME_RE, Reader
 from sidecar.config.resources import (
     GATEWAY_GROUP,
     ApiKeyAuth,
+    BasicAuth,
     IpAuthorization,
     IpRule,
     Meta,
@@ -24,8 +25,8 @@ from sidecar.config.resources import (
 )
 
 _TARGET_KINDS = ("Gateway", "HTTPRoute", "GRPCRoute")
-_NOT_YET = ("jwt", "basicAuth", "extAuth", "oidc")
-_SUPPORTED = "supported: cors, authorization, apiKeyAuth"
+_NOT_YET = ("jwt", "extAuth", "oidc")
+_SUPPORTED = "supported: cors, authorization, apiKeyAuth, basicAuth"
 
 
 def parse_security_policy(top: Reader, meta: Meta) -> SecurityPolicy:
@@ -43,12 +44,29 @@ def parse_security_policy(top: Reader, meta: Meta) -> SecurityPolicy:
     api_keys = None
     if (kr := spec.obj("apiKeyAuth")) is not None:
         api_keys = _api_keys(kr)
+    basic = None
+    if (br := spec.obj("basicAuth")) is not None:
+        basic = _basic(br)
     spec.finish()
-    if cors is None and authorization is None and api_keys is None:
+    if cors is None and authorization is None and api_keys is None and basic is None:
         top.fail("spec", f"sets nothing Weft enforces ({_SUPPORTED})")
     return SecurityPolicy(
-        meta=meta, targets=targets, cors=cors, authorization=authorization, api_keys=api_keys
-    )
+        meta=meta, targets=targets, cors=cors, authorization=authorization, api_keys=api_keys,
+        basic=basic,
+    )  # fmt: skip
+
+
+def _basic(r: Reader) -> BasicAuth:
+    ur = r.req_obj("users")
+    ur.text("group", "", choices=("",))
+    ur.text("kind", "Secret", choices=("Secret",))
+    name = ur.text("name", pattern=NAME_RE)
+    if ur.has("namespace"):
+        ur.fail("namespace", "must be the policy's own (a Secret of another namespace is not read)")
+    ur.finish()
+    forward = r.text("forwardUsernameHeader", None, pattern=_FIELD_RE)
+    r.finish()
+    return BasicAuth(secret=name, forward_username=forward.lower() if forward else None)
 
 
 def _api_keys(r: Reader) -> ApiKeyAuth:

@@ -407,6 +407,14 @@ class ApiKeyAuth:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BasicAuth:
+    """SecurityPolicy.basicAuth: the Secret holding `.htpasswd`."""
+
+    secret: str  # in the policy's namespace
+    forward_username: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SecurityPolicy:
     """Who may call the routes it targets, and from where (Envoy Gateway's shape)."""
 
@@ -415,6 +423,7 @@ class SecurityPolicy:
     cors: CorsPolicy | None = None
     authorization: IpAuthorization | None = None
     api_keys: ApiKeyAuth | None = None
+    basic: BasicAuth | None = None
 
 
 Resource = (

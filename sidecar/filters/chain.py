@@ -16,6 +16,7 @@ buckets, key caches) belongs to an owner the process keeps and syncs per snapsho
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -56,17 +57,23 @@ class LocalReply:
     detail: str = ""  # the access log's `detail` (why)
 
 
+Verdict = LocalReply | None
+
+
 class Filter(Protocol):
-    def on_request(self, x: Exchange) -> LocalReply | None:
-        """Look at (and possibly edit) a request; a reply ends it here."""
+    def on_request(self, x: Exchange) -> Verdict | Awaitable[Verdict]:
+        """Look at (and possibly edit) a request; a reply ends it here. A filter that
+        must wait (a password hash checked in a thread) returns an awaitable."""
         ...
 
 
-def run(filters: tuple[Filter, ...], x: Exchange) -> LocalReply | None:
+async def run(filters: tuple[Filter, ...], x: Exchange) -> LocalReply | None:
     """The filters in order until one answers; its reply carries the response edits
     earlier filters made (a CORS header on a 429, say)."""
     for f in filters:
         reply = f.on_request(x)
+        if reply is not None and not isinstance(reply, LocalReply):
+            reply = await reply
         if reply is not None:
             if x.response_ops:
                 edited: Headers = list(reply.headers)

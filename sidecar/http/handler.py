@@ -211,7 +211,7 @@ class RequestHandler:
             if action.filters:  # the rule's chain: it may answer, or edit what goes on
                 x = Exchange(head.method, authority, path, query, head.headers, self.peer_text,
                              self.scheme)  # fmt: skip
-                reply = run_filters(action.filters, x)
+                reply = await run_filters(action.filters, x)
                 if reply is not None:
                     outcome.status = reply.status
                     detail = reply.detail

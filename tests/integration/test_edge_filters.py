@@ -240,3 +240,58 @@ async def test_api_keys_name_the_client_for_the_backend_and_the_rate_limit(tmp_p
     (keys,) = [f for f in match.action.filters if isinstance(f, ApiKeyFilter)]
     assert sorted(keys.clients.values()) == ["alice", "bob"]
     assert all(len(k) == 32 and b"key-of" not in k for k in keys.clients)  # digests only
+
+
+def _htpasswd() -> str:
+    """What `htpasswd -B` (bcrypt, $2y$) and `htpasswd -s` ({SHA}) write."""
+    import base64
+    import hashlib
+
+    import bcrypt
+
+    carol = bcrypt.hashpw(b"carol-pw", bcrypt.gensalt(rounds=6)).decode().replace("$2b$", "$2y$", 1)
+    dave = "{SHA}" + base64.b64encode(hashlib.sha1(b"dave-pw").digest()).decode()
+    return f"carol:{carol}\ndave:{dave}\nerin:$apr1$abc$def\n"
+
+
+BASIC = """---
+apiVersion: v1
+kind: Secret
+metadata: {{name: users}}
+stringData:
+  .htpasswd: {htpasswd}
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: SecurityPolicy
+metadata: {{name: basic}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: edge}}]
+  basicAuth:
+    users: {{name: users}}
+    forwardUsernameHeader: x-user
+"""
+
+
+async def test_basic_auth_with_bcrypt_and_sha_entries(tmp_path: Path) -> None:
+    import json
+
+    with EchoServer("api") as api:
+        text = config({"api": api.port}, [("api", "/", "api")])
+        text += BASIC.format(htpasswd=json.dumps(_htpasswd()))
+        async with trio.open_nursery() as nursery:
+            edge, port = await start_edge(nursery, tmp_path / "c.yaml", text)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+                anonymous = await http.get("/")
+                carol = [await http.get("/", auth=("carol", "carol-pw")) for _ in range(2)]
+                dave = await http.get("/", auth=("dave", "dave-pw"), headers={"x-user": "root"})
+                wrong = await http.get("/", auth=("carol", "guess"))
+                apr1 = await http.get("/", auth=("erin", "x"))
+                garbage = await http.get("/", headers={"authorization": "Basic !!!"})
+            nursery.cancel_scope.cancel()
+    assert anonymous.status_code == 401
+    assert anonymous.headers["www-authenticate"] == 'Basic realm="default/basic"'
+    assert [r.status_code for r in carol] == [200, 200] and dave.status_code == 200
+    assert wrong.status_code == apr1.status_code == garbage.status_code == 401
+    assert [r["headers"]["x-user"] for r in api.received] == [["carol"], ["carol"], ["dave"]]
+    assert edge.snapshot is not None
+    assert any("users erin have a hash kind" in w for w in edge.snapshot.warnings)

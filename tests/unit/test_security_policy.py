@@ -78,7 +78,7 @@ def test_the_most_specific_target_wins_whole(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("body", "message"),
     [("  jwt: {providers: []}\n", "spec.jwt: is not supported yet"),
-     ("  basicAuth: {users: {name: x}}\n", "spec.basicAuth: is not supported yet"),
+     ("  extAuth: {http: {}}\n", "spec.extAuth: is not supported yet"),
      ("  authorization:\n    rules: [{action: Allow, principal: {clientCIDRs: [10.0.0.300/8]}}]\n",
       "clientCIDRs[0]: is not a CIDR"),
      ("  authorization:\n    rules: [{action: Allow, principal: {jwt: {}, clientCIDRs: [10.0.0.0/8]}}]\n",
