@@ -51,6 +51,7 @@ def _edge(args: argparse.Namespace) -> int:
         tls_handshake_timeout_s=args.tls_handshake_timeout,
         detect_timeout_s=args.detect_timeout,
         upgrades=frozenset(t.strip().lower().encode() for t in args.upgrade.split(",") if t),
+        trusted_hops=args.trusted_hops,
     )
     server = EdgeServer(
         args.file,
@@ -64,6 +65,16 @@ def _edge(args: argparse.Namespace) -> int:
         refused=MESH_ONLY,
     )
     return _run_trio(server.run)
+
+
+def _hops(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= 16:
+        raise argparse.ArgumentTypeError(f"must be a number of proxies from 0 to 16; got {text!r}")
+    return n
 
 
 def _run_trio(main: Callable[[], Awaitable[object]]) -> int:
@@ -439,6 +450,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="websocket",
         metavar="TOKEN[,TOKEN]",
         help="Upgrade protocols passed through to upstreams (others are ignored)",
+    )
+    edge.add_argument(
+        "--trusted-hops",
+        type=_hops,
+        default=0,
+        metavar="N",
+        help="proxies in front of the edge whose X-Forwarded-For entries are believed when "
+        "policies judge the client's address (default 0: the connection's peer)",
     )
     edge.add_argument(
         "--drain-timeout",

@@ -73,6 +73,7 @@ def _rules(table: PathTable) -> list[dict[str, Any]]:
                 {"cluster": b.cluster, "weight": b.weight, "invalid": b.reason or None}
                 for b in m.action.backends
             ],
+            "filters": [f.describe() for f in m.action.filters],
         }
         for m in matches
     ]

@@ -206,6 +206,9 @@ class Limits:
     # Path normalization before routing and authorization (http/paths.py)
     merge_slashes: bool = True
     escaped_slashes: str = "reject"  # %2F and %5C in paths: "reject" (400), "keep", "decode"
+    # proxies in front whose X-Forwarded-For entries are believed when filters judge the
+    # client (0: the connection's peer is the client)
+    trusted_hops: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -51,6 +51,11 @@ class ApiKeyFilter:
         self.forward = forward  # lower-case header name for the client id
         self.sanitize = sanitize
 
+    def describe(self) -> str:
+        where = [*(h.decode() for h in self.sources.headers), *self.sources.params,
+                 *self.sources.cookies]  # fmt: skip
+        return f"api keys: {len(self.clients)} client(s), read from {', '.join(where)}"
+
     def on_request(self, x: Exchange) -> LocalReply | None:
         key = self._key(x)
         if key is None:

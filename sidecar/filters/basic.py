@@ -61,6 +61,9 @@ class BasicAuthFilter:
             ((b"www-authenticate", b'Basic realm="%b"' % realm.encode()),), "basic_refused",
         )  # fmt: skip
 
+    def describe(self) -> str:
+        return f"basic auth: {len(self.users)} user(s)"
+
     def on_request(self, x: Exchange) -> Verdict | Awaitable[Verdict]:
         value = x.header(b"authorization")
         if value is None or value[:6].lower() != b"basic ":

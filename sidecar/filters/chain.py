@@ -66,6 +66,21 @@ class Filter(Protocol):
         must wait (a password hash checked in a thread) returns an awaitable."""
         ...
 
+    def describe(self) -> str:
+        """One line for /config_dump: what it does, never a secret."""
+        ...
+
+
+def client_address(peer: str, forwarded_for: bytes, trusted_hops: int) -> str:
+    """The client, as filters judge it: the connection's peer, or — behind `trusted_hops`
+    proxies that each append to X-Forwarded-For — the entry the farthest trusted one
+    added (the Nth from the right). A header with fewer entries did not come through them,
+    and says nothing."""
+    if not trusted_hops or not forwarded_for:
+        return peer
+    entries = [e.strip() for e in forwarded_for.decode("latin-1").split(",")]
+    return entries[-trusted_hops] if len(entries) >= trusted_hops else peer
+
 
 async def run(filters: tuple[Filter, ...], x: Exchange) -> LocalReply | None:
     """The filters in order until one answers; its reply carries the response edits

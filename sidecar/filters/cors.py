@@ -50,6 +50,9 @@ class CorsFilter:
             fields.append((b"access-control-allow-credentials", b"true"))
         self.preflight_fields = tuple(fields)
 
+    def describe(self) -> str:
+        return f"cors: origins {', '.join(self.policy.origins)}"
+
     def on_request(self, x: Exchange) -> LocalReply | None:
         origin = x.header(b"origin")
         allowed = origin is not None and self.allowed.fullmatch(origin.decode("latin-1").lower())

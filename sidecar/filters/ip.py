@@ -34,5 +34,9 @@ class IpFilter:
                 return rule.action == "Allow"
         return self.authorization.default_action == "Allow"
 
+    def describe(self) -> str:
+        a = self.authorization
+        return f"client addresses: {len(a.rules)} rule(s), default {a.default_action}"
+
     def on_request(self, x: Exchange) -> LocalReply | None:
         return None if self.allows(x.client) else DENIED

@@ -113,6 +113,10 @@ class RateLimitFilter:
         self.buckets: list[Buckets] = [Buckets(r) for r in rules]  # replaced by the owner
         self.clock: Callable[[], float] = time.monotonic
 
+    def describe(self) -> str:
+        limits = ", ".join(f"{r.requests}/{r.unit_s:g}s" for r in self.rules)
+        return f"rate limit {self.name}: {limits}"
+
     def on_request(self, x: Exchange) -> LocalReply | None:
         now = self.clock()
         tightest: tuple[float, int, float] | None = None  # (remaining, limit, reset)

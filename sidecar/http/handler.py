@@ -47,7 +47,7 @@ if TYPE_CHECKING:  # HTTP/2 and TLS load on first use: a plain gateway stays sma
     from ca.spiffe import SpiffeId
     from sidecar.http.forward_h2 import ResponseWriter
 
-from sidecar.filters.chain import Exchange
+from sidecar.filters.chain import Exchange, client_address
 from sidecar.filters.chain import run as run_filters
 from sidecar.http.context import ProxyContext
 from sidecar.http.mirror import mirror
@@ -209,7 +209,9 @@ class RequestHandler:
             route_label = action.route
             x = None
             if action.filters:  # the rule's chain: it may answer, or edit what goes on
-                x = Exchange(head.method, authority, path, query, head.headers, self.peer_text,
+                client = client_address(self.peer_text, head.forwarded_for,
+                                        snapshot.limits.trusted_hops)  # fmt: skip
+                x = Exchange(head.method, authority, path, query, head.headers, client,
                              self.scheme)  # fmt: skip
                 reply = await run_filters(action.filters, x)
                 if reply is not None:

@@ -4,12 +4,14 @@ replaced), and bad filter configuration refused naming the field."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 
+from sidecar.config.dump import describe
 from sidecar.config.loader import load_snapshot
 from sidecar.errors import ConfigError
 from sidecar.filters.apikey import ApiKeyFilter
@@ -240,6 +242,10 @@ async def test_api_keys_name_the_client_for_the_backend_and_the_rate_limit(tmp_p
     (keys,) = [f for f in match.action.filters if isinstance(f, ApiKeyFilter)]
     assert sorted(keys.clients.values()) == ["alice", "bob"]
     assert all(len(k) == 32 and b"key-of" not in k for k in keys.clients)  # digests only
+    dump = json.dumps(describe(edge.snapshot))  # what /config_dump shows: no key
+    assert "key-of" not in dump
+    assert "api keys: 2 client(s), read from x-api-key, api_key" in dump
+    assert "rate limit default/per-client: 2/3600s" in dump
 
 
 def _htpasswd() -> str:
@@ -273,8 +279,6 @@ spec:
 
 
 async def test_basic_auth_with_bcrypt_and_sha_entries(tmp_path: Path) -> None:
-    import json
-
     with EchoServer("api") as api:
         text = config({"api": api.port}, [("api", "/", "api")])
         text += BASIC.format(htpasswd=json.dumps(_htpasswd()))
@@ -295,3 +299,25 @@ async def test_basic_auth_with_bcrypt_and_sha_entries(tmp_path: Path) -> None:
     assert [r["headers"]["x-user"] for r in api.received] == [["carol"], ["carol"], ["dave"]]
     assert edge.snapshot is not None
     assert any("users erin have a hash kind" in w for w in edge.snapshot.warnings)
+
+
+async def test_x_forwarded_for_counts_only_behind_trusted_proxies(tmp_path: Path) -> None:
+    from sidecar.config.model import Limits
+
+    deny = SECURITY.format(name="deny", kind="Gateway", target="edge", default="Allow",
+                           action="Deny", cidr="198.51.100.0/24")  # fmt: skip
+    got = {}
+    with EchoServer("api") as api:
+        text = config({"api": api.port}, [("api", "/", "api")]) + deny
+        for hops in (0, 1):
+            async with trio.open_nursery() as nursery:
+                _, port = await start_edge(nursery, tmp_path / f"c{hops}.yaml", text,
+                                           limits=Limits(trusted_hops=hops))  # fmt: skip
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+                    got[hops] = [
+                        (await http.get("/", headers={"x-forwarded-for": xff})).status_code
+                        for xff in ("198.51.100.7", "203.0.113.9", "198.51.100.7, 203.0.113.9")
+                    ]
+                nursery.cancel_scope.cancel()
+    assert got[0] == [200, 200, 200]  # anyone can write the header: not believed
+    assert got[1] == [403, 200, 200]  # one proxy in front: its entry is the client

@@ -150,3 +150,14 @@ def test_bad_api_key_settings(tmp_path: Path, body: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         _load(tmp_path, _policy("p", GW, body))
     assert message in str(info.value)
+
+
+def test_the_client_behind_trusted_proxies() -> None:
+    from sidecar.filters.chain import client_address
+
+    xff = b"198.51.100.7, 10.0.0.2"  # the client, then the proxy in front of ours
+    assert client_address("10.0.0.3", xff, 0) == "10.0.0.3"  # not believed by default
+    assert client_address("10.0.0.3", xff, 1) == "10.0.0.2"
+    assert client_address("10.0.0.3", xff, 2) == "198.51.100.7"
+    assert client_address("10.0.0.3", xff, 3) == "10.0.0.3"  # too few entries: ignored
+    assert client_address("10.0.0.3", b"", 2) == "10.0.0.3"
