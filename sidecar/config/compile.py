@@ -34,6 +34,7 @@ from sidecar.filters.basic import BasicAuthFilter, parse_htpasswd
 from sidecar.filters.chain import Filter
 from sidecar.filters.cors import CorsFilter
 from sidecar.filters.ip import IpFilter
+from sidecar.filters.jwt_auth import JwtFilter
 from sidecar.filters.ratelimit import RateLimitFilter
 from sidecar.http.filters import HeaderOps
 from sidecar.http.router import CompiledMatch, Condition, HostTable, ListenerRoutes, PortRouter
@@ -291,6 +292,8 @@ class _Compiler:
         filters.extend(action.filters)
         if policy is not None and policy.authorization is not None:
             filters.append(IpFilter(policy.authorization))
+        if policy is not None and policy.jwt is not None:
+            filters.append(JwtFilter(policy.jwt.providers, _nn(policy.meta)))
         if policy is not None and policy.basic is not None:
             filters.append(self._basic(policy))
         if policy is not None and policy.api_keys is not None:

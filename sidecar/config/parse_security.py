@@ -19,14 +19,16 @@ from sidecar.config.resources import (
     BasicAuth,
     IpAuthorization,
     IpRule,
+    JwtAuth,
     Meta,
     PolicyTarget,
     SecurityPolicy,
 )
+from sidecar.filters.jwt_auth import Provider, TokenSource, load_jwks
 
 _TARGET_KINDS = ("Gateway", "HTTPRoute", "GRPCRoute")
-_NOT_YET = ("jwt", "extAuth", "oidc")
-_SUPPORTED = "supported: cors, authorization, apiKeyAuth, basicAuth"
+_NOT_YET = ("extAuth", "oidc")
+_SUPPORTED = "supported: cors, authorization, apiKeyAuth, basicAuth, jwt"
 
 
 def parse_security_policy(top: Reader, meta: Meta) -> SecurityPolicy:
@@ -47,13 +49,58 @@ def parse_security_policy(top: Reader, meta: Meta) -> SecurityPolicy:
     basic = None
     if (br := spec.obj("basicAuth")) is not None:
         basic = _basic(br)
+    jwt = None
+    if (jr := spec.obj("jwt")) is not None:
+        jwt = _jwt(jr)
     spec.finish()
-    if cors is None and authorization is None and api_keys is None and basic is None:
+    if not any((cors, authorization, api_keys, basic, jwt)):
         top.fail("spec", f"sets nothing Weft enforces ({_SUPPORTED})")
     return SecurityPolicy(
         meta=meta, targets=targets, cors=cors, authorization=authorization, api_keys=api_keys,
-        basic=basic,
+        basic=basic, jwt=jwt,
     )  # fmt: skip
+
+
+def _jwt(r: Reader) -> JwtAuth:
+    providers = []
+    for pr in r.objs("providers", max_items=16):
+        name = pr.text("name", pattern=NAME_RE)
+        if pr.has("remoteJWKS"):
+            pr.fail("remoteJWKS", "is not supported yet: give the keys as localJWKS (Inline)")
+        lr = pr.req_obj("localJWKS")
+        lr.text("type", "Inline", choices=("Inline",))
+        try:
+            keys = load_jwks(lr.text("inline", max_len=1 << 20))
+        except ValueError as exc:
+            lr.fail("inline", str(exc))
+        lr.finish()
+        source = TokenSource()
+        if (er := pr.obj("extractFrom")) is not None:
+            headers = []
+            for hr in er.objs("headers", max_items=8):
+                headers.append((hr.text("name", pattern=_FIELD_RE).lower().encode(),
+                                hr.text("valuePrefix", "")))  # fmt: skip
+                hr.finish()
+            cookies = er.str_list("cookies", pattern=_FIELD_RE)
+            params = er.str_list("params", pattern=_FIELD_RE)
+            source = TokenSource(headers=tuple(headers), cookies=tuple(cookies),
+                                 params=tuple(params))  # fmt: skip
+            er.finish()
+        claims = []
+        for cr in pr.objs("claimToHeaders", max_items=16):
+            claims.append((cr.text("header", pattern=_FIELD_RE).lower().encode(),
+                           cr.text("claim", max_len=256)))  # fmt: skip
+            cr.finish()
+        providers.append(Provider(
+            name=name, keys=tuple(keys), issuer=pr.text("issuer", None, max_len=1024),
+            audiences=tuple(pr.str_list("audiences")), source=source,
+            claim_to_headers=tuple(claims),
+        ))  # fmt: skip
+        pr.finish()
+    if not providers:
+        r.fail("providers", "must have at least one provider")
+    r.finish()
+    return JwtAuth(providers=tuple(providers))
 
 
 def _basic(r: Reader) -> BasicAuth:

@@ -18,6 +18,7 @@ from sidecar.config.model import (
     RetryBudget,
     RetryPolicy,
 )
+from sidecar.filters.jwt_auth import Provider
 from sidecar.filters.ratelimit import LimitRule
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
@@ -415,6 +416,13 @@ class BasicAuth:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class JwtAuth:
+    """SecurityPolicy.jwt: its providers, checked and ready (keys parsed)."""
+
+    providers: tuple[Provider, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SecurityPolicy:
     """Who may call the routes it targets, and from where (Envoy Gateway's shape)."""
 
@@ -424,6 +432,7 @@ class SecurityPolicy:
     authorization: IpAuthorization | None = None
     api_keys: ApiKeyAuth | None = None
     basic: BasicAuth | None = None
+    jwt: JwtAuth | None = None
 
 
 Resource = (

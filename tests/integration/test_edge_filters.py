@@ -321,3 +321,39 @@ async def test_x_forwarded_for_counts_only_behind_trusted_proxies(tmp_path: Path
                 nursery.cancel_scope.cancel()
     assert got[0] == [200, 200, 200]  # anyone can write the header: not believed
     assert got[1] == [403, 200, 200]  # one proxy in front: its entry is the client
+
+
+async def test_jwt_at_the_edge(tmp_path: Path) -> None:
+    from tests.support.tokens import JWKS, token
+
+    policy = f"""---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: SecurityPolicy
+metadata: {{name: jwt}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: api}}]
+  jwt:
+    providers:
+    - name: idp
+      issuer: https://idp.example
+      audiences: [api]
+      localJWKS: {{type: Inline, inline: {json.dumps(JWKS)}}}
+      claimToHeaders: [{{header: x-sub, claim: sub}}]
+"""
+    with EchoServer("api") as api:
+        text = config({"api": api.port}, [("api", "/", "api")]) + policy
+        async with trio.open_nursery() as nursery:
+            _, port = await start_edge(nursery, tmp_path / "c.yaml", text)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+                ok = await http.get("/", headers={"authorization": f"Bearer {token()}"})
+                none = await http.get("/")
+                bad = await http.get("/", headers={"authorization": f"Bearer {token(aud='x')}"})
+            h2 = await RawH2.connect(port)
+            sid = await h2.request([*get(b"/", b"gw"),
+                                    (b"authorization", f"Bearer {token()}".encode())])  # fmt: skip
+            (h2_ok,) = await h2.wait(sid)
+            await h2.aclose()
+            nursery.cancel_scope.cancel()
+    assert ok.status_code == 200 and h2_ok.status == 200
+    assert none.status_code == 401 and bad.status_code == 401
+    assert [r["headers"]["x-sub"] for r in api.received] == [["u-1"], ["u-1"]]

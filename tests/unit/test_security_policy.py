@@ -77,7 +77,7 @@ def test_the_most_specific_target_wins_whole(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("body", "message"),
-    [("  jwt: {providers: []}\n", "spec.jwt: is not supported yet"),
+    [("  jwt: {providers: []}\n", "spec.jwt.providers: must have at least one provider"),
      ("  extAuth: {http: {}}\n", "spec.extAuth: is not supported yet"),
      ("  authorization:\n    rules: [{action: Allow, principal: {clientCIDRs: [10.0.0.300/8]}}]\n",
       "clientCIDRs[0]: is not a CIDR"),

@@ -1,0 +1,150 @@
+"""JWT authentication (SecurityPolicy.jwt): a request must carry a token that one of the
+policy's providers validates, or it is answered 401.
+
+Signatures are checked by PyJWT (with `cryptography`), never by hand. Only asymmetric
+algorithms are accepted, and only the ones the key's type allows — RS256/384/512 and
+PS256/384/512 for RSA keys, ES256/384/512 for EC, EdDSA for OKP — so `alg: none` and the
+HS256-signed-with-the-public-key trick are refused before any signature math. The key is
+the JWKS entry the token's `kid` names (or, without `kid`, the entries of a matching
+type). `exp` and `nbf` are checked when present with 60 s of clock skew; `iss` and `aud`
+when the provider names them. The claims a provider lists in `claimToHeaders` go upstream
+as headers (copies the client sent are removed first).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+import jwt
+
+from sidecar.filters.chain import Exchange, LocalReply
+from sidecar.http.filters import HeaderOps
+
+LEEWAY_S = 60
+ALGORITHMS = {
+    "RSA": ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"),
+    "EC": ("ES256", "ES384", "ES512"),
+    "OKP": ("EdDSA",),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSource:
+    headers: tuple[tuple[bytes, str], ...] = ((b"authorization", "Bearer "),)  # (name, prefix)
+    cookies: tuple[str, ...] = ()
+    params: tuple[str, ...] = ()
+
+    def find(self, x: Exchange) -> str | None:
+        for name, prefix in self.headers:
+            value = x.header(name)
+            if value is not None:
+                text = value.decode("latin-1").strip()
+                if text[: len(prefix)].lower() == prefix.lower():
+                    return text[len(prefix) :].strip() or None
+        if self.cookies and (cookie := x.header(b"cookie")):
+            jar = dict(p.strip().split("=", 1) for p in cookie.decode("latin-1").split(";")
+                       if "=" in p)  # fmt: skip
+            for c in self.cookies:
+                if jar.get(c):
+                    return jar[c]
+        if self.params and x.query:
+            params = dict(parse_qsl(x.query))
+            for p in self.params:
+                if params.get(p):
+                    return params[p]
+        return None
+
+
+def load_jwks(text: str) -> list[jwt.PyJWK]:
+    """The usable keys of a JWKS document (ValueError when it is not one)."""
+    try:
+        doc = json.loads(text)
+        keys = doc["keys"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError('is not a JWKS document ({"keys": [...]})') from None
+    out = []
+    for i, k in enumerate(keys):
+        if not isinstance(k, dict) or k.get("kty") not in ALGORITHMS:
+            raise ValueError(f"key {i}: kty must be one of {', '.join(ALGORITHMS)}")
+        if "d" in k:
+            raise ValueError(f"key {i} is a private key: publish only public keys")
+        try:
+            out.append(jwt.PyJWK(k))
+        except jwt.PyJWTError as exc:
+            raise ValueError(f"key {i}: {exc}") from None
+    if not out:
+        raise ValueError("has no keys")
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    name: str
+    keys: tuple[jwt.PyJWK, ...]
+    issuer: str | None = None
+    audiences: tuple[str, ...] = ()
+    source: TokenSource = TokenSource()
+    claim_to_headers: tuple[tuple[bytes, str], ...] = ()  # (header, claim)
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """The token's claims (jwt.PyJWTError when it is not valid for this provider)."""
+        header = jwt.get_unverified_header(token)
+        alg, kid = header.get("alg"), header.get("kid")
+        candidates = [k for k in self.keys if kid is None or k.key_id == kid]
+        for key in candidates:
+            if alg not in ALGORITHMS.get(key.key_type or "", ()):
+                continue
+            return jwt.decode(
+                token, key=key.key, algorithms=[alg], issuer=self.issuer,
+                audience=list(self.audiences) or None, leeway=LEEWAY_S,
+                options={"verify_aud": bool(self.audiences)},
+            )  # fmt: skip
+        raise jwt.InvalidKeyError(f"no key for kid {kid!r} and alg {alg!r}")
+
+
+class JwtFilter:
+    __slots__ = ("challenge", "invalid", "providers")
+
+    def __init__(self, providers: tuple[Provider, ...], realm: str) -> None:
+        self.providers = providers
+        www = ((b"www-authenticate", b'Bearer realm="%b"' % realm.encode()),)
+        self.challenge = LocalReply(401, b"a token is required\n", www, "jwt_missing")
+        self.invalid = LocalReply(
+            401, b"invalid token\n",
+            ((b"www-authenticate", www[0][1] + b', error="invalid_token"'),), "jwt_invalid",
+        )  # fmt: skip
+
+    def describe(self) -> str:
+        return f"jwt: providers {', '.join(p.name for p in self.providers)}"
+
+    def on_request(self, x: Exchange) -> LocalReply | None:
+        found = False
+        for p in self.providers:
+            token = p.source.find(x)
+            if token is None:
+                continue
+            found = True
+            try:
+                claims = p.verify(token)
+            except (jwt.PyJWTError, ValueError):
+                continue  # another provider may know the token
+            self._forward(x, p, claims)
+            return None
+        return self.invalid if found else self.challenge
+
+    @staticmethod
+    def _forward(x: Exchange, p: Provider, claims: dict[str, Any]) -> None:
+        if not p.claim_to_headers:
+            return
+        append = []
+        for header, claim in p.claim_to_headers:
+            value = claims.get(claim)
+            text = str(value) if value is not None and not isinstance(value, dict | list) else ""
+            if text and text.isprintable():  # never a CR, LF or other control upstream
+                append.append((header, text.encode("utf-8")))
+        ops = HeaderOps(drop=frozenset(h for h, _ in p.claim_to_headers), append=tuple(append))
+        x.request_ops.append(ops)
+        x.headers = ops.apply(x.headers)
