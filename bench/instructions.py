@@ -8,12 +8,14 @@ same in both runs, drop out). It counts user-space instructions only (the kernel
 send/recv is not in it).
 
     .venv/bin/python -m bench.instructions [--requests 3000] [--access-log off] [--target mtls]
-        [--trace]
+        [--trace] [--policies jwt,ratelimit,apikey]
 
 `--target edge` (default) measures `meshctl edge`; `--target mtls` the sidecar pair of the
 mTLS hop (both sidecars under callgrind, their counts added; the control plane is not).
 `--trace` turns tracing on at 100% (to bench/otlp_sink.py); the span exporter runs in a child
 process that callgrind does not follow, so this counts what tracing costs the data path.
+`--policies` puts edge policies (bench/policies.py) on the benchmark route, and the fields
+that pass them on every request.
 """
 
 from __future__ import annotations
@@ -29,19 +31,21 @@ import time
 from pathlib import Path
 
 from bench import mtls
+from bench.policies import policies
 from bench.run import OTLP_SINK, PORTS, _configs, _wait_port, _weft_config, require
 
+CRLF = b"\r\n"
 REQUEST = b"GET /api/x HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
 
 
-def drive(port: int, total: int, connections: int = 32) -> None:
+def drive(port: int, total: int, connections: int = 32, request: bytes = REQUEST) -> None:
     """Send exactly `total` requests, each connection one at a time, and read every answer."""
     sel = selectors.DefaultSelector()
     pending: dict[socket.socket, bytes] = {}
     sent = done = 0
     for _ in range(min(connections, total)):
         s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(REQUEST)
+        s.sendall(request)
         sent += 1
         pending[s] = b""
         sel.register(s, selectors.EVENT_READ)
@@ -54,13 +58,15 @@ def drive(port: int, total: int, connections: int = 32) -> None:
                 raise SystemExit("bench: the proxy closed a connection")
             buf = pending[s] + data
             while (end := buf.find(b"\r\n\r\n")) != -1:
+                if not buf.startswith(b"HTTP/1.1 200 "):  # a refusal is not what is measured
+                    raise SystemExit(f"bench: the proxy answered {buf[: buf.find(CRLF)]!r}")
                 length = int(buf[:end].lower().split(b"content-length:")[1].split(b"\r\n")[0])
                 if len(buf) < end + 4 + length:
                     break
                 buf = buf[end + 4 + length :]
                 done += 1
                 if sent < total:
-                    s.sendall(REQUEST)
+                    s.sendall(request)
                     sent += 1
             pending[s] = buf
     for s in pending:
@@ -74,7 +80,10 @@ def _summary(out: Path) -> int:
     raise SystemExit("bench: no callgrind summary")
 
 
-def _measure(cmds: list[tuple[list[str], int]], port: int, requests: int, tmp: Path) -> int:
+def _measure(
+    cmds: list[tuple[list[str], int]], port: int, requests: int, tmp: Path,
+    request: bytes = REQUEST,
+) -> int:  # fmt: skip
     """Start each command under callgrind (waiting for its port), send `requests` to `port`,
     stop them all; their instruction counts, added."""
     procs: list[tuple[subprocess.Popen[bytes], Path]] = []
@@ -85,7 +94,7 @@ def _measure(cmds: list[tuple[list[str], int]], port: int, requests: int, tmp: P
             proc = subprocess.Popen(grind, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             procs.append((proc, out))
             _wait_port(ready_port, timeout=180)
-        drive(port, requests)
+        drive(port, requests, request=request)
     finally:
         for proc, _ in reversed(procs):
             proc.send_signal(signal.SIGINT)
@@ -113,7 +122,10 @@ def main() -> int:
     ap.add_argument("--access-log", default="on", choices=("on", "off"))
     ap.add_argument("--target", default="edge", choices=("edge", "mtls"))
     ap.add_argument("--trace", action="store_true", help="tracing at 100%% to an OTLP receiver")
+    ap.add_argument("--policies", default="", help="edge policies: jwt,ratelimit,apikey")
     args = ap.parse_args()
+    extra_docs, extra_lines = policies(args.policies)
+    request = REQUEST[:-2] + extra_lines + b"\r\n"
     require("valgrind", "nginx")
     trace = []
     if args.trace:
@@ -128,6 +140,8 @@ def main() -> int:
             _wait_port(PORTS["backend"])
             if args.target == "edge":
                 _weft_config(tmp / "weft.yaml", 1)
+                with (tmp / "weft.yaml").open("a") as f:
+                    f.write("\n" + extra_docs)
                 log = str(tmp / "access.log") if args.access_log == "on" else "off"
                 cmds, port = edge(tmp, log, trace)
             else:
@@ -135,18 +149,19 @@ def main() -> int:
                 procs.append(subprocess.Popen(mtls.control_plane(tmp), stderr=subprocess.DEVNULL))
                 _wait_port(mtls.P["cp"])
                 cmds, port = pair(tmp, args.access_log, trace)
-            few = _measure(cmds, port, args.requests // 4, tmp)
+            few = _measure(cmds, port, args.requests // 4, tmp, request)
             if args.target == "edge":
                 cmds, port = edge(tmp, log, trace)
             else:
                 cmds, port = pair(tmp, args.access_log, trace)
-            many = _measure(cmds, port, args.requests, tmp)
+            many = _measure(cmds, port, args.requests, tmp, request)
         finally:
             for proc in procs:
                 proc.terminate()
                 proc.wait(5)
     per = (many - few) / (args.requests - args.requests // 4)
     traced = ", tracing 100%" if args.trace else ""
+    traced += f", policies {args.policies}" if args.policies else ""
     print(f"{per:,.0f} instructions per request ({args.target}, access log {args.access_log}"
           f"{traced}; "
           f"{args.requests} requests, {time.strftime('%Y-%m-%d')})")  # fmt: skip

@@ -14,6 +14,8 @@ as headers (copies the client sent are removed first).
 from __future__ import annotations
 
 import json
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -24,6 +26,8 @@ from sidecar.filters.chain import Exchange, LocalReply
 from sidecar.http.filters import HeaderOps
 
 LEEWAY_S = 60
+REMEMBERED = 4096  # verified tokens kept per filter
+REMEMBER_S = 300.0  # at most this long (and never past the token's exp)
 ALGORITHMS = {
     "RSA": ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"),
     "EC": ("ES256", "ES384", "ES512"),
@@ -106,10 +110,16 @@ class Provider:
 
 
 class JwtFilter:
-    __slots__ = ("challenge", "invalid", "providers")
+    """Clients reuse a token for many requests: a verified one is remembered (by its text,
+    with the provider and claims) until its `exp` or for REMEMBER_S, whichever is sooner,
+    so only its first request pays for the signature check."""
+
+    __slots__ = ("challenge", "clock", "invalid", "providers", "verified")
 
     def __init__(self, providers: tuple[Provider, ...], realm: str) -> None:
         self.providers = providers
+        self.verified: OrderedDict[str, tuple[float, Provider, dict[str, Any]]] = OrderedDict()
+        self.clock = time.time
         www = ((b"www-authenticate", b'Bearer realm="%b"' % realm.encode()),)
         self.challenge = LocalReply(401, b"a token is required\n", www, "jwt_missing")
         self.invalid = LocalReply(
@@ -122,18 +132,34 @@ class JwtFilter:
 
     def on_request(self, x: Exchange) -> LocalReply | None:
         found = False
+        now = self.clock()
         for p in self.providers:
             token = p.source.find(x)
             if token is None:
                 continue
             found = True
+            known = self.verified.get(token)
+            if known is not None and known[0] > now and known[1] is p:
+                self._forward(x, p, known[2])
+                return None
             try:
                 claims = p.verify(token)
             except (jwt.PyJWTError, ValueError):
                 continue  # another provider may know the token
+            self._remember(token, p, claims, now)
             self._forward(x, p, claims)
             return None
         return self.invalid if found else self.challenge
+
+    def _remember(self, token: str, p: Provider, claims: dict[str, Any], now: float) -> None:
+        until = now + REMEMBER_S
+        exp = claims.get("exp")
+        if isinstance(exp, int | float):
+            until = min(until, float(exp) + LEEWAY_S)
+        self.verified[token] = (until, p, claims)
+        self.verified.move_to_end(token)
+        if len(self.verified) > REMEMBERED:
+            self.verified.popitem(last=False)
 
     @staticmethod
     def _forward(x: Exchange, p: Provider, claims: dict[str, Any]) -> None:

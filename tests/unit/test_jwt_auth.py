@@ -98,3 +98,26 @@ def test_jwks_documents_are_checked() -> None:
                           (json.dumps({"keys": [{**jwk(EC, "e"), "d": "x"}]}), "private key")):  # fmt: skip
         with pytest.raises(ValueError, match=message):
             load_jwks(text)
+
+
+def test_verified_tokens_are_remembered_until_they_expire() -> None:
+    f = JwtFilter((PROVIDER,), "r")
+    clock = [time.time()]
+    f.clock = lambda: clock[0]
+
+    def ask(t: str) -> int:
+        x = Exchange("GET", "a", "/", "", [(b"authorization", f"Bearer {t}".encode())], "1.2.3.4")
+        reply = f.on_request(x)
+        return reply.status if reply is not None else 200
+
+    good = token(exp=int(clock[0]) + 100)
+    assert ask(good) == 200 and ask(good) == 200
+    until, provider, claims = f.verified[good]
+    assert provider is PROVIDER and claims["sub"] == "u-1"
+    assert until == int(clock[0]) + 100 + 60  # never past exp (and its skew)
+    bad = token(aud="other")
+    assert ask(bad) == 401 and ask(bad) == 401 and bad not in f.verified
+    long_lived = token(exp=int(clock[0]) + 86400)
+    assert ask(long_lived) == 200 and f.verified[long_lived][0] == clock[0] + 300
+    clock[0] += 301  # remembered no longer: checked again (and still valid)
+    assert ask(long_lived) == 200 and f.verified[long_lived][0] == clock[0] + 300
