@@ -132,6 +132,7 @@ class _Compiler:
         self.clusters: dict[str, ClusterSpec] = {}
         self.warnings: list[str] = []
         self.limiters: dict[str, RateLimitFilter] = {}  # by policy: their buckets' owners
+        self.secured: dict[str, tuple[CorsFilter | None, list[Filter]]] = {}  # by policy
 
     # -- top level ----------------------------------------------------------------------
     def build(self, version: int, limits: Limits) -> Snapshot:
@@ -285,22 +286,35 @@ class _Compiler:
         limit = most_specific(self.idx.rate_limits, *where)
         if policy is None and limit is None:
             return action
+        cors, checks = self._security(policy) if policy is not None else (None, [])
         filters: list[Filter] = []
-        own_cors = any(isinstance(f, CorsFilter) for f in action.filters)
-        if policy is not None and policy.cors is not None and not own_cors:
-            filters.append(CorsFilter(policy.cors))  # a route's own CORS filter wins
+        if cors is not None and not any(isinstance(f, CorsFilter) for f in action.filters):
+            filters.append(cors)  # a route's own CORS filter wins
         filters.extend(action.filters)
-        if policy is not None and policy.authorization is not None:
-            filters.append(IpFilter(policy.authorization))
-        if policy is not None and policy.jwt is not None:
-            filters.append(JwtFilter(policy.jwt.providers, _nn(policy.meta)))
-        if policy is not None and policy.basic is not None:
-            filters.append(self._basic(policy))
-        if policy is not None and policy.api_keys is not None:
-            filters.append(self._api_keys(policy))
+        filters.extend(checks)
         if limit is not None and limit.rate_limit:
             filters.append(self._limiter(limit))
         return dataclasses.replace(action, filters=tuple(filters))
+
+    def _security(self, policy: r.SecurityPolicy) -> tuple[CorsFilter | None, list[Filter]]:
+        """A SecurityPolicy's filters — its CORS, then its checks in Envoy Gateway's order
+        (client addresses, JWT, basic auth, API keys) — made once per policy, so every
+        route it applies to shares them (and their caches of verified credentials)."""
+        name = _nn(policy.meta)
+        found = self.secured.get(name)
+        if found is None:
+            checks: list[Filter] = []
+            if policy.authorization is not None:
+                checks.append(IpFilter(policy.authorization))
+            if policy.jwt is not None:
+                checks.append(JwtFilter(policy.jwt.providers, name))
+            if policy.basic is not None:
+                checks.append(self._basic(policy))
+            if policy.api_keys is not None:
+                checks.append(self._api_keys(policy))
+            cors = CorsFilter(policy.cors) if policy.cors is not None else None
+            found = self.secured[name] = (cors, checks)
+        return found
 
     def _basic(self, policy: r.SecurityPolicy) -> BasicAuthFilter:
         """The policy's basic-auth filter, its users from the Secret's `.htpasswd` (a
