@@ -11,9 +11,9 @@ import dataclasses
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from sidecar.config import resources as r
+from sidecar.config.attach_policies import PolicyFilters
 from sidecar.config.certs import CertificatePair, CertKey
 from sidecar.config.model import (
     Backend,
@@ -29,13 +29,8 @@ from sidecar.config.model import (
     Snapshot,
 )
 from sidecar.config.parse_policy import NON_IDEMPOTENT_ANNOTATION
-from sidecar.filters.apikey import ApiKeyFilter, KeySources, digest
-from sidecar.filters.basic import BasicAuthFilter, parse_htpasswd
 from sidecar.filters.chain import Filter
 from sidecar.filters.cors import CorsFilter
-from sidecar.filters.ip import IpFilter
-from sidecar.filters.jwt_auth import JwtFilter
-from sidecar.filters.ratelimit import RateLimitFilter
 from sidecar.http.filters import HeaderOps
 from sidecar.http.router import CompiledMatch, Condition, HostTable, ListenerRoutes, PortRouter
 from sidecar.upstream.balance import SmoothWeighted
@@ -131,8 +126,7 @@ class _Compiler:
         self.certificates = certificates
         self.clusters: dict[str, ClusterSpec] = {}
         self.warnings: list[str] = []
-        self.limiters: dict[str, RateLimitFilter] = {}  # by policy: their buckets' owners
-        self.secured: dict[str, tuple[CorsFilter | None, list[Filter]]] = {}  # by policy
+        self.policies = PolicyFilters(idx.security, idx.rate_limits, idx.secrets, self.warnings)
 
     # -- top level ----------------------------------------------------------------------
     def build(self, version: int, limits: Limits) -> Snapshot:
@@ -196,7 +190,7 @@ class _Compiler:
             limits=limits,
             warnings=tuple(self.warnings),
             authz=tuple(p.policy for p in self.idx.policies),
-            limiters=tuple(self.limiters.values()),
+            limiters=tuple(self.policies.limiters.values()),
         )
 
     def _certificates(self, gw: r.Gateway, lst: r.Listener) -> tuple[CertificatePair, ...] | None:
@@ -267,109 +261,14 @@ class _Compiler:
         actions = [self._action(route, i, rule) for i, rule in enumerate(route.rules)]
         for key, hosts in targets.items():
             att = attached[key]
-            here = [self._secured(action, route, rule, att) for action, rule in
-                    zip(actions, route.rules, strict=True)]  # fmt: skip
+            gw, listener = att.gateway, att.listener.name
+            here = [self.policies.secured(action, route, rule.name, gw, listener)
+                    for action, rule in zip(actions, route.rules, strict=True)]  # fmt: skip
             for host in dict.fromkeys(hosts):
                 table = att.routes.table_for(host)
                 for i, rule in enumerate(route.rules):
                     for j, match in enumerate(rule.matches):
                         table.add(_compile_match(route, i, j, match, here[i]))
-
-    def _secured(
-        self, action: RouteAction, route: r.HTTPRoute, rule: r.RouteRule, att: _Attached
-    ) -> RouteAction:
-        """The rule's action with the filters of the SecurityPolicy that applies to it on
-        this listener: the most specific target wins whole (route rule, route, listener,
-        Gateway), as Gateway API policy attachment and Envoy Gateway have it."""
-        where = (route, rule.name, att.gateway, att.listener.name)
-        policy = most_specific(self.idx.security, *where)
-        limit = most_specific(self.idx.rate_limits, *where)
-        if policy is None and limit is None:
-            return action
-        cors, checks = self._security(policy) if policy is not None else (None, [])
-        filters: list[Filter] = []
-        if cors is not None and not any(isinstance(f, CorsFilter) for f in action.filters):
-            filters.append(cors)  # a route's own CORS filter wins
-        filters.extend(action.filters)
-        filters.extend(checks)
-        if limit is not None and limit.rate_limit:
-            filters.append(self._limiter(limit))
-        return dataclasses.replace(action, filters=tuple(filters))
-
-    def _security(self, policy: r.SecurityPolicy) -> tuple[CorsFilter | None, list[Filter]]:
-        """A SecurityPolicy's filters — its CORS, then its checks in Envoy Gateway's order
-        (client addresses, JWT, basic auth, API keys) — made once per policy, so every
-        route it applies to shares them (and their caches of verified credentials)."""
-        name = _nn(policy.meta)
-        found = self.secured.get(name)
-        if found is None:
-            checks: list[Filter] = []
-            if policy.authorization is not None:
-                checks.append(IpFilter(policy.authorization))
-            if policy.jwt is not None:
-                checks.append(JwtFilter(policy.jwt.providers, name))
-            if policy.basic is not None:
-                checks.append(self._basic(policy))
-            if policy.api_keys is not None:
-                checks.append(self._api_keys(policy))
-            cors = CorsFilter(policy.cors) if policy.cors is not None else None
-            found = self.secured[name] = (cors, checks)
-        return found
-
-    def _basic(self, policy: r.SecurityPolicy) -> BasicAuthFilter:
-        """The policy's basic-auth filter, its users from the Secret's `.htpasswd` (a
-        missing Secret or entry leaves users out, with a warning: the route stays closed)."""
-        auth = policy.basic
-        assert auth is not None
-        where = f"SecurityPolicy {_nn(policy.meta)}: basicAuth"
-        secret = self.idx.secrets.get((policy.meta.namespace, auth.secret))
-        text = dict(secret.data).get(".htpasswd") if secret is not None else None
-        users: dict[str, bytes] = {}
-        if text is None:
-            missing = f"Secret {policy.meta.namespace}/{auth.secret}"
-            self.warnings.append(f"{where} {missing} not found, not Opaque, or without "
-                                 ".htpasswd; nobody is let in")  # fmt: skip
-        else:
-            users, skipped = parse_htpasswd(text)
-            if skipped:
-                self.warnings.append(f"{where}: users {', '.join(skipped)} have a hash kind "
-                                     "other than {SHA} or bcrypt; they are not let in")  # fmt: skip
-        forward = auth.forward_username.encode() if auth.forward_username else None
-        return BasicAuthFilter(users, _nn(policy.meta), forward)
-
-    def _api_keys(self, policy: r.SecurityPolicy) -> ApiKeyFilter:
-        """The policy's key filter, its keys read from its Secrets (digests only). A Secret
-        that is missing leaves its clients out, with a warning: the routes stay closed."""
-        auth = policy.api_keys
-        assert auth is not None
-        clients: dict[bytes, str] = {}
-        for name in auth.secrets:
-            secret = self.idx.secrets.get((policy.meta.namespace, name))
-            if secret is None:
-                self.warnings.append(
-                    f"SecurityPolicy {_nn(policy.meta)}: apiKeyAuth Secret "
-                    f"{policy.meta.namespace}/{name} not found (or not Opaque); its keys are "
-                    "not accepted"
-                )
-                continue
-            for client, key in secret.data:
-                clients[digest(key.strip())] = client
-        sources = KeySources(
-            headers=tuple(h.encode() for h in auth.headers), params=auth.params,
-            cookies=auth.cookies,
-        )  # fmt: skip
-        forward = auth.forward_client_id.encode() if auth.forward_client_id else None
-        return ApiKeyFilter(clients, sources, forward, auth.sanitize)
-
-    def _limiter(self, policy: r.BackendTrafficPolicy) -> RateLimitFilter:
-        """One filter per policy, shared by every route it applies to: its buckets count
-        all of them together."""
-        name = _nn(policy.meta)
-        found = self.limiters.get(name)
-        if found is None:
-            assert policy.rate_limit is not None
-            found = self.limiters[name] = RateLimitFilter(name, policy.rate_limit)
-        return found
 
     def _attach_stream(
         self, route: r.StreamRoute, attached: dict[tuple[str, str, str], _Attached]
@@ -700,41 +599,3 @@ def route_template(path_type: str, value: str) -> str:
     if path_type == "PathPrefix":
         return value.rstrip("/") + "/*" if value.rstrip("/") else ""
     return value
-
-
-def most_specific(
-    policies: list[_P], route: r.HTTPRoute, rule: str | None, gateway: r.Gateway, listener: str
-) -> _P | None:
-    """The policy for a route rule reached through a Gateway listener: the one whose
-    target is most specific (rule > route > listener > Gateway; the oldest among equals),
-    or None."""
-    best, found = -1, None
-    for p in policies:
-        rank = _rank(p, route, rule, gateway, listener)
-        if rank > best or (rank == best >= 0 and found and _route_age(p) < _route_age(found)):
-            best, found = rank, p
-    return found
-
-
-_P = TypeVar("_P", r.SecurityPolicy, r.BackendTrafficPolicy)
-
-
-def _rank(
-    p: r.SecurityPolicy | r.BackendTrafficPolicy, route: r.HTTPRoute, rule: str | None,
-    gateway: r.Gateway, listener: str,
-) -> int:  # fmt: skip
-    """How specifically `p` targets this rule on this listener (-1: not at all)."""
-    rank = -1
-    ns = p.meta.namespace
-    for t in p.targets:
-        if t.kind == route.kind and (t.name, ns) == (route.meta.name, route.meta.namespace):
-            section, base = rule, 2
-        elif t.kind == "Gateway" and (t.name, ns) == (gateway.meta.name, gateway.meta.namespace):
-            section, base = listener, 0
-        else:
-            continue
-        if t.section_name is None:
-            rank = max(rank, base)
-        elif t.section_name == section:
-            rank = max(rank, base + 1)
-    return rank

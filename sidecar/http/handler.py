@@ -18,13 +18,12 @@ import trio
 from sidecar.config.mesh import Destination, MeshNames, destination_host, mesh_unknown
 from sidecar.config.model import Backend, ListenerKey, Snapshot
 from sidecar.errors import ProtocolError, UpstreamError
+from sidecar.filters.chain import Exchange, client_address
+from sidecar.filters.chain import run as run_filters
+from sidecar.http.context import ProxyContext
 from sidecar.http.filters import HeaderOps, redirect_location
-from sidecar.http.forward import (
-    NOT_SENT_VALUE,
-    PROXY_ERROR_HEADER,
-    Outcome,
-    Relay,
-)
+from sidecar.http.forward import NOT_SENT_VALUE, PROXY_ERROR_HEADER, Outcome, Relay
+from sidecar.http.mirror import mirror
 from sidecar.http.request import (
     Forwarding,
     client_cert_line,
@@ -36,21 +35,13 @@ from sidecar.http.request import (
 from sidecar.http.router import normalize_host
 from sidecar.http.tries import H2_PROTOCOLS, NoHealthyUpstream, Overloaded, Tries
 from sidecar.protocol.grpc import GRPC_DEADLINE_EXCEEDED, grpc_timeout, is_grpc
-from sidecar.protocol.http1 import (
-    End,
-    RequestHead,
-)
+from sidecar.protocol.http1 import End, RequestHead
 from sidecar.tcp.relay import Counts
 from sidecar.transport.io import Conn
 
 if TYPE_CHECKING:  # HTTP/2 and TLS load on first use: a plain gateway stays small
     from ca.spiffe import SpiffeId
     from sidecar.http.forward_h2 import ResponseWriter
-
-from sidecar.filters.chain import Exchange, client_address
-from sidecar.filters.chain import run as run_filters
-from sidecar.http.context import ProxyContext
-from sidecar.http.mirror import mirror
 
 
 class Downstream(Protocol):

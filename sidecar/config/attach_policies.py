@@ -1,0 +1,177 @@
+"""The filters policies put on route rules (Gateway API policy attachment): which
+SecurityPolicy and which route-level BackendTrafficPolicy apply to a rule reached through a
+listener, and the filters they compile to, made once per policy per snapshot."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TypeVar
+
+from sidecar.config import resources as r
+from sidecar.config.model import RouteAction
+from sidecar.filters.apikey import ApiKeyFilter, KeySources, digest
+from sidecar.filters.basic import BasicAuthFilter, parse_htpasswd
+from sidecar.filters.chain import Filter
+from sidecar.filters.cors import CorsFilter
+from sidecar.filters.ip import IpFilter
+from sidecar.filters.jwt_auth import JwtFilter
+from sidecar.filters.ratelimit import RateLimitFilter
+
+
+class PolicyFilters:
+    """One snapshot's compilation of policies into filters (`warnings` is the
+    compiler's list, where a missing Secret is reported)."""
+
+    def __init__(
+        self, security: list[r.SecurityPolicy], rate_limits: list[r.BackendTrafficPolicy],
+        secrets: dict[tuple[str, str], r.Secret], warnings: list[str],
+    ) -> None:  # fmt: skip
+        self.security = security
+        self.rate_limits = rate_limits
+        self.secrets = secrets
+        self.warnings = warnings
+        self.limiters: dict[str, RateLimitFilter] = {}  # by policy: their buckets' owners
+        self.made: dict[str, tuple[CorsFilter | None, list[Filter]]] = {}  # by policy
+
+    def secured(
+        self, action: RouteAction, route: r.HTTPRoute, rule: str | None, gateway: r.Gateway,
+        listener: str,
+    ) -> RouteAction:  # fmt: skip
+        """The rule's action with the filters of the SecurityPolicy that applies to it on
+        this listener: the most specific target wins whole (route rule, route, listener,
+        Gateway), as Gateway API policy attachment and Envoy Gateway have it."""
+        where = (route, rule, gateway, listener)
+        policy = most_specific(self.security, *where)
+        limit = most_specific(self.rate_limits, *where)
+        if policy is None and limit is None:
+            return action
+        cors, checks = self._security(policy) if policy is not None else (None, [])
+        filters: list[Filter] = []
+        if cors is not None and not any(isinstance(f, CorsFilter) for f in action.filters):
+            filters.append(cors)  # a route's own CORS filter wins
+        filters.extend(action.filters)
+        filters.extend(checks)
+        if limit is not None and limit.rate_limit:
+            filters.append(self._limiter(limit))
+        return dataclasses.replace(action, filters=tuple(filters))
+
+    def _security(self, policy: r.SecurityPolicy) -> tuple[CorsFilter | None, list[Filter]]:
+        """A SecurityPolicy's filters — its CORS, then its checks in Envoy Gateway's order
+        (client addresses, JWT, basic auth, API keys) — made once per policy, so every
+        route it applies to shares them (and their caches of verified credentials)."""
+        name = _nn(policy.meta)
+        found = self.made.get(name)
+        if found is None:
+            checks: list[Filter] = []
+            if policy.authorization is not None:
+                checks.append(IpFilter(policy.authorization))
+            if policy.jwt is not None:
+                checks.append(JwtFilter(policy.jwt.providers, name))
+            if policy.basic is not None:
+                checks.append(self._basic(policy))
+            if policy.api_keys is not None:
+                checks.append(self._api_keys(policy))
+            cors = CorsFilter(policy.cors) if policy.cors is not None else None
+            found = self.made[name] = (cors, checks)
+        return found
+
+    def _basic(self, policy: r.SecurityPolicy) -> BasicAuthFilter:
+        """The policy's basic-auth filter, its users from the Secret's `.htpasswd` (a
+        missing Secret or entry leaves users out, with a warning: the route stays closed)."""
+        auth = policy.basic
+        assert auth is not None
+        where = f"SecurityPolicy {_nn(policy.meta)}: basicAuth"
+        secret = self.secrets.get((policy.meta.namespace, auth.secret))
+        text = dict(secret.data).get(".htpasswd") if secret is not None else None
+        users: dict[str, bytes] = {}
+        if text is None:
+            missing = f"Secret {policy.meta.namespace}/{auth.secret}"
+            self.warnings.append(f"{where} {missing} not found, not Opaque, or without "
+                                 ".htpasswd; nobody is let in")  # fmt: skip
+        else:
+            users, skipped = parse_htpasswd(text)
+            if skipped:
+                self.warnings.append(f"{where}: users {', '.join(skipped)} have a hash kind "
+                                     "other than {SHA} or bcrypt; they are not let in")  # fmt: skip
+        forward = auth.forward_username.encode() if auth.forward_username else None
+        return BasicAuthFilter(users, _nn(policy.meta), forward)
+
+    def _api_keys(self, policy: r.SecurityPolicy) -> ApiKeyFilter:
+        """The policy's key filter, its keys read from its Secrets (digests only). A Secret
+        that is missing leaves its clients out, with a warning: the routes stay closed."""
+        auth = policy.api_keys
+        assert auth is not None
+        clients: dict[bytes, str] = {}
+        for name in auth.secrets:
+            secret = self.secrets.get((policy.meta.namespace, name))
+            if secret is None:
+                self.warnings.append(
+                    f"SecurityPolicy {_nn(policy.meta)}: apiKeyAuth Secret "
+                    f"{policy.meta.namespace}/{name} not found (or not Opaque); its keys are "
+                    "not accepted"
+                )
+                continue
+            for client, key in secret.data:
+                clients[digest(key.strip())] = client
+        sources = KeySources(
+            headers=tuple(h.encode() for h in auth.headers), params=auth.params,
+            cookies=auth.cookies,
+        )  # fmt: skip
+        forward = auth.forward_client_id.encode() if auth.forward_client_id else None
+        return ApiKeyFilter(clients, sources, forward, auth.sanitize)
+
+    def _limiter(self, policy: r.BackendTrafficPolicy) -> RateLimitFilter:
+        """One filter per policy, shared by every route it applies to: its buckets count
+        all of them together."""
+        name = _nn(policy.meta)
+        found = self.limiters.get(name)
+        if found is None:
+            assert policy.rate_limit is not None
+            found = self.limiters[name] = RateLimitFilter(name, policy.rate_limit)
+        return found
+
+
+def most_specific(
+    policies: list[_P], route: r.HTTPRoute, rule: str | None, gateway: r.Gateway, listener: str
+) -> _P | None:
+    """The policy for a route rule reached through a Gateway listener: the one whose
+    target is most specific (rule > route > listener > Gateway; the oldest among equals),
+    or None."""
+    best, found = -1, None
+    for p in policies:
+        rank = _rank(p, route, rule, gateway, listener)
+        if rank > best or (rank == best >= 0 and found and _age(p) < _age(found)):
+            best, found = rank, p
+    return found
+
+
+_P = TypeVar("_P", r.SecurityPolicy, r.BackendTrafficPolicy)
+
+
+def _rank(
+    p: r.SecurityPolicy | r.BackendTrafficPolicy, route: r.HTTPRoute, rule: str | None,
+    gateway: r.Gateway, listener: str,
+) -> int:  # fmt: skip
+    """How specifically `p` targets this rule on this listener (-1: not at all)."""
+    rank = -1
+    ns = p.meta.namespace
+    for t in p.targets:
+        if t.kind == route.kind and (t.name, ns) == (route.meta.name, route.meta.namespace):
+            section, base = rule, 2
+        elif t.kind == "Gateway" and (t.name, ns) == (gateway.meta.name, gateway.meta.namespace):
+            section, base = listener, 0
+        else:
+            continue
+        if t.section_name is None:
+            rank = max(rank, base)
+        elif t.section_name == section:
+            rank = max(rank, base + 1)
+    return rank
+
+
+def _nn(meta: r.Meta) -> str:
+    return f"{meta.namespace}/{meta.name}"
+
+
+def _age(p: r.SecurityPolicy | r.BackendTrafficPolicy) -> tuple[str, str, str]:
+    return (p.meta.creation_timestamp, p.meta.namespace, p.meta.name)
