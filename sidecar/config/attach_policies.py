@@ -92,7 +92,8 @@ class PolicyFilters:
             users, skipped = parse_htpasswd(text)
             if skipped:
                 self.warnings.append(f"{where}: users {', '.join(skipped)} have a hash kind "
-                                     "other than {SHA} or bcrypt; they are not let in")  # fmt: skip
+                                     "other than {SHA} or bcrypt, or a name with control "
+                                     "characters; they are not let in")  # fmt: skip
         forward = auth.forward_username.encode() if auth.forward_username else None
         return BasicAuthFilter(users, _nn(policy.meta), forward)
 

@@ -245,6 +245,9 @@ def _gateway_class(top: Reader, meta: Meta) -> GatewayClass:
     return GatewayClass(meta=meta, controller=controller)
 
 
+_SECRET_KEY_RE = re.compile(r"[-._a-zA-Z0-9]{1,253}")
+
+
 def _secret(top: Reader, meta: Meta) -> Secret:
     """TLS Secrets keep their pair, Opaque ones their data (credentials for SecurityPolicy);
     Secrets of other types load (a cluster dump has many) but keep no data."""
@@ -254,6 +257,9 @@ def _secret(top: Reader, meta: Meta) -> Secret:
         top.ignore("data", "stringData")
         return Secret(meta=meta, secret_type=stype)
     data, strings = top.str_map("data"), top.str_map("stringData")
+    for key in (*data, *strings):  # as Kubernetes allows: they become header values here
+        if not _SECRET_KEY_RE.fullmatch(key):
+            top.fail("data", f"key {key[:40]!r}: use letters, digits, '-', '_' and '.'")
     if stype == "Opaque":
         decoded = {k: v.encode() for k, v in strings.items()}
         for key, value in data.items():

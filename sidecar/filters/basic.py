@@ -33,7 +33,8 @@ def supported(hashed: bytes) -> bool:
 
 
 def parse_htpasswd(text: bytes) -> tuple[dict[str, bytes], list[str]]:
-    """(user -> hash, users whose hash kind is not supported)."""
+    """(user -> hash, users left out: a hash kind not supported, or a name with control
+    characters, which could not be forwarded as a header)."""
     users: dict[str, bytes] = {}
     skipped = []
     for raw in text.splitlines():
@@ -42,7 +43,9 @@ def parse_htpasswd(text: bytes) -> tuple[dict[str, bytes], list[str]]:
             continue
         user, _, hashed = line.partition(b":")
         name = user.decode("utf-8", "replace")
-        if supported(hashed):
+        if not name.isprintable():  # it may be forwarded as a header value
+            skipped.append(repr(name))
+        elif supported(hashed):
             users[name] = hashed
         else:
             skipped.append(name)

@@ -161,3 +161,14 @@ def test_the_client_behind_trusted_proxies() -> None:
     assert client_address("10.0.0.3", xff, 2) == "198.51.100.7"
     assert client_address("10.0.0.3", xff, 3) == "10.0.0.3"  # too few entries: ignored
     assert client_address("10.0.0.3", b"", 2) == "10.0.0.3"
+
+
+def test_secret_keys_and_user_names_cannot_carry_control_characters(tmp_path: Path) -> None:
+    from sidecar.filters.basic import parse_htpasswd
+
+    bad = '---\napiVersion: v1\nkind: Secret\nmetadata: {name: keys}\nstringData: {"a\\r\\nx-admin: 1": k}\n'
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, bad)
+    assert "use letters, digits" in str(info.value)
+    users, skipped = parse_htpasswd(b"ok:{SHA}x\nbad\x01user:{SHA}y\n")
+    assert list(users) == ["ok"] and skipped == ["'bad\\x01user'"]
