@@ -382,6 +382,12 @@ def _check_regex(r: Reader, key: str, value: str) -> None:
         r.fail(key, f"invalid regular expression: {exc}")
 
 
+# Fields a header modifier may not set or add: they decide where a message ends or what
+# the connection carries, and are the proxy's to write.
+_FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive",
+                      "te", "trailer", "upgrade", "proxy-connection"})  # fmt: skip
+
+
 def _header_modifier(r: Reader) -> HeaderModifier:
     def pairs(key: str) -> tuple[tuple[str, str], ...]:
         out = []
@@ -389,6 +395,9 @@ def _header_modifier(r: Reader) -> HeaderModifier:
         for hr in r.objs(key, max_items=16):
             name = hr.text("name", pattern=HEADER_NAME_RE, max_len=256)
             value = hr.text("value", max_len=4096, pattern=HEADER_VALUE_RE)
+            if name.lower() in _FRAMING:
+                hr.fail("name", f"{name} frames the message or the connection; the proxy "
+                        "writes it, a filter cannot")  # fmt: skip
             if name.lower() in names:
                 hr.fail("name", f"duplicate header {name!r}")
             names.add(name.lower())

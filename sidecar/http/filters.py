@@ -30,6 +30,10 @@ class HeaderOps:
         append = tuple((n.encode(), v.encode()) for n, v in (*set_, *add))
         return cls(drop=frozenset(drop), append=append)
 
+    def touches(self, names: frozenset[bytes]) -> bool:
+        """Does it drop or add one of these (lower-case) fields?"""
+        return bool(self.drop & names) or any(n.lower() in names for n, _ in self.append)
+
     def apply(self, headers: Headers) -> Headers:
         drop = self.drop
         out = [h for h in headers if h[0].lower() not in drop] if drop else list(headers)

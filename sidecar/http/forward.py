@@ -30,6 +30,7 @@ from sidecar.http.filters import HeaderOps
 from sidecar.protocol.http1 import End, RequestHead
 from sidecar.protocol.response import ResponseHead, ResponseParser
 from sidecar.protocol.wire import (
+    PROTECTED,
     chunk,
     cut_lines,
     last_chunk,
@@ -235,13 +236,23 @@ def feed_response(parser: ResponseParser, data: bytes) -> bool:
 def response_head(
     resp: ResponseHead, ops: tuple[HeaderOps, ...], chunked: bool, close: bool, http10: bool
 ) -> bytearray:
-    """The downstream response head: the upstream's block minus hop-by-hop lines when no
-    filter touches it, else re-serialized from the parsed fields."""
+    """The downstream response head: the upstream's block minus hop-by-hop lines, with the
+    filters' edits applied to it line by line; re-serialized from the parsed fields only
+    when an edit would drop a framing or forwarding field."""
     reason = resp.reason or reason_phrase(resp.status)
-    if resp.raw is not None and not ops:
+    if resp.raw is not None and not any(op.touches(PROTECTED) for op in ops):
+        # The upstream's block as it came, minus hop-by-hop lines and the lines the edits
+        # drop, plus the lines they add (a field dropped by a later edit never appears).
         cut = resp.cut + resp.connection_named() if resp.connection else resp.cut
+        added: list[tuple[bytes, bytes]] = []
+        for op in ops:
+            cut = cut + resp.spelled(op.drop)
+            added = [f for f in added if f[0].lower() not in op.drop]
+            added.extend(op.append)
         out = bytearray(b"HTTP/1.1 %d %b\r\n" % (resp.status, reason))
         out += cut_lines(resp.raw, cut) if cut else resp.raw
+        for name, value in added:
+            out += name + b": " + value + b"\r\n"
     else:
         headers = strip_hop_by_hop(resp.headers, resp.connection)
         for op in ops:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Iterable
 
 import httptools
 
@@ -78,13 +79,17 @@ class ResponseHead:
     def connection_named(self) -> list[bytes]:
         """Names (as received) of fields the Connection header declares hop-by-hop
         (never one that carries framing: wire.PROTECTED)."""
-        tokens = connection_named(self.connection)
+        return self.spelled(connection_named(self.connection))
+
+    def spelled(self, names: Iterable[bytes]) -> list[bytes]:
+        """Each of the lower-case `names`, as the block spells it, once per spelling
+        (what `cut_lines` needs to remove every such line)."""
         out = []
-        for token in tokens:
-            key = b"\r\n" + token + b":"
+        for name in names:
+            key = b"\r\n" + name + b":"
             i = self._lower.find(key)
-            while token and i != -1:
-                out.append(self.raw[i : i + len(token)])
+            while name and i != -1:
+                out.append(self.raw[i : i + len(name)])
                 i = self._lower.find(key, i + 2)
         return out
 

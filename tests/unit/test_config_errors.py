@@ -168,3 +168,16 @@ def test_bad_grpc_matches(tmp_path: Path, method: str, message: str) -> None:
     (tmp_path / "c.yaml").write_text(text)
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_snapshot([str(tmp_path / "c.yaml")], version=1, gateway_class="weft")
+
+
+@pytest.mark.parametrize("name", ["Content-Length", "transfer-encoding", "Connection", "Upgrade"])
+def test_a_header_modifier_cannot_write_framing_fields(tmp_path: Path, name: str) -> None:
+    from tests.support.edge import config
+
+    extra = (f"    filters:\n    - type: RequestHeaderModifier\n      requestHeaderModifier:\n"
+             f"        add: [{{name: {name}, value: chunked}}]\n")  # fmt: skip
+    path = tmp_path / "c.yaml"
+    path.write_text(config({"a": 1}, [("a", "/", "a")], extra=extra))
+    with pytest.raises(ConfigError) as info:
+        load_snapshot([str(path)], version=1, gateway_class="weft")
+    assert f"{name} frames the message or the connection" in str(info.value)

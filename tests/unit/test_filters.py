@@ -76,3 +76,24 @@ def test_header_ops_set_add_remove() -> None:
 )
 def test_dot_segments_are_removed(path: str, want: str) -> None:
     assert remove_dot_segments(path) == want
+
+
+def test_response_edits_are_applied_to_the_block_as_received() -> None:
+    from sidecar.http.forward import response_head
+    from sidecar.protocol.response import ResponseHead
+
+    raw = (b"Server: up\r\nX-A: 1\r\nSet-Cookie: s=1\r\nx-a: 2\r\nContent-Length: 5\r\n"
+           b"Connection: X-Hop\r\nX-Hop: h\r\n")  # fmt: skip
+    resp = ResponseHead(200, b"OK", raw)
+    ops = (HeaderOps.build(set_=(("X-A", "3"),), add=(("X-B", "b"),)),
+           HeaderOps.build(remove=("x-b",), add=(("X-C", "c"),)))  # fmt: skip
+    out = bytes(response_head(resp, ops, chunked=False, close=False, http10=False))
+    assert out == (b"HTTP/1.1 200 OK\r\nServer: up\r\nSet-Cookie: s=1\r\nContent-Length: 5\r\n"
+                   b"X-A: 3\r\nX-C: c\r\n\r\n")  # fmt: skip
+    # the same edits through the parsed fields give the same fields
+    parsed = [(n.lower(), v) for n, v in resp.headers if n.lower() not in (b"connection", b"x-hop")]
+    for op in ops:
+        parsed = op.apply(parsed)
+    assert [(n.lower(), v) for n, v in parsed] == [
+        (b"server", b"up"), (b"set-cookie", b"s=1"), (b"content-length", b"5"), (b"x-a", b"3"),
+        (b"x-c", b"c")]  # fmt: skip
