@@ -16,6 +16,8 @@ buckets, key caches) belongs to an owner the process keeps and syncs per snapsho
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -82,18 +84,45 @@ def client_address(peer: str, forwarded_for: bytes, trusted_hops: int) -> str:
     return entries[-trusted_hops] if len(entries) >= trusted_hops else peer
 
 
-async def run(filters: tuple[Filter, ...], x: Exchange) -> LocalReply | None:
+def run(filters: tuple[Filter, ...], x: Exchange) -> Verdict | Awaitable[Verdict]:
     """The filters in order until one answers; its reply carries the response edits
-    earlier filters made (a CORS header on a 429, say)."""
-    for f in filters:
+    earlier filters made (a CORS header on a 429, say). Synchronous until a filter has to
+    wait: then the rest of the chain is an awaitable (most requests never build one)."""
+    for i, f in enumerate(filters):
         reply = f.on_request(x)
-        if reply is not None and not isinstance(reply, LocalReply):
-            reply = await reply
-        if reply is not None:
-            if x.response_ops:
-                edited: Headers = list(reply.headers)
-                for ops in x.response_ops:
-                    edited = ops.apply(edited)
-                return LocalReply(reply.status, reply.body, tuple(edited), reply.detail)
-            return reply
+        if reply is None:
+            continue
+        if isinstance(reply, LocalReply):
+            return _answer(reply, x)
+        return _after(reply, filters[i + 1 :], x)
     return None
+
+
+async def _after(pending: Awaitable[Verdict], rest: tuple[Filter, ...], x: Exchange) -> Verdict:
+    reply = await pending
+    if reply is not None:
+        return _answer(reply, x)
+    more = run(rest, x)
+    return more if more is None or isinstance(more, LocalReply) else await more
+
+
+def _answer(reply: LocalReply, x: Exchange) -> LocalReply:
+    if not x.response_ops:
+        return reply
+    edited: Headers = list(reply.headers)
+    for ops in x.response_ops:
+        edited = ops.apply(edited)
+    return LocalReply(reply.status, reply.body, tuple(edited), reply.detail)
+
+
+@functools.lru_cache(maxsize=4096)
+def address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A client address, parsed once per distinct text (None: not an IP address); an
+    IPv4 client on a dual-stack socket (::ffff:a.b.c.d) is its IPv4 address."""
+    try:
+        addr = ipaddress.ip_address(text.partition("%")[0])
+    except ValueError:
+        return None
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr

@@ -8,10 +8,8 @@ write it, so trusting it needs a configured number of trusted proxies in front.
 
 from __future__ import annotations
 
-import ipaddress
-
 from sidecar.config.resources import IpAuthorization
-from sidecar.filters.chain import Exchange, LocalReply
+from sidecar.filters.chain import Exchange, LocalReply, address
 
 DENIED = LocalReply(403, b"forbidden: client address not allowed\n", (), "ip_denied")
 
@@ -23,12 +21,9 @@ class IpFilter:
         self.authorization = authorization
 
     def allows(self, client: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(client.partition("%")[0])
-        except ValueError:
-            return False  # no address to judge (a Unix socket): only a default Allow passes
-        if addr.version == 6 and addr.ipv4_mapped is not None:  # ::ffff:10.0.0.1
-            addr = addr.ipv4_mapped
+        addr = address(client)
+        if addr is None:  # no address to judge (a Unix socket)
+            return False
         for rule in self.authorization.rules:
             if any(addr in net for net in rule.cidrs):
                 return rule.action == "Allow"

@@ -29,7 +29,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from sidecar.filters.chain import Exchange, LocalReply
+from sidecar.filters.chain import Exchange, LocalReply, address
 from sidecar.http.filters import HeaderOps
 
 MAX_KEYS = 100_000  # per rule
@@ -67,11 +67,8 @@ class LimitRule:
             if h.value is None:
                 out.append(value)
         if self.cidr is not None:
-            try:
-                addr = ipaddress.ip_address(x.client)
-            except ValueError:
-                return None
-            if addr not in self.cidr.network:
+            addr = address(x.client)
+            if addr is None or addr not in self.cidr.network:
                 return None
             if self.cidr.distinct:
                 out.append(x.client)

@@ -18,7 +18,7 @@ import trio
 from sidecar.config.mesh import Destination, MeshNames, destination_host, mesh_unknown
 from sidecar.config.model import Backend, ListenerKey, Snapshot
 from sidecar.errors import ProtocolError, UpstreamError
-from sidecar.filters.chain import Exchange, client_address
+from sidecar.filters.chain import Exchange, LocalReply, client_address
 from sidecar.filters.chain import run as run_filters
 from sidecar.http.context import ProxyContext
 from sidecar.http.filters import HeaderOps, redirect_location
@@ -204,7 +204,9 @@ class RequestHandler:
                                         snapshot.limits.trusted_hops)  # fmt: skip
                 x = Exchange(head.method, authority, path, query, head.headers, client,
                              self.scheme)  # fmt: skip
-                reply = await run_filters(action.filters, x)
+                reply = run_filters(action.filters, x)
+                if reply is not None and not isinstance(reply, LocalReply):
+                    reply = await reply
                 if reply is not None:
                     outcome.status = reply.status
                     detail = reply.detail
