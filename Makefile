@@ -75,10 +75,11 @@ proto: $(STAMP)
 FUZZ_SECONDS ?= 120
 fuzz: $(STAMP)
 	$(PY) -m pip install -q -e '.[test,fuzz]'
-	@mkdir -p fuzz/findings .cache/fuzz/http1
+	@mkdir -p fuzz/findings .cache/fuzz/http1 .cache/fuzz/config
 	cp -n tests/fuzz/http1/* .cache/fuzz/http1/ 2>/dev/null || true
+	cp -n tests/fuzz/config/* .cache/fuzz/config/ 2>/dev/null || true
 	$(PY) -m fuzz.http1_forward -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=fuzz/findings/ .cache/fuzz/http1
 	$(PY) -m fuzz.h2_request -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=fuzz/findings/
-	$(PY) -m fuzz.config -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=fuzz/findings/
+	$(PY) -m fuzz.config -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=fuzz/findings/ .cache/fuzz/config
 	@seed=$$(od -An -N2 -tu2 /dev/urandom | tr -d ' '); echo "HTTP/2 frame sequences, seed $$seed (WEFT_H2_SEED=$$seed to replay)"; \
 	  WEFT_H2_SEED=$$seed WEFT_H2_SEQUENCES=$$(( $(FUZZ_SECONDS) * 50 )) $(PY) -m pytest -q -p no:cacheprovider tests/integration/test_h2_frames.py
