@@ -196,7 +196,9 @@ async def test_sigterm_during_start_up_stops_everything() -> None:
             first = await trio.to_thread.run_sync(proc.stdout.readline)
             assert first.startswith("control plane on "), first
             line = await trio.to_thread.run_sync(proc.stdout.readline)
-            assert line.startswith("starting: 0/6 ready"), line
+            if not line.startswith("starting: 0/6 ready"):
+                rest, _ = await trio.to_thread.run_sync(proc.communicate)
+                raise AssertionError(first + line + rest)
         state = first.split(" CA in ")[1].strip().removesuffix("/data/ca")
         proc.send_signal(signal.SIGTERM)
         started = time.monotonic()
