@@ -31,18 +31,19 @@ def origin_pattern(origins: tuple[str, ...]) -> re.Pattern[str]:
     parts = []
     for o in origins:
         if o == "*":
-            parts.append(r"[a-z][a-z0-9+.-]*://[^/?#\s]+")
+            parts.append(r"[a-z][a-z0-9+.-]*://[a-z0-9.\[\]:-]+")  # scheme://host[:port]
         else:
             parts.append(re.escape(o.lower()).replace(r"\*", r"[a-z0-9-]+(?:\.[a-z0-9-]+)*"))
     return re.compile("|".join(f"(?:{p})" for p in parts) or "(?!)")
 
 
 class CorsFilter:
-    __slots__ = ("allowed", "policy", "preflight_fields")
+    __slots__ = ("allowed", "headers", "policy", "preflight_fields")
 
     def __init__(self, policy: CorsPolicy) -> None:
         self.policy = policy
         self.allowed = origin_pattern(policy.origins)
+        self.headers = frozenset(h.lower() for h in policy.headers)
         fields = [(b"access-control-max-age", str(policy.max_age_s).encode())]
         if policy.expose:
             fields.append((b"access-control-expose-headers", ", ".join(policy.expose).encode()))
@@ -80,7 +81,7 @@ class CorsFilter:
             return LocalReply(403, b"CORS: method not allowed\n", vary, "cors_method_refused")
         asked = [h.strip().lower() for h in (headers or b"").decode("latin-1").split(",")]
         asked = [h for h in asked if h]
-        if "*" not in p.headers and any(h not in {a.lower() for a in p.headers} for h in asked):
+        if "*" not in self.headers and any(h not in self.headers for h in asked):
             return LocalReply(403, b"CORS: header not allowed\n", vary, "cors_header_refused")
         methods = wanted if "*" in p.methods else ", ".join(p.methods)
         fields = [

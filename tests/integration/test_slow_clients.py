@@ -129,7 +129,7 @@ async def test_one_client_cannot_hold_more_requests_than_its_share(tmp_path: Pat
             held.append(s)
         with trio.fail_after(10):
             while backend.connections < 2:  # both reached the backend
-                await trio.sleep(0.01)
+                await backend.connected.wait()
             third = await trio.open_tcp_stream("127.0.0.1", port)
             await third.send_all(b"GET /api HTTP/1.1\r\nHost: h\r\n\r\n")
             refused = await third.receive_some(65536)

@@ -22,6 +22,7 @@ class Recorder:
         self.errors: list[str] = []
         self.port = 0
         self.connections = 0
+        self.connected = trio.Event()  # set (and replaced) when a connection arrives
         self._seq = 0
 
     async def run(self, task_status: trio.TaskStatus[Recorder] = trio.TASK_STATUS_IGNORED) -> None:
@@ -36,6 +37,8 @@ class Recorder:
 
     async def _serve(self, stream: trio.SocketStream) -> None:
         self.connections += 1
+        self.connected.set()
+        self.connected = trio.Event()
         index = len(self.raw)
         self.raw.append(b"")
         sink = StrictSink()

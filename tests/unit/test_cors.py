@@ -109,3 +109,10 @@ def test_wildcard_everything_echoes_what_was_asked(policy: CorsPolicy, creds: bo
     assert (b"access-control-allow-credentials" in got) is creds
     _, got = _run(policy, "GET", {"Origin": "https://other.foo.com"})
     assert (got.get(b"access-control-allow-credentials") == b"true") is creds
+
+
+def test_any_origin_still_means_an_origin() -> None:
+    for odd in ("https://a.example\x00x", "https://a example", "https://a.example/path", "null"):
+        reply, fields = _run(WILDCARD_ORIGIN, "OPTIONS", _preflight(odd, "PUT"))
+        assert reply is not None and reply.status == 403, odd
+        assert b"access-control-allow-origin" not in fields  # never echoed back
