@@ -34,6 +34,7 @@ import yaml
 
 from mesh_ctl.common import CliError, table, write_context
 from mesh_ctl.mesh_cli import render_top
+from mesh_ctl.ports import free_port
 
 if TYPE_CHECKING:
     from mesh_ctl.client import AdminClient
@@ -87,13 +88,6 @@ def load_plan(directory: Path) -> Plan:
         str(edge.get("service", "edge")),
         str(edge.get("url", "http://127.0.0.1:8080/")),
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _die_with_parent() -> None:

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import socket
+from mesh_ctl.ports import free_port
 
-
-def free_port() -> int:
-    """A port nothing listens on now (for processes that must be told their port)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["free_port"]
