@@ -26,6 +26,7 @@ from sidecar.errors import ConfigError
 
 def _edge(args: argparse.Namespace) -> int:
     from sidecar.config.model import Limits
+    from sidecar.filters.jwks import trust_context
     from sidecar.modes.edge import MESH_ONLY, EdgeServer
 
     if args.control_plane:
@@ -63,6 +64,7 @@ def _edge(args: argparse.Namespace) -> int:
         drain_timeout_s=args.drain_timeout,
         trace=trace,
         refused=MESH_ONLY,
+        trust=trust_context(args.trust_bundle),
     )
     return _run_trio(server.run)
 
@@ -197,7 +199,7 @@ def _edge_in_mesh(args: argparse.Namespace) -> int:
         control_plane=args.control_plane, token=token, ca_file=args.ca_file,
         ca_fingerprint=args.ca_fingerprint, inbound_address="127.0.0.1", inbound_port=0,
         outbound_port=0, admin_port=args.admin_port, gateway=True,
-        trace=telemetry.trace_options(args),
+        trace=telemetry.trace_options(args), trust_bundle=args.trust_bundle,
     )  # fmt: skip
     return _run_sidecar(opts, args.access_log)
 
@@ -360,6 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--gateway-class",
         default="weft",
         help="serve Gateways of this gatewayClassName (and those without one)",
+    )
+    edge.add_argument(
+        "--trust-bundle",
+        metavar="PATH",
+        help="CA certificates (PEM) to trust, besides the system's, for HTTPS the edge calls "
+        "itself (remote JWKS)",
     )
     edge.add_argument("--admin-address", default="127.0.0.1")
     edge.add_argument("--admin-port", type=int, default=15000)

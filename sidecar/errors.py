@@ -86,3 +86,13 @@ def unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
             break
         excs = excs[0].exceptions
     return excs[0] if len(excs) == 1 else group
+
+
+def why(exc: BaseException) -> str:
+    """The most telling message in an exception chain (httpx's own can be empty)."""
+    chain: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(chain) < 5:
+        chain.append(f"{type(seen).__name__}: {seen}" if str(seen) else type(seen).__name__)
+        seen = seen.__cause__ or seen.__context__
+    return " <- ".join(chain)

@@ -10,10 +10,11 @@ from typing import TypeVar
 from sidecar.config import resources as r
 from sidecar.config.model import RouteAction
 from sidecar.filters.apikey import ApiKeyFilter, KeySources, digest
+from sidecar.filters.authorization import AuthorizationFilter
 from sidecar.filters.basic import BasicAuthFilter, parse_htpasswd
 from sidecar.filters.chain import Filter
 from sidecar.filters.cors import CorsFilter
-from sidecar.filters.ip import IpFilter
+from sidecar.filters.jwks import RemoteJwks
 from sidecar.filters.jwt_auth import JwtFilter
 from sidecar.filters.ratelimit import RateLimitFilter
 
@@ -32,6 +33,7 @@ class PolicyFilters:
         self.warnings = warnings
         self.limiters: dict[str, RateLimitFilter] = {}  # by policy: their buckets' owners
         self.made: dict[str, tuple[CorsFilter | None, list[Filter]]] = {}  # by policy
+        self.remotes: list[RemoteJwks] = []  # JWKS endpoints of the JWT filters made
 
     def secured(
         self, action: RouteAction, route: r.HTTPRoute, rule: str | None, gateway: r.Gateway,
@@ -57,20 +59,22 @@ class PolicyFilters:
 
     def _security(self, policy: r.SecurityPolicy) -> tuple[CorsFilter | None, list[Filter]]:
         """A SecurityPolicy's filters — its CORS, then its checks in Envoy Gateway's order
-        (client addresses, JWT, basic auth, API keys) — made once per policy, so every
-        route it applies to shares them (and their caches of verified credentials)."""
+        (authentication: JWT, basic auth, API keys; then authorization, which may look at
+        the verified claims) — made once per policy, so every route it applies to shares
+        them (and their caches of verified credentials)."""
         name = _nn(policy.meta)
         found = self.made.get(name)
         if found is None:
             checks: list[Filter] = []
-            if policy.authorization is not None:
-                checks.append(IpFilter(policy.authorization))
             if policy.jwt is not None:
                 checks.append(JwtFilter(policy.jwt.providers, name))
+                self.remotes += [p.remote for p in policy.jwt.providers if p.remote]
             if policy.basic is not None:
                 checks.append(self._basic(policy))
             if policy.api_keys is not None:
                 checks.append(self._api_keys(policy))
+            if policy.authorization is not None:
+                checks.append(AuthorizationFilter(policy.authorization))
             cors = CorsFilter(policy.cors) if policy.cors is not None else None
             found = self.made[name] = (cors, checks)
         return found

@@ -191,6 +191,7 @@ class _Compiler:
             warnings=tuple(self.warnings),
             authz=tuple(p.policy for p in self.idx.policies),
             limiters=tuple(self.policies.limiters.values()),
+            jwks=tuple(self.policies.remotes),
         )
 
     def _certificates(self, gw: r.Gateway, lst: r.Listener) -> tuple[CertificatePair, ...] | None:

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from sidecar.authz import Policy
     from sidecar.config.mesh import MeshNames
     from sidecar.filters.chain import Filter
+    from sidecar.filters.jwks import RemoteJwks
     from sidecar.filters.ratelimit import RateLimitFilter
     from sidecar.http.filters import HeaderOps
     from sidecar.http.router import PortRouter
@@ -224,3 +225,5 @@ class Snapshot:
     mesh: MeshNames | None = None
     # rate-limit filters in force: the process's RateLimitState gives them their buckets
     limiters: tuple[RateLimitFilter, ...] = ()
+    # remote JWKS of JWT filters in force: the process's JwksState fetches their keys
+    jwks: tuple[RemoteJwks, ...] = ()

@@ -1,5 +1,6 @@
 """SecurityPolicy (weft.dev/v1alpha1, and Envoy Gateway's gateway.envoyproxy.io/v1alpha1
-for the fields Weft implements): targets, CORS, and authorization on client addresses.
+for the fields Weft implements): targets, CORS, authentication (JWT, basic auth, API keys)
+and authorization on client addresses, JWT claims and headers.
 
 Field names are Envoy Gateway's, so a policy moves between the two by its apiVersion. What
 Weft does not implement yet is refused by name, never ignored: a policy that silently
@@ -10,20 +11,26 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from urllib.parse import urlsplit
+
+import jwt
 
 from sidecar.config.parse_routes import parse_cors
 from sidecar.config.reader import NAME_RE, Reader
 from sidecar.config.resources import (
     GATEWAY_GROUP,
     ApiKeyAuth,
+    Authorization,
+    AuthzRule,
     BasicAuth,
-    IpAuthorization,
-    IpRule,
+    ClaimMatch,
     JwtAuth,
+    JwtPrincipal,
     Meta,
     PolicyTarget,
     SecurityPolicy,
 )
+from sidecar.filters.jwks import DEFAULT_CACHE_S, RemoteJwks
 from sidecar.filters.jwt_auth import Provider, TokenSource, load_jwks
 
 _TARGET_KINDS = ("Gateway", "HTTPRoute", "GRPCRoute")
@@ -40,9 +47,6 @@ def parse_security_policy(top: Reader, meta: Meta) -> SecurityPolicy:
     cors = None
     if (cr := spec.obj("cors")) is not None:
         cors = parse_cors(cr, max_age=_max_age)
-    authorization = None
-    if (ar := spec.obj("authorization")) is not None:
-        authorization = _authorization(ar)
     api_keys = None
     if (kr := spec.obj("apiKeyAuth")) is not None:
         api_keys = _api_keys(kr)
@@ -52,6 +56,10 @@ def parse_security_policy(top: Reader, meta: Meta) -> SecurityPolicy:
     jwt = None
     if (jr := spec.obj("jwt")) is not None:
         jwt = _jwt(jr)
+    authorization = None
+    if (ar := spec.obj("authorization")) is not None:
+        names = tuple(p.name for p in jwt.providers) if jwt is not None else ()
+        authorization = _authorization(ar, names)
     spec.finish()
     if not any((cors, authorization, api_keys, basic, jwt)):
         top.fail("spec", f"sets nothing Weft enforces ({_SUPPORTED})")
@@ -65,15 +73,20 @@ def _jwt(r: Reader) -> JwtAuth:
     providers = []
     for pr in r.objs("providers", max_items=16):
         name = pr.text("name", pattern=NAME_RE)
-        if pr.has("remoteJWKS"):
-            pr.fail("remoteJWKS", "is not supported yet: give the keys as localJWKS (Inline)")
-        lr = pr.req_obj("localJWKS")
-        lr.text("type", "Inline", choices=("Inline",))
-        try:
-            keys = load_jwks(lr.text("inline", max_len=1 << 20))
-        except ValueError as exc:
-            lr.fail("inline", str(exc))
-        lr.finish()
+        keys: list[jwt.PyJWK] = []
+        remote = None
+        if (rr := pr.obj("remoteJWKS")) is not None:
+            if pr.has("localJWKS"):
+                pr.fail("localJWKS", "and remoteJWKS: give one of them")
+            remote = _remote_jwks(rr)
+        else:
+            lr = pr.req_obj("localJWKS")
+            lr.text("type", "Inline", choices=("Inline",))
+            try:
+                keys = load_jwks(lr.text("inline", max_len=1 << 20))
+            except ValueError as exc:
+                lr.fail("inline", str(exc))
+            lr.finish()
         source = TokenSource()
         if (er := pr.obj("extractFrom")) is not None:
             headers = []
@@ -94,13 +107,28 @@ def _jwt(r: Reader) -> JwtAuth:
         providers.append(Provider(
             name=name, keys=tuple(keys), issuer=pr.text("issuer", None, max_len=1024),
             audiences=tuple(pr.str_list("audiences")), source=source,
-            claim_to_headers=tuple(claims),
+            claim_to_headers=tuple(claims), remote=remote,
         ))  # fmt: skip
         pr.finish()
     if not providers:
         r.fail("providers", "must have at least one provider")
     r.finish()
     return JwtAuth(providers=tuple(providers))
+
+
+def _remote_jwks(r: Reader) -> RemoteJwks:
+    from sidecar.config.parse_routes import DURATION_RE, duration_s
+
+    uri = r.text("uri", max_len=2048)
+    parts = urlsplit(uri)
+    if parts.scheme != "https" or not parts.hostname:
+        r.fail("uri", f"must be an https:// URL (keys are fetched over TLS); got {uri!r}")
+    cache = r.text("cacheDuration", None, pattern=DURATION_RE)
+    cache_s = duration_s(cache) if cache is not None else DEFAULT_CACHE_S
+    if not 1.0 <= cache_s <= 86400.0:
+        r.fail("cacheDuration", "must be from 1s to 24h")
+    r.finish()
+    return RemoteJwks(uri, cache_s)
 
 
 def _basic(r: Reader) -> BasicAuth:
@@ -176,25 +204,58 @@ def _max_age(r: Reader, key: str, default: int) -> int:
     return default if text is None else int(duration_s(text))
 
 
-def _authorization(r: Reader) -> IpAuthorization:
+def _authorization(r: Reader, providers: tuple[str, ...]) -> Authorization:
     default = r.text("defaultAction", "Deny", choices=("Allow", "Deny"))
     rules = []
     for i, rr in enumerate(r.objs("rules", max_items=256)):
         action = rr.text("action", choices=("Allow", "Deny"))
         pr = rr.req_obj("principal")
-        for key in ("jwt", "headers"):
-            if pr.has(key):
-                pr.fail(key, "is not supported yet (supported: clientCIDRs)")
         cidrs = []
         for j, text in enumerate(pr.str_list("clientCIDRs")):
             try:
                 cidrs.append(ipaddress.ip_network(text, strict=False))
             except ValueError:
                 pr.fail(f"clientCIDRs[{j}]", f"is not a CIDR: {text!r}")
-        if not cidrs:
-            pr.fail("clientCIDRs", "must name at least one CIDR")
+        jwt = _jwt_principal(jr, providers) if (jr := pr.obj("jwt")) is not None else None
+        headers = []
+        for hr in pr.objs("headers", max_items=16):
+            name = hr.text("name", pattern=_FIELD_RE).lower().encode()
+            values = frozenset(v.encode() for v in hr.str_list("values", max_len=1024))
+            if not values:
+                hr.fail("values", "must list at least one value")
+            headers.append((name, values))
+            hr.finish()
+        if not (cidrs or jwt or headers):
+            pr.fail("clientCIDRs", "a principal needs clientCIDRs, jwt or headers")
         pr.finish()
-        rules.append(IpRule(name=rr.text("name", f"rule {i}"), action=action, cidrs=tuple(cidrs)))
+        rules.append(AuthzRule(
+            name=rr.text("name", f"rule {i}"), action=action, cidrs=tuple(cidrs), jwt=jwt,
+            headers=tuple(headers),
+        ))  # fmt: skip
         rr.finish()
     r.finish()
-    return IpAuthorization(default_action=default, rules=tuple(rules))
+    return Authorization(default_action=default, rules=tuple(rules))
+
+
+def _jwt_principal(r: Reader, providers: tuple[str, ...]) -> JwtPrincipal:
+    provider = r.text("provider", pattern=NAME_RE)
+    if provider not in providers:
+        known = ", ".join(providers) or "none: the policy has no jwt section"
+        r.fail("provider", f"names no provider of this policy's jwt ({known})")
+    scopes = frozenset(r.str_list("scopes", max_len=256))
+    claims = []
+    for cr in r.objs("claims", max_items=16):
+        name = cr.text("name", max_len=256)
+        path = tuple(name.split("."))
+        if not all(path):
+            cr.fail("name", f"is not a claim name or dotted path: {name!r}")
+        kind = cr.text("valueType", "String", choices=("String", "StringArray"))
+        values = frozenset(cr.str_list("values", max_len=1024))
+        if not values:
+            cr.fail("values", "must list at least one value")
+        claims.append(ClaimMatch(path=path, values=values, array=kind == "StringArray"))
+        cr.finish()
+    if not (scopes or claims):
+        r.fail("provider", "a jwt principal needs scopes or claims to match")
+    r.finish()
+    return JwtPrincipal(provider=provider, scopes=scopes, claims=tuple(claims))

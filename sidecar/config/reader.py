@@ -111,13 +111,17 @@ class Reader:
             out[k] = v
         return out
 
-    def str_list(self, key: str, *, pattern: re.Pattern[str] | None = None) -> list[str]:
+    def str_list(
+        self, key: str, *, pattern: re.Pattern[str] | None = None, max_len: int | None = None
+    ) -> list[str]:
         value = self.raw(key, [])
         if not isinstance(value, list):
             self.fail(key, f"must be a list, got {_type_name(value)}")
         for i, item in enumerate(value):
             if not isinstance(item, str):
                 self.fail(f"{key}[{i}]", f"must be a string, got {_type_name(item)}")
+            if max_len is not None and not 0 < len(item) <= max_len:
+                self.fail(f"{key}[{i}]", f"must be 1 to {max_len} characters long")
             if pattern is not None and not pattern.match(item):
                 self.fail(f"{key}[{i}]", f"{item!r} is not valid")
         return list(value)

@@ -380,19 +380,42 @@ class PolicyTarget:
 
 
 @dataclass(frozen=True, slots=True)
-class IpRule:
-    name: str
-    action: str  # Allow | Deny
-    cidrs: tuple[IPv4Network | IPv6Network, ...]
+class ClaimMatch:
+    """A JWT claim (a dotted path into nested objects) that must hold one of `values`."""
+
+    path: tuple[str, ...]
+    values: frozenset[str]
+    array: bool = False  # valueType StringArray: one element of the claim must match
 
 
 @dataclass(frozen=True, slots=True)
-class IpAuthorization:
-    """SecurityPolicy.authorization on client addresses: the first rule whose CIDRs hold
-    the client decides, else `default_action`."""
+class JwtPrincipal:
+    """A request authenticated by `provider`, with every scope and claim given."""
+
+    provider: str
+    scopes: frozenset[str] = frozenset()
+    claims: tuple[ClaimMatch, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthzRule:
+    """Who a rule is about: every part it sets must match (client CIDRs, a JWT principal,
+    request headers with given values)."""
+
+    name: str
+    action: str  # Allow | Deny
+    cidrs: tuple[IPv4Network | IPv6Network, ...] = ()
+    jwt: JwtPrincipal | None = None
+    headers: tuple[tuple[bytes, frozenset[bytes]], ...] = ()  # (name, values)
+
+
+@dataclass(frozen=True, slots=True)
+class Authorization:
+    """SecurityPolicy.authorization: the first rule that matches decides, else
+    `default_action`."""
 
     default_action: str  # Allow | Deny
-    rules: tuple[IpRule, ...]
+    rules: tuple[AuthzRule, ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -429,7 +452,7 @@ class SecurityPolicy:
     meta: Meta
     targets: tuple[PolicyTarget, ...]
     cors: CorsPolicy | None = None
-    authorization: IpAuthorization | None = None
+    authorization: Authorization | None = None
     api_keys: ApiKeyAuth | None = None
     basic: BasicAuth | None = None
     jwt: JwtAuth | None = None

@@ -35,6 +35,7 @@ from sidecar.discovery.consul import (
     txn_errors,
     txn_indexes,
 )
+from sidecar.errors import why
 
 log = logging.getLogger("weft.consul")
 
@@ -92,7 +93,7 @@ class ConsulClient:
                 extensions=self._extensions,
             )  # fmt: skip
         except httpx.HTTPError as exc:
-            raise ConsulError(f"Consul at {self.config.base_url}: {_why(exc)}") from None
+            raise ConsulError(f"Consul at {self.config.base_url}: {why(exc)}") from None
         if resp.status_code not in ok:
             text = resp.text.strip()[:300]
             message = f"Consul {method} {path}: HTTP {resp.status_code}: {text}"
@@ -167,16 +168,6 @@ class ConsulClient:
         if resp.status_code == 409:
             raise CasConflict(f"Consul transaction rolled back: {txn_errors(body)}")
         return txn_indexes(body)
-
-
-def _why(exc: BaseException) -> str:
-    """The most telling message in an exception chain (httpx's own can be empty)."""
-    chain: list[str] = []
-    seen: BaseException | None = exc
-    while seen is not None and len(chain) < 5:
-        chain.append(f"{type(seen).__name__}: {seen}" if str(seen) else type(seen).__name__)
-        seen = seen.__cause__ or seen.__context__
-    return " <- ".join(chain)
 
 
 def _segment(text: str) -> str:

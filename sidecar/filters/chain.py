@@ -20,7 +20,7 @@ import functools
 import ipaddress
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from sidecar.http.filters import HeaderOps
 
@@ -40,6 +40,7 @@ class Exchange:
     scheme: str = "http"
     request_ops: list[HeaderOps] = field(default_factory=list)  # edits to what is forwarded
     response_ops: list[HeaderOps] = field(default_factory=list)  # edits to the response head
+    jwt: tuple[str, dict[str, Any]] | None = None  # (provider, claims) of a verified token
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of field `name` (lower case), or None."""

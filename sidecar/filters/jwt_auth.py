@@ -16,13 +16,15 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
 import jwt
 
-from sidecar.filters.chain import Exchange, LocalReply
+from sidecar.filters.chain import Exchange, LocalReply, Verdict
+from sidecar.filters.jwks import RemoteJwks
 from sidecar.http.filters import HeaderOps
 
 LEEWAY_S = 60
@@ -84,20 +86,28 @@ def load_jwks(text: str) -> list[jwt.PyJWK]:
     return out
 
 
+class UnknownKey(jwt.InvalidKeyError):
+    """The provider's keys have none the token's kid names (or none at all yet)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Provider:
     name: str
-    keys: tuple[jwt.PyJWK, ...]
+    keys: tuple[jwt.PyJWK, ...] = ()  # localJWKS
     issuer: str | None = None
     audiences: tuple[str, ...] = ()
     source: TokenSource = TokenSource()
     claim_to_headers: tuple[tuple[bytes, str], ...] = ()  # (header, claim)
+    remote: RemoteJwks | None = None  # remoteJWKS: the keys are its cell's
 
     def verify(self, token: str) -> dict[str, Any]:
         """The token's claims (jwt.PyJWTError when it is not valid for this provider)."""
         header = jwt.get_unverified_header(token)
         alg, kid = header.get("alg"), header.get("kid")
-        candidates = [k for k in self.keys if kid is None or k.key_id == kid]
+        keys = self.remote.cell.keys if self.remote is not None else self.keys
+        candidates = [k for k in keys if kid is None or k.key_id == kid]
+        if not candidates:
+            raise UnknownKey(f"no key for kid {kid!r}")
         for key in candidates:
             if alg not in ALGORITHMS.get(key.key_type or "", ()):
                 continue
@@ -107,6 +117,16 @@ class Provider:
                 options={"verify_aud": bool(self.audiences)},
             )  # fmt: skip
         raise jwt.InvalidKeyError(f"no key for kid {kid!r} and alg {alg!r}")
+
+    def may_refetch(self) -> bool:
+        """Whether a token this provider has no key for should wait for a JWKS fetch:
+        before the first answer, or once per MISS_INTERVAL_S for a rotation."""
+        cell = self.remote.cell if self.remote is not None else None
+        if cell is None or cell.owner is None:
+            return False
+        if not cell.fetched:
+            return cell.failures == 0  # the first fetch is under way
+        return cell.may_refetch_for_miss(cell.owner.clock())
 
 
 class JwtFilter:
@@ -130,9 +150,10 @@ class JwtFilter:
     def describe(self) -> str:
         return f"jwt: providers {', '.join(p.name for p in self.providers)}"
 
-    def on_request(self, x: Exchange) -> LocalReply | None:
+    def on_request(self, x: Exchange) -> Verdict | Awaitable[Verdict]:
         found = False
         now = self.clock()
+        waiting: list[tuple[Provider, str]] = []  # tokens whose keys are being fetched
         for p in self.providers:
             token = p.source.find(x)
             if token is None:
@@ -144,12 +165,34 @@ class JwtFilter:
                 return None
             try:
                 claims = p.verify(token)
+            except UnknownKey:
+                if p.may_refetch():
+                    waiting.append((p, token))
+                continue
             except (jwt.PyJWTError, ValueError):
                 continue  # another provider may know the token
             self._remember(token, p, claims, now)
             self._forward(x, p, claims)
             return None
+        if waiting:
+            return self._after_fetch(x, waiting)
         return self.invalid if found else self.challenge
+
+    async def _after_fetch(
+        self, x: Exchange, waiting: list[tuple[Provider, str]]
+    ) -> LocalReply | None:
+        """The tokens again once their providers' keys are fetched (a rotation)."""
+        for p, token in waiting:
+            assert p.remote is not None and p.remote.cell.owner is not None
+            await p.remote.cell.owner.wait_for(p.remote.cell)
+            try:
+                claims = p.verify(token)
+            except (jwt.PyJWTError, ValueError):
+                continue
+            self._remember(token, p, claims, self.clock())
+            self._forward(x, p, claims)
+            return None
+        return self.invalid
 
     def _remember(self, token: str, p: Provider, claims: dict[str, Any], now: float) -> None:
         until = now + REMEMBER_S
@@ -163,6 +206,7 @@ class JwtFilter:
 
     @staticmethod
     def _forward(x: Exchange, p: Provider, claims: dict[str, Any]) -> None:
+        x.jwt = (p.name, claims)
         if not p.claim_to_headers:
             return
         append = []

@@ -14,6 +14,7 @@ import gc
 import logging
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, TextIO
@@ -27,6 +28,7 @@ from sidecar.config.model import Limits, ListenerKey, Snapshot
 from sidecar.config.store import SnapshotStore
 from sidecar.entry import serve_downstream
 from sidecar.errors import ConfigError
+from sidecar.filters.jwks import JwksState
 from sidecar.filters.ratelimit import RateLimitState
 from sidecar.http.context import ProxyContext
 from sidecar.observe.accesslog import AccessLog
@@ -73,11 +75,14 @@ class EdgeServer:
         trace: TraceOptions | None = None,
         tracer: Tracer | None = None,
         refused: Mapping[str, str] | None = None,
+        trust: ssl.SSLContext | None = None,
     ) -> None:
         """`admin_port=None` runs no admin listener (a sidecar's outbound side, whose
         sidecar has one); `connector` says how upstreams are reached (mTLS in sidecars);
         `source` compiles snapshots from elsewhere than `paths` (what a control plane sent).
         Spans go to the collector `trace` names, or to an embedding sidecar's `tracer`.
+        `trust` verifies the HTTPS the edge calls itself (remote JWKS): the system's CAs
+        by default.
         `refused`: kinds the files may not hold, and why (`MESH_ONLY` for `meshctl edge`)."""
         self.source = source
         self.refused = refused
@@ -96,6 +101,7 @@ class EdgeServer:
         self.access_log = AccessLog(access_log)
         self.clusters = ClusterManager(connector=connector)
         self.limits_state = RateLimitState()  # rate-limit buckets, kept across reloads
+        self.jwks_state = JwksState(trust, self.metrics)  # fetched JWT keys, likewise
         self.metrics.collectors.append(self._breakers)
         self.store: SnapshotStore | None = None
         self.idle = IdleTracker(idle_timeout_s=300.0, header_timeout_s=30.0)
@@ -159,8 +165,7 @@ class EdgeServer:
                 sidecar_upstreams=self.clusters.connector is not plain,
             )
             self.clusters.nursery = nursery  # active health checks run there
-            self.clusters.sync(snap.clusters, time.perf_counter())
-            self.limits_state.sync(snap.limiters)
+            self._sync_state(snap)
             self._serve(opened)
             if admin is not None:
                 self._serve_admin(nursery, admin)
@@ -169,6 +174,7 @@ class EdgeServer:
             if self._own_tracer and self.tracer is not None:
                 nursery.start_soon(self.tracer.run)
             nursery.start_soon(run_sweeper, self.idle)
+            nursery.start_soon(self.jwks_state.run)
             nursery.start_soon(self._watch_files)
             if self.signals:
                 nursery.start_soon(self._watch_sighup)
@@ -193,8 +199,7 @@ class EdgeServer:
         self.store.swap(snap)
         self.idle.idle_timeout_s = snap.limits.idle_timeout_s
         self.idle.header_timeout_s = snap.limits.header_timeout_s
-        self.clusters.sync(snap.clusters, time.perf_counter())
-        self.limits_state.sync(snap.limiters)
+        self._sync_state(snap)
         for key in [k for k in self.listeners if k not in snap.routers]:
             scope, port = self.listeners.pop(key)
             scope.cancel()
@@ -202,6 +207,12 @@ class EdgeServer:
         self.last_error = ""
         self._publish(snap)
         return True
+
+    def _sync_state(self, snap: Snapshot) -> None:
+        """Give the snapshot's filters and clusters the state kept across snapshots."""
+        self.clusters.sync(snap.clusters, time.perf_counter())
+        self.limits_state.sync(snap.limiters)
+        self.jwks_state.sync(snap.jwks)
 
     def drain(self) -> None:
         """Stop accepting; open connections finish what they carry (HTTP/1 responses say

@@ -95,6 +95,7 @@ class SidecarOptions:
     discovery: str = ""  # consul://HOST:PORT: register with that Consul agent while ready
     consul_token: str = ""  # else CONSUL_HTTP_TOKEN
     trace: TraceOptions | None = None  # export spans (service fields filled in by the sidecar)
+    trust_bundle: str | None = None  # CAs (PEM) for HTTPS the edge calls (remote JWKS)
 
 
 # Only this sidecar says which errors it answered itself (http/forward.py): its app's
@@ -338,6 +339,7 @@ class SidecarServer:
 
     async def _apply(self, version: int, resources: list[dict[str, Any]]) -> str | None:
         """A snapshot from the control plane: in force (None) or why not (NACKed)."""
+        from sidecar.filters.jwks import trust_context
         from sidecar.modes.edge import EdgeServer
 
         previous, self._pushed = self._pushed, resources
@@ -349,6 +351,7 @@ class SidecarServer:
                     direction=self._outbound_direction, service=opts.service,
                     access_log=self.access_log_sink, signals=False, source=self._compile,
                     bind=self._bind, tracer=self.tracer,
+                    trust=trust_context(opts.trust_bundle),
                 )  # fmt: skip
                 assert self._nursery is not None
                 await self._nursery.start(outbound.run)

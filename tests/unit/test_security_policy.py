@@ -10,10 +10,11 @@ import pytest
 
 from sidecar.config.loader import load_snapshot
 from sidecar.config.model import Snapshot
-from sidecar.config.resources import IpAuthorization, IpRule
+from sidecar.config.resources import Authorization, AuthzRule, ClaimMatch, JwtPrincipal
 from sidecar.errors import ConfigError
+from sidecar.filters.authorization import AuthorizationFilter
+from sidecar.filters.chain import Exchange
 from sidecar.filters.cors import CorsFilter
-from sidecar.filters.ip import IpFilter
 from tests.support.edge import config
 
 POLICY = """---
@@ -61,17 +62,19 @@ def test_the_most_specific_target_wins_whole(tmp_path: Path) -> None:
         _policy("route", ROUTE_A, ALLOW_LOCAL, day=2, api="gateway.envoyproxy.io/v1alpha1"),
     )
     a, b = _filters(snap, "/a"), _filters(snap, "/b")
-    assert [type(f) for f in a] == [IpFilter]  # the route's policy, without the Gateway's CORS
-    assert isinstance(a[0], IpFilter) and a[0].allows("127.0.0.1")
-    assert [type(f) for f in b] == [CorsFilter, IpFilter]  # the Gateway's, whole
-    assert isinstance(b[1], IpFilter) and not b[1].allows("127.0.0.1")
+    assert [type(f) for f in a] == [
+        AuthorizationFilter
+    ]  # the route's policy, without the Gateway's CORS
+    assert isinstance(a[0], AuthorizationFilter) and a[0].allows(_x("127.0.0.1"))
+    assert [type(f) for f in b] == [CorsFilter, AuthorizationFilter]  # the Gateway's, whole
+    assert isinstance(b[1], AuthorizationFilter) and not b[1].allows(_x("127.0.0.1"))
     assert isinstance(b[0], CorsFilter) and b[0].policy.max_age_s == 600
     # a listener beats the Gateway; among equals the oldest wins
     snap = _load(tmp_path, _policy("gw", GW, DENY_ALL, day=1),
                  _policy("lst", GW_LISTENER, ALLOW_LOCAL, day=3),
                  _policy("lst2", GW_LISTENER, DENY_ALL, day=4))  # fmt: skip
     (ip,) = _filters(snap, "/b")
-    assert isinstance(ip, IpFilter) and ip.allows("127.0.0.1")
+    assert isinstance(ip, AuthorizationFilter) and ip.allows(_x("127.0.0.1"))
     assert _filters(_load(tmp_path), "/a") == []  # no policy: no filter
 
 
@@ -81,8 +84,10 @@ def test_the_most_specific_target_wins_whole(tmp_path: Path) -> None:
      ("  extAuth: {http: {}}\n", "spec.extAuth: is not supported yet"),
      ("  authorization:\n    rules: [{action: Allow, principal: {clientCIDRs: [10.0.0.300/8]}}]\n",
       "clientCIDRs[0]: is not a CIDR"),
-     ("  authorization:\n    rules: [{action: Allow, principal: {jwt: {}, clientCIDRs: [10.0.0.0/8]}}]\n",
-      "principal.jwt: is not supported yet"),
+     ("  authorization:\n    rules: [{action: Allow, principal: {jwt: {provider: p, scopes: [a]}}}]\n",
+      "principal.jwt.provider: names no provider of this policy's jwt (none"),
+     ("  authorization:\n    rules: [{action: Allow, principal: {}}]\n",
+      "a principal needs clientCIDRs, jwt or headers"),
      ("  authorization: {defaultAction: Maybe}\n", "defaultAction: must be one of Allow, Deny"),
      ("", "sets nothing Weft enforces")],
 )  # fmt: skip
@@ -92,19 +97,62 @@ def test_what_is_not_enforced_is_refused_by_name(tmp_path: Path, body: str, mess
     assert message in str(info.value)
 
 
+def _x(
+    client: str,
+    jwt: tuple[str, dict[str, object]] | None = None,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> Exchange:
+    x = Exchange("GET", "h", "/", "", headers or [], client)
+    x.jwt = jwt
+    return x
+
+
+def _rule(name: str, action: str, *cidrs: str, **kw: object) -> AuthzRule:
+    return AuthzRule(
+        name=name, action=action, cidrs=tuple(ipaddress.ip_network(c) for c in cidrs), **kw
+    )  # type: ignore[arg-type]
+
+
 def test_client_address_rules() -> None:
-    f = IpFilter(IpAuthorization(default_action="Allow", rules=(
-        IpRule("office", "Allow", (ipaddress.ip_network("10.1.0.0/16"),)),
-        IpRule("rest-of-10", "Deny", (ipaddress.ip_network("10.0.0.0/8"),)),
-        IpRule("v6", "Deny", (ipaddress.ip_network("2001:db8::/32"),)),
+    f = AuthorizationFilter(Authorization(default_action="Allow", rules=(
+        _rule("office", "Allow", "10.1.0.0/16"),
+        _rule("rest-of-10", "Deny", "10.0.0.0/8"),
+        _rule("v6", "Deny", "2001:db8::/32"),
     )))  # fmt: skip
-    assert f.allows("10.1.2.3")  # the first matching rule decides
-    assert not f.allows("10.2.0.1")
-    assert not f.allows("::ffff:10.2.0.1")  # an IPv4 client on a dual-stack socket
-    assert not f.allows("2001:db8::1") and f.allows("2001:db9::1")
-    assert f.allows("192.0.2.1")  # the default
-    assert not IpFilter(IpAuthorization("Deny", ())).allows("192.0.2.1")
-    assert not IpFilter(IpAuthorization("Deny", ())).allows("-")  # no address
+    assert f.allows(_x("10.1.2.3"))  # the first matching rule decides
+    assert not f.allows(_x("10.2.0.1"))
+    assert not f.allows(_x("::ffff:10.2.0.1"))  # an IPv4 client on a dual-stack socket
+    assert not f.allows(_x("2001:db8::1")) and f.allows(_x("2001:db9::1"))
+    assert f.allows(_x("192.0.2.1"))  # the default
+    deny = AuthorizationFilter(Authorization("Deny", ()))
+    assert not deny.allows(_x("192.0.2.1"))
+    assert not deny.allows(_x("-"))  # no address
+
+
+def test_jwt_claim_scope_and_header_rules() -> None:
+    admins = JwtPrincipal("idp", scopes=frozenset({"orders:write"}), claims=(
+        ClaimMatch(("org", "team"), frozenset({"payments"})),
+        ClaimMatch(("roles",), frozenset({"admin", "ops"}), array=True),
+    ))  # fmt: skip
+    f = AuthorizationFilter(Authorization(default_action="Deny", rules=(
+        _rule("blocked", "Deny", "192.0.2.0/24"),
+        _rule("admins", "Allow", jwt=admins),
+        _rule("probe", "Allow", "127.0.0.0/8", headers=((b"x-probe", frozenset({b"yes"})),)),
+    )))  # fmt: skip
+    good = {"scope": "orders:read orders:write", "org": {"team": "payments"},
+            "roles": ["dev", "ops"]}  # fmt: skip
+    assert f.allows(_x("10.0.0.1", ("idp", good)))
+    assert not f.allows(_x("192.0.2.9", ("idp", good)))  # an earlier Deny rule decides
+    assert not f.allows(_x("10.0.0.1", ("other", good)))  # another provider's token
+    assert not f.allows(_x("10.0.0.1"))  # no verified token
+    for changed in ({"scope": "orders:read"}, {"org": {"team": "web"}}, {"org": "payments"},
+                    {"roles": ["dev"]}, {"roles": "ops"}):  # fmt: skip
+        assert not f.allows(_x("10.0.0.1", ("idp", good | changed))), changed
+    assert f.allows(_x("10.0.0.1", ("idp", good | {"scope": None, "scp": ["orders:write"]})))
+    # every part of a principal must match: the header alone is not enough
+    assert f.allows(_x("127.0.0.1", headers=[(b"X-Probe", b"yes")]))
+    assert not f.allows(_x("127.0.0.1", headers=[(b"x-probe", b"no")]))
+    assert not f.allows(_x("10.0.0.1", headers=[(b"x-probe", b"yes")]))
 
 
 API_KEYS = """  apiKeyAuth:
