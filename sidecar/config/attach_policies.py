@@ -5,6 +5,7 @@ listener, and the filters they compile to, made once per policy per snapshot."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import TypeVar
 
 from sidecar.config import resources as r
@@ -14,6 +15,7 @@ from sidecar.filters.authorization import AuthorizationFilter
 from sidecar.filters.basic import BasicAuthFilter, parse_htpasswd
 from sidecar.filters.chain import Filter
 from sidecar.filters.cors import CorsFilter
+from sidecar.filters.ext_auth import ExtAuthFilter
 from sidecar.filters.jwks import RemoteJwks
 from sidecar.filters.jwt_auth import JwtFilter
 from sidecar.filters.ratelimit import RateLimitFilter
@@ -26,11 +28,14 @@ class PolicyFilters:
     def __init__(
         self, security: list[r.SecurityPolicy], rate_limits: list[r.BackendTrafficPolicy],
         secrets: dict[tuple[str, str], r.Secret], warnings: list[str],
+        resolve: Callable[[r.BackendObjectRef, str], tuple[str | None, str]],
     ) -> None:  # fmt: skip
+        """`resolve(ref, namespace)`: a backend's cluster name, or None and why."""
         self.security = security
         self.rate_limits = rate_limits
         self.secrets = secrets
         self.warnings = warnings
+        self.resolve = resolve
         self.limiters: dict[str, RateLimitFilter] = {}  # by policy: their buckets' owners
         self.made: dict[str, tuple[CorsFilter | None, list[Filter]]] = {}  # by policy
         self.remotes: list[RemoteJwks] = []  # JWKS endpoints of the JWT filters made
@@ -59,8 +64,9 @@ class PolicyFilters:
 
     def _security(self, policy: r.SecurityPolicy) -> tuple[CorsFilter | None, list[Filter]]:
         """A SecurityPolicy's filters — its CORS, then its checks in Envoy Gateway's order
-        (authentication: JWT, basic auth, API keys; then authorization, which may look at
-        the verified claims) — made once per policy, so every route it applies to shares
+        (authentication: JWT, basic auth, API keys; then the external authorization
+        service, which sees only authenticated requests; then authorization, which may
+        look at the verified claims) — made once per policy, so every route it applies to shares
         them (and their caches of verified credentials)."""
         name = _nn(policy.meta)
         found = self.made.get(name)
@@ -73,6 +79,8 @@ class PolicyFilters:
                 checks.append(self._basic(policy))
             if policy.api_keys is not None:
                 checks.append(self._api_keys(policy))
+            if policy.ext_auth is not None:
+                checks.append(self._ext_auth(policy))
             if policy.authorization is not None:
                 checks.append(AuthorizationFilter(policy.authorization))
             cors = CorsFilter(policy.cors) if policy.cors is not None else None
@@ -124,6 +132,17 @@ class PolicyFilters:
         )  # fmt: skip
         forward = auth.forward_client_id.encode() if auth.forward_client_id else None
         return ApiKeyFilter(clients, sources, forward, auth.sanitize)
+
+    def _ext_auth(self, policy: r.SecurityPolicy) -> ExtAuthFilter:
+        """The policy's external authorization; a backend that does not resolve leaves
+        the filter refusing every request (or passing them, when it fails open)."""
+        auth = policy.ext_auth
+        assert auth is not None
+        cluster, why = self.resolve(auth.backend, policy.meta.namespace)
+        if cluster is None:
+            self.warnings.append(f"SecurityPolicy {_nn(policy.meta)}: extAuth: {why}; "
+                                 "its checks fail")  # fmt: skip
+        return ExtAuthFilter(auth, cluster, _nn(policy.meta))
 
     def _limiter(self, policy: r.BackendTrafficPolicy) -> RateLimitFilter:
         """One filter per policy, shared by every route it applies to: its buckets count

@@ -126,7 +126,10 @@ class _Compiler:
         self.certificates = certificates
         self.clusters: dict[str, ClusterSpec] = {}
         self.warnings: list[str] = []
-        self.policies = PolicyFilters(idx.security, idx.rate_limits, idx.secrets, self.warnings)
+        self.policies = PolicyFilters(
+            idx.security, idx.rate_limits, idx.secrets, self.warnings,
+            lambda ref, ns: self._resolve(ref, ns, "SecurityPolicy"),
+        )  # fmt: skip
 
     # -- top level ----------------------------------------------------------------------
     def build(self, version: int, limits: Limits) -> Snapshot:

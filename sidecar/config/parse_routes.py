@@ -198,7 +198,7 @@ def parse_stream_route(top: Reader, meta: Meta, kind: str) -> StreamRoute:
     rr = rules[0]
     rr.text("name", None, pattern=NAME_RE)
     for br in rr.objs("backendRefs", max_items=16):
-        ref = _backend_object_ref(br)
+        ref = backend_object_ref(br)
         if ref.port is None:
             br.fail("port", "is required")
         weight = br.integer("weight", 1, lo=0, hi=1_000_000)
@@ -325,7 +325,7 @@ def _rule(rr: Reader) -> RouteRule:
 def _backend_refs(rr: Reader) -> list[BackendRef]:
     backends = []
     for br in rr.objs("backendRefs", max_items=16):
-        ref = _backend_object_ref(br)
+        ref = backend_object_ref(br)
         weight = br.integer("weight", 1, lo=0, hi=1_000_000)
         bfilters = tuple(_filter(fr) for fr in br.objs("filters", max_items=16))
         _check_filters(br, "filters", bfilters)
@@ -514,7 +514,7 @@ def parse_cors(r: Reader, *, max_age: Callable[[Reader, str, int], int]) -> Cors
 
 
 def _mirror(r: Reader) -> Mirror:
-    ref = _backend_object_ref(r.req_obj("backendRef"), finish=True)
+    ref = backend_object_ref(r.req_obj("backendRef"), finish=True)
     num, den = 100, 100
     if r.has("percent") and r.has("fraction"):
         r.fail("percent", "only one of percent and fraction may be set")
@@ -542,7 +542,7 @@ def _check_filters(r: Reader, key: str, filters: tuple[RouteFilter, ...]) -> Non
         r.fail(key, "RequestRedirect and URLRewrite cannot be combined")
 
 
-def _backend_object_ref(r: Reader, *, finish: bool = False) -> BackendObjectRef:
+def backend_object_ref(r: Reader, *, finish: bool = False) -> BackendObjectRef:
     ref = BackendObjectRef(
         group=r.text("group", ""),
         kind=r.text("kind", "Service"),

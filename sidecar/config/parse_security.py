@@ -24,6 +24,7 @@ from sidecar.config.resources import (
     AuthzRule,
     BasicAuth,
     ClaimMatch,
+    ExtAuth,
     JwtAuth,
     JwtPrincipal,
     Meta,
@@ -34,8 +35,8 @@ from sidecar.filters.jwks import DEFAULT_CACHE_S, RemoteJwks
 from sidecar.filters.jwt_auth import Provider, TokenSource, load_jwks
 
 _TARGET_KINDS = ("Gateway", "HTTPRoute", "GRPCRoute")
-_NOT_YET = ("extAuth", "oidc")
-_SUPPORTED = "supported: cors, authorization, apiKeyAuth, basicAuth, jwt"
+_NOT_YET = ("oidc",)
+_SUPPORTED = "supported: cors, authorization, apiKeyAuth, basicAuth, jwt, extAuth"
 
 
 def parse_security_policy(top: Reader, meta: Meta) -> SecurityPolicy:
@@ -53,6 +54,7 @@ def parse_security_policy(top: Reader, meta: Meta) -> SecurityPolicy:
     basic = None
     if (br := spec.obj("basicAuth")) is not None:
         basic = _basic(br)
+    ext_auth = _ext_auth(er) if (er := spec.obj("extAuth")) is not None else None
     jwt = None
     if (jr := spec.obj("jwt")) is not None:
         jwt = _jwt(jr)
@@ -61,11 +63,11 @@ def parse_security_policy(top: Reader, meta: Meta) -> SecurityPolicy:
         names = tuple(p.name for p in jwt.providers) if jwt is not None else ()
         authorization = _authorization(ar, names)
     spec.finish()
-    if not any((cors, authorization, api_keys, basic, jwt)):
+    if not any((cors, authorization, api_keys, basic, jwt, ext_auth)):
         top.fail("spec", f"sets nothing Weft enforces ({_SUPPORTED})")
     return SecurityPolicy(
         meta=meta, targets=targets, cors=cors, authorization=authorization, api_keys=api_keys,
-        basic=basic, jwt=jwt,
+        basic=basic, jwt=jwt, ext_auth=ext_auth,
     )  # fmt: skip
 
 
@@ -129,6 +131,46 @@ def _remote_jwks(r: Reader) -> RemoteJwks:
         r.fail("cacheDuration", "must be from 1s to 24h")
     r.finish()
     return RemoteJwks(uri, cache_s)
+
+
+def _ext_auth(r: Reader) -> ExtAuth:
+    from sidecar.config.parse_routes import DURATION_RE, backend_object_ref, duration_s
+
+    http, grpc = r.obj("http"), r.obj("grpc")
+    if (http is None) == (grpc is None):
+        r.fail("http", "give one of http and grpc")
+    service = http or grpc
+    assert service is not None
+    refs = [backend_object_ref(br, finish=True) for br in service.objs("backendRefs", max_items=1)]
+    if (single := service.obj("backendRef")) is not None:
+        refs.append(backend_object_ref(single, finish=True))
+    if len(refs) != 1:
+        service.fail("backendRefs", "must name exactly one backend (a Service and port)")
+    path = ""
+    to_backend: list[str] = []
+    if http is not None:
+        path = http.text("path", "", max_len=1024)
+        if path and (not path.startswith("/") or not path.isprintable() or " " in path):
+            http.fail("path", f"must be a path starting with /; got {path!r}")
+        to_backend = http.str_list("headersToBackend", pattern=_FIELD_RE)
+    service.finish()
+    to_auth = r.str_list("headersToExtAuth", pattern=_FIELD_RE)
+    if r.has("bodyToExtAuth"):
+        r.fail("bodyToExtAuth", "is not supported yet (the request body is not sent)")
+    timeout = r.text("timeout", "10s", pattern=DURATION_RE)
+    timeout_s = duration_s(timeout)
+    if not 0.001 <= timeout_s <= 60.0:
+        r.fail("timeout", "must be from 1ms to 60s")
+    fail_open = r.flag("failOpen", False)
+    if r.flag("recomputeRoute", False):
+        r.fail("recomputeRoute", "is not supported (the route is chosen before the check)")
+    r.finish()
+    return ExtAuth(
+        backend=refs[0], grpc=grpc is not None, path=path.rstrip("/"),
+        headers_to_backend=tuple(h.lower().encode() for h in to_backend),
+        headers_to_ext_auth=tuple(h.lower().encode() for h in to_auth),
+        fail_open=fail_open, timeout_s=timeout_s,
+    )  # fmt: skip
 
 
 def _basic(r: Reader) -> BasicAuth:

@@ -446,6 +446,19 @@ class JwtAuth:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ExtAuth:
+    """SecurityPolicy.extAuth: the authorization service each request is checked with."""
+
+    backend: BackendObjectRef
+    grpc: bool  # Envoy's envoy.service.auth.v3.Authorization API, else plain HTTP
+    path: str = ""  # http: prefixed to the request's path
+    headers_to_backend: tuple[bytes, ...] = ()  # http: copied from a 2xx answer upstream
+    headers_to_ext_auth: tuple[bytes, ...] = ()  # () : http sends Authorization; gRPC all
+    fail_open: bool = False
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SecurityPolicy:
     """Who may call the routes it targets, and from where (Envoy Gateway's shape)."""
 
@@ -456,6 +469,7 @@ class SecurityPolicy:
     api_keys: ApiKeyAuth | None = None
     basic: BasicAuth | None = None
     jwt: JwtAuth | None = None
+    ext_auth: ExtAuth | None = None
 
 
 Resource = (

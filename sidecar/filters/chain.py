@@ -20,9 +20,12 @@ import functools
 import ipaddress
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sidecar.http.filters import HeaderOps
+
+if TYPE_CHECKING:
+    from sidecar.http.context import ProxyContext
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -41,6 +44,7 @@ class Exchange:
     request_ops: list[HeaderOps] = field(default_factory=list)  # edits to what is forwarded
     response_ops: list[HeaderOps] = field(default_factory=list)  # edits to the response head
     jwt: tuple[str, dict[str, Any]] | None = None  # (provider, claims) of a verified token
+    ctx: ProxyContext | None = None  # the process's clusters, for filters that call out
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of field `name` (lower case), or None."""

@@ -81,7 +81,16 @@ def test_the_most_specific_target_wins_whole(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("body", "message"),
     [("  jwt: {providers: []}\n", "spec.jwt.providers: must have at least one provider"),
-     ("  extAuth: {http: {}}\n", "spec.extAuth: is not supported yet"),
+     ("  oidc: {provider: {}}\n", "spec.oidc: is not supported yet"),
+     ("  extAuth: {http: {backendRefs: [{name: a, port: 80}]}, grpc: {}}\n",
+      "spec.extAuth.http: give one of http and grpc"),
+     ("  extAuth: {http: {backendRefs: []}}\n", "must name exactly one backend"),
+     ("  extAuth: {grpc: {backendRefs: [{name: a, port: 80}]}, bodyToExtAuth: {}}\n",
+      "spec.extAuth.bodyToExtAuth: is not supported yet"),
+     ("  extAuth: {grpc: {backendRefs: [{name: a, port: 80}]}, recomputeRoute: true}\n",
+      "recomputeRoute: is not supported"),
+     ("  extAuth: {http: {backendRefs: [{name: a, port: 80}], path: 'x y'}}\n",
+      "path: must be a path starting with /"),
      ("  authorization:\n    rules: [{action: Allow, principal: {clientCIDRs: [10.0.0.300/8]}}]\n",
       "clientCIDRs[0]: is not a CIDR"),
      ("  authorization:\n    rules: [{action: Allow, principal: {jwt: {provider: p, scopes: [a]}}}]\n",
@@ -220,3 +229,14 @@ def test_secret_keys_and_user_names_cannot_carry_control_characters(tmp_path: Pa
     assert "use letters, digits" in str(info.value)
     users, skipped = parse_htpasswd(b"ok:{SHA}x\nbad\x01user:{SHA}y\n")
     assert list(users) == ["ok"] and skipped == ["'bad\\x01user'"]
+
+
+def test_an_unresolved_ext_auth_backend_is_a_warning_and_fails_closed(tmp_path: Path) -> None:
+    from sidecar.filters.ext_auth import ExtAuthFilter
+
+    body = "  extAuth: {http: {backendRefs: [{name: nowhere, port: 80}]}}\n"
+    snap = _load(tmp_path, _policy("ext", ROUTE_A, body))
+    (f,) = _filters(snap, "/a")
+    assert isinstance(f, ExtAuthFilter) and f.cluster is None and not f.auth.fail_open
+    assert any("extAuth: Service default/nowhere not found; its checks fail" in w
+               for w in snap.warnings)  # fmt: skip
