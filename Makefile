@@ -50,7 +50,14 @@ $(NODE_PEERS):
 	@if command -v npm >/dev/null 2>&1; then \
 	  npm install --prefix .cache/node --silent --no-audit --no-fund @grpc/grpc-js@1 || true; fi
 
-pytest: $(STAMP) sysdeps $(NODE_PEERS)
+# Envoy's own protos (the gRPC project's xds-protos), for the external authorization
+# test service only: apart from the venv, because the package also ships copies of
+# opentelemetry's and googleapis' protos that would replace the installed ones.
+XDS_PROTOS := .cache/xds-protos/envoy
+$(XDS_PROTOS): $(STAMP)
+	$(PY) -m pip install -q --no-deps --target .cache/xds-protos 'xds-protos>=1.60'
+
+pytest: $(STAMP) sysdeps $(NODE_PEERS) $(XDS_PROTOS)
 	$(PY) -m pytest -q
 
 test: lint typecheck pytest
@@ -67,9 +74,10 @@ bench-instructions: $(STAMP) sysdeps-bench
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .cache
 
-# Regenerate the gRPC API modules from mesh_ctl/api/*.proto (checked in; needs the test extras).
+# Regenerate the protobuf modules from their .proto files (checked in; needs the test extras).
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. mesh_ctl/api/*.proto
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. sidecar/filters/proto/*.proto
 
 # Coverage-guided fuzzing (atheris), FUZZ_SECONDS per harness; findings go to fuzz/findings/.
 FUZZ_SECONDS ?= 120

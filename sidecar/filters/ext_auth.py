@@ -108,7 +108,7 @@ class ExtAuthFilter:
 
     # -- gRPC -------------------------------------------------------------------------------
     async def _grpc(self, ctx: ProxyContext, x: Exchange) -> Verdict:
-        from envoy.service.auth.v3 import external_auth_pb2 as pb
+        from sidecar.filters.proto import ext_authz_pb2 as pb
 
         assert self.cluster is not None
         message = check_request(x, self.auth.headers_to_ext_auth).SerializeToString()
@@ -130,13 +130,13 @@ class ExtAuthFilter:
         response = pb.CheckResponse.FromString(body[5:])
         if response.status.code == 0:
             ok = response.ok_response
-            sets = [(h.header.key.lower().encode(), h.header.value.encode()) for h in ok.headers]
             drops = tuple(n.lower().encode() for n in ok.headers_to_remove)
-            self._allow(x, sets, drops)
+            self._allow(x, _fields(ok.headers), drops)
+            if added := [(n, v) for n, v in _fields(ok.response_headers_to_add) if settable(n, v)]:
+                x.response_ops.append(HeaderOps(drop=frozenset(), append=tuple(added)))
             return None
         denied = response.denied_response
-        fields = [(h.header.key.lower().encode(), h.header.value.encode()) for h in denied.headers]
-        return _denial(denied.status.code or 403, fields, denied.body.encode())
+        return _denial(denied.status.code or 403, _fields(denied.headers), denied.body.encode())
 
     # -- shared -----------------------------------------------------------------------------
     @staticmethod
@@ -158,9 +158,15 @@ class ExtAuthFilter:
                         why(exc))  # fmt: skip
 
 
+def _fields(options: Any) -> list[tuple[bytes, bytes]]:
+    """HeaderValueOptions as fields (names lower-cased; `raw_value` when set)."""
+    return [(o.header.key.lower().encode(), o.header.raw_value or o.header.value.encode())
+            for o in options]  # fmt: skip
+
+
 def check_request(x: Exchange, only: tuple[bytes, ...]) -> Any:
     """The CheckRequest for a request: its attributes as Envoy sends them."""
-    from envoy.service.auth.v3 import external_auth_pb2 as pb
+    from sidecar.filters.proto import ext_authz_pb2 as pb
 
     req = pb.CheckRequest()
     attrs = req.attributes

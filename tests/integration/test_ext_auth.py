@@ -89,10 +89,14 @@ async def test_grpc_authorization_service(tmp_path: Path, fail_open: bool) -> No
     assert ok.status_code == 200
     assert denied.status_code == 401 and denied.text == "denied by the test authorization service\n"
     assert error.status_code == (200 if fail_open else 403)
-    check = authz.checks[0].attributes
-    assert (check.request.http.method, check.request.http.path) == ("GET", "/a?q=1")
-    assert check.request.http.headers["x-remove-me"] == "1"  # gRPC checks see every field
-    assert check.source.address.socket_address.address == "127.0.0.1"
+    assert ok.headers["x-checked-by"] == "grpc-double"  # response_headers_to_add
+    http = authz.checks[0]["attributes"]["request"]["http"]
+    assert (http["method"], http["path"], http["query"]) == ("GET", "/a?q=1", "q=1")
+    assert http["headers"]["x-remove-me"] == "1"  # gRPC checks see every field
+    assert (
+        authz.checks[0]["attributes"]["source"]["address"]["socketAddress"]["address"]
+        == "127.0.0.1"
+    )
     seen = api.received[0]["headers"]
     assert seen["x-user"] == ["bob"] and "x-remove-me" not in seen
     assert "x-smuggle" not in seen and seen.get("content-length", ["0"]) == ["0"]

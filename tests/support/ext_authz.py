@@ -1,23 +1,24 @@
 """External authorization services for tests (documented-API doubles, named as such):
 one over HTTP (http.server) and one implementing Envoy's
-`envoy.service.auth.v3.Authorization` with a real grpcio server. Both decide by the
+`envoy.service.auth.v3.Authorization` with a real grpcio server on Envoy's own protos
+(ext_authz_grpc_server.py). Both decide by the
 request's Authorization field: `Bearer good` passes, `Bearer slow` answers too late,
 `Bearer error` fails (gRPC UNAVAILABLE), anything else is denied 401 (gRPC: 401 with a
 body). They record the checks they received."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
-from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
-import grpc
-from envoy.service.auth.v3 import external_auth_pb2 as pb
-from envoy.service.auth.v3 import external_auth_pb2_grpc as pb_grpc
-from envoy.type.v3 import http_status_pb2
-from google.rpc import code_pb2, status_pb2
+import pytest
 
 SLOW_S = 2.0
 
@@ -70,39 +71,36 @@ class HttpAuthDouble:
         self.httpd.server_close()
 
 
-class GrpcAuthDouble(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
-    def __init__(self) -> None:
-        self.checks: list[Any] = []
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        pb_grpc.add_AuthorizationServicer_to_server(self, self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+class GrpcAuthDouble:
+    """ext_authz_grpc_server.py in a process of its own, with Envoy's protos on its path;
+    `checks` are the CheckRequests it answered, as JSON (protobuf's JSON mapping)."""
 
-    def Check(self, request: Any, context: Any) -> Any:
-        self.checks.append(request)
-        auth = request.attributes.request.http.headers.get("authorization", "")
-        if auth == "Bearer error":
-            context.abort(grpc.StatusCode.UNAVAILABLE, "policy store down")
-        if auth == "Bearer slow":
-            time.sleep(SLOW_S)
-        if auth == "Bearer good":
-            ok = pb.OkHttpResponse(headers_to_remove=["x-remove-me"])
-            for key, value in (("x-user", "bob"), ("x-smuggle", "a\r\nb"),
-                               ("content-length", "5"), (":path", "/admin")):  # fmt: skip
-                h = ok.headers.add()
-                h.header.key, h.header.value = key, value
-            return pb.CheckResponse(status=status_pb2.Status(code=code_pb2.OK), ok_response=ok)
-        denied = pb.DeniedHttpResponse(
-            status=http_status_pb2.HttpStatus(code=http_status_pb2.Unauthorized),
-            body="denied by the test authorization service\n",
-        )
-        h = denied.headers.add()
-        h.header.key, h.header.value = "www-authenticate", 'Bearer realm="test"'
-        return pb.CheckResponse(status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED),
-                                denied_response=denied)  # fmt: skip
+    def __init__(self) -> None:
+        root = Path(__file__).resolve().parents[2]
+        protos = root / ".cache" / "xds-protos"
+        if not (protos / "envoy").is_dir():
+            pytest.skip(f"Envoy's protos are not in {protos} (make test installs them)")
+        env = {**os.environ, "PYTHONPATH": f"{protos}{os.pathsep}{root}"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.ext_authz_grpc_server"], cwd=root, env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline())
+        self.checks: list[dict[str, Any]] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.checks.append(json.loads(line))
 
     def __enter__(self) -> GrpcAuthDouble:
-        self.server.start()
+        self.reader.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.stop(grace=None)
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=10)
+        self.reader.join(timeout=10)
