@@ -35,6 +35,7 @@ EDGE_KINDS = (
     "TLSRoute",
     "Secret",
     "SecurityPolicy",
+    "RequestValidation",
 )
 
 

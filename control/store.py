@@ -37,6 +37,7 @@ KIND_ALIASES = {
     "backendtrafficpolicies": "BackendTrafficPolicy", "btp": "BackendTrafficPolicy",
     "meshconfig": "MeshConfig", "meshconfigs": "MeshConfig",
     "securitypolicy": "SecurityPolicy", "securitypolicies": "SecurityPolicy",
+    "requestvalidation": "RequestValidation", "requestvalidations": "RequestValidation",
     "secret": "Secret", "secrets": "Secret",
     "referencegrant": "ReferenceGrant", "referencegrants": "ReferenceGrant",
     "namespace": "Namespace", "namespaces": "Namespace", "ns": "Namespace",

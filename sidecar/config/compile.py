@@ -29,8 +29,9 @@ from sidecar.config.model import (
     Snapshot,
 )
 from sidecar.config.parse_policy import NON_IDEMPOTENT_ANNOTATION
-from sidecar.filters.chain import Filter
+from sidecar.filters.chain import Filter, FixedReply, LocalReply
 from sidecar.filters.cors import CorsFilter
+from sidecar.filters.validate import ValidationFilter
 from sidecar.http.filters import HeaderOps
 from sidecar.http.router import CompiledMatch, Condition, HostTable, ListenerRoutes, PortRouter
 from sidecar.upstream.balance import SmoothWeighted
@@ -62,6 +63,7 @@ class _Index:
     rate_limits: list[r.BackendTrafficPolicy] = field(default_factory=list)  # route-level
     traffic: dict[tuple[str, str], r.BackendTrafficPolicy] = field(default_factory=dict)
     grants: list[r.ReferenceGrant] = field(default_factory=list)
+    validations: dict[tuple[str, str], r.RequestValidation] = field(default_factory=dict)
     services: dict[tuple[str, str], r.Service] = field(default_factory=dict)
     slices: dict[tuple[str, str], list[r.EndpointSlice]] = field(default_factory=dict)
 
@@ -89,6 +91,8 @@ def compile_snapshot(
             idx.policies.append(res)
         elif isinstance(res, r.SecurityPolicy):
             idx.security.append(res)
+        elif isinstance(res, r.RequestValidation):
+            idx.validations[(res.meta.namespace, res.meta.name)] = res
         elif isinstance(res, r.Secret) and res.secret_type == "Opaque":
             idx.secrets[(res.meta.namespace, res.meta.name)] = res
         elif isinstance(res, r.BackendTrafficPolicy) and res.targets:
@@ -126,6 +130,7 @@ class _Compiler:
         self.certificates = certificates
         self.clusters: dict[str, ClusterSpec] = {}
         self.warnings: list[str] = []
+        self.validators: dict[tuple[str, str], ValidationFilter] = {}  # one per resource
         self.policies = PolicyFilters(
             idx.security, idx.rate_limits, idx.secrets, self.warnings,
             lambda ref, ns: self._resolve(ref, ns, "SecurityPolicy"),
@@ -334,6 +339,8 @@ class _Compiler:
         for f in rule.filters:
             if f.cors is not None:
                 filters.append(CorsFilter(f.cors))
+            elif f.extension is not None:
+                filters.append(self._extension(route, f.extension))
             elif f.request_headers is not None:
                 req_h = _ops(f.request_headers)
             elif f.response_headers is not None:
@@ -400,6 +407,22 @@ class _Compiler:
             backend_request_timeout_s=rule.backend_request_timeout_s,
             filters=tuple(filters),
         )
+
+    def _extension(self, route: r.HTTPRoute, ref: tuple[str, str, str]) -> Filter:
+        """An ExtensionRef filter's target, or (missing) a filter answering 500."""
+        _, kind, name = ref
+        found = self.idx.validations.get((route.meta.namespace, name))
+        if found is None:
+            why = f"{kind} {route.meta.namespace}/{name} not found"
+            self.warnings.append(f"{route.kind} {_nn(route.meta)}: ExtensionRef filter: {why}; "
+                                 "its rules answer 500")  # fmt: skip
+            return FixedReply(LocalReply(500, b"a filter of this route is missing\n", (),
+                                         "filter_missing"), why)  # fmt: skip
+        key = (found.meta.namespace, found.meta.name)
+        made = self.validators.get(key)
+        if made is None:
+            made = self.validators[key] = ValidationFilter(found)
+        return made
 
     def _retry(
         self, route: r.HTTPRoute, rule: r.RouteRule, cluster: str | None

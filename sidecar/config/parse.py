@@ -26,6 +26,7 @@ from sidecar.config.parse_routes import (
     parse_stream_route,
 )
 from sidecar.config.parse_security import parse_security_policy
+from sidecar.config.parse_validation import parse_request_validation
 from sidecar.config.reader import HOSTNAME_RE, NAME_RE, Reader
 from sidecar.config.resources import (
     ENVOY_GATEWAY_GROUP,
@@ -374,6 +375,7 @@ _PARSERS: dict[tuple[str, str], Callable[..., Any]] = {
     (WEFT_GROUP, "Service"): _weft_service,
     (WEFT_GROUP, "MeshConfig"): _mesh_config,
     (WEFT_GROUP, "SecurityPolicy"): parse_security_policy,
+    (WEFT_GROUP, "RequestValidation"): parse_request_validation,
     (ENVOY_GATEWAY_GROUP, "SecurityPolicy"): parse_security_policy,
     (ENVOY_GATEWAY_GROUP, "BackendTrafficPolicy"): parse_backend_traffic_policy,
 }

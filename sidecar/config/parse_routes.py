@@ -12,6 +12,7 @@ from sidecar.config.parse_policy import parse_route_retry
 from sidecar.config.reader import HOSTNAME_RE, NAME_RE, Reader
 from sidecar.config.resources import (
     GATEWAY_GROUP,
+    WEFT_GROUP,
     AllowedRoutes,
     BackendObjectRef,
     BackendRef,
@@ -440,8 +441,14 @@ _FILTER_KEYS = {
 
 def _filter(fr: Reader) -> RouteFilter:
     ftype = fr.text("type", choices=(*_FILTER_KEYS, "ExtensionRef"))
-    if ftype not in _FILTER_KEYS:
-        fr.fail("type", f"filter {ftype} is not supported yet")
+    if ftype == "ExtensionRef":
+        er = fr.req_obj("extensionRef")
+        group = er.text("group", choices=(WEFT_GROUP,))
+        kind = er.text("kind", choices=("RequestValidation",))
+        name = er.text("name", pattern=NAME_RE)
+        er.finish()
+        fr.finish()
+        return RouteFilter(type=ftype, extension=(group, kind, name))
     for t, k in _FILTER_KEYS.items():
         if t != ftype and fr.has(k):
             fr.fail(k, f"must not be set on a {ftype} filter")

@@ -200,6 +200,7 @@ class RouteFilter:
     rewrite: Rewrite | None = None
     mirror: Mirror | None = None
     cors: CorsPolicy | None = None
+    extension: tuple[str, str, str] | None = None  # ExtensionRef: (group, kind, name)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -472,6 +473,17 @@ class SecurityPolicy:
     ext_auth: ExtAuth | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestValidation:
+    """weft.dev RequestValidation, used by HTTPRoute rules through an ExtensionRef filter."""
+
+    meta: Meta
+    methods: frozenset[str] = frozenset()  # empty: any
+    required_headers: tuple[bytes, ...] = ()  # lower case
+    max_body_bytes: int = 0  # 0: the listener's limit
+    json_schema: str = ""  # the schema as canonical JSON text ("": none)
+
+
 Resource = (
     Gateway
     | GatewayClass
@@ -487,4 +499,5 @@ Resource = (
     | BackendTrafficPolicy
     | MeshConfig
     | SecurityPolicy
+    | RequestValidation
 )

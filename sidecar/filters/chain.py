@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -45,6 +45,9 @@ class Exchange:
     response_ops: list[HeaderOps] = field(default_factory=list)  # edits to the response head
     jwt: tuple[str, dict[str, Any]] | None = None  # (provider, claims) of a verified token
     ctx: ProxyContext | None = None  # the process's clusters, for filters that call out
+    max_body: int = 0  # a route's body limit (413 as the body streams); 0: the listener's
+    # a check of the whole body (read before forwarding, at most max_body bytes)
+    body_check: Callable[[bytes], LocalReply | None] | None = None
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of field `name` (lower case), or None."""
@@ -76,6 +79,23 @@ class Filter(Protocol):
     def describe(self) -> str:
         """One line for /config_dump: what it does, never a secret."""
         ...
+
+
+class FixedReply:
+    """A filter that answers every request the same: what Gateway API asks for a filter
+    that cannot be resolved (a missing ExtensionRef target: 500, never skipped)."""
+
+    __slots__ = ("reply", "why")
+
+    def __init__(self, reply: LocalReply, why: str) -> None:
+        self.reply = reply
+        self.why = why
+
+    def on_request(self, x: Exchange) -> LocalReply:
+        return self.reply
+
+    def describe(self) -> str:
+        return f"answers {self.reply.status}: {self.why}"
 
 
 def client_address(peer: str, forwarded_for: bytes, trusted_hops: int) -> str:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import math
 import ssl
-import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -63,7 +62,7 @@ def trust_context(bundle: str | None) -> ssl.SSLContext | None:
 
 
 class KeyCell:
-    """One JWKS endpoint's keys and schedule (times on a monotonic clock)."""
+    """One JWKS endpoint's keys and schedule (times on trio's clock)."""
 
     __slots__ = ("cache_s", "error", "failures", "fetched", "keys", "last_miss", "next_due",
                  "owner", "uri")  # fmt: skip
@@ -126,7 +125,7 @@ class JwksState:
 
     def __init__(
         self, tls: ssl.SSLContext | None = None, metrics: Metrics | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = trio.current_time,
     ) -> None:  # fmt: skip
         self.tls = tls  # None: the system's CAs, loaded on the first fetch
         self.metrics = metrics
@@ -156,7 +155,7 @@ class JwksState:
                         self.start(cell)
                 due = [c.next_due for c in self.cells.values() if c not in self.inflight]
                 self._wake = trio.Event()
-                with trio.move_on_after(max(0.05, min(due, default=3600.0) - now)):
+                with trio.move_on_at(min(due, default=math.inf)):
                     await self._wake.wait()
 
     def start(self, cell: KeyCell) -> trio.Event:

@@ -74,7 +74,8 @@ class H2Stream(FlowStream):
     """One request/response exchange on an HTTP/2 connection (a `Downstream`)."""
 
     __slots__ = (
-        "body", "body_left", "more", "pace", "request_ended", "reset_code", "scope", "too_large"
+        "body", "body_left", "more", "pace", "received", "request_ended", "reset_code", "scope",
+        "too_large",
     )  # fmt: skip
 
     def __init__(self, conn: Http2Connection, sid: int, max_body_bytes: int = 0) -> None:
@@ -86,6 +87,7 @@ class H2Stream(FlowStream):
         self.request_ended = False
         # --max-request-body-bytes, as on HTTP/1: what may still arrive (None: no limit)
         self.body_left = max_body_bytes or None
+        self.received = 0  # body bytes so far
         self.too_large = False
         self.pace: BodyPace | None = None  # the body's deadline (http/pace.py)
 
@@ -101,6 +103,7 @@ class H2Stream(FlowStream):
     def feed(self, data: bytes, flow: int) -> None:
         if self.pace is not None:
             self.pace.took(len(data))
+        self.received += len(data)
         if self.body_left is not None:
             self.body_left -= len(data)
             if self.body_left < 0 or self.too_large:
@@ -110,6 +113,20 @@ class H2Stream(FlowStream):
                 self.more.set()
                 return
         self.body.append((data, flow))
+        self.more.set()
+
+    def limit_body(self, head: RequestHead, limit: int) -> None:
+        """Hold the body to `limit` bytes (a route's) from here on as it streams;
+        ProtocolError (413) when it is over already."""
+        left = limit - self.received
+        if (head.content_length or 0) > limit or left < 0:
+            self.too_large = True
+            raise self._over_limit()
+        self.body_left = left if self.body_left is None else min(self.body_left, left)
+
+    def unread(self, events: list[bytes | End]) -> None:
+        """Put body events back in front (a body read whole to be checked, then forwarded)."""
+        self.body.extendleft(reversed([(e, 0) if isinstance(e, bytes) else e for e in events]))
         self.more.set()
 
     def _over_limit(self) -> ProtocolError:

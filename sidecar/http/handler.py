@@ -59,6 +59,14 @@ class Downstream(Protocol):
 
     def take_buffered_body(self, out: bytearray, chunked: bool) -> tuple[int, bool]: ...
 
+    def limit_body(self, head: RequestHead, limit: int) -> None:
+        """A route's body limit, enforced as the body streams (ProtocolError 413)."""
+        ...
+
+    def unread(self, events: list[bytes | End]) -> None:
+        """Put body events back, to be forwarded as if not read yet."""
+        ...
+
     async def send_continue(self) -> None: ...
 
     def response_writer(
@@ -207,6 +215,8 @@ class RequestHandler:
                 reply = run_filters(action.filters, x)
                 if reply is not None and not isinstance(reply, LocalReply):
                     reply = await reply
+                if reply is None and (x.max_body or x.body_check is not None):
+                    reply = await _check_body(ds, head, x)
                 if reply is not None:
                     outcome.status = reply.status
                     detail = reply.detail
@@ -310,7 +320,7 @@ class RequestHandler:
                 )  # fmt: skip
             return outcome.request_complete and outcome.downstream_keep_alive
         except ProtocolError as exc:  # the client broke framing or a limit mid-body
-            detail = "downstream_protocol_error"
+            detail = "body_too_large" if exc.status == 413 else "downstream_protocol_error"
             if outcome.response_started:
                 return False
             outcome.status = exc.status
@@ -410,3 +420,24 @@ def log_refused(
 
 
 _METHOD = re.compile(r"[A-Z]{1,20}\Z")
+
+
+async def _check_body(ds: Downstream, head: RequestHead, x: Exchange) -> LocalReply | None:
+    """A route's body rules: its size limit from here on, and a check of the whole body
+    (read, checked, then put back to be forwarded as it came)."""
+    if x.max_body:
+        ds.limit_body(head, x.max_body)
+    if x.body_check is None:
+        return None
+    if not head.has_body:
+        return x.body_check(b"")
+    if head.expect_continue:
+        await ds.send_continue()
+        head.expect_continue = False
+    body = bytearray()
+    while not isinstance(ev := await ds.next_event(), End):
+        body += ev
+    reply = x.body_check(bytes(body))
+    if reply is None:
+        ds.unread([bytes(body), ev] if body else [ev])
+    return reply

@@ -204,6 +204,12 @@ class _Http1(RequestHandler):
             raise ProtocolError("request ended without its body")
         return ev
 
+    def limit_body(self, head: RequestHead, limit: int) -> None:
+        self.parser.limit_body(head, limit)
+
+    def unread(self, events: list[bytes | End]) -> None:
+        self.parser.events.extendleft(reversed(events))
+
     def take_buffered_body(self, out: bytearray, chunked: bool) -> tuple[int, bool]:
         """Append body already parsed to `out`; (bytes taken, whether the body is complete)."""
         events = self.parser.events

@@ -157,6 +157,7 @@ class RequestParser:
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
         self.max_body_bytes = max_body_bytes  # 0: unlimited
+        self.body_limit = 0  # the request's: max_body_bytes, or lower (limit_body); 0: none
         self._parser = httptools.HttpRequestParser(self)
         self._head = RequestHead()
         self._url = b""
@@ -276,16 +277,16 @@ class RequestParser:
             self._fail(ProtocolError(f"request body over {limit} bytes", status=413))
         head.raw = self._raw_block(head)
         self._body_bytes = 0
+        self.body_limit = limit
         self._in_head = False
         self._pending = 0
         self.events.append(head)
 
     def on_body(self, body: bytes) -> None:
-        if self.max_body_bytes:
-            self._body_bytes += len(body)
-            if self._body_bytes > self.max_body_bytes:
-                limit = self.max_body_bytes
-                self._fail(ProtocolError(f"request body over {limit} bytes", status=413))
+        self._body_bytes += len(body)
+        if self.body_limit and self._body_bytes > self.body_limit:
+            limit = self.body_limit
+            self._fail(ProtocolError(f"request body over {limit} bytes", status=413))
         if body:
             self.events.append(body)
 
@@ -328,6 +329,14 @@ class RequestParser:
         if size > self.max_header_bytes:
             self._fail(ProtocolError("request header fields too large", status=431))
         return raw
+
+    def limit_body(self, head: RequestHead, limit: int) -> None:
+        """Hold the current request's body to `limit` bytes (a route's), from here on as
+        it streams; ProtocolError (413) when it is over already."""
+        if self.body_limit == 0 or limit < self.body_limit:
+            self.body_limit = limit
+        if (head.content_length or 0) > limit or self._body_bytes > limit:
+            self._fail(ProtocolError(f"request body over {limit} bytes", status=413))
 
     def _fail(self, error: ProtocolError) -> None:
         self._error = error
