@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-APT_TEST_PKGS  := curl nginx-light openssl nghttp2-client
-APT_BENCH_PKGS := curl nginx-light wrk util-linux valgrind openssl nghttp2-client
+APT_TEST_PKGS  := curl nginx-light openssl nghttp2-client redis-server
+APT_BENCH_PKGS := curl nginx-light wrk util-linux valgrind openssl nghttp2-client redis-server
 
 .PHONY: fuzz demo edge-demo test lint typecheck pytest bench bench-instructions sysdeps sysdeps-bench clean proto
 

@@ -26,6 +26,7 @@ from sidecar.errors import ConfigError
 
 def _edge(args: argparse.Namespace) -> int:
     from sidecar.config.model import Limits
+    from sidecar.filters.global_ratelimit import global_limits
     from sidecar.filters.jwks import trust_context
     from sidecar.modes.edge import MESH_ONLY, EdgeServer
 
@@ -65,6 +66,11 @@ def _edge(args: argparse.Namespace) -> int:
         trace=trace,
         refused=MESH_ONLY,
         trust=trust_context(args.trust_bundle),
+        ratelimit=global_limits(
+            args.ratelimit_redis,
+            fail_closed=args.ratelimit_fail_closed,
+            tls=trust_context(args.trust_bundle),
+        ),
     )
     return _run_trio(server.run)
 
@@ -200,6 +206,7 @@ def _edge_in_mesh(args: argparse.Namespace) -> int:
         ca_fingerprint=args.ca_fingerprint, inbound_address="127.0.0.1", inbound_port=0,
         outbound_port=0, admin_port=args.admin_port, gateway=True,
         trace=telemetry.trace_options(args), trust_bundle=args.trust_bundle,
+        ratelimit_redis=args.ratelimit_redis, ratelimit_fail_closed=args.ratelimit_fail_closed,
     )  # fmt: skip
     return _run_sidecar(opts, args.access_log)
 
@@ -368,6 +375,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="CA certificates (PEM) to trust, besides the system's, for HTTPS the edge calls "
         "itself (remote JWKS)",
+    )
+    edge.add_argument(
+        "--ratelimit-redis",
+        metavar="URL",
+        default=os.environ.get("WEFT_RATELIMIT_REDIS"),
+        help="the Redis where Global rate limits count, shared by every edge that names it: "
+        "redis://[:PASSWORD@]HOST[:PORT][/DB] or rediss:// (or WEFT_RATELIMIT_REDIS)",
+    )
+    edge.add_argument(
+        "--ratelimit-fail-closed",
+        action="store_true",
+        help="refuse (503) requests a Global limit counts while Redis cannot answer; by "
+        "default they pass",
     )
     edge.add_argument("--admin-address", default="127.0.0.1")
     edge.add_argument("--admin-port", type=int, default=15000)

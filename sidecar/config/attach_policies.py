@@ -16,6 +16,7 @@ from sidecar.filters.basic import BasicAuthFilter, parse_htpasswd
 from sidecar.filters.chain import Filter
 from sidecar.filters.cors import CorsFilter
 from sidecar.filters.ext_auth import ExtAuthFilter
+from sidecar.filters.global_ratelimit import GlobalRateLimitFilter
 from sidecar.filters.jwks import RemoteJwks
 from sidecar.filters.jwt_auth import JwtFilter
 from sidecar.filters.ratelimit import RateLimitFilter
@@ -37,6 +38,7 @@ class PolicyFilters:
         self.warnings = warnings
         self.resolve = resolve
         self.limiters: dict[str, RateLimitFilter] = {}  # by policy: their buckets' owners
+        self.global_limiters: dict[str, GlobalRateLimitFilter] = {}  # by policy (Redis)
         self.made: dict[str, tuple[CorsFilter | None, list[Filter]]] = {}  # by policy
         self.remotes: list[RemoteJwks] = []  # JWKS endpoints of the JWT filters made
 
@@ -144,13 +146,18 @@ class PolicyFilters:
                                  "its checks fail")  # fmt: skip
         return ExtAuthFilter(auth, cluster, _nn(policy.meta))
 
-    def _limiter(self, policy: r.BackendTrafficPolicy) -> RateLimitFilter:
-        """One filter per policy, shared by every route it applies to: its buckets count
-        all of them together."""
+    def _limiter(self, policy: r.BackendTrafficPolicy) -> Filter:
+        """One filter per policy, shared by every route it applies to: its buckets (or
+        its Redis windows) count all of them together."""
         name = _nn(policy.meta)
+        assert policy.rate_limit is not None
+        if policy.rate_limit_global:
+            shared = self.global_limiters.get(name)
+            if shared is None:
+                shared = self.global_limiters[name] = GlobalRateLimitFilter(name, policy.rate_limit)
+            return shared
         found = self.limiters.get(name)
         if found is None:
-            assert policy.rate_limit is not None
             found = self.limiters[name] = RateLimitFilter(name, policy.rate_limit)
         return found
 

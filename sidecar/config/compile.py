@@ -200,6 +200,7 @@ class _Compiler:
             authz=tuple(p.policy for p in self.idx.policies),
             limiters=tuple(self.policies.limiters.values()),
             jwks=tuple(self.policies.remotes),
+            global_limiters=tuple(self.policies.global_limiters.values()),
         )
 
     def _certificates(self, gw: r.Gateway, lst: r.Listener) -> tuple[CertificatePair, ...] | None:

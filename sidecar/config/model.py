@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from sidecar.authz import Policy
     from sidecar.config.mesh import MeshNames
     from sidecar.filters.chain import Filter
+    from sidecar.filters.global_ratelimit import GlobalRateLimitFilter
     from sidecar.filters.jwks import RemoteJwks
     from sidecar.filters.ratelimit import RateLimitFilter
     from sidecar.http.filters import HeaderOps
@@ -227,3 +228,5 @@ class Snapshot:
     limiters: tuple[RateLimitFilter, ...] = ()
     # remote JWKS of JWT filters in force: the process's JwksState fetches their keys
     jwks: tuple[RemoteJwks, ...] = ()
+    # global (Redis) rate-limit filters: the process's GlobalLimits is their connection
+    global_limiters: tuple[GlobalRateLimitFilter, ...] = ()

@@ -215,16 +215,26 @@ def _route_traffic_policy(spec: Reader, meta: Meta) -> BackendTrafficPolicy:
                       "targetRef is the Service")  # fmt: skip
     rr = spec.req_obj("rateLimit")
     kind = rr.text("type", "Local", choices=("Local", "Global"))
-    if kind == "Global":
-        rr.fail("type", "Global (shared through Redis) is not supported yet; use Local")
-    lr = rr.req_obj("local")
+    shared = kind == "Global"
+    lr = rr.req_obj("global" if shared else "local")
+    if rr.has("local" if shared else "global"):
+        rr.fail("local" if shared else "global", f"must not be set when type is {kind}")
     rules = tuple(_limit_rule(r) for r in lr.objs("rules", max_items=64))
     if not rules:
         lr.fail("rules", "must have at least one rule")
+    for i, rule in enumerate(rules):
+        if shared and rule.requests > GLOBAL_MAX_REQUESTS:
+            lr.fail(f"rules[{i}].limit.requests",
+                    f"must be at most {GLOBAL_MAX_REQUESTS} for a Global limit (its exact "
+                    "window keeps one entry per admitted request)")  # fmt: skip
     lr.finish()
     rr.finish()
     spec.finish()
-    return BackendTrafficPolicy(meta=meta, target="", targets=targets, rate_limit=rules)
+    return BackendTrafficPolicy(meta=meta, target="", targets=targets, rate_limit=rules,
+                                rate_limit_global=shared)  # fmt: skip
+
+
+GLOBAL_MAX_REQUESTS = 100_000
 
 
 def _limit_rule(r: Reader) -> LimitRule:

@@ -357,6 +357,7 @@ class BackendTrafficPolicy:
     # targeting Gateways or routes instead of a Service: a rate limit for them
     targets: tuple[PolicyTarget, ...] = ()
     rate_limit: tuple[LimitRule, ...] | None = None
+    rate_limit_global: bool = False  # counted in Redis, across every edge process
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -131,16 +131,24 @@ class RateLimitFilter:
         if tightest is None:
             return None
         left, limit, reset = tightest
-        fields = (
-            (b"ratelimit-limit", b"%d" % limit),
-            (b"ratelimit-remaining", b"%d" % max(0, math.floor(left))),
-            (b"ratelimit-reset", b"%d" % math.ceil(reset)),
-        )
-        if refused is not None:
-            retry = (b"retry-after", b"%d" % max(1, math.ceil(refused)))
-            return LocalReply(429, b"too many requests\n", (*fields, retry), "rate_limited")
-        x.response_ops.append(HeaderOps(drop=frozenset(f[0] for f in fields), append=fields))
-        return None
+        return verdict(x, limit, left, reset, refused)
+
+
+def verdict(
+    x: Exchange, limit: int, left: float, reset_s: float, refused_for_s: float | None
+) -> LocalReply | None:
+    """The answer to a counted request: 429 with Retry-After when refused, else the
+    RateLimit-* fields (draft-ietf-httpapi-ratelimit-headers) on the forwarded answer."""
+    fields = (
+        (b"ratelimit-limit", b"%d" % limit),
+        (b"ratelimit-remaining", b"%d" % max(0, math.floor(left))),
+        (b"ratelimit-reset", b"%d" % math.ceil(reset_s)),
+    )
+    if refused_for_s is not None:
+        retry = (b"retry-after", b"%d" % max(1, math.ceil(refused_for_s)))
+        return LocalReply(429, b"too many requests\n", (*fields, retry), "rate_limited")
+    x.response_ops.append(HeaderOps(drop=frozenset(f[0] for f in fields), append=fields))
+    return None
 
 
 class RateLimitState:

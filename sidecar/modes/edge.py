@@ -28,6 +28,7 @@ from sidecar.config.model import Limits, ListenerKey, Snapshot
 from sidecar.config.store import SnapshotStore
 from sidecar.entry import serve_downstream
 from sidecar.errors import ConfigError
+from sidecar.filters.global_ratelimit import GlobalLimits
 from sidecar.filters.jwks import JwksState
 from sidecar.filters.ratelimit import RateLimitState
 from sidecar.http.context import ProxyContext
@@ -76,13 +77,14 @@ class EdgeServer:
         tracer: Tracer | None = None,
         refused: Mapping[str, str] | None = None,
         trust: ssl.SSLContext | None = None,
+        ratelimit: GlobalLimits | None = None,
     ) -> None:
         """`admin_port=None` runs no admin listener (a sidecar's outbound side, whose
         sidecar has one); `connector` says how upstreams are reached (mTLS in sidecars);
         `source` compiles snapshots from elsewhere than `paths` (what a control plane sent).
         Spans go to the collector `trace` names, or to an embedding sidecar's `tracer`.
         `trust` verifies the HTTPS the edge calls itself (remote JWKS): the system's CAs
-        by default.
+        by default. `ratelimit`: the Redis that global rate limits count in.
         `refused`: kinds the files may not hold, and why (`MESH_ONLY` for `meshctl edge`)."""
         self.source = source
         self.refused = refused
@@ -102,6 +104,8 @@ class EdgeServer:
         self.clusters = ClusterManager(connector=connector)
         self.limits_state = RateLimitState()  # rate-limit buckets, kept across reloads
         self.jwks_state = JwksState(trust, self.metrics)  # fetched JWT keys, likewise
+        self.global_limits = ratelimit or GlobalLimits(None)
+        self.global_limits.metrics = self.metrics
         self.metrics.collectors.append(self._breakers)
         self.store: SnapshotStore | None = None
         self.idle = IdleTracker(idle_timeout_s=300.0, header_timeout_s=30.0)
@@ -213,6 +217,7 @@ class EdgeServer:
         self.clusters.sync(snap.clusters, time.perf_counter())
         self.limits_state.sync(snap.limiters)
         self.jwks_state.sync(snap.jwks)
+        self.global_limits.sync(snap.global_limiters)
 
     def drain(self) -> None:
         """Stop accepting; open connections finish what they carry (HTTP/1 responses say
@@ -245,6 +250,11 @@ class EdgeServer:
                 self.paths, version=version, gateway_class=self.gateway_class, limits=self.limits,
                 refused=self.refused,
             )  # fmt: skip
+        if snap.global_limiters and self.global_limits.client is None:
+            names = ", ".join(f.name for f in snap.global_limiters)
+            raise ConfigError(f"BackendTrafficPolicy {names}: a Global rate limit counts in "
+                              "Redis: give meshctl edge --ratelimit-redis redis://HOST:PORT "
+                              "(or WEFT_RATELIMIT_REDIS)")  # fmt: skip
         for warning in snap.warnings:
             log.warning("%s", warning)
         return snap

@@ -96,6 +96,8 @@ class SidecarOptions:
     consul_token: str = ""  # else CONSUL_HTTP_TOKEN
     trace: TraceOptions | None = None  # export spans (service fields filled in by the sidecar)
     trust_bundle: str | None = None  # CAs (PEM) for HTTPS the edge calls (remote JWKS)
+    ratelimit_redis: str | None = None  # where global rate limits count (an edge)
+    ratelimit_fail_closed: bool = False
 
 
 # Only this sidecar says which errors it answered itself (http/forward.py): its app's
@@ -339,6 +341,7 @@ class SidecarServer:
 
     async def _apply(self, version: int, resources: list[dict[str, Any]]) -> str | None:
         """A snapshot from the control plane: in force (None) or why not (NACKed)."""
+        from sidecar.filters.global_ratelimit import global_limits
         from sidecar.filters.jwks import trust_context
         from sidecar.modes.edge import EdgeServer
 
@@ -352,6 +355,8 @@ class SidecarServer:
                     access_log=self.access_log_sink, signals=False, source=self._compile,
                     bind=self._bind, tracer=self.tracer,
                     trust=trust_context(opts.trust_bundle),
+                    ratelimit=global_limits(opts.ratelimit_redis,
+                                            fail_closed=opts.ratelimit_fail_closed),
                 )  # fmt: skip
                 assert self._nursery is not None
                 await self._nursery.start(outbound.run)
