@@ -36,6 +36,8 @@ EDGE_KINDS = (
     "Secret",
     "SecurityPolicy",
     "RequestValidation",
+    "ClientTrafficPolicy",
+    "ConfigMap",
 )
 
 

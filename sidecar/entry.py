@@ -180,10 +180,11 @@ async def _serve_https(ctx: ProxyContext, listener: ListenerKey, conn: Conn) -> 
         handshake_failed(ctx, reason)
         (tconn or conn).close()
         return
+    cert = tls.client_cert(tconn)
     if tconn.alpn == "h2":
-        await serve_http2(ctx, listener, tconn, scheme="https", sni=tconn.sni)
+        await serve_http2(ctx, listener, tconn, scheme="https", sni=tconn.sni, client_cert=cert)
     else:
-        await serve_http1(ctx, listener, tconn, scheme="https", sni=tconn.sni)
+        await serve_http1(ctx, listener, tconn, scheme="https", sni=tconn.sni, client_cert=cert)
 
 
 async def _first_bytes(conn: Conn, timeout_s: float) -> bytes | None:

@@ -14,6 +14,26 @@ CertKey = tuple[str, str, str]  # (kind, namespace, name): ("Secret", "default",
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ClientValidation:
+    """Client certificates on an HTTPS listener (ClientTrafficPolicy): the CAs they must
+    chain to, whether one is required, and what X-Forwarded-Client-Cert says of it
+    (`xfcc`: the details to add; None: the field is only removed)."""
+
+    ca_pem: bytes
+    optional: bool = False
+    xfcc: tuple[str, ...] | None = ("Subject", "URI", "DNS")
+
+    def check(self) -> str | None:
+        """Why the CA bundle cannot be used, or None."""
+        from cryptography import x509
+
+        try:
+            return None if x509.load_pem_x509_certificates(self.ca_pem) else "holds no certificate"
+        except ValueError as exc:
+            return f"is not a PEM certificate bundle ({exc})"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CertificatePair:
     name: str  # "Secret default/shop-cert", for messages
     cert_pem: bytes = field(repr=False)  # the chain, leaf first

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 from sidecar.config import resources as r
 from sidecar.config.attach_policies import PolicyFilters
-from sidecar.config.certs import CertificatePair, CertKey
+from sidecar.config.certs import CertificatePair, CertKey, ClientValidation
+from sidecar.config.client_tls import client_validation
 from sidecar.config.model import (
     Backend,
     ClusterSpec,
@@ -64,6 +65,8 @@ class _Index:
     traffic: dict[tuple[str, str], r.BackendTrafficPolicy] = field(default_factory=dict)
     grants: list[r.ReferenceGrant] = field(default_factory=list)
     validations: dict[tuple[str, str], r.RequestValidation] = field(default_factory=dict)
+    client_policies: list[r.ClientTrafficPolicy] = field(default_factory=list)
+    config_maps: dict[tuple[str, str], r.ConfigMap] = field(default_factory=dict)
     services: dict[tuple[str, str], r.Service] = field(default_factory=dict)
     slices: dict[tuple[str, str], list[r.EndpointSlice]] = field(default_factory=dict)
 
@@ -93,6 +96,10 @@ def compile_snapshot(
             idx.security.append(res)
         elif isinstance(res, r.RequestValidation):
             idx.validations[(res.meta.namespace, res.meta.name)] = res
+        elif isinstance(res, r.ClientTrafficPolicy):
+            idx.client_policies.append(res)
+        elif isinstance(res, r.ConfigMap):
+            idx.config_maps[(res.meta.namespace, res.meta.name)] = res
         elif isinstance(res, r.Secret) and res.secret_type == "Opaque":
             idx.secrets[(res.meta.namespace, res.meta.name)] = res
         elif isinstance(res, r.BackendTrafficPolicy) and res.targets:
@@ -117,6 +124,7 @@ class _Attached:
     listener: r.Listener
     routes: HostTable
     certificates: tuple[CertificatePair, ...] = ()
+    client: ClientValidation | None = None
     tcp: RouteAction | None = None  # the TCPRoute (oldest wins)
     sni: dict[str, RouteAction] = field(default_factory=dict)  # TLSRoute hostname -> action
 
@@ -155,15 +163,21 @@ class _Compiler:
                     )
                     continue
                 certs: tuple[CertificatePair, ...] = ()
+                client = None
                 if lst.protocol == "HTTPS":
                     found = self._certificates(gw, lst)
                     if found is None:
                         continue
                     certs = found
+                    client = client_validation(gw, lst, self.idx.client_policies,
+                                               self._ca_bundle, self.warnings)  # fmt: skip
+                    if client is False:
+                        continue
                 key = (gw.meta.namespace, gw.meta.name, lst.name)
                 attached[key] = _Attached(
-                    gateway=gw, listener=lst, routes=HostTable(), certificates=certs
-                )
+                    gateway=gw, listener=lst, routes=HostTable(), certificates=certs,
+                    client=client or None,
+                )  # fmt: skip
         for route in sorted(self.idx.routes, key=_route_age):
             self._attach(route, attached)
         for stream in sorted(self.idx.streams, key=_route_age):
@@ -187,6 +201,7 @@ class _Compiler:
                     port=att.listener.port,
                     hosts=att.routes,
                     certificates=att.certificates,
+                    client=att.client,
                     tcp=att.tcp,
                     sni=att.sni,
                 )
@@ -202,6 +217,15 @@ class _Compiler:
             jwks=tuple(self.policies.remotes),
             global_limiters=tuple(self.policies.global_limiters.values()),
         )
+
+    def _ca_bundle(self, kind: str, ns: str, name: str) -> bytes | None:
+        """`ca.crt` of a ConfigMap or an Opaque Secret, or None."""
+        if kind == "ConfigMap":
+            cm = self.idx.config_maps.get((ns, name))
+            text = dict(cm.data).get("ca.crt") if cm is not None else None
+            return text.encode() if text is not None else None
+        secret = self.idx.secrets.get((ns, name))
+        return dict(secret.data).get("ca.crt") if secret is not None else None
 
     def _certificates(self, gw: r.Gateway, lst: r.Listener) -> tuple[CertificatePair, ...] | None:
         """The checked certificates of an HTTPS listener; None (and a warning) when any
@@ -552,7 +576,11 @@ def _nn(meta: r.Meta) -> str:
 
 
 def _route_age(
-    route: r.HTTPRoute | r.StreamRoute | r.BackendTrafficPolicy | r.SecurityPolicy,
+    route: r.HTTPRoute
+    | r.StreamRoute
+    | r.BackendTrafficPolicy
+    | r.SecurityPolicy
+    | r.ClientTrafficPolicy,
 ) -> tuple[str, str, str]:
     return (route.meta.creation_timestamp, route.meta.namespace, route.meta.name)
 

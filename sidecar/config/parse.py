@@ -17,6 +17,7 @@ from typing import Any
 
 from ca.spiffe import DEFAULT_TRUST_DOMAIN, TRUST_DOMAIN_RE, InvalidSpiffeId, SpiffeId
 from sidecar.authz import Operation, Policy, Source
+from sidecar.config.parse_client_traffic import parse_client_traffic_policy, parse_config_map
 from sidecar.config.parse_policy import parse_backend_traffic_policy
 from sidecar.config.parse_routes import (
     parse_gateway,
@@ -376,6 +377,9 @@ _PARSERS: dict[tuple[str, str], Callable[..., Any]] = {
     (WEFT_GROUP, "MeshConfig"): _mesh_config,
     (WEFT_GROUP, "SecurityPolicy"): parse_security_policy,
     (WEFT_GROUP, "RequestValidation"): parse_request_validation,
+    (WEFT_GROUP, "ClientTrafficPolicy"): parse_client_traffic_policy,
+    (ENVOY_GATEWAY_GROUP, "ClientTrafficPolicy"): parse_client_traffic_policy,
+    ("", "ConfigMap"): parse_config_map,
     (ENVOY_GATEWAY_GROUP, "SecurityPolicy"): parse_security_policy,
     (ENVOY_GATEWAY_GROUP, "BackendTrafficPolicy"): parse_backend_traffic_policy,
 }

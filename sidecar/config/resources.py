@@ -475,6 +475,27 @@ class SecurityPolicy:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigMap:
+    """A Kubernetes ConfigMap (what ClientTrafficPolicy CA bundles are usually kept in)."""
+
+    meta: Meta
+    data: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientTrafficPolicy:
+    """Envoy Gateway's ClientTrafficPolicy, for what Weft implements: client certificate
+    validation on HTTPS listeners and the X-Forwarded-Client-Cert the edge sets."""
+
+    meta: Meta
+    targets: tuple[PolicyTarget, ...]
+    ca_refs: tuple[tuple[str, str], ...] = ()  # (kind, name): Secret or ConfigMap, `ca.crt`
+    optional: bool = False
+    xfcc_set: bool = True  # SanitizeSet (the verified certificate), else Sanitize (none)
+    xfcc_details: tuple[str, ...] = ("Subject", "URI", "DNS")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RequestValidation:
     """weft.dev RequestValidation, used by HTTPRoute rules through an ExtensionRef filter."""
 
@@ -501,4 +522,6 @@ Resource = (
     | MeshConfig
     | SecurityPolicy
     | RequestValidation
+    | ConfigMap
+    | ClientTrafficPolicy
 )

@@ -301,9 +301,12 @@ class Http2Connection(H2Pump):
         sni: str | None,
         peer_id: SpiffeId | None = None,
         destination: Destination | None = None,
+        client_cert: bytes = b"",
     ) -> None:
         self.ctx = ctx
-        self.handler = RequestHandler(ctx, listener, conn.peer, scheme, sni, peer_id, destination)
+        self.handler = RequestHandler(
+            ctx, listener, conn.peer, scheme, sni, peer_id, destination, client_cert=client_cert
+        )
         # What we send is built valid (lower-case names, no connection-specific fields), so
         # h2's check of it is skipped (~15% of CPU). What arrives is validated by
         # request_head (protocol/http2.py) instead of h2, whose checks make a malformed
@@ -617,7 +620,9 @@ async def serve_http2(
     sni: str | None = None,
     peer_id: SpiffeId | None = None,
     destination: Destination | None = None,
+    client_cert: bytes = b"",
 ) -> None:
     await Http2Connection(
-        ctx, listener, conn, scheme=scheme, sni=sni, peer_id=peer_id, destination=destination
-    ).run(initial)
+        ctx, listener, conn, scheme=scheme, sni=sni, peer_id=peer_id, destination=destination,
+        client_cert=client_cert,
+    ).run(initial)  # fmt: skip

@@ -117,7 +117,11 @@ class RequestHandler:
         sni: str | None,
         peer_id: SpiffeId | None = None,
         destination: Destination | None = None,
+        *,
+        client_cert: bytes = b"",
     ) -> None:
+        """`client_cert`: at the edge, the X-Forwarded-Client-Cert line for the client
+        certificate the TLS handshake verified."""
         self.ctx = ctx
         self.destination = destination
         self.peer_id = peer_id  # the caller's verified SPIFFE ID (sidecar inbound)
@@ -128,7 +132,7 @@ class RequestHandler:
         self.peer_text = peer[0] if peer else "-"
         trace = ctx.tracer is not None
         if ctx.direction == "edge":
-            self.fwd = Forwarding(self.peer_text.encode(), scheme.encode(), trace=trace)
+            self.fwd = Forwarding(self.peer_text.encode(), scheme.encode(), client_cert, trace)
         elif ctx.identity is not None and peer_id is not None:
             cert = client_cert_line(ctx.identity.uri, self.peer_uri)
             self.fwd = Forwarding(client_cert=cert, trace=trace)

@@ -62,11 +62,14 @@ async def serve_http1(
     initial: bytes = b"",
     peer_id: SpiffeId | None = None,
     destination: Destination | None = None,
+    client_cert: bytes = b"",
 ) -> None:
     """Serve one downstream connection until it closes, errs or idles out. `sni` is the
     server name a TLS client asked for: requests for another listener get 421; `initial`
     holds bytes already read from the connection; `destination`: the mesh Service port
-    the connection was made for (a sidecar's `--upstream` port), whatever Host says."""
+    the connection was made for (a sidecar's `--upstream` port), whatever Host says;
+    `client_cert`: the X-Forwarded-Client-Cert line for a client certificate the edge
+    verified."""
     limits = ctx.store.current.limits
     edge = ctx.direction == "edge"
     if ctx.tracer is None:
@@ -82,7 +85,7 @@ async def serve_http1(
     )
     events = parser.events
     scope = trio.CancelScope()
-    handler = _Http1(ctx, listener, conn, parser, scheme, sni, peer_id, destination)
+    handler = _Http1(ctx, listener, conn, parser, scheme, sni, peer_id, destination, client_cert)
     tracked = Tracked(
         activity=lambda: conn.activity,
         # the first head is timed from the connection's start (a silent client too)
@@ -153,8 +156,11 @@ class _Http1(RequestHandler):
         sni: str | None,
         peer_id: SpiffeId | None = None,
         destination: Destination | None = None,
+        client_cert: bytes = b"",
     ) -> None:
-        super().__init__(ctx, listener, conn.peer, scheme, sni, peer_id, destination)
+        super().__init__(
+            ctx, listener, conn.peer, scheme, sni, peer_id, destination, client_cert=client_cert
+        )
         self.conn = conn
         self.parser = parser
         self.busy = False  # in the middle of a request

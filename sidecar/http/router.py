@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
-from sidecar.config.certs import CertificatePair
+from sidecar.config.certs import CertificatePair, ClientValidation
 from sidecar.config.model import RouteAction
 
 # A request's fields as parsed, and its query string; turned into maps only for the few
@@ -184,6 +184,7 @@ class ListenerRoutes:
     port: int
     hosts: HostTable
     certificates: tuple[CertificatePair, ...] = ()  # HTTPS listeners
+    client: ClientValidation | None = None  # HTTPS listeners: client certificates
     tcp: RouteAction | None = None  # TCP listeners, and the fallback of detecting ones
     sni: Mapping[str, RouteAction] = field(default_factory=dict)  # TLS passthrough by SNI
 

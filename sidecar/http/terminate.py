@@ -12,8 +12,10 @@ from __future__ import annotations
 import ssl
 from collections.abc import Sequence
 
+from sidecar.config.certs import ClientValidation
 from sidecar.errors import ConfigError
 from sidecar.http.router import ListenerRoutes, PortRouter, normalize_host
+from sidecar.http.xfcc import xfcc_line
 from sidecar.transport.io import Conn
 from sidecar.transport.tls import ALPN_HTTP, TlsConn, server_context
 
@@ -25,16 +27,32 @@ class ServerTls:
         self.router = router
         self.contexts: dict[str, ssl.SSLContext] = {}
         listeners = list(router.listeners())
+        # OpenSSL keeps the verify mode of the context a handshake started with, whatever
+        # the SNI callback switches to: client certificate rules are per port.
+        clients = {lst.client for lst in listeners if lst.certificates}
+        if len(clients) > 1:
+            raise ConfigError("the HTTPS listeners of one port differ in client certificate "
+                              "validation (ClientTrafficPolicy); give them separate ports",
+                              source=f"port {listeners[0].port}")  # fmt: skip
+        self.client: ClientValidation | None = clients.pop() if clients else None
         for lst in listeners:
             for pair in lst.certificates:
                 if pair.name not in self.contexts:
-                    self.contexts[pair.name] = server_context(pair, alpn)
+                    self.contexts[pair.name] = server_context(pair, alpn, self.client)
         # Clients that send no SNI get the catch-all listener's certificate, else the first.
         self.default: ListenerRoutes | None = router.any or (listeners[0] if listeners else None)
         if self.default is None or not self.default.certificates:
             raise ConfigError("an HTTPS port without certificates", source="listener")
         self.base = self.contexts[self.default.certificates[0].name]
         self.base.sni_callback = self._on_sni
+
+    def client_cert(self, conn: TlsConn) -> bytes:
+        """The X-Forwarded-Client-Cert line for the certificate the client presented (and
+        the handshake verified), when the port's policy sets one; else b""."""
+        if self.client is None or self.client.xfcc is None:
+            return b""
+        der = conn.sock.getpeercert(binary_form=True)
+        return xfcc_line(der, self.client.xfcc) if der else b""
 
     def wrap(self, conn: Conn) -> TlsConn:
         sock = self.base.wrap_socket(conn.sock, server_side=True, do_handshake_on_connect=False)

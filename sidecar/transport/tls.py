@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import trio
 
-from sidecar.config.certs import CertificatePair
+from sidecar.config.certs import CertificatePair, ClientValidation
 from sidecar.errors import ConfigError
 from sidecar.transport.io import _RESET_ERRNOS, RECV_SIZE, Conn, ConnectionLost
 
@@ -150,7 +150,11 @@ def _reason(exc: BaseException) -> str:
 
 
 # -- contexts -----------------------------------------------------------------------------
-def server_context(pair: CertificatePair, alpn: Sequence[str] = ALPN_HTTP) -> ssl.SSLContext:
+def server_context(
+    pair: CertificatePair, alpn: Sequence[str] = ALPN_HTTP, client: ClientValidation | None = None
+) -> ssl.SSLContext:
+    """A server context for `pair`; with `client`, one that asks for client certificates
+    chaining to its CAs (and requires one unless it is optional)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(TLS12_CIPHERS)
@@ -161,6 +165,13 @@ def server_context(pair: CertificatePair, alpn: Sequence[str] = ALPN_HTTP) -> ss
         load_chain(ctx, pair.cert_pem, pair.key_pem)
     except ssl.SSLError as exc:
         raise ConfigError(f"OpenSSL refused the pair: {_reason(exc)}", source=pair.name) from None
+    if client is not None:
+        ctx.verify_mode = ssl.CERT_OPTIONAL if client.optional else ssl.CERT_REQUIRED
+        try:
+            ctx.load_verify_locations(cadata=client.ca_pem.decode("ascii", "replace"))
+        except ssl.SSLError as exc:
+            raise ConfigError(f"OpenSSL refused the client CA bundle: {_reason(exc)}",
+                              source=pair.name) from None  # fmt: skip
     return ctx
 
 

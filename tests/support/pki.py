@@ -66,10 +66,15 @@ class TestCA:
         *dns_names: str,
         key: PrivateKey | None = None,
         days: float = 1.0,
+        client: bool = False,
+        uris: tuple[str, ...] = (),
     ) -> Leaf:
+        """A leaf for `dns_names` (the first is its CN): a server certificate, or with
+        `client` one for client authentication, with `uris` as URI SANs."""
         key = key or ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         serial = x509.random_serial_number()
+        usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])]))
@@ -79,12 +84,12 @@ class TestCA:
             .not_valid_before(now - datetime.timedelta(hours=1))
             .not_valid_after(now + datetime.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         )
-        if dns_names:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False
-            )
+        names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
+        names += [x509.UniformResourceIdentifier(u) for u in uris]
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
         return Leaf(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key), serial)
 
