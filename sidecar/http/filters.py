@@ -11,12 +11,23 @@ Headers = list[tuple[bytes, bytes]]
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+def field_key(name: bytes) -> bytes:
+    """A field name as edits compare it: case-insensitive, and `_` read as `-`, as CGI,
+    WSGI and many frameworks read it — so dropping `X-User` also drops the `X_User` a
+    client wrote to pass for it."""
+    return name.lower().replace(b"_", b"-")
+
+
 @dataclass(frozen=True, slots=True)
 class HeaderOps:
-    """A compiled RequestHeaderModifier / ResponseHeaderModifier."""
+    """Field edits: a compiled RequestHeaderModifier / ResponseHeaderModifier, or what a
+    filter adds (its verified identity fields, with the client's copies dropped)."""
 
-    drop: frozenset[bytes]  # lower-case names removed before set/add (remove and set)
+    drop: frozenset[bytes]  # names removed before set/add (remove and set), as field_key
     append: tuple[tuple[bytes, bytes], ...]  # set values, then add values, in order
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "drop", frozenset(field_key(n) for n in self.drop))
 
     @classmethod
     def build(
@@ -36,7 +47,7 @@ class HeaderOps:
 
     def apply(self, headers: Headers) -> Headers:
         drop = self.drop
-        out = [h for h in headers if h[0].lower() not in drop] if drop else list(headers)
+        out = [h for h in headers if field_key(h[0]) not in drop] if drop else list(headers)
         out.extend(self.append)
         return out
 

@@ -10,13 +10,15 @@ from dataclasses import dataclass
 
 from sidecar.config.model import Backend, Limits, RouteAction
 from sidecar.errors import ProtocolError
-from sidecar.http.filters import HeaderOps, rewritten_target, split_target
+from sidecar.http.filters import HeaderOps, field_key, rewritten_target, split_target
 from sidecar.http.paths import normalize_path
 from sidecar.http.router import CompiledMatch
 from sidecar.observe.tracecontext import REPLACED
 from sidecar.protocol.http1 import FIELD_ALIASES, RequestHead
 from sidecar.protocol.wire import (
     AUTHORITY,
+    HOP_BY_HOP,
+    PROTECTED,
     cut_lines,
     serialize_head,
     strip_hop_by_hop,
@@ -155,14 +157,20 @@ def upstream_request(
     host = authority.encode("latin-1")
     if (
         head.raw is not None
-        and not ops
         and (rewrite is None or rewrite.hostname is None)
         and authority == head.host
+        and (not ops or not any(op.touches(_HOP_SET) for op in ops))
     ):
         # The client's block minus what it may not pass on: its one validated Host,
-        # Content-Length and X-Request-Id lines stay, the framing is written here.
+        # Content-Length and X-Request-Id lines stay, the framing is written here. Field
+        # edits (filters, header modifiers) cut the lines they drop and add theirs after.
         cut = head.cut + head.connection_named() if head.connection else head.cut
+        if ops:
+            dropped = frozenset().union(*(op.drop for op in ops))
+            cut = cut + [n for n, _ in head.headers if field_key(n) in dropped]
         out += cut_lines(head.raw, cut) if cut else head.raw
+        if ops:
+            out += _added_lines(ops)
         if not head.has_host:
             out += b"host: " + host + b"\r\n"
         if head.rewrite_length and not head.chunked:
@@ -184,6 +192,21 @@ def upstream_request(
     elif head.tunnel:  # the Upgrade the client asked for, hop by hop again
         out += b"connection: upgrade\r\nupgrade: " + (head.upgrade or b"") + b"\r\n"
     out += b"\r\n"
+    return out
+
+
+# Fields a hop writes itself (framing, Host, the request id, forwarding, tracing): edits
+# that touch one take the slow path, where the order of drops and writes is explicit.
+_HOP_SET = HOP_BY_HOP | PROTECTED | frozenset(REPLACED)
+
+
+def _added_lines(ops: tuple[HeaderOps, ...]) -> bytes:
+    """The lines the edits add that no later edit drops, in order."""
+    out = b""
+    for i, op in enumerate(ops):
+        for name, value in op.append:
+            if not any(field_key(name) in later.drop for later in ops[i + 1 :]):
+                out += name + b": " + value + b"\r\n"
     return out
 
 

@@ -81,16 +81,18 @@ class ResponseHead:
         (never one that carries framing: wire.PROTECTED)."""
         return self.spelled(connection_named(self.connection))
 
-    def spelled(self, names: Iterable[bytes]) -> list[bytes]:
+    def spelled(self, names: Iterable[bytes], *, dashes: bool = False) -> list[bytes]:
         """Each of the lower-case `names`, as the block spells it, once per spelling
-        (what `cut_lines` needs to remove every such line)."""
+        (what `cut_lines` needs to remove every such line); `dashes`: `_` in the block
+        matches `-` in a name (http.filters.field_key)."""
+        block = self._lower.replace(b"_", b"-") if dashes else self._lower  # same length
         out = []
         for name in names:
             key = b"\r\n" + name + b":"
-            i = self._lower.find(key)
+            i = block.find(key)
             while name and i != -1:
                 out.append(self.raw[i : i + len(name)])
-                i = self._lower.find(key, i + 2)
+                i = block.find(key, i + 2)
         return out
 
 

@@ -7,7 +7,8 @@ backend parses: llhttp (strict, via httptools) and the standard library's lenien
 parser read as a CGI/WSGI server reads it (`_` and `-` alike) must both see one request
 with the validated method, target, Host and framing, the same body, and no byte after it.
 The fast path (the client's block, cut) and the slow path (fields re-serialized) must
-forward the same fields.
+forward the same fields, also with field edits (what filters and header modifiers
+produce: `EDITS` drops a credential and sets identity fields a client may have forged).
 
 `check(data, cuts)` raises AssertionError on any difference; a ProtocolError from the
 parser is a refusal, which is always a correct answer.
@@ -26,6 +27,7 @@ import httptools
 
 from sidecar.config.model import Limits, RouteAction
 from sidecar.errors import ProtocolError
+from sidecar.http.filters import HeaderOps
 from sidecar.http.request import Forwarding, client_cert_line, parse_target, upstream_request
 from sidecar.http.router import CompiledMatch
 from sidecar.protocol.http1 import EDGE_KINDS, MESH_KINDS, End, RequestHead, RequestParser
@@ -42,6 +44,14 @@ INBOUND = Forwarding(
     )
 )
 RID = "00000000-0000-4000-8000-000000000001"
+# Edits as an API-key filter and a JWT filter make them: the key's field and forged
+# identity fields dropped, the verified identity added (and one added field dropped again
+# by a later edit, which must not reach the backend).
+EDITS = (
+    HeaderOps(drop=frozenset({b"x-api-key", b"x-client"}),
+              append=((b"x-client", b"alice"), (b"x-tmp", b"1"))),
+    HeaderOps(drop=frozenset({b"x-sub", b"x-tmp"}), append=((b"X-Sub", b"u-1"),)),
+)  # fmt: skip
 
 
 @dataclass
@@ -154,6 +164,7 @@ def _parse_lenient(data: bytes) -> tuple[Seen, bytes]:
 class Accepted:
     """One request the proxy accepted and what it forwarded (fast path and slow path)."""
 
+    ops: tuple[HeaderOps, ...]
     head: RequestHead
     target: str
     authority: str
@@ -164,8 +175,9 @@ class Accepted:
 
 
 def forwarded(
-    data: bytes, cuts: Sequence[int] = (), *, edge: bool = True, limits: Limits | None = None
-) -> tuple[list[Accepted], ProtocolError | None]:
+    data: bytes, cuts: Sequence[int] = (), *, edge: bool = True, limits: Limits | None = None,
+    ops: tuple[HeaderOps, ...] = (),
+) -> tuple[list[Accepted], ProtocolError | None]:  # fmt: skip
     """Run `data` (fed in pieces at `cuts`) through the parser and the head builder."""
     limits = limits or Limits()
     parser = RequestParser(
@@ -188,13 +200,13 @@ def forwarded(
                 if isinstance(ev, RequestHead):
                     head, body = ev, bytearray()
                     if head.tunnel:  # the rest is another protocol: check the head alone
-                        out.append(_build(head, b"", None, fwd, limits))
+                        out.append(_build(head, b"", None, fwd, limits, ops))
                         return out, None
                 elif isinstance(ev, bytes):
                     body += ev
                 elif isinstance(ev, End):
                     assert head is not None
-                    out.append(_build(head, bytes(body), ev.trailers, fwd, limits))
+                    out.append(_build(head, bytes(body), ev.trailers, fwd, limits, ops))
                     head = None
     except ProtocolError as exc:
         return out, exc
@@ -207,12 +219,13 @@ def _build(
     trailers: list[tuple[bytes, bytes]] | None,
     fwd: Forwarding,
     limits: Limits,
+    ops: tuple[HeaderOps, ...] = (),
 ) -> Accepted:
     authority, target, _, _ = parse_target(head, limits)
 
     def one(h: RequestHead) -> bytes:
         rid = h.request_id.decode("latin-1") or RID  # as the proxy chooses it
-        req = upstream_request(h, target, authority, _ACTION, (), _MATCH, fwd, rid)
+        req = upstream_request(h, target, authority, _ACTION, ops, _MATCH, fwd, rid)
         if h.chunked:
             req += (chunk(body) if body else b"") + last_chunk(trailers)
         else:
@@ -221,7 +234,7 @@ def _build(
 
     slow_head = copy.copy(head)
     slow_head.raw = None
-    return Accepted(head, target, authority, body, trailers, one(head), one(slow_head))
+    return Accepted(ops, head, target, authority, body, trailers, one(head), one(slow_head))
 
 
 def check_one(acc: Accepted, fwd: Forwarding = EDGE) -> None:
@@ -268,11 +281,16 @@ def _same_request(label: str, s: Seen, acc: Accepted, fwd: Forwarding, data: byt
         assert s.values(b"x-forwarded-for") == [chain], where
     for name in (b"expect", b"keep-alive", b"proxy-connection", b"te", b"trailer"):
         assert not s.values(name), f"{name!r} forwarded in {where}"
+    if acc.ops:  # the edits, exactly: what they drop is gone, what they add is there once
+        assert not s.values(b"x-api-key") and not s.values(b"x-tmp"), where
+        assert s.values(b"x-client") == [b"alice"] and s.values(b"x-sub") == [b"u-1"], where
 
 
-def check(data: bytes, cuts: Sequence[int] = (), *, edge: bool = True) -> int:
+def check(
+    data: bytes, cuts: Sequence[int] = (), *, edge: bool = True, ops: tuple[HeaderOps, ...] = ()
+) -> int:
     """Run the oracle over every request in `data`; the number accepted."""
-    accepted, _ = forwarded(data, cuts, edge=edge)
+    accepted, _ = forwarded(data, cuts, edge=edge, ops=ops)
     fwd = EDGE if edge else INBOUND
     for acc in accepted:
         check_one(acc, fwd)
@@ -281,7 +299,8 @@ def check(data: bytes, cuts: Sequence[int] = (), *, edge: bool = True) -> int:
 
 def check_input(data: bytes) -> None:
     """The fuzz harness's and the regression corpus's check of one input: at the edge and
-    inbound, whole and split into three reads."""
+    inbound, whole and split into three reads, and at the edge with field edits."""
     for edge in (True, False):
         check(data, edge=edge)
         check(data, (len(data) // 3, 2 * len(data) // 3), edge=edge)
+    check(data, ops=EDITS)

@@ -15,7 +15,7 @@ _NAMES = [
     b"Proxy-Connection", b"X-Request-Id", b"X_Request_Id", b"X-Forwarded-For",
     b"X-Forwarded_For", b"X-Forwarded-Client-Cert", b"X_Forwarded_Client_Cert",
     b"X-Forwarded-Proto", b"X-Forwarded-Host", b"traceparent", b"X-Private", b"Cookie",
-    b"Accept", b"x-a",
+    b"Accept", b"x-a", b"X-Api-Key", b"x-client", b"X-CLIENT", b"X-Sub", b"x_sub", b"X-Tmp",
 ]  # fmt: skip
 _FIELD_VALUES = [
     b"h", b"", b"0", b"5", b"05", b"+5", b"5, 5", b"chunked", b"Chunked", b" chunked",

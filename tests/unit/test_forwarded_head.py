@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.support.forward_oracle import (
     EDGE,
+    EDITS,
     INBOUND,
     check,
     check_input,
@@ -138,3 +139,12 @@ def test_any_accepted_request_is_forwarded_as_validated(conn: tuple[bytes, list[
     data, cuts = conn
     check(data, cuts, edge=True)
     check(data, cuts, edge=False)
+    check(data, cuts, edge=True, ops=EDITS)
+
+
+@pytest.mark.parametrize(
+    "forged", [b"X-Sub: admin", b"x_sub: admin", b"X-API-KEY: k", b"X-Client: root"]
+)
+def test_edits_replace_identity_fields_a_client_forged(forged: bytes) -> None:
+    data = b"GET /a HTTP/1.1\r\nHost: h\r\n" + forged + b"\r\nAccept: */*\r\n\r\n"
+    assert check(data, edge=True, ops=EDITS) == 1
