@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from sidecar.filters.chain import Exchange, LocalReply
-from sidecar.http.filters import HeaderOps
+from sidecar.http.filters import HeaderOps, field_key
 
 MISSING = LocalReply(
     401, b"an API key is required\n", ((b"www-authenticate", b'API-Key realm="weft"'),),
@@ -40,7 +40,7 @@ def digest(key: bytes) -> bytes:
 
 
 class ApiKeyFilter:
-    __slots__ = ("clients", "forward", "sanitize", "sources")
+    __slots__ = ("clients", "drop", "forward", "sanitize", "sources")
 
     def __init__(
         self, clients: dict[bytes, str], sources: KeySources, forward: bytes | None,
@@ -50,6 +50,11 @@ class ApiKeyFilter:
         self.sources = sources
         self.forward = forward  # lower-case header name for the client id
         self.sanitize = sanitize
+        # what a passing request loses: the key's fields (sanitize), a forged client id
+        drop = {field_key(h) for h in sources.headers} if sanitize else set()
+        if forward is not None:
+            drop.add(field_key(forward))
+        self.drop = frozenset(drop)
 
     def describe(self) -> str:
         where = [*(h.decode() for h in self.sources.headers), *self.sources.params,
@@ -63,13 +68,9 @@ class ApiKeyFilter:
         client = self.clients.get(digest(key))
         if client is None:
             return INVALID
-        drop = set(self.sources.headers) if self.sanitize else set()
-        append: tuple[tuple[bytes, bytes], ...] = ()
-        if self.forward is not None:
-            drop.add(self.forward)
-            append = ((self.forward, client.encode()),)
-        if drop:
-            ops = HeaderOps(drop=frozenset(drop), append=append)
+        if self.drop:
+            append = ((self.forward, client.encode()),) if self.forward is not None else ()
+            ops = HeaderOps(drop=self.drop, append=append)
             x.request_ops.append(ops)
             x.headers = ops.apply(x.headers)  # later filters see the client's name
         return None

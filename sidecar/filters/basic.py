@@ -21,7 +21,7 @@ from collections.abc import Awaitable
 import trio
 
 from sidecar.filters.chain import Exchange, LocalReply, Verdict
-from sidecar.http.filters import HeaderOps
+from sidecar.http.filters import HeaderOps, field_key
 
 BCRYPT = (b"$2y$", b"$2b$", b"$2a$")
 REMEMBERED = 1024  # verified credentials kept per policy
@@ -109,7 +109,8 @@ class BasicAuthFilter:
 
     def _pass(self, x: Exchange, user: str) -> Verdict:
         if self.forward is not None:
-            ops = HeaderOps(drop=frozenset({self.forward}), append=((self.forward, user.encode()),))
+            ops = HeaderOps(drop=frozenset({field_key(self.forward)}),
+                            append=((self.forward, user.encode()),))  # fmt: skip
             x.request_ops.append(ops)
             x.headers = ops.apply(x.headers)
         return None

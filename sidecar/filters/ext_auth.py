@@ -31,7 +31,7 @@ import trio
 from sidecar.config.resources import ExtAuth
 from sidecar.errors import UpstreamError, why
 from sidecar.filters.chain import Exchange, LocalReply, Verdict
-from sidecar.http.filters import HeaderOps
+from sidecar.http.filters import HeaderOps, field_key
 from sidecar.protocol.wire import HOP_BY_HOP
 from sidecar.upstream.call import Answer, call
 
@@ -145,7 +145,8 @@ class ExtAuthFilter:
         drops = tuple(n for n in drops if n not in _NOT_SETTABLE and _NAME.match(n))
         if not sets and not drops:
             return
-        ops = HeaderOps(drop=frozenset((*drops, *(n for n, _ in sets))), append=tuple(sets))
+        names = (*drops, *(n for n, _ in sets))
+        ops = HeaderOps(drop=frozenset(field_key(n) for n in names), append=tuple(sets))
         x.request_ops.append(ops)
         x.headers = ops.apply(x.headers)
 

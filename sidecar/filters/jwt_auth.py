@@ -25,7 +25,7 @@ import jwt
 
 from sidecar.filters.chain import Exchange, LocalReply, Verdict
 from sidecar.filters.jwks import RemoteJwks
-from sidecar.http.filters import HeaderOps
+from sidecar.http.filters import HeaderOps, field_key
 
 LEEWAY_S = 60
 REMEMBERED = 4096  # verified tokens kept per filter
@@ -99,6 +99,11 @@ class Provider:
     source: TokenSource = TokenSource()
     claim_to_headers: tuple[tuple[bytes, str], ...] = ()  # (header, claim)
     remote: RemoteJwks | None = None  # remoteJWKS: the keys are its cell's
+    claim_fields: frozenset[bytes] = frozenset()  # claim_to_headers' names, as field_key
+
+    def __post_init__(self) -> None:
+        names = frozenset(field_key(h) for h, _ in self.claim_to_headers)
+        object.__setattr__(self, "claim_fields", names)
 
     def verify(self, token: str) -> dict[str, Any]:
         """The token's claims (jwt.PyJWTError when it is not valid for this provider)."""
@@ -215,6 +220,6 @@ class JwtFilter:
             text = str(value) if value is not None and not isinstance(value, dict | list) else ""
             if text and text.isprintable():  # never a CR, LF or other control upstream
                 append.append((header, text.encode("utf-8")))
-        ops = HeaderOps(drop=frozenset(h for h, _ in p.claim_to_headers), append=tuple(append))
+        ops = HeaderOps(drop=p.claim_fields, append=tuple(append))
         x.request_ops.append(ops)
         x.headers = ops.apply(x.headers)

@@ -134,6 +134,9 @@ class RateLimitFilter:
         return verdict(x, limit, left, reset, refused)
 
 
+_FIELDS = frozenset({b"ratelimit-limit", b"ratelimit-remaining", b"ratelimit-reset"})
+
+
 def verdict(
     x: Exchange, limit: int, left: float, reset_s: float, refused_for_s: float | None
 ) -> LocalReply | None:
@@ -147,7 +150,7 @@ def verdict(
     if refused_for_s is not None:
         retry = (b"retry-after", b"%d" % max(1, math.ceil(refused_for_s)))
         return LocalReply(429, b"too many requests\n", (*fields, retry), "rate_limited")
-    x.response_ops.append(HeaderOps(drop=frozenset(f[0] for f in fields), append=fields))
+    x.response_ops.append(HeaderOps(drop=_FIELDS, append=fields))
     return None
 
 

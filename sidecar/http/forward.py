@@ -26,7 +26,7 @@ from sidecar.errors import (
     UpstreamProtocolError,
     WeftError,
 )
-from sidecar.http.filters import HeaderOps, field_key
+from sidecar.http.filters import HeaderOps, dropped
 from sidecar.protocol.http1 import End, RequestHead
 from sidecar.protocol.response import ResponseHead, ResponseParser
 from sidecar.protocol.wire import (
@@ -36,6 +36,7 @@ from sidecar.protocol.wire import (
     last_chunk,
     reason_phrase,
     serialize_head,
+    spellings,
     strip_hop_by_hop,
 )
 from sidecar.transport.io import Conn, ConnectionLost
@@ -246,8 +247,8 @@ def response_head(
         cut = resp.cut + resp.connection_named() if resp.connection else resp.cut
         added: list[tuple[bytes, bytes]] = []
         for op in ops:
-            cut = cut + resp.spelled(op.drop, dashes=True)
-            added = [f for f in added if field_key(f[0]) not in op.drop]
+            cut = cut + spellings(resp.raw, op.drop, resp.lower)
+            added = [f for f in added if not dropped(f[0], op.drop)]
             added.extend(op.append)
         out = bytearray(b"HTTP/1.1 %d %b\r\n" % (resp.status, reason))
         out += cut_lines(resp.raw, cut) if cut else resp.raw

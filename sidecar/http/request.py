@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from sidecar.config.model import Backend, Limits, RouteAction
 from sidecar.errors import ProtocolError
-from sidecar.http.filters import HeaderOps, field_key, rewritten_target, split_target
+from sidecar.http.filters import HeaderOps, rewritten_target, split_target
+from sidecar.http.filters import dropped as is_dropped
 from sidecar.http.paths import normalize_path
 from sidecar.http.router import CompiledMatch
 from sidecar.observe.tracecontext import REPLACED
@@ -21,6 +22,7 @@ from sidecar.protocol.wire import (
     PROTECTED,
     cut_lines,
     serialize_head,
+    spellings,
     strip_hop_by_hop,
 )
 
@@ -159,15 +161,15 @@ def upstream_request(
         head.raw is not None
         and (rewrite is None or rewrite.hostname is None)
         and authority == head.host
-        and (not ops or not any(op.touches(_HOP_SET) for op in ops))
+        and (not ops or _plain(ops))
     ):
         # The client's block minus what it may not pass on: its one validated Host,
         # Content-Length and X-Request-Id lines stay, the framing is written here. Field
         # edits (filters, header modifiers) cut the lines they drop and add theirs after.
         cut = head.cut + head.connection_named() if head.connection else head.cut
         if ops:
-            dropped = frozenset().union(*(op.drop for op in ops))
-            cut = cut + [n for n, _ in head.headers if field_key(n) in dropped]
+            for op in ops:
+                cut = cut + spellings(head.raw, op.drop)
         out += cut_lines(head.raw, cut) if cut else head.raw
         if ops:
             out += _added_lines(ops)
@@ -200,12 +202,21 @@ def upstream_request(
 _HOP_SET = HOP_BY_HOP | PROTECTED | frozenset(REPLACED)
 
 
+def _plain(ops: tuple[HeaderOps, ...]) -> bool:
+    """Do the edits leave the fields a hop writes itself alone?"""
+    for op in ops:  # noqa: SIM110 (a loop: no generator per request)
+        if op.touches(_HOP_SET):
+            return False
+    return True
+
+
 def _added_lines(ops: tuple[HeaderOps, ...]) -> bytes:
     """The lines the edits add that no later edit drops, in order."""
     out = b""
+    last = len(ops) - 1
     for i, op in enumerate(ops):
         for name, value in op.append:
-            if not any(field_key(name) in later.drop for later in ops[i + 1 :]):
+            if i == last or not any(is_dropped(name, later.drop) for later in ops[i + 1 :]):
                 out += name + b": " + value + b"\r\n"
     return out
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Iterable
 
 import httptools
 
@@ -48,11 +47,11 @@ class ResponseHead:
         self.reason = reason
         self.raw = raw  # the header block as received: one "Name: value\r\n" per field
         self.cut: list[bytes] = []  # names (as received) of lines not to forward
-        self._lower = b"\r\n" + raw.lower()
+        self.lower = b"\r\n" + raw.lower()  # what wire.spellings searches
         self._scan()
 
     def _scan(self) -> None:
-        for m in _FIELDS.finditer(self._lower):
+        for m in _FIELDS.finditer(self.lower):
             name, value = m.group(1), m.group(2).rstrip(b" \t")
             if name == b"content-length":
                 self.content_length = int(value)
@@ -79,20 +78,14 @@ class ResponseHead:
     def connection_named(self) -> list[bytes]:
         """Names (as received) of fields the Connection header declares hop-by-hop
         (never one that carries framing: wire.PROTECTED)."""
-        return self.spelled(connection_named(self.connection))
-
-    def spelled(self, names: Iterable[bytes], *, dashes: bool = False) -> list[bytes]:
-        """Each of the lower-case `names`, as the block spells it, once per spelling
-        (what `cut_lines` needs to remove every such line); `dashes`: `_` in the block
-        matches `-` in a name (http.filters.field_key)."""
-        block = self._lower.replace(b"_", b"-") if dashes else self._lower  # same length
+        names = connection_named(self.connection)
         out = []
-        for name in names:
+        for name in names:  # exact names: a Connection token never stands for another
             key = b"\r\n" + name + b":"
-            i = block.find(key)
+            i = self.lower.find(key)
             while name and i != -1:
                 out.append(self.raw[i : i + len(name)])
-                i = block.find(key, i + 2)
+                i = self.lower.find(key, i + 2)
         return out
 
 

@@ -112,6 +112,23 @@ def cut_lines(block: bytes, names: Iterable[bytes]) -> bytes:
     return buf[2:]
 
 
+def spellings(raw: bytes, names: Iterable[bytes], lower: bytes | None = None) -> list[bytes]:
+    """Each of `names` (lower case, `-` for `_`: http.filters.field_key) as `raw` spells
+    it, once per line — what `cut_lines` needs to remove every such line. `lower`: the
+    block as `b"\\r\\n" + raw.lower()`, when the caller keeps one."""
+    block = b"\r\n" + raw.lower() if lower is None else lower
+    if b"_" in block:
+        block = block.replace(b"_", b"-")  # the same length: positions still match raw
+    out = []
+    for name in names:
+        key = b"\r\n" + name + b":"
+        i = block.find(key)
+        while name and i != -1:
+            out.append(raw[i : i + len(name)])
+            i = block.find(key, i + 2)
+    return out
+
+
 def serialize_head(first_line: bytes, headers: Headers) -> bytearray:
     out = bytearray(first_line)
     for name, value in headers:
