@@ -67,6 +67,7 @@ bench: $(STAMP) sysdeps-bench
 	$(PY) -m bench.run
 	$(PY) -m bench.propagation
 	$(PY) -m bench.attacks
+	$(PY) -m bench.global_ratelimit
 
 bench-instructions: $(STAMP) sysdeps-bench
 	$(PY) -m bench.instructions

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from sidecar.config import resources as r
 from sidecar.config.model import RouteAction
@@ -15,11 +15,13 @@ from sidecar.filters.authorization import AuthorizationFilter
 from sidecar.filters.basic import BasicAuthFilter, parse_htpasswd
 from sidecar.filters.chain import Filter
 from sidecar.filters.cors import CorsFilter
-from sidecar.filters.ext_auth import ExtAuthFilter
-from sidecar.filters.global_ratelimit import GlobalRateLimitFilter
 from sidecar.filters.jwks import RemoteJwks
 from sidecar.filters.jwt_auth import JwtFilter
 from sidecar.filters.ratelimit import RateLimitFilter
+
+if TYPE_CHECKING:  # loaded when a policy uses them: a plain gateway stays small
+    from sidecar.filters.ext_auth import ExtAuthFilter
+    from sidecar.filters.global_ratelimit import GlobalRateLimitFilter
 
 
 class PolicyFilters:
@@ -138,6 +140,8 @@ class PolicyFilters:
     def _ext_auth(self, policy: r.SecurityPolicy) -> ExtAuthFilter:
         """The policy's external authorization; a backend that does not resolve leaves
         the filter refusing every request (or passing them, when it fails open)."""
+        from sidecar.filters.ext_auth import ExtAuthFilter
+
         auth = policy.ext_auth
         assert auth is not None
         cluster, why = self.resolve(auth.backend, policy.meta.namespace)
@@ -152,6 +156,8 @@ class PolicyFilters:
         name = _nn(policy.meta)
         assert policy.rate_limit is not None
         if policy.rate_limit_global:
+            from sidecar.filters.global_ratelimit import GlobalRateLimitFilter
+
             shared = self.global_limiters.get(name)
             if shared is None:
                 shared = self.global_limiters[name] = GlobalRateLimitFilter(name, policy.rate_limit)

@@ -39,11 +39,11 @@ import trio
 from sidecar.errors import ConfigError, why
 from sidecar.filters.chain import Exchange, LocalReply, Verdict
 from sidecar.filters.ratelimit import LimitRule, verdict
-from sidecar.filters.redis_client import RedisClient, RedisError, RedisTarget
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from sidecar.filters.redis_client import RedisClient
     from sidecar.observe.metrics import Metrics
 
 log = logging.getLogger("weft.ratelimit")
@@ -89,6 +89,8 @@ def global_limits(url: str | None, *, fail_closed: bool = False,
     """The owner for `--ratelimit-redis URL` (None without one; ConfigError for a bad URL)."""
     if not url:
         return None
+    from sidecar.filters.redis_client import RedisClient, RedisTarget
+
     try:
         target = RedisTarget.parse(url)
     except ValueError as exc:
@@ -100,7 +102,7 @@ class GlobalLimits:
     """The process's connection to the Redis that global limits count in (the owner
     their filters are given on every snapshot swap)."""
 
-    def __init__(self, client: RedisClient | None, *, fail_open: bool = True,
+    def __init__(self, client: RedisClient, *, fail_open: bool = True,
                  metrics: Metrics | None = None) -> None:  # fmt: skip
         self.client = client
         self.fail_open = fail_open
@@ -156,8 +158,10 @@ class GlobalRateLimitFilter:
         return self._ask(x, keys, counted)
 
     async def _ask(self, x: Exchange, keys: list[str], rules: list[LimitRule]) -> Verdict:
+        from sidecar.filters.redis_client import RedisError
+
         owner = self.owner
-        assert owner is not None and owner.client is not None
+        assert owner is not None  # the edge refuses Global limits without a Redis
         args: list[int | str] = [f"{owner.instance}:{next(owner.serial)}"]
         for rule in rules:
             args += [round(rule.unit_s * 1_000_000), rule.requests]

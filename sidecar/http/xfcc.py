@@ -8,14 +8,14 @@ from __future__ import annotations
 import hashlib
 from urllib.parse import quote
 
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
-
 DETAILS = ("Subject", "URI", "DNS", "Cert")
 
 
 def xfcc_line(der: bytes, details: tuple[str, ...]) -> bytes:
     """The whole field line (with CRLF) for the certificate `der`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
     cert = x509.load_der_x509_certificate(der)
     parts = [f"Hash={hashlib.sha256(der).hexdigest()}"]
     if "Subject" in details:

@@ -28,7 +28,6 @@ from sidecar.config.model import Limits, ListenerKey, Snapshot
 from sidecar.config.store import SnapshotStore
 from sidecar.entry import serve_downstream
 from sidecar.errors import ConfigError
-from sidecar.filters.global_ratelimit import GlobalLimits
 from sidecar.filters.jwks import JwksState
 from sidecar.filters.ratelimit import RateLimitState
 from sidecar.http.context import ProxyContext
@@ -39,6 +38,7 @@ from sidecar.transport.listen import accept_loop, open_listener
 from sidecar.upstream.cluster import ClusterManager, ConnectorFactory, plain
 
 if TYPE_CHECKING:
+    from sidecar.filters.global_ratelimit import GlobalLimits
     from sidecar.http.terminate import ServerTls
     from sidecar.observe.tracing import TraceOptions, Tracer
 
@@ -49,6 +49,15 @@ MESH_ONLY = {
     "AuthorizationPolicy": "is enforced by mesh sidecars on their inbound side, not by an "
     "edge; at the edge use a SecurityPolicy (authorization, apiKeyAuth)",
     "MeshConfig": "configures a mesh's control plane; an edge does not read it",
+}
+
+# What a sidecar refuses from its files: the edge's kinds, which its outbound side would
+# apply to the app's own calls rather than to callers from outside
+EDGE_ONLY = {
+    "SecurityPolicy": "is enforced by an edge gateway (meshctl edge); in the mesh, callers "
+    "are authorized by AuthorizationPolicy on the callee's sidecar",
+    "ClientTrafficPolicy": "configures an edge gateway's listeners (meshctl edge); sidecars "
+    "verify callers by mTLS",
 }
 
 BindHook = Callable[[ListenerKey], tuple[str, int]]
@@ -104,8 +113,9 @@ class EdgeServer:
         self.clusters = ClusterManager(connector=connector)
         self.limits_state = RateLimitState()  # rate-limit buckets, kept across reloads
         self.jwks_state = JwksState(trust, self.metrics)  # fetched JWT keys, likewise
-        self.global_limits = ratelimit or GlobalLimits(None)
-        self.global_limits.metrics = self.metrics
+        self.global_limits = ratelimit  # None: Global rate limits are refused
+        if ratelimit is not None:
+            ratelimit.metrics = self.metrics
         self.metrics.collectors.append(self._breakers)
         self.store: SnapshotStore | None = None
         self.idle = IdleTracker(idle_timeout_s=300.0, header_timeout_s=30.0)
@@ -217,7 +227,8 @@ class EdgeServer:
         self.clusters.sync(snap.clusters, time.perf_counter())
         self.limits_state.sync(snap.limiters)
         self.jwks_state.sync(snap.jwks)
-        self.global_limits.sync(snap.global_limiters)
+        if self.global_limits is not None:
+            self.global_limits.sync(snap.global_limiters)
 
     def drain(self) -> None:
         """Stop accepting; open connections finish what they carry (HTTP/1 responses say
@@ -250,7 +261,7 @@ class EdgeServer:
                 self.paths, version=version, gateway_class=self.gateway_class, limits=self.limits,
                 refused=self.refused,
             )  # fmt: skip
-        if snap.global_limiters and self.global_limits.client is None:
+        if snap.global_limiters and self.global_limits is None:
             names = ", ".join(f.name for f in snap.global_limiters)
             raise ConfigError(f"BackendTrafficPolicy {names}: a Global rate limit counts in "
                               "Redis: give meshctl edge --ratelimit-redis redis://HOST:PORT "

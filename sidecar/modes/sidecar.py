@@ -235,12 +235,13 @@ class SidecarServer:
             nursery.start_soon(self._watch_sigterm, nursery)
             self._nursery = nursery
             if opts.files:
-                from sidecar.modes.edge import EdgeServer
+                from sidecar.modes.edge import EDGE_ONLY, EdgeServer
 
                 self.outbound = EdgeServer(
                     opts.files, admin_port=None, metrics=self.metrics, connector=self._connector,
                     direction=self._outbound_direction, service=opts.service,
                     access_log=self.access_log_sink, signals=False, tracer=self.tracer,
+                    refused=EDGE_ONLY,
                 )  # fmt: skip
                 await nursery.start(self.outbound.run)
             else:

@@ -240,3 +240,12 @@ def test_an_unresolved_ext_auth_backend_is_a_warning_and_fails_closed(tmp_path: 
     assert isinstance(f, ExtAuthFilter) and f.cluster is None and not f.auth.fail_open
     assert any("extAuth: Service default/nowhere not found; its checks fail" in w
                for w in snap.warnings)  # fmt: skip
+
+
+def test_a_sidecar_refuses_the_edges_policies(tmp_path: Path) -> None:
+    from sidecar.modes.edge import EDGE_ONLY
+
+    path = tmp_path / "c.yaml"
+    path.write_text(ROUTES + _policy("p", ROUTE_A, DENY_ALL))
+    with pytest.raises(ConfigError, match="SecurityPolicy default/p: is enforced by an edge gateway"):
+        load_snapshot([str(path)], version=1, gateway_class="weft", refused=EDGE_ONLY)
