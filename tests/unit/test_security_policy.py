@@ -247,5 +247,7 @@ def test_a_sidecar_refuses_the_edges_policies(tmp_path: Path) -> None:
 
     path = tmp_path / "c.yaml"
     path.write_text(ROUTES + _policy("p", ROUTE_A, DENY_ALL))
-    with pytest.raises(ConfigError, match="SecurityPolicy default/p: is enforced by an edge gateway"):
+    with pytest.raises(
+        ConfigError, match="SecurityPolicy default/p: is enforced by an edge gateway"
+    ):
         load_snapshot([str(path)], version=1, gateway_class="weft", refused=EDGE_ONLY)
