@@ -54,7 +54,7 @@ $(NODE_PEERS):
 # test service only: apart from the venv, because the package also ships copies of
 # opentelemetry's and googleapis' protos that would replace the installed ones.
 XDS_PROTOS := .cache/xds-protos/envoy
-$(XDS_PROTOS): $(STAMP)
+$(XDS_PROTOS): | $(STAMP)
 	$(PY) -m pip install -q --no-deps --target .cache/xds-protos 'xds-protos>=1.60'
 
 pytest: $(STAMP) sysdeps $(NODE_PEERS) $(XDS_PROTOS)
