@@ -93,7 +93,7 @@ class ExtAuthFilter:
     # -- HTTP -------------------------------------------------------------------------------
     async def _http(self, ctx: ProxyContext, x: Exchange) -> Verdict:
         assert self.cluster is not None
-        target = (self.auth.path + x.path + (f"?{x.query}" if x.query else "")).encode()
+        target = (self.auth.path + x.path + (f"?{x.query}" if x.query else "")).encode("latin-1")
         wanted = {b"authorization", *self.auth.headers_to_ext_auth}
         headers = [(n.lower(), v) for n, v in x.headers if n.lower() in wanted]
         answer = await call(
@@ -108,6 +108,8 @@ class ExtAuthFilter:
 
     # -- gRPC -------------------------------------------------------------------------------
     async def _grpc(self, ctx: ProxyContext, x: Exchange) -> Verdict:
+        from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+
         from sidecar.filters.proto import ext_authz_pb2 as pb
 
         assert self.cluster is not None
@@ -127,7 +129,10 @@ class ExtAuthFilter:
         body = answer.body
         if len(body) < 5 or body[0] != 0 or struct.unpack(">I", body[1:5])[0] != len(body) - 5:
             raise UpstreamError("Check answered a malformed gRPC message")
-        response = pb.CheckResponse.FromString(body[5:])
+        try:
+            response = pb.CheckResponse.FromString(body[5:])
+        except DecodeError:
+            raise UpstreamError("Check answered a message that is not a CheckResponse") from None
         if response.status.code == 0:
             ok = response.ok_response
             drops = tuple(n.lower().encode() for n in ok.headers_to_remove)

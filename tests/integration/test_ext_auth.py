@@ -5,6 +5,7 @@ without ones the proxy must not take from it."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -102,3 +103,41 @@ async def test_grpc_authorization_service(tmp_path: Path, fail_open: bool) -> No
     assert "x-smuggle" not in seen and seen.get("content-length", ["0"]) == ["0"]
     assert seen["host"] and api.received[0]["path"] == "/a?q=1"  # no :path from the service
     assert len(api.received) == (2 if fail_open else 1)
+
+
+async def test_a_grpc_service_answering_garbage_fails_closed(tmp_path: Path) -> None:
+    """A 'gRPC' service whose message is not a CheckResponse: the check fails (403), the
+    proxy does not."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    async def garbage(stream: trio.SocketStream) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        await stream.send_all(conn.data_to_send())
+        with trio.move_on_after(5):
+            while data := await stream.receive_some(65536):
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.StreamEnded):
+                        sid = ev.stream_id
+                        conn.send_headers(
+                            sid, [(":status", "200"), ("content-type", "application/grpc")]
+                        )
+                        conn.send_data(sid, b"\x00\x00\x00\x00\x04\xff\xff\xff\xff")
+                        conn.send_headers(sid, [("grpc-status", "0")], end_stream=True)
+                await stream.send_all(conn.data_to_send())
+
+    with EchoServer("api") as api:
+        async with trio.open_nursery() as nursery:
+            (listener,) = await nursery.start(partial(trio.serve_tcp, garbage, 0, host="127.0.0.1"))
+            port_auth = listener.socket.getsockname()[1]
+            text = config({"api": api.port, "authz": port_auth}, [("api", "/", "api")])
+            text += POLICY.format(service=GRPC, to_auth="[]", fail_open="false")
+            _, port = await start_edge(nursery, tmp_path / "c.yaml", text)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+                r = await http.get("/a", headers=_bearer("good"))
+                again = await http.get("/a", headers=_bearer("good"))
+            nursery.cancel_scope.cancel()
+    assert r.status_code == 403 and again.status_code == 403
+    assert api.received == []
