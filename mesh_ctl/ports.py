@@ -18,6 +18,12 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+def reserve(*ports: int) -> None:
+    """Ports this process was told to use (an edge's): free_port never hands them out,
+    though what will listen there may not have bound them yet."""
+    _GIVEN.update(ports)
+
+
 def free_port() -> int:
     """A free port below the kernel's ephemeral range, never the same one twice.
 

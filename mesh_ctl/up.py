@@ -29,12 +29,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import yaml
 
 from mesh_ctl.common import CliError, table, write_context
 from mesh_ctl.mesh_cli import render_top
-from mesh_ctl.ports import free_port
+from mesh_ctl.ports import free_port, reserve
 
 if TYPE_CHECKING:
     from mesh_ctl.client import AdminClient
@@ -115,6 +116,11 @@ class Mesh:
     server_port: int = 0
     http_port: int = 0
     otlp_endpoint: str = ""  # where the proxies export spans ("" none)
+
+    def __post_init__(self) -> None:
+        # the edge binds its port late: no other child may be given it meanwhile
+        edge = urlsplit(self.plan.edge_url).port
+        reserve(*(p for p in (self.edge_port, edge) if p))
 
     def _spawn(
         self, name: str, cmd: list[str], env: dict[str, str] | None = None, **info: Any
