@@ -55,6 +55,7 @@ def _edge(args: argparse.Namespace) -> int:
         upgrades=frozenset(t.strip().lower().encode() for t in args.upgrade.split(",") if t),
         trusted_hops=args.trusted_hops,
     )
+    trust = trust_context(args.trust_bundle)
     server = EdgeServer(
         args.file,
         limits=limits,
@@ -65,11 +66,11 @@ def _edge(args: argparse.Namespace) -> int:
         drain_timeout_s=args.drain_timeout,
         trace=trace,
         refused=MESH_ONLY,
-        trust=trust_context(args.trust_bundle),
+        trust=trust,
         ratelimit=global_limits(
             args.ratelimit_redis,
             fail_closed=args.ratelimit_fail_closed,
-            tls=trust_context(args.trust_bundle),
+            tls=trust,
         ),
     )
     return _run_trio(server.run)

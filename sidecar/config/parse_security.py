@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from typing import overload
 from urllib.parse import urlsplit
 
 import jwt
@@ -33,6 +34,7 @@ from sidecar.config.resources import (
 )
 from sidecar.filters.jwks import DEFAULT_CACHE_S, RemoteJwks
 from sidecar.filters.jwt_auth import Provider, TokenSource, load_jwks
+from sidecar.http.filters import HOP_WRITTEN, field_key
 
 _TARGET_KINDS = ("Gateway", "HTTPRoute", "GRPCRoute")
 _NOT_YET = ("oidc",)
@@ -103,8 +105,8 @@ def _jwt(r: Reader) -> JwtAuth:
             er.finish()
         claims = []
         for cr in pr.objs("claimToHeaders", max_items=16):
-            claims.append((cr.text("header", pattern=_FIELD_RE).lower().encode(),
-                           cr.text("claim", max_len=256)))  # fmt: skip
+            header = _writable(cr, "header", cr.text("header", pattern=_FIELD_RE))
+            claims.append((header.lower().encode(), cr.text("claim", max_len=256)))
             cr.finish()
         providers.append(Provider(
             name=name, keys=tuple(keys), issuer=pr.text("issuer", None, max_len=1024),
@@ -153,6 +155,8 @@ def _ext_auth(r: Reader) -> ExtAuth:
         if path and (not path.startswith("/") or not path.isprintable() or " " in path):
             http.fail("path", f"must be a path starting with /; got {path!r}")
         to_backend = http.str_list("headersToBackend", pattern=_FIELD_RE)
+        for i, name in enumerate(to_backend):
+            _writable(http, f"headersToBackend[{i}]", name)
     service.finish()
     to_auth = r.str_list("headersToExtAuth", pattern=_FIELD_RE)
     if r.has("bodyToExtAuth"):
@@ -181,7 +185,8 @@ def _basic(r: Reader) -> BasicAuth:
     if ur.has("namespace"):
         ur.fail("namespace", "must be the policy's own (a Secret of another namespace is not read)")
     ur.finish()
-    forward = r.text("forwardUsernameHeader", None, pattern=_FIELD_RE)
+    forward = _writable(r, "forwardUsernameHeader",
+                        r.text("forwardUsernameHeader", None, pattern=_FIELD_RE))  # fmt: skip
     r.finish()
     return BasicAuth(secret=name, forward_username=forward.lower() if forward else None)
 
@@ -208,8 +213,11 @@ def _api_keys(r: Reader) -> ApiKeyAuth:
         er.finish()
     if not (headers or params or cookies):
         r.fail("extractFrom", "must name a header, param or cookie to read the key from")
-    forward = r.text("forwardClientIDHeader", None, pattern=_FIELD_RE)
+    forward = _writable(r, "forwardClientIDHeader",
+                        r.text("forwardClientIDHeader", None, pattern=_FIELD_RE))  # fmt: skip
     sanitize = r.flag("sanitize", False)
+    for name in headers if sanitize else ():  # sanitize drops them
+        _writable(r, "extractFrom", name)
     r.finish()
     return ApiKeyAuth(
         secrets=tuple(secrets), headers=tuple(h.lower() for h in headers), params=tuple(params),
@@ -219,6 +227,17 @@ def _api_keys(r: Reader) -> ApiKeyAuth:
 
 
 _FIELD_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
+
+
+@overload
+def _writable(r: Reader, key: str, name: str) -> str: ...
+@overload
+def _writable(r: Reader, key: str, name: None) -> None: ...
+def _writable(r: Reader, key: str, name: str | None) -> str | None:
+    """`name`, if a filter may set or drop that field (not one the proxy writes itself)."""
+    if name is not None and field_key(name.encode()) in HOP_WRITTEN:
+        r.fail(key, f"{name} is a field the proxy writes itself; a filter cannot set or drop it")
+    return name
 
 
 def parse_targets(spec: Reader) -> tuple[PolicyTarget, ...]:

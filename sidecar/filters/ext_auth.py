@@ -31,8 +31,7 @@ import trio
 from sidecar.config.resources import ExtAuth
 from sidecar.errors import UpstreamError, why
 from sidecar.filters.chain import Exchange, LocalReply, Verdict
-from sidecar.http.filters import HeaderOps, field_key
-from sidecar.protocol.wire import HOP_BY_HOP
+from sidecar.http.filters import HOP_WRITTEN, HeaderOps, field_key
 from sidecar.upstream.call import Answer, call
 
 if TYPE_CHECKING:
@@ -44,20 +43,18 @@ MAX_ANSWER = 64 * 1024
 CHECK_PATH = b"/envoy.service.auth.v3.Authorization/Check"
 _NAME = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
 _VALUE = re.compile(rb"^[\t\x20-\x7e\x80-\xff]{0,8192}$")
-_NOT_SETTABLE = HOP_BY_HOP | {b"host"}
 ERROR = LocalReply(403, b"forbidden: the authorization service could not decide\n", (),
                    "ext_auth_error")  # fmt: skip
 
 
 def settable(name: bytes, value: bytes) -> bool:
-    """May an authorization service put this field on a request or an answer?"""
-    return (
-        bool(_NAME.match(name)) and name.lower() not in _NOT_SETTABLE and bool(_VALUE.match(value))
-    )
+    """May an authorization service put this field on a request or an answer? Not one a
+    hop writes itself (framing, Host, the request id, forwarding, tracing)."""
+    return bool(_NAME.match(name) and _VALUE.match(value)) and field_key(name) not in HOP_WRITTEN
 
 
 class ExtAuthFilter:
-    __slots__ = ("auth", "cluster", "logged_at", "metrics_labels", "name")
+    __slots__ = ("auth", "cluster", "logged_at", "metrics_labels", "name", "sent")
 
     def __init__(self, auth: ExtAuth, cluster: str | None, name: str) -> None:
         self.auth = auth
@@ -65,6 +62,7 @@ class ExtAuthFilter:
         self.name = name
         self.metrics_labels = (("policy", name),)
         self.logged_at = -1e9
+        self.sent = frozenset({b"authorization", *auth.headers_to_ext_auth})  # HTTP checks
 
     def describe(self) -> str:
         kind = "gRPC" if self.auth.grpc else "HTTP"
@@ -94,8 +92,7 @@ class ExtAuthFilter:
     async def _http(self, ctx: ProxyContext, x: Exchange) -> Verdict:
         assert self.cluster is not None
         target = (self.auth.path + x.path + (f"?{x.query}" if x.query else "")).encode("latin-1")
-        wanted = {b"authorization", *self.auth.headers_to_ext_auth}
-        headers = [(n.lower(), v) for n, v in x.headers if n.lower() in wanted]
+        headers = [(n.lower(), v) for n, v in x.headers if n.lower() in self.sent]
         answer = await call(
             ctx.clusters, ctx.background, ctx.rng, self.cluster, x.method.encode(), target,
             x.authority.encode(), headers, max_body=MAX_ANSWER,
@@ -147,7 +144,7 @@ class ExtAuthFilter:
     @staticmethod
     def _allow(x: Exchange, sets: list[tuple[bytes, bytes]], drops: tuple[bytes, ...]) -> None:
         sets = [(n, v) for n, v in sets if settable(n, v)]
-        drops = tuple(n for n in drops if n not in _NOT_SETTABLE and _NAME.match(n))
+        drops = tuple(n for n in drops if _NAME.match(n) and field_key(n) not in HOP_WRITTEN)
         if not sets and not drops:
             return
         names = (*drops, *(n for n, _ in sets))

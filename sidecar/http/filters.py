@@ -5,10 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sidecar.config.model import RedirectAction, RewriteAction
+from sidecar.observe.tracecontext import REPLACED
+from sidecar.protocol.wire import HOP_BY_HOP, PROTECTED
 
 Headers = list[tuple[bytes, bytes]]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+# Fields a hop writes itself (framing, Host, the request id, forwarding, tracing): no
+# filter sets them, and edits that touch one leave the raw fast path.
+HOP_WRITTEN = HOP_BY_HOP | PROTECTED | frozenset(REPLACED)
 
 
 def field_key(name: bytes) -> bytes:

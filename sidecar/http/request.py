@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from sidecar.config.model import Backend, Limits, RouteAction
 from sidecar.errors import ProtocolError
-from sidecar.http.filters import HeaderOps, rewritten_target, split_target
+from sidecar.http.filters import HOP_WRITTEN, HeaderOps, rewritten_target, split_target
 from sidecar.http.filters import dropped as is_dropped
 from sidecar.http.paths import normalize_path
 from sidecar.http.router import CompiledMatch
@@ -18,8 +18,6 @@ from sidecar.observe.tracecontext import REPLACED
 from sidecar.protocol.http1 import FIELD_ALIASES, RequestHead
 from sidecar.protocol.wire import (
     AUTHORITY,
-    HOP_BY_HOP,
-    PROTECTED,
     cut_lines,
     serialize_head,
     spellings,
@@ -197,15 +195,10 @@ def upstream_request(
     return out
 
 
-# Fields a hop writes itself (framing, Host, the request id, forwarding, tracing): edits
-# that touch one take the slow path, where the order of drops and writes is explicit.
-_HOP_SET = HOP_BY_HOP | PROTECTED | frozenset(REPLACED)
-
-
 def _plain(ops: tuple[HeaderOps, ...]) -> bool:
     """Do the edits leave the fields a hop writes itself alone?"""
     for op in ops:  # noqa: SIM110 (a loop: no generator per request)
-        if op.touches(_HOP_SET):
+        if op.touches(HOP_WRITTEN):  # the slow path orders those drops and writes
             return False
     return True
 

@@ -102,6 +102,9 @@ async def test_grpc_authorization_service(tmp_path: Path, fail_open: bool) -> No
     assert seen["x-user"] == ["bob"] and "x-remove-me" not in seen
     assert "x-smuggle" not in seen and seen.get("content-length", ["0"]) == ["0"]
     assert seen["host"] and api.received[0]["path"] == "/a?q=1"  # no :path from the service
+    # nor a field the hop writes itself, however it is spelled
+    assert len(seen["x-request-id"]) == 1 and seen["x-request-id"] != ["forged"]
+    assert seen["x-forwarded-for"] == ["127.0.0.1"] and "x_forwarded_for" not in seen
     assert len(api.received) == (2 if fail_open else 1)
 
 

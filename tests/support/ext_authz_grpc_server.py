@@ -39,7 +39,8 @@ class Double(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
         if auth == "Bearer good":
             ok = pb.OkHttpResponse(headers_to_remove=["x-remove-me"])
             _add(ok.headers, ("x-user", "bob"), ("x-smuggle", "a\r\nb"), ("content-length", "5"),
-                 (":path", "/admin"))  # fmt: skip
+                 (":path", "/admin"), ("x-request-id", "forged"),
+                 ("x_forwarded_for", "10.0.0.1"))  # fmt: skip
             _add(ok.response_headers_to_add, ("x-checked-by", "grpc-double"))
             return pb.CheckResponse(status=status_pb2.Status(code=code_pb2.OK), ok_response=ok)
         denied = pb.DeniedHttpResponse(

@@ -82,6 +82,13 @@ def test_the_most_specific_target_wins_whole(tmp_path: Path) -> None:
     ("body", "message"),
     [("  jwt: {providers: []}\n", "spec.jwt.providers: must have at least one provider"),
      ("  oidc: {provider: {}}\n", "spec.oidc: is not supported yet"),
+     ("  apiKeyAuth: {credentialRefs: [{name: k}], extractFrom: [{headers: [x-k]}], "
+      "forwardClientIDHeader: X-Request-Id}\n",
+      "forwardClientIDHeader: X-Request-Id is a field the proxy writes itself"),
+     ("  basicAuth: {users: {name: u}, forwardUsernameHeader: x_forwarded_for}\n",
+      "x_forwarded_for is a field the proxy writes itself"),
+     ("  extAuth: {http: {backendRefs: [{name: a, port: 80}], headersToBackend: [traceparent]}}\n",
+      "headersToBackend[0]: traceparent is a field the proxy writes itself"),
      ("  extAuth: {http: {backendRefs: [{name: a, port: 80}]}, grpc: {}}\n",
       "spec.extAuth.http: give one of http and grpc"),
      ("  extAuth: {http: {backendRefs: []}}\n", "must name exactly one backend"),
