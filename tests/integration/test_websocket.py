@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from websockets.sync.client import connect
 from websockets.sync.server import ServerConnection, serve
 
@@ -69,7 +70,10 @@ async def test_websocket_session_survives_a_reload(tmp_path: Path, ws_port: int)
 
         nursery.start_soon(reload_midway)
         got = await trio.to_thread.run_sync(_session, port, before, after)
-        metrics = server.metrics.render()
+        # the tunnel is counted when both sides have closed, after the client returns
+        with trio.fail_after(10):
+            while 'code="101"} 1' not in (metrics := server.metrics.render()):
+                await trio.testing.wait_all_tasks_blocked(0.01)
         nursery.cancel_scope.cancel()
     assert got[0] == {"path": "/chat?room=1", "xfp": "http"}
     assert got[1:] == ["hello", True, "after reload"]
