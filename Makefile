@@ -6,15 +6,25 @@ STAMP  := $(VENV)/.installed
 APT_TEST_PKGS  := curl nginx-light openssl nghttp2-client redis-server
 APT_BENCH_PKGS := curl nginx-light wrk util-linux valgrind openssl nghttp2-client redis-server
 
-.PHONY: fuzz demo edge-demo test lint typecheck pytest bench bench-instructions sysdeps sysdeps-bench clean proto
+.PHONY: fuzz demo edge-demo test test-pure lint typecheck pytest compile bench bench-instructions sysdeps sysdeps-bench clean proto
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null; fi; \
 	  $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	WEFT_PURE=1 $(PY) -m pip install -q -e '.[test]'
 	@touch $(STAMP)
+
+# The compiled data path (setup.py, mypyc): built beside the sources, and rebuilt when one
+# of them changed since (sidecar/build.py tells). `WEFT_PURE=1 make …` runs the sources.
+compile: $(STAMP)
+ifneq ($(WEFT_PURE),1)
+	@if [ setup.py -nt sidecar/compiled.json ] || ! $(PY) -W ignore -c \
+	    "import sidecar, sys; sys.exit(sidecar.BUILD != 'compiled')"; then \
+	  echo "compiling the data path (mypyc, about a minute)"; \
+	  $(PY) setup.py -q build_ext --inplace; fi
+endif
 
 # Test peers from Debian (installed only when running as root; otherwise tests that
 # need a missing peer are skipped with the reason).
@@ -31,10 +41,10 @@ sysdeps-bench:
 	fi
 
 # The main job: the whole shop mesh on this machine, with traffic, until Ctrl-C.
-demo: $(STAMP)
+demo: $(STAMP) compile
 	$(PY) -m mesh_ctl up examples/shop --traffic
 
-edge-demo: $(STAMP)
+edge-demo: $(STAMP) compile
 	$(PY) -m examples.edge_demo
 
 lint: $(STAMP)
@@ -57,23 +67,32 @@ XDS_PROTOS := .cache/xds-protos/envoy
 $(XDS_PROTOS): | $(STAMP)
 	$(PY) -m pip install -q --no-deps --target .cache/xds-protos 'xds-protos>=1.60'
 
-pytest: $(STAMP) sysdeps $(NODE_PEERS) $(XDS_PROTOS)
-	$(PY) -m pytest -q
+# The suite runs on the compiled build; the unit tests and the core proxying tests run once
+# more on the sources, the fallback for machines without a C compiler.
+PURE_TESTS := tests/unit tests/integration/test_proxy_http1.py tests/integration/test_h2_frames.py
+pytest: $(STAMP) sysdeps $(NODE_PEERS) $(XDS_PROTOS) compile
+	WEFT_EXPECT_BUILD=compiled $(PY) -m pytest -q
+	WEFT_PURE=1 WEFT_EXPECT_BUILD=pure $(PY) -m pytest -q $(PURE_TESTS)
 
 test: lint typecheck pytest
 
-bench: $(STAMP) sysdeps-bench
+# Everything on the sources only.
+test-pure: $(STAMP) sysdeps $(NODE_PEERS) $(XDS_PROTOS)
+	WEFT_PURE=1 WEFT_EXPECT_BUILD=pure $(PY) -m pytest -q
+
+bench: $(STAMP) sysdeps-bench compile
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench.run
 	$(PY) -m bench.propagation
 	$(PY) -m bench.attacks
 	$(PY) -m bench.global_ratelimit
 
-bench-instructions: $(STAMP) sysdeps-bench
+bench-instructions: $(STAMP) sysdeps-bench compile
 	$(PY) -m bench.instructions
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .cache build sidecar/compiled.json
+	find . -name '*.so' -not -path './.venv/*' -delete
 
 # Regenerate the protobuf modules from their .proto files (checked in; needs the test extras).
 proto: $(STAMP)
@@ -81,14 +100,18 @@ proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. sidecar/filters/proto/*.proto
 
 # Coverage-guided fuzzing (atheris), FUZZ_SECONDS per harness; findings go to fuzz/findings/.
+# atheris follows coverage through Python bytecode, so the guided runs use the sources; what
+# they keep is then replayed on the compiled build, whose type checks are stricter.
 FUZZ_SECONDS ?= 120
-fuzz: $(STAMP)
-	$(PY) -m pip install -q -e '.[test,fuzz]'
-	@mkdir -p fuzz/findings .cache/fuzz/http1 .cache/fuzz/config
+FUZZ_RUN := $(PY) -m fuzz
+fuzz: $(STAMP) compile
+	WEFT_PURE=1 $(PY) -m pip install -q -e '.[test,fuzz]'
+	@mkdir -p fuzz/findings .cache/fuzz/http1 .cache/fuzz/config .cache/fuzz/h2
 	cp -n tests/fuzz/http1/* .cache/fuzz/http1/ 2>/dev/null || true
 	cp -n tests/fuzz/config/* .cache/fuzz/config/ 2>/dev/null || true
-	$(PY) -m fuzz.http1_forward -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=fuzz/findings/ .cache/fuzz/http1
-	$(PY) -m fuzz.h2_request -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=fuzz/findings/
-	$(PY) -m fuzz.config -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=fuzz/findings/ .cache/fuzz/config
+	for h in http1_forward:http1 h2_request:h2 config:config; do \
+	  WEFT_PURE=1 $(FUZZ_RUN).$${h%%:*} -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	    -artifact_prefix=fuzz/findings/ .cache/fuzz/$${h##*:} || exit 1; \
+	  $(FUZZ_RUN).$${h%%:*} -runs=0 -artifact_prefix=fuzz/findings/ .cache/fuzz/$${h##*:} || exit 1; done
 	@seed=$$(od -An -N2 -tu2 /dev/urandom | tr -d ' '); echo "HTTP/2 frame sequences, seed $$seed (WEFT_H2_SEED=$$seed to replay)"; \
 	  WEFT_H2_SEED=$$seed WEFT_H2_SEQUENCES=$$(( $(FUZZ_SECONDS) * 50 )) $(PY) -m pytest -q -p no:cacheprovider tests/integration/test_h2_frames.py

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from sidecar import __version__
+from sidecar import BUILD, __version__
 
 if TYPE_CHECKING:
     import datetime
@@ -315,9 +315,9 @@ def _duration(text: str) -> datetime.timedelta:
 
 def _version(args: argparse.Namespace) -> int:
     if args.output == "json":
-        print(json.dumps({"version": __version__}))
+        print(json.dumps({"version": __version__, "build": BUILD}))
     else:
-        print(f"meshctl {__version__}")
+        print(f"meshctl {__version__} ({BUILD})")
     return 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import trio
 
 
@@ -36,33 +38,33 @@ class StreamError(ProtocolError):
 class UpstreamError(WeftError):
     """Forwarding to an upstream failed; `status` is what the downstream gets."""
 
-    status = 502
-    retryable = False
+    status: ClassVar[int] = 502
+    retryable: ClassVar[bool] = False
 
 
 class UpstreamConnectError(UpstreamError):
     """The upstream refused or could not be reached."""
 
-    status = 503
-    retryable = True
+    status: ClassVar[int] = 503
+    retryable: ClassVar[bool] = True
 
 
 class UpstreamTimeout(UpstreamError):
     """The upstream did not answer in time."""
 
-    status = 504
+    status: ClassVar[int] = 504
 
 
 class UpstreamProtocolError(UpstreamError):
     """The upstream answered with broken HTTP."""
 
-    status = 502
+    status: ClassVar[int] = 502
 
 
 class UpstreamClosed(UpstreamError):
     """The upstream closed the connection before a complete response."""
 
-    status = 502
+    status: ClassVar[int] = 502
 
 
 class DownstreamClosed(WeftError):

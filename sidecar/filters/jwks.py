@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 import jwt
@@ -126,10 +126,12 @@ class JwksState:
     def __init__(
         self, tls: ssl.SSLContext | None = None, metrics: Metrics | None = None,
         clock: Callable[[], float] = trio.current_time,
+        get: Callable[[str], Awaitable[list[jwt.PyJWK]]] | None = None,
     ) -> None:  # fmt: skip
         self.tls = tls  # None: the system's CAs, loaded on the first fetch
         self.metrics = metrics
         self.clock = clock
+        self.get = get or self._get  # how a key set is fetched (HTTPS; tests pass their own)
         self.cells: dict[tuple[str, float], KeyCell] = {}
         self.inflight: dict[KeyCell, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
@@ -178,7 +180,7 @@ class JwksState:
 
     async def _fetch(self, cell: KeyCell, event: trio.Event) -> None:
         try:
-            keys = await self._get(cell.uri)
+            keys = await self.get(cell.uri)
         except Exception as exc:  # any failure keeps the last good keys
             cell.failed(why(exc), self.clock())
             self._count(cell, "failure")

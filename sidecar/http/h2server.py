@@ -510,8 +510,8 @@ class Http2Connection(H2Pump):
                 max_headers=limits.max_headers,
                 max_body_bytes=limits.max_request_body_bytes,
             )
-        except StreamError as exc:
-            log.debug("HTTP/2 stream %d from %s malformed: %s", sid, self.conn.peer, exc)
+        except StreamError as malformed:
+            log.debug("HTTP/2 stream %d from %s malformed: %s", sid, self.conn.peer, malformed)
             self._reset(stream, ErrorCodes.PROTOCOL_ERROR)
             self._done(stream)
             return

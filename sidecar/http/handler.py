@@ -323,11 +323,11 @@ class RequestHandler:
                     close=True,
                 )  # fmt: skip
             return outcome.request_complete and outcome.downstream_keep_alive
-        except ProtocolError as exc:  # the client broke framing or a limit mid-body
-            detail = "body_too_large" if exc.status == 413 else "downstream_protocol_error"
+        except ProtocolError as broken:  # the client broke framing or a limit mid-body
+            detail = "body_too_large" if broken.status == 413 else "downstream_protocol_error"
             if outcome.response_started:
                 return False
-            outcome.status = exc.status
+            outcome.status = broken.status
             raise
         except UpstreamError as exc:
             detail = type(exc).__name__
@@ -346,14 +346,14 @@ class RequestHandler:
             return await ds.local_reply(
                 head, 503, b"no healthy upstream\n", [(PROXY_ERROR_HEADER, b"no_healthy_upstream")]
             )
-        except Overloaded as exc:  # a circuit-breaker limit: answer at once, queue nothing
-            detail = f"overload_{exc.limit}"
-            outcome.status = exc.status
-            labels = (("cluster", peer_label), ("limit", exc.limit))
+        except Overloaded as over:  # a circuit-breaker limit: answer at once, queue nothing
+            detail = f"overload_{over.limit}"
+            outcome.status = over.status
+            labels = (("cluster", peer_label), ("limit", over.limit))
             ctx.metrics.inc("weft_overload_total", labels)
-            why = exc.limit.encode()
+            why = over.limit.encode()
             return await ds.local_reply(
-                head, exc.status, b"overloaded: " + why + b"\n",
+                head, over.status, b"overloaded: " + why + b"\n",
                 [(b"x-weft-overload", why), (PROXY_ERROR_HEADER, b"overload")],
             )  # fmt: skip
         finally:

@@ -144,7 +144,9 @@ class _Http1(RequestHandler):
 
     __slots__ = ("busy", "conn", "pace", "parser")
 
-    relay: Relay = staticmethod(relay_http1)
+    @property
+    def relay(self) -> Relay:
+        return relay_http1
 
     def __init__(
         self,

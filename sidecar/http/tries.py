@@ -134,9 +134,9 @@ class Tries:
                         error = UpstreamTimeout(f"no response within {self.per_try_s:g}s")
                         if not outcome.response_started:
                             failure = Failure.TIMEOUT
-            except RetryableStatus as exc:  # the gate took it: the budget paid already
-                failure = exc.failure
-                status = exc.status
+            except RetryableStatus as retryable:  # the gate took it: the budget paid already
+                failure = retryable.failure
+                status = retryable.status
             except UpstreamError as exc:
                 error = exc
                 if not outcome.response_started:

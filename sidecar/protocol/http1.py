@@ -362,8 +362,8 @@ class RequestParser:
                 self._pending += len(data)
                 if self._pending > self.max_header_bytes + 65536:
                     raise ProtocolError("request header fields too large", status=431)
-        except httptools.HttpParserUpgrade as exc:
-            self._after_upgrade(data, int(exc.args[0]))
+        except httptools.HttpParserUpgrade as upgrade:
+            self._after_upgrade(data, int(upgrade.args[0]))
         except (httptools.HttpParserError, ValueError) as exc:
             if self._error is not None:
                 raise self._error from None

@@ -175,8 +175,8 @@ class ResponseParser:
                 raise ProtocolError("response head too large", status=502)
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:  # a 101 to our Upgrade: HTTP ends here
-            self.tunnel = data[int(exc.args[0]) :]
+        except httptools.HttpParserUpgrade as upgrade:  # a 101 to our Upgrade: HTTP ends here
+            self.tunnel = data[int(upgrade.args[0]) :]
         except (httptools.HttpParserError, ValueError) as exc:
             if self._done:  # bytes after the response: the connection is unusable
                 self._trailing = True

@@ -74,9 +74,9 @@ async def connect(
     tconn = TlsConn(sock, conn.peer)
     try:
         await tconn.handshake()
-    except TlsHandshakeError as exc:
+    except TlsHandshakeError as failed:
         tconn.close()
-        raise UpstreamConnectError(f"mTLS handshake with {address}:{port}: {exc}") from None
+        raise UpstreamConnectError(f"mTLS handshake with {address}:{port}: {failed}") from None
     got = peer_identity(tconn)
     if got != expected:
         tconn.close()

@@ -78,8 +78,8 @@ class TlsConn(Conn):
                 continue
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 return b""  # close_notify, or a peer that closed without one
-            except ssl.SSLError as exc:
-                raise ConnectionLost(_reason(exc)) from None
+            except ssl.SSLError as tls_error:
+                raise ConnectionLost(_reason(tls_error)) from None
             except OSError as exc:
                 if exc.errno in _RESET_ERRNOS:
                     raise ConnectionLost(str(exc)) from None
@@ -144,9 +144,11 @@ class TlsConn(Conn):
 
 
 def _reason(exc: BaseException) -> str:
+    # Read untyped: either may be None whatever the stubs say (an SSLEOFError has no reason).
+    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None)
     if isinstance(exc, ssl.SSLError):
-        return exc.reason or exc.strerror or type(exc).__name__
-    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return str(reason or type(exc).__name__)
+    return str(reason or exc)
 
 
 # -- contexts -----------------------------------------------------------------------------

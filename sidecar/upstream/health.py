@@ -57,8 +57,8 @@ async def probe(cluster: Cluster, address: str, port: int, policy: HealthCheckPo
     with trio.move_on_after(policy.timeout_s):
         try:
             conn = await cluster.connect(address, port, policy.timeout_s)
-        except (UpstreamError, OSError) as exc:
-            return str(exc)
+        except (UpstreamError, OSError) as failed:
+            return str(failed)
         try:
             if policy.type == "TCP":
                 return ""

@@ -58,7 +58,6 @@ def test_cells_outlive_snapshots() -> None:
 
 
 async def test_fetch_schedule(autojump_clock: trio.testing.MockClock) -> None:
-    state = JwksState(clock=trio.current_time)
     remote = RemoteJwks("https://idp/jwks", 300.0)
     answers: list[list[jwt.PyJWK] | Exception] = [KEYS_A, OSError("down"), OSError("down"),
                                                   KEYS_B]  # fmt: skip
@@ -72,7 +71,7 @@ async def test_fetch_schedule(autojump_clock: trio.testing.MockClock) -> None:
             raise answer
         return answer
 
-    state._get = get  # type: ignore[method-assign]
+    state = JwksState(clock=trio.current_time, get=get)
     t0 = trio.current_time()
     state.sync([remote])
     async with trio.open_nursery() as nursery:
@@ -90,14 +89,13 @@ async def test_fetch_schedule(autojump_clock: trio.testing.MockClock) -> None:
 
 
 async def test_a_request_waits_at_most_wait_s(autojump_clock: trio.testing.MockClock) -> None:
-    state = JwksState(clock=trio.current_time)
     remote = RemoteJwks("https://idp/jwks", 300.0)
 
     async def hang(uri: str) -> list[jwt.PyJWK]:
         await trio.sleep_forever()
         raise AssertionError
 
-    state._get = hang  # type: ignore[method-assign]
+    state = JwksState(clock=trio.current_time, get=hang)
     state.sync([remote])
     async with trio.open_nursery() as nursery:
         nursery.start_soon(state.run)

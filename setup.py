@@ -1,0 +1,79 @@
+"""The package build: with mypyc and a C compiler at hand, the data path is compiled.
+
+`pip install .` compiles the modules `COMPILED` names into C extensions beside their
+sources (mypy and the libraries they are typed against come from the build requirements);
+`WEFT_PURE=1`, or no C compiler, builds the pure-Python package, which runs the same code
+unchanged. At run time `sidecar.build` loads the compiled modules only while they match
+their sources (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import sysconfig
+from pathlib import Path
+
+from setuptools import Extension, setup
+
+HERE = Path(__file__).resolve().parent
+# The request path: parsers, routing, filters, forwarding, transports, pools, metrics and
+# the access log. Configuration parsing and the control plane stay interpreted.
+COMPILED_PACKAGES = ("protocol", "http", "transport", "upstream", "filters", "tcp")
+COMPILED_MODULES = ("errors", "authz", "config/model", "observe/accesslog",
+                    "observe/metrics", "observe/spans", "observe/tracecontext",
+                    "observe/tracing")  # fmt: skip
+# Not on the request path, and each holds what mypyc cannot compile or would check too
+# strictly: except* (tcp/relay), h11's bytearray bodies typed as bytes (upstream/call),
+# a fetcher tests replace (filters/jwks).
+INTERPRETED = ("tcp/relay", "upstream/call", "filters/jwks")
+MANIFEST = "sidecar/compiled.json"  # what was compiled, with each source's hash
+
+
+def compiled_sources() -> list[str]:
+    paths = [f"sidecar/{m}.py" for m in COMPILED_MODULES]
+    for package in COMPILED_PACKAGES:
+        for path in sorted((HERE / "sidecar" / package).glob("*.py")):
+            name = f"{package}/{path.stem}"
+            if path.stem != "__init__" and name not in INTERPRETED:
+                paths.append(f"sidecar/{name}.py")
+    return paths
+
+
+def _digest(path: str) -> str:
+    return hashlib.sha256((HERE / path).read_bytes()).hexdigest()
+
+
+def _ext_modules() -> list[Extension]:
+    # A new build starts clean: no manifest, and no extension of an earlier one (a module
+    # compiled then may be interpreted now).
+    (HERE / MANIFEST).unlink(missing_ok=True)
+    for old in HERE.glob("sidecar/**/*.so"):
+        old.unlink()
+    if os.environ.get("WEFT_PURE") == "1":
+        return []
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        print(f"weft: no C compiler ({compiler}): building pure Python", file=sys.stderr)
+        return []
+    from mypyc.build import mypycify
+
+    sources = compiled_sources()
+    os.chdir(HERE)  # mypyc names modules by their paths from here
+    # One group, its shared library inside the package (sidecar/native__mypyc…so), so
+    # an editable install finds it from any directory. With multi_file, mypyc writes the
+    # group's header beside that library but compiles the module files one level up.
+    extensions = mypycify(
+        sources, opt_level="3", debug_level="0", multi_file=True, group_name="sidecar.native"
+    )
+    for extension in extensions:
+        extension.include_dirs.append("build/sidecar")
+    (HERE / MANIFEST).write_text(json.dumps({p: _digest(p) for p in sources}, indent=0) + "\n")
+    return extensions
+
+
+if __name__ == "__main__":
+    setup(ext_modules=_ext_modules())
