@@ -81,7 +81,7 @@ test-pure: $(STAMP) sysdeps $(NODE_PEERS) $(XDS_PROTOS)
 	WEFT_PURE=1 WEFT_EXPECT_BUILD=pure $(PY) -m pytest -q
 
 bench: $(STAMP) sysdeps-bench compile
-	$(PY) -m pip install -q -e '.[bench]'
+	WEFT_PURE=1 $(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench.run
 	$(PY) -m bench.propagation
 	$(PY) -m bench.attacks

@@ -1,7 +1,7 @@
 """The package build: with mypyc and a C compiler at hand, the data path is compiled.
 
-`pip install .` compiles the modules `COMPILED` names into C extensions beside their
-sources (mypy and the libraries they are typed against come from the build requirements);
+`pip install .` compiles the modules `compiled_sources` lists into C extensions beside
+their sources (mypy and the libraries they are typed against come from the build requirements);
 `WEFT_PURE=1`, or no C compiler, builds the pure-Python package, which runs the same code
 unchanged. At run time `sidecar.build` loads the compiled modules only while they match
 their sources (docs/performance.md).
@@ -16,8 +16,10 @@ import shutil
 import sys
 import sysconfig
 from pathlib import Path
+from typing import Any
 
-from setuptools import Extension, setup
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
 # The request path: parsers, routing, filters, forwarding, transports, pools, metrics and
@@ -26,10 +28,9 @@ COMPILED_PACKAGES = ("protocol", "http", "transport", "upstream", "filters", "tc
 COMPILED_MODULES = ("errors", "authz", "config/model", "observe/accesslog",
                     "observe/metrics", "observe/spans", "observe/tracecontext",
                     "observe/tracing")  # fmt: skip
-# Not on the request path, and each holds what mypyc cannot compile or would check too
-# strictly: except* (tcp/relay), h11's bytearray bodies typed as bytes (upstream/call),
-# a fetcher tests replace (filters/jwks).
-INTERPRETED = ("tcp/relay", "upstream/call", "filters/jwks")
+# Off the request path, and what mypyc cannot compile (except*) or would check too strictly
+# (h11 hands bodies typed bytes as bytearrays).
+INTERPRETED = ("tcp/relay", "upstream/call")
 MANIFEST = "sidecar/compiled.json"  # what was compiled, with each source's hash
 
 
@@ -43,16 +44,22 @@ def compiled_sources() -> list[str]:
     return paths
 
 
-def _digest(path: str) -> str:
-    return hashlib.sha256((HERE / path).read_bytes()).hexdigest()
+class BuildExt(build_ext):
+    """Builds the extensions, then writes the manifest beside them: into the source tree
+    for an in-place build (`make compile`), into the wheel's tree otherwise."""
+
+    def run(self) -> None:
+        if self.inplace:  # a module compiled before may be interpreted now
+            for old in HERE.glob("sidecar/**/*.so"):
+                old.unlink()
+        super().run()
+        if self.extensions:
+            lib = Path(self.get_ext_fullpath("sidecar.native__mypyc")).parent.parent
+            hashes = {p: hashlib.sha256((HERE / p).read_bytes()).hexdigest() for p in SOURCES}
+            (lib / MANIFEST).write_text(json.dumps(hashes, indent=0) + "\n")
 
 
-def _ext_modules() -> list[Extension]:
-    # A new build starts clean: no manifest, and no extension of an earlier one (a module
-    # compiled then may be interpreted now).
-    (HERE / MANIFEST).unlink(missing_ok=True)
-    for old in HERE.glob("sidecar/**/*.so"):
-        old.unlink()
+def _ext_modules() -> list[Any]:  # mypyc's Extensions (setuptools' or distutils' class)
     if os.environ.get("WEFT_PURE") == "1":
         return []
     compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
@@ -61,19 +68,19 @@ def _ext_modules() -> list[Extension]:
         return []
     from mypyc.build import mypycify
 
-    sources = compiled_sources()
     os.chdir(HERE)  # mypyc names modules by their paths from here
     # One group, its shared library inside the package (sidecar/native__mypyc…so), so
     # an editable install finds it from any directory. With multi_file, mypyc writes the
     # group's header beside that library but compiles the module files one level up.
     extensions = mypycify(
-        sources, opt_level="3", debug_level="0", multi_file=True, group_name="sidecar.native"
+        SOURCES, opt_level="3", debug_level="0", multi_file=True, group_name="sidecar.native"
     )
     for extension in extensions:
         extension.include_dirs.append("build/sidecar")
-    (HERE / MANIFEST).write_text(json.dumps({p: _digest(p) for p in sources}, indent=0) + "\n")
     return extensions
 
 
+SOURCES = compiled_sources()
+
 if __name__ == "__main__":
-    setup(ext_modules=_ext_modules())
+    setup(ext_modules=_ext_modules(), cmdclass={"build_ext": BuildExt})

@@ -28,10 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sidecar import BUILD
+
 BODY = "x" * 100
 LOAD_CORE, PROXY_CORE = "0", "1"
 PORTS = {"backend": 18181, "direct": 18181, "nginx": 18182, "envoy": 18183, "weft": 18184,
-         "weft+trace": 18186}  # fmt: skip
+         "weft+trace": 18186, "weft-pure": 18188}  # fmt: skip
 # The edge with policies on the benchmark route (bench/policies.py): HTTP/1.1 only
 POLICY_TARGETS = {"weft+jwt": ("jwt", 18210), "weft+ratelimit": ("ratelimit", 18211),
                   "weft+all": ("jwt,ratelimit,apikey", 18212)}  # fmt: skip
@@ -241,6 +243,7 @@ static_resources:
 """)
     _weft_config(tmp / "weft.yaml", routes, (cert, key))
     _weft_config(tmp / "weft-trace.yaml", routes, port=PORTS["weft+trace"])
+    _weft_config(tmp / "weft-pure.yaml", routes, port=PORTS["weft-pure"])
     envoy = shutil.which("envoy") or str(Path(sys.executable).parent / "envoy")
     return {
         "backend": ["nginx", "-c", str(tmp / "nginx-backend.conf")],
@@ -250,6 +253,9 @@ static_resources:
         "weft+trace": _weft_cmd(tmp / "weft-trace.yaml", tmp / "weft-trace-access.log",
                                 WEFT_ADMIN + 2, "--otlp-endpoint", f"127.0.0.1:{OTLP_SINK}",
                                 "--trace-sampling", "1"),
+        # the same edge on the sources (the build without a C compiler)
+        "weft-pure": ["env", "WEFT_PURE=1", *_weft_cmd(tmp / "weft-pure.yaml",
+                      tmp / "weft-pure-access.log", WEFT_ADMIN + 4)],
         "sink": [sys.executable, "-m", "bench.otlp_sink", str(OTLP_SINK)],
     }  # fmt: skip
 
@@ -410,7 +416,8 @@ def main() -> int:
         cmds = _configs(tmp)
         backend = Target("backend", PORTS["backend"], cmds["backend"])
         targets = [Target("direct", PORTS["direct"])]
-        targets += [Target(n, PORTS[n], cmds[n]) for n in ("nginx", "envoy", "weft", "weft+trace")]
+        names = ("nginx", "envoy", "weft", "weft-pure", "weft+trace")
+        targets += [Target(n, PORTS[n], cmds[n]) for n in names]
         targets += _policy_targets(tmp)
         sink = Target("sink", OTLP_SINK, cmds["sink"])
         if not Path(cmds["envoy"][0]).exists():
@@ -441,7 +448,8 @@ def main() -> int:
                         f"{t.name} {t.runs[key][-1].rps:,.0f}" for t in targets
                         if key in t.runs), flush=True)  # fmt: skip
             print(f"\nProxies on core {PROXY_CORE}, load generator + backend (nginx, 100-byte "
-                  f"answers) on core {LOAD_CORE}; access logs on; upstreams HTTP/1.1 keep-alive.")  # fmt: skip
+                  f"answers) on core {LOAD_CORE}; access logs on; upstreams HTTP/1.1 keep-alive. "
+                  f"Weft: the {BUILD} build (weft-pure: the same on its sources).")  # fmt: skip
             for key in keys:
                 sc = SCENARIOS[key]
                 note = sc.note.format(c=args.connections, m=max(1, args.connections // 4))
