@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -116,6 +117,13 @@ def pair(tmp: Path, access_log: str, trace: list[str]) -> tuple[list[tuple[list[
     return [(orders, mtls.P["weft_in"]), (web, mtls.P["weft"])], mtls.P["weft"]
 
 
+def _keep(tmp: Path, keep: Path | None, run: str) -> None:
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        for out in tmp.glob("callgrind-*.out"):
+            shutil.copy(out, keep / out.name.replace("callgrind", run))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=3000)
@@ -123,6 +131,8 @@ def main() -> int:
     ap.add_argument("--target", default="edge", choices=("edge", "mtls"))
     ap.add_argument("--trace", action="store_true", help="tracing at 100%% to an OTLP receiver")
     ap.add_argument("--policies", default="", help="edge policies: jwt,ratelimit,apikey")
+    ap.add_argument("--keep", type=Path, help="copy both runs' callgrind files here "
+                    "(few-*.out, many-*.out: per function, for callgrind_annotate)")  # fmt: skip
     args = ap.parse_args()
     extra_docs, extra_lines = policies(args.policies)
     request = REQUEST[:-2] + extra_lines + b"\r\n"
@@ -150,11 +160,13 @@ def main() -> int:
                 _wait_port(mtls.P["cp"])
                 cmds, port = pair(tmp, args.access_log, trace)
             few = _measure(cmds, port, args.requests // 4, tmp, request)
+            _keep(tmp, args.keep, "few")
             if args.target == "edge":
                 cmds, port = edge(tmp, log, trace)
             else:
                 cmds, port = pair(tmp, args.access_log, trace)
             many = _measure(cmds, port, args.requests, tmp, request)
+            _keep(tmp, args.keep, "many")
         finally:
             for proc in procs:
                 proc.terminate()

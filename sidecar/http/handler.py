@@ -28,6 +28,7 @@ from sidecar.http.request import (
     Forwarding,
     client_cert_line,
     h2_request_headers,
+    hex_digits,
     parse_target,
     pick_backend,
     upstream_request,
@@ -396,7 +397,7 @@ class RequestHandler:
                     request_id=rid,
                     detail=detail,
                     retries=retries,
-                    trace_id=f"{span.trace_id:032x}" if span is not None else "",
+                    trace_id=hex_digits(span.trace_id, 32) if span is not None else "",
                     peer_identity=self.peer_uri,
                 )
 

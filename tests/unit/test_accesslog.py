@@ -31,3 +31,24 @@ def test_lines_are_json_with_client_values_escaped(tmp_path: Path) -> None:
     assert first["start"] == "2025-11-22T03:00:00.250Z" and first["duration_ms"] == 12.3
     assert first["status"] == 200 and first["bytes_out"] == 100 and first["route"] == "default/shop"
     assert second["status"] == 503 and second["detail"] == "no_healthy_upstream"
+
+
+def test_times_keep_three_decimals(tmp_path: Path) -> None:
+    sink = (tmp_path / "access.log").open("w")
+    log = AccessLog(sink)
+    for start, duration in (
+        (1763780400.005, 0.000734),
+        (1763780400.999, 12.0),
+        (1763780401.0, 0.0),
+    ):
+        log.record(
+            start=start, duration_s=duration, downstream="d", method="GET", authority="a",
+            path="/", protocol="HTTP/1.1", status=200, bytes_in=0, bytes_out=0, route="",
+            upstream="", request_id="", detail="",
+        )  # fmt: skip
+    log.flush()
+    sink.close()
+    text = (tmp_path / "access.log").read_text()
+    assert '"start":"2025-11-22T03:00:00.005Z","duration_ms":0.734,' in text
+    assert '"start":"2025-11-22T03:00:00.999Z","duration_ms":12000.000,' in text
+    assert '"start":"2025-11-22T03:00:01.000Z","duration_ms":0.000,' in text
