@@ -34,7 +34,7 @@ def _record(i: int, now: float) -> tuple[object, ...]:
     bits = random.getrandbits
     return (SERVER, bits(128), bits(64), 0, bits(64), now + i * 1e-4, 0.0001, 0.0004, "GET",
             "/api/*", "default/api", "http", "127.0.0.1:18184", "/api/x", 200, "api",
-            "127.0.0.1:18181", 0, "1.1", "127.0.0.1", "", "")  # fmt: skip
+            "127.0.0.1:18181", 0, "1.1", "127.0.0.1", "", "", "", -1)  # fmt: skip
 
 
 def _cpu_s(pid: int) -> float:

@@ -46,7 +46,7 @@ class Metrics:
         self.collectors: list[Collector] = []
 
     def request(self, key: DurationKey, code: int, duration_s: float) -> None:
-        rkey = (*key, code)
+        rkey = (key[0], key[1], key[2], key[3], code)  # compiled, `(*key, code)` is generic
         requests = self.requests
         requests[rkey] = requests.get(rkey, 0) + 1
         hist = self.durations.get(key)
