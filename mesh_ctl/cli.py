@@ -31,11 +31,24 @@ def _edge(args: argparse.Namespace) -> int:
     from sidecar.modes.edge import MESH_ONLY, EdgeServer
 
     if args.control_plane:
+        if args.workers > 1:
+            print("meshctl: --workers runs edges from files (-f); in a mesh, run more edges",
+                  file=sys.stderr)  # fmt: skip
+            return 2
         return _edge_in_mesh(args)
     if not args.file:
         print("meshctl: give -f FILE|DIR, or --control-plane HOST:PORT to join a mesh",
               file=sys.stderr)  # fmt: skip
         return 2
+    if args.workers > 1:
+        from mesh_ctl.workers import Supervisor
+
+        supervisor = Supervisor(
+            args.argv, args.workers, args.file, gateway_class=args.gateway_class,
+            admin_address=args.admin_address, admin_port=args.admin_port,
+            drain_timeout_s=args.drain_timeout,
+        )  # fmt: skip
+        return _run_trio(supervisor.run)
 
     sink = telemetry.access_log_sink(args.access_log)
     trace = telemetry.trace_options(args)
@@ -72,8 +85,21 @@ def _edge(args: argparse.Namespace) -> int:
             fail_closed=args.ratelimit_fail_closed,
             tls=trust,
         ),
+        worker=args.worker_index is not None,
     )
     return _run_trio(server.run)
+
+
+def _workers(text: str) -> int:
+    if text == "auto":
+        return len(os.sched_getaffinity(0))
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of processes (1 or more) or auto")
+    return n
 
 
 def _hops(text: str) -> int:
@@ -392,6 +418,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     edge.add_argument("--admin-address", default="127.0.0.1")
     edge.add_argument("--admin-port", type=int, default=15000)
+    edge.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N|auto",
+        help="edge processes sharing every listener (auto: one per core); one admin port "
+        "sums their metrics",
+    )
+    edge.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by --workers
     telemetry.add_arguments(edge)
     edge.add_argument(
         "--max-header-bytes",
@@ -616,6 +651,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # what it reports reaches the user as meshctl's one-line errors instead
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what --workers runs again
     logging.basicConfig(
         level=getattr(args, "log_level", os.environ.get("WEFT_LOG_LEVEL", "info")).upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,11 @@ class AdminState:
     drain: Callable[[], None]
     ready: Callable[[], bool]
     problem: Callable[[], str] = str  # why not ready, when something was refused ("" else)
+    # answers /metrics and /config_dump instead (an edge's supervisor asks its workers)
+    remote: Callable[[str], Awaitable[str]] | None = None
+
+
+_REMOTE = {"/metrics": _PROM, "/config_dump": _JSON}
 
 
 async def serve_admin(state: AdminState, conn: Conn) -> None:
@@ -48,7 +53,15 @@ async def serve_admin(state: AdminState, conn: Conn) -> None:
                     parser.feed(data)
                 while not isinstance(parser.events.popleft(), End):
                     pass
-                await conn.send_all(_respond(state, head))
+                path = head.target.partition("?")[0]
+                if state.remote is not None and path in _REMOTE and head.method in ("GET", "HEAD"):
+                    body = (await state.remote(path)).encode()
+                    reply = simple_response(
+                        200, body, headers=_REMOTE[path], head_only=head.method == "HEAD"
+                    )
+                else:
+                    reply = _respond(state, head)
+                await conn.send_all(reply)
                 if not head.keep_alive:
                     return
     except ProtocolError as exc:

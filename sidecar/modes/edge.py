@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import gc
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -87,6 +88,7 @@ class EdgeServer:
         refused: Mapping[str, str] | None = None,
         trust: ssl.SSLContext | None = None,
         ratelimit: GlobalLimits | None = None,
+        worker: bool = False,
     ) -> None:
         """`admin_port=None` runs no admin listener (a sidecar's outbound side, whose
         sidecar has one); `connector` says how upstreams are reached (mTLS in sidecars);
@@ -94,7 +96,11 @@ class EdgeServer:
         Spans go to the collector `trace` names, or to an embedding sidecar's `tracer`.
         `trust` verifies the HTTPS the edge calls itself (remote JWKS): the system's CAs
         by default. `ratelimit`: the Redis that global rate limits count in.
-        `refused`: kinds the files may not hold, and why (`MESH_ONLY` for `meshctl edge`)."""
+        `refused`: kinds the files may not hold, and why (`MESH_ONLY` for `meshctl edge`).
+        `worker`: one of `meshctl edge --workers` (mesh_ctl/workers.py): listeners share
+        their ports with the other workers, the supervisor watches the files and signals
+        reloads, and EOF on stdin (the supervisor gone) drains this one."""
+        self.worker = worker
         self.source = source
         self.refused = refused
         self.drain_timeout_s = drain_timeout_s
@@ -193,6 +199,8 @@ class EdgeServer:
             if self.signals:
                 nursery.start_soon(self._watch_sighup)
                 nursery.start_soon(self._watch_sigterm, nursery)
+            if self.worker:
+                nursery.start_soon(self._watch_supervisor, nursery)
             task_status.started(self)
         self.clusters.close()
 
@@ -301,7 +309,7 @@ class EdgeServer:
                     continue
                 address, port = self.bind(key)
                 try:
-                    opened.append((key, open_listener(address, port)))
+                    opened.append((key, open_listener(address, port, reuse_port=self.worker)))
                 except OSError as exc:  # its message names the address it could not bind
                     moved = (address, port) != (key.address, key.port)
                     source = f"listener {key.address}:{key.port}" if moved else ""
@@ -344,7 +352,7 @@ class EdgeServer:
         nursery.start_soon(accept_loop, sock, functools.partial(serve_admin, state), nursery)
 
     async def _watch_files(self) -> None:
-        if self.watch_interval_s <= 0 or self.source is not None:
+        if self.watch_interval_s <= 0 or self.source is not None or self.worker:
             return
         while True:
             await trio.sleep(self.watch_interval_s)
@@ -363,7 +371,19 @@ class EdgeServer:
         with receiver as signals:
             async for _ in signals:
                 break
-        log.info("SIGTERM: draining %d connection(s)", self.open_connections)
+        await self._drain_and_stop(nursery, "SIGTERM")
+
+    async def _watch_supervisor(self, nursery: trio.Nursery) -> None:
+        """A worker's stdin is a pipe from its supervisor: EOF means the supervisor is gone."""
+        stdin = trio.lowlevel.FdStream(os.dup(0))
+        async with stdin:
+            while await stdin.receive_some():
+                pass
+        await self._drain_and_stop(nursery, "the supervisor is gone")
+
+    async def _drain_and_stop(self, nursery: trio.Nursery, why: str) -> None:
+        """Drain, wait for connections to finish (at most `drain_timeout_s`), stop."""
+        log.info("%s: draining %d connection(s)", why, self.open_connections)
         self.drain()
         with trio.move_on_after(self.drain_timeout_s):
             await self.idle.wait_empty()

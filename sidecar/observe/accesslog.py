@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
+import stat
 import time
 from json.encoder import encode_basestring
 from typing import TextIO
@@ -25,6 +27,12 @@ class AccessLog:
     def __init__(self, sink: TextIO | None) -> None:
         self._sink = sink
         self._fd = sink.fileno() if sink is not None else -1
+        # Into a pipe or socket (stdout of a container), writes of whole lines of at most
+        # PIPE_BUF bytes: another process writing there (an edge's other workers) cannot
+        # cut into one. A file is opened for appending, where each write lands whole.
+        self._chunk = 0
+        if sink is not None and not stat.S_ISREG(os.fstat(self._fd).st_mode):
+            self._chunk = select.PIPE_BUF
         self._buf: list[str] = []
         self._size = 0
         self.enabled = sink is not None
@@ -83,6 +91,10 @@ class AccessLog:
         self._buf.clear()
         self._size = 0
         with contextlib.suppress(OSError):  # a closed sink loses lines, never requests
+            while len(data) > self._chunk > 0:
+                cut = data.rfind(b"\n", 0, self._chunk) + 1 or data.find(b"\n") + 1
+                os.write(self._fd, data[:cut])
+                data = data[cut:]
             os.write(self._fd, data)
 
     async def run(self) -> None:

@@ -120,15 +120,15 @@ class Metrics:
             if name not in seen:
                 seen.add(name)
                 lines.append(f"# TYPE {name} counter")
-            lines.append(f"{name}{{{_labels(**dict(pairs))}}} {_number(value)}")
+            lines.append(f"{name}{{{_labels(**dict(pairs))}}} {number_text(value)}")
         for name, value in sorted(self.gauges.items()):
             lines.append(f"# TYPE {name} gauge")
-            lines.append(f"{name} {_number(value)}")
+            lines.append(f"{name} {number_text(value)}")
         collected = sorted(g for collect in self.collectors for g in collect())
         for i, (name, pairs, value) in enumerate(collected):
             if i == 0 or collected[i - 1][0] != name:
                 lines.append(f"# TYPE {name} gauge")
-            lines.append(f"{name}{{{_labels(**dict(pairs))}}} {_number(value)}")
+            lines.append(f"{name}{{{_labels(**dict(pairs))}}} {number_text(value)}")
         return "\n".join(lines) + "\n"
 
 
@@ -147,7 +147,7 @@ def _histogram(lines: list[str], name: str, base: str, h: Histogram) -> None:
     lines.append(f"{name}_count{{{base}}} {h.count}")
 
 
-def _number(value: float) -> str:
+def number_text(value: float) -> str:
     """Exact for whole numbers (byte counters pass 1e6 quickly), repr otherwise."""
     return str(int(value)) if value == int(value) else repr(float(value))
 

@@ -24,13 +24,19 @@ async def _guarded(handler: Handler, conn: Conn) -> None:
         conn.close()
 
 
-def open_listener(address: str, port: int, *, backlog: int = 4096) -> socket.socket:
-    """A listening socket; an OSError whose strerror names the address otherwise. No
-    SO_REUSEPORT: an address in use is refused, never shared with another process."""
+def open_listener(
+    address: str, port: int, *, backlog: int = 4096, reuse_port: bool = False
+) -> socket.socket:
+    """A listening socket; an OSError whose strerror names the address otherwise. An
+    address in use is refused, never shared with another process; `reuse_port` shares it
+    with the sockets of the same edge's other workers (SO_REUSEPORT), which
+    mesh_ctl.workers checks nothing else listens on first."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((address, port))
         sock.listen(backlog)
         sock.setblocking(False)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import select
+import socket
 from pathlib import Path
 
 from sidecar.observe.accesslog import AccessLog
@@ -52,3 +55,25 @@ def test_times_keep_three_decimals(tmp_path: Path) -> None:
     assert '"start":"2025-11-22T03:00:00.005Z","duration_ms":0.734,' in text
     assert '"start":"2025-11-22T03:00:00.999Z","duration_ms":12000.000,' in text
     assert '"start":"2025-11-22T03:00:01.000Z","duration_ms":0.000,' in text
+
+
+def test_into_a_pipe_each_write_is_whole_lines_of_at_most_pipe_buf() -> None:
+    """An edge's workers share stdout: a write of at most PIPE_BUF bytes to a pipe is never
+    interleaved with another process's. A SOCK_SEQPACKET pair shows each write as one
+    message."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with os.fdopen(ours.detach(), "w") as sink, theirs:
+        log = AccessLog(sink)
+        for i in range(200):
+            log.record(
+                start=1763780400.0, duration_s=0.001, downstream="d", method="GET",
+                authority="a", path=f"/{i}", protocol="HTTP/1.1", status=200, bytes_in=0,
+                bytes_out=0, route="", upstream="", request_id="", detail="",
+            )  # fmt: skip
+        log.flush()
+        writes: list[bytes] = []
+        while sum(w.count(b"\n") for w in writes) < 200:
+            writes.append(theirs.recv(65536))
+    assert len(writes) > 1 and all(len(w) <= select.PIPE_BUF for w in writes)
+    lines = b"".join(writes).splitlines()
+    assert [json.loads(line)["path"] for line in lines] == [f"/{i}" for i in range(200)]
