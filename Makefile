@@ -86,6 +86,7 @@ bench: $(STAMP) sysdeps-bench compile
 	$(PY) -m bench.propagation
 	$(PY) -m bench.attacks
 	$(PY) -m bench.global_ratelimit
+	$(PY) -m bench.workers
 
 bench-instructions: $(STAMP) sysdeps-bench compile
 	$(PY) -m bench.instructions
