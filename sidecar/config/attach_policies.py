@@ -12,14 +12,13 @@ from sidecar.config import resources as r
 from sidecar.config.model import RouteAction
 from sidecar.filters.apikey import ApiKeyFilter, KeySources, digest
 from sidecar.filters.authorization import AuthorizationFilter
-from sidecar.filters.basic import BasicAuthFilter, parse_htpasswd
 from sidecar.filters.chain import Filter
 from sidecar.filters.cors import CorsFilter
 from sidecar.filters.jwks import RemoteJwks
-from sidecar.filters.jwt_auth import JwtFilter
 from sidecar.filters.ratelimit import RateLimitFilter
 
 if TYPE_CHECKING:  # loaded when a policy uses them: a plain gateway stays small
+    from sidecar.filters.basic import BasicAuthFilter
     from sidecar.filters.ext_auth import ExtAuthFilter
     from sidecar.filters.global_ratelimit import GlobalRateLimitFilter
 
@@ -77,6 +76,8 @@ class PolicyFilters:
         if found is None:
             checks: list[Filter] = []
             if policy.jwt is not None:
+                from sidecar.filters.jwt_auth import JwtFilter
+
                 checks.append(JwtFilter(policy.jwt.providers, name))
                 self.remotes += [p.remote for p in policy.jwt.providers if p.remote]
             if policy.basic is not None:
@@ -92,6 +93,8 @@ class PolicyFilters:
         return found
 
     def _basic(self, policy: r.SecurityPolicy) -> BasicAuthFilter:
+        from sidecar.filters.basic import BasicAuthFilter, parse_htpasswd
+
         """The policy's basic-auth filter, its users from the Secret's `.htpasswd` (a
         missing Secret or entry leaves users out, with a warning: the route stays closed)."""
         auth = policy.basic

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import overload
+from typing import TYPE_CHECKING, overload
 from urllib.parse import urlsplit
-
-import jwt
 
 from sidecar.config.parse_routes import parse_cors
 from sidecar.config.reader import NAME_RE, Reader
@@ -33,8 +31,10 @@ from sidecar.config.resources import (
     SecurityPolicy,
 )
 from sidecar.filters.jwks import DEFAULT_CACHE_S, RemoteJwks
-from sidecar.filters.jwt_auth import Provider, TokenSource, load_jwks
 from sidecar.http.filters import HOP_WRITTEN, field_key
+
+if TYPE_CHECKING:  # PyJWT and cryptography load only where a policy checks JWTs
+    import jwt
 
 _TARGET_KINDS = ("Gateway", "HTTPRoute", "GRPCRoute")
 _NOT_YET = ("oidc",)
@@ -74,6 +74,8 @@ def parse_security_policy(top: Reader, meta: Meta) -> SecurityPolicy:
 
 
 def _jwt(r: Reader) -> JwtAuth:
+    from sidecar.filters.jwt_auth import Provider, TokenSource, load_jwks
+
     providers = []
     for pr in r.objs("providers", max_items=16):
         name = pr.text("name", pattern=NAME_RE)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
+from typing import TYPE_CHECKING
 
 from sidecar.authz import Policy
 from sidecar.config.model import (
@@ -18,8 +19,10 @@ from sidecar.config.model import (
     RetryBudget,
     RetryPolicy,
 )
-from sidecar.filters.jwt_auth import Provider
 from sidecar.filters.ratelimit import LimitRule
+
+if TYPE_CHECKING:  # PyJWT loads only where a policy checks JWTs
+    from sidecar.filters.jwt_auth import Provider
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 WEFT_GROUP = "weft.dev"

@@ -28,12 +28,13 @@ import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
-import jwt
 import trio
 
 from sidecar.errors import why
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # PyJWT loads with the first provider's keys
+    import jwt
+
     from sidecar.observe.metrics import Metrics
 
 log = logging.getLogger("weft.jwks")

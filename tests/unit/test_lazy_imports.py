@@ -1,0 +1,38 @@
+"""What a plain gateway or sidecar never loads: the libraries of features it does not use
+(each costs megabytes of resident memory per process, and a sidecar runs beside every
+instance)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HEAVY = ("cryptography", "jwt", "bcrypt", "jsonschema", "hiredis", "h11", "httpx", "grpc",
+         "google.protobuf", "opentelemetry")  # fmt: skip
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _loaded(code: str) -> list[str]:
+    probe = (code + "\nimport sys\nprint(' '.join(sorted({m for m in sys.modules for h in "
+             f"{HEAVY!r} if m == h or m.startswith(h + '.')}})))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                         text=True, check=True, timeout=60)  # fmt: skip
+    return out.stdout.split()
+
+
+def test_a_plain_edge_loads_no_policy_libraries(tmp_path: Path) -> None:
+    from tests.support.edge import config
+
+    cfg = tmp_path / "edge.yaml"
+    cfg.write_text(config({"one": 8080}, [("r", "/", "one")], port=18080))
+    loaded = _loaded(
+        "import mesh_ctl.cli, sidecar.modes.edge, sidecar.modes.sidecar\n"
+        "from sidecar.config.loader import load_snapshot\n"
+        f"load_snapshot([{str(cfg)!r}], version=1, gateway_class='weft')"
+    )
+    assert loaded == []
+
+
+def test_a_jwt_policy_loads_pyjwt_where_it_is_used() -> None:
+    assert "jwt" in _loaded("import sidecar.filters.jwt_auth")
