@@ -7,12 +7,13 @@ import argparse
 import datetime
 import json
 
-from control.traces import waterfall
 from mesh_ctl.common import add_server_arguments, admin_client, table
 
 
 def traces(args: argparse.Namespace) -> int:
     """Complete traces (no new span for a few seconds), newest first; or one drawn."""
+    from control.traces import waterfall  # grpc loads with it: not in every meshctl
+
     client = admin_client(args)
     if args.last and not args.trace_id:
         reply = client.call("Traces", {"limit": 1, "service": args.service})

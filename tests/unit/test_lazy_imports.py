@@ -28,6 +28,7 @@ def test_a_plain_edge_loads_no_policy_libraries(tmp_path: Path) -> None:
     cfg.write_text(config({"one": 8080}, [("r", "/", "one")], port=18080))
     loaded = _loaded(
         "import mesh_ctl.cli, sidecar.modes.edge, sidecar.modes.sidecar\n"
+        "mesh_ctl.cli.build_parser()\n"  # every subcommand registered, as `meshctl edge` does
         "from sidecar.config.loader import load_snapshot\n"
         f"load_snapshot([{str(cfg)!r}], version=1, gateway_class='weft')"
     )
