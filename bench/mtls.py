@@ -11,6 +11,7 @@ wrk drives HTTP/1.1 keep-alive into the first proxy; upstream connections are ke
 from __future__ import annotations
 
 import datetime
+import json
 import statistics
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from bench.run import (
 )
 from ca import keystore
 
+FIXED_RATE = 2000  # requests per second for the latency rows
 P = {"weft": 18320, "weft_in": 18321, "weft+trace": 18324, "weft+trace_in": 18325,
      "nginx": 18330, "nginx_in": 18331, "envoy": 18340, "envoy_in": 18341, "cp": 18350}  # fmt: skip
 # Weft pairs' other ports: web's inbound, the two admin ports, orders' outbound.
@@ -249,12 +251,15 @@ def run(
                            f"http://127.0.0.1:{P[name]}/"]), capture_output=True, check=False)  # fmt: skip
             rss[name] = [_proc_stat(p.pid)[1] for p in procs[name]]
         samples: dict[str, list[tuple[float, float, float, float]]] = {n: [] for n in pairs}
+        latency: dict[str, list[tuple[float, float]]] = {"direct": [], **{n: [] for n in pairs}}
         for _ in range(rounds):
             for name in pairs:
                 before = sum(_proc_stat(p.pid)[0] for p in procs[name])
                 rps, p50, p99, total = _wrk(P[name], seconds, connections, path="/")
                 cpu = sum(_proc_stat(p.pid)[0] for p in procs[name]) - before
                 samples[name].append((rps, p50, p99, cpu / total * 1e6))
+            for name, rows in latency.items():
+                rows.append(_fixed_rate(PORTS["backend"] if name == "direct" else P[name], seconds))
     finally:
         for plist in procs.values():
             for p in plist:
@@ -262,7 +267,35 @@ def run(
                 p.wait(10)
         cp.terminate()
         cp.wait(10)
-    return _table(samples, rss, rounds)
+    return _table(samples, rss, rounds) + "\n\n" + _latency_table(latency)
+
+
+def _fixed_rate(port: int, seconds: float) -> tuple[float, float]:
+    """(p50, p99) ms at FIXED_RATE requests per second (bench/fixed_rate.py)."""
+    out = subprocess.run(
+        _taskset(LOAD_CORE, [sys.executable, "-m", "bench.fixed_rate", str(port), "--rate",
+                             str(FIXED_RATE), "--seconds", f"{seconds:g}"]),
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    result = json.loads(out)
+    return result["p50"], result["p99"]
+
+
+def _latency_table(latency: dict[str, list[tuple[float, float]]]) -> str:
+    """What each pair adds to a request at a fixed rate (medians of the rounds)."""
+    med = {n: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v))
+           for n, v in latency.items()}  # fmt: skip
+    base = med["direct"]
+    lines = [
+        f"Latency at a fixed {FIXED_RATE:,} requests/s (bench/fixed_rate.py, 32 connections):",
+        "",
+        "| target | p50 ms | p99 ms | p50 added | p99 added |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, (p50, p99) in med.items():
+        added = ("—", "—") if name == "direct" else (f"{p50 - base[0]:.3f}", f"{p99 - base[1]:.3f}")
+        lines.append(f"| {name} | {p50:.3f} | {p99:.3f} | {added[0]} | {added[1]} |")
+    return "\n".join(lines)
 
 
 def _table(samples: dict[str, list[tuple[float, float, float, float]]],
