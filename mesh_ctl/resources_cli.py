@@ -7,14 +7,13 @@ import json
 import sys
 from typing import Any
 
-import yaml
-
-from control.store import kind_of
 from mesh_ctl.common import CliError, add_server_arguments, admin_client, table
-from sidecar.config.loader import expand, read_documents
 
 
 def apply(args: argparse.Namespace) -> int:
+    # YAML and the resource parsers load when a command needs them, not with every meshctl
+    from sidecar.config.loader import expand, read_documents
+
     docs = read_documents(expand(args.file))
     request = {
         "documents": [{"source": d.source, "data": d.data} for d in docs if d.data is not None]
@@ -39,6 +38,8 @@ def get(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps(docs[0] if args.name else docs, indent=2))
     elif args.output == "yaml":
+        import yaml
+
         sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False))
     elif kind == "Service":
         rows = [["NAMESPACE", "NAME", "SOURCE", "INSTANCES", "VERSIONS"]]
@@ -107,6 +108,8 @@ def delete(args: argparse.Namespace) -> int:
 
 
 def _kind(name: str) -> str:
+    from control.store import kind_of
+
     try:
         return kind_of(name)
     except ValueError as exc:

@@ -24,14 +24,10 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-import yaml
 
 from mesh_ctl.common import CliError, table, write_context
 from mesh_ctl.mesh_cli import render_top
@@ -61,6 +57,8 @@ class Plan:
 
 def load_plan(directory: Path) -> Plan:
     """up.yaml, checked; CliError naming the field."""
+    import yaml  # this and urllib load when `up` runs, not with every meshctl command
+
     path = directory / "up.yaml"
     try:
         raw = yaml.safe_load(path.read_text())
@@ -295,6 +293,9 @@ class Mesh:
 
 def _ready(port: int) -> tuple[bool, str]:
     """Whether the proxy with admin `port` is ready, and what it refused if it says."""
+    import urllib.error
+    import urllib.request
+
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as r:
             return r.status == 200, ""
@@ -324,6 +325,8 @@ TRAFFIC_WORKERS = 4  # a request through the shop takes ~100 ms: one at a time i
 def _traffic(url: str, stop: threading.Event, worker: int) -> None:
     """One of TRAFFIC_WORKERS senders of TRAFFIC_RPS requests a second to the edge, on a
     fixed schedule (a slow answer delays the next, not the rate after it)."""
+    import urllib.request
+
     period = TRAFFIC_WORKERS / TRAFFIC_RPS
     due = time.monotonic() + worker * period / TRAFFIC_WORKERS
     while not stop.wait(max(0.0, due - time.monotonic())):

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-HEAVY = ("cryptography", "jwt", "bcrypt", "jsonschema", "hiredis", "h11", "httpx", "grpc",
+HEAVY = ("cryptography", "jwt", "bcrypt", "jsonschema", "hiredis", "h11", "httpx", "grpc", "email",
          "google.protobuf", "opentelemetry")  # fmt: skip
 ROOT = Path(__file__).resolve().parents[2]
 
