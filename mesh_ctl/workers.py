@@ -130,7 +130,10 @@ class Supervisor:
         command = [sys.executable, "-m", "mesh_ctl", *self.argv, "--workers", "1",
                    "--worker-index", str(w.index), "--admin-address", "127.0.0.1",
                    "--admin-port", str(w.admin_port)]  # fmt: skip
-        run = partial(trio.run_process, command, stdin=subprocess.PIPE, check=False)
+        # Its own session: Ctrl-C reaches the supervisor alone, which drains the workers.
+        run = partial(
+            trio.run_process, command, stdin=subprocess.PIPE, check=False, start_new_session=True
+        )
         while not self.stopping.is_set():
             began = trio.current_time()
             w.ready = False
