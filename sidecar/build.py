@@ -83,5 +83,9 @@ class _Sources(importlib.abc.MetaPathFinder):
 
 
 def _use_sources() -> None:
+    """Ahead of the path finder, which would find the extensions; behind finders placed
+    in front of it (atheris' instrumentation wraps the imports that follow it)."""
     if not any(isinstance(f, _Sources) for f in sys.meta_path):
-        sys.meta_path.insert(0, _Sources())
+        finder = importlib.machinery.PathFinder
+        at = sys.meta_path.index(finder) if finder in sys.meta_path else 0
+        sys.meta_path.insert(at, _Sources())

@@ -119,3 +119,18 @@ def test_compiled_modules_avoid_mypyc_traps(path: str) -> None:
                 pytest.fail(f"{cls.name}.{ast.unparse(stmt.targets[0])}: annotate as ClassVar")
             if isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
                 assert "ClassVar" in ast.unparse(stmt.annotation), cls.name
+
+
+def test_the_sources_finder_stays_behind_finders_in_front_of_the_path_finder() -> None:
+    """atheris (make fuzz) instruments the imports that pass through the finder it puts in
+    front of sys.meta_path; the sources finder must not jump ahead of it."""
+    code = (
+        "import sys, importlib.machinery as m\n"
+        "class Front:\n"
+        "    def find_spec(self, *a): return None\n"
+        "sys.meta_path.insert(0, Front())\n"
+        "import sidecar\n"
+        "names = [type(f).__name__ if not isinstance(f, type) else f.__name__ for f in sys.meta_path]\n"
+        "print(names[0], names.index('_Sources') + 1 == names.index('PathFinder'))"
+    )
+    assert _run(code, WEFT_PURE="1").split() == ["Front", "True"]
