@@ -250,7 +250,7 @@ def response_head(
             cut = cut + spellings(resp.raw, op.drop, resp.lower)
             added = [f for f in added if not dropped(f[0], op.drop)]
             added.extend(op.append)
-        out = bytearray(b"HTTP/1.1 %d %b\r\n" % (resp.status, reason))
+        out = bytearray(b"HTTP/1.1 " + str(resp.status).encode() + b" " + reason + b"\r\n")
         out += cut_lines(resp.raw, cut) if cut else resp.raw
         for name, value in added:
             out += name + b": " + value + b"\r\n"

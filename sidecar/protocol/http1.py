@@ -73,6 +73,7 @@ EDGE_TRACE_KINDS = EDGE_KINDS | _TRACE_KINDS | _ALIAS_KINDS
 MESH_KINDS = MESH_KINDS | _ALIAS_KINDS
 EDGE_KINDS = EDGE_KINDS | _ALIAS_KINDS
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
+_LINE_END = {"1.1": b" HTTP/1.1\r\n", "1.0": b" HTTP/1.0\r\n"}  # the versions accepted
 
 
 class End:
@@ -309,11 +310,8 @@ class RequestParser:
         raw = None
         if self._began_in_feed:
             data = self._data
-            line = b"%b %b HTTP/%b\r\n" % (
-                self._parser.get_method(),
-                self._url,
-                head.version.encode(),
-            )
+            # concatenated: compiled, bytes %-formatting is a generic call
+            line = self._parser.get_method() + b" " + self._url + _LINE_END[head.version]
             if data.startswith(line):
                 start = len(line)
                 end = data.find(b"\r\n\r\n", start - 2) + 2
