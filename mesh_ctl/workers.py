@@ -174,15 +174,10 @@ class Supervisor:
         """Ask each worker's /ready (the supervisor is ready when all of them are)."""
         while True:
             for w in self.workers:
-                with trio.move_on_after(FETCH_TIMEOUT_S) as scope:
-                    try:
-                        w.ready = (
-                            self._running(w) and await _get(w.admin_port, "/ready") == "ready\n"
-                        )
-                    except OSError:
-                        w.ready = False
-                if scope.cancelled_caught:
-                    w.ready = False
+                ready = False  # unless it answers, in time
+                with trio.move_on_after(FETCH_TIMEOUT_S), contextlib.suppress(OSError):
+                    ready = self._running(w) and await _get(w.admin_port, "/ready") == "ready\n"
+                w.ready = ready
             await trio.sleep(READY_POLL_S)
 
     # -- admin ----------------------------------------------------------------------------

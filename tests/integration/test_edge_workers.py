@@ -35,11 +35,16 @@ def _children(pid: int) -> dict[int, int]:
     return out
 
 
-async def _wait(predicate: object, what: str, seconds: float = 30) -> None:
-    assert callable(predicate)
-    with trio.fail_after(seconds):
-        while not await predicate():
-            await trio.sleep(0.05)  # polling a process we do not control (bounded)
+async def _exited(pid: int) -> None:
+    """Until process `pid` (not our child) exits: its pidfd turns readable."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        await trio.lowlevel.wait_readable(fd)
+    finally:
+        os.close(fd)
 
 
 def _requests(text: str, route: str = "default/r") -> int:
@@ -50,64 +55,64 @@ def _requests(text: str, route: str = "default/r") -> int:
 
 
 class Edge:
-    """`meshctl edge --workers 2` on one route to an echo backend."""
+    """`meshctl edge --workers 2` on one route to an echo backend; its log (the supervisor's
+    and the workers', one stderr) is read as it comes, so tests wait for lines."""
 
-    def __init__(self, cfg: Path, backend: int) -> None:
-        self.cfg, self.backend = cfg, backend
-        self.port, self.admin = free_port(), free_port()
-        self.write()
+    def __init__(self, cfg: Path, backend: int, proc: trio.Process) -> None:
+        self.cfg, self.backend, self.proc = cfg, backend, proc
         self.log = ""
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mesh_ctl", "edge", "--workers", "2", "-f", str(cfg),
-             "--admin-port", str(self.admin), "--access-log", "off", "--drain-timeout", "5"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
 
-    def write(self, *more: tuple[str, str, str]) -> None:
+    def write(self, port: int, *more: tuple[str, str, str]) -> None:
         routes = [("r", "/", "one"), *more]
-        self.cfg.write_text(config({"one": self.backend}, routes, port=self.port))
+        self.cfg.write_text(config({"one": self.backend}, routes, port=port))
 
-    async def ready(self) -> bool:
-        try:
-            async with httpx.AsyncClient() as c:
-                return (await c.get(f"http://127.0.0.1:{self.admin}/ready")).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    async def metrics(self, port: int | None = None) -> str:
-        async with httpx.AsyncClient() as c:
-            return (await c.get(f"http://127.0.0.1:{port or self.admin}/metrics")).text
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
+    async def wait_for(self, needle: str, count: int = 1) -> None:
         assert self.proc.stderr is not None
-        self.log = self.proc.stderr.read().decode(errors="replace")
+        with trio.fail_after(30):
+            while self.log.count(needle) < count:
+                chunk = await self.proc.stderr.receive_some(65536)
+                if not chunk:
+                    raise AssertionError(f"the edge exited; log:\n{self.log}")
+                self.log += chunk.decode(errors="replace")
+
+    async def metrics(self, port: int) -> str:
+        async with httpx.AsyncClient() as c:
+            return (await c.get(f"http://127.0.0.1:{port}/metrics")).text
 
 
 @contextlib.asynccontextmanager
-async def _edge(tmp_path: Path) -> AsyncIterator[Edge]:
-    """A ready edge with two workers; stopped (and its log kept) on the way out."""
+async def _edge(tmp_path: Path) -> AsyncIterator[tuple[Edge, int, int]]:
+    """(edge, port, admin port) once both workers have their configuration in force."""
+    port, admin = free_port(), free_port()
     with EchoServer("one") as one:
-        edge = Edge(tmp_path / "edge.yaml", one.port)
+        cfg = tmp_path / "edge.yaml"
+        cfg.write_text(config({"one": one.port}, [("r", "/", "one")], port=port))
+        command = [sys.executable, "-m", "mesh_ctl", "edge", "--workers", "2", "-f", str(cfg),
+                   "--admin-port", str(admin), "--access-log", "off", "--drain-timeout", "5"]  # fmt: skip
+        proc = await trio.lowlevel.open_process(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        edge = Edge(cfg, one.port, proc)
         try:
-            await _wait(edge.ready, "ready")
-            yield edge
+            await edge.wait_for("configuration version 1 in force", 2)
+            yield edge, port, admin
         finally:
-            edge.stop()
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
 
 
 async def test_two_workers_share_the_port_and_one_admin_port_sums_them(tmp_path: Path) -> None:
-    async with _edge(tmp_path) as edge:
+    async with _edge(tmp_path) as (edge, port, admin):
         workers = _children(edge.proc.pid)
         assert len(workers) == 2
         # New connections, so that the kernel spreads them over both workers.
         for _ in range(60):
             async with httpx.AsyncClient() as c:
-                assert (await c.get(f"http://127.0.0.1:{edge.port}/x")).status_code == 200
+                assert (await c.get(f"http://127.0.0.1:{port}/x")).status_code == 200
         each = [_requests(await edge.metrics(p)) for p in workers.values()]
         assert sum(each) == 60 and min(each) > 0, each
-        summed = await edge.metrics()
+        summed = await edge.metrics(admin)
         assert _requests(summed) == 60
         assert "weft_workers 2" in summed and "weft_config_version 1" in summed
         count = "weft_request_duration_seconds_count"
@@ -116,47 +121,34 @@ async def test_two_workers_share_the_port_and_one_admin_port_sums_them(tmp_path:
         # A worker killed is started again; traffic goes on; the restart is counted.
         victim = next(iter(workers))
         os.kill(victim, signal.SIGKILL)
-
-        async def replaced() -> bool:
-            now = _children(edge.proc.pid)
-            return len(now) == 2 and victim not in now and await edge.ready()
-
-        await _wait(replaced, "a new worker")
-        assert "weft_worker_restarts_total{} 1" in await edge.metrics()
+        await edge.wait_for("exited (status -9); starting it again")
+        await edge.wait_for("configuration version 1 in force", 3)
+        now = _children(edge.proc.pid)
+        assert len(now) == 2 and victim not in now
+        assert "weft_worker_restarts_total{} 1" in await edge.metrics(admin)
 
         # An edit reaches every worker.
-        edge.write(("s", "/s", "one"))
-
-        async def reloaded() -> bool:
-            try:
-                texts = [await edge.metrics(p) for p in _children(edge.proc.pid).values()]
-            except httpx.TransportError:  # the new worker is not listening yet
-                return False
-            return len(texts) == 2 and all("weft_config_version 2" in t for t in texts)
-
-        await _wait(reloaded, "version 2 in both workers")
+        edge.write(port, ("s", "/s", "one"))
+        await edge.wait_for("configuration version 2 in force", 2)
+        texts = [await edge.metrics(p) for p in now.values()]
+        assert all("weft_config_version 2" in t for t in texts)
 
         # SIGTERM: every worker drains and exits, then the supervisor.
-        pids = list(_children(edge.proc.pid))
         edge.proc.send_signal(signal.SIGTERM)
         with trio.fail_after(30):
-            code = await trio.to_thread.run_sync(edge.proc.wait)
-        assert code == 0
-        assert not [p for p in pids if Path(f"/proc/{p}").exists()]
-    assert "exited (status -9); starting it again" in edge.log, edge.log
+            assert await edge.proc.wait() == 0
+            for pid in now:
+                await _exited(pid)
 
 
 async def test_workers_leave_when_their_supervisor_is_killed(tmp_path: Path) -> None:
-    async with _edge(tmp_path) as edge:
+    async with _edge(tmp_path) as (edge, _, _):
         pids = list(_children(edge.proc.pid))
         assert len(pids) == 2
         edge.proc.kill()
-
-        async def gone() -> bool:
-            return not any(Path(f"/proc/{p}/cmdline").exists() and
-                           Path(f"/proc/{p}/cmdline").read_bytes() for p in pids)  # fmt: skip
-
-        await _wait(gone, "the workers exit")
+        with trio.fail_after(30):
+            for pid in pids:
+                await _exited(pid)
 
 
 async def test_a_port_another_process_listens_on_is_refused_not_shared(tmp_path: Path) -> None:
