@@ -10,7 +10,8 @@ send/recv is not in it).
     .venv/bin/python -m bench.instructions [--requests 3000] [--access-log off] [--target mtls]
         [--trace] [--policies jwt,ratelimit,apikey]
 
-`--target edge` (default) measures `meshctl edge`; `--target mtls` the sidecar pair of the
+`--target edge` (default) measures `meshctl edge`; `--target h2c` the same edge driven by
+h2load over cleartext HTTP/2 (4 connections x 8 streams; requires h2load); `--target mtls` the sidecar pair of the
 mTLS hop (both sidecars under callgrind, their counts added; the control plane is not).
 `--trace` turns tracing on at 100% (to bench/otlp_sink.py); the span exporter runs in a child
 process that callgrind does not follow, so this counts what tracing costs the data path.
@@ -74,6 +75,15 @@ def drive(port: int, total: int, connections: int = 32, request: bytes = REQUEST
         s.close()
 
 
+def drive_h2(port: int, total: int) -> None:
+    """Send exactly `total` HTTP/2 requests with h2load (prior knowledge, 4 connections x 8
+    streams, as bench.run's h2c scenario)."""
+    cmd = ["h2load", "-n", str(total), "-c", "4", "-m", "8", f"http://127.0.0.1:{port}/api/x"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300).stdout
+    if f"{total} succeeded" not in out or "2xx" not in out:
+        raise SystemExit(f"bench: h2load did not complete:\n{out}")
+
+
 def _summary(out: Path) -> int:
     for line in out.read_text(errors="replace").splitlines():
         if line.startswith("summary:"):
@@ -83,7 +93,7 @@ def _summary(out: Path) -> int:
 
 def _measure(
     cmds: list[tuple[list[str], int]], port: int, requests: int, tmp: Path,
-    request: bytes = REQUEST,
+    request: bytes = REQUEST, h2: bool = False,
 ) -> int:  # fmt: skip
     """Start each command under callgrind (waiting for its port), send `requests` to `port`,
     stop them all; their instruction counts, added."""
@@ -95,7 +105,10 @@ def _measure(
             proc = subprocess.Popen(grind, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             procs.append((proc, out))
             _wait_port(ready_port, timeout=180)
-        drive(port, requests, request=request)
+        if h2:
+            drive_h2(port, requests)
+        else:
+            drive(port, requests, request=request)
     finally:
         for proc, _ in reversed(procs):
             proc.send_signal(signal.SIGINT)
@@ -128,7 +141,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--access-log", default="on", choices=("on", "off"))
-    ap.add_argument("--target", default="edge", choices=("edge", "mtls"))
+    ap.add_argument("--target", default="edge", choices=("edge", "h2c", "mtls"))
     ap.add_argument("--trace", action="store_true", help="tracing at 100%% to an OTLP receiver")
     ap.add_argument("--policies", default="", help="edge policies: jwt,ratelimit,apikey")
     ap.add_argument("--keep", type=Path, help="copy both runs' callgrind files here "
@@ -136,7 +149,7 @@ def main() -> int:
     args = ap.parse_args()
     extra_docs, extra_lines = policies(args.policies)
     request = REQUEST[:-2] + extra_lines + b"\r\n"
-    require("valgrind", "nginx")
+    require("valgrind", "nginx", *(["h2load"] if args.target == "h2c" else []))
     trace = []
     if args.trace:
         trace = ["--otlp-endpoint", f"http://127.0.0.1:{OTLP_SINK}", "--trace-sampling", "1"]
@@ -148,7 +161,7 @@ def main() -> int:
             procs.append(subprocess.Popen(configs["sink"], stdout=subprocess.DEVNULL))
         try:
             _wait_port(PORTS["backend"])
-            if args.target == "edge":
+            if args.target in ("edge", "h2c"):
                 _weft_config(tmp / "weft.yaml", 1)
                 with (tmp / "weft.yaml").open("a") as f:
                     f.write("\n" + extra_docs)
@@ -159,13 +172,14 @@ def main() -> int:
                 procs.append(subprocess.Popen(mtls.control_plane(tmp), stderr=subprocess.DEVNULL))
                 _wait_port(mtls.P["cp"])
                 cmds, port = pair(tmp, args.access_log, trace)
-            few = _measure(cmds, port, args.requests // 4, tmp, request)
+            h2 = args.target == "h2c"
+            few = _measure(cmds, port, args.requests // 4, tmp, request, h2)
             _keep(tmp, args.keep, "few")
-            if args.target == "edge":
+            if args.target in ("edge", "h2c"):
                 cmds, port = edge(tmp, log, trace)
             else:
                 cmds, port = pair(tmp, args.access_log, trace)
-            many = _measure(cmds, port, args.requests, tmp, request)
+            many = _measure(cmds, port, args.requests, tmp, request, h2)
             _keep(tmp, args.keep, "many")
         finally:
             for proc in procs:

@@ -1,11 +1,12 @@
-"""HTTP/2 downstream connections on h2: one task reads frames, one writes, one per stream.
+"""HTTP/2 downstream connections: one task reads frames, one writes, one per stream.
 
-Theory of operation. The reader feeds bytes to h2 and turns its events into stream state
+Theory of operation. The reader feeds bytes to the connection's `H2Core` (protocol/h2core.py)
+and turns its events into stream state
 (body chunks, ends, resets, window updates). Each request runs in its own task through the
 shared `RequestHandler` (routing, forwarding, metrics and logs are the HTTP/1 ones): it
-reads its body with `next_event` and answers through h2. Frames are written by a single
-writer task, woken whenever h2 has something to send, so the frames of many streams leave
-in one send and no two tasks ever interleave bytes on the socket.
+reads its body with `next_event` and answers through the core. Frames are written by a
+single writer task, woken whenever the core has something to send, so the frames of many
+streams leave in one send and no two tasks ever interleave bytes on the socket.
 
 Flow control is end to end. A request body's DATA is acknowledged (its window re-opened)
 only when the stream's task takes it to send upstream, so a slow upstream slows the client
@@ -15,9 +16,8 @@ unsent, so a client that stops reading stops the upstream reads too.
 
 Shutdown. On drain (or when a reload removed the listener) the connection sends GOAWAY
 naming the last stream it took, refuses later streams (REFUSED_STREAM: clients retry them
-elsewhere), lets the open ones finish and then closes. h2's state machine closes the whole
-connection when a GOAWAY is sent through it, so this GOAWAY frame is written beside it with
-hyperframe. A client's GOAWAY, or a protocol error (h2 sends GOAWAY), ends the connection.
+elsewhere), lets the open ones finish and then closes. A client's GOAWAY, or a protocol
+error (the core sends GOAWAY), ends the connection.
 """
 
 from __future__ import annotations
@@ -26,15 +26,7 @@ import contextlib
 import logging
 from collections import deque
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-import h2.settings
-import hpack.exceptions
 import trio
-from h2.errors import ErrorCodes
-from hyperframe.frame import GoAwayFrame
 
 from ca.spiffe import SpiffeId
 from sidecar.config.mesh import Destination
@@ -46,6 +38,17 @@ from sidecar.http.forward import Outcome, Relay, feed_response, proxy_error, res
 from sidecar.http.handler import RequestHandler, log_refused
 from sidecar.http.pace import BodyPace, too_slow
 from sidecar.protocol.grpc import is_grpc
+from sidecar.protocol.h2core import (
+    ENHANCE_YOUR_CALM,
+    INTERNAL_ERROR,
+    NO_ERROR,
+    PROTOCOL_ERROR,
+    REFUSED_STREAM,
+    Event,
+    H2ConnectionError,
+    H2Core,
+    StreamClosed,
+)
 from sidecar.protocol.http1 import END, End, RequestHead
 from sidecar.protocol.http2 import (
     CONNECTION_SPECIFIC,
@@ -221,7 +224,7 @@ class H2Stream(FlowStream):
             raise DownstreamClosed("stream reset by the client")
         try:
             self.pump.h2.send_headers(self.sid, headers, end_stream=end)
-        except h2.exceptions.H2Error:  # the client reset the stream or the connection closed
+        except StreamClosed:  # the client reset the stream or the connection closed
             raise DownstreamClosed("stream closed") from None
         self.ended_local = end
         self.pump.kick()
@@ -234,15 +237,14 @@ class H2Stream(FlowStream):
             raise DownstreamClosed("stream reset by the client")
         try:
             self.pump.h2.send_headers(self.sid, trailers, end_stream=True)
-        except h2.exceptions.H2Error:
+        except StreamClosed:
             raise DownstreamClosed("stream closed") from None
         self.ended_local = True
         self.pump.kick()
 
     def _ack(self, flow: int) -> None:
         if flow:
-            with contextlib.suppress(h2.exceptions.H2Error):
-                self.pump.h2.acknowledge_received_data(flow, self.sid)
+            self.pump.h2.acknowledge_received_data(flow, self.sid)
             self.pump.kick()
 
     def close(self) -> None:
@@ -250,15 +252,12 @@ class H2Stream(FlowStream):
         h2c = self.pump.h2
         for item in self.body:
             if not isinstance(item, End):
-                with contextlib.suppress(h2.exceptions.H2Error):
-                    h2c.acknowledge_received_data(item[1], self.sid)
+                h2c.acknowledge_received_data(item[1], self.sid)
         self.body.clear()
         if self.reset_code is None and (not self.ended_local or not self.request_ended):
             # An unfinished answer is an error; an unread request body after a complete
             # answer is not (RFC 9113 §8.1: stop it with NO_ERROR).
-            code = ErrorCodes.NO_ERROR if self.ended_local else ErrorCodes.INTERNAL_ERROR
-            with contextlib.suppress(h2.exceptions.H2Error):
-                h2c.reset_stream(self.sid, code)
+            h2c.reset_stream(self.sid, NO_ERROR if self.ended_local else INTERNAL_ERROR)
         self.pump.kick()
 
 
@@ -307,28 +306,15 @@ class Http2Connection(H2Pump):
         self.handler = RequestHandler(
             ctx, listener, conn.peer, scheme, sni, peer_id, destination, client_cert=client_cert
         )
-        # What we send is built valid (lower-case names, no connection-specific fields), so
-        # h2's check of it is skipped (~15% of CPU). What arrives is validated by
-        # request_head (protocol/http2.py) instead of h2, whose checks make a malformed
-        # request a connection error and miss what an HTTP/1.1 upstream needs.
-        config = h2.config.H2Configuration(
-            client_side=False,
-            header_encoding=None,
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-            validate_inbound_headers=False,
-            normalize_inbound_headers=False,
-        )
-        super().__init__(conn, h2.connection.H2Connection(config))
-        limits = ctx.store.current.limits
-        self.h2.local_settings = h2.settings.Settings(
+        # What arrives is validated by request_head (protocol/http2.py): a malformed request
+        # resets its own stream. What we send is built valid.
+        core = H2Core(
             client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_bytes,
-            },
+            max_concurrent_streams=MAX_CONCURRENT_STREAMS,
+            initial_window=STREAM_WINDOW,
+            max_header_list_size=ctx.store.current.limits.max_header_bytes,
         )
+        super().__init__(conn, core)
         self.listener = listener
         self.streams: dict[int, H2Stream] = {}
         self.closing = False
@@ -338,9 +324,7 @@ class Http2Connection(H2Pump):
         self._idle = trio.Event()  # set when the last stream ends while closing
 
     async def run(self, initial: bytes = b"") -> None:
-        h2c = self.h2
-        h2c.initiate_connection()
-        h2c.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self.h2.initiate_connection(CONNECTION_WINDOW)
         self.kick()
         scope = self.scope
         tracked = Tracked(
@@ -375,12 +359,13 @@ class Http2Connection(H2Pump):
                     await trio.lowlevel.checkpoint()
                 try:
                     events = self.h2.receive_data(data[at : at + READ_SLICE])
-                except h2.exceptions.ProtocolError as exc:
-                    self._protocol_error(exc)
+                except H2ConnectionError as exc:  # the core queued GOAWAY with the error
+                    log.debug("HTTP/2 protocol error from %s: %s; connection closed",
+                              self.conn.peer, exc)  # fmt: skip
                     await self.flush_now()
                     return
                 # a stream opened and reset in the same read is never started
-                self._reset_now = {e.stream_id for e in events if type(e) is h2.events.StreamReset}
+                self._reset_now = {e.stream_id for e in events if e.kind == Event.RESET}
                 for event in events:
                     self._dispatch(nursery, event)
                 self.kick()
@@ -396,24 +381,8 @@ class Http2Connection(H2Pump):
         """Rapid reset (protocol/resets.py): GOAWAY ENHANCE_YOUR_CALM, then close."""
         log.warning("HTTP/2 client %s reset streams faster than allowed; connection closed",
                     self.conn.peer)  # fmt: skip
-        with contextlib.suppress(h2.exceptions.H2Error):
-            self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+        self.h2.close_connection(ENHANCE_YOUR_CALM)
         self.peer_gone = True
-
-    def _protocol_error(self, exc: h2.exceptions.ProtocolError) -> None:
-        """h2 queued a GOAWAY naming the error; a header block HPACK cannot decode is a
-        COMPRESSION_ERROR (RFC 9113 §4.3), which h2 reports as PROTOCOL_ERROR."""
-        log.debug("HTTP/2 protocol error from %s: %s; connection closed", self.conn.peer, exc)
-        cause = exc.__cause__ or exc.__context__
-        if isinstance(cause, hpack.exceptions.HPACKError) and not isinstance(
-            cause,
-            hpack.exceptions.OversizedHeaderListError,  # too large, not undecodable
-        ):
-            self.h2.data_to_send()  # drop h2's GOAWAY for ours
-            frame = GoAwayFrame(0)
-            frame.last_stream_id = self.h2.highest_inbound_stream_id
-            frame.error_code = ErrorCodes.COMPRESSION_ERROR
-            self.outbox += frame.serialize()
 
     async def _drain_on(self, event: trio.Event, nursery: trio.Nursery) -> None:
         """When `event` is set: GOAWAY, let open streams finish, flush, close."""
@@ -429,67 +398,54 @@ class Http2Connection(H2Pump):
         if self.closing:
             return
         self.closing = True
-        frame = GoAwayFrame(0)
-        frame.last_stream_id = self.h2.highest_inbound_stream_id
-        frame.error_code = ErrorCodes.NO_ERROR
-        self.outbox += self.h2.data_to_send()  # what h2 queued goes first
-        self.outbox += frame.serialize()
+        self.h2.send_goaway(NO_ERROR, self.h2.highest_inbound_stream_id)
         self.kick()
 
-    def _dispatch(self, nursery: trio.Nursery, event: h2.events.Event) -> None:
+    def _dispatch(self, nursery: trio.Nursery, event: Event) -> None:
         if self.peer_gone:  # after a GOAWAY of ours: the rest of the batch is not served
             return
-        if isinstance(event, h2.events.RequestReceived):
+        kind = event.kind
+        if kind == Event.HEADERS:
             self._open(nursery, event)
-        elif isinstance(event, h2.events.DataReceived):
-            stream = self.streams.get(event.stream_id)
+            return
+        stream = self.streams.get(event.stream_id)
+        if kind == Event.DATA:
             if stream is not None:
-                stream.feed(event.data, event.flow_controlled_length)
-            elif event.flow_controlled_length:  # a stream we stopped reading: free the credit
-                with contextlib.suppress(h2.exceptions.H2Error):
-                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-        elif isinstance(event, h2.events.TrailersReceived):
-            stream = self.streams.get(event.stream_id)
+                stream.feed(event.data, event.flow)
+                if event.ended:
+                    stream.finish(None)
+            else:  # a stream we stopped reading: free the credit
+                self.h2.acknowledge_received_data(event.flow, event.stream_id)
+        elif kind == Event.TRAILERS:
             if stream is not None:
                 try:
                     check_trailers(event.headers)
                 except StreamError:
-                    self._reset(stream, ErrorCodes.PROTOCOL_ERROR)
+                    self._reset(stream, PROTOCOL_ERROR)
                     return
                 stream.finish(event.headers)
-        elif isinstance(event, h2.events.StreamEnded):
-            stream = self.streams.get(event.stream_id)
-            if stream is not None and not stream.request_ended:
-                stream.finish(None)
-        elif isinstance(event, h2.events.StreamReset):
-            stream = self.streams.get(event.stream_id)
+        elif kind == Event.RESET:
             if stream is not None:
-                stream.was_reset(event.error_code)
+                stream.was_reset(event.code)
             if (
-                event.remote_reset
+                event.remote
                 and (stream is not None or event.stream_id in self._reset_now)
                 and not self.resets.spend(trio.current_time())
             ):
                 self._calm_down()
-        elif isinstance(event, h2.events.WindowUpdated):
-            if event.stream_id:
-                stream = self.streams.get(event.stream_id)
-                if stream is not None:
-                    stream.window.set()
-            else:
-                for stream in self.streams.values():
-                    stream.window.set()
-        elif isinstance(event, h2.events.RemoteSettingsChanged):
-            for stream in self.streams.values():
+        elif kind == Event.WINDOW:
+            if stream is not None:
                 stream.window.set()
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            # h2 has closed the connection on the client's GOAWAY: nothing more can be sent
+            else:
+                for each in self.streams.values():
+                    each.window.set()
+        elif kind == Event.GOAWAY:  # the client is going away: nothing more is served
             self.peer_gone = True
 
-    def _open(self, nursery: trio.Nursery, event: h2.events.RequestReceived) -> None:
+    def _open(self, nursery: trio.Nursery, event: Event) -> None:
         sid = event.stream_id
         if self.closing:
-            self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            self.h2.reset_stream(sid, REFUSED_STREAM)
             return
         if self.listener not in self.ctx.store.current.routers:
             # A reload removed our listener: this stream finishes on the last snapshot that
@@ -500,23 +456,23 @@ class Http2Connection(H2Pump):
         limits = self.ctx.store.current.limits
         stream = H2Stream(self, sid, limits.max_request_body_bytes)
         self.streams[sid] = stream
-        ended = event.stream_ended is not None
+        ended = event.ended
         if ended:
             stream.finish(None)
         try:
             head = request_head(
-                event.headers or [],
+                event.headers,
                 end_stream=ended,
                 max_headers=limits.max_headers,
                 max_body_bytes=limits.max_request_body_bytes,
             )
         except StreamError as malformed:
             log.debug("HTTP/2 stream %d from %s malformed: %s", sid, self.conn.peer, malformed)
-            self._reset(stream, ErrorCodes.PROTOCOL_ERROR)
+            self._reset(stream, PROTOCOL_ERROR)
             self._done(stream)
             return
         except ProtocolError as exc:
-            got = {n: v.decode("latin-1") for n, v in event.headers or () if n[:1] == b":"}
+            got = {n: v.decode("latin-1") for n, v in event.headers if n[:1] == b":"}
             log_refused(self.ctx, self.handler.peer_text, "HTTP/2", exc, got.get(b":method", "-"),
                         got.get(b":authority", ""), got.get(b":path", ""))  # fmt: skip
             nursery.start_soon(self._refuse, stream, exc)
@@ -553,10 +509,9 @@ class Http2Connection(H2Pump):
             await stream.send_data(body, end=True)
         self._done(stream)
 
-    def _reset(self, stream: H2Stream, code: ErrorCodes) -> None:
+    def _reset(self, stream: H2Stream, code: int) -> None:
         """A stream error: reset this stream, keep the connection (RFC 9113 §5.4.2)."""
-        with contextlib.suppress(h2.exceptions.H2Error):
-            self.h2.reset_stream(stream.sid, code)
+        self.h2.reset_stream(stream.sid, code)
         stream.was_reset(code)
 
     def _done(self, stream: H2Stream) -> None:

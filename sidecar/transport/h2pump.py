@@ -1,37 +1,35 @@
 """The I/O shared by both ends of HTTP/2: one writer task per connection and
 flow-controlled DATA.
 
-Theory of operation. h2 queues frames in memory; `H2Pump.kick` wakes the connection's one
-writer task, which sends everything queued in one `send` (frames of many streams together,
-never interleaved by two tasks). A stream sends DATA only within the peer's windows
-(`FlowStream.send_data`): when they are shut it wakes the writer first (what is queued must
-leave, or the peer has nothing to acknowledge) and waits for a WINDOW_UPDATE; and it waits
-while the writer has more than HIGH_WATER bytes unsent, so a peer that stops reading stops
-whoever feeds the stream.
+Theory of operation. The connection's `H2Core` (protocol/h2core.py) queues frames in
+memory; `H2Pump.kick` wakes the connection's one writer task, which sends everything queued
+in one `send` (frames of many streams together, never interleaved by two tasks). A stream
+sends DATA only within the peer's windows (`FlowStream.send_data`): when they are shut it
+wakes the writer first (what is queued must leave, or the peer has nothing to acknowledge)
+and waits for a WINDOW_UPDATE; and it waits while the writer has more than HIGH_WATER bytes
+unsent, so a peer that stops reading stops whoever feeds the stream.
 """
 
 from __future__ import annotations
 
 import contextlib
 
-import h2.connection
-import h2.exceptions
 import trio
 
+from sidecar.protocol.h2core import H2Core, StreamClosed
 from sidecar.transport.io import Conn, ConnectionLost
 
 HIGH_WATER = 256 * 1024  # unsent bytes after which streams wait for the writer
 
 
 class H2Pump:
-    """The output side of one h2 connection."""
+    """The output side of one HTTP/2 connection."""
 
-    def __init__(self, conn: Conn, h2conn: h2.connection.H2Connection) -> None:
+    def __init__(self, conn: Conn, h2conn: H2Core) -> None:
         self.conn = conn
         self.h2 = h2conn
         self.buffered = 0  # DATA bytes handed to h2 and not yet written
         self.unsent = 0  # bytes the writer holds because the peer does not read them
-        self.outbox = bytearray()  # frames written beside h2 (a graceful GOAWAY)
         self._wake = trio.Event()
         self._drained = trio.Event()
         # When a send fails the writer ends quietly (an exception from it would reach the
@@ -61,8 +59,6 @@ class H2Pump:
             await self._wake.wait()
             self._wake = trio.Event()
             data = self.h2.data_to_send()
-            if self.outbox:
-                data, self.outbox = bytes(self.outbox) + data, bytearray()
             if data:
                 sent = conn.send_now(data)
                 if sent < len(data):
@@ -88,8 +84,7 @@ class H2Pump:
 
     async def flush_now(self) -> None:
         """Best effort, without the writer (the connection is ending)."""
-        data = bytes(self.outbox) + self.h2.data_to_send()
-        self.outbox.clear()
+        data = self.h2.data_to_send()
         if data:
             with trio.move_on_after(1.0), contextlib.suppress(ConnectionLost):
                 await self.conn.send_all(data)
@@ -123,7 +118,7 @@ class FlowStream:
                 raise error
             try:
                 window = min(h2c.local_flow_control_window(self.sid), h2c.max_outbound_frame_size)
-            except h2.exceptions.H2Error:  # the stream, or the whole connection, is closed
+            except StreamClosed:  # the stream, or the whole connection, is closed
                 raise self.closed_error() from None
             n = min(window, len(view))
             if n <= 0 and view:
@@ -134,7 +129,7 @@ class FlowStream:
             last = n == len(view)
             try:
                 h2c.send_data(self.sid, bytes(view[:n]), end_stream=end and last)
-            except h2.exceptions.H2Error:
+            except StreamClosed:
                 raise self.closed_error() from None
             pump.buffered += n
             view = view[n:]

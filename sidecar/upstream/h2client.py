@@ -5,32 +5,35 @@ takes a stream on the first one with room under the upstream's MAX_CONCURRENT_ST
 opens another connection only when all are full (concurrent requests wait for one connect
 rather than each opening its own). Each connection runs a reader and a writer task in the
 background nursery, like the downstream side (`http/h2server.py`): h2 holds the state, the
-reader turns frames into per-stream events, one writer sends what h2 queues.
+reader turns frames into per-stream events, one writer sends what the core queues.
 
 Flow control runs end to end here too: response DATA is acknowledged when the downstream
 took it, request DATA is sent only within the upstream's windows. A GOAWAY stops new
 streams on that connection (the next request opens another); streams at or below its
 last-stream-id go on to their end (RFC 9113 §6.8: a server stopping gracefully finishes
 them), streams above it were never processed and end with `UpstreamRefused`, which the
-caller may retry elsewhere. h2 itself treats a received GOAWAY as the end of the
-connection and would refuse the frames still due, so `_ClientH2` keeps the connection open.
+caller may retry elsewhere.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-import h2.settings
 import trio
-from h2.errors import ErrorCodes
 
-from sidecar.errors import UpstreamClosed, UpstreamConnectError
+from sidecar.errors import StreamError, UpstreamClosed, UpstreamConnectError
+from sidecar.protocol.h2core import (
+    CANCEL,
+    PROTOCOL_ERROR,
+    REFUSED_STREAM,
+    Event,
+    H2ConnectionError,
+    H2Core,
+    StreamClosed,
+    error_name,
+)
+from sidecar.protocol.http2 import check_trailers
 from sidecar.transport.h2pump import FlowStream, H2Pump
 from sidecar.transport.io import Conn, ConnectionLost, connect_within
 
@@ -114,8 +117,7 @@ class UpstreamStream(FlowStream):
         if isinstance(event, bytes):
             flow = self.flow.popleft()
             if flow:
-                with contextlib.suppress(h2.exceptions.H2Error):
-                    self.conn.h2.acknowledge_received_data(flow, self.sid)
+                self.conn.h2.acknowledge_received_data(flow, self.sid)
                 self.conn.kick()
         return event
 
@@ -126,56 +128,27 @@ class UpstreamStream(FlowStream):
                 self.conn.h2.send_headers(self.sid, trailers, end_stream=True)
             else:
                 self.conn.h2.end_stream(self.sid)
-        except h2.exceptions.H2Error:
+        except StreamClosed:
             raise UpstreamClosed("upstream closed the stream") from None
         self.ended_local = True
         self.conn.kick()
 
     def cancel(self) -> None:
         """Give the stream up (the downstream went away or a deadline passed)."""
-        with contextlib.suppress(h2.exceptions.H2Error):
-            self.conn.h2.reset_stream(self.sid, ErrorCodes.CANCEL)
+        self.conn.h2.reset_stream(self.sid, CANCEL)
         self.close()
 
     def close(self) -> None:
         conn = self.conn
         if conn.streams.pop(self.sid, None) is not None:
             for flow in self.flow:  # credit for DATA nobody will read
-                with contextlib.suppress(h2.exceptions.H2Error):
-                    conn.h2.acknowledge_received_data(flow, self.sid)
+                conn.h2.acknowledge_received_data(flow, self.sid)
             conn.kick()
-
-
-class _ClientH2(h2.connection.H2Connection):
-    """h2, except that a GOAWAY does not close the connection or drop what is queued to
-    send: the streams it lets finish still need their frames both ways. No stream opens
-    after it (`H2ClientConnection.goaway`)."""
-
-    def _receive_goaway_frame(self, frame: Any) -> Any:
-        state, unsent = self.state_machine.state, self._data_to_send
-        result = super()._receive_goaway_frame(frame)
-        self.state_machine.state, self._data_to_send = state, unsent
-        return result
 
 
 class H2ClientConnection(H2Pump):
     def __init__(self, conn: Conn) -> None:
-        # What arrives is validated; what we send is built valid (lower-case names, no
-        # connection-specific fields), so h2's second check of it is skipped (~15% of CPU).
-        config = h2.config.H2Configuration(
-            client_side=True,
-            header_encoding=None,
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-        )
-        super().__init__(conn, _ClientH2(config))
-        self.h2.local_settings = h2.settings.Settings(
-            client=True,
-            initial_values={
-                h2.settings.SettingCodes.ENABLE_PUSH: 0,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-            },
-        )
+        super().__init__(conn, H2Core(client=True, initial_window=STREAM_WINDOW))
         self.streams: dict[int, UpstreamStream] = {}
         self.closed = False
         self.goaway = False
@@ -184,7 +157,7 @@ class H2ClientConnection(H2Pump):
     def available(self) -> bool:
         if self.closed or self.goaway:
             return False
-        return len(self.streams) < self.h2.remote_settings.max_concurrent_streams
+        return len(self.streams) < self.h2.remote_max_streams
 
     def open(self, headers: Headers, *, end_stream: bool) -> UpstreamStream:
         if self.goaway:
@@ -192,7 +165,7 @@ class H2ClientConnection(H2Pump):
         try:
             sid = self.h2.get_next_available_stream_id()
             self.h2.send_headers(sid, headers, end_stream=end_stream)
-        except h2.exceptions.H2Error as exc:  # the connection closed under us: try another
+        except StreamClosed as exc:  # the connection closed under us: try another
             self.goaway = True
             raise UpstreamRefused(f"upstream connection unusable: {exc}") from None
         stream = UpstreamStream(self, sid)
@@ -202,9 +175,7 @@ class H2ClientConnection(H2Pump):
         return stream
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        h2c = self.h2
-        h2c.initiate_connection()
-        h2c.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self.h2.initiate_connection(CONNECTION_WINDOW)
         self.kick()
         error: UpstreamClosed = UpstreamClosed("upstream closed the connection")
         try:
@@ -233,7 +204,7 @@ class H2ClientConnection(H2Pump):
                 return
             try:
                 events = self.h2.receive_data(data)
-            except h2.exceptions.ProtocolError as exc:
+            except H2ConnectionError as exc:
                 await self.flush_now()
                 raise ConnectionLost(f"HTTP/2 protocol error from upstream: {exc}") from None
             for event in events:
@@ -242,52 +213,62 @@ class H2ClientConnection(H2Pump):
             if self.goaway and not self.streams:
                 return
 
-    def _dispatch(self, event: h2.events.Event) -> None:
-        sid = getattr(event, "stream_id", 0)
+    def _dispatch(self, event: Event) -> None:
+        kind = event.kind
+        sid = event.stream_id
         stream = self.streams.get(sid) if sid else None
-        if isinstance(event, h2.events.ResponseReceived):
+        if kind == Event.HEADERS:
             if stream is not None:
-                headers = event.headers or []
-                status = int(next((v for n, v in headers if n == b":status"), b"0"))
-                stream.push(Response(status, [(n, v) for n, v in headers if n[:1] != b":"]))
-        elif isinstance(event, h2.events.DataReceived):
+                headers = event.headers
+                status = int(headers[0][1])  # the core checked it is there, 3 digits
+                fields = headers[1:]
+                if not self._valid(stream, fields):
+                    return
+                stream.push(Response(status, fields))
+                if event.ended:
+                    stream.push(Trailers(None))
+        elif kind == Event.DATA:
             if stream is not None:
-                stream.push(event.data or b"", event.flow_controlled_length or 0)
-            elif event.flow_controlled_length:
-                with contextlib.suppress(h2.exceptions.H2Error):
-                    self.h2.acknowledge_received_data(event.flow_controlled_length, sid)
-        elif isinstance(event, h2.events.TrailersReceived):
+                stream.push(event.data, event.flow)
+                if event.ended:
+                    stream.push(Trailers(None))
+            else:
+                self.h2.acknowledge_received_data(event.flow, sid)
+        elif kind == Event.TRAILERS:
+            if stream is not None and self._valid(stream, event.headers):
+                stream.push(Trailers(event.headers))
+        elif kind == Event.RESET:
             if stream is not None:
-                stream.push(Trailers(list(event.headers or [])))
-        elif isinstance(event, h2.events.StreamEnded):
-            if stream is not None and not stream.ended_remote:  # trailers end it otherwise
-                stream.push(Trailers(None))
-        elif isinstance(event, h2.events.StreamReset):
-            if stream is not None:
-                code = event.error_code
-                cls = UpstreamRefused if code == ErrorCodes.REFUSED_STREAM else UpstreamClosed
-                stream.fail(cls(f"upstream reset the stream ({_code_name(code)})"))
+                code = event.code
+                cls = UpstreamRefused if code == REFUSED_STREAM else UpstreamClosed
+                stream.fail(cls(f"upstream reset the stream ({error_name(code)})"))
                 self.streams.pop(sid, None)
-        elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+        elif kind == Event.WINDOW:
             targets = [stream] if stream is not None else self.streams.values()
             for s in targets:
                 s.window.set()
-        elif isinstance(event, h2.events.ConnectionTerminated):
+        elif kind == Event.GOAWAY:
             self.goaway = True
-            last = event.last_stream_id or 0
+            last = event.last_stream_id
             for s in [s for s in self.streams.values() if s.sid > last]:
                 s.fail(UpstreamRefused("upstream sent GOAWAY before this stream"))
                 self.streams.pop(s.sid, None)
 
+    def _valid(self, stream: UpstreamStream, fields: Headers) -> bool:
+        """A response's fields as a downstream may receive them (RFC 9113 §8.2: lower-case
+        names, no pseudo-header after the status, no connection-specific fields, no control
+        bytes); otherwise the stream is reset and the request fails (502)."""
+        try:
+            check_trailers(fields)
+        except StreamError as exc:
+            self.h2.reset_stream(stream.sid, PROTOCOL_ERROR)
+            stream.fail(UpstreamClosed(f"upstream sent a malformed response: {exc}"))
+            self.streams.pop(stream.sid, None)
+            return False
+        return True
+
     def close(self) -> None:
         self.scope.cancel()
-
-
-def _code_name(code: int) -> str:
-    try:
-        return ErrorCodes(code).name
-    except ValueError:
-        return str(code)
 
 
 class H2Pool:
