@@ -79,7 +79,7 @@ def drive_h2(port: int, total: int) -> None:
     """Send exactly `total` HTTP/2 requests with h2load (prior knowledge, 4 connections x 8
     streams, as bench.run's h2c scenario)."""
     cmd = ["h2load", "-n", str(total), "-c", "4", "-m", "8", f"http://127.0.0.1:{port}/api/x"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300).stdout
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300).stdout
     if f"{total} succeeded" not in out or "2xx" not in out:
         raise SystemExit(f"bench: h2load did not complete:\n{out}")
 
