@@ -3,7 +3,8 @@
 Decoder. Every representation of RFC 7541 §6, with the checks h2spec's HPACK group makes:
 index 0 or past the tables, a dynamic table size update above our SETTINGS_HEADER_TABLE_SIZE
 or after the first field, integers past 2^32 or longer than the block, and Huffman strings
-with bad padding or EOS (the nibble automaton of the `hpack` package) are `HpackError`s,
+with bad padding or EOS (the nibble automaton of the `hpack` package, run here compiled)
+are `HpackError`s,
 which the connection reports as COMPRESSION_ERROR. The header list's size (names, values and
 32 octets each, RFC 9113 §6.5.2) is counted while decoding, so a list over the limit is
 refused before it is built in full (`HeaderListTooLarge`).
@@ -20,8 +21,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from hpack.exceptions import HPACKDecodingError
-from hpack.huffman_table import decode_huffman
+from hpack.huffman_table import HUFFMAN_TABLE
 from hpack.table import HeaderTable
 
 Headers = list[tuple[bytes, bytes]]
@@ -258,9 +258,36 @@ def _read_string(block: bytes, pos: int) -> tuple[bytes, int]:
     if end > len(block):
         raise HpackError("string runs past the block")
     data = block[pos:end]
-    if huffman:
-        try:
-            data = decode_huffman(data)
-        except HPACKDecodingError as exc:
-            raise HpackError(str(exc)) from None
-    return data, end
+    return (_huffman(data) if huffman else data), end
+
+
+# hpack's Huffman automaton: 16 transitions (one per nibble) for each of 256 states, each
+# packed here as next state | flags << 8 | symbol << 16
+_HUFFMAN: list[int] = [state | flags << 8 | symbol << 16 for state, flags, symbol in HUFFMAN_TABLE]
+_COMPLETE, _EMIT, _FAIL = 1, 2, 4
+
+
+def _huffman(data: bytes) -> bytes:
+    """A Huffman-coded string (RFC 7541 §5.2, Appendix B) decoded."""
+    out = bytearray()
+    table = _HUFFMAN
+    state = 0
+    flags = _COMPLETE
+    for byte in data:
+        entry = table[state * 16 + (byte >> 4)]
+        flags = entry >> 8 & 0xFF
+        if flags & _FAIL:
+            raise HpackError("invalid Huffman string")
+        if flags & _EMIT:
+            out.append(entry >> 16)
+        state = entry & 0xFF
+        entry = table[state * 16 + (byte & 0x0F)]
+        flags = entry >> 8 & 0xFF
+        if flags & _FAIL:
+            raise HpackError("invalid Huffman string")
+        if flags & _EMIT:
+            out.append(entry >> 16)
+        state = entry & 0xFF
+    if not flags & _COMPLETE:
+        raise HpackError("incomplete Huffman string (padding)")
+    return bytes(out)

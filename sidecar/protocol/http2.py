@@ -56,14 +56,26 @@ def _http1_method(method: bytes) -> bool:
     return True
 
 
+# Fields found well formed lately: most repeat (HPACK's dynamic table hands back the same
+# ones), so each is checked once. Bounded: emptied when full.
+_VALID: set[tuple[bytes, bytes]] = set()
+VALID_KEPT = 1024
+
+
 def _field_error(name: bytes, value: bytes) -> str | None:
     """Why a regular field is malformed (None: it is not)."""
+    field = (name, value)
+    if field in _VALID:
+        return None
     if not name or _NOT_LOWER_TOKEN.search(name):
         return f"invalid field name {name[:64]!r}"
     if _BAD_VALUE.search(value):
         return f"invalid value of {name[:64]!r}"
     if name in CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers"):
         return f"connection-specific field {name!r}"
+    if len(_VALID) >= VALID_KEPT:
+        _VALID.clear()
+    _VALID.add(field)
     return None
 
 
