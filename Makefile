@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 APT_TEST_PKGS  := curl nginx-light openssl nghttp2-client redis-server
-APT_BENCH_PKGS := curl nginx-light wrk util-linux valgrind openssl nghttp2-client redis-server
+APT_BENCH_PKGS := curl nginx-light wrk util-linux valgrind openssl nghttp2-client nghttp2-server redis-server
 
 .PHONY: fuzz demo edge-demo test test-pure lint typecheck pytest compile bench bench-instructions sysdeps sysdeps-bench clean proto
 
@@ -107,10 +107,10 @@ FUZZ_SECONDS ?= 120
 FUZZ_RUN := $(PY) -m fuzz
 fuzz: $(STAMP) compile
 	WEFT_PURE=1 $(PY) -m pip install -q -e '.[test,fuzz]'
-	@mkdir -p fuzz/findings .cache/fuzz/http1 .cache/fuzz/config .cache/fuzz/h2
+	@mkdir -p fuzz/findings .cache/fuzz/http1 .cache/fuzz/config .cache/fuzz/h2 .cache/fuzz/h2core
 	cp -n tests/fuzz/http1/* .cache/fuzz/http1/ 2>/dev/null || true
 	cp -n tests/fuzz/config/* .cache/fuzz/config/ 2>/dev/null || true
-	for h in http1_forward:http1 h2_request:h2 config:config; do \
+	for h in http1_forward:http1 h2_request:h2 h2_core:h2core config:config; do \
 	  WEFT_PURE=1 $(FUZZ_RUN).$${h%%:*} -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
 	    -artifact_prefix=fuzz/findings/ .cache/fuzz/$${h##*:} || exit 1; \
 	  $(FUZZ_RUN).$${h%%:*} -runs=0 -artifact_prefix=fuzz/findings/ .cache/fuzz/$${h##*:} || exit 1; done

