@@ -26,6 +26,7 @@ import contextlib
 import logging
 from collections import deque
 
+import outcome
 import trio
 
 from ca.spiffe import SpiffeId
@@ -68,7 +69,8 @@ log = logging.getLogger("weft.h2")
 STREAM_WINDOW = 256 * 1024  # what a client may send on one stream before we ask for more
 CONNECTION_WINDOW = 1024 * 1024  # ... and on all streams together
 MAX_CONCURRENT_STREAMS = 100
-READ_SLICE = 8 * 1024  # bytes handed to h2 at once (see _read)
+READ_SLICE = 8 * 1024  # bytes handed to the core at once (see _read)
+PARKED_WORKERS = 16  # stream tasks kept waiting for the next streams of a connection
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -322,6 +324,7 @@ class Http2Connection(H2Pump):
         self.resets = ResetBudget(trio.current_time())
         self._reset_now: set[int] = set()  # streams the client reset in the current read
         self._idle = trio.Event()  # set when the last stream ends while closing
+        self._parked: list[trio.lowlevel.Task] = []  # workers waiting for a stream
 
     async def run(self, initial: bytes = b"") -> None:
         self.h2.initiate_connection(CONNECTION_WINDOW)
@@ -479,7 +482,26 @@ class Http2Connection(H2Pump):
             return
         if not ended and limits.body_timeout_s and not is_grpc(head):
             stream.pace = BodyPace(trio.current_time(), limits)
-        nursery.start_soon(self._serve, stream, head)
+        if self._parked:  # a worker that finished a stream takes this one
+            trio.lowlevel.reschedule(self._parked.pop(), outcome.Value((stream, head)))
+        else:
+            nursery.start_soon(self._worker, stream, head)
+
+    async def _worker(self, stream: H2Stream, head: RequestHead) -> None:
+        """Serve streams one after another: after each, wait parked for the next (a task
+        costs more to start than to wake), up to PARKED_WORKERS waiting per connection."""
+        task = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:  # the connection is ending
+            self._parked.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        while True:
+            await self._serve(stream, head)
+            if len(self._parked) >= PARKED_WORKERS or self.closing:
+                return
+            self._parked.append(task)
+            stream, head = await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def _serve(self, stream: H2Stream, head: RequestHead) -> None:
         """Run one request; whatever it raises ends this stream only."""
