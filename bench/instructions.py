@@ -11,7 +11,8 @@ send/recv is not in it).
         [--trace] [--policies jwt,ratelimit,apikey]
 
 `--target edge` (default) measures `meshctl edge`; `--target h2c` the same edge driven by
-h2load over cleartext HTTP/2 (4 connections x 8 streams; requires h2load); `--target mtls` the sidecar pair of the
+h2load over cleartext HTTP/2 (4 connections x 8 streams; requires h2load); `--target
+mesh-h2` the sidecar pair of bench/mesh_h2.py, HTTP/2 on every hop (requires nghttpd); `--target mtls` the sidecar pair of the
 mTLS hop (both sidecars under callgrind, their counts added; the control plane is not).
 `--trace` turns tracing on at 100% (to bench/otlp_sink.py); the span exporter runs in a child
 process that callgrind does not follow, so this counts what tracing costs the data path.
@@ -32,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import mtls
+from bench import mesh_h2, mtls
 from bench.policies import policies
 from bench.run import OTLP_SINK, PORTS, _configs, _wait_port, _weft_config, require
 
@@ -75,12 +76,12 @@ def drive(port: int, total: int, connections: int = 32, request: bytes = REQUEST
         s.close()
 
 
-def drive_h2(port: int, total: int) -> None:
+def drive_h2(port: int, total: int, path: str = "/api/x") -> None:
     """Send exactly `total` HTTP/2 requests with h2load (prior knowledge, 4 connections x 8
     streams, as bench.run's h2c scenario)."""
-    cmd = ["h2load", "-n", str(total), "-c", "4", "-m", "8", f"http://127.0.0.1:{port}/api/x"]
+    cmd = ["h2load", "-n", str(total), "-c", "4", "-m", "8", f"http://127.0.0.1:{port}{path}"]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300).stdout
-    if f"{total} succeeded" not in out or "2xx" not in out:
+    if f"{total} succeeded" not in out or f"{total} 2xx" not in out:
         raise SystemExit(f"bench: h2load did not complete:\n{out}")
 
 
@@ -106,7 +107,7 @@ def _measure(
             procs.append((proc, out))
             _wait_port(ready_port, timeout=180)
         if h2:
-            drive_h2(port, requests)
+            drive_h2(port, requests, "/x" if port == mesh_h2.P["weft"] else "/api/x")
         else:
             drive(port, requests, request=request)
     finally:
@@ -130,6 +131,17 @@ def pair(tmp: Path, access_log: str, trace: list[str]) -> tuple[list[tuple[list[
     return [(orders, mtls.P["weft_in"]), (web, mtls.P["weft"])], mtls.P["weft"]
 
 
+def _mesh(
+    target: str, tmp: Path, access_log: str, trace: list[str]
+) -> tuple[list[tuple[list[str], int]], int]:
+    return pair_h2(tmp) if target == "mesh-h2" else pair(tmp, access_log, trace)
+
+
+def pair_h2(tmp: Path) -> tuple[list[tuple[list[str], int]], int]:
+    orders, web = mesh_h2._weft(tmp)
+    return [(orders, mesh_h2.P["weft_in"]), (web, mesh_h2.P["weft"])], mesh_h2.P["weft"]
+
+
 def _keep(tmp: Path, keep: Path | None, run: str) -> None:
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
@@ -141,7 +153,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--access-log", default="on", choices=("on", "off"))
-    ap.add_argument("--target", default="edge", choices=("edge", "h2c", "mtls"))
+    ap.add_argument("--target", default="edge", choices=("edge", "h2c", "mtls", "mesh-h2"))
     ap.add_argument("--trace", action="store_true", help="tracing at 100%% to an OTLP receiver")
     ap.add_argument("--policies", default="", help="edge policies: jwt,ratelimit,apikey")
     ap.add_argument("--keep", type=Path, help="copy both runs' callgrind files here "
@@ -149,7 +161,9 @@ def main() -> int:
     args = ap.parse_args()
     extra_docs, extra_lines = policies(args.policies)
     request = REQUEST[:-2] + extra_lines + b"\r\n"
-    require("valgrind", "nginx", *(["h2load"] if args.target == "h2c" else []))
+    h2 = args.target in ("h2c", "mesh-h2")
+    require("valgrind", "nginx", *(["h2load"] if h2 else []),
+            *(["nghttpd"] if args.target == "mesh-h2" else []))  # fmt: skip
     trace = []
     if args.trace:
         trace = ["--otlp-endpoint", f"http://127.0.0.1:{OTLP_SINK}", "--trace-sampling", "1"]
@@ -171,14 +185,19 @@ def main() -> int:
                 mtls._meshctl("ca", "init", "--data-dir", str(tmp / "weft-data"))
                 procs.append(subprocess.Popen(mtls.control_plane(tmp), stderr=subprocess.DEVNULL))
                 _wait_port(mtls.P["cp"])
-                cmds, port = pair(tmp, args.access_log, trace)
-            h2 = args.target == "h2c"
+                if args.target == "mesh-h2":
+                    (tmp / "x").write_bytes(mesh_h2.BODY)
+                    procs.append(subprocess.Popen(
+                        ["nghttpd", "--no-tls", "-d", str(tmp), "--address", "127.0.0.1",
+                         str(mesh_h2.P["backend"])], stdout=subprocess.DEVNULL))  # fmt: skip
+                    _wait_port(mesh_h2.P["backend"])
+                cmds, port = _mesh(args.target, tmp, args.access_log, trace)
             few = _measure(cmds, port, args.requests // 4, tmp, request, h2)
             _keep(tmp, args.keep, "few")
             if args.target in ("edge", "h2c"):
                 cmds, port = edge(tmp, log, trace)
             else:
-                cmds, port = pair(tmp, args.access_log, trace)
+                cmds, port = _mesh(args.target, tmp, args.access_log, trace)
             many = _measure(cmds, port, args.requests, tmp, request, h2)
             _keep(tmp, args.keep, "many")
         finally:

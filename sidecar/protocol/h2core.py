@@ -21,6 +21,7 @@ hot path to attribute reads: a GET costs one frame parse, one HPACK decode and o
 from __future__ import annotations
 
 import struct
+from collections import deque
 from typing import Final
 
 from sidecar.protocol.hpackcodec import Decoder, Encoder, HeaderListTooLarge, HpackError
@@ -158,6 +159,7 @@ class H2Core:
         self.recv_unacked = 0
         self.streams: dict[int, _Stream] = {}
         self.closed: dict[int, int] = {}  # recently closed stream id -> how
+        self._closed_order: deque[int] = deque()  # the same ids, oldest first
         self.highest_inbound_stream_id = 0
         self.next_stream_id = 1 if client else 2
         self._preface = not client  # a server waits for the client's preface
@@ -378,10 +380,10 @@ class H2Core:
             raise H2ConnectionError(STREAM_CLOSED, f"HEADERS on closed stream {sid}")
         self.highest_inbound_stream_id = sid
         if self._block_self_dependent:
-            self.closed[sid] = _RESET_SENT
+            self._remember(sid, _RESET_SENT)
             raise _StreamError(PROTOCOL_ERROR)
         if len(self.streams) >= self.local_max_streams:
-            self.closed[sid] = _RESET_SENT
+            self._remember(sid, _RESET_SENT)
             raise _StreamError(REFUSED_STREAM)
         stream = _Stream(sid, self.remote_window, self.local_window)
         self.streams[sid] = stream
@@ -537,10 +539,16 @@ class H2Core:
 
     def _close(self, stream: _Stream, how: int) -> None:
         del self.streams[stream.sid]
-        closed = self.closed
-        closed[stream.sid] = how
-        if len(closed) > RECENTLY_CLOSED:
-            del closed[next(iter(closed))]
+        self._remember(stream.sid, how)
+
+    def _remember(self, sid: int, how: int) -> None:
+        """Keep how `sid` closed, forgetting the oldest past RECENTLY_CLOSED (a deque,
+        not the dict's order: a dict's deleted front entries make `next(iter())` slow)."""
+        if sid not in self.closed:
+            self._closed_order.append(sid)
+        self.closed[sid] = how
+        if len(self._closed_order) > RECENTLY_CLOSED:
+            self.closed.pop(self._closed_order.popleft(), None)
 
     # -- flow control ------------------------------------------------------------------
     def _credit(self, n: int) -> None:

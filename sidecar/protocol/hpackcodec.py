@@ -73,8 +73,35 @@ def _integer(out: bytearray, value: int, prefix_bits: int, first: int) -> None:
 
 
 def _string(out: bytearray, data: bytes) -> None:
-    _integer(out, len(data), 7, 0)
+    n = len(data)
+    if n < 0x7F:
+        out.append(n)
+    else:
+        _integer(out, n, 7, 0)
     out += data
+
+
+# How a field name starts a literal (the representation's first bytes up to the value),
+# and whether the field then joins the dynamic table: by name, computed once each.
+_LITERALS: dict[bytes, tuple[bytes, bool]] = {}
+LITERALS_KEPT = 512
+
+
+def _literal(name: bytes) -> tuple[bytes, bool]:
+    out = bytearray()
+    name_at = _STATIC_NAME.get(name, 0)
+    indexed = name not in SENSITIVE and name not in VOLATILE
+    if indexed:
+        _integer(out, name_at, 6, 0x40)
+    else:
+        _integer(out, name_at, 4, 0x10 if name in SENSITIVE else 0)
+    if not name_at:
+        _string(out, name)
+    if len(_LITERALS) >= LITERALS_KEPT:
+        _LITERALS.clear()
+    literal = (bytes(out), indexed)
+    _LITERALS[name] = literal
+    return literal
 
 
 class Encoder:
@@ -123,17 +150,13 @@ class Encoder:
             if seq >= 0:
                 _integer(out, STATIC_LEN + 1 + self.seq - seq, 7, 0x80)
                 continue
-            name_at = _STATIC_NAME.get(name, 0)
-            if name in SENSITIVE or name in VOLATILE:
-                _integer(out, name_at, 4, 0x10 if name in SENSITIVE else 0)
-                if not name_at:
-                    _string(out, name)
-                _string(out, value)
-                continue
-            _integer(out, name_at, 6, 0x40)
-            if not name_at:
-                _string(out, name)
+            literal = _LITERALS.get(name)
+            if literal is None:
+                literal = _literal(name)
+            out += literal[0]
             _string(out, value)
+            if not literal[1]:
+                continue
             size = len(name) + len(value) + ENTRY_OVERHEAD
             if size > self.max_size:  # an entry larger than the table empties it (§4.4)
                 self.entries.clear()

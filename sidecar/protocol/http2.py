@@ -38,9 +38,11 @@ CONNECTION_SPECIFIC = frozenset(
 
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_NOT_LOWER_TOKEN = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9a-z]")
+# Bytes a lower-case field name may hold, and bytes a value may (HTAB, visible ASCII,
+# obs-text): `bytes.translate` deleting them leaves nothing from a good one (one C pass)
+_NAME_BYTES = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+_VALUE_BYTES = bytes([9, *range(0x20, 0x7F), *range(0x80, 0x100)])
 # Control bytes (HTAB aside) anywhere, or whitespace around the value (RFC 9113 §8.2.1)
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]|^[ \t]|[ \t]$")
 _ORIGIN_FORM = re.compile(rb"/[\x21-\x22\x24-\x7e]*")  # visible ASCII without "#"
 _PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path"})
 
@@ -62,14 +64,21 @@ _VALID: set[tuple[bytes, bytes]] = set()
 VALID_KEPT = 1024
 
 
+def _bad_value(value: bytes) -> bool:
+    """Control bytes (HTAB aside) anywhere, or whitespace around (RFC 9113 §8.2.1)."""
+    if value.translate(None, _VALUE_BYTES):
+        return True
+    return bool(value) and (value[0] in (0x20, 0x09) or value[-1] in (0x20, 0x09))
+
+
 def _field_error(name: bytes, value: bytes) -> str | None:
     """Why a regular field is malformed (None: it is not)."""
     field = (name, value)
     if field in _VALID:
         return None
-    if not name or _NOT_LOWER_TOKEN.search(name):
+    if not name or name.translate(None, _NAME_BYTES):
         return f"invalid field name {name[:64]!r}"
-    if _BAD_VALUE.search(value):
+    if _bad_value(value):
         return f"invalid value of {name[:64]!r}"
     if name in CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers"):
         return f"connection-specific field {name!r}"
@@ -107,7 +116,7 @@ def request_head(
         if name[:1] == b":":
             if fields or cookies or name not in _PSEUDO or name in pseudo:
                 raise StreamError(f"pseudo-header field {name!r} unknown, repeated or late")
-            if _BAD_VALUE.search(value):
+            if _bad_value(value):
                 raise StreamError(f"invalid value of {name!r}")
             pseudo[name] = value
             continue
