@@ -64,6 +64,7 @@ from sidecar.tcp.relay import Counts
 from sidecar.transport.h2pump import FlowStream, H2Pump
 from sidecar.transport.idle import Tracked
 from sidecar.transport.io import Conn, ConnectionLost
+from sidecar.transport.signal import Signal
 
 log = logging.getLogger("weft.h2")
 STREAM_WINDOW = 256 * 1024  # what a client may send on one stream before we ask for more
@@ -86,7 +87,7 @@ class H2Stream(FlowStream):
     def __init__(self, conn: Http2Connection, sid: int, max_body_bytes: int = 0) -> None:
         super().__init__(conn, sid)
         self.body: deque[tuple[bytes, int] | End] = deque()
-        self.more = trio.Event()  # set when body arrives, ends, or the stream is reset
+        self.more = Signal()  # set when body arrives, ends, or the stream is reset
         self.scope = trio.CancelScope()
         self.reset_code: int | None = None
         self.request_ended = False
@@ -170,7 +171,6 @@ class H2Stream(FlowStream):
                 raise DownstreamClosed("stream reset by the client")
             if self.too_large:
                 raise self._over_limit()
-            self.more = trio.Event()
             if self.pace is None:
                 await self.more.wait()
                 continue

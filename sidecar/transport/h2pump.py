@@ -18,6 +18,7 @@ import trio
 
 from sidecar.protocol.h2core import H2Core, StreamClosed
 from sidecar.transport.io import Conn, ConnectionLost
+from sidecar.transport.signal import Signal
 
 HIGH_WATER = 256 * 1024  # unsent bytes after which streams wait for the writer
 
@@ -30,8 +31,8 @@ class H2Pump:
         self.h2 = h2conn
         self.buffered = 0  # DATA bytes handed to h2 and not yet written
         self.unsent = 0  # bytes the writer holds because the peer does not read them
-        self._wake = trio.Event()
-        self._drained = trio.Event()
+        self._wake = Signal()  # the writer's: frames are queued
+        self._drained: trio.Event | None = None  # made when someone waits for a write
         # When a send fails the writer ends quietly (an exception from it would reach the
         # connection's nursery as an exception group): `lost` says why, and `scope`, the
         # connection's cancel scope, is cancelled so its reader stops too.
@@ -43,21 +44,21 @@ class H2Pump:
 
     async def backpressure(self) -> None:
         if self.buffered > HIGH_WATER:
-            await self._drained.wait()
+            await self._written()
 
     async def writer(self) -> None:
         try:
             await self._write()
         except ConnectionLost as exc:
             self.lost = exc
-            self._drained.set()  # nobody waits on a dead connection
+            self._wrote()  # nobody waits on a dead connection
             self.scope.cancel()
 
     async def _write(self) -> None:
         conn = self.conn
         while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
+            if not self.h2.out:
+                await self._wake.wait()
             data = self.h2.data_to_send()
             if data:
                 sent = conn.send_now(data)
@@ -66,8 +67,20 @@ class H2Pump:
                     await conn.send_rest(data, sent)
                     self.unsent = 0
                 self.buffered = max(0, self.buffered - len(data))
-            drained, self._drained = self._drained, trio.Event()
-            drained.set()
+            self._wrote()
+
+    def _wrote(self) -> None:
+        if self._drained is not None:
+            self._drained.set()
+            self._drained = None
+
+    async def _written(self) -> None:
+        """Until the writer's next pass ends (at once when the connection is lost)."""
+        if self.lost is not None:
+            return
+        if self._drained is None:
+            self._drained = trio.Event()
+        await self._drained.wait()
 
     async def room_to_read(self) -> None:
         """Until the writer is no longer stuck on a peer that does not read. A peer
@@ -80,7 +93,7 @@ class H2Pump:
     async def flushed(self) -> None:
         """Until the writer has carried out everything queued so far."""
         self.kick()
-        await self._drained.wait()
+        await self._written()
 
     async def flush_now(self) -> None:
         """Best effort, without the writer (the connection is ending)."""
@@ -98,7 +111,7 @@ class FlowStream:
     def __init__(self, pump: H2Pump, sid: int) -> None:
         self.pump = pump
         self.sid = sid
-        self.window = trio.Event()  # set when the peer opens a window (or the stream dies)
+        self.window = Signal()  # set when the peer opens a window (or the stream dies)
         self.ended_local = False
 
     def failure(self) -> Exception | None:
@@ -123,7 +136,6 @@ class FlowStream:
             n = min(window, len(view))
             if n <= 0 and view:
                 pump.kick()  # what is queued must leave, or no window update ever comes
-                self.window = trio.Event()
                 await self.window.wait()
                 continue
             last = n == len(view)

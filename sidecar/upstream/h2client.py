@@ -36,6 +36,7 @@ from sidecar.protocol.h2core import (
 from sidecar.protocol.http2 import check_trailers
 from sidecar.transport.h2pump import FlowStream, H2Pump
 from sidecar.transport.io import Conn, ConnectionLost, connect_within
+from sidecar.transport.signal import Signal
 
 if TYPE_CHECKING:
     from sidecar.upstream.cluster import Connector
@@ -84,7 +85,7 @@ class UpstreamStream(FlowStream):
         self.conn = conn
         self.events: deque[StreamEvent] = deque()
         self.flow: deque[int] = deque()  # flow-controlled length of each queued DATA
-        self.more = trio.Event()
+        self.more = Signal()
         self.error: UpstreamClosed | None = None
         self.ended_remote = False
 
@@ -111,7 +112,6 @@ class UpstreamStream(FlowStream):
         while not self.events:
             if self.error is not None:
                 raise self.error
-            self.more = trio.Event()
             await self.more.wait()
         event = self.events.popleft()
         if isinstance(event, bytes):
