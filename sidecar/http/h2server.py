@@ -60,6 +60,7 @@ from sidecar.protocol.http2 import (
 )
 from sidecar.protocol.resets import ResetBudget
 from sidecar.protocol.response import ResponseHead
+from sidecar.protocol.wire import decimal
 from sidecar.tcp.relay import Counts
 from sidecar.transport.h2pump import FlowStream, H2Pump
 from sidecar.transport.idle import Tracked
@@ -273,10 +274,13 @@ class H2Writer:
         self.ops = ops
 
     async def start(self, status: int, headers: Headers, *, end: bool) -> None:
-        for op in self.ops:
-            headers = op.apply(headers)
-        out = [(b":status", b"%d" % status)]
-        out.extend((n.lower(), v) for n, v in headers if n.lower() not in CONNECTION_SPECIFIC)
+        out = [(b":status", decimal(status))]
+        if self.ops:  # what a route adds may be in any case, or connection-specific
+            for op in self.ops:
+                headers = op.apply(headers)
+            out.extend((n.lower(), v) for n, v in headers if n.lower() not in CONNECTION_SPECIFIC)
+        else:  # an HTTP/2 upstream's fields, checked on arrival (upstream/h2client.py)
+            out.extend(headers)
         self.stream.send_headers(out, end=end)
 
     async def data(self, data: bytes) -> None:

@@ -72,6 +72,18 @@ def _integer(out: bytearray, value: int, prefix_bits: int, first: int) -> None:
     out.append(value)
 
 
+_SMALL = [bytes([b]) for b in range(256)]
+
+
+def _prefixed(value: int, prefix_bits: int, first: int) -> bytes:
+    """An integer with an N-bit prefix as bytes; one byte from a table when it fits."""
+    if value < (1 << prefix_bits) - 1:
+        return _SMALL[first | value]
+    out = bytearray()
+    _integer(out, value, prefix_bits, first)
+    return bytes(out)
+
+
 def _string(out: bytearray, data: bytes) -> None:
     n = len(data)
     if n < 0x7F:
@@ -133,28 +145,31 @@ class Encoder:
                 del self.index[(n, v)]
 
     def encode(self, headers: Headers) -> bytes:
-        out = bytearray()
+        parts: list[bytes] = []  # joined once: cheaper than growing a bytearray
         if self.pending_sizes:  # the smallest the table went to, then where it is now
+            out = bytearray()
             low, now = min(self.pending_sizes), self.pending_sizes[-1]
             if low < now:
                 _integer(out, low, 5, 0x20)
             _integer(out, now, 5, 0x20)
+            parts.append(bytes(out))
             self.pending_sizes = []
         for name, value in headers:
             field = (name, value)
             at = _STATIC_FIELD.get(field, 0)
             if at:
-                _integer(out, at, 7, 0x80)
+                parts.append(_SMALL[0x80 | at])
                 continue
             seq = self.index.get(field, -1)
             if seq >= 0:
-                _integer(out, STATIC_LEN + 1 + self.seq - seq, 7, 0x80)
+                parts.append(_prefixed(STATIC_LEN + 1 + self.seq - seq, 7, 0x80))
                 continue
             literal = _LITERALS.get(name)
             if literal is None:
                 literal = _literal(name)
-            out += literal[0]
-            _string(out, value)
+            parts.append(literal[0])
+            parts.append(_prefixed(len(value), 7, 0))
+            parts.append(value)
             if not literal[1]:
                 continue
             size = len(name) + len(value) + ENTRY_OVERHEAD
@@ -168,7 +183,7 @@ class Encoder:
             self.index[field] = self.seq
             self.size += size
             self._evict()
-        return bytes(out)
+        return b"".join(parts)
 
 
 class Decoder:

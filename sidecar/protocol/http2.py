@@ -25,7 +25,7 @@ from sidecar.http.filters import HeaderOps
 from sidecar.observe.tracecontext import B3_FIELDS
 from sidecar.protocol.http1 import RequestHead
 from sidecar.protocol.response import ResponseHead
-from sidecar.protocol.wire import AUTHORITY, strip_hop_by_hop
+from sidecar.protocol.wire import AUTHORITY, decimal, strip_hop_by_hop
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -186,19 +186,19 @@ def response_headers(resp: ResponseHead, ops: tuple[HeaderOps, ...]) -> Headers:
     headers = strip_hop_by_hop(resp.headers, resp.connection)
     for op in ops:
         headers = op.apply(headers)
-    out = [(b":status", b"%d" % resp.status)]
+    out = [(b":status", decimal(resp.status))]
     out.extend((name.lower(), value) for name, value in headers)
     if resp.content_length is not None:
-        out.append((b"content-length", b"%d" % resp.content_length))
+        out.append((b"content-length", decimal(resp.content_length)))
     return out
 
 
 def local_headers(status: int, body: bytes, extra: Headers | None = None) -> Headers:
     """Headers of a response the proxy answers itself."""
-    out = [(b":status", b"%d" % status)]
+    out = [(b":status", decimal(status))]
     out.extend((n.lower(), v) for n, v in extra or ())
     if body and not any(n == b"content-type" for n, _ in out):
         out.append((b"content-type", b"text/plain; charset=utf-8"))
     if status not in (204, 304):  # no body, and 204 no length (RFC 9110 §8.6)
-        out.append((b"content-length", b"%d" % len(body)))
+        out.append((b"content-length", decimal(len(body))))
     return out

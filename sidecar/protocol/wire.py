@@ -37,6 +37,14 @@ _REASONS = {
 }  # fmt: skip
 
 
+_DECIMAL = [str(n).encode() for n in range(1000)]  # statuses and small lengths
+
+
+def decimal(n: int) -> bytes:
+    """`n` in ASCII digits (bytes %-formatting is a generic call in compiled code)."""
+    return _DECIMAL[n] if 0 <= n < 1000 else str(n).encode()
+
+
 def reason_phrase(status: int) -> bytes:
     return _REASONS.get(status, b"Unknown")
 
