@@ -72,7 +72,7 @@ STREAM_WINDOW = 256 * 1024  # what a client may send on one stream before we ask
 CONNECTION_WINDOW = 1024 * 1024  # ... and on all streams together
 MAX_CONCURRENT_STREAMS = 100
 READ_SLICE = 8 * 1024  # bytes handed to the core at once (see _read)
-PARKED_WORKERS = 16  # stream tasks kept waiting for the next streams of a connection
+PARKED_WORKERS = MAX_CONCURRENT_STREAMS  # stream tasks kept waiting for the next streams
 
 Headers = list[tuple[bytes, bytes]]
 
