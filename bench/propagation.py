@@ -33,7 +33,7 @@ from bench.run import LOAD_CORE, PROXY_CORE, _taskset, _wait_port
 from ca import keystore, tokens
 from ca.spiffe import SpiffeId
 from sidecar.config.compile import compile_snapshot
-from sidecar.config.mesh import outbound_documents
+from sidecar.config.mesh import outbound_config
 from sidecar.config.model import ListenerKey
 from sidecar.config.parse import Document, load_documents
 from sidecar.config.watch import ConfigWatch
@@ -45,7 +45,7 @@ OUT = ListenerKey(address="127.0.0.1", port=15001)
 def _compile(resources: list[dict[str, Any]]) -> None:
     """What a sidecar does with a snapshot before it ACKs (timed separately: here all the
     clients share one core, where real sidecars compile in parallel, each on its own)."""
-    docs = outbound_documents(resources, OUT)
+    docs = outbound_config(resources, OUT, "default").documents
     compile_snapshot(load_documents(Document(d, f"d{i}") for i, d in enumerate(docs)), version=1)
 
 
