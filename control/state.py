@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from control import api
+from control import api, delta
 from control.metrics import ControlMetrics
 from control.registry import Instance, Registry
 from control.snapshot import documents_for
@@ -35,6 +35,7 @@ from sidecar.discovery.consul import CasConflict
 if TYPE_CHECKING:
     from control.consul_store import ConsulResources
 
+Delta = tuple[int, list[dict[str, Any]], bytes | None]
 CAS_ATTEMPTS = 5  # a change that loses this many races in a row is reported, not retried
 
 
@@ -48,6 +49,7 @@ class Subscriber:
     error: str = ""  # its last NACK, until a later ACK
     identity_expires: str = ""  # its SVID's not_after (ISO 8601), as it reported
     gateway: bool = False  # an edge gateway: it also gets Gateways and their routes
+    deltas: bool = False  # it takes incremental pushes (control/delta.py)
     docs: list[dict[str, Any]] | None = field(default=None, repr=False)
     changed_at: float = 0.0  # when the change in its last snapshot was made (until ACKed)
     samples: deque[Sample] = field(default_factory=history, repr=False)  # for `meshctl top`
@@ -85,6 +87,10 @@ class ControlState:
         # (namespace, service, gateway) -> (generation, documents, encoded snapshot message):
         # a hundred sidecars of one service share one computation and one encoding per push
         self._snapshots: dict[tuple[str, str, bool], tuple[int, list[dict[str, Any]], bytes]] = {}
+        # (namespace, service, gateway, id of the documents a sidecar has) -> (generation,
+        # those documents, the encoded delta to this generation's or None): one diff and one
+        # encoding per push for all the sidecars of a service that were current
+        self._deltas: dict[tuple[str, str, bool, int], Delta] = {}
 
     def snapshot(
         self, namespace: str, service: str, gateway: bool
@@ -101,6 +107,25 @@ class ControlState:
         message = api.encode({"snapshot": {"version": self.generation, "resources": docs}})
         self._snapshots[key] = (self.generation, docs, message)
         return docs, message
+
+    def delta(
+        self, namespace: str, service: str, gateway: bool, have: list[dict[str, Any]]
+    ) -> bytes | None:
+        """The encoded `{"delta": …}` from the documents `have` to this generation's for
+        sidecars of `namespace/service` (None: nothing changed)."""
+        key = (namespace, service, gateway, id(have))
+        hit = self._deltas.get(key)
+        if hit is not None and hit[0] == self.generation and hit[1] is have:
+            return hit[2]
+        if hit is None and any(g != self.generation for g, _, _ in self._deltas.values()):
+            self._deltas.clear()  # diffs to an older generation are of no more use
+        docs, _ = self.snapshot(namespace, service, gateway)
+        change = delta.diff(have, docs)
+        message = None
+        if change is not None:
+            message = api.encode({"delta": {"version": self.generation, **change}})
+        self._deltas[key] = (self.generation, have, message)
+        return message
 
     def current_at(self, sub: Subscriber, generation: int) -> None:
         """`sub` has (ACKed, or needs nothing new for) `generation`."""

@@ -4,7 +4,9 @@ The sidecar opens the stream with `{"hello": {"session": TOKEN, "instance": {...
 session token (from Identity.Sign, ca/tokens.py) proves its identity, and the instance must
 be of that identity's service. The instance is registered (not ready) and the stream sends
 `{"snapshot": {"version": G, "resources": [...]}}` whenever what this sidecar should have
-changes (G is the control plane's generation). The sidecar answers `{"ack": {"version":
+changes (G is the control plane's generation); to a sidecar whose hello has `"deltas":
+true`, only the first snapshot is whole and later ones are `{"delta": …}`s of what changed
+(control/delta.py). The sidecar answers `{"ack": {"version":
 G}}` once a snapshot is in force (its instance becomes ready: an endpoint for others) or
 `{"nack": {"version": G, "error": "..."}}`; it sends `{"stats": {...}}` (its counters, for
 `meshctl top`: control/top.py) while they change, `{"heartbeat": {}}` every few seconds
@@ -62,7 +64,13 @@ class ConfigService:
                 changed = state.changed
                 inst = sub.instance
                 docs, message = state.snapshot(inst.namespace, inst.service, sub.gateway)
-                if docs is not sub.docs and docs != sub.docs:
+                changed_docs = docs is not sub.docs
+                if changed_docs and sub.deltas and sub.docs is not None:
+                    patch = state.delta(inst.namespace, inst.service, sub.gateway, sub.docs)
+                    changed_docs, message = patch is not None, patch or message
+                elif changed_docs:
+                    changed_docs = docs != sub.docs
+                if changed_docs:
                     sub.docs = docs
                     sub.sent = state.generation
                     sub.changed_at = state.changed_at
@@ -104,7 +112,7 @@ class ConfigService:
             )
         return Subscriber(
             instance=instance, identity_expires=str(hello.get("expires", ""))[:40],
-            gateway=bool(hello.get("gateway", False)),
+            gateway=bool(hello.get("gateway", False)), deltas=hello.get("deltas") is True,
         )  # fmt: skip
 
     async def _read(self, messages: Any, sub: Subscriber) -> None:

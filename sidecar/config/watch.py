@@ -5,7 +5,8 @@ on the wire (HTTP/2 POST, `application/grpc+json`, 5-byte length-prefixed messag
 in trailers), spoken by `upstream/h2client.py` over a TLS connection that verifies the
 control plane against the mesh's root bundle.
 
-`run` keeps the watch open for the sidecar's life: each snapshot goes to `apply`, which
+`run` keeps the watch open for the sidecar's life: each snapshot (whole, or the last one
+with a delta applied: control/delta.py) goes to `apply`, which
 answers None (in force: ACK) or the reason it was refused (NACK); the sidecar's request
 counters go out every `STATS_S` while they change (for `meshctl top`, control/top.py), a
 heartbeat every `HEARTBEAT_S` otherwise. When the stream or connection ends, the last
@@ -27,7 +28,7 @@ from typing import Any
 
 import trio
 
-from control import api
+from control import api, delta
 from control.top import STATS_S
 from sidecar.errors import UpstreamError
 from sidecar.identity.svid import control_planes
@@ -117,6 +118,7 @@ class ConfigWatch:
         self.last_error = ""
         self.ended = trio.Event()  # set (and replaced) each time a watch ends
         self._stream: UpstreamStream | None = None
+        self._resources: dict[delta.Key, dict[str, Any]] = {}  # what the control plane sent
 
     async def run(self) -> None:
         while True:
@@ -155,7 +157,10 @@ class ConfigWatch:
                 (b"content-type", b"application/grpc+json"), (b"te", b"trailers"),
             ]  # fmt: skip
             stream = client.open(headers, end_stream=False)
-            await stream.send_data(frame(self.hello()), end=False)
+            hello = self.hello()
+            hello = {**hello, "hello": {**hello["hello"], "deltas": True}}
+            await stream.send_data(frame(hello), end=False)
+            self._resources = {}  # a new watch starts with a whole snapshot
             self._stream = stream
             nursery.start_soon(self._heartbeats, stream)
             ended: Exception | None = None
@@ -215,11 +220,21 @@ class ConfigWatch:
                     await self._handle(stream, message)
 
     async def _handle(self, stream: UpstreamStream, message: Any) -> None:
-        snapshot = message.get("snapshot") if isinstance(message, dict) else None
-        if snapshot is None:
+        if not isinstance(message, dict):
+            return
+        if "snapshot" in message:
+            snapshot = message["snapshot"]
+            self._resources = {delta.key(d): d for d in snapshot["resources"]}
+        elif "delta" in message:
+            snapshot = message["delta"]
+            try:
+                delta.apply(self._resources, snapshot)
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                raise WatchError(f"a delta that does not apply ({exc}): starting over") from None
+        else:
             return
         version = int(snapshot["version"])
-        error = await self.apply(version, list(snapshot["resources"]))
+        error = await self.apply(version, delta.ordered(self._resources))
         if error is None:
             self.connected = True
             self.failures = 0
