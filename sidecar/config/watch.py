@@ -10,8 +10,8 @@ with a delta applied: control/delta.py) goes to `apply`, which
 answers None (in force: ACK) or the reason it was refused (NACK); the sidecar's request
 counters go out every `STATS_S` while they change (for `meshctl top`, control/top.py), a
 heartbeat every `HEARTBEAT_S` otherwise. When the stream or connection ends, the last
-snapshot stays in force (static stability) and the watch reconnects after a growing,
-jittered backoff, to the next control plane replica when it was given several
+snapshot stays in force (static stability) and the watch reconnects after a random wait
+under a growing cap (full jitter), to the next control plane replica when it was given several
 (`HOST:PORT,HOST:PORT`; each sidecar starts at a random one, so a fleet spreads over the
 replicas).
 """
@@ -39,7 +39,10 @@ from sidecar.upstream.h2client import H2ClientConnection, Response, Trailers, Up
 log = logging.getLogger("weft.watch")
 
 HEARTBEAT_S = 4.0  # a multiple of STATS_S, well under the registry's 15 s expiry
-BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+# Reconnects wait a random time up to the cap for the attempt ("full jitter"): a fleet
+# that lost its control plane at once (a restart) comes back spread over the window, not
+# in one thundering herd; a lone sidecar waits 0.5 s on average.
+BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 10.0)
 MAX_MESSAGE = 16 * 1024 * 1024
 Apply = Callable[[int, list[dict[str, Any]]], Awaitable[str | None]]
 
@@ -114,7 +117,8 @@ class ConfigWatch:
         self.stats_interval_s = STATS_S
         self.connect_timeout_s = connect_timeout_s
         self.connected = False
-        self.failures = 0
+        self.failures = 0  # in a row, since the last snapshot in force
+        self.ends = 0  # watches that ended, all told
         self.last_error = ""
         self.ended = trio.Event()  # set (and replaced) each time a watch ends
         self._stream: UpstreamStream | None = None
@@ -128,12 +132,13 @@ class ConfigWatch:
                 self.last_error = str(exc) or type(exc).__name__
             self.connected = False
             self._stream = None
-            delay = BACKOFF_S[min(self.failures, len(BACKOFF_S) - 1)]
+            delay = random.uniform(0, BACKOFF_S[min(self.failures, len(BACKOFF_S) - 1)])
             self.failures += 1
+            self.ends += 1
             self.ended.set()
             self.ended = trio.Event()
             log.warning("config watch: %s; reconnecting in %.1fs", self.last_error, delay)
-            await trio.sleep(delay * random.uniform(0.8, 1.2))
+            await trio.sleep(delay)
 
     async def send(self, message: dict[str, Any]) -> None:
         """Send on the open stream, if there is one (drain notices, for instance). Best
@@ -209,7 +214,9 @@ class ConfigWatch:
                     raise WatchError(f"the control plane answered HTTP {event.status}")
                 status = _status(event.headers)  # a trailers-only answer: an error
                 if status is not None and status[0] != 0:
-                    raise WatchError(f"control plane refused the watch: {status[1]}")
+                    raise WatchError(
+                        f"control plane refused the watch: {status[1]} (grpc-status {status[0]})"
+                    )
             elif isinstance(event, Trailers):
                 status = _status(event.headers or [])
                 raise WatchError(
