@@ -50,6 +50,7 @@ class Subscriber:
     identity_expires: str = ""  # its SVID's not_after (ISO 8601), as it reported
     gateway: bool = False  # an edge gateway: it also gets Gateways and their routes
     deltas: bool = False  # it takes incremental pushes (control/delta.py)
+    answered: asyncio.Event = field(default_factory=asyncio.Event, repr=False)  # last push
     docs: list[dict[str, Any]] | None = field(default=None, repr=False)
     changed_at: float = 0.0  # when the change in its last snapshot was made (until ACKed)
     samples: deque[Sample] = field(default_factory=history, repr=False)  # for `meshctl top`

@@ -74,8 +74,14 @@ class ConfigService:
                     sub.docs = docs
                     sub.sent = state.generation
                     sub.changed_at = state.changed_at
+                    sub.answered.clear()
                     await context.write(message)
                     state.metrics.pushes.inc()
+                    # The next push waits for this one's ACK (or NACK): a sidecar gets the
+                    # changes that piled up meanwhile in one delta, at the pace it can take
+                    # them, instead of a push per change while it is still busy.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(_either(sub.answered, reader), ANSWER_WAIT_S)
                 else:  # nothing new for this sidecar: it is current at this generation too
                     if sub.acked == sub.sent:
                         state.current_at(sub, state.generation)
@@ -121,6 +127,8 @@ class ConfigService:
         async for message in messages:
             if not isinstance(message, dict):
                 continue
+            if "ack" in message or "nack" in message:
+                sub.answered.set()
             if "ack" in message:
                 sub.error = ""
                 version = int(message["ack"].get("version", 0))
@@ -145,6 +153,15 @@ class ConfigService:
                 state.set_ready(sub, False, loop.time())
 
 
+async def _either(answered: asyncio.Event, reader: asyncio.Task[None]) -> None:
+    waiter = asyncio.ensure_future(answered.wait())
+    try:
+        await asyncio.wait((waiter, reader), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+
+
+ANSWER_WAIT_S = 10.0  # a push unanswered for this long no longer holds the next one back
 DEBOUNCE_S = 0.005  # a change is pushed once no other came for this long ...
 DEBOUNCE_MAX_S = 0.2  # ... or this long after it, whichever is first
 
