@@ -58,70 +58,6 @@ def _weft(tmp: Path) -> list[list[str]]:
     return cmds
 
 
-def _envoy(tmp: Path, f: dict[str, Path], envoy: str) -> list[str]:
-    hcm = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-    router = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-    h2 = ("typed_extension_protocol_options: {envoy.extensions.upstreams.http.v3.HttpProtocolOptions: "
-          "{'@type': type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, "
-          "explicit_http_config: {http2_protocol_options: {}}}}")  # fmt: skip
-    log = (f"access_log: [{{name: envoy.access_loggers.file, typed_config: {{'@type': "
-           f"type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog, path: {tmp}/envoy-h2-access.log}}}}]")  # fmt: skip
-
-    def listener(port: int, cluster: str, tls: str) -> str:
-        return f"""
-  - address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - {tls}filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": {hcm}
-          stat_prefix: l{port}
-          {log}
-          route_config: {{virtual_hosts: [{{name: all, domains: ["*"], routes: [{{match: {{prefix: "/"}}, route: {{cluster: {cluster}}}}}]}}]}}
-          http_filters: [{{name: envoy.filters.http.router, typed_config: {{"@type": {router}}}}}]"""
-
-    tls13 = (
-        "tls_params: {tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3}"
-    )
-    downstream_tls = f"""transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          require_client_certificate: true
-          common_tls_context:
-            {tls13}
-            alpn_protocols: [h2]
-            tls_certificates: [{{certificate_chain: {{filename: {f["orders_cert"]}}}, private_key: {{filename: {f["orders_key"]}}}}}]
-            validation_context: {{trusted_ca: {{filename: {f["bundle"]}}}}}
-      """
-    (tmp / "envoy-h2.yaml").write_text(f"""
-static_resources:
-  listeners:{listener(P["envoy"], "peer", "")}{listener(P["envoy_in"], "app", downstream_tls)}
-  clusters:
-  - name: peer
-    type: STATIC
-    {h2}
-    load_assignment: {{cluster_name: peer, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {P["envoy_in"]}}}}}}}}}]}}]}}
-    transport_socket:
-      name: envoy.transport_sockets.tls
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
-        common_tls_context:
-          {tls13}
-          alpn_protocols: [h2]
-          tls_certificates: [{{certificate_chain: {{filename: {f["web_cert"]}}}, private_key: {{filename: {f["web_key"]}}}}}]
-          validation_context:
-            trusted_ca: {{filename: {f["bundle"]}}}
-            match_typed_subject_alt_names: [{{san_type: URI, matcher: {{exact: "spiffe://weft.local/ns/default/svc/orders"}}}}]
-  - name: app
-    type: STATIC
-    {h2}
-    load_assignment: {{cluster_name: app, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {P["backend"]}}}}}}}}}]}}]}}
-""")
-    return [envoy, "-c", str(tmp / "envoy-h2.yaml"), "--concurrency", "1", "-l", "error",
-            "--base-id", "8"]  # fmt: skip
-
-
 def run(tmp: Path, rounds: int, seconds: float, envoy: str | None) -> str:
     data = tmp / "weft-data"
     mtls._meshctl("ca", "init", "--data-dir", str(data))
@@ -132,7 +68,9 @@ def run(tmp: Path, rounds: int, seconds: float, envoy: str | None) -> str:
     (root / "x").write_bytes(BODY)
     pairs: dict[str, list[list[str]]] = {"weft": _weft(tmp)}
     if envoy:
-        pairs["envoy"] = [_envoy(tmp, files, envoy)]
+        ports = (P["envoy"], P["envoy_in"], P["backend"])
+        pairs["envoy"] = [mtls._envoy(tmp, files, envoy, ports=ports, h2=True, name="envoy-h2",
+                                      base_id=8)]  # fmt: skip
     helpers = [
         subprocess.Popen(_taskset(LOAD_CORE, mtls.control_plane(tmp)), stderr=subprocess.DEVNULL),
         subprocess.Popen(_taskset(LOAD_CORE, ["nghttpd", "--no-tls", "-d", str(root),

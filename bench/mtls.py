@@ -106,11 +106,24 @@ http {{ access_log {tmp}/nginx-mtls-access.log; keepalive_requests 1000000;
     return ["nginx", "-c", str(tmp / "nginx-mtls.conf")]
 
 
-def _envoy(tmp: Path, f: dict[str, Path], envoy: str) -> list[str]:
+def _envoy(
+    tmp: Path, f: dict[str, Path], envoy: str, *, ports: tuple[int, int, int] | None = None,
+    h2: bool = False, name: str = "envoy-mtls", base_id: int = 7,
+) -> list[str]:  # fmt: skip
+    """Envoy holding both ends of the pair: its outbound and inbound listeners and the
+    backend at `ports` (default: this module's); `h2`: HTTP/2 on every hop (ALPN h2)."""
+    out_port, in_port, backend = ports or (P["envoy"], P["envoy_in"], PORTS["backend"])
+    h2_options = (
+        "typed_extension_protocol_options: {envoy.extensions.upstreams.http.v3.HttpProtocolOptions: "
+        "{'@type': type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, "
+        "explicit_http_config: {http2_protocol_options: {}}}}"
+        if h2 else ""
+    )  # fmt: skip
+    alpn = "alpn_protocols: [h2]" if h2 else ""
     hcm = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
     router = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
     log = (f"access_log: [{{name: envoy.access_loggers.file, typed_config: {{'@type': "
-           f"type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog, path: {tmp}/envoy-mtls-access.log}}}}]")  # fmt: skip
+           f"type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog, path: {tmp}/{name}-access.log}}}}]")  # fmt: skip
 
     def listener(port: int, cluster: str, tls: str) -> str:
         return f"""
@@ -132,32 +145,36 @@ def _envoy(tmp: Path, f: dict[str, Path], envoy: str) -> list[str]:
           require_client_certificate: true
           common_tls_context:
             tls_params: {{tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3}}
+            {alpn}
             tls_certificates: [{{certificate_chain: {{filename: {f["orders_cert"]}}}, private_key: {{filename: {f["orders_key"]}}}}}]
             validation_context: {{trusted_ca: {{filename: {f["bundle"]}}}}}
       """
-    (tmp / "envoy-mtls.yaml").write_text(f"""
+    (tmp / f"{name}.yaml").write_text(f"""
 static_resources:
-  listeners:{listener(P["envoy"], "peer", "")}{listener(P["envoy_in"], "app", downstream_tls)}
+  listeners:{listener(out_port, "peer", "")}{listener(in_port, "app", downstream_tls)}
   clusters:
   - name: peer
     type: STATIC
-    load_assignment: {{cluster_name: peer, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {P["envoy_in"]}}}}}}}}}]}}]}}
+    {h2_options}
+    load_assignment: {{cluster_name: peer, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {in_port}}}}}}}}}]}}]}}
     transport_socket:
       name: envoy.transport_sockets.tls
       typed_config:
         "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
         common_tls_context:
           tls_params: {{tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3}}
+          {alpn}
           tls_certificates: [{{certificate_chain: {{filename: {f["web_cert"]}}}, private_key: {{filename: {f["web_key"]}}}}}]
           validation_context:
             trusted_ca: {{filename: {f["bundle"]}}}
             match_typed_subject_alt_names: [{{san_type: URI, matcher: {{exact: "spiffe://weft.local/ns/default/svc/orders"}}}}]
   - name: app
     type: STATIC
-    load_assignment: {{cluster_name: app, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {PORTS["backend"]}}}}}}}}}]}}]}}
+    {h2_options}
+    load_assignment: {{cluster_name: app, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {backend}}}}}}}}}]}}]}}
 """)
-    return [envoy, "-c", str(tmp / "envoy-mtls.yaml"), "--concurrency", "1", "-l", "error",
-            "--base-id", "7"]  # fmt: skip
+    return [envoy, "-c", str(tmp / f"{name}.yaml"), "--concurrency", "1", "-l", "error",
+            "--base-id", str(base_id)]  # fmt: skip
 
 
 def _meshctl(*args: str) -> str:

@@ -223,6 +223,16 @@ class Decoder:
             raise HpackError(f"index {index} past the tables")
         return self.entries[at]
 
+    def _literal(self, block: bytes, pos: int, prefix_bits: int) -> tuple[bytes, bytes, int]:
+        """A literal field: its name by index or as a string, then its value."""
+        index, pos = _read_integer(block, pos, prefix_bits)
+        if index:
+            name = self._field(index)[0]
+        else:
+            name, pos = _read_string(block, pos)
+        value, pos = _read_string(block, pos)
+        return name, value, pos
+
     def decode(self, block: bytes) -> Headers:
         headers: Headers = []
         pos = 0
@@ -236,12 +246,7 @@ class Decoder:
                 index, pos = _read_integer(block, pos, 7)
                 name, value = self._field(index)
             elif b & 0x40:  # literal with incremental indexing (§6.2.1)
-                index, pos = _read_integer(block, pos, 6)
-                if index:
-                    name = self._field(index)[0]
-                else:
-                    name, pos = _read_string(block, pos)
-                value, pos = _read_string(block, pos)
+                name, value, pos = self._literal(block, pos, 6)
                 self._add(name, value)
             elif b & 0x20:  # dynamic table size update (§6.3)
                 if fields_seen:
@@ -253,12 +258,7 @@ class Decoder:
                 self._evict()
                 continue
             else:  # literal without indexing / never indexed (§6.2.2, §6.2.3)
-                index, pos = _read_integer(block, pos, 4)
-                if index:
-                    name = self._field(index)[0]
-                else:
-                    name, pos = _read_string(block, pos)
-                value, pos = _read_string(block, pos)
+                name, value, pos = self._literal(block, pos, 4)
             fields_seen = True
             list_size += len(name) + len(value) + ENTRY_OVERHEAD
             if limit and list_size > limit:

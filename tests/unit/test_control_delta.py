@@ -15,6 +15,7 @@ from control.registry import Instance, Registry
 from control.snapshot import documents_for
 from control.store import Resources
 from sidecar.config.parse import Document
+from tests.unit.test_control_snapshot import POLICY
 
 
 def _split(v1: int) -> dict[str, Any]:
@@ -26,14 +27,6 @@ def _split(v1: int) -> dict[str, Any]:
                      {"name": "orders", "port": 80, "version": "v1", "weight": v1},
                      {"name": "orders", "port": 80, "version": "v2", "weight": 100 - v1}]}]},
     }  # fmt: skip
-
-
-POLICY = {
-    "apiVersion": "weft.dev/v1alpha1", "kind": "AuthorizationPolicy",
-    "metadata": {"name": "orders-callers"},
-    "spec": {"targetRef": {"kind": "Service", "name": "orders"}, "action": "ALLOW",
-             "from": [{"services": ["web"]}]},
-}  # fmt: skip
 
 
 def _instance(i: int, service: str = "orders") -> Instance:
