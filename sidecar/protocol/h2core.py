@@ -136,7 +136,6 @@ class H2Core:
         max_concurrent_streams: int = 100,
         initial_window: int = DEFAULT_WINDOW,
         max_header_list_size: int = 0,
-        enable_push: bool = False,
     ) -> None:
         self.client = client
         self.out = bytearray()
@@ -147,7 +146,6 @@ class H2Core:
         self.local_max_streams = max_concurrent_streams
         self.local_window = initial_window
         self.local_max_list = max_header_list_size
-        self.enable_push = enable_push
         # the peer's
         self.remote_max_streams = 2**31
         self.remote_window = DEFAULT_WINDOW
@@ -181,8 +179,8 @@ class H2Core:
         settings += struct.pack(">HI", INITIAL_WINDOW_SIZE, self.local_window)
         if self.local_max_list:
             settings += struct.pack(">HI", MAX_HEADER_LIST_SIZE, self.local_max_list)
-        if self.client:
-            settings += struct.pack(">HI", ENABLE_PUSH, 1 if self.enable_push else 0)
+        if self.client:  # no server push: a PUSH_PROMISE is a connection error
+            settings += struct.pack(">HI", ENABLE_PUSH, 0)
         self._frame(SETTINGS, 0, 0, bytes(settings))
         if connection_window > DEFAULT_WINDOW:
             self._frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", connection_window - DEFAULT_WINDOW))
