@@ -36,7 +36,7 @@ _PLAINTEXT_REPLY = simple_response(
 
 
 async def serve_http2(ctx: ProxyContext, listener: ListenerKey, conn: Conn, **kw: Any) -> None:
-    """HTTP/2 (h2 loads on the first HTTP/2 connection)."""
+    """HTTP/2 (its modules load on the first HTTP/2 connection)."""
     from sidecar.http.h2server import serve_http2 as serve
 
     await serve(ctx, listener, conn, **kw)

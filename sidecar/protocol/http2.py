@@ -1,6 +1,6 @@
-"""HTTP/2 header lists to and from the proxy's message model (pure; h2 does the framing).
+"""HTTP/2 header lists to and from the proxy's message model (pure; protocol/h2core.py frames).
 
-h2 frames and checks content-length against DATA; the fields themselves are validated
+The core frames and checks content-length against DATA; the fields themselves are validated
 here, in one pass (RFC 9113 §8.2-8.3: pseudo-header order and set, lower-case token names,
 no connection-specific fields, `te: trailers` only, no control bytes or surrounding
 whitespace in values), so a malformed request resets its own stream only. That is not all
@@ -99,11 +99,10 @@ def check_trailers(headers: Headers) -> None:
 def request_head(
     headers: Headers, *, end_stream: bool, max_headers: int = 100, max_body_bytes: int = 0
 ) -> RequestHead:
-    """The request a HEADERS frame opened, validated here in one pass (h2's own inbound
-    checks are off: they make a malformed request a connection error, and they do not
-    cover what an HTTP/1.1 upstream needs). StreamError for a malformed request (RFC 9113
-    §8.1.1: its stream is reset), ProtocolError with the status to answer for a request
-    the proxy refuses."""
+    """The request a HEADERS frame opened, validated here in one pass, including what an
+    HTTP/1.1 upstream needs. StreamError for a malformed request (RFC 9113 §8.1.1: its
+    stream is reset), ProtocolError with the status to answer for a request the proxy
+    refuses."""
     if len(headers) > max_headers + 4:  # the four pseudo-header fields are not counted
         raise ProtocolError("too many header fields", status=431)
     head = RequestHead()
@@ -126,7 +125,7 @@ def request_head(
         if name == b"cookie":  # split into many fields by HTTP/2 clients (RFC 9113 §8.2.3)
             cookies.append(value)
             continue
-        if name == b"content-length":  # h2 also checks it against the DATA received
+        if name == b"content-length":  # the core also checks it against the DATA received
             if not value.isdigit():
                 raise StreamError("invalid content-length")
             head.content_length = int(value)
