@@ -35,7 +35,7 @@ from sidecar.discovery.consul import CasConflict
 if TYPE_CHECKING:
     from control.consul_store import ConsulResources
 
-Delta = tuple[int, list[dict[str, Any]], bytes | None]
+Delta = tuple[list[dict[str, Any]], bytes | None]
 CAS_ATTEMPTS = 5  # a change that loses this many races in a row is reported, not retried
 
 
@@ -88,10 +88,11 @@ class ControlState:
         # (namespace, service, gateway) -> (generation, documents, encoded snapshot message):
         # a hundred sidecars of one service share one computation and one encoding per push
         self._snapshots: dict[tuple[str, str, bool], tuple[int, list[dict[str, Any]], bytes]] = {}
-        # (namespace, service, gateway, id of the documents a sidecar has) -> (generation,
-        # those documents, the encoded delta to this generation's or None): one diff and one
+        # (namespace, service, gateway, id of the documents a sidecar has) -> (those
+        # documents, the encoded delta to `_deltas_generation`'s or None): one diff and one
         # encoding per push for all the sidecars of a service that were current
         self._deltas: dict[tuple[str, str, bool, int], Delta] = {}
+        self._deltas_generation = 0
 
     def snapshot(
         self, namespace: str, service: str, gateway: bool
@@ -116,16 +117,17 @@ class ControlState:
         sidecars of `namespace/service` (None: nothing changed)."""
         key = (namespace, service, gateway, id(have))
         hit = self._deltas.get(key)
-        if hit is not None and hit[0] == self.generation and hit[1] is have:
-            return hit[2]
-        if hit is None and any(g != self.generation for g, _, _ in self._deltas.values()):
-            self._deltas.clear()  # diffs to an older generation are of no more use
+        if hit is not None and self._deltas_generation == self.generation:
+            return hit[1]
+        if self._deltas_generation != self.generation:  # diffs to an older one: no more use
+            self._deltas.clear()
+            self._deltas_generation = self.generation
         docs, _ = self.snapshot(namespace, service, gateway)
         change = delta.diff(have, docs)
         message = None
         if change is not None:
             message = api.encode({"delta": {"version": self.generation, **change}})
-        self._deltas[key] = (self.generation, have, message)
+        self._deltas[key] = (have, message)  # `have` held: its id is not reused meanwhile
         return message
 
     def current_at(self, sub: Subscriber, generation: int) -> None:
