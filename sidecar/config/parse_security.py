@@ -126,8 +126,12 @@ def _remote_jwks(r: Reader) -> RemoteJwks:
     from sidecar.config.parse_routes import DURATION_RE, duration_s
 
     uri = r.text("uri", max_len=2048)
-    parts = urlsplit(uri)
-    if parts.scheme != "https" or not parts.hostname:
+    try:
+        parts = urlsplit(uri)
+        scheme, hostname = parts.scheme, parts.hostname
+    except ValueError:  # a bracketed host that is not an address, a bad port...
+        scheme, hostname = "", None
+    if scheme != "https" or not hostname:
         r.fail("uri", f"must be an https:// URL (keys are fetched over TLS); got {uri!r}")
     cache = r.text("cacheDuration", None, pattern=DURATION_RE)
     cache_s = duration_s(cache) if cache is not None else DEFAULT_CACHE_S

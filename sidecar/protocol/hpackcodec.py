@@ -312,7 +312,7 @@ def _huffman(data: bytes) -> bytes:
     state = 0
     flags = _COMPLETE
     for byte in data:  # the high nibble, then the low, unrolled: a loop over the two
-        # shifts measured +1–2% instructions per HTTP/2 request (nghttpd's dates are coded)
+        # shifts measured +1-2% instructions per HTTP/2 request (nghttpd's dates are coded)
         entry = table[state * 16 + (byte >> 4)]
         flags = entry >> 8 & 0xFF
         if flags & _FAIL:

@@ -81,6 +81,8 @@ def test_the_most_specific_target_wins_whole(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("body", "message"),
     [("  jwt: {providers: []}\n", "spec.jwt.providers: must have at least one provider"),
+     ("  jwt: {providers: [{name: p, remoteJWKS: {uri: 'https://[GET, POST]/k'}}]}\n",
+      "must be an https:// URL"),  # a bracketed host urlsplit refuses (found by make fuzz)
      ("  oidc: {provider: {}}\n", "spec.oidc: is not supported yet"),
      ("  apiKeyAuth: {credentialRefs: [{name: k}], extractFrom: [{headers: [x-k]}], "
       "forwardClientIDHeader: X-Request-Id}\n",
