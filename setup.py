@@ -25,7 +25,8 @@ HERE = Path(__file__).resolve().parent
 # The request path: parsers, routing, filters, forwarding, transports, pools, metrics and
 # the access log. Configuration parsing and the control plane stay interpreted.
 COMPILED_PACKAGES = ("protocol", "http", "transport", "upstream", "filters", "tcp")
-COMPILED_MODULES = ("errors", "authz", "config/model", "observe/accesslog",
+COMPILED_MODULES = ("errors", "authz", "config/model", "config/headerops",
+                    "config/snapshot", "config/split", "observe/accesslog",
                     "observe/metrics", "observe/spans", "observe/tracecontext",
                     "observe/tracing")  # fmt: skip
 # Off the request path, and what mypyc cannot compile (except*) or would check too strictly

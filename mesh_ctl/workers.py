@@ -28,7 +28,8 @@ import trio
 from mesh_ctl.ports import free_port
 from sidecar.admin import AdminState, serve_admin
 from sidecar.config.loader import FileStamp, load_snapshot
-from sidecar.config.model import ListenerKey, Snapshot
+from sidecar.config.model import ListenerKey
+from sidecar.config.snapshot import Snapshot
 from sidecar.errors import ConfigError
 from sidecar.observe.merge import merge_metrics
 from sidecar.observe.metrics import Metrics

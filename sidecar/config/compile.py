@@ -16,6 +16,7 @@ from sidecar.config import resources as r
 from sidecar.config.attach_policies import PolicyFilters
 from sidecar.config.certs import CertificatePair, CertKey, ClientValidation
 from sidecar.config.client_tls import client_validation
+from sidecar.config.headerops import HeaderOps
 from sidecar.config.model import (
     Backend,
     ClusterSpec,
@@ -27,15 +28,14 @@ from sidecar.config.model import (
     RetryPolicy,
     RewriteAction,
     RouteAction,
-    Snapshot,
 )
 from sidecar.config.parse_policy import NON_IDEMPOTENT_ANNOTATION
+from sidecar.config.snapshot import Snapshot
+from sidecar.config.split import SmoothWeighted
 from sidecar.filters.chain import Filter, FixedReply, LocalReply
 from sidecar.filters.cors import CorsFilter
 from sidecar.filters.validate import ValidationFilter
-from sidecar.http.filters import HeaderOps
 from sidecar.http.router import CompiledMatch, Condition, HostTable, ListenerRoutes, PortRouter
-from sidecar.upstream.balance import SmoothWeighted
 
 DETECT = "weft.dev/Detect"  # HTTP(S) routes, TLS passthrough and a TCP fallback on one port
 _HTTP_KINDS = ("HTTPRoute", "GRPCRoute")

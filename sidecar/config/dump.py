@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sidecar.config.model import Snapshot
+from sidecar.config.snapshot import Snapshot
 from sidecar.http.router import CompiledMatch, PathTable
 
 

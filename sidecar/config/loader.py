@@ -13,9 +13,10 @@ import yaml
 
 from sidecar.config.certs import CertificatePair, CertKey, check_pair
 from sidecar.config.compile import compile_snapshot
-from sidecar.config.model import Limits, Snapshot
+from sidecar.config.model import Limits
 from sidecar.config.parse import Document, kind_key, load_documents
 from sidecar.config.resources import Resource, Secret, TLSCertificate
+from sidecar.config.snapshot import Snapshot
 from sidecar.errors import ConfigError
 
 YAML_SUFFIXES = (".yaml", ".yml", ".json")

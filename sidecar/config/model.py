@@ -1,21 +1,16 @@
-"""Frozen snapshot types: what the data plane serves, compiled once per configuration."""
+"""Frozen configuration types: routes, clusters and limits, compiled once per configuration.
+
+A leaf: it imports nothing from the data path (http/, upstream/), which imports it."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sidecar.authz import Policy
-    from sidecar.config.mesh import MeshNames
+    from sidecar.config.headerops import HeaderOps
+    from sidecar.config.split import SmoothWeighted
     from sidecar.filters.chain import Filter
-    from sidecar.filters.global_ratelimit import GlobalRateLimitFilter
-    from sidecar.filters.jwks import RemoteJwks
-    from sidecar.filters.ratelimit import RateLimitFilter
-    from sidecar.http.filters import HeaderOps
-    from sidecar.http.router import PortRouter
-    from sidecar.upstream.balance import SmoothWeighted
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -211,22 +206,3 @@ class Limits:
     # proxies in front whose X-Forwarded-For entries are believed when filters judge the
     # client (0: the connection's peer is the client)
     trusted_hops: int = 0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Snapshot:
-    version: int
-    routers: Mapping[ListenerKey, PortRouter]
-    clusters: Mapping[str, ClusterSpec]
-    limits: Limits = Limits()
-    warnings: tuple[str, ...] = ()
-    sources: tuple[str, ...] = field(default_factory=tuple)
-    authz: tuple[Policy, ...] = ()  # AuthorizationPolicies (enforced by sidecars' inbound)
-    # a sidecar's outbound listener: how its requests' Host names a mesh destination
-    mesh: MeshNames | None = None
-    # rate-limit filters in force: the process's RateLimitState gives them their buckets
-    limiters: tuple[RateLimitFilter, ...] = ()
-    # remote JWKS of JWT filters in force: the process's JwksState fetches their keys
-    jwks: tuple[RemoteJwks, ...] = ()
-    # global (Redis) rate-limit filters: the process's GlobalLimits is their connection
-    global_limiters: tuple[GlobalRateLimitFilter, ...] = ()

@@ -14,6 +14,7 @@ import re
 from typing import TYPE_CHECKING, overload
 from urllib.parse import urlsplit
 
+from sidecar.config.headerops import HOP_WRITTEN, field_key
 from sidecar.config.parse_routes import parse_cors
 from sidecar.config.reader import NAME_RE, Reader
 from sidecar.config.resources import (
@@ -31,7 +32,6 @@ from sidecar.config.resources import (
     SecurityPolicy,
 )
 from sidecar.filters.jwks import DEFAULT_CACHE_S, RemoteJwks
-from sidecar.http.filters import HOP_WRITTEN, field_key
 
 if TYPE_CHECKING:  # PyJWT and cryptography load only where a policy checks JWTs
     import jwt

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sidecar.config.model import Snapshot
+from sidecar.config.snapshot import Snapshot
 
 
 class SnapshotStore:

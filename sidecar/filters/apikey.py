@@ -15,8 +15,8 @@ import hashlib
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
+from sidecar.config.headerops import HeaderOps, field_key
 from sidecar.filters.chain import Exchange, LocalReply
-from sidecar.http.filters import HeaderOps, field_key
 
 MISSING = LocalReply(
     401, b"an API key is required\n", ((b"www-authenticate", b'API-Key realm="weft"'),),

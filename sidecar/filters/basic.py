@@ -20,8 +20,8 @@ from collections.abc import Awaitable
 
 import trio
 
+from sidecar.config.headerops import HeaderOps, field_key
 from sidecar.filters.chain import Exchange, LocalReply, Verdict
-from sidecar.http.filters import HeaderOps, field_key
 
 BCRYPT = (b"$2y$", b"$2b$", b"$2a$")
 REMEMBERED = 1024  # verified credentials kept per policy

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sidecar.http.filters import HeaderOps
+from sidecar.config.headerops import HeaderOps
 
 if TYPE_CHECKING:
     from sidecar.http.context import ProxyContext

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import re
 
+from sidecar.config.headerops import HeaderOps
 from sidecar.config.resources import CorsPolicy
 from sidecar.filters.chain import Exchange, LocalReply
-from sidecar.http.filters import HeaderOps
 
 _OWNED = frozenset(
     {b"access-control-allow-origin", b"access-control-allow-credentials",

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from sidecar.config.headerops import HOP_WRITTEN, HeaderOps, field_key
 from sidecar.config.resources import ExtAuth
 from sidecar.errors import UpstreamError, why
 from sidecar.filters.chain import Exchange, LocalReply, Verdict
-from sidecar.http.filters import HOP_WRITTEN, HeaderOps, field_key
 from sidecar.upstream.call import Answer, call
 
 if TYPE_CHECKING:

@@ -23,9 +23,9 @@ from urllib.parse import parse_qsl
 
 import jwt
 
+from sidecar.config.headerops import HeaderOps, field_key
 from sidecar.filters.chain import Exchange, LocalReply, Verdict
 from sidecar.filters.jwks import RemoteJwks
-from sidecar.http.filters import HeaderOps, field_key
 
 LEEWAY_S = 60
 REMEMBERED = 4096  # verified tokens kept per filter

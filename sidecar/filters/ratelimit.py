@@ -29,8 +29,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from sidecar.config.headerops import HeaderOps
 from sidecar.filters.chain import Exchange, LocalReply, address
-from sidecar.http.filters import HeaderOps
 
 MAX_KEYS = 100_000  # per rule
 UNITS = {"Second": 1.0, "Minute": 60.0, "Hour": 3600.0, "Day": 86400.0}

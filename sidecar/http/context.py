@@ -16,7 +16,7 @@ from sidecar.http.request import RequestIds
 from sidecar.observe.accesslog import AccessLog
 from sidecar.observe.metrics import Metrics
 from sidecar.transport.idle import IdleTracker
-from sidecar.upstream.cluster import ClusterManager
+from sidecar.upstream.manager import ClusterManager
 
 if TYPE_CHECKING:  # TLS and tracing load on first use: a plain gateway stays small
     from ca.spiffe import SpiffeId

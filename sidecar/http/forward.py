@@ -1,4 +1,7 @@
-"""One HTTP/1.1 exchange with an upstream: send the request, stream the response back.
+"""One try of a request with an upstream: send the request, stream the response back.
+
+`exchange` is the one seam the tries call, for HTTP/1.1 and HTTP/2 upstreams alike (the
+HTTP/2 side is http/forward_h2.py); the connections come from the cluster's `Pools`.
 
 Theory of operation. The request head, and as much of the body as the downstream parser
 already holds, go out in one `send`; the rest of the body streams event by event, each
@@ -14,21 +17,22 @@ replayed once on a new connection (never a request whose body was partly streame
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Coroutine
 from typing import Any
 
-from sidecar.config.model import IDEMPOTENT
+import trio
+
+from sidecar.config.headerops import HeaderOps, dropped
+from sidecar.config.model import IDEMPOTENT, ClusterSpec, Endpoint
 from sidecar.errors import (
     DownstreamClosed,
-    ProtocolError,
     UpstreamClosed,
     UpstreamConnectError,
-    UpstreamProtocolError,
-    WeftError,
 )
-from sidecar.http.filters import HeaderOps, dropped
+from sidecar.http.downstream import NextEvent
+from sidecar.http.outcome import Outcome
 from sidecar.protocol.http1 import End, RequestHead
-from sidecar.protocol.response import ResponseHead, ResponseParser
+from sidecar.protocol.response import ResponseHead, ResponseParser, feed_response
 from sidecar.protocol.wire import (
     PROTECTED,
     chunk,
@@ -40,98 +44,70 @@ from sidecar.protocol.wire import (
     strip_hop_by_hop,
 )
 from sidecar.transport.io import Conn, ConnectionLost
-from sidecar.upstream.cluster import EndpointPool
+from sidecar.upstream.pool import Pools
 
 Headers = list[tuple[bytes, bytes]]
-# Produces the next downstream request event (body bytes or End).
-NextEvent = Callable[[], Awaitable[bytes | End]]
-# Streams the upstream's response to the downstream (its protocol's framing); returns
-# whether the upstream connection may be reused.
-Relay = Callable[[Conn, Any, RequestHead, "tuple[HeaderOps, ...]", "Outcome"], Awaitable[bool]]
 
 
-class RetryableStatus(WeftError):
-    """A response the retry policy takes instead of forwarding it (raised by a relay
-    before anything reached the downstream; the budget has already paid for the retry).
-    `failure` is what `Outcome.hold` said of it (upstream/retry.py's Failure)."""
-
-    def __init__(self, status: int, failure: Any) -> None:
-        self.status = status
-        self.failure = failure
-        super().__init__(f"status {status}")
-
-
-class Outcome:
-    """What happened to one request, for the caller's metrics and log."""
-
-    __slots__ = (
-        "bytes_in",
-        "bytes_out",
-        "downstream_keep_alive",
-        "grpc_status",
-        "hold",
-        "proxy_error",
-        "replay",
-        "replay_limit",
-        "request_complete",
-        "response_started",
-        "status",
-        "tunnel",
-        "upstream",
-    )
-
-    def __init__(self, downstream_keep_alive: bool = True) -> None:
-        self.status = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.downstream_keep_alive = downstream_keep_alive
-        self.request_complete = False
-        self.response_started = False
-        self.upstream = ""
-        self.proxy_error = False  # a 5xx answered by a peer's sidecar, not its app
-        self.grpc_status = -1  # from a gRPC answer's trailers (-1: none), for its span
-        # after a 101: the upstream connection and the bytes it sent past the head
-        self.tunnel: tuple[Conn, bytes] | None = None
-        # a response head for which this returns a failure is not forwarded: RetryableStatus
-        self.hold: Callable[[Any], Any] | None = None
-        # a copy of a streamed request for a retry, while it stays within `replay_limit`
-        self.replay: bytearray | None = None
-        self.replay_limit = 0
-
-    def keep_for_replay(self, data: bytes | bytearray) -> None:
-        replay = self.replay
-        if replay is not None:
-            if len(replay) + len(data) > self.replay_limit:
-                self.replay = None  # streamed past the buffer: never replayed
-            else:
-                replay += data
-
-
-async def exchange(
+def exchange(
+    *,
     downstream: Any,
-    pool: EndpointPool,
-    address: str,
-    port: int,
+    pools: Pools,
+    endpoint: Endpoint,
+    spec: ClusterSpec,
+    head: RequestHead,
+    request: bytes | bytearray,
+    body_done: bool,
+    h2_fields: Headers | None,
+    response_ops: tuple[HeaderOps, ...],
+    outcome: Outcome,
+    nursery: trio.Nursery,
+    now: float,
+) -> Coroutine[Any, Any, None]:
+    """One try of a request with `endpoint` of the cluster `spec`, over HTTP/2 when its
+    fields were built for it (`h2_fields`), else HTTP/1.1; `request` holds the head and
+    body so far (HTTP/1.1) or the body so far (HTTP/2). The coroutine raises
+    UpstreamError while nothing was sent downstream. (Returned, not awaited here: the
+    caller's await is the only frame.)"""
+    if h2_fields is not None:
+        from sidecar.http.forward_h2 import exchange_h2  # loaded on a first HTTP/2 upstream
+
+        return exchange_h2(
+            downstream=downstream, pool=pools.multiplexed(endpoint.key), nursery=nursery,
+            endpoint=endpoint, connect_timeout_s=spec.connect_timeout_s, head=head,
+            headers=h2_fields, body=bytes(request), body_done=body_done, ops=response_ops,
+            outcome=outcome,
+        )  # fmt: skip
+    return _exchange_h1(
+        downstream=downstream, pools=pools, endpoint=endpoint, spec=spec, head=head,
+        request=request if isinstance(request, bytearray) else bytearray(request),
+        body_done=body_done, response_ops=response_ops, outcome=outcome, now=now,
+    )  # fmt: skip
+
+
+async def _exchange_h1(
+    *,
+    downstream: Any,
+    pools: Pools,
+    endpoint: Endpoint,
+    spec: ClusterSpec,
     head: RequestHead,
     request: bytearray,
     body_done: bool,
-    next_event: NextEvent,
     response_ops: tuple[HeaderOps, ...],
     outcome: Outcome,
-    connect_timeout_s: float,
-    idle_timeout_s: float,
     now: float,
-    relay: Relay,
 ) -> None:
-    """Forward one request (`request` holds its head and any buffered body) and `relay`
-    the response to `downstream`. Raises UpstreamError while nothing was sent downstream."""
+    """Forward one request to an HTTP/1.1 upstream and relay the response downstream
+    (`downstream.relay`, in the downstream's protocol)."""
+    key = endpoint.key
     # A non-idempotent request on a connection the upstream closed could fail after it was
     # written and could not be replayed: for those, a closed connection is noticed first.
-    conn = pool.take(now, idle_timeout_s, head.method not in IDEMPOTENT)
+    conn = pools.take(key, now, spec.idle_timeout_s, head.method not in IDEMPOTENT)
     reused = conn is not None
     while True:
         if conn is None:
-            conn = await pool.connect(address, port, connect_timeout_s)
+            conn = await pools.connect(endpoint.address, endpoint.port, spec.connect_timeout_s)
         written = False
         try:
             sent = conn.send_now(request)
@@ -139,9 +115,9 @@ async def exchange(
                 await conn.send_rest(request, sent)
             written = True
             if not body_done:
-                await _stream_body(conn, head.chunked, next_event, outcome)
-            outcome.request_complete = True
-            keep_upstream = await relay(conn, downstream, head, response_ops, outcome)
+                await _stream_body(conn, head.chunked, downstream.next_event, outcome)
+            outcome.request_sent()
+            keep_upstream = await downstream.relay(conn, downstream, head, response_ops, outcome)
         except (ConnectionLost, UpstreamClosed) as exc:
             conn.close()
             conn = None
@@ -157,7 +133,7 @@ async def exchange(
             conn.close()
             raise
         if keep_upstream:
-            pool.give(conn, time.perf_counter())
+            pools.give(key, conn, time.perf_counter())
         elif outcome.tunnel is None:
             conn.close()
         return
@@ -183,32 +159,12 @@ async def _stream_body(conn: Conn, chunked: bool, next_event: NextEvent, outcome
         if isinstance(ev, End):
             if chunked:
                 end = last_chunk(ev.trailers)
-                outcome.keep_for_replay(end)
+                outcome.sent(b"", end)
                 await conn.send_all(end)
             return
-        outcome.bytes_in += len(ev)
         data = chunk(ev) if chunked else ev
-        outcome.keep_for_replay(data)
+        outcome.sent(ev, data)
         await conn.send_all(data)
-
-
-# Set by the proxy on the errors it answers itself (`x-weft-error: <why>`), so a caller's
-# sidecar can tell them from its peer app's own 5xx answers (outlier detection ejects
-# instances that cannot serve, not apps that report errors). `connect_failure`: the
-# sidecar could not reach its app, the request was not processed, and the caller's
-# sidecar may retry it whatever its method. A sidecar removes the field from what its app
-# answers, so an app cannot claim either.
-PROXY_ERROR_HEADER = b"x-weft-error"
-NOT_SENT_VALUE = b"connect_failure"
-
-
-def not_sent_marker(headers: Headers) -> bool:
-    return any(n.lower() == PROXY_ERROR_HEADER and v == NOT_SENT_VALUE for n, v in headers)
-
-
-def proxy_error(headers: Headers) -> bool:
-    """Did a proxy (a peer's sidecar) answer this error, rather than the app?"""
-    return any(n.lower() == PROXY_ERROR_HEADER for n, _ in headers)
 
 
 def response_parser(conn: Conn, head: RequestHead) -> ResponseParser:
@@ -218,20 +174,6 @@ def response_parser(conn: Conn, head: RequestHead) -> ResponseParser:
         parser = conn.proto = ResponseParser()
     parser.start(head_request=head.method == "HEAD", upgrade=head.tunnel)
     return parser
-
-
-def feed_response(parser: ResponseParser, data: bytes) -> bool:
-    """Parse what the upstream sent (b"": it closed); False when the close ended the
-    response (a close-delimited body), so the connection cannot be reused."""
-    if data:
-        try:
-            parser.feed(data)
-        except ProtocolError as exc:
-            raise UpstreamProtocolError(str(exc)) from None
-        return True
-    if parser.feed_eof():
-        return False
-    raise UpstreamClosed("upstream closed before the response was complete")
 
 
 def response_head(
@@ -293,22 +235,16 @@ async def relay_http1(
         while events:
             ev = events.popleft()
             if isinstance(ev, bytes):
-                outcome.bytes_out += len(ev)
+                outcome.relayed(ev)
                 out += chunk(ev) if chunked_down else ev
             elif isinstance(ev, ResponseHead):
-                if ev.status >= 500:
-                    outcome.proxy_error = proxy_error(ev.headers)
-                if outcome.hold is not None and (failure := outcome.hold(ev)) is not None:
-                    raise RetryableStatus(ev.status, failure)
+                outcome.response(ev.status, ev.headers)
                 if ev.status == 101:  # the upstream took the Upgrade: HTTP ends here
-                    outcome.status = 101
-                    outcome.response_started = True
-                    outcome.downstream_keep_alive = False
                     out += response_head(ev, ops, False, False, False)
                     del out[-2:]
                     out += b"connection: upgrade\r\nupgrade: %b\r\n\r\n" % ev.upgrade
                     await downstream.send_all(out)
-                    outcome.tunnel = (conn, parser.tunnel)
+                    outcome.upgraded(conn, parser.tunnel)
                     return False
                 keep_upstream = ev.keep_alive
                 bodyless = head.method == "HEAD" or ev.status in (204, 304)
@@ -316,12 +252,10 @@ async def relay_http1(
                     if head.version == "1.1":
                         chunked_down = True
                     else:
-                        outcome.downstream_keep_alive = False  # close-delimited for HTTP/1.0
-                outcome.status = ev.status
+                        outcome.close_delimited()  # for HTTP/1.0
                 out += response_head(
                     ev, ops, chunked_down, not outcome.downstream_keep_alive, head.version == "1.0"
                 )
-                outcome.response_started = True
             elif isinstance(ev, End):
                 if chunked_down:
                     out += last_chunk(ev.trailers)
@@ -332,7 +266,7 @@ async def relay_http1(
                 if sent < len(out):
                     await downstream.send_rest(out, sent)
             except ConnectionLost:
-                outcome.downstream_keep_alive = False
+                outcome.downstream_lost()
                 return False
         if finished:
             return keep_upstream and parser.reusable
@@ -364,7 +298,7 @@ class Http1Writer:
             if head.version == "1.1":
                 self.chunked = True
             else:
-                self.outcome.downstream_keep_alive = False  # close-delimited for HTTP/1.0
+                self.outcome.close_delimited()  # for HTTP/1.0
         out = serialize_head(b"HTTP/1.1 %d %b\r\n" % (status, reason_phrase(status)), headers)
         del out[-2:]
         if self.chunked:
@@ -387,5 +321,5 @@ class Http1Writer:
         try:
             await self.conn.send_all(data)
         except ConnectionLost as exc:
-            self.outcome.downstream_keep_alive = False
+            self.outcome.downstream_lost()
             raise DownstreamClosed(str(exc)) from None

@@ -30,13 +30,15 @@ import outcome
 import trio
 
 from ca.spiffe import SpiffeId
+from sidecar.config.headerops import HeaderOps
 from sidecar.config.mesh import Destination
 from sidecar.config.model import ListenerKey
 from sidecar.errors import DownstreamClosed, ProtocolError, StreamError
 from sidecar.http.context import ProxyContext
-from sidecar.http.filters import HeaderOps
-from sidecar.http.forward import Outcome, Relay, feed_response, proxy_error, response_parser
+from sidecar.http.downstream import Relay
+from sidecar.http.forward import response_parser
 from sidecar.http.handler import RequestHandler, log_refused
+from sidecar.http.outcome import Outcome
 from sidecar.http.pace import BodyPace, too_slow
 from sidecar.protocol.grpc import is_grpc
 from sidecar.protocol.h2core import (
@@ -59,7 +61,7 @@ from sidecar.protocol.http2 import (
     response_headers,
 )
 from sidecar.protocol.resets import ResetBudget
-from sidecar.protocol.response import ResponseHead
+from sidecar.protocol.response import ResponseHead, feed_response
 from sidecar.protocol.wire import decimal
 from sidecar.tcp.relay import Counts
 from sidecar.transport.h2pump import FlowStream, H2Pump
@@ -567,16 +569,13 @@ async def relay_h2(
             ev = events.popleft()
             if isinstance(ev, ResponseHead):
                 keep_upstream = ev.keep_alive
-                if ev.status >= 500:
-                    outcome.proxy_error = proxy_error(ev.headers)
-                outcome.status = ev.status
-                outcome.response_started = True
+                outcome.response(ev.status, ev.headers)
                 pending = response_headers(ev, ops)
             elif isinstance(ev, bytes):
                 if pending is not None:
                     stream.send_headers(pending, end=False)
                     pending = None
-                outcome.bytes_out += len(ev)
+                outcome.relayed(ev)
                 await stream.send_data(ev, end=False)
             else:
                 if pending is not None:

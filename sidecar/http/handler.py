@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import re
 import time
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import trio
 
 from sidecar.config.mesh import Destination, MeshNames, destination_host, mesh_unknown
-from sidecar.config.model import Backend, ListenerKey, Snapshot
+from sidecar.config.model import Backend, ListenerKey
+from sidecar.config.snapshot import Snapshot
 from sidecar.errors import ProtocolError, UpstreamError
 from sidecar.filters.chain import Exchange, LocalReply, client_address
 from sidecar.filters.chain import run as run_filters
 from sidecar.http.context import ProxyContext
-from sidecar.http.filters import HeaderOps, redirect_location
-from sidecar.http.forward import NOT_SENT_VALUE, PROXY_ERROR_HEADER, Outcome, Relay
+from sidecar.http.downstream import Downstream
+from sidecar.http.filters import redirect_location
 from sidecar.http.mirror import mirror
+from sidecar.http.outcome import NOT_SENT_VALUE, PROXY_ERROR_HEADER, Outcome
 from sidecar.http.request import (
     Forwarding,
     client_cert_line,
@@ -37,54 +39,9 @@ from sidecar.http.router import normalize_host
 from sidecar.http.tries import H2_PROTOCOLS, NoHealthyUpstream, Overloaded, Tries
 from sidecar.protocol.grpc import GRPC_DEADLINE_EXCEEDED, grpc_timeout, is_grpc
 from sidecar.protocol.http1 import End, RequestHead
-from sidecar.tcp.relay import Counts
-from sidecar.transport.io import Conn
 
 if TYPE_CHECKING:  # HTTP/2 and TLS load on first use: a plain gateway stays small
     from ca.spiffe import SpiffeId
-    from sidecar.http.forward_h2 import ResponseWriter
-
-
-class Downstream(Protocol):
-    """The protocol side of one request: how its body arrives and its answer leaves.
-
-    HTTP/1.1 implements it per connection (`_Http1`), HTTP/2 per stream.
-    """
-
-    @property
-    def relay(self) -> Relay: ...
-
-    def protocol(self, head: RequestHead) -> str: ...
-
-    async def next_event(self) -> bytes | End: ...
-
-    def take_buffered_body(self, out: bytearray, chunked: bool) -> tuple[int, bool]: ...
-
-    def limit_body(self, head: RequestHead, limit: int) -> None:
-        """A route's body limit, enforced as the body streams (ProtocolError 413)."""
-        ...
-
-    def unread(self, events: list[bytes | End]) -> None:
-        """Put body events back, to be forwarded as if not read yet."""
-        ...
-
-    async def send_continue(self) -> None: ...
-
-    def response_writer(
-        self, head: RequestHead, ops: tuple[HeaderOps, ...], outcome: Outcome
-    ) -> ResponseWriter: ...
-
-    async def tunnel(self, upstream: Conn, first: bytes) -> Counts: ...
-
-    async def local_reply(
-        self,
-        head: RequestHead,
-        status: int,
-        body: bytes,
-        headers: list[tuple[bytes, bytes]] | None = None,
-        *,
-        close: bool = False,
-    ) -> bool: ...
 
 
 class RequestHandler:

@@ -15,18 +15,15 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from sidecar.config.headerops import HeaderOps
 from sidecar.config.mesh import Destination
 from sidecar.config.model import ListenerKey
 from sidecar.errors import DownstreamClosed, ProtocolError
 from sidecar.http.context import ProxyContext
-from sidecar.http.filters import HeaderOps
-from sidecar.http.forward import (
-    Http1Writer,
-    Outcome,
-    Relay,
-    relay_http1,
-)
+from sidecar.http.downstream import Relay, ResponseWriter
+from sidecar.http.forward import Http1Writer, relay_http1
 from sidecar.http.handler import RequestHandler, log_refused
+from sidecar.http.outcome import Outcome
 from sidecar.http.pace import BodyPace, too_slow
 from sidecar.protocol.http1 import (
     EDGE_KINDS,
@@ -44,7 +41,6 @@ from sidecar.transport.io import Conn, ConnectionLost
 
 if TYPE_CHECKING:  # HTTP/2 and TLS load on first use: a plain gateway stays small
     from ca.spiffe import SpiffeId
-    from sidecar.http.forward_h2 import ResponseWriter
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # Bodies of requests answered locally are read and dropped up to this size so the

@@ -32,7 +32,7 @@ async def _send_mirror(ctx: ProxyContext, cluster_name: str, request: bytes) -> 
         return
     with trio.move_on_after(cluster.spec.connect_timeout_s + 10.0):
         try:
-            conn = await cluster.connect(
+            conn = await cluster.pools.connect(
                 stats.endpoint.address, stats.endpoint.port, cluster.spec.connect_timeout_s
             )
         except (OSError, UpstreamError):

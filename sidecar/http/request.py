@@ -8,10 +8,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sidecar.config.headerops import HOP_WRITTEN, HeaderOps
+from sidecar.config.headerops import dropped as is_dropped
 from sidecar.config.model import Backend, Limits, RouteAction
 from sidecar.errors import ProtocolError
-from sidecar.http.filters import HOP_WRITTEN, HeaderOps, rewritten_target, split_target
-from sidecar.http.filters import dropped as is_dropped
+from sidecar.http.filters import rewritten_target, split_target
 from sidecar.http.paths import normalize_path
 from sidecar.http.router import CompiledMatch
 from sidecar.observe.tracecontext import REPLACED

@@ -23,7 +23,8 @@ import trio
 
 from sidecar.config.model import RetryPolicy
 from sidecar.errors import UpstreamError, UpstreamTimeout, WeftError
-from sidecar.http.forward import Outcome, RetryableStatus, exchange, not_sent_marker
+from sidecar.http.forward import exchange
+from sidecar.http.outcome import Outcome, RetryableStatus, not_sent_marker
 from sidecar.upstream.balance import EndpointStats
 from sidecar.upstream.cluster import Cluster
 from sidecar.upstream.retry import Failure, backoff_s, retryable
@@ -95,8 +96,7 @@ class Tries:
         if not body_done and self.policy.attempts:
             room = self.policy.buffer_bytes - self.outcome.bytes_in
             if room >= 0:
-                self.outcome.replay = bytearray(request)
-                self.outcome.replay_limit = len(request) + room
+                self.outcome.keep_copy(request, room)
 
     # -- the loop -------------------------------------------------------------------------
     async def run(self, h2_fields: list[tuple[bytes, bytes]] | None) -> None:
@@ -116,9 +116,9 @@ class Tries:
             limit = cluster.over_limit(endpoint.key)
             if limit is not None:
                 raise Overloaded(limit)
-            outcome.upstream = endpoint.key
             last = self.retries >= policy.attempts
-            outcome.hold = None if last or not (policy.codes or self.trust_marker) else self.gate
+            gated = not last and (policy.codes or self.trust_marker)
+            outcome.begin_try(endpoint.key, self.gate if gated else None)
             failure: Failure | None = None
             status = 0
             error: UpstreamError | None = None
@@ -169,9 +169,7 @@ class Tries:
                 assert outcome.replay is not None
                 self.body = bytes(outcome.replay)
                 self.body_done = True
-            outcome.status = 0
-            outcome.proxy_error = False
-            outcome.request_complete = False
+            outcome.retry()
             await trio.sleep(backoff_s(policy, self.retries, ctx.rng.random()))
 
     def replayable(self) -> bool:
@@ -186,16 +184,15 @@ class Tries:
             and self.cluster.budget.withdraw(now)
         )
 
-    def gate(self, response: Any) -> Failure | None:
+    def gate(self, status: int, headers: list[tuple[bytes, bytes]]) -> Failure | None:
         """`Outcome.hold`: the failure this response head is retried as, or None to
         forward it (the budget pays for the retry here)."""
-        status = response.status
         policy = self.policy
         if status != 503 and status not in policy.codes:
             return None
         if not self.replayable():
             return None
-        not_sent = status == 503 and self.trust_marker and not_sent_marker(response.headers)
+        not_sent = status == 503 and self.trust_marker and not_sent_marker(headers)
         failure = Failure.NOT_SENT if not_sent else Failure.STATUS
         if not retryable(policy, self.head.method, failure, status):
             return None
@@ -206,27 +203,10 @@ class Tries:
         self, stats: EndpointStats, h2_fields: list[tuple[bytes, bytes]] | None
     ) -> Coroutine[Any, Any, None]:
         """The exchange of one try (its coroutine, awaited by `run`: no frame of our own)."""
-        ctx, ds, head, outcome = self.ctx, self.ds, self.head, self.outcome
-        endpoint = stats.endpoint
         cluster = self.cluster
-        spec = cluster.spec
-        if h2_fields is not None:
-            from sidecar.http.forward_h2 import exchange_h2
-            from sidecar.upstream.h2client import H2Pool
-
-            pools = cluster.h2pools
-            h2pool = pools.get(endpoint.key) or pools.setdefault(
-                endpoint.key, H2Pool(cluster.connect)
-            )
-            return exchange_h2(
-                ds, h2pool, ctx.background, endpoint.address, endpoint.port, head, h2_fields,
-                bytes(self.body), self.body_done, self.response_ops, outcome,
-                spec.connect_timeout_s,
-            )  # fmt: skip
-        pool = cluster.pools[endpoint.key]  # kept in step with the endpoints (Cluster.update)
-        request = self.body if isinstance(self.body, bytearray) else bytearray(self.body)
         return exchange(
-            ds, pool, endpoint.address, endpoint.port, head, request, self.body_done,
-            ds.next_event, self.response_ops, outcome, spec.connect_timeout_s,
-            spec.idle_timeout_s, self.start, ds.relay,
+            downstream=self.ds, pools=cluster.pools, endpoint=stats.endpoint, spec=cluster.spec,
+            head=self.head, request=self.body, body_done=self.body_done, h2_fields=h2_fields,
+            response_ops=self.response_ops, outcome=self.outcome, nursery=self.ctx.background,
+            now=self.start,
         )  # fmt: skip

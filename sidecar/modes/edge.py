@@ -25,7 +25,8 @@ import trio
 from sidecar.admin import AdminState, serve_admin
 from sidecar.config.dump import describe
 from sidecar.config.loader import FileStamp, load_snapshot
-from sidecar.config.model import Limits, ListenerKey, Snapshot
+from sidecar.config.model import Limits, ListenerKey
+from sidecar.config.snapshot import Snapshot
 from sidecar.config.store import SnapshotStore
 from sidecar.entry import serve_downstream
 from sidecar.errors import ConfigError
@@ -36,7 +37,7 @@ from sidecar.observe.accesslog import AccessLog
 from sidecar.observe.metrics import Metrics
 from sidecar.transport.idle import IdleTracker, run_sweeper
 from sidecar.transport.listen import accept_loop, open_listener
-from sidecar.upstream.cluster import ClusterManager, ConnectorFactory, plain
+from sidecar.upstream.manager import ClusterManager, ConnectorFactory, plain
 
 if TYPE_CHECKING:
     from sidecar.filters.global_ratelimit import GlobalLimits

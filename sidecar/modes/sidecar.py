@@ -34,8 +34,9 @@ from sidecar.authz import Decision, Policy, decide
 from sidecar.config.compile import compile_snapshot
 from sidecar.config.dump import describe
 from sidecar.config.mesh import mesh_default_allow, outbound_config
-from sidecar.config.model import Backend, ClusterSpec, ListenerKey, RouteAction, Snapshot
+from sidecar.config.model import Backend, ClusterSpec, ListenerKey, RouteAction
 from sidecar.config.parse import Document, load_documents
+from sidecar.config.snapshot import Snapshot
 from sidecar.config.store import SnapshotStore
 from sidecar.config.watch import ConfigWatch
 from sidecar.entry import handshake_failed, serve_http2, sniff
@@ -50,10 +51,10 @@ from sidecar.protocol.sniff import Detected
 from sidecar.tcp.proxy import serve_tcp
 from sidecar.transport import mtls
 from sidecar.transport.idle import IdleTracker, run_sweeper
-from sidecar.transport.io import Conn, connect_app
+from sidecar.transport.io import Conn, Connector, connect_app
 from sidecar.transport.listen import accept_loop, open_listener
 from sidecar.transport.tls import TlsHandshakeError
-from sidecar.upstream.cluster import ClusterManager, Connector
+from sidecar.upstream.manager import ClusterManager
 
 if TYPE_CHECKING:
     from sidecar.discovery.register import ConsulRegistration

@@ -20,8 +20,8 @@ import re
 
 import httptools
 
+from sidecar.config.headerops import HeaderOps
 from sidecar.errors import ProtocolError, StreamError
-from sidecar.http.filters import HeaderOps
 from sidecar.observe.tracecontext import B3_FIELDS
 from sidecar.protocol.http1 import RequestHead
 from sidecar.protocol.response import ResponseHead

@@ -19,7 +19,7 @@ from collections import deque
 
 import httptools
 
-from sidecar.errors import ProtocolError
+from sidecar.errors import ProtocolError, UpstreamClosed, UpstreamProtocolError
 from sidecar.protocol.http1 import END, End
 from sidecar.protocol.wire import connection_named
 
@@ -203,3 +203,17 @@ class ResponseParser:
         exchange. Bytes after a response (an upstream that answered twice, or a body
         longer than its length) would otherwise reach the next client as its answer."""
         return self._done and not self._trailing
+
+
+def feed_response(parser: ResponseParser, data: bytes) -> bool:
+    """Parse what the upstream sent (b"": it closed); False when the close ended the
+    response (a close-delimited body), so the connection cannot be reused."""
+    if data:
+        try:
+            parser.feed(data)
+        except ProtocolError as exc:
+            raise UpstreamProtocolError(str(exc)) from None
+        return True
+    if parser.feed_eof():
+        return False
+    raise UpstreamClosed("upstream closed before the response was complete")

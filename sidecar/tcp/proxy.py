@@ -19,8 +19,7 @@ from sidecar.http.context import ProxyContext
 from sidecar.http.request import pick_backend
 from sidecar.tcp.relay import Counts, relay
 from sidecar.transport.idle import Tracked
-from sidecar.transport.io import Conn
-from sidecar.upstream.cluster import Connector
+from sidecar.transport.io import Conn, Connector
 
 
 async def serve_tcp(
@@ -47,7 +46,7 @@ async def serve_tcp(
         peer = cluster.spec.name
         endpoint = stats.endpoint
         try:
-            upstream = await (connect or cluster.connect)(
+            upstream = await (connect or cluster.pools.connect)(
                 endpoint.address, endpoint.port, cluster.spec.connect_timeout_s
             )
         except UpstreamConnectError:

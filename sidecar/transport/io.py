@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -162,6 +162,10 @@ async def connect_tcp(address: str, port: int) -> Conn:
         sock.close()
         raise
     return Conn(sock, target)
+
+
+# Opens a connection to (address, port) within a timeout: plain TCP, or mTLS in sidecars.
+Connector = Callable[[str, int, float], Awaitable[Conn]]
 
 
 async def connect_within(address: str, port: int, timeout_s: float) -> Conn:

@@ -18,13 +18,14 @@ import trio
 
 from sidecar.errors import UpstreamConnectError, UpstreamProtocolError
 from sidecar.transport.io import ConnectionLost
-from sidecar.upstream.h2client import H2Pool, Response, Trailers
+from sidecar.upstream.h2client import Response, Trailers
 
 if TYPE_CHECKING:
     import random
 
     from sidecar.transport.io import Conn
-    from sidecar.upstream.cluster import ClusterManager
+    from sidecar.upstream.manager import ClusterManager
+    from sidecar.upstream.pool import H2Pool
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -50,17 +51,15 @@ async def call(
         raise UpstreamConnectError(f"cluster {cluster_name} has no endpoint taking traffic")
     ep, spec = stats.endpoint, cluster.spec
     if http2:
-        pool = cluster.h2pools.get(ep.key) or cluster.h2pools.setdefault(
-            ep.key, H2Pool(cluster.connect)
-        )
+        pool = cluster.pools.multiplexed(ep.key)
         fields = [(b":method", method), (b":scheme", b"http"), (b":path", target),
                   (b":authority", authority), *headers]  # fmt: skip
         return await _h2(pool, nursery, ep.address, ep.port, spec.connect_timeout_s, fields,
                          body, max_body)  # fmt: skip
-    pool1 = cluster.pools.get(ep.key)
-    conn = pool1.take(time.perf_counter(), spec.idle_timeout_s, check=True) if pool1 else None
+    pools = cluster.pools
+    conn = pools.take(ep.key, time.perf_counter(), spec.idle_timeout_s, check=True)
     if conn is None:
-        conn = await cluster.connect(ep.address, ep.port, spec.connect_timeout_s)
+        conn = await pools.connect(ep.address, ep.port, spec.connect_timeout_s)
     h1 = h11.Connection(h11.CLIENT)
     try:
         request = h11.Request(method=method, target=target,
@@ -77,8 +76,8 @@ async def call(
     except BaseException:
         conn.close()
         raise
-    if h1.our_state is h11.DONE and h1.their_state is h11.DONE and pool1 is not None:
-        pool1.give(conn, time.perf_counter())
+    if h1.our_state is h11.DONE and h1.their_state is h11.DONE:
+        pools.give(ep.key, conn, time.perf_counter())
     else:
         conn.close()
     return answer

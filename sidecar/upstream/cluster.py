@@ -1,10 +1,10 @@
-"""Upstream clusters at run time: endpoint statistics, balancer and keep-alive pools.
+"""Upstream clusters at run time: endpoint statistics, the balancer, breakers and limits.
 
 Times here are `time.perf_counter()` seconds, the data path's clock (not trio's).
 
 A `ClusterSpec` in the snapshot is immutable; its `Cluster` here is the mutable owner of
-what outlives one configuration: endpoint statistics and idle connections survive a
-reload for endpoints that stay, and are dropped for endpoints that leave.
+what outlives one configuration: endpoint statistics and connections (its `Pools`)
+survive a reload for endpoints that stay, and are dropped for endpoints that leave.
 
 Panic (Envoy's `healthy_panic_threshold`): when fewer than `panic_threshold` percent of a
 cluster's endpoints take traffic (ejected by outlier detection or failing active checks),
@@ -21,13 +21,10 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable, Collection, Mapping
-from typing import TYPE_CHECKING
-
-import trio
+from collections.abc import Collection
 
 from sidecar.config.model import ClusterSpec, Endpoint
-from sidecar.transport.io import Conn, connect_within
+from sidecar.transport.io import Connector, connect_within
 from sidecar.upstream.balance import (
     Balancer,
     Cumulative,
@@ -36,61 +33,10 @@ from sidecar.upstream.balance import (
     make_balancer,
 )
 from sidecar.upstream.breaker import count_open, may_eject, over_limit
+from sidecar.upstream.pool import Pools
 from sidecar.upstream.retry import Budget
 
-if TYPE_CHECKING:
-    from sidecar.upstream.h2client import H2Pool
-
 log = logging.getLogger("weft.upstream")
-
-MAX_IDLE_PER_ENDPOINT = 256
-# An idle connection older than this is checked for a FIN from the upstream before reuse.
-STALE_CHECK_AFTER_S = 0.5
-
-
-# Opens a connection to (address, port) within a timeout: plain TCP, or mTLS in sidecars.
-Connector = Callable[[str, int, float], Awaitable[Conn]]
-ConnectorFactory = Callable[[ClusterSpec], Connector]
-
-
-def plain(spec: ClusterSpec) -> Connector:
-    return connect_within
-
-
-class EndpointPool:
-    """Idle keep-alive connections to one endpoint, most recently used first out; `connect`
-    opens new ones the way the cluster's upstreams are reached."""
-
-    __slots__ = ("connect", "idle")
-
-    def __init__(self, connect: Connector = connect_within) -> None:
-        self.idle: list[tuple[Conn, float]] = []
-        self.connect = connect
-
-    def take(self, now: float, idle_timeout_s: float, check: bool = False) -> Conn | None:
-        """An idle connection; `check`: make sure the upstream has not closed it, however
-        recently it was used (for requests that must not be replayed after a failure)."""
-        idle = self.idle
-        while idle:
-            conn, since = idle.pop()
-            age = now - since
-            stale_check = check or age > STALE_CHECK_AFTER_S
-            if age > idle_timeout_s or (stale_check and conn.at_eof_or_garbage()):
-                conn.close()
-                continue
-            return conn
-        return None
-
-    def give(self, conn: Conn, now: float) -> None:
-        if len(self.idle) >= MAX_IDLE_PER_ENDPOINT:
-            conn.close()
-        else:
-            self.idle.append((conn, now))
-
-    def close(self) -> None:
-        for conn, _ in self.idle:
-            conn.close()
-        self.idle.clear()
 
 
 class Cluster:
@@ -98,22 +44,17 @@ class Cluster:
     endpoints that may take traffic now, pools, the retry budget and the limits' counters."""
 
     __slots__ = (
-        "available", "balancer", "budget", "connect_raw", "connecting", "connections",
-        "cumulative", "h2pools", "half_open", "healthy_now", "next_change", "panic", "pools",
-        "requests", "spec", "stats",
+        "available", "balancer", "budget", "cumulative", "half_open", "healthy_now",
+        "next_change", "panic", "pools", "requests", "spec", "stats",
     )  # fmt: skip
 
     def __init__(self, spec: ClusterSpec, now: float, connect: Connector = connect_within) -> None:
         self.spec = spec
-        self.connect_raw = connect
         self.balancer: Balancer = make_balancer(spec.lb_policy)
         self.stats: list[EndpointStats] = [EndpointStats(e, now) for e in spec.endpoints]
-        self.pools = {e.key: EndpointPool(self.connect) for e in spec.endpoints}
-        self.h2pools: dict[str, H2Pool] = {}  # HTTP/2 clusters, made on first use
+        self.pools = Pools(connect, [e.key for e in spec.endpoints])
         self.budget = Budget(spec.budget, now)
         self.requests = 0  # in flight
-        self.connecting = 0  # requests waiting for a new connection
-        self.connections = 0  # open
         self.available: list[EndpointStats] = []
         self.half_open: list[EndpointStats] = []  # past their ejection, one trial at a time
         self.cumulative: Cumulative = None
@@ -224,29 +165,13 @@ class Cluster:
     # -- limits -----------------------------------------------------------------------------
     def over_limit(self, key: str) -> str | None:
         """The limit a new request to endpoint `key` would break (see breaker.over_limit)."""
-        pool = self.pools.get(key)
-        if self.requests < self.spec.limits.max_requests and (self.h2pools or (pool and pool.idle)):
-            return None  # the common case, decided without a call
-        connecting = pool is None or not pool.idle
-        if self.h2pools:
-            connecting = False  # HTTP/2 multiplexes: the pool opens few connections
+        pools = self.pools
+        connecting = pools.needs_connect(key)
+        if self.requests < self.spec.limits.max_requests and not connecting:
+            return None  # the common case
         return over_limit(
-            self.spec.limits, self.requests, self.connecting, self.connections, connecting
+            self.spec.limits, self.requests, pools.connecting, pools.connections, connecting
         )
-
-    async def connect(self, address: str, port: int, timeout_s: float) -> Conn:
-        """Open a connection, counted against the limits while it is open."""
-        self.connecting += 1
-        try:
-            conn = await self.connect_raw(address, port, timeout_s)
-        finally:
-            self.connecting -= 1
-        self.connections += 1
-        conn.on_close = self._closed
-        return conn
-
-    def _closed(self) -> None:
-        self.connections -= 1
 
     # -- configuration ----------------------------------------------------------------------
     def update(self, spec: ClusterSpec, now: float) -> None:
@@ -257,17 +182,7 @@ class Cluster:
             self.budget = Budget(spec.budget, now)
         old_stats = {s.endpoint: s for s in self.stats}
         self.stats = [old_stats.get(e) or EndpointStats(e, now) for e in spec.endpoints]
-        keep = {e.key for e in spec.endpoints}
-        for key, pool in list(self.pools.items()):
-            if key not in keep:
-                pool.close()
-                del self.pools[key]
-        for key, h2pool in list(self.h2pools.items()):
-            if key not in keep:
-                h2pool.close()
-                del self.h2pools[key]
-        for e in spec.endpoints:
-            self.pools.setdefault(e.key, EndpointPool(self.connect))
+        self.pools.retain({e.key for e in spec.endpoints})
         if spec.health_check is None:
             for s in self.stats:
                 s.healthy = True
@@ -275,87 +190,4 @@ class Cluster:
         self.refresh(now)
 
     def close(self) -> None:
-        for pool in self.pools.values():
-            pool.close()
-        for h2pool in self.h2pools.values():
-            h2pool.close()
-
-
-class ClusterManager:
-    """Owns every Cluster; `sync` is called once per snapshot swap.
-
-    A cluster that leaves the configuration is retired, not closed: connections still
-    draining on an older snapshot can reach it for `retire_after_s`.
-    """
-
-    def __init__(self, retire_after_s: float = 300.0, connector: ConnectorFactory = plain) -> None:
-        self.connector = connector  # how each cluster's upstreams are reached
-        self.clusters: dict[str, Cluster] = {}
-        self.retired: dict[str, tuple[Cluster, float]] = {}
-        self.retire_after_s = retire_after_s
-        # where active health checks run; set by the process before the first sync
-        self.nursery: trio.Nursery | None = None
-        self.checks: dict[Cluster, trio.CancelScope] = {}
-
-    def get(self, name: str) -> Cluster | None:
-        cluster = self.clusters.get(name)
-        if cluster is None and name in self.retired:
-            cluster = self.retired[name][0]
-        return cluster
-
-    def sync(self, specs: Mapping[str, ClusterSpec], now: float) -> None:
-        for name, (old, since) in list(self.retired.items()):
-            if name in specs or now - since > self.retire_after_s:
-                del self.retired[name]
-                if name not in specs:
-                    old.close()
-                else:
-                    self.clusters.setdefault(name, old)
-        for name in list(self.clusters):
-            if name not in specs:
-                self.retired[name] = (self.clusters.pop(name), now)
-        for name, spec in specs.items():
-            cluster = self.clusters.get(name)
-            if cluster is not None and cluster.spec.protocol != spec.protocol:
-                # How to connect depends on the protocol (ALPN, mTLS contexts): a new
-                # cluster; the old one finishes what it carries and is closed later.
-                self.retired[f"{name} (until {now})"] = (cluster, now)
-                cluster = None
-            if cluster is None:
-                self.clusters[name] = Cluster(spec, now, self.connector(spec))
-            elif cluster.spec != spec:
-                cluster.update(spec, now)
-        self._reconcile_checks()
-
-    def _reconcile_checks(self) -> None:
-        """Run active health checks for exactly the clusters in force that ask for them."""
-        wanted = {c for c in self.clusters.values() if c.spec.health_check is not None}
-        for cluster in [c for c in self.checks if c not in wanted]:
-            self.checks.pop(cluster).cancel()
-        if self.nursery is None:
-            return
-        for cluster in wanted - self.checks.keys():
-            scope = self.checks[cluster] = trio.CancelScope()
-            self.nursery.start_soon(_checks, cluster, scope)
-
-    def circuit_open(self, now: float) -> list[tuple[str, int]]:
-        """(cluster, endpoints ejected now) for each cluster, for `weft_circuit_open`."""
-        return [(name, c.open_count(now)) for name, c in sorted(self.clusters.items())]
-
-    def close(self) -> None:
-        for scope in self.checks.values():
-            scope.cancel()
-        self.checks.clear()
-        for cluster in self.clusters.values():
-            cluster.close()
-        for cluster, _ in self.retired.values():
-            cluster.close()
-        self.clusters.clear()
-        self.retired.clear()
-
-
-async def _checks(cluster: Cluster, scope: trio.CancelScope) -> None:
-    from sidecar.upstream.health import run_checks
-
-    with scope:
-        await run_checks(cluster)
+        self.pools.close()

@@ -1,11 +1,12 @@
 """HTTP/2 to upstreams (h2, cleartext prior knowledge): shared, multiplexed connections.
 
-Theory of operation. An `H2Pool` per endpoint keeps a few client connections; a request
-takes a stream on the first one with room under the upstream's MAX_CONCURRENT_STREAMS and
-opens another connection only when all are full (concurrent requests wait for one connect
-rather than each opening its own). Each connection runs a reader and a writer task in the
-background nursery, like the downstream side (`http/h2server.py`): h2 holds the state, the
-reader turns frames into per-stream events, one writer sends what the core queues.
+Theory of operation. An `H2Pool` per endpoint (upstream/pool.py) keeps a few of these
+client connections; a request takes a stream on the first one with room under the
+upstream's MAX_CONCURRENT_STREAMS and opens another connection only when all are full
+(concurrent requests wait for one connect rather than each opening its own). Each
+connection runs a reader and a writer task in the background nursery, like the downstream
+side (`http/h2server.py`): the HTTP/2 core holds the state, the reader turns frames into
+per-stream events, one writer sends what the core queues.
 
 Flow control runs end to end here too: response DATA is acknowledged when the downstream
 took it, request DATA is sent only within the upstream's windows. A GOAWAY stops new
@@ -18,11 +19,10 @@ caller may retry elsewhere.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
 
 import trio
 
-from sidecar.errors import StreamError, UpstreamClosed, UpstreamConnectError
+from sidecar.errors import StreamError, UpstreamClosed
 from sidecar.protocol.h2core import (
     CANCEL,
     PROTOCOL_ERROR,
@@ -35,16 +35,12 @@ from sidecar.protocol.h2core import (
 )
 from sidecar.protocol.http2 import check_trailers
 from sidecar.transport.h2pump import FlowStream, H2Pump
-from sidecar.transport.io import Conn, ConnectionLost, connect_within
+from sidecar.transport.io import Conn, ConnectionLost
 from sidecar.transport.signal import Signal
-
-if TYPE_CHECKING:
-    from sidecar.upstream.cluster import Connector
 
 Headers = list[tuple[bytes, bytes]]
 STREAM_WINDOW = 1024 * 1024
 CONNECTION_WINDOW = 4 * 1024 * 1024
-MAX_CONNECTIONS = 8
 
 
 class UpstreamRefused(UpstreamClosed):
@@ -269,41 +265,3 @@ class H2ClientConnection(H2Pump):
 
     def close(self) -> None:
         self.scope.cancel()
-
-
-class H2Pool:
-    """HTTP/2 connections to one endpoint."""
-
-    def __init__(self, connect: Connector = connect_within) -> None:
-        self.connect = connect
-        self.connections: list[H2ClientConnection] = []
-        self._connecting: trio.Event | None = None
-
-    async def connection(
-        self, nursery: trio.Nursery, address: str, port: int, connect_timeout_s: float
-    ) -> H2ClientConnection:
-        while True:
-            self.connections = [c for c in self.connections if not c.closed]
-            for c in self.connections:
-                if c.available:
-                    return c
-            if self._connecting is not None:  # someone is connecting: share their result
-                await self._connecting.wait()
-                continue
-            if len(self.connections) >= MAX_CONNECTIONS:
-                raise UpstreamConnectError(f"{address}:{port}: every HTTP/2 connection is full")
-            self._connecting = trio.Event()
-            try:
-                conn = await self.connect(address, port, connect_timeout_s)
-                client = H2ClientConnection(conn)
-                await nursery.start(client.run)
-                self.connections.append(client)
-                return client
-            finally:
-                self._connecting.set()
-                self._connecting = None
-
-    def close(self) -> None:
-        for c in self.connections:
-            c.close()
-        self.connections.clear()

@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
 
 import trio
 
 from sidecar.config.model import HealthCheckPolicy
 from sidecar.errors import UpstreamError, WeftError
-from sidecar.protocol.response import ResponseHead, ResponseParser
+from sidecar.protocol.response import ResponseHead, ResponseParser, feed_response
 from sidecar.transport.io import Conn, ConnectionLost
-
-if TYPE_CHECKING:
-    from sidecar.upstream.balance import EndpointStats
-    from sidecar.upstream.cluster import Cluster
+from sidecar.upstream.balance import EndpointStats
+from sidecar.upstream.cluster import Cluster
+from sidecar.upstream.h2client import H2ClientConnection, Response
 
 log = logging.getLogger("weft.health")
 
@@ -56,7 +54,7 @@ async def probe(cluster: Cluster, address: str, port: int, policy: HealthCheckPo
     spec = cluster.spec
     with trio.move_on_after(policy.timeout_s):
         try:
-            conn = await cluster.connect(address, port, policy.timeout_s)
+            conn = await cluster.pools.connect(address, port, policy.timeout_s)
         except (UpstreamError, OSError) as failed:
             return str(failed)
         try:
@@ -78,8 +76,6 @@ async def probe(cluster: Cluster, address: str, port: int, policy: HealthCheckPo
 
 
 async def _h1_status(conn: Conn, host: bytes, path: bytes) -> int:
-    from sidecar.http.forward import feed_response
-
     request = b"GET %b HTTP/1.1\r\nhost: %b\r\nuser-agent: weft-health\r\nconnection: close\r\n\r\n"
     await conn.send_all(request % (path, host))
     parser = ResponseParser()
@@ -92,8 +88,6 @@ async def _h1_status(conn: Conn, host: bytes, path: bytes) -> int:
 
 
 async def _h2_status(conn: Conn, host: bytes, path: bytes) -> int:
-    from sidecar.upstream.h2client import H2ClientConnection, Response
-
     client = H2ClientConnection(conn)
     async with trio.open_nursery() as nursery:
         await nursery.start(client.run)

@@ -359,3 +359,24 @@ async def test_in_the_mesh_a_dead_app_is_retried_elsewhere_even_for_posts(tmp_pa
             )
             assert set(seen) == {f"p{i}" for i in range(60)} and max(seen.values()) == 1
             nursery.cancel_scope.cancel()
+
+
+async def test_http2_clients_get_status_retries_too(tmp_path: Path) -> None:
+    """The retry gate sees every response head, whatever the downstream protocol: an
+    HTTP/2 client's request answered 503 by one HTTP/1.1 instance is retried on the other,
+    as an HTTP/1.1 client's is."""
+    policy = """  retry: {attempts: 2, codes: [503], backoff: {baseInterval: 1ms, maxInterval: 2ms}}
+  outlierDetection: {consecutiveGatewayErrors: 1000}
+"""
+    with backends(("bad", "--fail-for", "120"), ("good",)) as procs:
+        async with trio.open_nursery() as nursery:
+            server, port = await start_edge(nursery, tmp_path / "c.yaml", config(procs, policy))
+            async with httpx.AsyncClient(http1=False, http2=True, timeout=10) as http:
+                with trio.fail_after(30):
+                    answers = [await http.get(f"http://127.0.0.1:{port}/") for _ in range(20)]
+            assert {r.http_version for r in answers} == {"HTTP/2"}
+            assert [r.status_code for r in answers] == [200] * 20
+            assert {r.json()["name"] for r in answers} == {"good"}
+            assert procs[0].count() > 0  # the failing instance was tried and its 503 retried
+            assert retries(server).get("status", 0) == procs[0].count()
+            nursery.cancel_scope.cancel()

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 import httptools
 
+from sidecar.config.headerops import HeaderOps
 from sidecar.config.model import Limits, RouteAction
 from sidecar.errors import ProtocolError
-from sidecar.http.filters import HeaderOps
 from sidecar.http.request import Forwarding, client_cert_line, parse_target, upstream_request
 from sidecar.http.router import CompiledMatch
 from sidecar.protocol.http1 import EDGE_KINDS, MESH_KINDS, End, RequestHead, RequestParser

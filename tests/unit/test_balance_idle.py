@@ -102,7 +102,7 @@ def test_a_cluster_whose_protocol_changes_gets_a_connector_for_the_new_one() -> 
     """A service first seen without its protocol (HTTP by default) and then as gRPC: the
     connector (in sidecars: which ALPN to offer over mTLS) must follow."""
     from sidecar.config.model import ClusterSpec, Endpoint
-    from sidecar.upstream.cluster import ClusterManager
+    from sidecar.upstream.manager import ClusterManager
 
     made: list[str] = []
 
@@ -131,7 +131,7 @@ def test_a_cluster_whose_protocol_changes_gets_a_connector_for_the_new_one() -> 
 
 
 def test_smooth_weighted_split_is_exact_over_small_windows() -> None:
-    from sidecar.upstream.balance import SmoothWeighted
+    from sidecar.config.split import SmoothWeighted
 
     split = SmoothWeighted((90, 10))
     picks = [split.pick() for _ in range(1000)]

@@ -11,8 +11,9 @@ from control.snapshot import documents_for
 from control.store import Resources
 from sidecar.config.compile import compile_snapshot
 from sidecar.config.mesh import outbound_config
-from sidecar.config.model import ListenerKey, Snapshot
+from sidecar.config.model import ListenerKey
 from sidecar.config.parse import Document, load_documents
+from sidecar.config.snapshot import Snapshot
 from sidecar.http.router import CompiledMatch
 
 SPLIT = {

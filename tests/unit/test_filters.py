@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from sidecar.config.headerops import HeaderOps
 from sidecar.config.model import RedirectAction
-from sidecar.http.filters import HeaderOps, redirect_location, rewrite_path
+from sidecar.http.filters import redirect_location, rewrite_path
 from sidecar.http.paths import remove_dot_segments
 
 

@@ -16,7 +16,7 @@ from sidecar.config.model import (
     RetryBudget,
     RetryPolicy,
 )
-from sidecar.upstream.balance import SmoothWeighted
+from sidecar.config.split import SmoothWeighted
 from sidecar.upstream.breaker import Outlier, State, may_eject, over_limit
 from sidecar.upstream.cluster import Cluster
 from sidecar.upstream.health import Verdict

@@ -7,8 +7,9 @@ from typing import Any
 import yaml
 
 from sidecar.config.compile import compile_snapshot
-from sidecar.config.model import ListenerKey, Snapshot
+from sidecar.config.model import ListenerKey
 from sidecar.config.parse import Document, load_documents
+from sidecar.config.snapshot import Snapshot
 from sidecar.http.router import normalize_host
 
 GATEWAY = """

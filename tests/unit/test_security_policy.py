@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from sidecar.config.loader import load_snapshot
-from sidecar.config.model import Snapshot
 from sidecar.config.resources import Authorization, AuthzRule, ClaimMatch, JwtPrincipal
+from sidecar.config.snapshot import Snapshot
 from sidecar.errors import ConfigError
 from sidecar.filters.authorization import AuthorizationFilter
 from sidecar.filters.chain import Exchange

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.config.loader import load_snapshot
-from sidecar.config.model import Snapshot
+from sidecar.config.snapshot import Snapshot
 from sidecar.errors import ConfigError
 
 BASE = """apiVersion: gateway.networking.k8s.io/v1
