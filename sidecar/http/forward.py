@@ -238,7 +238,7 @@ async def relay_http1(
                 outcome.relayed(ev)
                 out += chunk(ev) if chunked_down else ev
             elif isinstance(ev, ResponseHead):
-                outcome.response(ev.status, ev.headers)
+                outcome.response(ev.status, ev)
                 if ev.status == 101:  # the upstream took the Upgrade: HTTP ends here
                     out += response_head(ev, ops, False, False, False)
                     del out[-2:]

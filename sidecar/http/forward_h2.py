@@ -98,7 +98,7 @@ async def _relay(stream: UpstreamStream, writer: ResponseWriter, outcome: Outcom
     while True:
         ev = await stream.next_event()
         if isinstance(ev, Response):
-            outcome.response(ev.status, ev.headers)
+            outcome.response(ev.status, ev)
             events = stream.events
             if events and isinstance(events[0], Trailers) and events[0].headers is None:
                 events.popleft()  # HEADERS with END_STREAM (gRPC's trailers-only answers)

@@ -569,7 +569,7 @@ async def relay_h2(
             ev = events.popleft()
             if isinstance(ev, ResponseHead):
                 keep_upstream = ev.keep_alive
-                outcome.response(ev.status, ev.headers)
+                outcome.response(ev.status, ev)
                 pending = response_headers(ev, ops)
             elif isinstance(ev, bytes):
                 if pending is not None:

@@ -10,14 +10,26 @@ the retry gate), bytes move, a retry starts over — is written here once.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from sidecar.errors import WeftError
 from sidecar.transport.io import Conn
 from sidecar.upstream.retry import Failure
 
 Headers = list[tuple[bytes, bytes]]
-# The retry gate: the failure a response head (status, fields) is retried as, or None.
-Gate = Callable[[int, Headers], "Failure | None"]
+
+
+class Head(Protocol):
+    """A response head as either upstream protocol's client gives it; its fields may be
+    parsed only when asked for (an HTTP/1.1 head's are), so they are read only when a
+    decision needs them."""
+
+    @property
+    def headers(self) -> Headers: ...
+
+
+# The retry gate: the failure a response head (status, head) is retried as, or None.
+Gate = Callable[[int, Head], "Failure | None"]
 
 # Set by the proxy on the errors it answers itself (`x-weft-error: <why>`), so a caller's
 # sidecar can tell them from its peer app's own 5xx answers (outlier detection ejects
@@ -121,14 +133,14 @@ class Outcome:
         """Request trailers went upstream: they are not kept, so no replay."""
         self.replay = None
 
-    def response(self, status: int, headers: Headers) -> None:
+    def response(self, status: int, head: Head) -> None:
         """The upstream's response head arrived; RetryableStatus when the retry gate takes
         it instead (nothing of it has reached the downstream then)."""
         if status >= 500:
-            self.proxy_error = proxy_error(headers)
+            self.proxy_error = proxy_error(head.headers)
         hold = self.hold
         if hold is not None:
-            failure = hold(status, headers)
+            failure = hold(status, head)
             if failure is not None:
                 raise RetryableStatus(status, failure)
         self.status = status

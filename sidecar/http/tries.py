@@ -24,7 +24,7 @@ import trio
 from sidecar.config.model import RetryPolicy
 from sidecar.errors import UpstreamError, UpstreamTimeout, WeftError
 from sidecar.http.forward import exchange
-from sidecar.http.outcome import Outcome, RetryableStatus, not_sent_marker
+from sidecar.http.outcome import Head, Outcome, RetryableStatus, not_sent_marker
 from sidecar.upstream.balance import EndpointStats
 from sidecar.upstream.cluster import Cluster
 from sidecar.upstream.retry import Failure, backoff_s, retryable
@@ -184,7 +184,7 @@ class Tries:
             and self.cluster.budget.withdraw(now)
         )
 
-    def gate(self, status: int, headers: list[tuple[bytes, bytes]]) -> Failure | None:
+    def gate(self, status: int, head: Head) -> Failure | None:
         """`Outcome.hold`: the failure this response head is retried as, or None to
         forward it (the budget pays for the retry here)."""
         policy = self.policy
@@ -192,7 +192,7 @@ class Tries:
             return None
         if not self.replayable():
             return None
-        not_sent = status == 503 and self.trust_marker and not_sent_marker(headers)
+        not_sent = status == 503 and self.trust_marker and not_sent_marker(head.headers)
         failure = Failure.NOT_SENT if not_sent else Failure.STATUS
         if not retryable(policy, self.head.method, failure, status):
             return None
