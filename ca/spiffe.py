@@ -9,7 +9,7 @@ DEFAULT_TRUST_DOMAIN = "weft.local"
 # SPIFFE trust domains: lower-case letters, digits, dots, dashes and underscores.
 TRUST_DOMAIN_RE = re.compile(r"^[a-z0-9._-]{1,255}$")
 # Namespaces and services are Kubernetes names (DNS-1123 labels).
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a DNS label: namespaces, services
 
 
 class InvalidSpiffeId(ValueError):
@@ -26,7 +26,7 @@ class SpiffeId:
         if not TRUST_DOMAIN_RE.match(self.trust_domain):
             raise InvalidSpiffeId(f"trust domain {self.trust_domain!r} is not valid")
         for what, value in (("namespace", self.namespace), ("service", self.service)):
-            if not _NAME.match(value):
+            if not NAME.match(value):
                 raise InvalidSpiffeId(f"{what} {value!r} is not a DNS-1123 label")
 
     @property

@@ -41,16 +41,29 @@ EDGE_KINDS = (
 )
 
 
+ServiceKey = tuple[str, str]  # (namespace, name)
+
+
 def documents_for(
-    resources: Resources, registry: Registry, namespace: str, service: str, *, gateway: bool = False
+    resources: Resources,
+    registry: Registry,
+    namespace: str,
+    service: str,
+    *,
+    gateway: bool = False,
+    calls: frozenset[ServiceKey] | None = None,
 ) -> list[dict[str, Any]]:
     """`gateway`: the workload is an edge gateway in the mesh, which also gets the Gateways,
-    the routes attached to them and the Secrets and ReferenceGrants they use."""
+    the routes attached to them and the Secrets and ReferenceGrants they use. `calls`: the
+    services a sidecar said it calls (None: not said, every service); see `scope`."""
     declared = {
         (ns, name): d for (kind, ns, name), d in resources.docs.items() if kind == "Service"
     }
+    wanted = None if calls is None or gateway else scope(resources, calls, namespace, service)
     out: list[dict[str, Any]] = []
     for ns, name in sorted(registry.services() | set(declared)):
+        if wanted is not None and (ns, name) not in wanted:
+            continue
         instances = registry.endpoints(ns, name)
         spec = declared[(ns, name)].get("spec", {}) if (ns, name) in declared else {}
         # The protocol the service's instances declared, ready or not yet: a cluster made
@@ -73,11 +86,62 @@ def documents_for(
     out.extend(
         doc
         for (kind, _, _), doc in sorted(resources.docs.items())
-        if (kind in MESH_ROUTE_KINDS and is_mesh_route(doc))
+        if (
+            kind in MESH_ROUTE_KINDS
+            and is_mesh_route(doc)
+            and (wanted is None or bool(_parents(doc) & wanted))
+        )
         or (kind == "AuthorizationPolicy" and _targets(doc, namespace, service))
         or kind in ("MeshConfig", "BackendTrafficPolicy", "ReferenceGrant")
         or (gateway and kind in EDGE_KINDS and not is_mesh_route(doc))
     )
+    return out
+
+
+def scope(
+    resources: Resources, calls: frozenset[ServiceKey], namespace: str, service: str
+) -> set[ServiceKey]:
+    """The services a sidecar that calls `calls` needs, as Istio's `Sidecar` egress hosts
+    and Consul's declared upstreams scope a proxy's configuration: those, its own, and
+    every service a mesh route of one of them sends to (a split's other versions, a
+    mirror). A service outside it is unknown to the sidecar (404 no route), so its
+    snapshot and its pushes stay the size of what it calls, not of the mesh."""
+    routes = [
+        (_parents(doc), _backends(doc.get("spec", {}).get("rules") or [], _namespace(doc)))
+        for (kind, _, _), doc in resources.docs.items()
+        if kind in MESH_ROUTE_KINDS and is_mesh_route(doc)
+    ]
+    wanted = set(calls) | {(namespace, service)}
+    while True:  # until every route it gets has its backends (a route on a backend too)
+        more = set().union(*(to for parents, to in routes if parents & wanted)) - wanted
+        if not more:
+            return wanted
+        wanted |= more
+
+
+def _namespace(doc: dict[str, Any]) -> str:
+    return str(doc.get("metadata", {}).get("namespace", "default"))
+
+
+def _parents(route: dict[str, Any]) -> set[ServiceKey]:
+    ns = _namespace(route)
+    refs = route.get("spec", {}).get("parentRefs") or []
+    return {(p.get("namespace", ns), p.get("name", "")) for p in refs}
+
+
+def _backends(node: Any, ns: str) -> set[ServiceKey]:
+    """Every Service a route's rules name (`backendRef`s and `backendRefs`, in filters too)."""
+    out: set[ServiceKey] = set()
+    if isinstance(node, list):
+        for item in node:
+            out |= _backends(item, ns)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            refs = [value] if key == "backendRef" else value if key == "backendRefs" else None
+            for ref in refs if isinstance(refs, list) else ():
+                if isinstance(ref, dict) and ref.get("kind", "Service") == "Service":
+                    out.add((ref.get("namespace", ns), str(ref.get("name", ""))))
+            out |= _backends(value, ns)
     return out
 
 

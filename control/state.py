@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from control import api, delta
 from control.metrics import ControlMetrics
 from control.registry import Instance, Registry
-from control.snapshot import documents_for
+from control.snapshot import ServiceKey, documents_for
 from control.store import ResourceFile, Resources
 from control.top import Sample, history
 from sidecar.config.parse import Document
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from control.consul_store import ConsulResources
 
 Delta = tuple[list[dict[str, Any]], bytes | None]
+# What a sidecar is sent depends on: (namespace, service, gateway, the services it calls)
+View = tuple[str, str, bool, "frozenset[ServiceKey] | None"]
 CAS_ATTEMPTS = 5  # a change that loses this many races in a row is reported, not retried
 
 
@@ -50,10 +52,15 @@ class Subscriber:
     identity_expires: str = ""  # its SVID's not_after (ISO 8601), as it reported
     gateway: bool = False  # an edge gateway: it also gets Gateways and their routes
     deltas: bool = False  # it takes incremental pushes (control/delta.py)
+    calls: frozenset[ServiceKey] | None = None  # the services it calls, if it said
     answered: asyncio.Event = field(default_factory=asyncio.Event, repr=False)  # last push
     docs: list[dict[str, Any]] | None = field(default=None, repr=False)
     changed_at: float = 0.0  # when the change in its last snapshot was made (until ACKed)
     samples: deque[Sample] = field(default_factory=history, repr=False)  # for `meshctl top`
+
+    @property
+    def view(self) -> View:
+        return (self.instance.namespace, self.instance.service, self.gateway, self.calls)
 
 
 class ControlState:
@@ -85,44 +92,44 @@ class ControlState:
         self.changed = asyncio.Event()
         self.progress = asyncio.Event()  # set (and replaced) when a sidecar becomes current
         self.reported = asyncio.Event()  # set (and replaced) when a sidecar's counters arrive
-        # (namespace, service, gateway) -> (generation, documents, encoded snapshot message):
-        # a hundred sidecars of one service share one computation and one encoding per push
-        self._snapshots: dict[tuple[str, str, bool], tuple[int, list[dict[str, Any]], bytes]] = {}
-        # (namespace, service, gateway, id of the documents a sidecar has) -> (those
-        # documents, the encoded delta to `_deltas_generation`'s or None): one diff and one
-        # encoding per push for all the sidecars of a service that were current
-        self._deltas: dict[tuple[str, str, bool, int], Delta] = {}
+        # a sidecar's view (Subscriber.view) -> (generation, documents, encoded snapshot
+        # message): a hundred sidecars of one service share one computation and one
+        # encoding per push
+        self._snapshots: dict[View, tuple[int, list[dict[str, Any]], bytes]] = {}
+        # (view, id of the documents a sidecar has) -> (those documents, the encoded delta
+        # to `_deltas_generation`'s or None): one diff and one encoding per push for all
+        # the sidecars of a service that were current
+        self._deltas: dict[tuple[View, int], Delta] = {}
         self._deltas_generation = 0
 
-    def snapshot(
-        self, namespace: str, service: str, gateway: bool
-    ) -> tuple[list[dict[str, Any]], bytes]:
-        """The documents for sidecars of `namespace/service` at this generation, and the
+    def snapshot(self, view: View) -> tuple[list[dict[str, Any]], bytes]:
+        """The documents for sidecars with this view at this generation, and the
         `{"snapshot": …}` message carrying them, encoded."""
-        key = (namespace, service, gateway)
+        key = view
         hit = self._snapshots.get(key)
         if hit is not None and hit[0] == self.generation:
             return hit[1], hit[2]
-        docs = documents_for(self.resources, self.endpoints, namespace, service, gateway=gateway)
+        namespace, service, gateway, calls = view
+        docs = documents_for(
+            self.resources, self.endpoints, namespace, service, gateway=gateway, calls=calls
+        )
         if hit is not None and hit[1] == docs:
             docs = hit[1]  # unchanged: the same object, so watches compare by identity
         message = api.encode({"snapshot": {"version": self.generation, "resources": docs}})
         self._snapshots[key] = (self.generation, docs, message)
         return docs, message
 
-    def delta(
-        self, namespace: str, service: str, gateway: bool, have: list[dict[str, Any]]
-    ) -> bytes | None:
+    def delta(self, view: View, have: list[dict[str, Any]]) -> bytes | None:
         """The encoded `{"delta": …}` from the documents `have` to this generation's for
-        sidecars of `namespace/service` (None: nothing changed)."""
-        key = (namespace, service, gateway, id(have))
+        sidecars with this view (None: nothing changed)."""
+        key = (view, id(have))
         hit = self._deltas.get(key)
         if hit is not None and self._deltas_generation == self.generation:
             return hit[1]
         if self._deltas_generation != self.generation:  # diffs to an older one: no more use
             self._deltas.clear()
             self._deltas_generation = self.generation
-        docs, _ = self.snapshot(namespace, service, gateway)
+        docs, _ = self.snapshot(view)
         change = delta.diff(have, docs)
         message = None
         if change is not None:

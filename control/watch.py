@@ -27,8 +27,10 @@ from typing import Any
 import grpc
 
 from ca import keystore, tokens
+from ca.spiffe import NAME
 from control import api
 from control.registry import Instance
+from control.snapshot import ServiceKey
 from control.state import ControlState, Subscriber
 from control.top import parse_sample
 
@@ -62,11 +64,10 @@ class ConfigService:
         try:
             while not reader.done():
                 changed = state.changed
-                inst = sub.instance
-                docs, message = state.snapshot(inst.namespace, inst.service, sub.gateway)
+                docs, message = state.snapshot(sub.view)
                 changed_docs = docs is not sub.docs
                 if changed_docs and sub.deltas and sub.docs is not None:
-                    patch = state.delta(inst.namespace, inst.service, sub.gateway, sub.docs)
+                    patch = state.delta(sub.view, sub.docs)
                     changed_docs, message = patch is not None, patch or message
                 elif changed_docs:
                     changed_docs = docs != sub.docs
@@ -101,6 +102,7 @@ class ConfigService:
             hello = message["hello"]
             instance = Instance.from_json({**hello["instance"], "ready": False})
             session = str(hello["session"])
+            calls = _calls(hello.get("calls"), instance.namespace)
         except (KeyError, TypeError, ValueError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad hello: {exc!r}")
         now = datetime.datetime.now(datetime.UTC)
@@ -119,6 +121,7 @@ class ConfigService:
         return Subscriber(
             instance=instance, identity_expires=str(hello.get("expires", ""))[:40],
             gateway=bool(hello.get("gateway", False)), deltas=hello.get("deltas") is True,
+            calls=calls,
         )  # fmt: skip
 
     async def _read(self, messages: Any, sub: Subscriber) -> None:
@@ -151,6 +154,25 @@ class ConfigService:
                 state.heartbeat(sub, loop.time())
             elif "drain" in message:
                 state.set_ready(sub, False, loop.time())
+
+
+MAX_CALLS = 1000
+
+
+def _calls(value: Any, namespace: str) -> frozenset[ServiceKey] | None:
+    """A hello's `calls`: the services the sidecar calls, "NAMESPACE/NAME" or "NAME" (its
+    own namespace); absent: every service. ValueError when malformed."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > MAX_CALLS:
+        raise ValueError(f"calls: expected a list of at most {MAX_CALLS} service names")
+    out = set()
+    for item in value:
+        ns, _, name = str(item).rpartition("/") if isinstance(item, str) else ("", "", "")
+        if not name or not NAME.match(name) or (ns and not NAME.match(ns)):
+            raise ValueError(f"calls: {item!r} is not a service name (NAME or NAMESPACE/NAME)")
+        out.add((ns or namespace, name))
+    return frozenset(out)
 
 
 async def _either(answered: asyncio.Event, reader: asyncio.Task[None]) -> None:

@@ -263,6 +263,7 @@ def _sidecar(args: argparse.Namespace) -> int:
         admin_port=args.admin_port, files=tuple(args.file or ()),
         default_allow=args.default_policy == "allow",
         upstreams=tuple(_upstream(u) for u in args.upstream or ()),
+        calls=tuple(c for text in args.calls or () for c in text.split(",") if c),
         admin_address=args.admin_address, discovery=args.discovery,
         consul_token=args.consul_token or "", trace=telemetry.trace_options(args),
     )  # fmt: skip
@@ -589,6 +590,11 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument(
         "--upstream", action="append", metavar="SERVICE:PORT",
         help="a local port (127.0.0.1) that tunnels any protocol to SERVICE over mTLS",
+    )  # fmt: skip
+    sc.add_argument(
+        "--calls", action="append", metavar="SERVICE[,SERVICE…]",
+        help="the services the app calls (NAME or NAMESPACE/NAME): the control plane sends "
+        "only their configuration, not the whole mesh's (default: every service)",
     )  # fmt: skip
     sc.add_argument(
         "--default-policy", choices=("allow", "deny"), default="allow",

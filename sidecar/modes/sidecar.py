@@ -87,6 +87,9 @@ class SidecarOptions:
     files: tuple[str, ...] = ()  # outbound routes and peers, as `meshctl edge` reads them
     default_allow: bool = True  # for services no ALLOW AuthorizationPolicy names
     upstreams: tuple[tuple[str, int], ...] = ()  # (service, local port): opaque tunnels
+    # The services the app calls ("NAME" or "NAMESPACE/NAME"): the control plane then sends
+    # only those (and what their routes need). Empty: every service in the mesh.
+    calls: tuple[str, ...] = ()
     # Without `files`, the outbound side comes from the control plane's config watch:
     outbound_address: str = "127.0.0.1"
     outbound_port: int = 15001
@@ -339,6 +342,8 @@ class SidecarServer:
             "expires": svid.not_after.isoformat(),
             "gateway": opts.gateway,
         }
+        if opts.calls:
+            hello["calls"] = sorted({*opts.calls, *(service for service, _ in opts.upstreams)})
         return {"hello": hello}
 
     async def _apply(self, version: int, resources: list[dict[str, Any]]) -> str | None:

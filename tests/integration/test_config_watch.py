@@ -58,14 +58,16 @@ class _Watch:
 
 
 def _hello(
-    plane: ControlPlane, identity: SpiffeId, service: str = "orders", use: str = "session"
-) -> dict[str, Any]:
+    plane: ControlPlane, identity: SpiffeId, service: str = "orders", use: str = "session",
+    calls: Any = None,
+) -> dict[str, Any]:  # fmt: skip
     now = datetime.datetime.now(datetime.UTC)
     session = tokens.create(keystore.token_key(plane.data_dir), identity, now=now,
                             ttl=datetime.timedelta(minutes=5), use=use)  # fmt: skip
     instance = {"id": "orders-1", "namespace": "default", "service": service, "version": "v1",
                 "address": "127.0.0.1", "port": 25006}  # fmt: skip
-    return {"hello": {"session": session, "instance": instance}}
+    hello = {"session": session, "instance": instance}
+    return {"hello": hello if calls is None else {**hello, "calls": calls}}
 
 
 def _endpoints(snapshot: dict[str, Any], service: str) -> list[int]:
@@ -113,6 +115,44 @@ def test_register_ack_ready_push_and_deregister(plane: ControlPlane) -> None:
         watch.close()
 
 
+def test_a_sidecar_that_says_what_it_calls_gets_only_that(plane: ControlPlane) -> None:
+    """Scoped configuration: web calls orders only. It is sent orders (and its own
+    service), not payments, and a change to payments alone is not pushed to it."""
+    assert plane.state is not None and plane._loop is not None
+
+    def apply(*docs: dict[str, Any]) -> None:
+        assert plane.state is not None and plane._loop is not None
+        change = plane.state.apply([Document(d, "r.yaml") for d in docs])
+        asyncio.run_coroutine_threadsafe(change, plane._loop).result(10)
+
+    def service(name: str, port: int) -> dict[str, Any]:
+        return {"apiVersion": "weft.dev/v1alpha1", "kind": "Service", "metadata": {"name": name},
+                "spec": {"ports": [{"port": 80}],
+                         "endpoints": [{"address": "127.0.0.1", "port": port}]}}  # fmt: skip
+
+    apply(service("orders", 21001), service("payments", 21002))
+    web = _Watch(plane)
+    try:
+        hello = _hello(plane, SpiffeId("weft.local", "default", "web"), service="web",
+                       calls=["orders", "default/orders"])  # fmt: skip
+        hello["hello"]["instance"]["id"] = "web-1"
+        web.send(hello)
+        first = web.snapshot()
+        names = {d["metadata"]["name"] for d in first["resources"] if d["kind"] == "Service"}
+        assert names == {"orders", "web"}
+        web.send({"ack": {"version": first["version"]}})
+        second = web.snapshot()
+        assert _endpoints(second, "web") == [25006]  # its own instance, now ready
+        web.send({"ack": {"version": second["version"]}})
+        apply(service("payments", 21003))  # not what web calls: nothing for it
+        apply(service("orders", 21004))
+        pushed = web.snapshot()
+        assert _endpoints(pushed, "orders") == [21004]
+        assert "payments" not in {d["metadata"]["name"] for d in pushed["resources"]}
+    finally:
+        web.close()
+
+
 @pytest.mark.parametrize(
     ("make", "code", "reason"),
     [
@@ -121,6 +161,10 @@ def test_register_ack_ready_push_and_deregister(plane: ControlPlane) -> None:
         (lambda p: _hello(p, ORDERS, service="payments"), grpc.StatusCode.PERMISSION_DENIED,
          "cannot register an instance of default/payments"),
         (lambda p: {"hello": {}}, grpc.StatusCode.INVALID_ARGUMENT, "bad hello"),
+        (lambda p: _hello(p, ORDERS, calls=["Payments"]), grpc.StatusCode.INVALID_ARGUMENT,
+         "'Payments' is not a service name"),
+        (lambda p: _hello(p, ORDERS, calls="payments"), grpc.StatusCode.INVALID_ARGUMENT,
+         "calls: expected a list"),
     ],
 )  # fmt: skip
 def test_a_hello_that_proves_nothing_is_refused(

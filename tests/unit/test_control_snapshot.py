@@ -83,6 +83,42 @@ def test_web_gets_every_service_and_the_split_but_not_orders_policies() -> None:
         assert _route(snap, host) is None
 
 
+def test_a_scoped_sidecar_gets_what_it_calls_and_what_their_routes_send_to() -> None:
+    """web calls orders; orders' route mirrors to audit, and a route on audit splits to
+    audit-v2: web gets all four services and both routes, not payments or its route."""
+
+    def svc(name: str) -> dict[str, Any]:
+        return {"apiVersion": "weft.dev/v1alpha1", "kind": "Service", "metadata": {"name": name},
+                "spec": {"ports": [{"port": 80}]}}  # fmt: skip
+
+    def route(parent: str, *to: str, mirror: str = "") -> dict[str, Any]:
+        rule: dict[str, Any] = {"backendRefs": [{"name": t, "port": 80} for t in to]}
+        if mirror:
+            rule["filters"] = [{"type": "RequestMirror",
+                                "requestMirror": {"backendRef": {"name": mirror, "port": 80}}}]  # fmt: skip
+        return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                "metadata": {"name": parent},
+                "spec": {"parentRefs": [{"kind": "Service", "name": parent}], "rules": [rule]}}  # fmt: skip
+
+    docs = [svc(n) for n in ("web", "orders", "audit", "audit-v2", "payments")] + [
+        route("orders", "orders", mirror="audit"), route("audit", "audit-v2"),
+        route("payments", "payments"),
+    ]  # fmt: skip
+    res, _ = Resources().apply(Document(d, f"doc {i}") for i, d in enumerate(docs))
+    scoped = documents_for(res, Registry(), "default", "web",
+                           calls=frozenset({("default", "orders")}))  # fmt: skip
+    kinds = sorted((d["kind"], d["metadata"]["name"]) for d in scoped)
+    assert kinds == [("HTTPRoute", "audit"), ("HTTPRoute", "orders"), ("Service", "audit"),
+                     ("Service", "audit-v2"), ("Service", "orders"), ("Service", "web")]  # fmt: skip
+    everything = documents_for(res, Registry(), "default", "web")
+    assert len(everything) == 8
+    assert len(_compiled(scoped).clusters) == 4  # compiles: every route has its backends
+    # the same calls from an edge gateway: scoping is for sidecars, a gateway gets all
+    gateway = documents_for(res, Registry(), "default", "web", gateway=True,
+                            calls=frozenset({("default", "orders")}))  # fmt: skip
+    assert len(gateway) == 8
+
+
 def test_orders_gets_the_policies_that_target_it() -> None:
     res, reg = _mesh()
     pushed = documents_for(res, reg, "default", "orders")
