@@ -3,9 +3,10 @@
 A sidecar registers its instance when its config watch opens, marks it ready once its first
 snapshot is in force, heartbeats on the watch, and deregisters on drain or when the watch
 ends. An instance silent for `expiry_s` is removed (a hung host sends no FIN). The registry
-is saved with the resources so a control plane restart does not empty it: loaded instances
-count as seen at load time and must be confirmed by their sidecar's reconnect before they
-expire, so endpoints do not flap while sidecars find their way back.
+is saved beside the resources, an instance per file (control/store.py's RegistryDir), so a
+control plane restart does not empty it: loaded instances count as seen at load time and
+must be confirmed by their sidecar's reconnect before they expire, so endpoints do not flap
+while sidecars find their way back.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ class Instance:
     protocol: str = "HTTP"  # HTTP | HTTP2 | GRPC | TCP: what the app speaks
     ready: bool = False
     weight: int = 1  # its share of its version's traffic, relative to the others
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Instance:
@@ -82,7 +86,7 @@ class Registry:
         return {(i.namespace, i.service) for i in self.instances.values()}
 
     def to_json(self) -> list[dict[str, Any]]:
-        return [asdict(i) for i in sorted(self.instances.values(), key=lambda i: i.id)]
+        return [i.to_json() for i in sorted(self.instances.values(), key=lambda i: i.id)]
 
     def load(self, items: list[dict[str, Any]], now: float) -> None:
         for item in items:

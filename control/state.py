@@ -14,8 +14,6 @@ own sidecars (status, and who a shift waits for).
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -27,7 +25,7 @@ from control import api, delta
 from control.metrics import ControlMetrics
 from control.registry import Instance, Registry
 from control.snapshot import ServiceKey, documents_for
-from control.store import ResourceFile, Resources
+from control.store import RegistryDir, ResourceFile, Resources
 from control.top import Sample, history
 from sidecar.config.parse import Document
 from sidecar.discovery.consul import CasConflict
@@ -79,10 +77,9 @@ class ControlState:
         # Consul mode: the passing instances of each mesh service, as Consul reports them
         self.discovered: dict[str, list[Instance]] | None = {} if consul is not None else None
         self._endpoints: Registry | None = None
-        self.registry_path = data_dir / "registry.json"
+        self.registry_dir = RegistryDir(data_dir)
         self.registry = Registry()
-        if self.registry_path.exists():
-            self.registry.load(json.loads(self.registry_path.read_text()), now)
+        self.registry.load(self.registry_dir.load(), now)
         self.subscribers: dict[str, Subscriber] = {}
         self.generation = 1
         self.changed_at = time.monotonic()  # when `generation` was made
@@ -239,6 +236,16 @@ class ControlState:
         self.bump()
 
     # -- registry -----------------------------------------------------------------------
+    def _registered(self, instance_id: str) -> None:
+        """An instance changed or left: the registry's copy on disk follows, and the
+        watches are told."""
+        inst = self.registry.instances.get(instance_id)
+        if inst is None:
+            self.registry_dir.delete(instance_id)
+        else:
+            self.registry_dir.save(instance_id, inst.to_json())
+        self.bump()
+
     def connect(self, sub: Subscriber, now: float) -> None:
         old = self.subscribers.pop(sub.instance.id, None)
         if old is not None:
@@ -248,40 +255,35 @@ class ControlState:
         if known is not None and known.ready:  # a sidecar back after a control plane restart
             sub.instance = known
         self.registry.put(sub.instance, now)
-        self.bump(registry=True)
+        self._registered(sub.instance.id)
 
     def disconnect(self, sub: Subscriber) -> None:
         if self.subscribers.get(sub.instance.id) is sub:
             del self.subscribers[sub.instance.id]
             if not self.stopping and self.registry.remove(sub.instance.id):
-                self.bump(registry=True)
+                self._registered(sub.instance.id)
 
     def set_ready(self, sub: Subscriber, ready: bool, now: float) -> None:
         if self.registry.set_ready(sub.instance.id, ready, now):
             sub.instance = self.registry.instances[sub.instance.id]
-            self.bump(registry=True)
+            self._registered(sub.instance.id)
 
     def heartbeat(self, sub: Subscriber, now: float) -> None:
         if sub.instance.id in self.registry.instances:
             self.registry.touch(sub.instance.id, now)
         else:  # expired while silent, then heard from again
             self.registry.put(sub.instance, now)
-            self.bump(registry=True)
+            self._registered(sub.instance.id)
 
     def expire(self, now: float) -> list[Instance]:
         dead = self.registry.expire(now)
-        if dead:
-            self.bump(registry=True)
+        for inst in dead:
+            self._registered(inst.id)
         return dead
 
-    def bump(self, *, registry: bool = False) -> None:
+    def bump(self) -> None:
         self.generation += 1
         self.changed_at = time.monotonic()
-        if registry:
-            tmp = self.registry_path.with_suffix(".tmp")
-            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-                json.dump(self.registry.to_json(), f)
-            os.replace(tmp, self.registry_path)
         self.changed.set()
         self.changed = asyncio.Event()
         self._progressed()

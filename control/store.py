@@ -9,6 +9,7 @@ shell that loads and saves it as one JSON file, replaced atomically.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -158,3 +159,38 @@ class ResourceFile:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
+
+
+class RegistryDir:
+    """`<data-dir>/registry/`: one small file per registered instance, written when it
+    changes and removed when it goes, so a registration costs one small write however
+    large the mesh (saving the whole registry per change made a thousand sidecars
+    connecting at once quadratic) and a control plane killed at any moment restarts with
+    every instance it had confirmed."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "registry"
+        self.path.mkdir(mode=0o700, exist_ok=True)
+
+    def load(self) -> list[dict[str, Any]]:
+        out = []
+        for file in sorted(self.path.glob("*.json")):
+            try:
+                out.append(json.loads(file.read_text(encoding="utf-8")))
+            except (OSError, ValueError):
+                file.unlink(missing_ok=True)  # a torn write: its sidecar registers again
+        return out
+
+    def save(self, instance_id: str, item: dict[str, Any]) -> None:
+        path = self._file(instance_id)
+        tmp = path.with_suffix(".tmp")
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            json.dump(item, f)
+        os.replace(tmp, path)
+
+    def delete(self, instance_id: str) -> None:
+        self._file(instance_id).unlink(missing_ok=True)
+
+    def _file(self, instance_id: str) -> Path:
+        # ids come from sidecars: a digest keeps them out of the path
+        return self.path / (hashlib.sha256(instance_id.encode()).hexdigest()[:32] + ".json")

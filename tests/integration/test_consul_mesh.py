@@ -206,7 +206,7 @@ async def test_resources_live_in_consul_kv_and_replicas_agree(
 
 
 async def _web_docs(state: ControlState) -> object:
-    return state.snapshot("default", "web", False)[0]
+    return state.snapshot(("default", "web", False, None))[0]
 
 
 def test_concurrent_writers_lose_nothing(tmp_path: Path, consul: ConsulDouble) -> None:

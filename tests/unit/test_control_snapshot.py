@@ -4,6 +4,7 @@ routes on its outbound listener, with version subsets and weights."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from control.registry import Instance, Registry
@@ -159,3 +160,23 @@ def test_registry_expiry_and_restart() -> None:
     again.load(reg.to_json(), now=100.0)  # a restarted control plane keeps it for a while
     assert [i.id for i in again.instances.values()] == ["a"]
     assert [i.id for i in again.expire(now=115.5)] == ["a"]
+
+
+def test_the_registry_on_disk_is_one_file_per_instance(tmp_path: Path) -> None:
+    """Saved as it changes, removed as it goes; an id never becomes a path, and a torn
+    file is dropped (its sidecar registers again) instead of stopping the control plane."""
+    from control.store import RegistryDir
+
+    disk = RegistryDir(tmp_path)
+    a = Instance(id="../../etc/passwd", namespace="default", service="orders", version="v1",
+                 address="127.0.0.1", port=21001, ready=True)  # fmt: skip
+    b = dataclasses.replace(a, id="b", port=21002)
+    disk.save(a.id, a.to_json())
+    disk.save(b.id, b.to_json())
+    assert {p.parent for p in (tmp_path / "registry").iterdir()} == {tmp_path / "registry"}
+    disk.delete(b.id)
+    (tmp_path / "registry" / "torn.json").write_text('{"id": "c", "namesp')
+    reg = Registry()
+    reg.load(RegistryDir(tmp_path).load(), now=0.0)
+    assert list(reg.instances.values()) == [a]
+    assert not (tmp_path / "registry" / "torn.json").exists()
