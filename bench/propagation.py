@@ -10,7 +10,8 @@ half as v2; the caller alternates `shift orders v1=90 v2=10` and `v1=10 v2=90` a
 call, which answers only once every registered instance ACKed the new generation. Each
 round also times the start (every watch connected and current) and a control plane restart
 (SIGTERM, a new process on the same data dir: every watch back and current), and counts the
-watches that ended (refused, or cut) on the way.
+watches that ended on the way (cut, or failing to connect while the control plane is down)
+and, of those, the ones the control plane refused with an error status.
 
     .venv/bin/python -m bench.propagation [--sidecars 100] [--shifts 20] [--rounds 3] [--procs 4]
 
@@ -56,8 +57,9 @@ def _compile(resources: list[dict[str, Any]]) -> None:
 
 
 def _clients(port: int, trust: bytes, session: str, first: int, count: int, pipe: Any) -> None:
-    """A process of `count` simulated sidecars: reports (connected, watches ended) every
-    0.1 s on `pipe`, and its last snapshot when told to stop."""
+    """A process of `count` simulated sidecars: reports (connected, watches ended, watches
+    refused by the control plane) every 0.1 s on `pipe`, and its last snapshot when told
+    to stop."""
     os.sched_setaffinity(0, {int(LOAD_CORE)})
     latest: list[list[dict[str, Any]]] = [[]]
 
@@ -76,7 +78,8 @@ def _clients(port: int, trust: bytes, session: str, first: int, count: int, pipe
             for w in watches:
                 nursery.start_soon(w.run)
             while not pipe.poll():
-                pipe.send((sum(w.connected for w in watches), sum(w.ends for w in watches)))
+                pipe.send((sum(w.connected for w in watches), sum(w.ends for w in watches),
+                           sum(w.refused for w in watches)))  # fmt: skip
                 await trio.sleep(0.1)
             pipe.send(latest[0])
             nursery.cancel_scope.cancel()
@@ -99,14 +102,16 @@ class Fleet:
             proc.start()
             self.pipes.append(here)
             self.procs.append(proc)
-        self.state = [(0, 0)] * len(self.pipes)
+        self.state = [(0, 0, 0)] * len(self.pipes)
 
-    def poll(self) -> tuple[int, int]:
-        """(watches with a snapshot in force, watches ended so far), all processes."""
+    def poll(self) -> tuple[int, int, int]:
+        """(watches with a snapshot in force, watches ended so far, of those refused by
+        the control plane), all processes."""
         for i, pipe in enumerate(self.pipes):
             while pipe.poll():
                 self.state[i] = pipe.recv()
-        return sum(c for c, _ in self.state), sum(e for _, e in self.state)
+        connected, ended, refused = (sum(col) for col in zip(*self.state, strict=True))
+        return connected, ended, refused
 
     def wait_connected(self, sidecars: int, timeout: float) -> float:
         t0 = time.perf_counter()
@@ -153,7 +158,7 @@ def run(sidecars: int, shifts: int, procs: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
         try:
             out["start_s"] = fleet.wait_connected(sidecars, 180)
-            out["start_ends"] = fleet.poll()[1]
+            out["start_ends"], out["start_refused"] = fleet.poll()[1:]
             client = AdminClient(
                 f"127.0.0.1:{port}", trust, (data / "admin.token").read_text().strip()
             )
@@ -176,7 +181,7 @@ def run(sidecars: int, shifts: int, procs: int) -> dict[str, Any]:
             client.close()
             out["shifts"] = times
             # a control plane restart: every watch ends at once and comes back
-            ends = fleet.poll()[1]
+            _, ends, refused = fleet.poll()
             server.terminate()
             server.wait(30)
             t0 = time.perf_counter()
@@ -185,7 +190,9 @@ def run(sidecars: int, shifts: int, procs: int) -> dict[str, Any]:
             server = _server(data, port)
             fleet.wait_connected(sidecars, 120)
             out["restart_s"] = time.perf_counter() - t0  # from the old process's exit
-            out["restart_ends"] = fleet.poll()[1] - ends
+            _, ends_after, refused_after = fleet.poll()
+            out["restart_ends"] = ends_after - ends
+            out["restart_refused"] = refused_after - refused
         finally:
             latest = fleet.stop()
             server.terminate()
@@ -205,8 +212,8 @@ def _row(out: dict[str, Any]) -> list[float]:
         return times[min(len(times) - 1, int(q * len(times)))] * 1000
 
     return [statistics.median(times) * 1000, p(0.9), p(0.99), times[-1] * 1000,
-            out["compile_ms"], out["start_s"], out["start_ends"], out["restart_s"],
-            out["restart_ends"]]  # fmt: skip
+            out["compile_ms"], out["start_s"], out["start_ends"], out["start_refused"],
+            out["restart_s"], out["restart_ends"], out["restart_refused"]]  # fmt: skip
 
 
 def main() -> int:
@@ -220,14 +227,16 @@ def main() -> int:
     print(f"{args.sidecars} sidecars over {args.procs} processes, {args.shifts} shifts a round")
     print(
         "| round | shift → last ACK p50 ms | p90 ms | p99 ms | max ms | one sidecar's compile ms "
-        "| all current after start s | watches ended | after a restart s | watches ended |"
+        "| all current after start s | watches ended / refused | after a restart s "
+        "| watches ended / refused |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     rows = []
 
     def line(label: str, row: list[float]) -> str:
         return (f"| {label} | " + " | ".join(f"{v:.0f}" for v in row[:4])
-                + f" | {row[4]:.1f} | {row[5]:.1f} | {row[6]:.0f} | {row[7]:.1f} | {row[8]:.0f} |")  # fmt: skip
+                + f" | {row[4]:.1f} | {row[5]:.1f} | {row[6]:.0f} / {row[7]:.0f} | {row[8]:.1f}"
+                f" | {row[9]:.0f} / {row[10]:.0f} |")  # fmt: skip
 
     for r in range(args.rounds):
         rows.append(_row(run(args.sidecars, args.shifts, args.procs)))

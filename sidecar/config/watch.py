@@ -51,6 +51,10 @@ class WatchError(Exception):
     """The watch ended; the message says why (the control plane's status, or the network)."""
 
 
+class WatchRefused(WatchError):
+    """The control plane answered the watch with an error status instead of snapshots."""
+
+
 _ENDINGS = (
     WatchError,
     UpstreamError,
@@ -119,6 +123,7 @@ class ConfigWatch:
         self.connected = False
         self.failures = 0  # in a row, since the last snapshot in force
         self.ends = 0  # watches that ended, all told
+        self.refused = 0  # of those, the ones the control plane refused (an error status)
         self.last_error = ""
         self.ended = trio.Event()  # set (and replaced) each time a watch ends
         self._stream: UpstreamStream | None = None
@@ -130,6 +135,7 @@ class ConfigWatch:
                 await self._session()
             except _ENDINGS as exc:
                 self.last_error = str(exc) or type(exc).__name__
+                self.refused += isinstance(exc, WatchRefused)
             self.connected = False
             self._stream = None
             delay = random.uniform(0, BACKOFF_S[min(self.failures, len(BACKOFF_S) - 1)])
@@ -214,7 +220,7 @@ class ConfigWatch:
                     raise WatchError(f"the control plane answered HTTP {event.status}")
                 status = _status(event.headers)  # a trailers-only answer: an error
                 if status is not None and status[0] != 0:
-                    raise WatchError(
+                    raise WatchRefused(
                         f"control plane refused the watch: {status[1]} (grpc-status {status[0]})"
                     )
             elif isinstance(event, Trailers):

@@ -205,7 +205,7 @@ async def test_the_sidecar_client_speaks_grpc_over_its_own_http2(plane: ControlP
             await got.wait()
         nursery.cancel_scope.cancel()
     assert seen[0][1] == [] and seen[1][1] == [25006]  # the ACK made the instance ready
-    assert watch.connected and watch.failures == 0
+    assert watch.connected and watch.failures == 0 and watch.refused == 0
 
     refused = ConfigWatch(
         f"127.0.0.1:{plane.port}", lambda: bundle,
@@ -218,3 +218,4 @@ async def test_the_sidecar_client_speaks_grpc_over_its_own_http2(plane: ControlP
             await ended.wait()
         nursery.cancel_scope.cancel()
     assert "a join token cannot be used as a session token" in refused.last_error
+    assert refused.refused == refused.ends >= 1
