@@ -148,20 +148,20 @@ class RequestHandler:
         trace = span.headers if span is not None else b""
         try:
             if misdirected:
-                outcome.status = 421
+                outcome.answered(421)
                 detail = "misdirected"
                 return await ds.local_reply(head, 421, b"misdirected request\n")
             if ctx.authorize is not None:
                 decision = ctx.authorize(self.peer_id, head.method, path)
                 if not decision.allowed:
-                    outcome.status = 403
+                    outcome.answered(403)
                     detail = "denied"
                     why = decision.reason.encode("latin-1", "replace")
                     return await ds.local_reply(
                         head, 403, b"forbidden: " + why + b"\n", [(b"x-weft-denied", why)]
                     )
             if match is None:
-                outcome.status = 404
+                outcome.answered(404)
                 detail = "no_route"
                 if not self.route_host:  # a mesh name that is not a service (or its port)
                     return await ds.local_reply(head, 404, mesh_unknown(self.authority or ""))
@@ -180,7 +180,7 @@ class RequestHandler:
                 if reply is None and (x.max_body or x.body_check is not None):
                     reply = await _check_body(ds, head, x)
                 if reply is not None:
-                    outcome.status = reply.status
+                    outcome.answered(reply.status)
                     detail = reply.detail
                     return await ds.local_reply(head, reply.status, reply.body, list(reply.headers))
             if action.redirect is not None:
@@ -194,14 +194,14 @@ class RequestHandler:
                     target=target,
                     matched_prefix=match.path_value if match.path_type == "PathPrefix" else None,
                 )
-                outcome.status = action.redirect.status_code
+                outcome.answered(action.redirect.status_code)
                 detail = "redirect"
                 return await ds.local_reply(
                     head, outcome.status, b"", [(b"location", location.encode("latin-1"))]
                 )
             backend = pick_backend(action, self.usable if action.split is not None else None)
             if backend is None or backend.cluster is None:
-                outcome.status = 500
+                outcome.answered(500)
                 detail = "invalid_backend"
                 return await ds.local_reply(head, 500, b"no valid backend for this route\n")
             peer_label = backend.cluster
@@ -264,18 +264,16 @@ class RequestHandler:
                     counts = await ds.tunnel(upstream, first)
                 finally:
                     upstream.close()
-                outcome.bytes_in += counts.up
-                outcome.bytes_out += counts.down
+                outcome.tunnelled(counts.up, counts.down)
                 return False
             if cs is not None and cs.cancelled_caught:
                 detail = "upstream_timeout"
                 if outcome.response_started:
                     return False
                 if grpc_deadline is not None:  # gRPC clients read the status from trailers
-                    outcome.status = 200
-                    outcome.grpc_status = 4  # DEADLINE_EXCEEDED
+                    outcome.answered(200, grpc_status=4)  # DEADLINE_EXCEEDED
                     return await ds.local_reply(head, 200, b"", GRPC_DEADLINE_EXCEEDED)
-                outcome.status = 504
+                outcome.answered(504)
                 return await ds.local_reply(
                     head, 504, b"upstream timed out\n", [(PROXY_ERROR_HEADER, b"upstream_timeout")],
                     close=True,
@@ -285,13 +283,13 @@ class RequestHandler:
             detail = "body_too_large" if broken.status == 413 else "downstream_protocol_error"
             if outcome.response_started:
                 return False
-            outcome.status = broken.status
+            outcome.answered(broken.status)
             raise
         except UpstreamError as exc:
             detail = type(exc).__name__
             if outcome.response_started:
                 return False
-            outcome.status = exc.status
+            outcome.answered(exc.status)
             body = f"upstream error: {exc}\n".encode("utf-8", "replace")
             # A caller's sidecar may retry what never reached the app, whatever its method.
             why = NOT_SENT_VALUE if exc.retryable else b"upstream_error"
@@ -300,13 +298,13 @@ class RequestHandler:
             )
         except NoHealthyUpstream:
             detail = "no_healthy_upstream"
-            outcome.status = 503
+            outcome.answered(503)
             return await ds.local_reply(
                 head, 503, b"no healthy upstream\n", [(PROXY_ERROR_HEADER, b"no_healthy_upstream")]
             )
         except Overloaded as over:  # a circuit-breaker limit: answer at once, queue nothing
             detail = f"overload_{over.limit}"
-            outcome.status = over.status
+            outcome.answered(over.status)
             labels = (("cluster", peer_label), ("limit", over.limit))
             ctx.metrics.inc("weft_overload_total", labels)
             why = over.limit.encode()

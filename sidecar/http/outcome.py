@@ -1,10 +1,11 @@
 """What happened to one request: the record its metrics, access log and span are made from.
 
 Theory of operation. The handler makes one `Outcome` per request and reads it when the
-request ends; the tries (http/tries.py), the exchanges with the upstream (http/forward.py,
-http/forward_h2.py) and the relays towards the downstream record into it only through its
-methods, so each transition — a try begins, a response head arrives (and may be taken by
-the retry gate), bytes move, a retry starts over — is written here once.
+request ends; it, the tries (http/tries.py), the exchanges with the upstream
+(http/forward.py, http/forward_h2.py) and the relays towards the downstream record into it
+only through its methods, so each transition — a try begins, a response head arrives (and
+may be taken by the retry gate), bytes move, a retry starts over, the proxy answers itself
+— is written here once.
 """
 
 from __future__ import annotations
@@ -159,6 +160,17 @@ class Outcome:
         """The upstream took the Upgrade (101): bytes flow both ways from here."""
         self.tunnel = (upstream, rest)
         self.downstream_keep_alive = False
+
+    def answered(self, status: int, grpc_status: int = -1) -> None:
+        """The proxy answered the request itself (a local reply: a denial, an error)."""
+        self.status = status
+        if grpc_status >= 0:
+            self.grpc_status = grpc_status
+
+    def tunnelled(self, up: int, down: int) -> None:
+        """The bytes an upgraded connection carried each way."""
+        self.bytes_in += up
+        self.bytes_out += down
 
     def downstream_lost(self) -> None:
         self.downstream_keep_alive = False
