@@ -9,8 +9,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from sidecar.config.certs import CertificatePair, CertKey, check_pair
 from sidecar.config.compile import compile_snapshot
 from sidecar.config.model import Limits
@@ -33,6 +31,20 @@ def expand(paths: Iterable[str]) -> list[Path]:
     return out
 
 
+def load_yaml(text: str, source: str) -> list[object]:
+    """The documents of a YAML text; ConfigError naming `source` when it is not YAML.
+    (PyYAML loads on the first file read: a sidecar fed by the control plane reads none.)"""
+    from sidecar.config.yamlstrict import YAMLError, load_all
+
+    try:
+        return load_all(text)
+    except YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"invalid YAML{where}: {problem}", source=source) from None
+
+
 def read_documents(files: Sequence[Path]) -> list[Document]:
     docs: list[Document] = []
     for path in files:
@@ -42,13 +54,7 @@ def read_documents(files: Sequence[Path]) -> list[Document]:
             raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from None
         except UnicodeDecodeError:
             raise ConfigError("is not UTF-8 text", source=str(path)) from None
-        try:
-            loaded = list(yaml.load_all(text, Loader=_Loader))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or str(exc)
-            raise ConfigError(f"invalid YAML{where}: {problem}", source=str(path)) from None
+        loaded = load_yaml(text, str(path))
         for i, doc in enumerate(loaded, start=1):
             docs.append(Document(doc, f"{path} document {i}", path.parent))
     return docs
@@ -132,29 +138,3 @@ class FileStamp:
             except OSError:
                 out.append((str(f), -1, -1, -1))
         return cls(tuple(out))
-
-
-# libyaml's parser when PyYAML was built with it (its wheels are), else the Python one.
-_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _Loader(_BaseLoader):  # type: ignore[valid-type,misc]
-    """Safe loading that refuses duplicate keys instead of silently keeping the last one."""
-
-
-def _construct_mapping(
-    loader: _Loader, node: yaml.MappingNode, deep: bool = False
-) -> dict[object, object]:
-    seen: set[object] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.add(key)
-    mapping: dict[object, object] = loader.construct_mapping(node, deep=deep)
-    return mapping
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)

@@ -13,9 +13,9 @@ HEAVY = ("cryptography", "jwt", "bcrypt", "jsonschema", "hiredis", "h11", "httpx
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _loaded(code: str) -> list[str]:
+def _loaded(code: str, heavy: tuple[str, ...] = HEAVY) -> list[str]:
     probe = (code + "\nimport sys\nprint(' '.join(sorted({m for m in sys.modules for h in "
-             f"{HEAVY!r} if m == h or m.startswith(h + '.')}})))")  # fmt: skip
+             f"{heavy!r} if m == h or m.startswith(h + '.')}})))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
                          text=True, check=True, timeout=60)  # fmt: skip
     return out.stdout.split()
@@ -33,6 +33,26 @@ def test_a_plain_edge_loads_no_policy_libraries(tmp_path: Path) -> None:
         f"load_snapshot([{str(cfg)!r}], version=1, gateway_class='weft')"
     )
     assert loaded == []
+
+
+def test_a_sidecar_fed_by_the_control_plane_reads_no_yaml() -> None:
+    """Its configuration arrives as documents, not files: PyYAML (a megabyte) stays out."""
+    code = (
+        "import mesh_ctl.cli, sidecar.modes.edge, sidecar.modes.sidecar\n"
+        "mesh_ctl.cli.build_parser()\n"
+        "from sidecar.config.compile import compile_snapshot\n"
+        "from sidecar.config.mesh import outbound_config\n"
+        "from sidecar.config.model import ListenerKey\n"
+        "from sidecar.config.parse import Document, load_documents\n"
+        "svc = {'apiVersion': 'weft.dev/v1alpha1', 'kind': 'Service', 'metadata': {'name': 'a'},"
+        " 'spec': {'ports': [{'port': 80}], 'endpoints': [{'address': '127.0.0.1', 'port': 1}]}}\n"
+        "out = outbound_config([svc], ListenerKey(address='127.0.0.1', port=15001), 'default')\n"
+        "compile_snapshot(load_documents(Document(d, 'pushed') for d in out.documents), version=1)"
+    )
+    assert _loaded(code, ("yaml",)) == []
+    assert "yaml" in _loaded(
+        "from sidecar.config.loader import load_yaml; load_yaml('a: 1', 'x')", ("yaml",)
+    )
 
 
 def test_a_jwt_policy_loads_pyjwt_where_it_is_used() -> None:
