@@ -9,7 +9,7 @@ DEFAULT_TRUST_DOMAIN = "weft.local"
 # SPIFFE trust domains: lower-case letters, digits, dots, dashes and underscores.
 TRUST_DOMAIN_RE = re.compile(r"^[a-z0-9._-]{1,255}$")
 # Namespaces and services are Kubernetes names (DNS-1123 labels).
-NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a DNS label: namespaces, services
+NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")  # a DNS label: namespaces, services
 
 
 class InvalidSpiffeId(ValueError):

@@ -168,7 +168,7 @@ def _calls(value: Any, namespace: str) -> frozenset[ServiceKey] | None:
         raise ValueError(f"calls: expected a list of at most {MAX_CALLS} service names")
     out = set()
     for item in value:
-        ns, _, name = str(item).rpartition("/") if isinstance(item, str) else ("", "", "")
+        ns, _, name = item.rpartition("/") if isinstance(item, str) else ("", "", "")
         if not name or not NAME.match(name) or (ns and not NAME.match(ns)):
             raise ValueError(f"calls: {item!r} is not a service name (NAME or NAMESPACE/NAME)")
         out.add((ns or namespace, name))

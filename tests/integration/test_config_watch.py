@@ -165,6 +165,8 @@ def test_a_sidecar_that_says_what_it_calls_gets_only_that(plane: ControlPlane) -
          "'Payments' is not a service name"),
         (lambda p: _hello(p, ORDERS, calls="payments"), grpc.StatusCode.INVALID_ARGUMENT,
          "calls: expected a list"),
+        (lambda p: _hello(p, ORDERS, calls=["payments\n"]), grpc.StatusCode.INVALID_ARGUMENT,
+         "is not a service name"),
     ],
 )  # fmt: skip
 def test_a_hello_that_proves_nothing_is_refused(

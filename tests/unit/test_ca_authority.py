@@ -160,9 +160,12 @@ def test_spiffe_ids() -> None:
         "spiffe://weft.local/svc/b/ns/a",
         "spiffe://Weft.Local/ns/a/svc/b",
         "spiffe://weft.local/ns/A/svc/b",
+        "spiffe://weft.local/ns/a/svc/b\n",  # `$` would match before a final newline
     ):
         with pytest.raises(InvalidSpiffeId):
             SpiffeId.parse(bad)
+    with pytest.raises(InvalidSpiffeId):
+        SpiffeId("weft.local", "default", "orders\n")
 
 
 def test_verify_svid_follows_the_chain_to_a_trusted_root(chain: tuple[Issuer, Issuer]) -> None:
