@@ -83,7 +83,7 @@ test-pure: $(STAMP) sysdeps $(NODE_PEERS) $(XDS_PROTOS)
 bench: $(STAMP) sysdeps-bench compile
 	WEFT_PURE=1 $(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench.run
-	$(PY) -m bench.propagation
+	$(PY) -m bench.propagation --sidecars 1000
 	$(PY) -m bench.attacks
 	$(PY) -m bench.global_ratelimit
 	$(PY) -m bench.workers
