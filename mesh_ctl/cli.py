@@ -366,7 +366,15 @@ def _context(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Commands defined here; the admin verbs (apply, shift, top, up, …) live in modules of their
+# own, registered only when the command line may name one of them.
+LONG_RUNNING = ("edge", "sidecar", "server")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """`command`: the one the command line names, when known before parsing. A process
+    that runs beside every instance (`sidecar`, `edge`, `server`) then skips importing
+    the admin verbs' modules, a megabyte of resident memory it would never use."""
     parser = argparse.ArgumentParser(
         prog="meshctl", description="Weft service mesh and edge gateway"
     )
@@ -635,12 +643,13 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--data-dir", help="default: $WEFT_DATA_DIR or ~/.weft")
     create.set_defaults(func=_token)
 
-    from mesh_ctl import mesh_cli, resources_cli, traces_cli, up
+    if command not in LONG_RUNNING:
+        from mesh_ctl import mesh_cli, resources_cli, traces_cli, up
 
-    resources_cli.register(sub)
-    mesh_cli.register(sub)
-    traces_cli.register(sub)
-    up.register(sub)
+        resources_cli.register(sub)
+        mesh_cli.register(sub)
+        traces_cli.register(sub)
+        up.register(sub)
 
     version = sub.add_parser("version", help="print the version")
     version.add_argument("-o", "--output", choices=("text", "json"), default="text")
@@ -652,12 +661,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command(argv: list[str]) -> str | None:
+    """The command a command line names (after a top-level `--log-level LEVEL`)."""
+    if argv[:1] == ["--log-level"]:
+        argv = argv[2:]
+    elif argv[:1] and argv[0].startswith("--log-level="):
+        argv = argv[1:]
+    return argv[0] if argv else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # grpc's C core logs to stderr on its own (`E1204 … add_port.cc … Failed to bind`);
     # what it reports reaches the user as meshctl's one-line errors instead
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
-    args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # what --workers runs again
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(_command(given)).parse_args(given)
+    args.argv = given  # what --workers runs again
     logging.basicConfig(
         level=getattr(args, "log_level", os.environ.get("WEFT_LOG_LEVEL", "info")).upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -55,5 +55,20 @@ def test_a_sidecar_fed_by_the_control_plane_reads_no_yaml() -> None:
     )
 
 
+def test_long_running_commands_skip_the_admin_verbs() -> None:
+    """`meshctl sidecar|edge|server` never run `shift`, `top` or `up`: their modules stay
+    out of a process that runs beside every instance; any other command line gets them."""
+    verbs = ("mesh_ctl.up", "mesh_ctl.mesh_cli", "mesh_ctl.traces_cli", "mesh_ctl.resources_cli")
+    for line in (
+        ["sidecar", "--help"],
+        ["--log-level", "info", "edge"],
+        ["--log-level=info", "server"],
+    ):
+        assert _loaded(f"import mesh_ctl.cli\nmesh_ctl.cli.build_parser(mesh_ctl.cli._command({line!r}))",
+                       verbs) == []  # fmt: skip
+    assert len(_loaded("import mesh_ctl.cli\nmesh_ctl.cli.build_parser(mesh_ctl.cli._command(['top']))",
+                       verbs)) == len(verbs)  # fmt: skip
+
+
 def test_a_jwt_policy_loads_pyjwt_where_it_is_used() -> None:
     assert "jwt" in _loaded("import sidecar.filters.jwt_auth")
