@@ -106,6 +106,10 @@ class ControlState:
         hit = self._snapshots.get(key)
         if hit is not None and hit[0] == self.generation:
             return hit[1], hit[2]
+        if hit is None and len(self._snapshots) > 2 * len(self.subscribers) + 16:
+            # views come from sidecars (their `calls`): keep those still connected
+            kept = {sub.view for sub in self.subscribers.values()}
+            self._snapshots = {v: e for v, e in self._snapshots.items() if v in kept}
         namespace, service, gateway, calls = view
         docs = documents_for(
             self.resources, self.endpoints, namespace, service, gateway=gateway, calls=calls

@@ -243,8 +243,8 @@ async def relay_http1(
                     out += response_head(ev, ops, False, False, False)
                     del out[-2:]
                     out += b"connection: upgrade\r\nupgrade: %b\r\n\r\n" % ev.upgrade
+                    outcome.upgraded(conn, parser.tunnel)  # no keep-alive, even if this fails
                     await downstream.send_all(out)
-                    outcome.upgraded(conn, parser.tunnel)
                     return False
                 keep_upstream = ev.keep_alive
                 bodyless = head.method == "HEAD" or ev.status in (204, 304)
@@ -252,7 +252,7 @@ async def relay_http1(
                     if head.version == "1.1":
                         chunked_down = True
                     else:
-                        outcome.close_delimited()  # for HTTP/1.0
+                        outcome.close_downstream()  # close-delimited for HTTP/1.0
                 out += response_head(
                     ev, ops, chunked_down, not outcome.downstream_keep_alive, head.version == "1.0"
                 )
@@ -266,7 +266,7 @@ async def relay_http1(
                 if sent < len(out):
                     await downstream.send_rest(out, sent)
             except ConnectionLost:
-                outcome.downstream_lost()
+                outcome.close_downstream()
                 return False
         if finished:
             return keep_upstream and parser.reusable
@@ -298,7 +298,7 @@ class Http1Writer:
             if head.version == "1.1":
                 self.chunked = True
             else:
-                self.outcome.close_delimited()  # for HTTP/1.0
+                self.outcome.close_downstream()  # close-delimited for HTTP/1.0
         out = serialize_head(b"HTTP/1.1 %d %b\r\n" % (status, reason_phrase(status)), headers)
         del out[-2:]
         if self.chunked:
@@ -321,5 +321,5 @@ class Http1Writer:
         try:
             await self.conn.send_all(data)
         except ConnectionLost as exc:
-            self.outcome.downstream_lost()
+            self.outcome.close_downstream()
             raise DownstreamClosed(str(exc)) from None

@@ -172,11 +172,9 @@ class Outcome:
         self.bytes_in += up
         self.bytes_out += down
 
-    def downstream_lost(self) -> None:
-        self.downstream_keep_alive = False
-
-    def close_delimited(self) -> None:
-        """The response's end is told by closing the downstream (an HTTP/1.0 client)."""
+    def close_downstream(self) -> None:
+        """The downstream connection ends with this request: it was lost, or the response's
+        end is told by closing it (a body without a length to an HTTP/1.0 client)."""
         self.downstream_keep_alive = False
 
 

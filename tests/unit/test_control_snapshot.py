@@ -180,3 +180,21 @@ def test_the_registry_on_disk_is_one_file_per_instance(tmp_path: Path) -> None:
     reg.load(RegistryDir(tmp_path).load(), now=0.0)
     assert list(reg.instances.values()) == [a]
     assert not (tmp_path / "registry" / "torn.json").exists()
+
+
+def test_views_of_sidecars_gone_leave_the_snapshot_cache(tmp_path: Path) -> None:
+    """Every distinct `calls` a sidecar says is a cache entry: entries of views no
+    connected sidecar has are dropped, so sidecars naming ever new sets cannot grow it."""
+    from control.state import ControlState, Subscriber
+
+    state = ControlState(tmp_path, 0.0)
+    inst = Instance(id="i1", namespace="default", service="web", version="",
+                    address="127.0.0.1", port=1)  # fmt: skip
+    sub = Subscriber(instance=inst, calls=frozenset({("default", "orders")}))
+    state.connect(sub, 0.0)
+    for i in range(200):
+        state.snapshot(("default", "web", False, frozenset({("default", f"s{i}")})))
+    assert len(state._snapshots) <= 2 * len(state.subscribers) + 17
+    state.snapshot(sub.view)
+    state.snapshot(("default", "web", False, frozenset({("default", "x")})))
+    assert sub.view in state._snapshots
