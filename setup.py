@@ -82,27 +82,28 @@ def _ext_modules() -> list[Any]:  # mypyc's Extensions (setuptools' or distutils
         extension.include_dirs.append("build/sidecar")
         if extension.name.endswith("native__mypyc") and os.name == "posix":
             # Export only the module's init function: no symbol table of ~4,700 functions
-            # to load, and direct calls between the modules instead of calls through the
-            # PLT. Relative relocations packed where the linker can (DT_RELR): together the
-            # library's first segment, read at every start, goes from 756 to 29 KiB.
-            extension.extra_compile_args.append("-fvisibility=hidden")
-            extension.extra_link_args += _linker_takes(compiler, "-Wl,-z,pack-relative-relocs")
+            # to load at every start, and direct calls between the modules instead of calls
+            # through the PLT; link-time optimization inlines mypyc's runtime helpers into
+            # the modules; relative relocations packed (DT_RELR) where the linker can.
+            # Together: 165,542 → 161,276 instructions per edge request, and the library's
+            # first segment 756 → 29 KiB.
+            lto = _builds_with(compiler, "-flto=auto")
+            extension.extra_compile_args += ["-fvisibility=hidden", *lto]
+            relr = _builds_with(compiler, "-Wl,-z,pack-relative-relocs")
+            extension.extra_link_args += [*lto, *relr]
     return extensions
 
 
-def _linker_takes(compiler: str, *flags: str) -> list[str]:
-    """The flags `compiler` links a shared library with, without a warning (an older GNU
-    ld ignores a `-z` option it does not know, saying so)."""
-    ok = []
+def _builds_with(compiler: str, *flags: str) -> list[str]:
+    """`flags` if `compiler` builds a shared library with them without a warning (older
+    linkers ignore a `-z` option they do not know, saying so), else none of them."""
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp, "probe.c")
+        src, out = Path(tmp, "probe.c"), Path(tmp, "probe.so")
         src.write_text("int weft_probe(void) { return 0; }\n")
-        for flag in flags:
-            out = str(Path(tmp, "probe.so"))
-            cmd = [compiler, "-shared", "-fPIC", "-Wl,--fatal-warnings", flag, str(src), "-o", out]
-            if subprocess.run(cmd, check=False, capture_output=True).returncode == 0:
-                ok.append(flag)
-    return ok
+        cmd = [compiler, "-shared", "-fPIC", "-Werror", "-Wl,--fatal-warnings", *flags,
+               str(src), "-o", str(out)]  # fmt: skip
+        ok = subprocess.run(cmd, check=False, capture_output=True).returncode == 0
+    return list(flags) if ok else []
 
 
 SOURCES = compiled_sources()
