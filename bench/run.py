@@ -251,7 +251,7 @@ static_resources:
         "nginx": ["nginx", "-c", str(tmp / "nginx-proxy.conf")],
         "envoy": [envoy, "-c", str(tmp / "envoy.yaml"), "--concurrency", "1", "-l", "error"],
         "envoy+trace": [envoy, "-c", str(tmp / "envoy-trace.yaml"), "--concurrency", "1",
-                        "-l", "error", "--base-id", "7"],
+                        "-l", "error", "--base-id", "9"],  # mtls: 7, mesh_h2: 8
         "weft": _weft_cmd(tmp / "weft.yaml", tmp / "weft-access.log"),
         "weft+trace": _weft_cmd(tmp / "weft-trace.yaml", tmp / "weft-trace-access.log",
                                 WEFT_ADMIN + 2, "--otlp-endpoint", f"127.0.0.1:{OTLP_SINK}",
