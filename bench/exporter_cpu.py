@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.exporter_cpu [--frames 60]
 
 Starts bench/otlp_sink.py and `python -m sidecar.observe.exporter`, feeds the exporter
-frames of 512 edge-like requests exactly as the data plane does (sidecar/observe/tracing.py),
+frames of 2,048 edge-like requests exactly as the data plane does (sidecar/observe/tracing.py),
 one at a time (each is exported before the next, so nothing is dropped), and divides the
 exporter's CPU time (from /proc) by the requests. The first frame warms it up and is not
 counted.
@@ -25,7 +25,7 @@ from bench.run import _wait_port
 from sidecar.observe.spans import SERVER
 
 SINK_PORT = 18990
-PER_FRAME = 512
+PER_FRAME = 2048
 ROOT = Path(__file__).resolve().parent.parent
 
 

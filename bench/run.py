@@ -303,7 +303,7 @@ layered_runtime:
   layers:
   - name: static
     static_layer:
-      tracing.opentelemetry.min_flush_spans: 1024
+      tracing.opentelemetry.min_flush_spans: 4096
       tracing.opentelemetry.flush_interval_ms: 1000
 """)
 

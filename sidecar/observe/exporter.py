@@ -20,7 +20,7 @@ import queue
 import struct
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -37,7 +37,10 @@ from sidecar.observe.spans import encode, varint
 
 log = logging.getLogger("weft.exporter")
 
-BACKLOG = 8  # frames waiting for an export; more are dropped
+BACKLOG = 2  # frames (of up to 2,048 requests) waiting for an export; more are dropped
+# One export request's spans at most: a batch that encodes larger (long URLs) goes out in
+# parts, each well under gRPC's default 4 MiB receive limit, which collectors keep.
+MAX_EXPORT_BYTES = 2 << 20
 _FRAME = struct.Struct(">II")
 
 
@@ -107,6 +110,20 @@ def _any(value: object) -> AnyValue:
     return AnyValue(string_value=str(value))
 
 
+def export_requests(
+    resource: bytes, records: list[tuple[Any, ...]], limit: int = MAX_EXPORT_BYTES
+) -> Iterator[tuple[bytes, int]]:
+    """(ExportTraceServiceRequest, span count) for these requests: one, or halves of the
+    batch until each part's spans fit in `limit` bytes (a single request always goes out)."""
+    spans = encode(records)
+    if len(spans) > limit and len(records) > 1:
+        half = len(records) // 2
+        yield from export_requests(resource, records[:half], limit)
+        yield from export_requests(resource, records[half:], limit)
+        return
+    yield request_bytes(resource, spans), sum(2 if r[4] else 1 for r in records)
+
+
 def request_bytes(resource: bytes, spans: bytes) -> bytes:
     """ExportTraceServiceRequest{ResourceSpans{resource, ScopeSpans{scope, spans}}}."""
     scope = bytes(InstrumentationScope(name="weft", version=__version__).SerializeToString())
@@ -153,23 +170,24 @@ def export_loop(
     failing = False
     while (payload := backlog.get()) is not None:
         records = marshal.loads(payload)  # spans.Finished's fields, as tuples
-        count = sum(2 if r[4] else 1 for r in records)  # an edge's CLIENT span too
         try:
-            request = request_bytes(resource, encode(records))
+            parts = list(export_requests(resource, records))
         except Exception:  # a record the encoder cannot take: its batch, not the process
+            count = sum(2 if r[4] else 1 for r in records)  # an edge's CLIENT span too
             log.exception("could not encode %d spans", count)
             report(dropped=count, reason="encode_error")
             continue
-        if exporter.export(Batch(request, count)) is SpanExportResult.SUCCESS:  # type: ignore[arg-type]
-            if failing:
-                log.warning("exporting spans to %s again", endpoint)
-                failing = False
-            report(exported=count)
-        else:
-            if not failing:
-                log.error("cannot export spans to %s; dropping them until it answers", endpoint)
-                failing = True
-            report(dropped=count, reason="export_failed")
+        for request, count in parts:
+            if exporter.export(Batch(request, count)) is SpanExportResult.SUCCESS:  # type: ignore[arg-type]
+                if failing:
+                    log.warning("exporting spans to %s again", endpoint)
+                    failing = False
+                report(exported=count)
+            else:
+                if not failing:
+                    log.error("cannot export spans to %s; dropping them until it answers", endpoint)
+                    failing = True
+                report(dropped=count, reason="export_failed")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

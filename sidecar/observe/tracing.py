@@ -86,8 +86,8 @@ class Tracer:
         metrics: Metrics,
         *,
         rng: random.Random | None = None,
-        max_queue: int = 4096,
-        batch: int = 512,
+        max_queue: int = 8192,
+        batch: int = 2048,  # per frame: fewer, larger exports cost less per span than 512
         interval_s: float = 1.0,
     ) -> None:
         self.options = options

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from sidecar.config.compile import route_template
-from sidecar.observe.exporter import request_bytes, resource_message
+from sidecar.observe.exporter import export_requests, request_bytes, resource_message
 from sidecar.observe.metrics import Metrics
 from sidecar.observe.spans import CLIENT, SERVER, Finished, encode
 from sidecar.observe.tracecontext import (
@@ -259,6 +259,27 @@ def test_export_request_framing() -> None:
     assert attrs["telemetry.sdk.name"] == "opentelemetry"
     assert rs.scope_spans[0].scope.name == "weft"
     assert len(rs.scope_spans[0].spans) == 6
+
+
+def test_a_large_batch_goes_out_in_parts_under_the_byte_limit() -> None:
+    """Long URLs make a batch's request large: it is split, every span still sent once."""
+    resource = resource_message("orders", "shop", "v2", "abc")
+    records = [
+        _record(SERVER, 0x100 + i, 200)._replace(span_id=0x1000 + i, path="/" + "x" * 900)
+        for i in range(40)
+    ]  # fmt: skip
+    whole = len(encode(records))
+    parts = list(export_requests(resource, records, limit=whole // 5))
+    assert len(parts) > 1
+    seen = []
+    for request, count in parts:
+        spans = ExportTraceServiceRequest.FromString(request).resource_spans[0].scope_spans[0].spans
+        assert count == len(spans) and sum(len(s.SerializeToString()) for s in spans) <= whole // 5
+        seen += [s.span_id for s in spans]
+    assert len(seen) == len(set(seen)) == 80  # each request's SERVER and CLIENT span, once
+    assert [request for request, _ in export_requests(resource, records)] == [
+        request_bytes(resource, encode(records))
+    ]  # under the default limit: one request, as before
 
 
 def test_span_names_follow_the_http_and_rpc_conventions() -> None:
