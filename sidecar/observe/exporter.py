@@ -121,7 +121,11 @@ def export_requests(
         yield from export_requests(resource, records[:half], limit)
         yield from export_requests(resource, records[half:], limit)
         return
-    yield request_bytes(resource, spans), sum(2 if r[4] else 1 for r in records)
+    yield request_bytes(resource, spans), span_count(records)
+
+
+def span_count(records: list[tuple[Any, ...]]) -> int:
+    return sum(2 if r[4] else 1 for r in records)  # an edge's CLIENT span too
 
 
 def request_bytes(resource: bytes, spans: bytes) -> bytes:
@@ -173,7 +177,7 @@ def export_loop(
         try:
             parts = list(export_requests(resource, records))
         except Exception:  # a record the encoder cannot take: its batch, not the process
-            count = sum(2 if r[4] else 1 for r in records)  # an edge's CLIENT span too
+            count = span_count(records)
             log.exception("could not encode %d spans", count)
             report(dropped=count, reason="encode_error")
             continue
