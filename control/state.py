@@ -102,8 +102,7 @@ class ControlState:
     def snapshot(self, view: View) -> tuple[list[dict[str, Any]], bytes]:
         """The documents for sidecars with this view at this generation, and the
         `{"snapshot": …}` message carrying them, encoded."""
-        key = view
-        hit = self._snapshots.get(key)
+        hit = self._snapshots.get(view)
         if hit is not None and hit[0] == self.generation:
             return hit[1], hit[2]
         if hit is None and len(self._snapshots) > 2 * len(self.subscribers) + 16:
@@ -117,7 +116,7 @@ class ControlState:
         if hit is not None and hit[1] == docs:
             docs = hit[1]  # unchanged: the same object, so watches compare by identity
         message = api.encode({"snapshot": {"version": self.generation, "resources": docs}})
-        self._snapshots[key] = (self.generation, docs, message)
+        self._snapshots[view] = (self.generation, docs, message)
         return docs, message
 
     def delta(self, view: View, have: list[dict[str, Any]]) -> bytes | None:
@@ -240,14 +239,15 @@ class ControlState:
         self.bump()
 
     # -- registry -----------------------------------------------------------------------
-    def _registered(self, instance_id: str) -> None:
-        """An instance changed or left: the registry's copy on disk follows, and the
-        watches are told."""
-        inst = self.registry.instances.get(instance_id)
-        if inst is None:
-            self.registry_dir.delete(instance_id)
-        else:
-            self.registry_dir.save(instance_id, inst.to_json())
+    def _registered(self, *instance_ids: str) -> None:
+        """Instances changed or left: the registry's copy on disk follows, and the watches
+        are told (once)."""
+        for instance_id in instance_ids:
+            inst = self.registry.instances.get(instance_id)
+            if inst is None:
+                self.registry_dir.delete(instance_id)
+            else:
+                self.registry_dir.save(instance_id, inst.to_json())
         self.bump()
 
     def connect(self, sub: Subscriber, now: float) -> None:
@@ -281,8 +281,8 @@ class ControlState:
 
     def expire(self, now: float) -> list[Instance]:
         dead = self.registry.expire(now)
-        for inst in dead:
-            self._registered(inst.id)
+        if dead:
+            self._registered(*(inst.id for inst in dead))
         return dead
 
     def bump(self) -> None:

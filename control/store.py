@@ -173,6 +173,8 @@ class RegistryDir:
         self.path.mkdir(mode=0o700, exist_ok=True)
 
     def load(self) -> list[dict[str, Any]]:
+        for tmp in self.path.glob("*.tmp"):  # a save the process did not finish
+            tmp.unlink(missing_ok=True)
         out = []
         for file in sorted(self.path.glob("*.json")):
             try:

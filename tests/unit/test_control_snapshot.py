@@ -176,10 +176,11 @@ def test_the_registry_on_disk_is_one_file_per_instance(tmp_path: Path) -> None:
     assert {p.parent for p in (tmp_path / "registry").iterdir()} == {tmp_path / "registry"}
     disk.delete(b.id)
     (tmp_path / "registry" / "torn.json").write_text('{"id": "c", "namesp')
+    (tmp_path / "registry" / "unfinished.tmp").write_text('{"id": "d"')  # killed mid-save
     reg = Registry()
     reg.load(RegistryDir(tmp_path).load(), now=0.0)
     assert list(reg.instances.values()) == [a]
-    assert not (tmp_path / "registry" / "torn.json").exists()
+    assert [p.suffix for p in (tmp_path / "registry").iterdir()] == [".json"]
 
 
 def test_views_of_sidecars_gone_leave_the_snapshot_cache(tmp_path: Path) -> None:
@@ -198,3 +199,21 @@ def test_views_of_sidecars_gone_leave_the_snapshot_cache(tmp_path: Path) -> None
     state.snapshot(sub.view)
     state.snapshot(("default", "web", False, frozenset({("default", "x")})))
     assert sub.view in state._snapshots
+
+
+def test_instances_that_expire_together_leave_disk_in_one_change(tmp_path: Path) -> None:
+    """A host that went silent takes its instances with it: one new generation for all of
+    them (one push to the watches), and each one's file removed."""
+    from control.state import ControlState, Subscriber
+
+    state = ControlState(tmp_path, 0.0)
+    for n in (1, 2, 3):
+        inst = Instance(id=f"i{n}", namespace="default", service="web", version="",
+                        address="127.0.0.1", port=n)  # fmt: skip
+        state.connect(Subscriber(instance=inst), 0.0)
+    state.heartbeat(state.subscribers["i3"], 100.0)
+    assert len(list((tmp_path / "registry").iterdir())) == 3
+    generation = state.generation
+    assert sorted(i.id for i in state.expire(state.registry.expiry_s + 1.0)) == ["i1", "i2"]
+    assert state.generation == generation + 1
+    assert [i["id"] for i in state.registry_dir.load()] == ["i3"]
