@@ -140,6 +140,8 @@ class UpstreamStream(FlowStream):
             for flow in self.flow:  # credit for DATA nobody will read
                 conn.h2.acknowledge_received_data(flow, self.sid)
             conn.kick()
+            if conn.goaway and not conn.streams:
+                conn.close()  # its last stream: a connection going away is done
 
 
 class H2ClientConnection(H2Pump):
@@ -262,6 +264,13 @@ class H2ClientConnection(H2Pump):
             self.streams.pop(stream.sid, None)
             return False
         return True
+
+    def retire(self) -> None:
+        """Take no new stream and close once the open ones have ended (the endpoint left
+        the cluster: what it carries finishes, as after a server's GOAWAY)."""
+        self.goaway = True
+        if not self.streams:
+            self.close()
 
     def close(self) -> None:
         self.scope.cancel()

@@ -97,6 +97,12 @@ class H2Pool:
                 self._connecting.set()
                 self._connecting = None
 
+    def retire(self) -> None:
+        """Open no more streams here; each connection closes after its last one."""
+        for c in self.connections:
+            c.retire()
+        self.connections.clear()
+
     def close(self) -> None:
         for c in self.connections:
             c.close()
@@ -147,11 +153,12 @@ class Pools:
         return pool is None or not pool.idle
 
     def retain(self, keys: Collection[str]) -> None:
-        """Keep the pools of these endpoints (a configuration's), close the others'."""
+        """Keep the pools of these endpoints (a configuration's), close the others' idle
+        connections; what the others carry runs to its end first."""
         for key in [k for k in self.h1 if k not in keys]:
             self.h1.pop(key).close()
         for key in [k for k in self.h2 if k not in keys]:
-            self.h2.pop(key).close()
+            self.h2.pop(key).retire()
         for key in keys:
             if key not in self.h1:
                 self.h1[key] = EndpointPool()

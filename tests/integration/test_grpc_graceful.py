@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 import trio
+import trio.testing
 
 from control.server import ControlPlane
 from sidecar.modes.sidecar import SidecarServer
@@ -175,6 +176,34 @@ async def test_a_rolling_restart_behind_the_edge_loses_no_stream(tmp_path: Path)
             load.channel.close()
             nursery.cancel_scope.cancel()
     assert got == [WHOLE] * (2 * STREAMS)
+
+
+async def test_an_endpoint_leaving_the_configuration_finishes_its_open_streams(
+    tmp_path: Path,
+) -> None:
+    """A reload that moves the service to another endpoint: the streams open on the old
+    one's HTTP/2 connection run to their end there, new calls go to the new one."""
+    go = threading.Event()
+    ready = threading.Event()
+    ready.set()
+    with _server(0, go) as (_, old_port, _), _server(0, ready) as (_, new_port, _):
+        async with trio.open_nursery() as nursery:
+            path = tmp_path / "c.yaml"
+            edge, edge_port = await start_edge(nursery, path, EDGE.format(port=old_port))
+
+            async def move() -> None:
+                path.write_text(EDGE.format(port=new_port))
+                assert edge.reload(), edge.last_error
+
+            load = Load(edge_port, "counter")
+            got = await _across(load, go, move, later=True)
+            (cluster,) = edge.clusters.clusters.values()
+            await trio.testing.wait_all_tasks_blocked()
+            open_after = cluster.pools.connections  # the old endpoint's closed once done
+            load.channel.close()
+            nursery.cancel_scope.cancel()
+    assert got == [WHOLE] * (2 * STREAMS)
+    assert open_after == 1
 
 
 @pytest.fixture
