@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import re
 import shutil
 import signal
@@ -503,7 +504,9 @@ def main() -> int:
                         if key in t.runs), flush=True)  # fmt: skip
             print(f"\nProxies on core {PROXY_CORE}, load generator + backend (nginx, 100-byte "
                   f"answers) on core {LOAD_CORE}; access logs on; upstreams HTTP/1.1 keep-alive. "
-                  f"Weft: the {BUILD} build (weft-pure: the same on its sources).")  # fmt: skip
+                  f"Weft: the {BUILD} build (weft-pure: the same on its sources), on "
+                  f"{sys.executable} (Python {platform.python_version()}, "
+                  f"{platform.python_compiler()}).")  # fmt: skip
             for key in keys:
                 sc = SCENARIOS[key]
                 note = sc.note.format(c=args.connections, m=max(1, args.connections // 4))
