@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-APT_TEST_PKGS  := curl nginx-light openssl nghttp2-client redis-server
+APT_TEST_PKGS  := curl nginx-light openssl nghttp2-client redis-server iptables iproute2
 APT_BENCH_PKGS := curl nginx-light wrk util-linux valgrind openssl nghttp2-client nghttp2-server redis-server
 
 .PHONY: fuzz demo edge-demo test test-pure lint typecheck pytest compile bench bench-instructions sysdeps sysdeps-bench clean proto

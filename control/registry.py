@@ -28,6 +28,7 @@ class Instance:
     protocol: str = "HTTP"  # HTTP | HTTP2 | GRPC | TCP: what the app speaks
     ready: bool = False
     weight: int = 1  # its share of its version's traffic, relative to the others
+    app_port: int = 0  # the app's own port (dialled at the instance's address: intercepted)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -39,6 +40,7 @@ class Instance:
             version=str(data.get("version", "")), address=str(data["address"]),
             port=int(data["port"]), protocol=str(data.get("protocol", "HTTP")),
             ready=bool(data.get("ready", False)), weight=int(data.get("weight", 1)),
+            app_port=int(data.get("app_port", 0)),
         )  # fmt: skip
 
 

@@ -76,12 +76,15 @@ def documents_for(
         endpoints += [
             {"address": i.address, "port": i.port, "version": i.version}
             | ({"weight": i.weight} if i.weight != 1 else {})
+            | ({"appPort": i.app_port} if 0 < i.app_port < 65536 else {})
             for i in instances
         ]
+        addresses = _addresses(spec)
         out.append({
             "apiVersion": WEFT_API, "kind": "Service",
             "metadata": {"name": name, "namespace": ns},
-            "spec": {"ports": ports, "endpoints": endpoints},
+            "spec": {"ports": ports, "endpoints": endpoints}
+            | ({"addresses": addresses} if addresses else {}),
         })  # fmt: skip
     out.extend(
         doc
@@ -96,6 +99,14 @@ def documents_for(
         or (gateway and kind in EDGE_KINDS and not is_mesh_route(doc))
     )
     return out
+
+
+def _addresses(spec: dict[str, Any]) -> list[str]:
+    """A declared Service's virtual addresses: a Weft Service's `addresses`, a Kubernetes
+    Service's cluster IPs (not "None": a headless Service has none)."""
+    found = [*(spec.get("addresses") or ()), *(spec.get("clusterIPs") or ()),
+             spec.get("clusterIP") or ""]  # fmt: skip
+    return list(dict.fromkeys(str(a) for a in found if a and a != "None"))
 
 
 def scope(

@@ -266,6 +266,7 @@ def _sidecar(args: argparse.Namespace) -> int:
         calls=tuple(c for text in args.calls or () for c in text.split(",") if c),
         admin_address=args.admin_address, discovery=args.discovery,
         consul_token=args.consul_token or "", trace=telemetry.trace_options(args),
+        intercept=args.intercept, outbound_policy=args.outbound_policy,
     )  # fmt: skip
     return _run_sidecar(opts, args.access_log)
 
@@ -600,6 +601,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         help="a local port (127.0.0.1) that tunnels any protocol to SERVICE over mTLS",
     )  # fmt: skip
     sc.add_argument(
+        "--intercept", action="store_true",
+        help="serve connections `meshctl init` redirected to the outbound port by the address "
+        "the app dialled (transparent interception)",
+    )  # fmt: skip
+    sc.add_argument(
+        "--outbound-policy", choices=("allow-any", "registry-only"), default="allow-any",
+        help="intercepted connections to addresses outside the mesh: relayed as they are, or "
+        "refused",
+    )  # fmt: skip
+    sc.add_argument(
         "--calls", action="append", metavar="SERVICE[,SERVICE…]",
         help="the services the app calls (NAME or NAMESPACE/NAME): the control plane sends "
         "only their configuration, not the whole mesh's (default: every service)",
@@ -644,8 +655,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     create.set_defaults(func=_token)
 
     if command not in LONG_RUNNING:
-        from mesh_ctl import mesh_cli, resources_cli, traces_cli, up
+        from mesh_ctl import init_cli, mesh_cli, resources_cli, traces_cli, up
 
+        init_cli.register(sub)
         resources_cli.register(sub)
         mesh_cli.register(sub)
         traces_cli.register(sub)

@@ -20,6 +20,12 @@ Host names resolve as Kubernetes DNS resolves them: `orders` in the caller's nam
 only; `orders.shop`, `orders.shop.svc` and `orders.shop.svc.cluster.local` in any. A Host
 without a port names the Service's port 80, or its first port when it has no port 80.
 
+An intercepted connection (transparent interception) names no host: its destination is
+the address the app dialled (`MeshNames.by_address`). A Service's virtual addresses
+(`spec.addresses`, a Kubernetes Service's cluster IPs) at one of its ports, and an
+instance's own address at its app's port (as DNS names a compose service or a headless
+Service) are mesh destinations; any other address is outside the mesh.
+
 A consumer route may send to its parent Service in another namespace without a
 ReferenceGrant (the caller may call that Service anyway); other cross-namespace backends
 need one, as on a Gateway.
@@ -29,7 +35,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.config.model import ListenerKey
@@ -55,6 +61,11 @@ def destination_host(dest: Destination) -> str:
     return f"{name}.{ns}.p{port}.{MESH_SUFFIX}"
 
 
+def default_port(ports: tuple[int, ...]) -> int:
+    """The port a name without one reaches: 80 when the Service has it, else its first."""
+    return DEFAULT_PORT if DEFAULT_PORT in ports else ports[0]
+
+
 @dataclass(frozen=True, slots=True)
 class MeshNames:
     """How the outbound listener reads a request's Host: the destination it names."""
@@ -63,6 +74,18 @@ class MeshNames:
     names: Mapping[str, tuple[str, str]]  # host name -> (namespace, service)
     ports: Mapping[tuple[str, str], tuple[int, ...]]  # a Service's ports, in order
     protocols: Mapping[Destination, str]  # HTTP | HTTP2 | GRPC | TCP
+    # For intercepted connections (their destination is an address, not a Host):
+    virtual: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # VIP -> Service
+    workloads: Mapping[tuple[str, int], Destination] = field(default_factory=dict)
+
+    def by_address(self, address: str, port: int) -> Destination | None:
+        """The Service port an intercepted connection to `address:port` is for: a
+        Service's virtual address at one of its ports, or an instance's own address at its
+        app's port (the Service's default port) or at a port the Service declares."""
+        svc = self.virtual.get(address)
+        if svc is not None:
+            return (*svc, port) if port in self.ports[svc] else None
+        return self.workloads.get((address, port))
 
     def destination(self, authority: str) -> Destination | None:
         host = normalize_host(authority)
@@ -72,7 +95,7 @@ class MeshNames:
         ports = self.ports[svc]
         _, colon, given = authority.rpartition(":")  # a service name: no IPv6 brackets
         if not colon:
-            port = DEFAULT_PORT if DEFAULT_PORT in ports else ports[0]
+            port = default_port(ports)
         elif given.isdigit() and int(given) in ports:
             port = int(given)
         else:
@@ -106,13 +129,24 @@ def outbound_config(
     }]  # fmt: skip
     ports: dict[tuple[str, str], tuple[int, ...]] = {}
     protocols: dict[Destination, str] = {}
+    virtual: dict[str, tuple[str, str]] = {}
+    workloads: dict[tuple[str, int], Destination] = {}
     for doc in pushed:
         if doc.get("kind") == "Service":
-            md = doc.get("metadata", {})
+            md, spec = doc.get("metadata", {}), doc["spec"]
             ns, name = md.get("namespace", "default"), md["name"]
-            ports[(ns, name)] = tuple(int(p["port"]) for p in doc["spec"]["ports"])
-            for p in doc["spec"]["ports"]:
+            svc_ports = ports[(ns, name)] = tuple(int(p["port"]) for p in spec["ports"])
+            for p in spec["ports"]:
                 protocols[(ns, name, int(p["port"]))] = str(p.get("protocol", "HTTP"))
+            for address in spec.get("addresses") or ():
+                virtual.setdefault(str(address), (ns, name))
+            for ep in spec.get("endpoints") or ():
+                address = str(ep.get("address", ""))
+                if "appPort" in ep:
+                    dest = (ns, name, default_port(svc_ports))
+                    workloads.setdefault((address, int(ep["appPort"])), dest)
+                    for port in svc_ports:
+                        workloads.setdefault((address, port), (ns, name, port))
     # destination -> (consumer routes, producer routes), each route by its index in `routes`
     routes: list[dict[str, Any]] = []
     attached: dict[Destination, tuple[list[int], list[int]]] = {}
@@ -157,7 +191,7 @@ def outbound_config(
             names[host] = (ns, name)
         if ns == caller_namespace:
             names[name] = (ns, name)
-    return Outbound(out, MeshNames(listener, names, ports, protocols))
+    return Outbound(out, MeshNames(listener, names, ports, protocols, virtual, workloads))
 
 
 def _attach(doc: dict[str, Any], hostnames: list[str]) -> list[dict[str, Any]]:

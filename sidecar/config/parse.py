@@ -152,8 +152,9 @@ def _k8s_service(top: Reader, meta: Meta) -> Service:
         "type", "ClusterIP", choices=("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
     )
     spec.str_map("selector")
+    cluster_ips = [*spec.str_list("clusterIPs"), spec.text("clusterIP", "")]
     spec.ignore(
-        "clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy", "sessionAffinity",
+        "ipFamilies", "ipFamilyPolicy", "sessionAffinity",
         "externalName", "externalTrafficPolicy", "internalTrafficPolicy",
         "publishNotReadyAddresses",
         "loadBalancerIP", "externalIPs", "healthCheckNodePort", "allocateLoadBalancerNodePorts",
@@ -161,7 +162,23 @@ def _k8s_service(top: Reader, meta: Meta) -> Service:
         "trafficDistribution",
     )  # fmt: skip
     spec.finish()
-    return Service(meta=meta, ports=tuple(ports), kubernetes=True, service_type=stype)
+    addresses = _ip_addresses(spec, "clusterIPs", [a for a in cluster_ips if a not in ("", "None")])
+    return Service(
+        meta=meta, ports=tuple(ports), kubernetes=True, service_type=stype, addresses=addresses
+    )
+
+
+def _ip_addresses(r: Reader, key: str, values: list[str]) -> tuple[str, ...]:
+    """IP addresses, normalized and without repeats (a Service's virtual addresses)."""
+    out: list[str] = []
+    for value in values:
+        try:
+            address = str(ipaddress.ip_address(value))
+        except ValueError:
+            r.fail(key, f"{value!r} is not an IP address")
+        if address not in out:
+            out.append(address)
+    return tuple(out)
 
 
 def _weft_service(top: Reader, meta: Meta) -> Service:
@@ -186,11 +203,13 @@ def _weft_service(top: Reader, meta: Meta) -> Service:
                 port=er.integer("port", None, lo=1, hi=65535),
                 version=er.text("version", "", max_len=63),
                 weight=er.integer("weight", 1, lo=1, hi=1000),
+                app_port=er.integer("appPort", None, lo=1, hi=65535),
             )
         )
         er.finish()
+    addresses = _ip_addresses(spec, "addresses", spec.str_list("addresses"))
     spec.finish()
-    return Service(meta=meta, ports=tuple(ports), endpoints=tuple(endpoints))
+    return Service(meta=meta, ports=tuple(ports), endpoints=tuple(endpoints), addresses=addresses)
 
 
 def _address(r: Reader, key: str) -> str:

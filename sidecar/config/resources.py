@@ -278,6 +278,7 @@ class EndpointAddress:
     version: str = ""
     ready: bool = True
     weight: int = 1  # relative share among the service's endpoints (Consul's Weights.Passing)
+    app_port: int | None = None  # an instance's app port (a mesh destination when dialled)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -289,6 +290,7 @@ class Service:
     endpoints: tuple[EndpointAddress, ...] = ()
     kubernetes: bool = False
     service_type: str = "ClusterIP"
+    addresses: tuple[str, ...] = ()  # virtual addresses (a Kubernetes Service's cluster IPs)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -36,7 +36,7 @@ from sidecar.http.context import ProxyContext
 from sidecar.observe.accesslog import AccessLog
 from sidecar.observe.metrics import Metrics
 from sidecar.transport.idle import IdleTracker, run_sweeper
-from sidecar.transport.listen import accept_loop, open_listener
+from sidecar.transport.listen import Handler, accept_loop, open_listener
 from sidecar.upstream.manager import ClusterManager, ConnectorFactory, plain
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ EDGE_ONLY = {
 }
 
 BindHook = Callable[[ListenerKey], tuple[str, int]]
+ServeHook = Callable[[ListenerKey], Handler | None]
 
 
 class EdgeServer:
@@ -90,6 +91,7 @@ class EdgeServer:
         trust: ssl.SSLContext | None = None,
         ratelimit: GlobalLimits | None = None,
         worker: bool = False,
+        serve: ServeHook | None = None,
     ) -> None:
         """`admin_port=None` runs no admin listener (a sidecar's outbound side, whose
         sidecar has one); `connector` says how upstreams are reached (mTLS in sidecars);
@@ -100,8 +102,11 @@ class EdgeServer:
         `refused`: kinds the files may not hold, and why (`MESH_ONLY` for `meshctl edge`).
         `worker`: one of `meshctl edge --workers` (mesh_ctl/workers.py): listeners share
         their ports with the other workers, the supervisor watches the files and signals
-        reloads, and EOF on stdin (the supervisor gone) drains this one."""
+        reloads, and EOF on stdin (the supervisor gone) drains this one.
+        `serve(key)`: what runs a connection accepted on listener `key`, when not the
+        listener's protocol (a sidecar's intercepting outbound port), else None."""
         self.worker = worker
+        self.serve = serve
         self.source = source
         self.refused = refused
         self.drain_timeout_s = drain_timeout_s
@@ -327,7 +332,8 @@ class EdgeServer:
             scope = trio.CancelScope()
             bound = sock.getsockname()[1]
             self.listeners[key] = (scope, bound)
-            handler = functools.partial(serve_downstream, self._ctx, key)
+            own = self.serve(key) if self.serve is not None else None
+            handler = own or functools.partial(serve_downstream, self._ctx, key)
             serve = functools.partial(accept_loop, app=self.direction == "outbound")
             self._nursery.start_soon(_scoped, scope, serve, sock, handler, self._nursery)
             log.info("listening on %s:%d", sock.getsockname()[0], bound)

@@ -34,25 +34,26 @@ from sidecar.authz import Decision, Policy, decide
 from sidecar.config.compile import compile_snapshot
 from sidecar.config.dump import describe
 from sidecar.config.mesh import mesh_default_allow, outbound_config
-from sidecar.config.model import Backend, ClusterSpec, ListenerKey, RouteAction
+from sidecar.config.model import ClusterSpec, ListenerKey, RouteAction
 from sidecar.config.parse import Document, load_documents
 from sidecar.config.snapshot import Snapshot
 from sidecar.config.store import SnapshotStore
 from sidecar.config.watch import ConfigWatch
-from sidecar.entry import handshake_failed, serve_http2, sniff
+from sidecar.entry import handshake_failed
 from sidecar.errors import ConfigError
 from sidecar.http.context import ProxyContext
 from sidecar.http.http1 import serve_http1
 from sidecar.identity.fetch import fetch_svid
 from sidecar.identity.svid import IdentityError, Svid, SvidRequest
+from sidecar.modes import outbound
+from sidecar.modes.outbound import to_cluster
 from sidecar.observe.accesslog import AccessLog
 from sidecar.observe.metrics import Metrics
-from sidecar.protocol.sniff import Detected
 from sidecar.tcp.proxy import serve_tcp
 from sidecar.transport import mtls
 from sidecar.transport.idle import IdleTracker, run_sweeper
 from sidecar.transport.io import Conn, Connector, connect_app
-from sidecar.transport.listen import accept_loop, open_listener
+from sidecar.transport.listen import Handler, accept_loop, open_listener
 from sidecar.transport.tls import TlsHandshakeError
 from sidecar.upstream.manager import ClusterManager
 
@@ -102,6 +103,10 @@ class SidecarOptions:
     trust_bundle: str | None = None  # CAs (PEM) for HTTPS the edge calls (remote JWKS)
     ratelimit_redis: str | None = None  # where global rate limits count (an edge)
     ratelimit_fail_closed: bool = False
+    # Transparent interception (`meshctl init` redirects the namespace's TCP here): the
+    # outbound port serves redirected connections by the address they were going to.
+    intercept: bool = False
+    outbound_policy: str = "allow-any"  # or registry-only: refuse addresses outside the mesh
 
 
 # Only this sidecar says which errors it answered itself (http/forward.py): its app's
@@ -245,7 +250,7 @@ class SidecarServer:
                     opts.files, admin_port=None, metrics=self.metrics, connector=self._connector,
                     direction=self._outbound_direction, service=opts.service,
                     access_log=self.access_log_sink, signals=False, tracer=self.tracer,
-                    refused=EDGE_ONLY,
+                    refused=EDGE_ONLY, serve=self._serve_hook,
                 )  # fmt: skip
                 await nursery.start(self.outbound.run)
             else:
@@ -258,7 +263,7 @@ class SidecarServer:
             for service, port in opts.upstreams:
                 sock = open_listener("127.0.0.1", port)
                 self.upstream_ports[service] = sock.getsockname()[1]
-                handler = functools.partial(self._upstream, service)
+                handler = functools.partial(outbound.upstream_port, self, service)
                 nursery.start_soon(functools.partial(accept_loop, app=True), sock, handler, nursery)
             if opts.discovery:
                 self.consul = self._consul_registration()
@@ -333,7 +338,7 @@ class SidecarServer:
         instance = {
             "id": self.instance_id, "namespace": opts.namespace, "service": opts.service,
             "version": opts.version, "address": self.advertise_address, "port": self.inbound_port,
-            "protocol": opts.protocol,
+            "protocol": opts.protocol, "app_port": opts.app_port,
         }  # fmt: skip
         svid = self._svid()
         hello = {
@@ -364,6 +369,7 @@ class SidecarServer:
                     trust=trust_context(opts.trust_bundle),
                     ratelimit=global_limits(opts.ratelimit_redis,
                                             fail_closed=opts.ratelimit_fail_closed),
+                    serve=self._serve_hook,
                 )  # fmt: skip
                 assert self._nursery is not None
                 await self._nursery.start(outbound.run)
@@ -389,14 +395,20 @@ class SidecarServer:
         edge's (X-Forwarded-* set, a SERVER and a CLIENT span), not an app's calls out."""
         return "edge" if self.opts.gateway else "outbound"
 
+    def _serve_hook(self, key: ListenerKey) -> Handler | None:
+        """With interception, the outbound port serves connections by where they went."""
+        if self.opts.intercept and key == self.outbound_key:
+            return functools.partial(outbound.captured, self, key)
+        return None
+
     def _bind(self, key: ListenerKey) -> tuple[str, int]:
         """Where a configured listener binds: the outbound one where the options say."""
-        if key == self._outbound_key:
+        if key == self.outbound_key:
             return self.opts.outbound_address, self.opts.outbound_port
         return key.address, key.port
 
     @property
-    def _outbound_key(self) -> ListenerKey:
+    def outbound_key(self) -> ListenerKey:
         """The outbound listener as configured (port 0 binds any port: tests)."""
         return ListenerKey(
             address=self.opts.outbound_address, port=self.opts.outbound_port or 15001
@@ -406,11 +418,11 @@ class SidecarServer:
     def outbound_port(self) -> int:
         """The outbound listener's bound port (mesh mode, once configured)."""
         assert self.outbound is not None
-        key = self._outbound_key
+        key = self.outbound_key
         return self.outbound.bound_port(key.address, key.port)
 
     def _compile(self, version: int) -> Snapshot:
-        out = outbound_config(self._pushed, self._outbound_key, self.opts.namespace)
+        out = outbound_config(self._pushed, self.outbound_key, self.opts.namespace)
         resources = load_documents(
             Document(d, f"control plane document {i}") for i, d in enumerate(out.documents, 1)
         )
@@ -525,54 +537,11 @@ class SidecarServer:
     def _app_route(self, ctx: ProxyContext) -> RouteAction | None:
         """The inbound snapshot's route to the app, for opaque tunnels."""
         name = next(iter(ctx.store.current.clusters), None)
-        return _to_cluster(name, "inbound/tcp") if name is not None else None
+        return to_cluster(name, "inbound/tcp") if name is not None else None
 
     def _policies(self) -> tuple[Policy, ...]:
         snap = self.outbound.snapshot if self.outbound is not None else None
         return snap.authz if snap is not None else ()
-
-    async def _upstream(self, service: str, conn: Conn) -> None:
-        """A local `--upstream` port. HTTP goes to the routes of the Service the port is
-        for, whatever its Host says (the port is the frontend the app dialled); anything
-        else, and everything for a TCP port, as opaque bytes over mTLS to its sidecars."""
-        assert self.outbound is not None and self.outbound.context is not None
-        ctx = self.outbound.context
-        snap, mesh = ctx.store.current, ctx.store.current.mesh
-        dest = mesh.destination(service) if mesh is not None else None
-        if (mesh is not None and dest is None) or self.spiffe_id is None:
-            log.warning("--upstream %s: no such mesh service; connection closed", service)
-            conn.close()
-            return
-        initial = b""
-        if mesh is not None and dest is not None and mesh.protocols.get(dest) != "TCP":
-            sniffed = await sniff(conn, snap.limits.detect_timeout_s)
-            if sniffed is None:
-                return
-            initial, found = sniffed
-            if found is Detected.HTTP1:
-                await serve_http1(ctx, self._outbound_key, conn, initial=initial, destination=dest)
-                return
-            if found is Detected.HTTP2:
-                await serve_http2(ctx, self._outbound_key, conn, initial=initial, destination=dest)
-                return
-        # the destination's, or (outbound routes from files) the first of that name
-        target = dest[:2] if dest is not None else None
-        spec = next(
-            (c for c in snap.clusters.values()
-             if (c.namespace, c.service) == target or (target is None and c.service == service)),
-            None,
-        )  # fmt: skip
-        if spec is None:
-            conn.close()
-            return
-        expected = SpiffeId(self.spiffe_id.trust_domain, spec.namespace, spec.service)
-
-        async def connect(address: str, port: int, timeout_s: float) -> Conn:
-            assert self.identity is not None
-            return await mtls.connect(self.identity.client_tcp, address, port, expected, timeout_s)
-
-        route = _to_cluster(spec.name, f"upstream/{service}")
-        await serve_tcp(ctx, conn, route, connect=connect, initial=initial)
 
     def _authorize(self, peer: SpiffeId | None, method: str, path: str) -> Decision:
         """AuthorizationPolicies from the sidecar's files, for this service."""
@@ -581,8 +550,3 @@ class SidecarServer:
             namespace=self.opts.namespace, service=self.opts.service, peer=peer,
             method=method, path=path, default_allow=self.default_allow,
         )  # fmt: skip
-
-
-def _to_cluster(cluster: str, route: str) -> RouteAction:
-    """A route that sends everything to one cluster (for opaque tunnels)."""
-    return RouteAction(route=route, rule=0, backends=(Backend(cluster=cluster, weight=1),))

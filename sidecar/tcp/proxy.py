@@ -19,7 +19,10 @@ from sidecar.http.context import ProxyContext
 from sidecar.http.request import pick_backend
 from sidecar.tcp.relay import Counts, relay
 from sidecar.transport.idle import Tracked
-from sidecar.transport.io import Conn, Connector
+from sidecar.transport.io import Conn, Connector, connect_within
+
+PASSTHROUGH = "passthrough"  # the route and peer label of traffic outside the mesh
+PASSTHROUGH_CONNECT_TIMEOUT_S = 10.0
 
 
 async def serve_tcp(
@@ -52,25 +55,50 @@ async def serve_tcp(
         except UpstreamConnectError:
             result = "connect_failed"
             return
-        scope = trio.CancelScope()
-        tracked = Tracked(
-            activity=lambda: conn.activity + upstream.activity,
-            in_head=lambda: False,
-            cancel=scope.cancel,
-        )
-        ctx.idle.add(tracked, trio.current_time())
         stats.pending += 1
         try:
-            with scope:
-                await relay(conn, upstream, to_upstream=initial, counts=counts)
-            result = "idle_timeout" if scope.cancelled_caught else "closed"
+            result = await _relay(ctx, conn, upstream, initial, counts)
         finally:
             stats.pending -= 1
-            ctx.idle.discard(tracked)
-            upstream.close()
     finally:
         conn.close()
         _record(ctx, route, peer, result or "closed", counts, time.perf_counter() - start)
+
+
+async def serve_passthrough(ctx: ProxyContext, conn: Conn, address: str, port: int) -> None:
+    """Relay an intercepted connection to where it was going (outside the mesh), as is."""
+    start = time.perf_counter()
+    counts = Counts()
+    result = "connect_failed"
+    try:
+        try:
+            upstream = await connect_within(address, port, PASSTHROUGH_CONNECT_TIMEOUT_S)
+        except UpstreamConnectError:
+            return
+        result = await _relay(ctx, conn, upstream, b"", counts)
+    finally:
+        conn.close()
+        _record(ctx, PASSTHROUGH, PASSTHROUGH, result, counts, time.perf_counter() - start)
+
+
+async def _relay(
+    ctx: ProxyContext, conn: Conn, upstream: Conn, initial: bytes, counts: Counts
+) -> str:
+    """Both ways until both ends finish ("closed") or neither moves for the idle timeout."""
+    scope = trio.CancelScope()
+    tracked = Tracked(
+        activity=lambda: conn.activity + upstream.activity,
+        in_head=lambda: False,
+        cancel=scope.cancel,
+    )
+    ctx.idle.add(tracked, trio.current_time())
+    try:
+        with scope:
+            await relay(conn, upstream, to_upstream=initial, counts=counts)
+        return "idle_timeout" if scope.cancelled_caught else "closed"
+    finally:
+        ctx.idle.discard(tracked)
+        upstream.close()
 
 
 def _record(

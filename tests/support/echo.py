@@ -33,7 +33,9 @@ class _Server(ThreadingHTTPServer):
 
 
 class EchoServer:
-    def __init__(self, name: str, namespace: str = "default", address: str = "127.0.0.1") -> None:
+    def __init__(
+        self, name: str, namespace: str = "default", address: str = "127.0.0.1", port: int = 0
+    ) -> None:
         self.name = name
         self.namespace = namespace
         self.received: list[dict[str, Any]] = []
@@ -123,7 +125,7 @@ class EchoServer:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _serve
 
-        self.httpd = _Server((address, 0), Handler)
+        self.httpd = _Server((address, port), Handler)
         self.httpd.daemon_threads = True
         self.address = address
         self.port = self.httpd.server_address[1]
