@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="destinations not captured (a cloud's metadata address, a database outside)",
     )  # fmt: skip
     p.add_argument("--no-inbound", action="store_true", help="capture outbound traffic only")
+    p.add_argument("--ipv6", action="store_true", help="also capture IPv6 (ip6tables)")
     p.add_argument("--uninstall", action="store_true", help="remove the rules and exit")
     p.add_argument(
         "--dry-run", action="store_true", help="print the iptables-restore input, change nothing"
@@ -45,9 +46,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _init(args: argparse.Namespace) -> int:
-    families = [False]  # IPv4: the sidecar's outbound port listens on 127.0.0.1
-    if args.uninstall:
-        for ipv6 in families:
+    families = [False, True] if args.ipv6 else [False]
+    if args.uninstall:  # both families: whatever an earlier `init` installed
+        for ipv6 in (False, True):
             _remove(ipv6, dry_run=args.dry_run)
         return 0
     try:
@@ -86,7 +87,10 @@ def _remove(ipv6: bool, *, dry_run: bool) -> None:
         if dry_run:
             print(" ".join(cmd))
             continue
-        subprocess.run([_tool(cmd[0]), *cmd[1:]], capture_output=True, check=False)
+        tool = shutil.which(cmd[0]) or shutil.which(cmd[0], path="/usr/sbin:/sbin")
+        if tool is None:  # without the tool there are no such rules to remove
+            return
+        subprocess.run([tool, *cmd[1:]], capture_output=True, check=False)
 
 
 def _tool(name: str) -> str:

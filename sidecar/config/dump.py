@@ -45,13 +45,18 @@ def describe(snap: Snapshot | None) -> dict[str, Any]:
         "clusters": clusters,
         "warnings": list(snap.warnings),
     }
-    if snap.mesh is not None:  # how the outbound listener reads Host
+    mesh = snap.mesh
+    if mesh is not None:  # how the outbound listener reads Host, and intercepted addresses
         doc["mesh_services"] = {
             "/".join(svc): {
                 "ports": list(ports),
-                "names": sorted(n for n, s in snap.mesh.names.items() if s == svc),
+                "names": sorted(n for n, s in mesh.names.items() if s == svc),
+                "addresses": sorted(a for a, s in mesh.virtual.items() if s == svc),
+                "workloads": sorted(
+                    f"{a}:{p}" for (a, p), d in mesh.workloads.items() if d[:2] == svc
+                ),
             }
-            for svc, ports in sorted(snap.mesh.ports.items())
+            for svc, ports in sorted(mesh.ports.items())
         }
     return doc
 

@@ -265,6 +265,8 @@ class SidecarServer:
                 self.upstream_ports[service] = sock.getsockname()[1]
                 handler = functools.partial(outbound.upstream_port, self, service)
                 nursery.start_soon(functools.partial(accept_loop, app=True), sock, handler, nursery)
+            if opts.intercept and self.outbound is not None:
+                self._capture_ipv6(nursery)
             if opts.discovery:
                 self.consul = self._consul_registration()
                 nursery.start_soon(self.consul.run)
@@ -394,6 +396,17 @@ class SidecarServer:
         """An edge gateway in the mesh serves clients from outside: its requests are the
         edge's (X-Forwarded-* set, a SERVER and a CLIENT span), not an app's calls out."""
         return "edge" if self.opts.gateway else "outbound"
+
+    def _capture_ipv6(self, nursery: trio.Nursery) -> None:
+        """REDIRECT sends IPv6 connections to ::1: the outbound port listens there too
+        (where the namespace has IPv6)."""
+        try:
+            sock = open_listener("::1", self.outbound_port)
+        except OSError as exc:
+            log.info("no IPv6 capture: %s", exc.strerror)
+            return
+        handler = functools.partial(outbound.captured, self, self.outbound_key)
+        nursery.start_soon(functools.partial(accept_loop, app=True), sock, handler, nursery)
 
     def _serve_hook(self, key: ListenerKey) -> Handler | None:
         """With interception, the outbound port serves connections by where they went."""

@@ -453,6 +453,9 @@ async def test_config_dump_shows_what_the_control_plane_sent(plane: ControlPlane
         "ports": [80, 9000],
         "names": ["orders", "orders.default", "orders.default.svc",
                   "orders.default.svc.cluster.local"],
+        "addresses": [],  # no clusterIP declared
+        # the instance's address at its app's port and at the Service's ports
+        "workloads": sorted(f"127.0.0.1:{p}" for p in (app.port, 80, 9000)),
     }  # fmt: skip
     assert set(out["clusters"]) == {"default/orders:80", "default/orders:9000"}
     assert [lst["name"] for lst in out["listeners"]] == ["weft-system/outbound/outbound"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +31,10 @@ class _Server(ThreadingHTTPServer):
     # A proxy opens many connections at once (one per concurrent HTTP/2 stream); the
     # socketserver default backlog of 5 would drop SYNs and stall them for seconds.
     request_queue_size = 1024
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6  # "::" takes IPv4 too (IPV6_V6ONLY is off)
 
 
 class EchoServer:
@@ -125,7 +130,8 @@ class EchoServer:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _serve
 
-        self.httpd = _Server((address, port), Handler)
+        server = _Server6 if ":" in address else _Server
+        self.httpd = server((address, port), Handler)
         self.httpd.daemon_threads = True
         self.address = address
         self.port = self.httpd.server_address[1]

@@ -4,6 +4,8 @@ tests.support.netns_app …`); each prints "ready" once it listens.
 - `echo NAME ADDRESS PORT`: the echo backend (tests/support/echo.py).
 - `greet ADDRESS PORT`: a server-first protocol (SMTP's or MySQL's shape): it greets each
   client before reading, then echoes what it reads.
+- `grpc ADDRESS PORT`: a gRPC server (grpcio) whose `/weft.test.Echo/Say` answers
+  "echo: " and the request.
 """
 
 from __future__ import annotations
@@ -37,6 +39,27 @@ def main(argv: list[str]) -> None:
             threading.Event().wait()
     elif argv[0] == "greet":
         _greet(argv[1], int(argv[2]))
+    elif argv[0] == "grpc":
+        _grpc(argv[1], int(argv[2]))
+
+
+def _grpc(address: str, port: int) -> None:
+    from concurrent import futures
+
+    import grpc
+
+    def say(request: bytes, context: grpc.ServicerContext) -> bytes:
+        return b"echo: " + request
+
+    handler = grpc.method_handlers_generic_handler(
+        "weft.test.Echo", {"Say": grpc.unary_unary_rpc_method_handler(say)}
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"{address}:{port}")
+    server.start()
+    print("ready", flush=True)
+    server.wait_for_termination()
 
 
 if __name__ == "__main__":
