@@ -29,9 +29,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from mesh_ctl import transparent
 from mesh_ctl.common import CliError, table, write_context
 from mesh_ctl.mesh_cli import render_top
 from mesh_ctl.ports import free_port, reserve
+from mesh_ctl.transparent import Network
 
 if TYPE_CHECKING:
     from mesh_ctl.client import AdminClient
@@ -102,6 +104,11 @@ class Proc:
     admin: int = 0  # sidecar/edge admin port, for /ready and /metrics
     service: str = ""
     version: str = ""
+    host: str = "127.0.0.1"  # where the admin port listens
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.host}:{self.admin}/"
 
 
 @dataclass
@@ -114,6 +121,12 @@ class Mesh:
     server_port: int = 0
     http_port: int = 0
     otlp_endpoint: str = ""  # where the proxies export spans ("" none)
+    network: Network | None = None  # --transparent: a namespace per instance
+
+    @property
+    def host(self) -> str:
+        """Where the control plane listens: the bridge when instances have namespaces."""
+        return self.network.gateway if self.network is not None else "127.0.0.1"
 
     def __post_init__(self) -> None:
         # the edge binds its port late: no other child may be given it meanwhile
@@ -143,16 +156,18 @@ class Mesh:
         (self.state / "logs").mkdir(parents=True)
         data = self.state / "data"
         keystore.init(data, "weft.local", datetime.datetime.now(datetime.UTC))
+        if self.network is not None:
+            self._network(say)
         self.server_port = free_port()
-        listen = f"127.0.0.1:{self.server_port}"
+        listen = f"{self.host}:{self.server_port}"
         self.http_port = free_port()
-        http = f"127.0.0.1:{self.http_port}"
-        otlp = f"127.0.0.1:{free_port()}"  # the control plane keeps traces for `meshctl traces`
+        http = f"{self.host}:{self.http_port}"
+        otlp = f"{self.host}:{free_port()}"  # the control plane keeps traces for `meshctl traces`
         self.otlp_endpoint = self.otlp_endpoint or otlp
         cmd = self.meshctl("server", "--data-dir", str(data), "--listen", listen,
                            "--http-listen", http, "--otlp-listen", otlp)  # fmt: skip
         server = self._spawn("control-plane", cmd)
-        _wait_listening(self, self.server_port, server)
+        _wait_listening(self, self.host, self.server_port, server)
         say(f"control plane on {listen} (metrics on {http}), CA in {data / 'ca'}")
         self._apply_mesh(data)
         for app in self.plan.apps:
@@ -165,6 +180,21 @@ class Mesh:
             "--admin-port", str(admin), *self._join(data),
         )  # fmt: skip
         self._spawn("edge", cmd, admin=admin, service=edge)
+
+    def _network(self, say: Any) -> None:
+        """Namespaces, addresses and hosts files for every instance (--transparent)."""
+        net = self.network
+        assert net is not None
+        names: dict[str, list[str]] = {}
+        for app in self.plan.apps:
+            for version in app.versions:
+                names.setdefault(app.name, []).append(net.add(_instance(app, version)))
+        try:
+            transparent.create(net, names)
+        except RuntimeError as exc:
+            raise CliError(f"cannot make the network: {exc}") from None
+        say(f"network {net.subnet} on bridge {net.tag}: a namespace per instance, "
+            "its TCP intercepted by its sidecar")  # fmt: skip
 
     def _apply_mesh(self, data: Path) -> None:
         """mesh.yaml, as `meshctl apply` sends it (with the edge's port moved if asked)."""
@@ -193,10 +223,13 @@ class Mesh:
         data = self.state / "data"
         root = (data / "ca" / "root.pem").read_bytes()
         token = (data / "admin.token").read_text().strip()
-        return AdminClient(f"127.0.0.1:{self.server_port}", root, token)
+        return AdminClient(f"{self.host}:{self.server_port}", root, token)
 
     def _start_instance(self, data: Path, app: App, version: str) -> None:
-        name = f"{app.name}-{version}" if version else app.name
+        name = _instance(app, version)
+        if self.network is not None:
+            self._start_intercepted(data, app, version, self.network)
+            return
         port = {k: free_port() for k in ("app", "inbound", "outbound", "admin")}
         upstreams = {u: free_port() for u in app.upstreams}
         env = {"PORT": str(port["app"]), "VERSION": version, "SERVICE": app.name,
@@ -215,9 +248,34 @@ class Mesh:
             cmd += ["--upstream", f"{u}:{p}"]
         self._spawn(f"{name}-sidecar", cmd, admin=port["admin"], service=app.name, version=version)
 
+    def _start_intercepted(self, data: Path, app: App, version: str, net: Network) -> None:
+        """The instance in its own namespace: the app as it would run in a pod (calling
+        `http://orders:8080`), the interception rules, the sidecar in the proxy group."""
+        name = _instance(app, version)
+        address = net.addresses[name]
+        env = {"PORT": str(transparent.APP_PORT), "VERSION": version, "SERVICE": app.name,
+               "MESH_OUTBOUND": "127.0.0.1:15001", **transparent.APP_ENV}  # fmt: skip
+        env.update({f"{a.name.upper()}_ADDR": f"{a.name}:{transparent.APP_PORT}"
+                    for a in self.plan.apps if a.name != app.name})  # fmt: skip
+        script = app.command[0].endswith(".py")
+        cmd = [sys.executable, *app.command] if script else list(app.command)
+        self._spawn(name, net.run_in(name, cmd), env)
+        init = net.run_in(name, self.meshctl("init", "--proxy-gid", str(transparent.PROXY_GID)))
+        done = subprocess.run(init, capture_output=True, text=True, check=False, timeout=30)
+        if done.returncode != 0:
+            raise CliError(f"{name}: meshctl init: {done.stderr.strip()}")
+        cmd = self.meshctl(
+            "sidecar", "--service", app.name, "--version", version, "--protocol", app.protocol,
+            "--app-port", str(transparent.APP_PORT), "--intercept", "--advertise", address,
+            "--admin-address", address, "--token", self._token(data, app.name),
+            *self._join(data),
+        )  # fmt: skip
+        self._spawn(f"{name}-sidecar", net.run_in(name, cmd, gid=transparent.PROXY_GID),
+                    admin=15000, service=app.name, version=version, host=address)  # fmt: skip
+
     def _join(self, data: Path) -> list[str]:
         root = str(data / "ca" / "root.pem")
-        join = ["--control-plane", f"127.0.0.1:{self.server_port}", "--ca-file", root]
+        join = ["--control-plane", f"{self.host}:{self.server_port}", "--ca-file", root]
         if self.otlp_endpoint:
             join += ["--otlp-endpoint", self.otlp_endpoint]
         return join
@@ -245,7 +303,7 @@ class Mesh:
                     raise self.failed(p.name, f"exited ({p.popen.returncode})")
             still = []
             for p in waiting:
-                ready, problem = _ready(p.admin)
+                ready, problem = _ready(p.host, p.admin)
                 if problem:
                     raise self.failed(p.name, f"is not ready: {problem}")
                 if not ready:
@@ -291,13 +349,17 @@ class Mesh:
                     p.popen.wait()
 
 
-def _ready(port: int) -> tuple[bool, str]:
+def _instance(app: App, version: str) -> str:
+    return f"{app.name}-{version}" if version else app.name
+
+
+def _ready(host: str, port: int) -> tuple[bool, str]:
     """Whether the proxy with admin `port` is ready, and what it refused if it says."""
     import urllib.error
     import urllib.request
 
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as r:
+        with urllib.request.urlopen(f"http://{host}:{port}/ready", timeout=1) as r:
             return r.status == 200, ""
     except urllib.error.HTTPError as exc:
         body = exc.read().decode(errors="replace").strip()
@@ -306,13 +368,13 @@ def _ready(port: int) -> tuple[bool, str]:
         return False, ""
 
 
-def _wait_listening(mesh: Mesh, port: int, proc: Proc, timeout_s: float = 30.0) -> None:
+def _wait_listening(mesh: Mesh, host: str, port: int, proc: Proc, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.popen.poll() is not None:
             raise mesh.failed(proc.name, f"exited ({proc.popen.returncode})")
         with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
+            if s.connect_ex((host, port)) == 0:
                 return
         time.sleep(0.1)
     raise mesh.failed(proc.name, f"is not listening on port {port} after {timeout_s:g}s")
@@ -336,6 +398,8 @@ def _traffic(url: str, stop: threading.Event, worker: int) -> None:
 
 
 def up(args: argparse.Namespace) -> int:
+    if args.cleanup:
+        return _cleanup()
     directory = Path(args.dir)
     if not directory.is_dir():
         raise CliError(f"{directory}: no such directory (it holds mesh.yaml and up.yaml)")
@@ -346,8 +410,17 @@ def up(args: argparse.Namespace) -> int:
     url = plan.edge_url
     if args.edge_port is not None:
         url = re.sub(r":\d+/", f":{args.edge_port}/", url)
+    network = None
+    if args.transparent:
+        why = transparent.unavailable()
+        if why is None:
+            subnet = transparent.pick_subnet(transparent.host_networks(), os.getpid())
+            network = Network(os.getpid(), subnet)
+        else:
+            print(f"meshctl: {why}; running the explicit mode", file=sys.stderr)
     state = Path(tempfile.mkdtemp(prefix="weft-up-"))
-    mesh = Mesh(directory, plan, state, edge_port=args.edge_port, otlp_endpoint=args.otlp_endpoint)
+    mesh = Mesh(directory, plan, state, edge_port=args.edge_port, otlp_endpoint=args.otlp_endpoint,
+                network=network)  # fmt: skip
     stop = threading.Event()
     # SIGTERM stops the mesh as Ctrl-C does, at any point (start-up included).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -364,11 +437,9 @@ def up(args: argparse.Namespace) -> int:
             if p.admin:
                 identity = f"spiffe://weft.local/ns/default/svc/{p.service}"
                 app = p.name.removesuffix("-sidecar") if p.name != "edge" else "-"
-                rows.append(
-                    [p.service, p.version or "-", identity, app, f"http://127.0.0.1:{p.admin}/"]
-                )
+                rows.append([p.service, p.version or "-", identity, app, p.admin_url])
         say(table(rows))
-        server = f"127.0.0.1:{mesh.server_port}"
+        server = f"{mesh.host}:{mesh.server_port}"
         write_context(server, state / "data")  # `meshctl top` etc. in another terminal
         traces = "meshctl traces" if not args.otlp_endpoint else args.otlp_endpoint
         reach = (
@@ -390,9 +461,22 @@ def up(args: argparse.Namespace) -> int:
         stop.set()
         say("stopping: draining sidecars and the edge, then apps, then the control plane")
         mesh.stop()
+        if network is not None:
+            transparent.remove(network.owner)
         shutil.rmtree(state / "data" if kept else state, ignore_errors=True)
         if kept:
             say(f"logs kept in {state / 'logs'}")
+    return 0
+
+
+def _cleanup() -> int:
+    """`meshctl up --cleanup`: what transparent meshes whose `meshctl up` died left."""
+    owners = transparent.leftovers()
+    for owner in owners:
+        for what in transparent.remove(owner):
+            print(f"removed {what}")
+    if not owners:
+        print("nothing to clean up")
     return 0
 
 
@@ -426,5 +510,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--otlp-endpoint", default="", metavar="HOST:PORT",
         help="the edge and sidecars export spans there over OTLP/gRPC (Jaeger: :4317); "
         "default: the control plane, which keeps the recent ones for `meshctl traces`",
+    )  # fmt: skip
+    p.add_argument(
+        "--transparent", action="store_true",
+        help="each instance in its own network namespace, its traffic intercepted (root); "
+        "apps call http://SERVICE:8080 as in a cluster",
+    )  # fmt: skip
+    p.add_argument(
+        "--cleanup", action="store_true",
+        help="remove what a transparent mesh whose `meshctl up` died left, and exit",
     )  # fmt: skip
     p.set_defaults(func=up)

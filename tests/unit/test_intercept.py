@@ -4,6 +4,7 @@ the control plane pushes: instances' app ports, Services' virtual addresses)."""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import struct
 from typing import Any
@@ -150,3 +151,32 @@ def test_a_virtual_address_that_is_not_an_ip_is_refused() -> None:
     bad = {**WEFT_SERVICE, "spec": {**WEFT_SERVICE["spec"], "addresses": ["db.internal"]}}
     with pytest.raises(ConfigError, match=r"'db\.internal' is not an IP address"):
         load_documents([Document(bad, "db.yaml")])
+
+
+def test_a_transparent_mesh_picks_a_free_subnet_and_writes_every_name() -> None:
+    from mesh_ctl import transparent
+
+    taken = [ipaddress.IPv4Network("10.233.7.0/24"), ipaddress.IPv4Network("10.233.8.0/22")]
+    assert str(transparent.pick_subnet(taken, owner=7)) == "10.233.12.0/24"  # 8-11 in the /22
+    assert str(transparent.pick_subnet([], owner=256 + 3)) == "10.233.3.0/24"
+    with pytest.raises(RuntimeError, match="no free /24"):
+        transparent.pick_subnet([ipaddress.IPv4Network("10.233.0.0/16")], owner=1)
+    net = transparent.Network(owner=42, subnet=ipaddress.IPv4Network("10.233.5.0/24"))
+    assert [net.add("orders-v1"), net.add("orders-v2"), net.add("web")] == [
+        "10.233.5.10", "10.233.5.11", "10.233.5.12"]  # fmt: skip
+    assert net.gateway == "10.233.5.1" and net.namespace("web") == "wup42-web"
+    hosts = transparent.hosts_file(
+        {"orders": ["10.233.5.10", "10.233.5.11"], "web": ["10.233.5.12"]}
+    )
+    assert "10.233.5.10\torders\n10.233.5.11\torders\n10.233.5.12\tweb\n" in hosts
+    assert hosts.startswith("127.0.0.1\tlocalhost\n")
+    cmd = net.run_in("web", ["meshctl", "sidecar"], gid=1337)
+    assert cmd[:4] == ["ip", "netns", "exec", "wup42-web"] and "--regid=1337" in cmd
+    assert "--pdeathsig=keep" in cmd  # a change of group would clear it
+
+
+def test_without_root_transparent_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mesh_ctl import transparent
+
+    monkeypatch.setattr(transparent.os, "geteuid", lambda: 1000)
+    assert transparent.unavailable() == "--transparent needs root (network namespaces and iptables)"

@@ -22,15 +22,19 @@ import grpc
 FORWARD = ("traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid",
            "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags", "x-request-id")  # fmt: skip
 MESH = os.environ["MESH_OUTBOUND"]  # host:port of the sidecar's outbound listener
-# gRPC goes to the sidecar too; the authority names the service, as Host does for HTTP.
+# Where each service is reached: its own name where the sidecar intercepts what the app
+# dials (`meshctl up --transparent` sets CATALOG_ADDR=catalog:8080), else the sidecar's
+# outbound port, with the service named in the authority (gRPC) or Host (HTTP).
+CATALOG = os.environ.get("CATALOG_ADDR", MESH)
+ORDERS = os.environ.get("ORDERS_ADDR", MESH)
 catalog = catalog_pb2_grpc.CatalogStub(
-    grpc.insecure_channel(MESH, options=[("grpc.default_authority", "catalog")])
+    grpc.insecure_channel(CATALOG, options=[("grpc.default_authority", "catalog")])
 )
 
 
 def quote(sku: str, context: dict[str, str]) -> dict[str, object]:
     req = urllib.request.Request(
-        f"http://{MESH}/orders/{sku}", headers={"Host": "orders", **context}
+        f"http://{ORDERS}/orders/{sku}", headers={"Host": "orders", **context}
     )
     with urllib.request.urlopen(req, timeout=5) as resp:
         answer: dict[str, object] = json.load(resp)
