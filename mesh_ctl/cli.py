@@ -581,7 +581,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sc.add_argument(
         "--advertise", default="", metavar="ADDRESS",
         help="the address peers reach the inbound port at (default: the inbound address, "
-        "or 127.0.0.1 when it is 0.0.0.0)",
+        "or when it is 0.0.0.0 the address this host reaches the control plane from)",
     )  # fmt: skip
     sc.add_argument(
         "--admin-address",

@@ -52,7 +52,7 @@ from sidecar.observe.metrics import Metrics
 from sidecar.tcp.proxy import serve_tcp
 from sidecar.transport import mtls
 from sidecar.transport.idle import IdleTracker, run_sweeper
-from sidecar.transport.io import Conn, Connector, connect_app
+from sidecar.transport.io import Conn, Connector, connect_app, local_address_towards
 from sidecar.transport.listen import Handler, accept_loop, open_listener
 from sidecar.transport.tls import TlsHandshakeError
 from sidecar.upstream.manager import ClusterManager
@@ -172,6 +172,7 @@ class SidecarServer:
         self.draining = False
         self.refused = ""  # why the last configuration pushed was refused ("" in force)
         self.spiffe_id: SpiffeId | None = None
+        self._route_address = "127.0.0.1"  # see advertise_address
         self._ctx: ProxyContext | None = None
         self.watch: ConfigWatch | None = None
         self.consul: ConsulRegistration | None = None
@@ -205,6 +206,9 @@ class SidecarServer:
         )  # fmt: skip
         self.spiffe_id = svid.identity
         self._install(svid)
+        if not opts.advertise:
+            where = opts.control_plane
+            self._route_address = await trio.to_thread.run_sync(local_address_towards, where)
         inbound = open_listener(opts.inbound_address, opts.inbound_port)
         admin = open_listener(opts.admin_address, opts.admin_port)
         self.inbound_port = inbound.getsockname()[1]
@@ -329,11 +333,13 @@ class SidecarServer:
 
     @property
     def advertise_address(self) -> str:
-        """Where peers reach the inbound port."""
+        """Where peers reach the inbound port: as told, else the inbound address, else (a
+        wildcard) the address this host reaches the control plane from."""
         opts = self.opts
         return opts.advertise or (
-            opts.inbound_address if opts.inbound_address not in ("0.0.0.0", "::") else "127.0.0.1"
-        )
+            opts.inbound_address if opts.inbound_address not in ("0.0.0.0", "::")
+            else self._route_address
+        )  # fmt: skip
 
     def _hello(self) -> dict[str, Any]:
         opts = self.opts

@@ -184,3 +184,20 @@ def _is_ip(address: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def local_address_towards(target: str) -> str:
+    """The local address this host uses to reach `target` ("host:port", the first of a
+    comma-separated list): what peers on that network reach us at. 127.0.0.1 when there
+    is no route. Blocking (name resolution): run it in a thread."""
+    host, _, port = target.split(",", maxsplit=1)[0].strip().rpartition(":")
+    host = host.strip("[]")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, int(port or 0), type=socket.SOCK_DGRAM
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.connect(address)  # UDP: picks the route and source, sends nothing
+            return str(probe.getsockname()[0])
+    except (OSError, ValueError, IndexError):
+        return "127.0.0.1"

@@ -82,8 +82,9 @@ class Mesh:
             ns, sys.executable, "-m", "mesh_ctl", "sidecar", "--service", service,
             "--app-port", str(app_port), "--control-plane", f"{net.ip_b}:{CP_PORT}",
             "--token", self.meshctl("token", "create", service, "--data-dir", str(self.data)),
+            # no --advertise: each registers the address it reaches the control plane from
             "--ca-file", str(self.data / "ca" / "root.pem"), "--inbound-address", "0.0.0.0",
-            "--advertise", net.ip_a if ns == net.a else net.ip_b, *extra, gid=PROXY_GID,
+            *extra, gid=PROXY_GID,
         ))  # fmt: skip
         await proc.wait_for("ready: inbound mTLS")
         return proc

@@ -180,3 +180,12 @@ def test_without_root_transparent_says_why(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setattr(transparent.os, "geteuid", lambda: 1000)
     assert transparent.unavailable() == "--transparent needs root (network namespaces and iptables)"
+
+
+def test_the_advertised_address_is_the_one_facing_the_control_plane() -> None:
+    from sidecar.transport.io import local_address_towards
+
+    assert local_address_towards("127.0.0.1:15010") == "127.0.0.1"
+    assert local_address_towards("localhost:15010,cp2:15010") in ("127.0.0.1", "::1")
+    assert local_address_towards("no-such-host.invalid:15010") == "127.0.0.1"
+    assert local_address_towards("garbage") == "127.0.0.1"
