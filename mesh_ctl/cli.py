@@ -655,9 +655,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     create.set_defaults(func=_token)
 
     if command not in LONG_RUNNING:
-        from mesh_ctl import init_cli, mesh_cli, resources_cli, traces_cli, up
+        from mesh_ctl import init_cli, inject_cli, mesh_cli, resources_cli, traces_cli, up
 
         init_cli.register(sub)
+        inject_cli.register(sub)
         resources_cli.register(sub)
         mesh_cli.register(sub)
         traces_cli.register(sub)
