@@ -322,7 +322,12 @@ def _token(args: argparse.Namespace) -> int:
     # only the token on stdout: `WEFT_TOKEN=$(meshctl token create orders)` works
     until = (now + ttl).isoformat(timespec="seconds")
     print(f"join token for {identity.uri}, valid until {until}:", file=sys.stderr)
-    print(token)
+    if args.output == "secret":  # what `meshctl inject k8s` mounts: | kubectl apply -f -
+        from mesh_ctl.inject.install import token_secret
+
+        print(json.dumps(token_secret(args.service, args.namespace, token), indent=2))
+    else:
+        print(token)
     return 0
 
 
@@ -652,6 +657,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     create.add_argument("--namespace", default="default")
     create.add_argument("--ttl", default="1h", help="how long it is valid (default 1h)")
     create.add_argument("--data-dir", help="default: $WEFT_DATA_DIR or ~/.weft")
+    create.add_argument(
+        "-o", "--output", choices=("token", "secret"), default="token",
+        help="secret: a Kubernetes Secret weft-token-SERVICE holding it (meshctl inject k8s)",
+    )  # fmt: skip
     create.set_defaults(func=_token)
 
     if command not in LONG_RUNNING:

@@ -34,6 +34,108 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             c.add_argument("--app-port", action="append", default=[], metavar="SERVICE=PORT",
                            help="the app's port where the file does not say it")  # fmt: skip
         c.set_defaults(func=_compose, verb=verb)
+        k = kinds.add_parser("k8s", help=f"{what} Kubernetes manifests (workloads, Pods, Lists)")
+        k.add_argument("-f", "--filename", action="append", required=True, metavar="PATH",
+                       help="a manifest file, a directory of them, or - (repeatable)")  # fmt: skip
+        if verb == "inject":
+            k.add_argument("--image", default="weft:latest", help="default: %(default)s")
+            k.add_argument("--control-plane", default="weft-control-plane.weft-system.svc:15010",
+                           metavar="HOST:PORT", help="default: %(default)s")  # fmt: skip
+            k.add_argument(
+                "--ca-fingerprint", default="", metavar="sha256:HEX",
+                help="the mesh's root (default: read from --data-dir's CA)",
+            )  # fmt: skip
+            k.add_argument("--data-dir", help="default: $WEFT_DATA_DIR or ~/.weft")
+        k.set_defaults(func=_kubernetes, verb=verb)
+    p = sub.add_parser("install", help="print what runs the mesh on a platform")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+    i = kinds.add_parser("k8s", help="the control plane's manifests (| kubectl apply -f -)")
+    i.add_argument("--image", default="weft:latest", help="default: %(default)s")
+    i.add_argument("--data-dir", help="the CA to install (`meshctl ca init`); default ~/.weft")
+    i.set_defaults(func=_install)
+
+
+def _kubernetes(args: argparse.Namespace) -> int:
+    from ruamel.yaml.error import YAMLError
+
+    from mesh_ctl.inject import kubernetes
+    from mesh_ctl.inject.compose import InjectError
+
+    yaml = _yaml()
+    docs: list[Any] = []
+    for path in _manifests(args.filename):
+        try:
+            text = sys.stdin.read() if path == "-" else Path(path).read_text()
+            docs += [d for d in yaml.load_all(text) if d is not None]
+        except (OSError, YAMLError) as exc:
+            raise CliError(f"{path}: {exc}") from None
+    try:
+        if args.verb == "inject":
+            pin = args.ca_fingerprint or _fingerprint(args)
+            opts = kubernetes.Options(args.image, args.control_plane, pin)
+            names, skipped = kubernetes.inject(docs, opts)
+            for line in skipped:
+                print(f"not injected: {line}", file=sys.stderr)
+        else:
+            names = kubernetes.uninject(docs)
+    except InjectError as exc:
+        raise CliError(str(exc)) from None
+    _dump_all(yaml, docs)
+    done = "injected" if args.verb == "inject" else "uninjected"
+    print(f"{done}: {', '.join(names) or 'nothing'}", file=sys.stderr)
+    return 0
+
+
+def _manifests(paths: list[str]) -> list[str]:
+    out = []
+    for path in paths:
+        if path != "-" and Path(path).is_dir():
+            out += sorted(str(p) for p in Path(path).iterdir()
+                          if p.suffix in (".yaml", ".yml", ".json"))  # fmt: skip
+        else:
+            out.append(path)
+    return out
+
+
+def _ca(args: argparse.Namespace) -> Any:
+    import datetime
+
+    from ca import keystore
+    from mesh_ctl import common
+
+    try:
+        return keystore.load(common.data_dir(args), datetime.datetime.now(datetime.UTC))
+    except keystore.KeystoreError as exc:
+        raise CliError(f"{exc} (make one with `meshctl ca init`)") from None
+
+
+def _fingerprint(args: argparse.Namespace) -> str:
+    from ca import keystore
+
+    current = [r for r in _ca(args).roots if r.retire_after is None]
+    return keystore.fingerprint(current[-1].cert)
+
+
+def _install(args: argparse.Namespace) -> int:
+    from mesh_ctl import common
+    from mesh_ctl.inject import install
+
+    _ca(args)  # there is one
+    ca_dir = common.data_dir(args) / "ca"
+    files = {p.name: p.read_bytes() for p in sorted(ca_dir.iterdir()) if p.is_file()}
+    yaml = _yaml()
+    print(f"# Weft's control plane. Inject workloads with: meshctl inject k8s "
+          f"--ca-fingerprint {_fingerprint(args)} -f …")  # fmt: skip
+    _dump_all(yaml, install.control_plane(files, args.image))
+    return 0
+
+
+def _dump_all(yaml: Any, docs: list[Any]) -> None:
+    for doc in docs:
+        _style(doc)
+    out = io.StringIO()
+    yaml.dump_all(docs, out)
+    sys.stdout.write(out.getvalue())
 
 
 def _compose(args: argparse.Namespace) -> int:
@@ -66,13 +168,9 @@ def _app_port(text: str) -> tuple[str, int]:
 
 
 def _rewrite(path: str, in_place: bool, change: Callable[[Any], list[str]]) -> list[str]:
-    from ruamel.yaml import YAML
     from ruamel.yaml.error import YAMLError
 
-    yaml = YAML()
-    yaml.preserve_quotes = True
-    yaml.width = 4096  # never fold a long command line
-    yaml.indent(mapping=2, sequence=4, offset=2)
+    yaml = _yaml()
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
         doc = yaml.load(text)
@@ -89,6 +187,16 @@ def _rewrite(path: str, in_place: bool, change: Callable[[Any], list[str]]) -> l
     else:
         sys.stdout.write(out.getvalue())
     return names
+
+
+def _yaml() -> Any:
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    yaml.width = 4096  # never fold a long command line
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    return yaml
 
 
 def _style(node: Any) -> Any:
