@@ -85,6 +85,8 @@ class AdminService:
             )
         except KeyError as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
+        except ConfigError as exc:  # resources that are not this control plane's to change
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except ConsulError as exc:
             await _not_saved(context, exc)
         return {"version": version}

@@ -35,6 +35,11 @@ from sidecar.discovery.consul import ConsulError, parse_url
 log = logging.getLogger("weft.server")
 
 CONSUL_START_S = 10.0  # how long start-up waits for Consul before serving the cached resources
+KUBE_START_S = 10.0  # how long start-up waits for the API server's first lists
+KUBE_READ_ONLY = (
+    "this control plane reads its resources from the Kubernetes API server "
+    "(--registry k8s): kubectl apply them there"
+)
 
 
 class ControlPlane:
@@ -51,11 +56,14 @@ class ControlPlane:
         otlp_listen: str = "",
     ) -> None:
         """`store`: "" keeps resources in the data dir; a consul:// URL (ValueError if
-        malformed) keeps them in Consul KV and takes endpoints from Consul. `http_listen`:
-        where to serve /healthz and /metrics (HOST:PORT; "" for nowhere). `otlp_listen`:
+        malformed) keeps them in Consul KV and takes endpoints from Consul; "k8s:" (then a
+        kubeconfig's path, or nothing in a pod) reads them from the Kubernetes API server.
+        `http_listen`: where to serve /healthz and /metrics (HOST:PORT; "" for nowhere).
+        `otlp_listen`:
         where to receive spans over OTLP/gRPC for `meshctl traces` ("" for nowhere)."""
         self.data_dir = data_dir
-        self.consul = parse_url(store, token=consul_token) if store else None
+        self.kube = store.removeprefix("k8s:") if store.startswith("k8s:") else None
+        self.consul = parse_url(store, token=consul_token) if store and self.kube is None else None
         self.listen = listen
         self.leaf_ttl = leaf_ttl
         self.cert_ttl = cert_ttl  # of the control plane's own serving certificate
@@ -123,7 +131,9 @@ class ControlPlane:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         background: list[asyncio.Task[None]] = []
-        if self.consul is None:
+        if self.kube is not None:
+            self.state = state = await self._kube_state(background)
+        elif self.consul is None:
             self.state = state = ControlState(self.data_dir, self._loop.time())
         else:
             self.state = state = await self._consul_state(background)
@@ -210,6 +220,22 @@ class ControlPlane:
         state = ControlState(self.data_dir, self._loop.time(), consul=kv, resources=resources)
         background.append(asyncio.create_task(kv.watch(state.put_resources)))
         background.append(asyncio.create_task(ConsulEndpoints(client, state.put_endpoints).run()))
+        return state
+
+    async def _kube_state(self, background: list[asyncio.Task[None]]) -> ControlState:
+        """Resources from the API server, listed before serving (at most KUBE_START_S)."""
+        from control import kube
+
+        assert self.kube is not None and self._loop is not None
+        access = kube.from_kubeconfig(Path(self.kube)) if self.kube else kube.in_cluster()
+        state = ControlState(self.data_dir, self._loop.time(), read_only=KUBE_READ_ONLY)
+        watcher = kube.Watcher(access, state.put_resources)
+        background.append(asyncio.create_task(watcher.run()))
+        try:
+            async with asyncio.timeout(KUBE_START_S):
+                await watcher.synced.wait()
+        except TimeoutError:
+            log.warning("the API server has not answered for every kind yet; serving meanwhile")
         return state
 
 

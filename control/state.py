@@ -29,6 +29,7 @@ from control.store import RegistryDir, ResourceFile, Resources
 from control.top import Sample, history
 from sidecar.config.parse import Document
 from sidecar.discovery.consul import CasConflict
+from sidecar.errors import ConfigError
 
 if TYPE_CHECKING:
     from control.consul_store import ConsulResources
@@ -69,9 +70,13 @@ class ControlState:
         *,
         consul: ConsulResources | None = None,
         resources: Resources | None = None,
+        read_only: str = "",
     ) -> None:
+        """`read_only`: resources come from elsewhere (the Kubernetes API server) and
+        `put_resources`; why changes here are refused."""
         self.file = ResourceFile(data_dir)
         self.consul = consul
+        self.read_only = read_only
         self.resources: Resources = self.file.load() if resources is None else resources
         self._writing = asyncio.Lock()
         # Consul mode: the passing instances of each mesh service, as Consul reports them
@@ -197,6 +202,8 @@ class ControlState:
         return await self._change(lambda current: current.delete(kind, namespace, name))
 
     async def _change(self, change: Callable[[Resources], Resources]) -> int:
+        if self.read_only:
+            raise ConfigError(self.read_only)
         async with self._writing:
             for attempt in range(CAS_ATTEMPTS):
                 new = change(self.resources)
@@ -220,7 +227,8 @@ class ControlState:
         raise AssertionError("unreachable")
 
     def put_resources(self, new: Resources) -> None:
-        """What Consul holds now (this replica's writes and everyone else's)."""
+        """What Consul (this replica's writes and everyone else's) or the API server holds
+        now."""
         changed = new.docs != self.resources.docs
         self.resources = new
         if changed:

@@ -186,6 +186,12 @@ def _server(args: argparse.Namespace) -> int:
 
     data_dir = common.data_dir(args)
     store = "" if args.store == "file" else args.store
+    if args.registry == "k8s":
+        if store:
+            print("meshctl: --registry k8s reads resources from the API server: no --store",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        store = f"k8s:{args.kubeconfig or ''}"
     try:
         server = ControlPlane(
             data_dir, args.listen, store=store, consul_token=args.consul_token,
@@ -648,6 +654,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "then come from Consul's health checks)",
     )  # fmt: skip
     server.add_argument("--consul-token", default="", help="default: CONSUL_HTTP_TOKEN")
+    server.add_argument(
+        "--registry", choices=("builtin", "k8s"), default="builtin",
+        help="k8s: Services, EndpointSlices, routes and policies from the Kubernetes API "
+        "server (list + watch; kubectl apply them), sidecars still register here",
+    )  # fmt: skip
+    server.add_argument(
+        "--kubeconfig", default="", metavar="PATH",
+        help="--registry k8s outside a pod: the cluster of this kubeconfig's current context",
+    )  # fmt: skip
     server.set_defaults(func=_server)
 
     token = sub.add_parser("token", help="join tokens for new sidecars")

@@ -1,6 +1,7 @@
 """`meshctl install k8s` (pure): the control plane's manifests for a cluster, from a CA made
-with `meshctl ca init` — the weft-system Namespace, its ServiceAccount, the CA as a Secret,
-the control plane's Deployment and Service — and a join token's Secret for a workload."""
+with `meshctl ca init` — the weft-system Namespace, its ServiceAccount and what it may read
+(RBAC: the kinds `--registry k8s` lists and watches), the CA as a Secret, the control
+plane's Deployment and Service — and a join token's Secret for a workload."""
 
 from __future__ import annotations
 
@@ -31,6 +32,12 @@ def control_plane(ca_files: dict[str, bytes], image: str) -> list[dict[str, Any]
         {"apiVersion": "v1", "kind": "Namespace",
          "metadata": {"name": NAMESPACE, "labels": {"app.kubernetes.io/part-of": "weft"}}},
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": NAME, "labels": dict(LABELS)}, "rules": _rules()},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": NAME, "labels": dict(LABELS)},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NAME},
+         "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}]},
         {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
          "metadata": {**meta, "name": "weft-ca"},
          "data": {name: _b64(body) for name, body in sorted(ca_files.items())}},
@@ -52,7 +59,7 @@ def control_plane(ca_files: dict[str, bytes], image: str) -> list[dict[str, Any]
                      }],
                      "containers": [{
                          "name": "control-plane", "image": image,
-                         "args": ["server", "--data-dir", "/var/lib/weft",
+                         "args": ["server", "--data-dir", "/var/lib/weft", "--registry", "k8s",
                                   "--listen", "0.0.0.0:15010", "--http-listen", "0.0.0.0:15014"],
                          "ports": [{"name": "grpc", "containerPort": 15010},
                                    {"name": "http", "containerPort": 15014}],
@@ -76,6 +83,17 @@ def control_plane(ca_files: dict[str, bytes], image: str) -> list[dict[str, Any]
                              "appProtocol": "kubernetes.io/h2c"},
                             {"name": "http", "port": 15014, "targetPort": "http"}]}},
     ]  # fmt: skip
+
+
+def _rules() -> list[dict[str, Any]]:
+    """Read-only access to what the control plane watches (control/kube.py's KINDS)."""
+    from control.kube import KINDS
+
+    groups: dict[str, list[str]] = {}
+    for group, _, plural, _ in KINDS:
+        groups.setdefault(group, []).append(plural)
+    return [{"apiGroups": [group], "resources": plurals, "verbs": ["get", "list", "watch"]}
+            for group, plurals in groups.items()]  # fmt: skip
 
 
 def token_secret(service: str, namespace: str, token: str) -> dict[str, Any]:

@@ -148,7 +148,13 @@ def test_install_prints_the_control_plane_and_its_pin(
     assert code == 0, err
     _valid(out)
     kinds = [o["kind"] for o in _objects(out)]
-    assert kinds == ["Namespace", "ServiceAccount", "Secret", "Deployment", "Service"]
+    assert kinds == ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
+                     "Secret", "Deployment", "Service"]  # fmt: skip
+    role = next(o for o in _objects(out) if o["kind"] == "ClusterRole")
+    assert {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+            "verbs": ["get", "list", "watch"]} in role["rules"]  # fmt: skip
+    deployment = next(o for o in _objects(out) if o["kind"] == "Deployment")
+    assert "--registry" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     pin = out.split("--ca-fingerprint ")[1].split()[0]
     code, shown, _ = _meshctl(capsys, "ca", "show", "--data-dir", data)
     assert pin in shown  # the root's fingerprint, which sidecars pin
