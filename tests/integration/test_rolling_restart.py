@@ -1,8 +1,8 @@
 """A rolling restart of a mesh service under constant traffic loses no request: orders v1's
 new instance (a `meshctl sidecar` process and its app) joins, the old one gets SIGTERM and
 drains — it leaves the callers' endpoints through the control plane, finishes what it
-carries and exits — while eight keep-alive clients call orders through a caller's sidecar
-the whole time."""
+carries and exits — while eight keep-alive clients call orders through the mesh's edge
+gateway the whole time."""
 
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ import pytest
 import trio
 
 from control.server import ControlPlane
+from sidecar.config.parse import Document
 from sidecar.modes.sidecar import SidecarServer
 from tests.support.echo import EchoServer
 from tests.support.net import free_port
-from tests.support.plane import mesh_sidecar, running_plane
+from tests.support.plane import mesh_sidecar, on_plane, running_plane
 
 CLIENTS = 8
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,17 +60,40 @@ async def _ready(proc: subprocess.Popen[str]) -> None:
             assert line, "sidecar exited"
 
 
-async def _endpoints(caller: SidecarServer, count: int) -> None:
-    """Until the caller's configuration has `count` endpoints for orders."""
+async def _endpoints(edge: SidecarServer, count: int) -> None:
+    """Until the edge's configuration has `count` endpoints for orders."""
     with trio.fail_after(20):
         while True:
-            changed = caller.config_changed
-            snap = caller.outbound.snapshot if caller.outbound is not None else None
+            changed = edge.config_changed
+            snap = edge.outbound.snapshot if edge.outbound is not None else None
             cluster = snap.clusters.get("default/orders:80@v1") if snap else None
             cluster = cluster or (snap.clusters.get("default/orders:80") if snap else None)
             if cluster is not None and len(cluster.endpoints) == count:
                 return
             await changed.wait()
+
+
+def _entrance(port: int) -> list[dict[str, object]]:
+    """The edge's Gateway on `port` and its route to orders."""
+    gateway = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": "public"},
+        "spec": {
+            "addresses": [{"type": "IPAddress", "value": "127.0.0.1"}],
+            "listeners": [{"name": "http", "port": port, "protocol": "HTTP"}],
+        },
+    }
+    route = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": "site"},
+        "spec": {
+            "parentRefs": [{"name": "public"}],
+            "rules": [{"backendRefs": [{"name": "orders", "port": 80}]}],
+        },
+    }
+    return [gateway, route]  # fmt: skip
 
 
 async def _served(app: EchoServer, count: int) -> bool:
@@ -84,17 +108,21 @@ async def test_a_rolling_restart_under_constant_traffic_loses_no_request(
     stop = trio.Event()
     with EchoServer("old") as old_app, EchoServer("new") as new_app:
         async with trio.open_nursery() as nursery:
-            caller = mesh_sidecar(plane.data_dir, f"127.0.0.1:{plane.port}", "web", 1)
-            await nursery.start(caller.run)
+            port = free_port()
+            for doc in _entrance(port):
+                await on_plane(plane, lambda state, doc=doc: state.apply([Document(doc, "test")]))
+            edge = mesh_sidecar(plane.data_dir, f"127.0.0.1:{plane.port}", "edge", 1,
+                                  gateway=True)  # fmt: skip
+            await nursery.start(edge.run)
             old = _instance(plane, old_app.port)
             new: subprocess.Popen[str] | None = None
             try:
                 await _ready(old)
-                await _endpoints(caller, 1)
-                url = f"http://127.0.0.1:{caller.outbound_port}/orders"
+                await _endpoints(edge, 1)
+                url = f"http://127.0.0.1:{port}/orders"
 
                 async def client() -> None:
-                    async with httpx.AsyncClient(timeout=10, headers={"Host": "orders"}) as http:
+                    async with httpx.AsyncClient(timeout=10) as http:
                         while not stop.is_set():
                             try:
                                 r = await http.get(url)
@@ -108,7 +136,7 @@ async def test_a_rolling_restart_under_constant_traffic_loses_no_request(
                     assert await _served(old_app, 100)  # traffic flows to the old one
                     new = _instance(plane, new_app.port)
                     await _ready(new)
-                    await _endpoints(caller, 2)
+                    await _endpoints(edge, 2)
                     old.send_signal(signal.SIGTERM)  # drains, then exits
                     code = await trio.to_thread.run_sync(old.wait, 30)
                     assert await _served(new_app, len(new_app.received) + 200)  # and on
