@@ -35,6 +35,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("weft.sidecar")
 
 OUTBOUND_POLICIES = ("allow-any", "registry-only")  # as Istio's outboundTrafficPolicy
+SELF_INTERCEPTED = (
+    "this sidecar's own connections are being intercepted: `meshctl init --proxy-uid` (or "
+    "--proxy-gid) must name the user (or group) it runs as; intercepted connections are "
+    "refused, as they would loop back to it, until it is restarted so"
+)
 
 
 def to_cluster(cluster: str, route: str) -> RouteAction:
@@ -62,6 +67,14 @@ async def captured(sidecar: SidecarServer, key: ListenerKey, conn: Conn) -> None
         await serve_downstream(ctx, key, conn)  # the app called the outbound port itself
         return
     address, port = dialled
+    if conn.peer in sidecar.relaying or sidecar.intercept_problem:
+        # One of our own relayed connections came back: the rules do not spare this
+        # sidecar, and every hop would open another. Stop here, and say why.
+        if not sidecar.intercept_problem:
+            log.error("%s", SELF_INTERCEPTED)
+            sidecar.intercept_problem = SELF_INTERCEPTED
+        conn.close()
+        return
     mesh = ctx.store.current.mesh
     dest = mesh.by_address(address, port) if mesh is not None else None
     if dest is not None and sidecar.spiffe_id is not None:
@@ -72,7 +85,7 @@ async def captured(sidecar: SidecarServer, key: ListenerKey, conn: Conn) -> None
         log.debug("intercepted connection to %s:%d: outside the mesh, refused", address, port)
         conn.close()
     else:
-        await serve_passthrough(ctx, conn, address, port)
+        await serve_passthrough(ctx, conn, address, port, sidecar.relaying)
 
 
 def _context(sidecar: SidecarServer) -> ProxyContext:

@@ -173,6 +173,8 @@ class SidecarServer:
         self.refused = ""  # why the last configuration pushed was refused ("" in force)
         self.spiffe_id: SpiffeId | None = None
         self._route_address = "127.0.0.1"  # see advertise_address
+        self.intercept_problem = ""  # why intercepted traffic is refused (outbound.captured)
+        self.relaying: set[tuple[str, int]] = set()  # local ends of relayed connections
         self._ctx: ProxyContext | None = None
         self.watch: ConfigWatch | None = None
         self.consul: ConsulRegistration | None = None
@@ -241,7 +243,7 @@ class SidecarServer:
                 metrics=self.metrics,
                 drain=self.drain,
                 ready=self._ready,
-                problem=lambda: self.refused,
+                problem=lambda: self.refused or self.intercept_problem,
             )
             nursery.start_soon(accept_loop, admin, functools.partial(serve_admin, state), nursery)
             nursery.start_soon(self._renew)
@@ -324,8 +326,10 @@ class SidecarServer:
         return {"outbound": describe(outbound), "inbound": describe(self._ctx.store.current)}
 
     def _ready(self) -> bool:
-        """Identity loaded, outbound configuration in force, not draining."""
-        return self.identity is not None and self.outbound is not None and not self.draining
+        """Identity loaded, outbound configuration in force, not draining, and (with
+        interception) its own traffic not intercepted."""
+        return (self.identity is not None and self.outbound is not None and not self.draining
+                and not self.intercept_problem)  # fmt: skip
 
     def _svid(self) -> Svid:
         assert self.identity is not None

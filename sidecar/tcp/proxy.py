@@ -65,8 +65,12 @@ async def serve_tcp(
         _record(ctx, route, peer, result or "closed", counts, time.perf_counter() - start)
 
 
-async def serve_passthrough(ctx: ProxyContext, conn: Conn, address: str, port: int) -> None:
-    """Relay an intercepted connection to where it was going (outside the mesh), as is."""
+async def serve_passthrough(
+    ctx: ProxyContext, conn: Conn, address: str, port: int, ends: set[tuple[str, int]]
+) -> None:
+    """Relay an intercepted connection to where it was going (outside the mesh), as is;
+    `ends` holds the local end of the relayed connection while it lasts (so one that comes
+    back intercepted is known for ours)."""
     start = time.perf_counter()
     counts = Counts()
     result = "connect_failed"
@@ -75,7 +79,12 @@ async def serve_passthrough(ctx: ProxyContext, conn: Conn, address: str, port: i
             upstream = await connect_within(address, port, PASSTHROUGH_CONNECT_TIMEOUT_S)
         except UpstreamConnectError:
             return
-        result = await _relay(ctx, conn, upstream, b"", counts)
+        end = upstream.sock.getsockname()[:2]
+        ends.add(end)
+        try:
+            result = await _relay(ctx, conn, upstream, b"", counts)
+        finally:
+            ends.discard(end)
     finally:
         conn.close()
         _record(ctx, PASSTHROUGH, PASSTHROUGH, result, counts, time.perf_counter() - start)

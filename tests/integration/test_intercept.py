@@ -218,3 +218,54 @@ async def test_registry_only_refuses_addresses_outside_the_mesh(tmp_path: Path) 
             metrics = net.run(net.a, "curl", "-sS", "http://127.0.0.1:15000/metrics").stdout
             assert 'weft_tcp_denied_total{reason="registry_only"} 1' in metrics
             nursery.cancel_scope.cancel()
+
+
+async def test_a_sidecar_whose_own_traffic_is_captured_refuses_instead_of_looping(
+    tmp_path: Path,
+) -> None:
+    """The rules name group 1337 but this sidecar runs as root: each connection it opens
+    would come back to it. It notices, says so on /ready, and refuses what is intercepted."""
+    with namespace_pair() as net:
+        mesh = Mesh(net, tmp_path)
+        async with trio.open_nursery() as nursery:
+            await mesh.run(nursery)
+            wrong = await mesh.start(
+                nursery,
+                net.cmd(
+                    net.a,
+                    sys.executable,
+                    "-m",
+                    "mesh_ctl",
+                    "sidecar",
+                    "--service",
+                    "c",
+                    "--app-port",
+                    "9",
+                    "--intercept",
+                    "--control-plane",
+                    f"{net.ip_b}:{CP_PORT}",
+                    "--token",
+                    mesh.meshctl("token", "create", "c", "--data-dir", str(mesh.data)),
+                    "--ca-file",
+                    str(mesh.data / "ca" / "root.pem"),
+                    "--inbound-port",
+                    "16006",
+                    "--outbound-port",
+                    "16001",
+                    "--admin-port",
+                    "16000",
+                ),
+            )  # fmt: skip  (no gid: root, like the curl below)
+            await wrong.wait_for("ready: inbound mTLS")
+            mesh.meshctl("init", "--proxy-gid", str(PROXY_GID), "--outbound-port", "16001",
+                         "--inbound-port", "16006", "--skip-inbound-ports", "16000", ns=net.a)  # fmt: skip
+            refused = net.run(net.a, "curl", "-sS", "--max-time", "5",
+                              f"http://{net.ip_b}:{OUTSIDE_PORT}/out")  # fmt: skip
+            assert refused.returncode != 0 and refused.stdout == ""
+            await wrong.wait_for("own connections are being intercepted")
+            ready = net.run(net.a, "curl", "-sS", "http://127.0.0.1:16000/ready").stdout
+            assert ready.startswith("not ready: this sidecar's own connections"), ready
+            pid = net.run(net.a, "sh", "-c", "ss -tlnpH 'sport = :16001'").stdout
+            fds = len(list(Path(f"/proc/{pid.split('pid=')[1].split(',')[0]}/fd").iterdir()))
+            assert fds < 200, fds  # no connection chasing its own tail
+            nursery.cancel_scope.cancel()

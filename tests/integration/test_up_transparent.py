@@ -70,8 +70,9 @@ async def test_the_shop_runs_in_namespaces_and_ctrl_c_removes_them(tmp_path: Pat
     port = free_port()
     proc, out = await _start(tmp_path, port)
     try:
-        assert out[0].startswith("network 10.233."), out[0]
-        subnet = out[0].split()[1].rsplit(".", 1)[0]  # "10.233.N"
+        network = next((line for line in out if line.startswith("network ")), "")
+        assert network.startswith("network 10.233."), out
+        subnet = network.split()[1].rsplit(".", 1)[0]  # "10.233.N"
         # each instance's sidecar answers at its namespace's address
         admins = re.findall(rf"http://({re.escape(subnet)}\.\d+):15000/", "".join(out))
         assert len(admins) == 5, out  # inventory, orders v1 and v2, catalog, web
