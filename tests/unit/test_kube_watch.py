@@ -88,3 +88,22 @@ def test_a_broken_kubeconfig_says_what_is_missing(tmp_path: Path, text: str, mes
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         from_kubeconfig(path)
+
+
+def test_in_a_pod_the_service_account_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from control import kube
+
+    (tmp_path / "ca.crt").write_bytes(TestCA().pem)
+    (tmp_path / "token").write_text("sa-token\n")
+    monkeypatch.setattr(kube, "SERVICE_ACCOUNT", tmp_path)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "fd00::1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    access = kube.in_cluster()
+    assert access.server == "https://[fd00::1]:443"
+    assert isinstance(access.verify, ssl.SSLContext)
+    assert access.headers() == {"Authorization": "Bearer sa-token"}
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
+    with pytest.raises(ConfigError, match="give --kubeconfig"):
+        kube.in_cluster()
