@@ -142,7 +142,7 @@ def outbound_config(
                 virtual.setdefault(str(address), (ns, name))
             for ep in spec.get("endpoints") or ():
                 address = str(ep.get("address", ""))
-                if "appPort" in ep:
+                if isinstance(ep.get("appPort"), int):  # an instance's (sidecars report it)
                     dest = (ns, name, default_port(svc_ports))
                     workloads.setdefault((address, int(ep["appPort"])), dest)
                     for port in svc_ports:
