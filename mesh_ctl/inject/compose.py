@@ -56,10 +56,13 @@ def inject(doc: Doc, chosen: list[str], opts: Options) -> tuple[list[str], list[
     """Inject `chosen` (every service that can be, when empty): the names injected, and
     for those left out by default, why."""
     services = _services(doc)
-    names = chosen or [n for n in services if _candidate(services, n) or _injected(services, n)]
-    skipped = [] if chosen else [f"{n}: {why}" for n in services if n not in names
-                                 and (why := _reason(services, n)) and not _ours(services[n])
-                                 and "network_mode" not in services[n]]  # fmt: skip
+    if chosen:
+        names, skipped = chosen, []
+    else:
+        reasons = {n: _reason(services, n) for n in services}
+        names = [n for n, why in reasons.items() if why is None or _injected(services, n)]
+        skipped = [f"{n}: {why}" for n, why in reasons.items()
+                   if why and n not in names and not _quiet(services[n])]  # fmt: skip
     for name in names:
         if name not in services:
             raise InjectError(f"no service {name!r} in the file")
@@ -81,8 +84,11 @@ def uninject(doc: Doc, chosen: list[str]) -> list[str]:
         proxy = services.pop(name + PROXY)
         services.pop(name + INIT, None)
         app = services[name]
+        if not isinstance(app, MutableMapping) or not isinstance(proxy, MutableMapping):
+            raise InjectError(f"{name!r} or {name}{PROXY} is not a mapping")
         app.pop("network_mode", None)
-        original = proxy.get("x-weft-original") or {}
+        original = proxy.get("x-weft-original")
+        original = original if isinstance(original, MutableMapping) else {}
         for key in (*MOVED_KEYS, "depends_on"):
             if key in original:
                 app[key] = original[key]
@@ -103,15 +109,46 @@ def _injected(services: Doc, name: str) -> bool:
     return name + PROXY in services
 
 
+def _labels(service: Doc) -> dict[str, Any]:
+    """A service's labels, from either of compose's forms (a mapping, or "k=v" items)."""
+    labels = service.get("labels") or {}
+    if isinstance(labels, MutableMapping):
+        return dict(labels)
+    return dict(str(item).partition("=")[::2] for item in labels)
+
+
 def _ours(service: Any) -> bool:
-    return isinstance(service, MutableMapping) and LABEL in (service.get("labels") or {})
+    return isinstance(service, MutableMapping) and LABEL in _labels(service)
 
 
-def _candidate(services: Doc, name: str) -> bool:
-    """Injected by default: an app service, not ours, not sharing another's namespace."""
-    service = services[name]
-    return (isinstance(service, MutableMapping) and not _ours(service)
-            and "network_mode" not in service and _reason(services, name) is None)  # fmt: skip
+# What inject reads of a service, and the forms compose allows for each
+SHAPES: dict[str, tuple[type, ...]] = {
+    "ports": (list,), "expose": (list,), "networks": (list, MutableMapping),
+    "depends_on": (list, MutableMapping), "labels": (list, MutableMapping),
+    "environment": (list, MutableMapping), "deploy": (MutableMapping,), "profiles": (list,),
+    "scale": (int, str), "x-weft-original": (MutableMapping,),
+}  # fmt: skip
+
+
+def _shape(service: Doc) -> str | None:
+    """What in a service is not in a form compose allows (for what inject reads), or None."""
+    for key, kinds in SHAPES.items():
+        if key in service and not isinstance(service[key], kinds):
+            return f"its {key} is not a {' or '.join(k.__name__ for k in kinds)}"
+    networks = service.get("networks")
+    if isinstance(networks, MutableMapping) and not all(
+        isinstance(v, MutableMapping | None) for v in networks.values()
+    ):
+        return "its networks' settings are not mappings"
+    return None
+
+
+def _quiet(service: Any) -> bool:
+    """Left out by default without a word: the mesh's own services, and those that share
+    another's namespace (its sidecar, a log shipper)."""
+    if not isinstance(service, MutableMapping):
+        return False
+    return "network_mode" in service or (_shape(service) is None and _ours(service))
 
 
 def _reason(services: Doc, name: str) -> str | None:
@@ -119,11 +156,13 @@ def _reason(services: Doc, name: str) -> str | None:
     service = services[name]
     if not isinstance(service, MutableMapping):
         return "its definition is not a mapping"
+    if (shape := _shape(service)) is not None:
+        return shape
     if _ours(service):
         return "it is one of the mesh's own services"
     if "network_mode" in service:
         return f"it has network_mode {service['network_mode']!r} (it must own its namespace)"
-    replicas = service.get("scale") or (service.get("deploy") or {}).get("replicas") or 1
+    replicas = service.get("scale") or service.get("deploy", {}).get("replicas") or 1
     if str(replicas) != "1":
         return f"it runs {replicas} replicas, which would share one sidecar's namespace"
     for other, definition in services.items():
@@ -144,7 +183,7 @@ def app_port(service: Doc, name: str, given: dict[str, int]) -> int:
     publishes, else its PORT variable."""
     if name in given:
         return given[name]
-    label = (service.get("labels") or {}).get(APP_PORT_LABEL)
+    label = _labels(service).get(APP_PORT_LABEL)
     candidates: list[Any] = [label]
     for item in [*(service.get("expose") or []), *(service.get("ports") or [])]:
         candidates.append(_container_port(item))
@@ -180,7 +219,7 @@ def _inject_one(doc: Doc, services: Doc, name: str, opts: Options) -> None:
         if "depends_on" in app:
             original["depends_on"] = copy.deepcopy(app["depends_on"])
     port = app_port({**app, **original}, name, dict(opts.app_ports))
-    protocol = str((app.get("labels") or {}).get(PROTOCOL_LABEL, "HTTP")).upper()
+    protocol = str(_labels(app).get(PROTOCOL_LABEL, "HTTP")).upper()
     if protocol not in PROTOCOLS:
         raise InjectError(f"{name!r}: label {PROTOCOL_LABEL} must be one of {', '.join(PROTOCOLS)}")
     control_plane = opts.control_plane or f"{CONTROL_PLANE}:15010"
@@ -260,7 +299,7 @@ def _control_plane(doc: Doc, services: Doc, opts: Options | None) -> None:
         return
     if opts is None and not added:
         return
-    image = opts.image if opts is not None else services[SETUP]["image"]
+    image = opts.image if opts is not None else services[SETUP].get("image", Options.image)
     tokens = " ".join(injected)
     services[SETUP] = {
         "image": image,

@@ -79,16 +79,17 @@ def uninject(docs: list[Any]) -> list[str]:
 
 
 def _walk(doc: Any, change: Any, done: list[str], skipped: list[str]) -> None:
-    if not isinstance(doc, MutableMapping):
+    kind = doc.get("kind") if isinstance(doc, MutableMapping) else None
+    if not isinstance(kind, str):
         return
-    kind = doc.get("kind")
-    if kind == "List" or (isinstance(kind, str) and kind.endswith("List")):
-        for item in doc.get("items") or []:
+    if kind.endswith("List"):
+        items = doc.get("items")
+        for item in items if isinstance(items, list) else []:
             _walk(item, change, done, skipped)
         return
     if kind != "Pod" and kind not in TEMPLATE_PATHS:
         return
-    where = f"{kind}/{(doc.get('metadata') or {}).get('name', '?')}"
+    where = _where(doc)
     try:
         if change(doc):
             done.append(where)
@@ -96,26 +97,68 @@ def _walk(doc: Any, change: Any, done: list[str], skipped: list[str]) -> None:
         skipped.append(f"{where}: {why}")
 
 
+def _metadata(doc: Doc) -> Doc:
+    md = doc.get("metadata")
+    return md if isinstance(md, MutableMapping) else {}
+
+
+def _where(doc: Doc) -> str:
+    return f"{doc.get('kind')}/{_metadata(doc).get('name', '?')}"
+
+
 def _template(doc: Doc) -> tuple[Doc, Doc]:
-    """(the pod's metadata, the pod's spec) of a workload or Pod."""
+    """(the pod's metadata, the pod's spec) of a workload or Pod; InjectError when they are
+    not in the shape Kubernetes gives them (for what inject reads and writes)."""
     node: Any = doc
-    for key in TEMPLATE_PATHS.get(doc["kind"], ()):
-        node = node.setdefault(key, {})
+    path = TEMPLATE_PATHS.get(doc["kind"], ())
+    for key in path:
+        node = node.get(key)
+        if not isinstance(node, MutableMapping):
+            raise InjectError(f"{_where(doc)}: no pod template at {'.'.join(path)}")
     meta, spec = node.setdefault("metadata", {}), node.get("spec")
-    where = f"{doc['kind']}/{(doc.get('metadata') or {}).get('name', '?')}"
-    if not isinstance(spec, MutableMapping) or not spec.get("containers"):
-        raise InjectError(f"{where}: no pod spec with containers")
+    problem = _pod_problem(meta, spec)
+    if problem is not None:
+        raise InjectError(f"{_where(doc)}: {problem}")
     if spec.get("hostNetwork"):
         raise Skip("hostNetwork: the pod shares the node's network namespace")
     return meta, spec
 
 
+PROBES = ("livenessProbe", "readinessProbe", "startupProbe")
+
+
+def _pod_problem(meta: Any, spec: Any) -> str | None:
+    if not isinstance(meta, MutableMapping) or not all(
+        isinstance(meta.get(k) or {}, MutableMapping) for k in ("labels", "annotations")
+    ):
+        return "the pod's metadata, labels or annotations are not mappings"
+    if not isinstance(spec, MutableMapping) or not spec.get("containers"):
+        return "no pod spec with containers"
+    for key in ("containers", "initContainers", "volumes"):
+        items = spec.get(key) or []
+        if not isinstance(items, list) or not all(isinstance(i, MutableMapping) for i in items):
+            return f"{key} is not a list of mappings"
+    for container in spec["containers"]:
+        ports = container.get("ports") or []
+        if not isinstance(ports, list) or not all(isinstance(p, MutableMapping) for p in ports):
+            return f"container {container.get('name')!r}: ports is not a list of mappings"
+        for probe in PROBES:
+            action = container.get(probe) or {}
+            if not isinstance(action, MutableMapping) or not all(
+                isinstance(action.get(k) or {}, MutableMapping)
+                for k in ("httpGet", "tcpSocket", "grpc")
+            ):
+                return f"container {container.get('name')!r}: {probe} is malformed"
+    return None
+
+
 def service_name(doc: Doc, meta: Doc) -> str:
-    for labels in (meta.get("labels") or {}, (doc.get("metadata") or {}).get("labels") or {}):
+    outer = _metadata(doc).get("labels")
+    for labels in (meta.get("labels") or {}, outer if isinstance(outer, MutableMapping) else {}):
         for key in ("app.kubernetes.io/name", "app"):
             if labels.get(key):
                 return str(labels[key])
-    return str((doc.get("metadata") or {}).get("name", "app"))
+    return str(_metadata(doc).get("name", "app"))
 
 
 def _inject(doc: Doc, opts: Options) -> bool:
@@ -204,8 +247,7 @@ def _app_port(doc: Doc, app: Doc, annotations: Doc) -> tuple[int, str]:
     given = str(annotations.get(APP_PORT) or "")
     port = int(given) if given.isdigit() else first.get("containerPort")
     if not isinstance(port, int) or not 0 < port < 65536:
-        where = f"{doc['kind']}/{(doc.get('metadata') or {}).get('name', '?')}"
-        raise InjectError(f"{where}: cannot tell the app's port: annotate the pod template "
+        raise InjectError(f"{_where(doc)}: cannot tell the app's port: annotate the pod template "
                           f'{APP_PORT}: "8080" or declare a containerPort')  # fmt: skip
     protocol = str(annotations.get(PROTOCOL) or "").upper()
     if not protocol:
@@ -241,7 +283,7 @@ def _probe_ports(spec: Doc) -> set[int]:
     out: set[int] = set()
     for container in spec.get("containers") or []:
         named = {p.get("name"): p.get("containerPort") for p in container.get("ports") or []}
-        for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        for probe in PROBES:
             action = container.get(probe) or {}
             for kind in ("httpGet", "tcpSocket", "grpc"):
                 port = (action.get(kind) or {}).get("port")

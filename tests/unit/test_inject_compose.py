@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import yaml
 from compose_spec import PyCompose
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mesh_ctl.cli import main
 
@@ -151,3 +153,34 @@ def test_in_place_keeps_comments(tmp_path: Path, capsys: pytest.CaptureFixture[s
     text = path.read_text()
     assert "# the only published port" in text and "# shares db's namespace" in text
     assert "web-weft-proxy:" in text
+
+
+KEYS = st.sampled_from(["services", "image", "ports", "expose", "networks", "network_mode",
+                        "depends_on", "labels", "environment", "deploy", "replicas", "scale",
+                        "profiles", "aliases", "a", "web", "dev.weft.app-port", "PORT"])  # fmt: skip
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-5, 70000), st.text(max_size=8))
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(KEYS, inner, max_size=4)),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(KEYS, VALUES, max_size=4), st.lists(st.sampled_from(["web", "a"]), max_size=2)
+)
+def test_any_document_is_injected_or_refused_with_a_reason(
+    doc: dict[str, Any], chosen: list[str]
+) -> None:
+    """Whatever a file holds, inject either succeeds (and then uninject takes it back out)
+    or refuses with InjectError; nothing else escapes."""
+    from mesh_ctl.inject import compose
+
+    try:
+        names, _ = compose.inject(doc, chosen, compose.Options())
+    except compose.InjectError:
+        return
+    assert set(chosen) <= set(names)
+    compose.uninject(doc, [])
+    assert not any(str(k).endswith("-weft-proxy") for k in doc["services"])

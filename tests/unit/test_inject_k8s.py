@@ -14,6 +14,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mesh_ctl.cli import main
 
@@ -168,3 +170,32 @@ def test_install_prints_the_control_plane_and_its_pin(
     kubernetes_validate.validate(obj, K8S, strict=True)
     assert obj["metadata"] == {"name": "weft-token-orders", "namespace": "shop",
                                "labels": {"app.kubernetes.io/part-of": "weft"}}  # fmt: skip
+
+
+KEYS = st.sampled_from(["kind", "metadata", "spec", "template", "containers", "initContainers",
+                        "ports", "containerPort", "name", "labels", "annotations", "items",
+                        "jobTemplate", "volumes", "hostNetwork", "readinessProbe", "httpGet",
+                        "port", "weft.dev/app-port", "appProtocol"])  # fmt: skip
+KINDS = st.sampled_from(["Deployment", "Pod", "List", "CronJob", "Service"])
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-5, 70000), st.text(max_size=6), KINDS)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(KEYS, inner, max_size=4)),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.dictionaries(KEYS, VALUES, max_size=5), max_size=3))
+def test_any_manifest_is_injected_or_refused_with_a_reason(docs: list[dict[str, Any]]) -> None:
+    """Whatever the documents hold, inject succeeds (and uninject takes it back) or refuses
+    with InjectError; nothing else escapes."""
+    from mesh_ctl.inject import kubernetes
+    from mesh_ctl.inject.compose import InjectError
+
+    try:
+        kubernetes.inject(docs, kubernetes.Options(ca_fingerprint=PIN))
+    except InjectError:
+        return
+    kubernetes.uninject(docs)
+    assert "weft-proxy" not in str(docs)
