@@ -5,8 +5,6 @@ injection, and taken back out by `uninject`."""
 
 from __future__ import annotations
 
-import io
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,7 @@ from compose_spec import PyCompose
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh_ctl.cli import main
+from tests.support.cli import meshctl as _meshctl
 
 GOLDEN = Path(__file__).parents[1] / "golden" / "inject"
 CASES = {  # input -> (golden output, extra arguments)
@@ -24,22 +22,6 @@ CASES = {  # input -> (golden output, extra arguments)
     "api": ("api.compose.yaml", "api.injected.yaml",
             ["--app-port", "worker=9000", "--image", "registry.example/weft:0.1"]),
 }  # fmt: skip
-
-
-def _meshctl(
-    capsys: pytest.CaptureFixture[str], *argv: str, stdin: str = ""
-) -> tuple[int, str, str]:
-    capsys.readouterr()
-    if stdin:
-        sys.stdin = io.StringIO(stdin)
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.stdin = sys.__stdin__
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -6,8 +6,6 @@ a second injection, and given back by `uninject`."""
 
 from __future__ import annotations
 
-import io
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,28 +15,12 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh_ctl.cli import main
+from tests.support.cli import meshctl as _meshctl
 
 GOLDEN = Path(__file__).parents[1] / "golden" / "inject"
 PIN = "sha256:" + "00112233445566778899aabbccddeeff" * 2
 INJECT = ["inject", "k8s", "--ca-fingerprint", PIN, "--image", "registry.example/weft:0.1"]
 K8S = "1.31"  # native sidecars (restartPolicy: Always on an init container) are GA from 1.29
-
-
-def _meshctl(
-    capsys: pytest.CaptureFixture[str], *argv: str, stdin: str = ""
-) -> tuple[int, str, str]:
-    capsys.readouterr()
-    if stdin:
-        sys.stdin = io.StringIO(stdin)
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.stdin = sys.__stdin__
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _objects(text: str) -> list[dict[str, Any]]:
