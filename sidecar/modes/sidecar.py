@@ -299,7 +299,9 @@ class SidecarServer:
         return ConsulRegistration(ConsulClient(config), reg)
 
     async def _watch_sigterm(self, nursery: trio.Nursery) -> None:
-        """SIGTERM: drain both sides, wait for connections (at most 15 s), exit."""
+        """SIGTERM: drain the inbound side and wait for its requests; only then the
+        outbound side, which carries the app's calls until then (an app answering its last
+        requests may still call out); exit (all of it in at most 15 s)."""
         try:
             receiver = trio.open_signal_receiver(signal.SIGTERM)
         except (RuntimeError, ValueError):  # not the main thread (tests)
@@ -308,13 +310,14 @@ class SidecarServer:
             async for _ in signals:
                 break
         log.info("SIGTERM: draining")
-        self.drain()
+        self.drain(outbound=False)
         assert self._ctx is not None
         with trio.move_on_after(DRAIN_TIMEOUT_S):
             if self.consul is not None:  # out of Consul first, then the last requests
                 await self.consul.done.wait()
             await self._ctx.idle.wait_empty()
             if self.outbound is not None:
+                self.outbound.drain()
                 await self.outbound.idle.wait_empty()
         nursery.cancel_scope.cancel()
 
@@ -451,7 +454,9 @@ class SidecarServer:
         )
         return dataclasses.replace(compile_snapshot(resources, version=version), mesh=out.names)
 
-    def drain(self) -> None:
+    def drain(self, *, outbound: bool = True) -> None:
+        """Leave the endpoints (through the control plane or Consul) and stop the inbound
+        side taking new work; `outbound`: the app's side too."""
         self.draining = True
         if self.consul is not None:
             self.consul.drain()
@@ -460,7 +465,7 @@ class SidecarServer:
         if self._ctx is not None:
             self._ctx.draining.set()
             self._ctx.idle.close_idle()
-        if self.outbound is not None:
+        if outbound and self.outbound is not None:
             self.outbound.drain()
 
     def _connector(self, spec: ClusterSpec) -> Connector:

@@ -6,9 +6,13 @@ gateway the whole time."""
 
 from __future__ import annotations
 
+import http.server
 import signal
 import subprocess
 import sys
+import threading
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,19 +38,21 @@ def plane(tmp_path: Path) -> Iterator[ControlPlane]:
         yield srv
 
 
-def _instance(plane: ControlPlane, app_port: int) -> subprocess.Popen[str]:
-    """orders v1's sidecar, as a process, in front of `app_port`."""
+def _instance(
+    plane: ControlPlane, app_port: int, service: str = "orders", outbound_port: int = 0
+) -> subprocess.Popen[str]:
+    """A v1 sidecar of `service`, as a process, in front of `app_port`."""
     data = plane.data_dir
     token = subprocess.run(
-        [sys.executable, "-m", "mesh_ctl", "token", "create", "orders", "--data-dir", str(data)],
+        [sys.executable, "-m", "mesh_ctl", "token", "create", service, "--data-dir", str(data)],
         capture_output=True, text=True, check=True, cwd=ROOT,
     ).stdout.strip().splitlines()[-1]  # fmt: skip
     return subprocess.Popen(
-        [sys.executable, "-m", "mesh_ctl", "sidecar", "--service", "orders", "--version", "v1",
+        [sys.executable, "-m", "mesh_ctl", "sidecar", "--service", service, "--version", "v1",
          "--app-port", str(app_port), "--token", token, "--control-plane",
          f"127.0.0.1:{plane.port}", "--ca-file", str(data / "ca" / "root.pem"),
          "--inbound-address", "127.0.0.1", "--inbound-port", str(free_port()),
-         "--outbound-port", str(free_port()), "--admin-port", str(free_port())],
+         "--outbound-port", str(outbound_port or free_port()), "--admin-port", str(free_port())],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
     )  # fmt: skip
 
@@ -151,3 +157,84 @@ async def test_a_rolling_restart_under_constant_traffic_loses_no_request(
     assert outcomes == Counter({"200": total}), outcomes
     assert len(old_app.received) >= 100 and len(new_app.received) >= 200
     print(f"rolling restart: {total} requests, {outcomes}")
+
+
+class _Chaining(http.server.BaseHTTPRequestHandler):
+    """An app whose answer needs a call of its own (to `orders`, through its sidecar's
+    outbound port), made only once the test says go: after its sidecar got SIGTERM."""
+
+    protocol_version = "HTTP/1.1"
+    outbound = 0
+    started = threading.Event()
+    go = threading.Event()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:  # the http.server API
+        type(self).started.set()
+        type(self).go.wait(20)
+        request = urllib.request.Request(f"http://127.0.0.1:{self.outbound}/from-shipping",
+                                         headers={"Host": "orders"})  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=10) as r:
+                status, body = r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            status, body = exc.code, exc.read()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+async def test_a_draining_sidecar_carries_its_apps_last_calls(plane: ControlPlane) -> None:
+    """SIGTERM reaches shipping's sidecar while shipping answers a request that needs a call
+    to orders: the inbound side stops taking work, but the outbound side carries that call,
+    and the request is answered; then the sidecar exits."""
+    out_port = free_port()
+    _Chaining.outbound = out_port
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Chaining)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with EchoServer("orders") as orders_app:
+        async with trio.open_nursery() as nursery:
+            target = f"127.0.0.1:{plane.port}"
+            orders = mesh_sidecar(plane.data_dir, target, "orders", orders_app.port)
+            web = mesh_sidecar(plane.data_dir, target, "web", 1)
+            await nursery.start(orders.run)
+            await nursery.start(web.run)
+            shipping = _instance(plane, server.server_address[1], "shipping", out_port)
+            try:
+                await _ready(shipping)
+                url = f"http://127.0.0.1:{web.outbound_port}/ship"
+                answer: list[httpx.Response] = []
+
+                async def call() -> None:
+                    async with httpx.AsyncClient(timeout=30, headers={"Host": "shipping"}) as h:
+                        with trio.fail_after(20):
+                            while True:  # until web knows shipping
+                                changed = web.config_changed
+                                r = await h.get(url)
+                                if r.status_code != 404 or _Chaining.started.is_set():
+                                    break
+                                await changed.wait()
+                        answer.append(r)
+
+                async with trio.open_nursery() as requests:
+                    requests.start_soon(call)
+                    await trio.to_thread.run_sync(_Chaining.started.wait, 20)
+                    shipping.send_signal(signal.SIGTERM)
+                    assert shipping.stderr is not None
+                    while "SIGTERM: draining" not in await trio.to_thread.run_sync(
+                        shipping.stderr.readline
+                    ):
+                        pass
+                    _Chaining.go.set()  # now the app makes its call
+                code = await trio.to_thread.run_sync(shipping.wait, 30)
+            finally:
+                if shipping.poll() is None:
+                    shipping.kill()
+                server.shutdown()
+            nursery.cancel_scope.cancel()
+    assert answer[0].status_code == 200, answer[0].text
+    assert answer[0].json()["path"] == "/from-shipping"  # orders answered shipping's call
+    assert code == 0
