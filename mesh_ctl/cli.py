@@ -25,6 +25,7 @@ from sidecar.errors import ConfigError
 
 
 def _edge(args: argparse.Namespace) -> int:
+    from sidecar.config.ingress import IngressListeners
     from sidecar.config.model import Limits
     from sidecar.filters.global_ratelimit import global_limits
     from sidecar.filters.jwks import trust_context
@@ -86,7 +87,9 @@ def _edge(args: argparse.Namespace) -> int:
             tls=trust,
         ),
         worker=args.worker_index is not None,
-    )
+        ingress=IngressListeners(args.ingress_address, args.ingress_http_port,
+                                 args.ingress_https_port),
+    )  # fmt: skip
     return _run_trio(server.run)
 
 
@@ -418,6 +421,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         default="weft",
         help="serve Gateways of this gatewayClassName (and those without one)",
     )
+    ingress = edge.add_argument_group("Kubernetes Ingresses in the files (class weft)")
+    ingress.add_argument("--ingress-address", default="0.0.0.0", metavar="ADDRESS")
+    ingress.add_argument("--ingress-http-port", type=int, default=80, metavar="PORT")
+    ingress.add_argument("--ingress-https-port", type=int, default=443, metavar="PORT")
     edge.add_argument(
         "--trust-bundle",
         metavar="PATH",

@@ -299,7 +299,7 @@ class _Compiler:
             here = [self.policies.secured(action, route, rule.name, gw, listener)
                     for action, rule in zip(actions, route.rules, strict=True)]  # fmt: skip
             for host in dict.fromkeys(hosts):
-                table = att.routes.table_for(host)
+                table = att.routes.table_for(host, route.single_label_wildcards)
                 for i, rule in enumerate(route.rules):
                     for j, match in enumerate(rule.matches):
                         table.add(_compile_match(route, i, j, match, here[i]))

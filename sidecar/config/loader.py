@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sidecar.config.certs import CertificatePair, CertKey, check_pair
 from sidecar.config.compile import compile_snapshot
+from sidecar.config.ingress import IngressListeners, served
 from sidecar.config.model import Limits
 from sidecar.config.parse import Document, kind_key, load_documents
 from sidecar.config.resources import Resource, Secret, TLSCertificate
@@ -62,10 +63,11 @@ def read_documents(files: Sequence[Path]) -> list[Document]:
 
 def load_snapshot(
     paths: Sequence[str], *, version: int, gateway_class: str, limits: Limits | None = None,
-    refused: Mapping[str, str] | None = None,
+    refused: Mapping[str, str] | None = None, ingress: IngressListeners | None = None,
 ) -> Snapshot:  # fmt: skip
     """The files' snapshot; `refused`: kinds this process does not serve, and why (an
-    edge given the mesh's AuthorizationPolicy says so rather than ignoring it)."""
+    edge given the mesh's AuthorizationPolicy says so rather than ignoring it); `ingress`:
+    where the Ingresses of Weft's class are served (config/ingress.py)."""
     files = expand(paths)
     if not files:
         raise ConfigError("no configuration files found", source=", ".join(paths))
@@ -74,6 +76,10 @@ def load_snapshot(
         if refused and (why := refused.get(kind_key(res))):
             meta = res.meta
             raise ConfigError(f"{kind_key(res)} {meta.namespace}/{meta.name}: {why}")
+    notes: list[str] = []
+    if ingress is not None:
+        extra, notes = served(resources, ingress, gateway_class)
+        resources += extra
     certificates = load_certificates(resources)
     snap = compile_snapshot(
         resources,
@@ -92,7 +98,7 @@ def load_snapshot(
     return dataclasses.replace(
         snap,
         sources=tuple(dict.fromkeys([*map(str, files), *cert_files])),
-        warnings=snap.warnings + expired,
+        warnings=snap.warnings + tuple(notes) + expired,
     )
 
 

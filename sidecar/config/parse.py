@@ -18,6 +18,7 @@ from typing import Any
 from ca.spiffe import DEFAULT_TRUST_DOMAIN, TRUST_DOMAIN_RE, InvalidSpiffeId, SpiffeId
 from sidecar.authz import Operation, Policy, Source
 from sidecar.config.parse_client_traffic import parse_client_traffic_policy, parse_config_map
+from sidecar.config.parse_ingress import parse_ingress, parse_ingress_class
 from sidecar.config.parse_policy import parse_backend_traffic_policy
 from sidecar.config.parse_routes import (
     parse_gateway,
@@ -55,6 +56,7 @@ _VERSIONS = {
     GATEWAY_GROUP: ("v1", "v1beta1", "v1alpha2", "v1alpha3"),
     "": ("v1",),
     "discovery.k8s.io": ("v1",),
+    "networking.k8s.io": ("v1",),
     WEFT_GROUP: ("v1alpha1",),
     ENVOY_GATEWAY_GROUP: ("v1alpha1",),
 }
@@ -373,9 +375,7 @@ def _namespace(top: Reader, meta: Meta) -> Namespace:
 
 
 # Kinds that later parts of Weft serve: refused with a pointer instead of "unknown".
-_LATER = {
-    ("networking.k8s.io", "Ingress"): "Ingress translation arrives in a later release",
-}
+_LATER: dict[tuple[str, str], str] = {}
 
 _PARSERS: dict[tuple[str, str], Callable[..., Any]] = {
     (GATEWAY_GROUP, "GatewayClass"): _gateway_class,
@@ -399,6 +399,8 @@ _PARSERS: dict[tuple[str, str], Callable[..., Any]] = {
     (WEFT_GROUP, "ClientTrafficPolicy"): parse_client_traffic_policy,
     (ENVOY_GATEWAY_GROUP, "ClientTrafficPolicy"): parse_client_traffic_policy,
     ("", "ConfigMap"): parse_config_map,
+    ("networking.k8s.io", "Ingress"): parse_ingress,
+    ("networking.k8s.io", "IngressClass"): parse_ingress_class,
     (ENVOY_GATEWAY_GROUP, "SecurityPolicy"): parse_security_policy,
     (ENVOY_GATEWAY_GROUP, "BackendTrafficPolicy"): parse_backend_traffic_policy,
 }

@@ -242,6 +242,8 @@ class HTTPRoute:
     hostnames: tuple[str, ...]
     rules: tuple[RouteRule, ...]
     kind: str = "HTTPRoute"  # or "GRPCRoute"
+    # "*.example.com" matches one leading label only (an Ingress's host), not several
+    single_label_wildcards: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -511,6 +513,43 @@ class RequestValidation:
     json_schema: str = ""  # the schema as canonical JSON text ("": none)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IngressBackend:
+    service: str
+    port: int | str  # a Service port's number, or its name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IngressPath:
+    path: str
+    path_type: str  # Exact | Prefix | ImplementationSpecific (served as Prefix)
+    backend: IngressBackend
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IngressRule:
+    host: str | None  # None: every host; "*.example.com": one leading label
+    paths: tuple[IngressPath, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ingress:
+    """A Kubernetes Ingress (networking.k8s.io/v1); config/ingress.py serves it."""
+
+    meta: Meta
+    class_name: str | None  # spec.ingressClassName, else the legacy annotation's
+    default_backend: IngressBackend | None
+    rules: tuple[IngressRule, ...]
+    tls: tuple[tuple[tuple[str, ...], str], ...]  # (hosts, Secret name)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IngressClass:
+    meta: Meta
+    controller: str
+    default: bool  # ingressclass.kubernetes.io/is-default-class
+
+
 Resource = (
     Gateway
     | GatewayClass
@@ -529,4 +568,6 @@ Resource = (
     | RequestValidation
     | ConfigMap
     | ClientTrafficPolicy
+    | Ingress
+    | IngressClass
 )

@@ -137,14 +137,17 @@ class HostTable:
     exact: dict[str, PathTable] = field(default_factory=dict)
     wildcard: dict[str, PathTable] = field(default_factory=dict)  # ".example.com" -> table
     any: PathTable | None = None
+    # wildcards that match one leading label only (an Ingress's hosts), by suffix
+    one_label: dict[str, PathTable] = field(default_factory=dict)
 
-    def table_for(self, hostname: str | None) -> PathTable:
+    def table_for(self, hostname: str | None, single_label: bool = False) -> PathTable:
         if hostname is None:
             if self.any is None:
                 self.any = PathTable()
             return self.any
         if hostname.startswith("*."):
-            return self.wildcard.setdefault(hostname[1:], PathTable())
+            tables = self.one_label if single_label else self.wildcard
+            return tables.setdefault(hostname[1:], PathTable())
         return self.exact.setdefault(hostname, PathTable())
 
     def seal(self) -> None:
@@ -153,6 +156,7 @@ class HostTable:
 
     def tables(self) -> Iterable[PathTable]:
         yield from self.exact.values()
+        yield from self.one_label.values()
         yield from self.wildcard.values()
         if self.any is not None:
             yield self.any
@@ -165,6 +169,13 @@ class HostTable:
             m = table.find(path, method, headers, query)
             if m is not None:
                 return m
+        if self.one_label:
+            dot = host.find(".")
+            table = self.one_label.get(host[dot:]) if dot > 0 else None
+            if table is not None:
+                m = table.find(path, method, headers, query)
+                if m is not None:
+                    return m
         if self.wildcard:
             for suffix in wildcard_suffixes(host):
                 table = self.wildcard.get(suffix)

@@ -24,6 +24,7 @@ import trio
 
 from sidecar.admin import AdminState, serve_admin
 from sidecar.config.dump import describe
+from sidecar.config.ingress import IngressListeners
 from sidecar.config.loader import FileStamp, load_snapshot
 from sidecar.config.model import Limits, ListenerKey
 from sidecar.config.snapshot import Snapshot
@@ -92,6 +93,7 @@ class EdgeServer:
         ratelimit: GlobalLimits | None = None,
         worker: bool = False,
         serve: ServeHook | None = None,
+        ingress: IngressListeners | None = None,
     ) -> None:
         """`admin_port=None` runs no admin listener (a sidecar's outbound side, whose
         sidecar has one); `connector` says how upstreams are reached (mTLS in sidecars);
@@ -104,9 +106,11 @@ class EdgeServer:
         their ports with the other workers, the supervisor watches the files and signals
         reloads, and EOF on stdin (the supervisor gone) drains this one.
         `serve(key)`: what runs a connection accepted on listener `key`, when not the
-        listener's protocol (a sidecar's intercepting outbound port), else None."""
+        listener's protocol (a sidecar's intercepting outbound port), else None.
+        `ingress`: the address and ports the files' Ingresses are served on."""
         self.worker = worker
         self.serve = serve
+        self.ingress = ingress or IngressListeners()  # where the files' Ingresses are served
         self.source = source
         self.refused = refused
         self.drain_timeout_s = drain_timeout_s
@@ -273,7 +277,7 @@ class EdgeServer:
         else:
             snap = load_snapshot(
                 self.paths, version=version, gateway_class=self.gateway_class, limits=self.limits,
-                refused=self.refused,
+                refused=self.refused, ingress=self.ingress,
             )  # fmt: skip
         if snap.global_limiters and self.global_limits is None:
             names = ", ".join(f.name for f in snap.global_limiters)

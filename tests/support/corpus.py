@@ -69,6 +69,7 @@ def build_resources(
     `echo_ports` maps (namespace, workload) to the echo server's port.
     """
     text = json.dumps(doc["resources"]).replace("{GATEWAY_CLASS_NAME}", "weft")
+    text = text.replace("{INGRESS_CLASS_NAME}", "weft")
     resources: list[dict[str, Any]] = json.loads(text)
     gone = {(r["kind"], r["namespace"], r["name"]) for r in removed or []}
     resources = [

@@ -1,0 +1,164 @@
+"""Kubernetes Ingress on the edge, past what the conformance corpus covers: which
+Ingresses are Weft's (class, legacy annotation, default IngressClass), backends by port
+name, TLS from the Ingress's Secret, Ingresses beside a Gateway in the same files, and
+what is refused or warned about."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import yaml
+
+from sidecar.config.ingress import IngressListeners
+from sidecar.config.loader import load_snapshot
+from sidecar.errors import ConfigError
+from sidecar.modes.edge import EdgeServer
+from tests.support.echo import EchoServer
+from tests.support.pki import self_signed
+
+ADDRESS = "127.0.0.9"
+LISTENERS = IngressListeners(ADDRESS, 80, 443)
+
+
+def _service(name: str, port: int, app_port: int, port_name: str = "http") -> list[dict[str, Any]]:
+    """A Kubernetes Service and the EndpointSlice a cluster would have made for it."""
+    return [
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "shop"},
+         "spec": {"selector": {"app": name}, "ports": [{"name": port_name, "port": port}]}},
+        {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+         "metadata": {"name": f"{name}-1", "namespace": "shop",
+                      "labels": {"kubernetes.io/service-name": name}},
+         "addressType": "IPv4", "ports": [{"name": port_name, "port": app_port}],
+         "endpoints": [{"addresses": ["127.0.0.1"]}]},
+    ]  # fmt: skip
+
+
+def _ingress(name: str, spec: dict[str, Any], **meta: Any) -> dict[str, Any]:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": name, "namespace": "shop", **meta}, "spec": spec}  # fmt: skip
+
+
+def _rule(host: str | None, path: str, service: str, port: int | str) -> dict[str, Any]:
+    ref = {"number": port} if isinstance(port, int) else {"name": port}
+    rule: dict[str, Any] = {
+        "http": {
+            "paths": [
+                {
+                    "path": path,
+                    "pathType": "Prefix",
+                    "backend": {"service": {"name": service, "port": ref}},
+                }
+            ]
+        }
+    }
+    return {**rule, "host": host} if host else rule
+
+
+async def _get(
+    server: EdgeServer, host: str, path: str = "/", https: bool = False
+) -> httpx.Response:
+    port = server.bound_port(ADDRESS, 443 if https else 80)
+    scheme = "https" if https else "http"
+    async with httpx.AsyncClient(timeout=10, verify=False) as http:
+        return await http.get(f"{scheme}://{ADDRESS}:{port}{path}", headers={"Host": host},
+                              extensions={"sni_hostname": host} if https else None)  # fmt: skip
+
+
+async def test_class_port_names_tls_and_a_gateway_beside(tmp_path: Path) -> None:
+    leaf = self_signed("secure.example")
+    secret = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+              "metadata": {"name": "secure-tls", "namespace": "shop"},
+              "data": {"tls.crt": base64.b64encode(leaf.cert_pem).decode(),
+                       "tls.key": base64.b64encode(leaf.key_pem).decode()}}  # fmt: skip
+    with EchoServer("shop") as shop, EchoServer("blog") as blog, EchoServer("admin") as admin:
+        docs = [
+            *_service("shop", 80, shop.port), *_service("blog", 8080, blog.port, "web"),
+            *_service("admin", 80, admin.port), secret,
+            # class by name; a backend port by its name; TLS from the Ingress's Secret
+            _ingress("main", {"ingressClassName": "weft",
+                              "tls": [{"hosts": ["secure.example"], "secretName": "secure-tls"}],
+                              "rules": [_rule("secure.example", "/", "shop", 80),
+                                        _rule("blog.example", "/", "blog", "web")]}),
+            # the legacy annotation
+            _ingress("legacy", {"rules": [_rule("old.example", "/", "shop", 80)]},
+                     annotations={"kubernetes.io/ingress.class": "weft"}),
+            # another controller's: not served
+            _ingress("theirs", {"ingressClassName": "nginx",
+                                "rules": [_rule("admin.example", "/", "admin", 80)]}),
+            # a Gateway and its route in the same files, on another port
+            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+             "metadata": {"name": "api", "namespace": "shop"},
+             "spec": {"addresses": [{"type": "IPAddress", "value": "127.0.0.10"}],
+                      "listeners": [{"name": "h", "port": 8000, "protocol": "HTTP"}]}},
+            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": "api", "namespace": "shop"},
+             "spec": {"parentRefs": [{"name": "api"}],
+                      "rules": [{"backendRefs": [{"name": "admin", "port": 80}]}]}},
+        ]  # fmt: skip
+        path = tmp_path / "all.yaml"
+        path.write_text(yaml.safe_dump_all(docs))
+        server = EdgeServer([str(path)], admin_port=0, bind=lambda key: (key.address, 0),
+                            watch_interval_s=0, ingress=LISTENERS)  # fmt: skip
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            assert (await _get(server, "blog.example")).json()["pod"] == "blog"
+            assert (await _get(server, "old.example")).json()["pod"] == "shop"
+            assert (await _get(server, "admin.example")).status_code == 404  # nginx's
+            secure = await _get(server, "secure.example", "/cart", https=True)
+            assert secure.status_code == 200 and secure.json()["pod"] == "shop"
+            port = server.bound_port("127.0.0.10", 8000)
+            async with httpx.AsyncClient(timeout=10) as http:
+                beside = await http.get(f"http://127.0.0.10:{port}/")
+            assert beside.json()["pod"] == "admin"
+            nursery.cancel_scope.cancel()
+
+
+def _snapshot(tmp_path: Path, docs: list[dict[str, Any]]) -> Any:
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    return load_snapshot([str(path)], version=1, gateway_class="weft", ingress=LISTENERS)
+
+
+def test_a_default_ingress_class_takes_ingresses_without_a_class(tmp_path: Path) -> None:
+    klass = {"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+             "metadata": {"name": "edge", "annotations": {
+                 "ingressclass.kubernetes.io/is-default-class": "true"}},
+             "spec": {"controller": "weft.dev/ingress-controller"}}  # fmt: skip
+    plain = _ingress("plain", {"rules": [_rule("a.example", "/", "shop", 80)]})
+    named = _ingress("named", {"ingressClassName": "edge",
+                               "rules": [_rule("b.example", "/", "shop", 80)]})  # fmt: skip
+    snap = _snapshot(tmp_path, [*_service("shop", 80, 9), klass, plain, named])
+    hosts = {h for routes in snap.routers.values() for lst in routes.listeners()
+             for h in lst.hosts.exact}  # fmt: skip
+    assert hosts == {"a.example", "b.example"}
+    other = {**klass, "metadata": {"name": "edge"}}  # not the default any more
+    snap = _snapshot(tmp_path, [*_service("shop", 80, 9), other, plain, named])
+    hosts = {h for routes in snap.routers.values() for lst in routes.listeners()
+             for h in lst.hosts.exact}  # fmt: skip
+    assert hosts == {"b.example"}
+
+
+def test_what_cannot_be_served_is_warned_about_or_refused(tmp_path: Path) -> None:
+    missing = _ingress("m", {"ingressClassName": "weft",
+                             "tls": [{"hosts": ["x.example"], "secretName": "nope"}],
+                             "rules": [_rule("x.example", "/", "shop", "grpc")]},
+                       annotations={"nginx.ingress.kubernetes.io/rewrite-target": "/$1"})  # fmt: skip
+    snap = _snapshot(tmp_path, [*_service("shop", 80, 9), missing])
+    assert any("TLS Secret 'nope' not found" in w for w in snap.warnings)
+    assert any("Service 'shop' has no port 'grpc'" in w for w in snap.warnings)
+    assert "Ingress shop/m: annotation nginx.ingress.kubernetes.io/rewrite-target is not " \
+        "supported (ignored)" in snap.warnings  # fmt: skip
+    resource = _ingress("r", {"defaultBackend": {"resource": {"kind": "Bucket", "name": "b"}}})
+    with pytest.raises(ConfigError, match="resource backends are not served"):
+        _snapshot(tmp_path, [resource])
+    with pytest.raises(ConfigError, match="needs rules or a defaultBackend"):
+        _snapshot(tmp_path, [_ingress("e", {})])
+    relative = _ingress("p", {"rules": [{"http": {"paths": [{"path": "foo", "pathType": "Exact",
+        "backend": {"service": {"name": "shop", "port": {"number": 80}}}}]}}]})  # fmt: skip
+    with pytest.raises(ConfigError, match="'foo' must start with /"):
+        _snapshot(tmp_path, [relative])
