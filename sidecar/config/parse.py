@@ -89,9 +89,6 @@ def parse_resource(doc: object, source: str, base_dir: Path | None = None) -> Re
     group, _, version = api_version.rpartition("/")
     parser = _PARSERS.get((group, kind))
     if parser is None:
-        later = _LATER.get((group, kind))
-        if later:
-            top.fail("kind", f"{kind} is not supported yet ({later})")
         top.fail("kind", f"unknown kind {kind!r} in apiVersion {api_version!r}")
     if version not in _VERSIONS[group]:
         top.fail("apiVersion", f"version {version!r} of {kind} is not served")
@@ -373,9 +370,6 @@ def _namespace(top: Reader, meta: Meta) -> Namespace:
     top.ignore("spec")
     return Namespace(meta=meta)
 
-
-# Kinds that later parts of Weft serve: refused with a pointer instead of "unknown".
-_LATER: dict[tuple[str, str], str] = {}
 
 _PARSERS: dict[tuple[str, str], Callable[..., Any]] = {
     (GATEWAY_GROUP, "GatewayClass"): _gateway_class,

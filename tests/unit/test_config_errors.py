@@ -50,9 +50,9 @@ CASES = {
 """,
         "invalid regular expression",
     ),
-    "later kind": (
-        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: g}\n",
-        "Ingress is not supported yet",
+    "empty ingress": (
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: g}\nspec: {}\n",
+        "an Ingress needs rules or a defaultBackend",
     ),
     "duplicate key": ("apiVersion: v1\napiVersion: v1\n", "duplicate key 'apiVersion'"),
     "invalid yaml": ("kind: [unclosed\n", "invalid YAML at line"),
