@@ -6,6 +6,8 @@ what is refused or warned about."""
 from __future__ import annotations
 
 import base64
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +164,35 @@ def test_what_cannot_be_served_is_warned_about_or_refused(tmp_path: Path) -> Non
         "backend": {"service": {"name": "shop", "port": {"number": 80}}}}]}}]})  # fmt: skip
     with pytest.raises(ConfigError, match="'foo' must start with /"):
         _snapshot(tmp_path, [relative])
+
+
+async def test_meshctl_edge_serves_ingresses_on_the_ports_it_is_given(tmp_path: Path) -> None:
+    from tests.support.net import free_port
+
+    port, admin = free_port(), free_port()
+    with EchoServer("shop") as shop:
+        path = tmp_path / "ingress.yaml"
+        path.write_text(yaml.safe_dump_all([
+            *_service("shop", 80, shop.port),
+            _ingress("main", {"ingressClassName": "weft",
+                              "rules": [_rule("shop.example", "/", "shop", 80)]}),
+        ]))  # fmt: skip
+        cmd = [sys.executable, "-m", "mesh_ctl", "edge", "-f", str(path), "--admin-port",
+               str(admin), "--ingress-address", "127.0.0.1", "--ingress-http-port", str(port),
+               "--ingress-https-port", str(free_port())]  # fmt: skip
+        async with trio.open_nursery() as nursery:
+            proc: trio.Process = await nursery.start(
+                lambda task_status: trio.run_process(cmd, stderr=subprocess.PIPE, check=False,
+                                                     task_status=task_status))  # fmt: skip
+            assert proc.stderr is not None
+            log = b""
+            with trio.fail_after(20):
+                while b"listening on 127.0.0.1:%d" % port not in log:
+                    chunk = await proc.stderr.receive_some(4096)
+                    assert chunk, log.decode()
+                    log += chunk
+            async with httpx.AsyncClient(timeout=10) as http:
+                r = await http.get(f"http://127.0.0.1:{port}/", headers={"Host": "shop.example"})
+            proc.terminate()
+            nursery.cancel_scope.cancel()
+    assert r.json()["pod"] == "shop"
