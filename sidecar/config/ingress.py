@@ -20,17 +20,18 @@ cluster's default, or when the files hold no IngressClass at all (a laptop's fil
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from sidecar.config import ingress_nginx as nginx
 from sidecar.config import resources as r
 
 CLASS = "weft"
 CONTROLLER = "weft.dev/ingress-controller"
 NAMESPACE, GATEWAY = "weft-system", "weft-ingress"
 GATEWAY_API = "gateway.networking.k8s.io/v1"
-NGINX = "nginx.ingress.kubernetes.io/"  # ingress-nginx's annotations: none served yet
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,8 @@ def translate(
     resources: list[r.Resource], listeners: IngressListeners, gateway_class: str
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The Gateway API documents that serve the Ingresses of Weft's class, and warnings
-    (a backend port that names nothing, a TLS Secret that is not there)."""
+    (a backend port that names nothing, a TLS Secret that is not there, an annotation not
+    translated)."""
     classes = [x for x in resources if isinstance(x, r.IngressClass)]
     ours = {c.meta.name for c in classes if c.controller == CONTROLLER} | {CLASS}
     default = any(c.default and c.controller == CONTROLLER for c in classes)
@@ -56,72 +58,252 @@ def translate(
     ]  # fmt: skip
     if not ingresses:
         return [], []
-    services = {(x.meta.namespace, x.meta.name): x for x in resources if isinstance(x, r.Service)}
-    secrets = {(x.meta.namespace, x.meta.name) for x in resources if isinstance(x, r.Secret)}
-    warnings: list[str] = []
-    listeners_doc: list[dict[str, Any]] = [
-        {"name": "http", "port": listeners.http_port, "protocol": "HTTP",
-         "allowedRoutes": {"namespaces": {"from": "All"}}},
-    ]  # fmt: skip
-    docs: list[dict[str, Any]] = []
-    granted: set[str] = set()
-    served: set[str | None] = set()  # HTTPS hostnames with a listener (the first Ingress's)
-    for ing in sorted(ingresses, key=lambda x: (x.meta.creation_timestamp, x.meta.namespace,
-                                                 x.meta.name)):  # fmt: skip
+    t = _Translation(resources, listeners)
+    ingresses.sort(key=lambda x: (x.meta.creation_timestamp, x.meta.namespace, x.meta.name))
+    settings: dict[tuple[str, str], nginx.NginxSettings] = {}
+    for ing in ingresses:
+        where = f"Ingress {ing.meta.namespace}/{ing.meta.name}"
+        settings[_key(ing)], notes = nginx.parse(dict(ing.meta.annotations), ing.meta.namespace,
+                                                 where)  # fmt: skip
+        t.warnings += notes
+    for ing in ingresses:  # canaries first: they change the others' rules
+        if settings[_key(ing)].canary is not None:
+            t.canary(ing, settings[_key(ing)])
+    for ing in ingresses:
+        if settings[_key(ing)].canary is None:
+            t.ingress(ing, settings[_key(ing)])
+    t.unused_canaries()
+    gateway = {
+        "apiVersion": GATEWAY_API, "kind": "Gateway",
+        "metadata": {"name": GATEWAY, "namespace": NAMESPACE},
+        "spec": {"gatewayClassName": gateway_class,
+                 "addresses": [{"type": "IPAddress", "value": listeners.address}],
+                 "listeners": t.listeners},
+    }  # fmt: skip
+    return [gateway, *t.docs], t.warnings
+
+
+Path = tuple[str | None, str, str]  # (host, path, pathType): where a canary joins
+
+
+class _Translation:
+    def __init__(self, resources: list[r.Resource], listeners: IngressListeners) -> None:
+        self.services = {(x.meta.namespace, x.meta.name): x for x in resources
+                         if isinstance(x, r.Service)}  # fmt: skip
+        self.secrets = {(x.meta.namespace, x.meta.name): x for x in resources
+                        if isinstance(x, r.Secret)}  # fmt: skip
+        self.ports = listeners
+        self.listeners: list[dict[str, Any]] = [
+            {"name": "http", "port": listeners.http_port, "protocol": "HTTP",
+             "allowedRoutes": {"namespaces": {"from": "All"}}},
+        ]  # fmt: skip
+        self.https: dict[str | None, str] = {}  # TLS host -> its listener (the first Ingress's)
+        self.docs: list[dict[str, Any]] = []
+        self.warnings: list[str] = []
+        self.granted: set[str] = set()
+        self.canaries: dict[Path, tuple[str, dict[str, Any], nginx.Canary]] = {}
+        self.joined: set[Path] = set()
+
+    def canary(self, ing: r.Ingress, settings: nginx.NginxSettings) -> None:
+        """Remember where a canary Ingress's backends join the other Ingress's rules."""
+        assert settings.canary is not None
+        where = f"Ingress {ing.meta.namespace}/{ing.meta.name}"
+        for host, paths in _routes(ing):
+            for p in paths:
+                ref = self._backend(ing, p)
+                if ref is not None:
+                    key = (host, p.path, p.path_type)
+                    self.canaries[key] = (where, ref, settings.canary)
+
+    def unused_canaries(self) -> None:
+        for key, (where, _, _) in self.canaries.items():
+            if key not in self.joined:
+                self.warnings.append(f"{where}: a canary with no Ingress serving "
+                                     f"{key[0] or '*'}{key[1]} to join; not served")  # fmt: skip
+
+    def ingress(self, ing: r.Ingress, settings: nginx.NginxSettings) -> None:
         ns, name = ing.meta.namespace, ing.meta.name
-        warnings += [f"Ingress {ns}/{name}: annotation {key} is not supported (ignored)"
-                     for key in sorted(ing.meta.annotations) if key.startswith(NGINX)]  # fmt: skip
-        for hosts, secret in ing.tls:
-            if (ns, secret) not in secrets:
-                warnings.append(f"Ingress {ns}/{name}: TLS Secret {secret!r} not found; "
-                                "HTTPS for its hosts is not served")  # fmt: skip
+        tls_hosts = self._tls(ing)
+        names = []
+        for i, (host, paths) in enumerate(_routes(ing)):
+            rules = [rule for p in paths for rule in self._rules(ing, host, p, settings)]
+            if not rules:
                 continue
-            for host in [h for h in hosts or (None,) if h not in served]:
-                served.add(host)
+            route_name = f"ingress-{name}-{i}"
+            names.append(route_name)
+            parents = [{"name": GATEWAY, "namespace": NAMESPACE}]
+            hostnames = {"hostnames": [host]} if host else {}
+            secure = [self.https[h] for h in ([host] if host else tls_hosts) if h in self.https]
+            if settings.ssl_redirect and secure:  # HTTP answers with a redirect to HTTPS
+                redirect = [{**rule, "backendRefs": [], "filters": [{
+                    "type": "RequestRedirect",
+                    "requestRedirect": {"scheme": "https", "statusCode": 308}}]}
+                    for rule in rules]  # fmt: skip
+                self.docs.append(_route(f"{route_name}-redirect", ns,
+                                        [{**parents[0], "sectionName": "http"}], hostnames,
+                                        redirect))  # fmt: skip
+                parents = [{**parents[0], "sectionName": s} for s in dict.fromkeys(secure)]
+            self.docs.append(_route(route_name, ns, parents, hostnames, rules))
+        if names:
+            self._policies(ing, settings, names)
+
+    def _tls(self, ing: r.Ingress) -> list[str | None]:
+        """HTTPS listeners for the Ingress's TLS hosts; the hosts."""
+        ns, name = ing.meta.namespace, ing.meta.name
+        hosts_out: list[str | None] = []
+        for hosts, secret in ing.tls:
+            if (ns, secret) not in self.secrets:
+                self.warnings.append(f"Ingress {ns}/{name}: TLS Secret {secret!r} not found; "
+                                     "HTTPS for its hosts is not served")  # fmt: skip
+                continue
+            for host in hosts or (None,):
+                hosts_out.append(host)
+                if host in self.https:
+                    continue
+                self.https[host] = listener_name = f"https-{len(self.listeners)}"
                 listener: dict[str, Any] = {
-                    "name": f"https-{len(listeners_doc)}", "port": listeners.https_port,
-                    "protocol": "HTTPS", "allowedRoutes": {"namespaces": {"from": "All"}},
+                    "name": listener_name, "port": self.ports.https_port, "protocol": "HTTPS",
+                    "allowedRoutes": {"namespaces": {"from": "All"}},
                     "tls": {"mode": "Terminate", "certificateRefs": [
                         {"kind": "Secret", "name": secret, "namespace": ns}]},
                 }  # fmt: skip
                 if host is not None:
                     listener["hostname"] = host
-                listeners_doc.append(listener)
-            if ns not in granted:
-                granted.add(ns)
-                docs.append(_grant(ns))
-        routes = [(rule.host, rule.paths) for rule in ing.rules if rule.paths]
-        if ing.default_backend is not None:
-            routes.append((None, (r.IngressPath(path="/", path_type="Prefix",
-                                                backend=ing.default_backend),)))  # fmt: skip
-        for i, (host, paths) in enumerate(routes):
-            rules = []
-            for p in paths:
-                port = _port(services.get((ns, p.backend.service)), p.backend.port)
-                if port is None:
-                    svc = p.backend.service
-                    warnings.append(f"Ingress {ns}/{name}: Service {svc!r} has no port "
-                                    f"{p.backend.port!r}; {p.path} is not served")  # fmt: skip
-                    continue
-                rules.append({
-                    "matches": [{"path": _path(p)}],
-                    "backendRefs": [{"name": p.backend.service, "port": port}],
-                })  # fmt: skip
-            if rules:
-                docs.append({
-                    "apiVersion": GATEWAY_API, "kind": "HTTPRoute",
-                    "metadata": {"name": f"ingress-{name}-{i}", "namespace": ns},
-                    "spec": {"parentRefs": [{"name": GATEWAY, "namespace": NAMESPACE}],
-                             **({"hostnames": [host]} if host else {}), "rules": rules},
-                })  # fmt: skip
-    docs.insert(0, {
-        "apiVersion": GATEWAY_API, "kind": "Gateway",
-        "metadata": {"name": GATEWAY, "namespace": NAMESPACE},
-        "spec": {"gatewayClassName": gateway_class,
-                 "addresses": [{"type": "IPAddress", "value": listeners.address}],
-                 "listeners": listeners_doc},
-    })  # fmt: skip
-    return docs, warnings
+                self.listeners.append(listener)
+            if ns not in self.granted:
+                self.granted.add(ns)
+                self.docs.append(_grant(ns))
+        return hosts_out
+
+    def _backend(self, ing: r.Ingress, p: r.IngressPath) -> dict[str, Any] | None:
+        ns = ing.meta.namespace
+        port = _port(self.services.get((ns, p.backend.service)), p.backend.port)
+        if port is None:
+            svc = p.backend.service
+            self.warnings.append(f"Ingress {ns}/{ing.meta.name}: Service {svc!r} has no port "
+                                 f"{p.backend.port!r}; {p.path} is not served")  # fmt: skip
+            return None
+        return {"name": p.backend.service, "port": port}
+
+    def _rules(
+        self, ing: r.Ingress, host: str | None, p: r.IngressPath, settings: nginx.NginxSettings
+    ) -> list[dict[str, Any]]:
+        """The route rules of one Ingress path: a canary's header rules first."""
+        ref = self._backend(ing, p)
+        if ref is None:
+            return []
+        match: dict[str, Any] = {"path": _path(p)}
+        extra: dict[str, Any] = {}
+        if settings.read_timeout_s:
+            extra["timeouts"] = {"backendRequest": _duration(settings.read_timeout_s)}
+        if settings.max_body:
+            extra["filters"] = [{"type": "ExtensionRef", "extensionRef": {
+                "group": "weft.dev", "kind": "RequestValidation",
+                "name": f"weft-ingress-{ing.meta.name}"}}]  # fmt: skip
+        key = (host, p.path, p.path_type)
+        joined = self.canaries.get(key)
+        if joined is None:
+            return [{"matches": [match], "backendRefs": [ref], **extra}]
+        self.joined.add(key)
+        _, canary_ref, c = joined
+        rules = []
+        if c.header:
+            value = c.header_value or "always"
+            rules.append({"matches": [{**match, "headers": [{"name": c.header, "value": value}]}],
+                          "backendRefs": [canary_ref], **extra})  # fmt: skip
+            if not c.header_value:
+                never = {**match, "headers": [{"name": c.header, "value": "never"}]}
+                rules.append({"matches": [never], "backendRefs": [ref], **extra})
+        refs = [{**ref, "weight": c.total - c.weight}]
+        if c.weight:
+            refs.append({**canary_ref, "weight": c.weight})
+        rules.append({"matches": [match], "backendRefs": refs, **extra})
+        return rules
+
+    def _policies(self, ing: r.Ingress, settings: nginx.NginxSettings, routes: list[str]) -> None:
+        """One SecurityPolicy (its sections apply whole), a BackendTrafficPolicy and a
+        RequestValidation for what the annotations asked, on the Ingress's routes."""
+        ns, name = ing.meta.namespace, ing.meta.name
+        meta = {"name": f"weft-ingress-{name}", "namespace": ns}
+        targets = [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": n}
+                   for n in routes]  # fmt: skip
+        if settings.max_body:
+            limit = {"maxBodyBytes": settings.max_body}
+            self.docs.append({"apiVersion": "weft.dev/v1alpha1", "kind": "RequestValidation",
+                              "metadata": meta, "spec": limit})  # fmt: skip
+        if settings.limit_rps:
+            self.docs.append({
+                "apiVersion": "weft.dev/v1alpha1", "kind": "BackendTrafficPolicy", "metadata": meta,
+                "spec": {"targetRefs": targets, "rateLimit": {"type": "Local", "local": {"rules": [{
+                    "clientSelectors": [{"sourceCIDR": {"type": "Distinct", "value": "0.0.0.0/0"}}],
+                    "limit": {"requests": settings.limit_rps, "unit": "Second"}}]}}},
+            })  # fmt: skip
+        if not settings.security:
+            return
+        spec: dict[str, Any] = {"targetRefs": targets}
+        if settings.cors is not None:
+            c = settings.cors
+            spec["cors"] = {"allowOrigins": c.origins, "allowMethods": c.methods,
+                            "allowHeaders": c.headers, "allowCredentials": c.credentials,
+                            "maxAge": _duration(c.max_age_s),
+                            **({"exposeHeaders": c.expose} if c.expose else {})}  # fmt: skip
+        if settings.allow_cidrs:
+            spec["authorization"] = {"defaultAction": "Deny", "rules": [
+                {"name": "whitelist-source-range", "action": "Allow",
+                 "principal": {"clientCIDRs": settings.allow_cidrs}}]}  # fmt: skip
+        if settings.basic_auth_secret is not None:
+            users = self._htpasswd(ing, settings.basic_auth_secret)
+            if users is not None:
+                spec["basicAuth"] = {"users": {"name": users}}
+        self.docs.append({"apiVersion": "weft.dev/v1alpha1", "kind": "SecurityPolicy",
+                          "metadata": meta, "spec": spec})  # fmt: skip
+
+    def _htpasswd(self, ing: r.Ingress, ref: tuple[str, str]) -> str | None:
+        """ingress-nginx keeps htpasswd lines under the Secret's `auth`; Weft reads
+        `.htpasswd`: a copy under that key, in the Ingress's namespace."""
+        secret = self.secrets.get(ref)
+        data = dict(secret.data) if secret is not None else {}
+        if "auth" not in data:
+            self.warnings.append(f"Ingress {ing.meta.namespace}/{ing.meta.name}: auth-secret "
+                                 f"{ref[0]}/{ref[1]} with key `auth` not found; nobody is let "
+                                 "in")  # fmt: skip
+        name = f"weft-ingress-{ing.meta.name}-auth"
+        self.docs.append({
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": name, "namespace": ing.meta.namespace},
+            "data": {".htpasswd": base64.b64encode(data.get("auth", b"")).decode()},
+        })  # fmt: skip
+        return name
+
+
+def _duration(seconds: int) -> str:
+    """Seconds as a Gateway API duration ("480h", "1h1m1s"; each part at most 5 digits)."""
+    h, rest = divmod(seconds, 3600)
+    m, sec = divmod(rest, 60)
+    parts = [f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (sec, "s")) if v]
+    return "".join(parts) or "0s"
+
+
+def _key(ing: r.Ingress) -> tuple[str, str]:
+    return ing.meta.namespace, ing.meta.name
+
+
+def _routes(ing: r.Ingress) -> list[tuple[str | None, tuple[r.IngressPath, ...]]]:
+    """(host, paths) of each rule, the default backend last (any host, every path)."""
+    routes = [(rule.host, rule.paths) for rule in ing.rules if rule.paths]
+    if ing.default_backend is not None:
+        routes.append((None, (r.IngressPath(path="/", path_type="Prefix",
+                                            backend=ing.default_backend),)))  # fmt: skip
+    return routes
+
+
+def _route(
+    name: str, ns: str, parents: list[dict[str, Any]], hostnames: dict[str, Any],
+    rules: list[dict[str, Any]],
+) -> dict[str, Any]:  # fmt: skip
+    return {"apiVersion": GATEWAY_API, "kind": "HTTPRoute",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"parentRefs": parents, **hostnames, "rules": rules}}  # fmt: skip
 
 
 def served(

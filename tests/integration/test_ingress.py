@@ -196,3 +196,117 @@ async def test_meshctl_edge_serves_ingresses_on_the_ports_it_is_given(tmp_path: 
             proc.terminate()
             nursery.cancel_scope.cancel()
     assert r.json()["pod"] == "shop"
+
+
+NGINX = "nginx.ingress.kubernetes.io/"
+
+
+async def test_ingress_nginx_annotations_as_users_rely_on_them(tmp_path: Path) -> None:
+    import hashlib
+
+    leaf = self_signed("secure.example")
+    sha = base64.b64encode(hashlib.sha1(b"s3cret").digest()).decode()
+    docs: list[dict[str, Any]] = [
+        {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+         "metadata": {"name": "secure-tls", "namespace": "shop"},
+         "data": {"tls.crt": base64.b64encode(leaf.cert_pem).decode(),
+                  "tls.key": base64.b64encode(leaf.key_pem).decode()}},
+        {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",  # as ingress-nginx wants it
+         "metadata": {"name": "users", "namespace": "shop"},
+         "data": {"auth": base64.b64encode(f"carol:{{SHA}}{sha}\n".encode()).decode()}},
+    ]  # fmt: skip
+
+    def ing(name: str, host: str, service: str = "main", **annotations: str) -> dict[str, Any]:
+        spec: dict[str, Any] = {"ingressClassName": "weft",
+                                "rules": [_rule(host, "/", service, 80)]}  # fmt: skip
+        if host == "secure.example":
+            spec["tls"] = [{"hosts": [host], "secretName": "secure-tls"}]
+        return _ingress(name, spec, annotations={NGINX + k: v for k, v in annotations.items()})
+
+    with EchoServer("main") as main, EchoServer("canary") as canary:
+        docs += [*_service("main", 80, main.port), *_service("canary", 80, canary.port)]
+        docs += [
+            ing("redirect", "secure.example", **{"ssl-redirect": "true"}),
+            ing("body", "body.example", **{"proxy-body-size": "1k"}),
+            ing("slow", "slow.example", **{"proxy-read-timeout": "1"}),
+            ing("office", "office.example", **{"whitelist-source-range": "10.0.0.0/8"}),
+            ing("local", "local.example", **{"whitelist-source-range": "127.0.0.0/8"}),
+            ing("rps", "rps.example", **{"limit-rps": "2"}),
+            ing("cors", "cors.example", **{"enable-cors": "true",
+                                           "cors-allow-origin": "https://app.example"}),
+            ing("basic", "basic.example", **{"auth-type": "basic", "auth-secret": "users"}),
+            ing("split", "split.example"),
+            ing("split-canary", "split.example", "canary", **{
+                "canary": "true", "canary-weight": "100", "canary-by-header": "x-canary"}),
+        ]  # fmt: skip
+        path = tmp_path / "nginx.yaml"
+        path.write_text(yaml.safe_dump_all(docs))
+        server = EdgeServer([str(path)], admin_port=0, bind=lambda key: (key.address, 0),
+                            watch_interval_s=0, ingress=LISTENERS)  # fmt: skip
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            port = server.bound_port(ADDRESS, 80)
+            url = f"http://{ADDRESS}:{port}"
+            async with httpx.AsyncClient(timeout=10) as http:
+
+                async def get(host: str, path: str = "/", **kw: Any) -> httpx.Response:
+                    headers = {"Host": host, **kw.pop("headers", {})}
+                    return await http.request(kw.pop("method", "GET"), url + path,
+                                              headers=headers, **kw)  # fmt: skip
+
+                r = await get("secure.example", "/cart?x=1")
+                assert r.status_code == 308
+                assert r.headers["location"] == "https://secure.example/cart?x=1"
+                secure = await _get(server, "secure.example", "/cart", https=True)
+                assert secure.json()["pod"] == "main"
+                assert (
+                    await get("body.example", method="POST", content=b"x" * 500)
+                ).status_code == 200
+                assert (
+                    await get("body.example", method="POST", content=b"x" * 2000)
+                ).status_code == 413
+                assert (await get("slow.example", "/delay/3000")).status_code == 504
+                assert (await get("office.example")).status_code == 403
+                assert (await get("local.example")).status_code == 200
+                codes = [(await get("rps.example")).status_code for _ in range(4)]
+                assert codes[:2] == [200, 200] and 429 in codes[2:]
+                pre = await get(
+                    "cors.example",
+                    method="OPTIONS",
+                    headers={
+                        "Origin": "https://app.example",
+                        "Access-Control-Request-Method": "GET",
+                    },
+                )
+                assert pre.status_code == 204
+                assert pre.headers["access-control-allow-origin"] == "https://app.example"
+                assert (await get("basic.example")).status_code == 401
+                ok = await get("basic.example", auth=("carol", "s3cret"))
+                assert ok.status_code == 200 and ok.json()["pod"] == "main"
+                # canary: by header first ("always", "never"), then its weight (100 here)
+                assert (await get("split.example", headers={"x-canary": "never"})).json()[
+                    "pod"
+                ] == "main"
+                assert (await get("split.example", headers={"x-canary": "always"})).json()[
+                    "pod"
+                ] == "canary"
+                assert (await get("split.example")).json()["pod"] == "canary"
+            nursery.cancel_scope.cancel()
+    assert server.snapshot is not None
+    assert not [w for w in server.snapshot.warnings if "annotation" in w], server.snapshot.warnings
+
+
+def test_annotations_not_translated_or_not_understood_are_named(tmp_path: Path) -> None:
+    odd = _ingress("odd", {"ingressClassName": "weft", "rules": [_rule("o.example", "/", "shop", 80)]},
+                   annotations={NGINX + "proxy-body-size": "big", NGINX + "limit-rps": "many",
+                                NGINX + "configuration-snippet": "more_set_headers x",
+                                NGINX + "whitelist-source-range": "10.0.0.0/8,nope",
+                                NGINX + "auth-type": "digest"})  # fmt: skip
+    snap = _snapshot(tmp_path, [*_service("shop", 80, 9), odd])
+    said = "\n".join(snap.warnings)
+    for text in ("configuration-snippet is not supported (ignored)",
+                 "proxy-body-size: 'big' is not a size like 8m",
+                 "limit-rps: 'many' is not a whole number",
+                 "whitelist-source-range: 'nope' is not a CIDR",
+                 "auth-type: 'digest': only basic is translated"):  # fmt: skip
+        assert f"Ingress shop/odd: annotation {NGINX}" in said and text in said, text
