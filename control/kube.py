@@ -48,6 +48,8 @@ KINDS = (
     ("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute"),
     ("gateway.networking.k8s.io", "v1", "grpcroutes", "GRPCRoute"),
     ("gateway.networking.k8s.io", "v1beta1", "referencegrants", "ReferenceGrant"),
+    ("networking.k8s.io", "v1", "ingresses", "Ingress"),
+    ("networking.k8s.io", "v1", "ingressclasses", "IngressClass"),
     ("weft.dev", "v1alpha1", "authorizationpolicies", "AuthorizationPolicy"),
     ("weft.dev", "v1alpha1", "backendtrafficpolicies", "BackendTrafficPolicy"),
     ("weft.dev", "v1alpha1", "meshconfigs", "MeshConfig"),

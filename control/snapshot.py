@@ -38,6 +38,8 @@ EDGE_KINDS = (
     "RequestValidation",
     "ClientTrafficPolicy",
     "ConfigMap",
+    "Ingress",
+    "IngressClass",
 )
 
 

@@ -18,6 +18,7 @@ from sidecar import BUILD, __version__
 if TYPE_CHECKING:
     import datetime
 
+    from sidecar.config.ingress import IngressListeners
     from sidecar.modes.sidecar import SidecarOptions
 from mesh_ctl import common, telemetry
 from mesh_ctl.common import CliError
@@ -25,7 +26,6 @@ from sidecar.errors import ConfigError
 
 
 def _edge(args: argparse.Namespace) -> int:
-    from sidecar.config.ingress import IngressListeners
     from sidecar.config.model import Limits
     from sidecar.filters.global_ratelimit import global_limits
     from sidecar.filters.jwks import trust_context
@@ -87,8 +87,7 @@ def _edge(args: argparse.Namespace) -> int:
             tls=trust,
         ),
         worker=args.worker_index is not None,
-        ingress=IngressListeners(args.ingress_address, args.ingress_http_port,
-                                 args.ingress_https_port),
+        ingress=_ingress_listeners(args),
     )  # fmt: skip
     return _run_trio(server.run)
 
@@ -243,8 +242,15 @@ def _edge_in_mesh(args: argparse.Namespace) -> int:
         outbound_port=0, admin_port=args.admin_port, gateway=True,
         trace=telemetry.trace_options(args), trust_bundle=args.trust_bundle,
         ratelimit_redis=args.ratelimit_redis, ratelimit_fail_closed=args.ratelimit_fail_closed,
+        ingress=_ingress_listeners(args),
     )  # fmt: skip
     return _run_sidecar(opts, args.access_log)
+
+
+def _ingress_listeners(args: argparse.Namespace) -> IngressListeners:
+    from sidecar.config.ingress import IngressListeners
+
+    return IngressListeners(args.ingress_address, args.ingress_http_port, args.ingress_https_port)
 
 
 def _sidecar(args: argparse.Namespace) -> int:

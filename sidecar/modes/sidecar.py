@@ -58,6 +58,7 @@ from sidecar.transport.tls import TlsHandshakeError
 from sidecar.upstream.manager import ClusterManager
 
 if TYPE_CHECKING:
+    from sidecar.config.ingress import IngressListeners
     from sidecar.discovery.register import ConsulRegistration
     from sidecar.modes.edge import EdgeServer
     from sidecar.observe.tracing import TraceOptions, Tracer
@@ -103,6 +104,7 @@ class SidecarOptions:
     trust_bundle: str | None = None  # CAs (PEM) for HTTPS the edge calls (remote JWKS)
     ratelimit_redis: str | None = None  # where global rate limits count (an edge)
     ratelimit_fail_closed: bool = False
+    ingress: IngressListeners | None = None  # an edge in the mesh: where its Ingresses are served
     # Transparent interception (`meshctl init` redirects the namespace's TCP here): the
     # outbound port serves redirected connections by the address they were going to.
     intercept: bool = False
@@ -452,7 +454,14 @@ class SidecarServer:
         resources = load_documents(
             Document(d, f"control plane document {i}") for i, d in enumerate(out.documents, 1)
         )
-        return dataclasses.replace(compile_snapshot(resources, version=version), mesh=out.names)
+        notes: list[str] = []
+        if self.opts.gateway:  # an edge in the mesh serves the pushed Ingresses too
+            from sidecar.config.ingress import IngressListeners, served
+
+            extra, notes = served(resources, self.opts.ingress or IngressListeners(), "weft")
+            resources += extra
+        snap = compile_snapshot(resources, version=version)
+        return dataclasses.replace(snap, mesh=out.names, warnings=snap.warnings + tuple(notes))
 
     def drain(self, *, outbound: bool = True) -> None:
         """Leave the endpoints (through the control plane or Consul) and stop the inbound

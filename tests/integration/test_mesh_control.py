@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ca import keystore
 from control.server import ControlPlane
 from control.state import ControlState
+from sidecar.config.ingress import IngressListeners
 from sidecar.config.parse import Document
 from sidecar.errors import UpstreamClosed
 from sidecar.modes.sidecar import SidecarServer
@@ -376,6 +377,37 @@ async def test_control_plane_killed_and_restarted_under_traffic(tmp_path: Path) 
         server.wait()
     assert len(statuses) > 50 and set(statuses) == {200}, [s for s in statuses if s != 200][:5]
     assert set(pods) == {"v2"}
+
+
+async def test_an_edge_in_the_mesh_serves_the_pushed_ingresses(plane: ControlPlane) -> None:
+    port = free_port()
+    ingress = {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+               "metadata": {"name": "shop"},
+               "spec": {"ingressClassName": "weft", "rules": [{"host": "shop.example", "http": {
+                   "paths": [{"path": "/", "pathType": "Prefix", "backend": {
+                       "service": {"name": "orders", "port": {"number": 80}}}}]}}]}}  # fmt: skip
+    with EchoServer("orders") as app:
+        async with trio.open_nursery() as nursery:
+            await _apply(plane, ingress)
+            await nursery.start(_sidecar(plane, "orders", app.port).run)
+            edge = mesh_sidecar(plane.data_dir, f"127.0.0.1:{plane.port}", "edge", 1,
+                                gateway=True, ingress=IngressListeners("127.0.0.1", port, free_port()))  # fmt: skip
+            await nursery.start(edge.run)
+            async with httpx.AsyncClient(timeout=10) as http:
+                with trio.fail_after(10):
+                    while True:  # until the orders instance is an endpoint at the edge
+                        changed = edge.config_changed
+                        r = await http.get(f"http://127.0.0.1:{port}/buy",
+                                           headers={"Host": "shop.example"})  # fmt: skip
+                        if r.status_code == 200:
+                            break
+                        await changed.wait()
+            nursery.cancel_scope.cancel()
+    seen = json.loads(r.text)
+    assert seen["path"] == "/buy"
+    assert seen["headers"]["x-forwarded-client-cert"][0].endswith(
+        "URI=spiffe://weft.local/ns/default/svc/edge"
+    )  # over mTLS, from the edge
 
 
 async def test_an_edge_gateway_in_the_mesh_reaches_services_over_mtls(plane: ControlPlane) -> None:

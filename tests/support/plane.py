@@ -19,6 +19,7 @@ from ca import keystore, tokens
 from ca.spiffe import SpiffeId
 from control.server import ControlPlane
 from control.state import ControlState
+from sidecar.config.ingress import IngressListeners
 from sidecar.modes.sidecar import SidecarOptions, SidecarServer
 
 
@@ -66,6 +67,7 @@ def mesh_sidecar(
     namespace: str = "default",
     upstreams: tuple[tuple[str, int], ...] = (),
     protocol: str = "HTTP",
+    ingress: IngressListeners | None = None,
 ) -> SidecarServer:
     """A sidecar joining the mesh whose CA is in `data` (a fresh join token), on ports 0."""
     token = tokens.create(
@@ -77,7 +79,7 @@ def mesh_sidecar(
         control_plane=control_plane,
         token=token, ca_file=str(data / "ca" / "root.pem"), inbound_address="127.0.0.1",
         inbound_port=0, admin_port=0, outbound_port=0, gateway=gateway, discovery=discovery,
-        upstreams=upstreams, protocol=protocol,
+        upstreams=upstreams, protocol=protocol, ingress=ingress,
     ))  # fmt: skip
 
 
