@@ -379,6 +379,7 @@ class _Compiler:
                     path_value=rd.path.value if rd.path else "",
                     port=rd.port,
                     status_code=rd.status_code,
+                    path_regex=_regex(rd.path),
                 )
             elif f.rewrite is not None:
                 rw = f.rewrite
@@ -386,6 +387,7 @@ class _Compiler:
                     hostname=rw.hostname,
                     path_type=rw.path.type if rw.path else None,
                     path_value=rw.path.value if rw.path else "",
+                    path_regex=_regex(rw.path),
                 )
             elif f.mirror is not None:
                 cluster, why = self._resolve(f.mirror.backend, ns, route.kind)
@@ -591,6 +593,10 @@ def _bind_address(gw: r.Gateway) -> str:
 
 def _ops(mod: r.HeaderModifier) -> HeaderOps:
     return HeaderOps.build(set_=mod.set, add=mod.add, remove=mod.remove)
+
+
+def _regex(path: r.PathModifier | None) -> re.Pattern[str] | None:
+    return re.compile(path.pattern) if path is not None and path.pattern else None
 
 
 def _intersect(listener_host: str | None, route_hosts: tuple[str, ...]) -> list[str | None] | None:

@@ -194,12 +194,18 @@ class _Translation:
             return []
         match: dict[str, Any] = {"path": _path(p)}
         extra: dict[str, Any] = {}
+        if settings.use_regex:  # as ingress-nginx: a case-insensitive regex, from the start
+            match = {"path": {"type": "RegularExpression", "value": f"(?i){p.path}.*"}}
+        if settings.rewrite_target:  # the whole path replaced; $N: the path regex's groups
+            regex = {"pattern": f"(?i)^(?:{p.path}).*", "substitution": settings.rewrite_target}
+            extra["filters"] = [{"type": "URLRewrite", "urlRewrite": {"path": {
+                "type": "ReplaceRegexMatch", "replaceRegexMatch": regex}}}]  # fmt: skip
         if settings.read_timeout_s:
             extra["timeouts"] = {"backendRequest": _duration(settings.read_timeout_s)}
         if settings.max_body:
-            extra["filters"] = [{"type": "ExtensionRef", "extensionRef": {
+            extra.setdefault("filters", []).append({"type": "ExtensionRef", "extensionRef": {
                 "group": "weft.dev", "kind": "RequestValidation",
-                "name": f"weft-ingress-{ing.meta.name}"}}]  # fmt: skip
+                "name": f"weft-ingress-{ing.meta.name}"}})  # fmt: skip
         key = (host, p.path, p.path_type)
         joined = self.canaries.get(key)
         if joined is None:

@@ -49,6 +49,8 @@ class NginxSettings:
     basic_auth_secret: tuple[str, str] | None = None  # (namespace, name) of auth-secret
     realm: str = ""
     canary: Canary | None = None
+    use_regex: bool = False  # paths are case-insensitive regexes (use-regex, rewrite-target)
+    rewrite_target: str = ""  # the new path, $1… its groups (rewrite-target)
 
     @property
     def security(self) -> bool:
@@ -61,7 +63,7 @@ TRANSLATED = (
     "cors-allow-methods", "cors-allow-headers", "cors-expose-headers",
     "cors-allow-credentials", "cors-max-age", "auth-type", "auth-secret", "auth-realm",
     "canary", "canary-weight", "canary-weight-total", "canary-by-header",
-    "canary-by-header-value",
+    "canary-by-header-value", "rewrite-target", "use-regex",
 )  # fmt: skip
 
 
@@ -91,6 +93,13 @@ def parse(
         return int(text)
 
     out.ssl_redirect = flag("ssl-redirect") or flag("force-ssl-redirect")
+    if "rewrite-target" in got:  # ingress-nginx: it implies use-regex
+        target = got["rewrite-target"]
+        if not target.startswith("/"):
+            bad("rewrite-target", f"{target!r} must start with /")
+        else:
+            out.rewrite_target = re.sub(r"\$(\d)", r"\\\1", target)  # $2 -> \2
+    out.use_regex = flag("use-regex") or bool(out.rewrite_target)
     if "proxy-body-size" in got:
         m = _SIZE.match(got["proxy-body-size"])
         if m is None:

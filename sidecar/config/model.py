@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import re
+
     from sidecar.config.headerops import HeaderOps
     from sidecar.config.split import SmoothWeighted
     from sidecar.filters.chain import Filter
@@ -132,10 +134,11 @@ class Backend:
 class RedirectAction:
     scheme: str | None
     hostname: str | None
-    path_type: str | None  # ReplaceFullPath | ReplacePrefixMatch | None
+    path_type: str | None  # ReplaceFullPath | ReplacePrefixMatch | ReplaceRegexMatch | None
     path_value: str
     port: int | None
     status_code: int
+    path_regex: re.Pattern[str] | None = None  # ReplaceRegexMatch's
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,6 +146,7 @@ class RewriteAction:
     hostname: str | None
     path_type: str | None
     path_value: str
+    path_regex: re.Pattern[str] | None = None  # ReplaceRegexMatch's
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

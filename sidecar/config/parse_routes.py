@@ -416,7 +416,18 @@ def _header_modifier(r: Reader) -> HeaderModifier:
 
 
 def _path_modifier(r: Reader) -> PathModifier:
-    ptype = r.text("type", choices=("ReplaceFullPath", "ReplacePrefixMatch"))
+    ptype = r.text("type", choices=("ReplaceFullPath", "ReplacePrefixMatch", "ReplaceRegexMatch"))
+    if ptype == "ReplaceRegexMatch":  # Envoy Gateway's extension: a regex and its substitution
+        rr = r.req_obj("replaceRegexMatch")
+        pattern = rr.text("pattern", max_len=1024)
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            rr.fail("pattern", f"invalid regular expression: {exc}")
+        substitution = rr.text("substitution", max_len=1024)
+        rr.finish()
+        r.finish()
+        return PathModifier(type=ptype, value=substitution, pattern=pattern)
     key = "replaceFullPath" if ptype == "ReplaceFullPath" else "replacePrefixMatch"
     value = r.text(key, max_len=1024)
     if not value.startswith("/"):

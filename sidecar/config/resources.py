@@ -145,8 +145,9 @@ class HeaderModifier:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PathModifier:
-    type: str  # ReplaceFullPath | ReplacePrefixMatch
-    value: str
+    type: str  # ReplaceFullPath | ReplacePrefixMatch | ReplaceRegexMatch
+    value: str  # the path, the prefix, or the regex's substitution (\1 for a group)
+    pattern: str = ""  # ReplaceRegexMatch: the regular expression
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -149,11 +149,11 @@ def test_what_cannot_be_served_is_warned_about_or_refused(tmp_path: Path) -> Non
     missing = _ingress("m", {"ingressClassName": "weft",
                              "tls": [{"hosts": ["x.example"], "secretName": "nope"}],
                              "rules": [_rule("x.example", "/", "shop", "grpc")]},
-                       annotations={"nginx.ingress.kubernetes.io/rewrite-target": "/$1"})  # fmt: skip
+                       annotations={"nginx.ingress.kubernetes.io/server-snippet": "x"})  # fmt: skip
     snap = _snapshot(tmp_path, [*_service("shop", 80, 9), missing])
     assert any("TLS Secret 'nope' not found" in w for w in snap.warnings)
     assert any("Service 'shop' has no port 'grpc'" in w for w in snap.warnings)
-    assert "Ingress shop/m: annotation nginx.ingress.kubernetes.io/rewrite-target is not " \
+    assert "Ingress shop/m: annotation nginx.ingress.kubernetes.io/server-snippet is not " \
         "supported (ignored)" in snap.warnings  # fmt: skip
     resource = _ingress("r", {"defaultBackend": {"resource": {"kind": "Bucket", "name": "b"}}})
     with pytest.raises(ConfigError, match="resource backends are not served"):
@@ -216,9 +216,11 @@ async def test_ingress_nginx_annotations_as_users_rely_on_them(tmp_path: Path) -
          "data": {"auth": base64.b64encode(f"carol:{{SHA}}{sha}\n".encode()).decode()}},
     ]  # fmt: skip
 
-    def ing(name: str, host: str, service: str = "main", **annotations: str) -> dict[str, Any]:
+    def ing(
+        name: str, host: str, service: str = "main", path: str = "/", **annotations: str
+    ) -> dict[str, Any]:
         spec: dict[str, Any] = {"ingressClassName": "weft",
-                                "rules": [_rule(host, "/", service, 80)]}  # fmt: skip
+                                "rules": [_rule(host, path, service, 80)]}  # fmt: skip
         if host == "secure.example":
             spec["tls"] = [{"hosts": [host], "secretName": "secure-tls"}]
         return _ingress(name, spec, annotations={NGINX + k: v for k, v in annotations.items()})
@@ -235,6 +237,8 @@ async def test_ingress_nginx_annotations_as_users_rely_on_them(tmp_path: Path) -
             ing("cors", "cors.example", **{"enable-cors": "true",
                                            "cors-allow-origin": "https://app.example"}),
             ing("basic", "basic.example", **{"auth-type": "basic", "auth-secret": "users"}),
+            ing("rewrite", "rw.example", path="/something(/|$)(.*)",
+                **{"rewrite-target": "/$2"}),
             ing("split", "split.example"),
             ing("split-canary", "split.example", "canary", **{
                 "canary": "true", "canary-weight": "100", "canary-by-header": "x-canary"}),
@@ -268,6 +272,11 @@ async def test_ingress_nginx_annotations_as_users_rely_on_them(tmp_path: Path) -
                 assert (await get("slow.example", "/delay/3000")).status_code == 504
                 assert (await get("office.example")).status_code == 403
                 assert (await get("local.example")).status_code == 200
+                # rewrite-target: the path regex's groups make the new path (case-insensitive)
+                assert (await get("rw.example", "/something/new/path?q=1")).json()["path"] == \
+                    "/new/path?q=1"  # fmt: skip
+                assert (await get("rw.example", "/SOMETHING")).json()["path"] == "/"
+                assert (await get("rw.example", "/other")).status_code == 404
                 codes = [(await get("rps.example")).status_code for _ in range(4)]
                 assert codes[:2] == [200, 200] and 429 in codes[2:]
                 pre = await get(

@@ -98,3 +98,17 @@ def test_response_edits_are_applied_to_the_block_as_received() -> None:
     assert [(n.lower(), v) for n, v in parsed] == [
         (b"server", b"up"), (b"set-cookie", b"s=1"), (b"content-length", b"5"), (b"x-a", b"3"),
         (b"x-c", b"c")]  # fmt: skip
+
+
+def test_a_regex_rewrite_replaces_the_first_match_with_its_groups() -> None:
+    import re
+
+    from sidecar.http.filters import rewrite_path
+
+    regex = re.compile(r"^/api/v(\d+)/(.*)")
+    assert rewrite_path("/api/v2/orders/7", None, "ReplaceRegexMatch", r"/\2?v=\1", regex) == \
+        "/orders/7?v=2"  # fmt: skip
+    assert rewrite_path("/other", None, "ReplaceRegexMatch", r"/\2", regex) == "/other"
+    assert rewrite_path("/api/v1/x", None, "ReplaceRegexMatch", r"/\7", regex) == "/api/v1/x"
+    whole = re.compile(r"(?i)^(?:/something(/|$)(.*)).*")
+    assert rewrite_path("/SOMETHING", None, "ReplaceRegexMatch", r"/\2", whole) == "/"
