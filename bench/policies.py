@@ -1,5 +1,6 @@
 """Edge policies for the benchmarks: a JWT check, a local rate limit that never refuses,
-and an API key, on the benchmark route (`api`), with the request fields that pass them.
+an API key and a Python filter (the example header signer), on the benchmark route
+(`api`), with the request fields that pass them.
 
     policies("jwt,ratelimit") -> (YAML documents, extra request header lines)
 """
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
-KINDS = ("jwt", "ratelimit", "apikey")
+KINDS = ("jwt", "ratelimit", "apikey", "python")
+SIGNER = Path(__file__).resolve().parents[1] / "examples" / "filters" / "signer.py"
 API_KEY = "bench-key-0123456789"
 TARGET = "targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: api}]"
 
@@ -46,6 +49,12 @@ def policies(which: str) -> tuple[str, bytes]:
             f"metadata: {{name: bench}}\nspec:\n  {TARGET}\n  rateLimit:\n    type: Local\n"
             "    local:\n      rules:\n      - clientSelectors: [{sourceCIDR: {type: Distinct, "
             "value: 0.0.0.0/0}}]\n        limit: {requests: 1000000000, unit: Second}\n"
+        )
+    if "python" in kinds:  # a user filter in Python: examples/filters/signer.py
+        docs.append(
+            "apiVersion: weft.dev/v1alpha1\nkind: PythonFilter\nmetadata: {name: bench}\n"
+            f"spec:\n  {TARGET}\n  file: {SIGNER}\n  class: HeaderSigner\n"
+            "  config: {key: bench-signing-key}\n"
         )
     return "".join(f"---\n{d}" for d in docs), lines
 

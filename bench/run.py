@@ -37,7 +37,8 @@ PORTS = {"backend": 18181, "direct": 18181, "nginx": 18182, "envoy": 18183, "wef
          "weft+trace": 18186, "envoy+trace": 18191, "weft-pure": 18188}  # fmt: skip
 # The edge with policies on the benchmark route (bench/policies.py): HTTP/1.1 only
 POLICY_TARGETS = {"weft+jwt": ("jwt", 18210), "weft+ratelimit": ("ratelimit", 18211),
-                  "weft+all": ("jwt,ratelimit,apikey", 18212)}  # fmt: skip
+                  "weft+all": ("jwt,ratelimit,apikey", 18212),
+                  "weft+python": ("python", 18213)}  # fmt: skip
 PORTS.update({name: port for name, (_, port) in POLICY_TARGETS.items()})
 H2C_PORTS = {"nginx": 18192, "envoy": 18183, "weft": 18184}  # Envoy and Weft detect h2c
 TLS_PORTS = {"nginx": 18202, "envoy": 18203, "weft": 18204}
@@ -566,12 +567,13 @@ def _policy_cost(targets: list[Target]) -> str:
     parts = []
     for t in targets:
         if t.name in POLICY_TARGETS and "http1" in t.runs:
-            ratio = statistics.median(
-                a.rps / b.rps for a, b in zip(t.runs["http1"], plain, strict=True)
-            )
-            parts.append(f"{t.name} {ratio:.2f}")
-    return ("\nEdge with policies / plain edge, RPS (median of per-round ratios; "
-            f"jwt, ratelimit, all = jwt + ratelimit + apikey): {', '.join(parts)}")  # fmt: skip
+            pairs = list(zip(t.runs["http1"], plain, strict=True))
+            ratio = statistics.median(a.rps / b.rps for a, b in pairs)
+            added = statistics.median(a.cpu_us - b.cpu_us for a, b in pairs)
+            parts.append(f"{t.name} {ratio:.2f} ({added:+.1f} µs of CPU per request)")
+    return ("\nEdge with policies / plain edge, RPS (median of per-round ratios; jwt, "
+            "ratelimit, all = jwt + ratelimit + apikey, python = the example header signer "
+            f"in examples/filters): {', '.join(parts)}")  # fmt: skip
 
 
 def _trace_cost(targets: list[Target]) -> str:

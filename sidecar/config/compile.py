@@ -65,6 +65,8 @@ class _Index:
     traffic: dict[tuple[str, str], r.BackendTrafficPolicy] = field(default_factory=dict)
     grants: list[r.ReferenceGrant] = field(default_factory=list)
     validations: dict[tuple[str, str], r.RequestValidation] = field(default_factory=dict)
+    # (namespace, route) -> the PythonFilters that target it, by name, in order
+    python: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     client_policies: list[r.ClientTrafficPolicy] = field(default_factory=list)
     config_maps: dict[tuple[str, str], r.ConfigMap] = field(default_factory=dict)
     services: dict[tuple[str, str], r.Service] = field(default_factory=dict)
@@ -78,8 +80,10 @@ def compile_snapshot(
     gateway_class: str = DEFAULT_GATEWAY_CLASS,
     limits: Limits | None = None,
     certificates: Mapping[CertKey, CertificatePair] | None = None,
+    extensions: Mapping[tuple[str, str], Filter] | None = None,
 ) -> Snapshot:
-    """`certificates` holds the checked material of TLS Secrets and TLSCertificates."""
+    """`certificates` holds the checked material of TLS Secrets and TLSCertificates;
+    `extensions` the loaded PythonFilters, by (namespace, name)."""
     idx = _Index()
     for res in resources:
         if isinstance(res, r.Namespace):
@@ -94,6 +98,9 @@ def compile_snapshot(
             idx.policies.append(res)
         elif isinstance(res, r.SecurityPolicy):
             idx.security.append(res)
+        elif isinstance(res, r.PythonFilter):
+            for route_name in res.targets:
+                idx.python.setdefault((res.meta.namespace, route_name), []).append(res.meta.name)
         elif isinstance(res, r.RequestValidation):
             idx.validations[(res.meta.namespace, res.meta.name)] = res
         elif isinstance(res, r.ClientTrafficPolicy):
@@ -115,7 +122,8 @@ def compile_snapshot(
             idx.services[(res.meta.namespace, res.meta.name)] = res
         elif isinstance(res, r.EndpointSlice):
             idx.slices.setdefault((res.meta.namespace, res.service_name), []).append(res)
-    return _Compiler(idx, gateway_class, certificates or {}).build(version, limits or Limits())
+    compiler = _Compiler(idx, gateway_class, certificates or {}, extensions or {})
+    return compiler.build(version, limits or Limits())
 
 
 @dataclass(slots=True, kw_only=True)
@@ -131,11 +139,16 @@ class _Attached:
 
 class _Compiler:
     def __init__(
-        self, idx: _Index, gateway_class: str, certificates: Mapping[CertKey, CertificatePair]
+        self,
+        idx: _Index,
+        gateway_class: str,
+        certificates: Mapping[CertKey, CertificatePair],
+        extensions: Mapping[tuple[str, str], Filter],
     ) -> None:
         self.idx = idx
         self.gateway_class = gateway_class
         self.certificates = certificates
+        self.extensions = extensions
         self.clusters: dict[str, ClusterSpec] = {}
         self.warnings: list[str] = []
         self.validators: dict[tuple[str, str], ValidationFilter] = {}  # one per resource
@@ -400,6 +413,8 @@ class _Compiler:
                         denominator=f.mirror.denominator,
                     )
                 )
+        for name in self.idx.python.get((ns, route.meta.name), ()):  # by their targetRefs
+            filters.append(self._extension(route, (r.WEFT_GROUP, "PythonFilter", name)))
         backends = []
         for br in rule.backend_refs:
             cluster, why = self._resolve(br.ref, ns, route.kind)
@@ -438,7 +453,12 @@ class _Compiler:
     def _extension(self, route: r.HTTPRoute, ref: tuple[str, str, str]) -> Filter:
         """An ExtensionRef filter's target, or (missing) a filter answering 500."""
         _, kind, name = ref
-        found = self.idx.validations.get((route.meta.namespace, name))
+        key = (route.meta.namespace, name)
+        if kind == "PythonFilter":
+            loaded = self.extensions.get(key)
+            if loaded is not None:
+                return loaded
+        found = self.idx.validations.get(key) if kind == "RequestValidation" else None
         if found is None:
             why = f"{kind} {route.meta.namespace}/{name} not found"
             self.warnings.append(f"{route.kind} {_nn(route.meta)}: ExtensionRef filter: {why}; "

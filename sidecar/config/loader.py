@@ -14,9 +14,10 @@ from sidecar.config.compile import compile_snapshot
 from sidecar.config.ingress import IngressListeners, served
 from sidecar.config.model import Limits
 from sidecar.config.parse import Document, kind_key, load_documents
-from sidecar.config.resources import Resource, Secret, TLSCertificate
+from sidecar.config.resources import PythonFilter, Resource, Secret, TLSCertificate
 from sidecar.config.snapshot import Snapshot
 from sidecar.errors import ConfigError
+from sidecar.filters.chain import Filter
 
 YAML_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -81,12 +82,15 @@ def load_snapshot(
         extra, notes = served(resources, ingress, gateway_class)
         resources += extra
     certificates = load_certificates(resources)
+    python = [res for res in resources if isinstance(res, PythonFilter)]
+    extensions = load_python_filters(python)
     snap = compile_snapshot(
         resources,
         version=version,
         gateway_class=gateway_class,
         limits=limits,
         certificates=certificates,
+        extensions=extensions,
     )
     now = time.time()
     expired = tuple(
@@ -95,11 +99,22 @@ def load_snapshot(
         if c.not_after < now
     )
     cert_files = (f for c in certificates.values() for f in c.files)
+    filter_files = (s.file for s in python if s.file)
     return dataclasses.replace(
         snap,
-        sources=tuple(dict.fromkeys([*map(str, files), *cert_files])),
+        sources=tuple(dict.fromkeys([*map(str, files), *cert_files, *filter_files])),
         warnings=snap.warnings + tuple(notes) + expired,
     )
+
+
+def load_python_filters(specs: list[PythonFilter]) -> dict[tuple[str, str], Filter]:
+    """Each PythonFilter's class, imported and configured (ConfigError on the first that
+    cannot be: the configuration is refused, the one in force stays)."""
+    if not specs:
+        return {}
+    from sidecar.filters.python import load
+
+    return {(s.meta.namespace, s.meta.name): load(s) for s in specs}
 
 
 def load_certificates(resources: Iterable[Resource]) -> dict[CertKey, CertificatePair]:

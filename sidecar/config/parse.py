@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from sidecar.config.resources import (
     MeshConfig,
     Meta,
     Namespace,
+    PythonFilter,
     Resource,
     Secret,
     Service,
@@ -96,8 +98,8 @@ def parse_resource(doc: object, source: str, base_dir: Path | None = None) -> Re
     top.source = source
     meta = _meta(top.req_obj("metadata"))
     top.ignore("status")
-    if parser is _tls_certificate:
-        resource: Resource = _tls_certificate(top, meta, base_dir)
+    if parser is _tls_certificate or parser is _python_filter:
+        resource: Resource = parser(top, meta, base_dir)
     else:
         resource = parser(top, meta)
     top.finish()
@@ -312,6 +314,32 @@ def _tls_certificate(top: Reader, meta: Meta, base_dir: Path | None) -> TLSCerti
     return TLSCertificate(meta=meta, cert_file=files[0], key_file=files[1])
 
 
+def _python_filter(top: Reader, meta: Meta, base_dir: Path | None) -> PythonFilter:
+    spec = top.req_obj("spec")
+    file = spec.text("file", "", max_len=4096)
+    module = spec.text("module", "", pattern=_MODULE_RE, max_len=200)
+    if bool(file) == bool(module):
+        spec.fail("file", "give exactly one of file and module")
+    if file and not Path(file).is_absolute() and base_dir is not None:
+        file = str(base_dir / file)
+    class_name = spec.text("class", pattern=_IDENTIFIER_RE, max_len=100)
+    config = spec.raw("config", {})
+    if not isinstance(config, dict):
+        spec.fail("config", "must be a mapping")
+    targets = []
+    for tr in spec.objs("targetRefs", max_items=64):
+        tr.text("group", "gateway.networking.k8s.io", choices=("gateway.networking.k8s.io",))
+        tr.text("kind", "HTTPRoute", choices=("HTTPRoute", "GRPCRoute"))
+        targets.append(tr.text("name", pattern=NAME_RE))
+        tr.finish()
+    spec.finish()
+    return PythonFilter(meta=meta, file=file, module=module, class_name=class_name,
+                        config_json=json.dumps(config, sort_keys=True, default=str),
+                        targets=tuple(targets))  # fmt: skip
+
+
+_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _METHOD_RE = re.compile(r"^[A-Z]{1,20}$")
 
 
@@ -383,6 +411,7 @@ _PARSERS: dict[tuple[str, str], Callable[..., Any]] = {
     ("", "Namespace"): _namespace,
     ("", "Secret"): _secret,
     (WEFT_GROUP, "TLSCertificate"): _tls_certificate,
+    (WEFT_GROUP, "PythonFilter"): _python_filter,
     (WEFT_GROUP, "AuthorizationPolicy"): _authorization_policy,
     (WEFT_GROUP, "BackendTrafficPolicy"): parse_backend_traffic_policy,
     ("discovery.k8s.io", "EndpointSlice"): _endpoint_slice,

@@ -515,6 +515,19 @@ class RequestValidation:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PythonFilter:
+    """weft.dev PythonFilter: a user's filter class, from a file or a module, and its
+    configuration (filters/python.py loads it; routes use it through an ExtensionRef)."""
+
+    meta: Meta
+    file: str  # absolute (made so against the YAML file), or ""
+    module: str  # or an importable module's name
+    class_name: str
+    config_json: str  # the `config` block, canonical JSON ("{}" when none)
+    targets: tuple[str, ...] = ()  # HTTPRoutes of its namespace it runs on (every rule)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class IngressBackend:
     service: str
     port: int | str  # a Service port's number, or its name
@@ -571,4 +584,5 @@ Resource = (
     | ClientTrafficPolicy
     | Ingress
     | IngressClass
+    | PythonFilter
 )
