@@ -8,6 +8,7 @@
   ClientHello to the TLSRoutes, anything else to the TCPRoute. A client that says nothing
   for `detect_timeout_s` is taken for a server-first protocol (SMTP, MySQL) and relayed at
   once, so the server's greeting is not held up.
+- weft.dev/ForwardProxy: clients' own proxy (proxy/forward.py), as its EgressPolicy allows.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from sidecar.protocol.wire import simple_response
 from sidecar.tcp.proxy import serve_tcp
 from sidecar.transport.io import Conn, ConnectionLost
 
+FORWARD_PROXY = "weft.dev/ForwardProxy"  # config/compile.py's: clients' own proxy
 TLS_HANDSHAKE_RECORD = 0x16  # the first byte of every ClientHello
 MAX_CLIENT_HELLO = 5 + (1 << 14)  # one TLS record
 _PLAINTEXT_REPLY = simple_response(
@@ -67,6 +69,10 @@ async def _serve_downstream(ctx: ProxyContext, listener: ListenerKey, conn: Conn
         await _serve_https(ctx, listener, conn)
     elif protocol == "TCP" and router is not None:
         await serve_tcp(ctx, conn, _tcp_route(router))
+    elif protocol == FORWARD_PROXY and router is not None:
+        from sidecar.proxy.forward import serve_forward_proxy
+
+        await serve_forward_proxy(ctx, router, conn)
     elif protocol == "TLS" and router is not None:
         await _passthrough(ctx, router, conn, b"", limits.tls_handshake_timeout_s)
     elif protocol == "HTTP" or router is None:

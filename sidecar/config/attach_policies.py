@@ -93,28 +93,35 @@ class PolicyFilters:
         return found
 
     def _basic(self, policy: r.SecurityPolicy) -> BasicAuthFilter:
-        from sidecar.filters.basic import BasicAuthFilter, parse_htpasswd
-
-        """The policy's basic-auth filter, its users from the Secret's `.htpasswd` (a
-        missing Secret or entry leaves users out, with a warning: the route stays closed)."""
         auth = policy.basic
         assert auth is not None
+        forward = auth.forward_username.encode() if auth.forward_username else None
         where = f"SecurityPolicy {_nn(policy.meta)}: basicAuth"
-        secret = self.secrets.get((policy.meta.namespace, auth.secret))
+        return self.basic_auth(policy.meta.namespace, auth.secret, _nn(policy.meta), forward,
+                               where)  # fmt: skip
+
+    def basic_auth(
+        self, namespace: str, secret_name: str, realm: str, forward: bytes | None = None,
+        where: str = "",
+    ) -> BasicAuthFilter:  # fmt: skip
+        """A basic-auth filter whose users are the Secret's `.htpasswd` (a missing Secret or
+        entry leaves users out, with a warning: what it guards stays closed)."""
+        from sidecar.filters.basic import BasicAuthFilter, parse_htpasswd
+
+        where = where or f"{realm}: proxyAuth"
+        secret = self.secrets.get((namespace, secret_name))
         text = dict(secret.data).get(".htpasswd") if secret is not None else None
         users: dict[str, bytes] = {}
         if text is None:
-            missing = f"Secret {policy.meta.namespace}/{auth.secret}"
-            self.warnings.append(f"{where} {missing} not found, not Opaque, or without "
-                                 ".htpasswd; nobody is let in")  # fmt: skip
+            self.warnings.append(f"{where} Secret {namespace}/{secret_name} not found, not "
+                                 "Opaque, or without .htpasswd; nobody is let in")  # fmt: skip
         else:
             users, skipped = parse_htpasswd(text)
             if skipped:
                 self.warnings.append(f"{where}: users {', '.join(skipped)} have a hash kind "
                                      "other than {SHA} or bcrypt, or a name with control "
                                      "characters; they are not let in")  # fmt: skip
-        forward = auth.forward_username.encode() if auth.forward_username else None
-        return BasicAuthFilter(users, _nn(policy.meta), forward)
+        return BasicAuthFilter(users, realm, forward)
 
     def _api_keys(self, policy: r.SecurityPolicy) -> ApiKeyFilter:
         """The policy's key filter, its keys read from its Secrets (digests only). A Secret

@@ -8,6 +8,7 @@ decided here, once per configuration; the data path only does compiled lookups.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -36,8 +37,10 @@ from sidecar.filters.chain import Filter, FixedReply, LocalReply
 from sidecar.filters.cors import CorsFilter
 from sidecar.filters.validate import ValidationFilter
 from sidecar.http.router import CompiledMatch, Condition, HostTable, ListenerRoutes, PortRouter
+from sidecar.proxy.egress import EgressPolicy, EgressRule
 
 DETECT = "weft.dev/Detect"  # HTTP(S) routes, TLS passthrough and a TCP fallback on one port
+FORWARD_PROXY = "weft.dev/ForwardProxy"  # clients' own proxy: CONNECT and absolute-form
 _HTTP_KINDS = ("HTTPRoute", "GRPCRoute")
 # Which route kinds each listener protocol serves.
 ROUTE_KINDS = {
@@ -46,6 +49,7 @@ ROUTE_KINDS = {
     "TCP": ("TCPRoute",),
     "TLS": ("TLSRoute",),
     DETECT: (*_HTTP_KINDS, "TCPRoute", "TLSRoute"),
+    FORWARD_PROXY: (),  # no routes: an EgressPolicy says where its clients may go
 }
 # certificateRefs kinds: (group, kind) -> the kind's key in the certificate map
 _CERT_KINDS = {("", "Secret"): "Secret", (r.WEFT_GROUP, "TLSCertificate"): "TLSCertificate"}
@@ -65,6 +69,7 @@ class _Index:
     traffic: dict[tuple[str, str], r.BackendTrafficPolicy] = field(default_factory=dict)
     grants: list[r.ReferenceGrant] = field(default_factory=list)
     validations: dict[tuple[str, str], r.RequestValidation] = field(default_factory=dict)
+    egress: list[r.EgressPolicy] = field(default_factory=list)
     # (namespace, route) -> the PythonFilters that target it, by name, in order
     python: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     client_policies: list[r.ClientTrafficPolicy] = field(default_factory=list)
@@ -98,6 +103,8 @@ def compile_snapshot(
             idx.policies.append(res)
         elif isinstance(res, r.SecurityPolicy):
             idx.security.append(res)
+        elif isinstance(res, r.EgressPolicy):
+            idx.egress.append(res)
         elif isinstance(res, r.PythonFilter):
             for route_name in res.targets:
                 idx.python.setdefault((res.meta.namespace, route_name), []).append(res.meta.name)
@@ -201,6 +208,8 @@ class _Compiler:
             lkey = ListenerKey(address=_bind_address(att.gateway), port=att.listener.port)
             router = routers.setdefault(lkey, PortRouter(protocol=att.listener.protocol))
             name = f"{_nn(att.gateway.meta)}/{att.listener.name}"
+            if att.listener.protocol == FORWARD_PROXY and router.egress is None:
+                router.egress = self._egress(att.gateway, att.listener.name)
             if router.protocol != att.listener.protocol:
                 self.warnings.append(
                     f"Gateway listener {name}: protocol {att.listener.protocol} conflicts with "
@@ -230,6 +239,31 @@ class _Compiler:
             jwks=tuple(self.policies.remotes),
             global_limiters=tuple(self.policies.global_limiters.values()),
         )
+
+    def _egress(self, gw: r.Gateway, listener: str) -> EgressPolicy:
+        """The EgressPolicy of a forward-proxy listener (the oldest that targets it or its
+        Gateway); without one, nothing is allowed."""
+        found = sorted(
+            (p for p in self.idx.egress if p.meta.namespace == gw.meta.namespace
+             and any(t in ((gw.meta.name, None), (gw.meta.name, listener))
+                     for t in p.targets)),
+            key=lambda p: (p.meta.creation_timestamp, p.meta.name),
+        )  # fmt: skip
+        if not found:
+            self.warnings.append(f"Gateway {_nn(gw.meta)} listener {listener}: forward proxy "
+                                 "with no EgressPolicy: every destination is refused")  # fmt: skip
+            return EgressPolicy()
+        policy = found[0]
+        rules = tuple(
+            EgressRule(hosts=rule.hosts, ports=frozenset(rule.ports),
+                       cidrs=tuple(ipaddress.ip_network(c) for c in rule.cidrs))
+            for rule in policy.rules
+        )  # fmt: skip
+        auth = None
+        if policy.users is not None:
+            auth = self.policies.basic_auth(policy.meta.namespace, policy.users,
+                                            _nn(policy.meta))  # fmt: skip
+        return EgressPolicy(name=_nn(policy.meta), rules=rules, auth=auth)
 
     def _ca_bundle(self, kind: str, ns: str, name: str) -> bytes | None:
         """`ca.crt` of a ConfigMap or an Opaque Secret, or None."""

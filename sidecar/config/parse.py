@@ -19,6 +19,7 @@ from typing import Any
 from ca.spiffe import DEFAULT_TRUST_DOMAIN, TRUST_DOMAIN_RE, InvalidSpiffeId, SpiffeId
 from sidecar.authz import Operation, Policy, Source
 from sidecar.config.parse_client_traffic import parse_client_traffic_policy, parse_config_map
+from sidecar.config.parse_egress import parse_egress_policy
 from sidecar.config.parse_ingress import parse_ingress, parse_ingress_class
 from sidecar.config.parse_policy import parse_backend_traffic_policy
 from sidecar.config.parse_routes import (
@@ -412,6 +413,7 @@ _PARSERS: dict[tuple[str, str], Callable[..., Any]] = {
     ("", "Secret"): _secret,
     (WEFT_GROUP, "TLSCertificate"): _tls_certificate,
     (WEFT_GROUP, "PythonFilter"): _python_filter,
+    (WEFT_GROUP, "EgressPolicy"): parse_egress_policy,
     (WEFT_GROUP, "AuthorizationPolicy"): _authorization_policy,
     (WEFT_GROUP, "BackendTrafficPolicy"): parse_backend_traffic_policy,
     ("discovery.k8s.io", "EndpointSlice"): _endpoint_slice,

@@ -528,6 +528,23 @@ class PythonFilter:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class EgressPolicyRule:
+    hosts: tuple[str, ...] = ()
+    cidrs: tuple[str, ...] = ()
+    ports: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EgressPolicy:
+    """weft.dev EgressPolicy: what the clients of a forward-proxy listener may reach."""
+
+    meta: Meta
+    targets: tuple[tuple[str, str | None], ...]  # (Gateway name, sectionName)
+    rules: tuple[EgressPolicyRule, ...]
+    users: str | None = None  # proxyAuth: the Secret holding .htpasswd
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class IngressBackend:
     service: str
     port: int | str  # a Service port's number, or its name
@@ -585,4 +602,5 @@ Resource = (
     | Ingress
     | IngressClass
     | PythonFilter
+    | EgressPolicy
 )

@@ -24,6 +24,7 @@ from urllib.parse import parse_qs
 
 from sidecar.config.certs import CertificatePair, ClientValidation
 from sidecar.config.model import RouteAction
+from sidecar.proxy.egress import EgressPolicy
 
 # A request's fields as parsed, and its query string; turned into maps only for the few
 # rules that match on them.
@@ -220,6 +221,8 @@ class PortRouter:
 
     protocol: str = "HTTP"  # HTTP | HTTPS | TCP | TLS | weft.dev/Detect, one per port
     exact: dict[str, ListenerRoutes] = field(default_factory=dict)
+    # weft.dev/ForwardProxy: what its clients may reach (None: nothing)
+    egress: EgressPolicy | None = None
     wildcard: dict[str, ListenerRoutes] = field(default_factory=dict)
     any: ListenerRoutes | None = None
 

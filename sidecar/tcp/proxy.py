@@ -57,12 +57,12 @@ async def serve_tcp(
             return
         stats.pending += 1
         try:
-            result = await _relay(ctx, conn, upstream, initial, counts)
+            result = await relay_tracked(ctx, conn, upstream, initial, counts)
         finally:
             stats.pending -= 1
     finally:
         conn.close()
-        _record(ctx, route, peer, result or "closed", counts, time.perf_counter() - start)
+        record_tunnel(ctx, route, peer, result or "closed", counts, time.perf_counter() - start)
 
 
 async def serve_passthrough(
@@ -82,15 +82,15 @@ async def serve_passthrough(
         end = upstream.sock.getsockname()[:2]
         ends.add(end)
         try:
-            result = await _relay(ctx, conn, upstream, b"", counts)
+            result = await relay_tracked(ctx, conn, upstream, b"", counts)
         finally:
             ends.discard(end)
     finally:
         conn.close()
-        _record(ctx, PASSTHROUGH, PASSTHROUGH, result, counts, time.perf_counter() - start)
+        record_tunnel(ctx, PASSTHROUGH, PASSTHROUGH, result, counts, time.perf_counter() - start)
 
 
-async def _relay(
+async def relay_tracked(
     ctx: ProxyContext, conn: Conn, upstream: Conn, initial: bytes, counts: Counts
 ) -> str:
     """Both ways until both ends finish ("closed") or neither moves for the idle timeout."""
@@ -110,7 +110,7 @@ async def _relay(
         upstream.close()
 
 
-def _record(
+def record_tunnel(
     ctx: ProxyContext, route: str, peer: str, result: str, counts: Counts, duration_s: float
 ) -> None:
     base = (

@@ -1,0 +1,156 @@
+"""The forward proxy as its clients use it: curl with `-x` for http:// (absolute form) and
+https:// (CONNECT) URLs, an egress policy that allows some destinations and refuses the
+rest (403, never connected), proxy authentication (407), malformed requests (400), and
+every request in the access log and /metrics."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from tests.support.echo import EchoServer
+from tests.support.edge import start_edge
+from tests.support.pki import self_signed
+
+pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+
+CONFIG = """apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: proxy}}
+spec:
+  addresses: [{{type: IPAddress, value: 127.0.0.1}}]
+  listeners: [{{name: fwd, port: 3128, protocol: weft.dev/ForwardProxy}}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: EgressPolicy
+metadata: {{name: outbound}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: proxy}}]
+  rules:
+  - {{hosts: [localhost], ports: [{allowed}, {tls}]}}
+  - {{cidrs: [127.0.0.0/8], ports: [{cidr_port}]}}
+{auth}"""
+AUTH = """  proxyAuth: {{users: {{name: proxy-users}}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: proxy-users}}
+type: Opaque
+data: {{.htpasswd: {htpasswd}}}
+"""
+
+
+async def _curl(*argv: str) -> tuple[int, str, str]:
+    done = await trio.run_process(["curl", "-sS", "--max-time", "10", *argv],
+                                  capture_stdout=True, capture_stderr=True, check=False)  # fmt: skip
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+async def test_curl_through_the_forward_proxy(tmp_path: Path) -> None:
+    leaf = self_signed("localhost")
+    cert, key = leaf.write(tmp_path, "origin")
+    with EchoServer("allowed") as allowed, EchoServer("other") as other, \
+            EchoServer("by-cidr") as by_cidr:  # fmt: skip
+        # an HTTPS origin for CONNECT: Python's TLS server in a thread
+        tls_port, stop_tls = _tls_origin(cert, key)
+        try:
+            text = CONFIG.format(allowed=allowed.port, tls=tls_port, cidr_port=by_cidr.port,
+                                 auth="")  # fmt: skip
+            async with trio.open_nursery() as nursery:
+                edge, port = await start_edge(nursery, tmp_path / "c.yaml", text)
+                proxy = f"http://127.0.0.1:{port}"
+                # absolute form, allowed by host name
+                code, out, err = await _curl("-x", proxy, f"http://localhost:{allowed.port}/a?b=1",
+                                             "-H", "X-Trace: 1")  # fmt: skip
+                assert code == 0, err
+                seen = allowed.received[-1]
+                assert seen["path"] == "/a?b=1" and seen["headers"]["x-trace"] == ["1"]
+                assert "proxy-connection" not in seen["headers"]
+                # allowed by CIDR (an address, any name)
+                code, out, err = await _curl("-x", proxy, f"http://127.0.0.1:{by_cidr.port}/c")
+                assert code == 0 and by_cidr.received[-1]["path"] == "/c", err
+                # a POST with a body
+                code, out, _ = await _curl("-x", proxy, "--data-binary", "hello",
+                                           f"http://localhost:{allowed.port}/post")  # fmt: skip
+                assert allowed.received[-1]["body_length"] == 5
+                # refused: another port, never connected to
+                code, out, _ = await _curl("-x", proxy, "-o", "/dev/null", "-w", "%{http_code}",
+                                           f"http://localhost:{other.port}/x")  # fmt: skip
+                assert out == "403" and other.received == []
+                # https through CONNECT: end-to-end TLS the proxy cannot read
+                code, out, err = await _curl("-x", proxy, "--cacert", str(cert),
+                                             f"https://localhost:{tls_port}/secure")  # fmt: skip
+                assert code == 0 and out == "tls origin: /secure", err
+                code, _, err = await _curl("-x", proxy, "-k", f"https://localhost:{other.port}/")
+                assert code != 0 and "403" in err
+                async with httpx.AsyncClient(timeout=10) as http:
+                    metrics = (await http.get(
+                        f"http://127.0.0.1:{edge.admin_bound_port}/metrics")).text  # fmt: skip
+                assert 'route="forward-proxy"' in metrics and 'flow="downstream"' in metrics
+                # malformed: 400, nothing forwarded
+                with trio.fail_after(10):
+                    stream = await trio.open_tcp_stream("127.0.0.1", port)
+                    await stream.send_all(b"GET http://localhost/ HTTP/1.1\r\nBad Header\r\n\r\n")
+                    answer = await stream.receive_some(1024)
+                    await stream.aclose()
+                assert answer.startswith(b"HTTP/1.1 400")
+                nursery.cancel_scope.cancel()
+        finally:
+            stop_tls()
+
+
+async def test_proxy_authentication(tmp_path: Path) -> None:
+    sha = base64.b64encode(hashlib.sha1(b"pw").digest()).decode()
+    htpasswd = base64.b64encode(f"alice:{{SHA}}{sha}\n".encode()).decode()
+    with EchoServer("allowed") as allowed:
+        text = CONFIG.format(allowed=allowed.port, tls=1, cidr_port=1,
+                             auth=AUTH.format(htpasswd=htpasswd))  # fmt: skip
+        async with trio.open_nursery() as nursery:
+            _, port = await start_edge(nursery, tmp_path / "c.yaml", text)
+            proxy = f"http://127.0.0.1:{port}"
+            url = f"http://localhost:{allowed.port}/"
+            _, out, _ = await _curl("-x", proxy, "-o", "/dev/null", "-w", "%{http_code}", url)
+            assert out == "407" and allowed.received == []
+            _, out, _ = await _curl("-x", proxy, "-U", "alice:wrong", "-o", "/dev/null",
+                                    "-w", "%{http_code}", url)  # fmt: skip
+            assert out == "407"
+            code, out, err = await _curl("-x", proxy, "-U", "alice:pw", url)
+            assert code == 0 and allowed.received, err
+            assert "proxy-authorization" not in allowed.received[-1]["headers"]
+            nursery.cancel_scope.cancel()
+
+
+def _tls_origin(cert: Path, key: Path) -> tuple[int, object]:
+    """A small HTTPS server (Python's ssl) answering "tls origin: <path>"."""
+    import http.server
+    import ssl
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # the http.server API
+            body = f"tls origin: {self.path}".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+
+    return server.server_address[1], stop
