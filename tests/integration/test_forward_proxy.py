@@ -154,3 +154,39 @@ def _tls_origin(cert: Path, key: Path) -> tuple[int, object]:
         server.server_close()
 
     return server.server_address[1], stop
+
+
+async def test_hostile_requests_reach_no_destination(tmp_path: Path) -> None:
+    with EchoServer("allowed") as allowed:
+        text = CONFIG.format(allowed=allowed.port, tls=1, cidr_port=1, auth="")
+        async with trio.open_nursery() as nursery:
+            _, port = await start_edge(nursery, tmp_path / "c.yaml", text)
+
+            async def send(data: bytes) -> bytes:
+                with trio.fail_after(10):
+                    stream = await trio.open_tcp_stream("127.0.0.1", port)
+                    await stream.send_all(data)
+                    out = b""
+                    while chunk := await stream.receive_some(65536):
+                        out += chunk
+                    await stream.aclose()
+                return out
+
+            origin = f"localhost:{allowed.port}".encode()
+            assert (await send(b"CONNECT localhost HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 400")
+            assert (await send(b"GET /relative HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(
+                b"HTTP/1.1 400")  # fmt: skip
+            chunked = b"POST http://%b/c HTTP/1.1\r\nHost: %b\r\n" % (origin, origin)
+            chunked += b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            assert (await send(chunked)).startswith(b"HTTP/1.1 411")
+            huge = b"GET http://%b/ HTTP/1.1\r\nX: " % origin + b"a" * 100_000 + b"\r\n\r\n"
+            assert (await send(huge)).startswith(b"HTTP/1.1 431")
+            # a second request smuggled after the first one's body is not forwarded
+            smuggle = b"POST http://%b/one HTTP/1.1\r\nHost: %b\r\nContent-Length: 3\r\n\r\n" % (
+                origin, origin)  # fmt: skip
+            smuggle += b"abcGET /two HTTP/1.1\r\nHost: x\r\n\r\n"
+            answer = await send(smuggle)
+            assert answer.startswith(b"HTTP/1.")
+            assert [r["path"] for r in allowed.received] == ["/one"]
+            assert allowed.received[0]["body_length"] == 3
+            nursery.cancel_scope.cancel()
