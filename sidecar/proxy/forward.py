@@ -168,6 +168,27 @@ async def _destination(
     return addresses[0] if addresses else host, ""
 
 
+async def _open(
+    policy: EgressPolicy, host: str, port: int, conn: Conn
+) -> tuple[Conn | None, int, str]:
+    """A connection to `host:port` when the policy allows it and it answers, (it, 200, "");
+    else the client is answered and (None, status, why)."""
+    address, why = await _destination(policy, host, port)
+    if address is None:
+        if why == "denied":
+            text = b"destination not allowed by the egress policy\n"
+            await conn.send_all(simple_response(403, text, close=True))
+            return None, 403, "denied"
+        await conn.send_all(simple_response(502, why.encode("latin-1", "replace") + b"\n",
+                                            close=True))  # fmt: skip
+        return None, 502, "resolve_failed"
+    try:
+        return await connect_within(address, port, CONNECT_TIMEOUT_S), 200, ""
+    except UpstreamConnectError as exc:
+        await conn.send_all(simple_response(502, str(exc).encode() + b"\n", close=True))
+        return None, 502, "connect_failed"
+
+
 def _split_authority(authority: str, default_port: int) -> tuple[str, int] | None:
     """(host, port) of `host`, `host:port`, `[v6]` or `[v6]:port`; None when malformed."""
     if authority.startswith("["):
@@ -194,25 +215,13 @@ async def _tunnel(
         await conn.send_all(simple_response(400, b"CONNECT needs host:port\n", close=True))
         return
     host, port = target
-    address, why = await _destination(policy, host, port)
     counts = Counts()
-    status, result = 403, "denied"
+    status, result = 502, "connect_failed"
     try:
-        if address is None:
-            status = 403 if why == "denied" else 502
-            result = why if why == "denied" else "resolve_failed"
-            text = b"destination not allowed by the egress policy\n" if status == 403 else \
-                why.encode("latin-1", "replace") + b"\n"  # fmt: skip
-            await conn.send_all(simple_response(status, text, close=True))
-            return
-        try:
-            upstream = await connect_within(address, port, CONNECT_TIMEOUT_S)
-        except UpstreamConnectError as exc:
-            status, result = 502, "connect_failed"
-            await conn.send_all(simple_response(502, str(exc).encode() + b"\n", close=True))
+        upstream, status, result = await _open(policy, host, port, conn)
+        if upstream is None:
             return
         await conn.send_all(ESTABLISHED)
-        status = 200
         result = await relay_tracked(ctx, conn, upstream, head.body, counts)
     finally:
         _log(ctx, conn, head, f"{host}:{port}", status, result, counts, start)
@@ -244,18 +253,8 @@ async def _forward(
         if not length_text.isdigit():
             await conn.send_all(simple_response(400, b"bad Content-Length\n", close=True))
             return
-        address, why = await _destination(policy, host, port)
-        if address is None:
-            status, result = (403, "denied") if why == "denied" else (502, "resolve_failed")
-            text = b"destination not allowed by the egress policy\n" if status == 403 else \
-                why.encode("latin-1", "replace") + b"\n"  # fmt: skip
-            await conn.send_all(simple_response(status, text, close=True))
-            return
-        try:
-            upstream = await connect_within(address, port, CONNECT_TIMEOUT_S)
-        except UpstreamConnectError as exc:
-            status, result = 502, "connect_failed"
-            await conn.send_all(simple_response(502, str(exc).encode() + b"\n", close=True))
+        upstream, status, result = await _open(policy, host, port, conn)
+        if upstream is None:
             return
         lines = [f"{head.method} {slash}{path} HTTP/1.1".encode("latin-1")]
         lines += [n + b": " + v for n, v in head.headers if n.lower() not in HOP_BY_HOP]
@@ -263,7 +262,6 @@ async def _forward(
         first = b"\r\n".join(lines) + b"\r\n\r\n"
         length = int(length_text)
         body = head.body[:length]
-        status = 200
         result = await _exchange(conn, upstream, first + body, length - len(body), counts)
     finally:
         _log(ctx, conn, head, upstream_name, status, result, counts, start)
