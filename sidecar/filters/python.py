@@ -191,9 +191,9 @@ def load(spec: PythonFilter) -> PythonFilterRunner:
 
             try:
                 jsonschema.validate(config, schema)
-            except jsonschema.ValidationError as exc:
-                at = "/".join(str(p) for p in exc.absolute_path) or "config"
-                raise ConfigError(f"PythonFilter {name}: config {at}: {exc.message}") from None
+            except jsonschema.ValidationError as invalid:
+                at = "/".join(str(p) for p in invalid.absolute_path) or "config"
+                raise ConfigError(f"PythonFilter {name}: config {at}: {invalid.message}") from None
         impl = cls(config)
         if not callable(getattr(impl, "on_request", None)):
             raise ConfigError(f"PythonFilter {name}: {spec.class_name} has no on_request")
