@@ -8,7 +8,6 @@ decided here, once per configuration; the data path only does compiled lookups.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from sidecar.filters.chain import Filter, FixedReply, LocalReply
 from sidecar.filters.cors import CorsFilter
 from sidecar.filters.validate import ValidationFilter
 from sidecar.http.router import CompiledMatch, Condition, HostTable, ListenerRoutes, PortRouter
-from sidecar.proxy.egress import EgressPolicy, EgressRule
+from sidecar.proxy.egress import EgressPolicy, applying, compiled
 
 DETECT = "weft.dev/Detect"  # HTTP(S) routes, TLS passthrough and a TCP fallback on one port
 FORWARD_PROXY = "weft.dev/ForwardProxy"  # clients' own proxy: CONNECT and absolute-form
@@ -241,29 +240,17 @@ class _Compiler:
         )
 
     def _egress(self, gw: r.Gateway, listener: str) -> EgressPolicy:
-        """The EgressPolicy of a forward-proxy listener (the oldest that targets it or its
-        Gateway); without one, nothing is allowed."""
-        found = sorted(
-            (p for p in self.idx.egress if p.meta.namespace == gw.meta.namespace
-             and any(t in ((gw.meta.name, None), (gw.meta.name, listener))
-                     for t in p.targets)),
-            key=lambda p: (p.meta.creation_timestamp, p.meta.name),
-        )  # fmt: skip
-        if not found:
+        """The EgressPolicy of a forward-proxy listener; without one, nothing is allowed."""
+        policy = applying(self.idx.egress, gw, listener)
+        if policy is None:
             self.warnings.append(f"Gateway {_nn(gw.meta)} listener {listener}: forward proxy "
                                  "with no EgressPolicy: every destination is refused")  # fmt: skip
             return EgressPolicy()
-        policy = found[0]
-        rules = tuple(
-            EgressRule(hosts=rule.hosts, ports=frozenset(rule.ports),
-                       cidrs=tuple(ipaddress.ip_network(c) for c in rule.cidrs))
-            for rule in policy.rules
-        )  # fmt: skip
         auth = None
         if policy.users is not None:
             auth = self.policies.basic_auth(policy.meta.namespace, policy.users,
                                             _nn(policy.meta))  # fmt: skip
-        return EgressPolicy(name=_nn(policy.meta), rules=rules, auth=auth)
+        return compiled(policy, auth)
 
     def _ca_bundle(self, kind: str, ns: str, name: str) -> bytes | None:
         """`ca.crt` of a ConfigMap or an Opaque Secret, or None."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from sidecar.config import resources as r
     from sidecar.filters.chain import Filter
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -53,3 +54,22 @@ def _within(address: str, cidrs: tuple[Network, ...]) -> bool:
     except ValueError:
         return False
     return any(ip in net for net in cidrs)
+
+
+def applying(policies: list[r.EgressPolicy], gw: r.Gateway, listener: str) -> r.EgressPolicy | None:
+    """The policy of a Gateway's forward-proxy listener: the oldest that targets the
+    listener or its Gateway."""
+    targets = ((gw.meta.name, None), (gw.meta.name, listener))
+    found = [p for p in policies if p.meta.namespace == gw.meta.namespace
+             and any(t in targets for t in p.targets)]  # fmt: skip
+    return min(found, key=lambda p: (p.meta.creation_timestamp, p.meta.name), default=None)
+
+
+def compiled(policy: r.EgressPolicy, auth: Filter | None) -> EgressPolicy:
+    rules = tuple(
+        EgressRule(hosts=rule.hosts, ports=frozenset(rule.ports),
+                   cidrs=tuple(ipaddress.ip_network(c) for c in rule.cidrs))
+        for rule in policy.rules
+    )  # fmt: skip
+    name = f"{policy.meta.namespace}/{policy.meta.name}"
+    return EgressPolicy(name=name, rules=rules, auth=auth)
