@@ -161,3 +161,21 @@ async def test_changes_through_meshctl_are_refused(plane: ControlPlane) -> None:
     said = await on_plane(plane, apply)
     assert "reads its resources from the Kubernetes API server" in said
     assert "kubectl apply" in said
+
+
+async def test_an_object_that_does_not_parse_is_left_out(
+    plane: ControlPlane, api: KubeApiDouble, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Service someone wrote that Weft cannot read (a port of 0 here) is left out with an
+    error naming it; the others are served."""
+    await _until(plane, lambda d: ("Service", "shop", "orders") in d)
+    api.put(SERVICES, {"apiVersion": "v1", "kind": "Service",
+                       "metadata": {"name": "broken", "namespace": "shop"},
+                       "spec": {"ports": [{"port": 0}]}})  # fmt: skip
+    api.put(SERVICES, {"apiVersion": "v1", "kind": "Service",
+                       "metadata": {"name": "fine", "namespace": "shop"},
+                       "spec": {"ports": [{"port": 8080}]}})  # fmt: skip
+    docs = await _until(plane, lambda d: ("Service", "shop", "fine") in d)
+    assert ("Service", "shop", "broken") not in docs
+    assert ("Service", "shop", "orders") in docs
+    assert any("Service shop/broken from the API server" in r.getMessage() for r in caplog.records)
