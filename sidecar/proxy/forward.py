@@ -257,7 +257,10 @@ async def _forward(
         if upstream is None:
             return
         lines = [f"{head.method} {slash}{path} HTTP/1.1".encode("latin-1")]
-        lines += [n + b": " + v for n, v in head.headers if n.lower() not in HOP_BY_HOP]
+        # RFC 9112 §3.2.2: the target's authority is the Host, whatever the client said
+        lines.append(b"Host: " + authority.rpartition("@")[2].encode("latin-1"))
+        lines += [n + b": " + v for n, v in head.headers
+                  if n.lower() not in HOP_BY_HOP and n.lower() != b"host"]  # fmt: skip
         lines.append(b"Connection: close")
         first = b"\r\n".join(lines) + b"\r\n\r\n"
         length = int(length_text)

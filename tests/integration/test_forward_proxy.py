@@ -67,9 +67,10 @@ async def test_curl_through_the_forward_proxy(tmp_path: Path) -> None:
                 proxy = f"http://127.0.0.1:{port}"
                 # absolute form, allowed by host name
                 code, out, err = await _curl("-x", proxy, f"http://localhost:{allowed.port}/a?b=1",
-                                             "-H", "X-Trace: 1")  # fmt: skip
+                                             "-H", "X-Trace: 1", "-H", "Host: evil.example")  # fmt: skip
                 assert code == 0, err
                 seen = allowed.received[-1]
+                assert seen["host"] == f"localhost:{allowed.port}"  # the target's, not the client's
                 assert seen["path"] == "/a?b=1" and seen["headers"]["x-trace"] == ["1"]
                 assert "proxy-connection" not in seen["headers"]
                 # allowed by CIDR (an address, any name)
