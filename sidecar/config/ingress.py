@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,7 +130,7 @@ class _Translation:
             rules = [rule for p in paths for rule in self._rules(ing, host, p, settings)]
             if not rules:
                 continue
-            route_name = f"ingress-{name}-{i}"
+            route_name = _derived(f"ingress-{name}-{i}")
             names.append(route_name)
             parents = [{"name": GATEWAY, "namespace": NAMESPACE}]
             hostnames = {"hostnames": [host]} if host else {}
@@ -139,7 +140,7 @@ class _Translation:
                     "type": "RequestRedirect",
                     "requestRedirect": {"scheme": "https", "statusCode": 308}}]}
                     for rule in rules]  # fmt: skip
-                self.docs.append(_route(f"{route_name}-redirect", ns,
+                self.docs.append(_route(_derived(f"{route_name}-redirect"), ns,
                                         [{**parents[0], "sectionName": "http"}], hostnames,
                                         redirect))  # fmt: skip
                 parents = [{**parents[0], "sectionName": s} for s in dict.fromkeys(secure)]
@@ -205,7 +206,7 @@ class _Translation:
         if settings.max_body:
             extra.setdefault("filters", []).append({"type": "ExtensionRef", "extensionRef": {
                 "group": "weft.dev", "kind": "RequestValidation",
-                "name": f"weft-ingress-{ing.meta.name}"}})  # fmt: skip
+                "name": _derived(f"weft-ingress-{ing.meta.name}")}})  # fmt: skip
         key = (host, p.path, p.path_type)
         joined = self.canaries.get(key)
         if joined is None:
@@ -230,7 +231,7 @@ class _Translation:
         """One SecurityPolicy (its sections apply whole), a BackendTrafficPolicy and a
         RequestValidation for what the annotations asked, on the Ingress's routes."""
         ns, name = ing.meta.namespace, ing.meta.name
-        meta = {"name": f"weft-ingress-{name}", "namespace": ns}
+        meta = {"name": _derived(f"weft-ingress-{name}"), "namespace": ns}
         targets = [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": n}
                    for n in routes]  # fmt: skip
         if settings.max_body:
@@ -273,13 +274,21 @@ class _Translation:
             self.warnings.append(f"Ingress {ing.meta.namespace}/{ing.meta.name}: auth-secret "
                                  f"{ref[0]}/{ref[1]} with key `auth` not found; nobody is let "
                                  "in")  # fmt: skip
-        name = f"weft-ingress-{ing.meta.name}-auth"
+        name = _derived(f"weft-ingress-{ing.meta.name}-auth")
         self.docs.append({
             "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
             "metadata": {"name": name, "namespace": ing.meta.namespace},
             "data": {".htpasswd": base64.b64encode(data.get("auth", b"")).decode()},
         })  # fmt: skip
         return name
+
+
+def _derived(name: str) -> str:
+    """A name made from an Ingress's, kept within Kubernetes' 253 characters (a long one
+    is cut and told apart by a digest of the whole)."""
+    if len(name) <= 253:
+        return name
+    return f"{name[:236]}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
 
 
 def _duration(seconds: int) -> str:

@@ -319,3 +319,16 @@ def test_annotations_not_translated_or_not_understood_are_named(tmp_path: Path) 
                  "whitelist-source-range: 'nope' is not a CIDR",
                  "auth-type: 'digest': only basic is translated"):  # fmt: skip
         assert f"Ingress shop/odd: annotation {NGINX}" in said and text in said, text
+
+
+def test_an_ingress_with_the_longest_name_is_served(tmp_path: Path) -> None:
+    """Names made from an Ingress's (its routes, its policies) stay within 253 characters."""
+    name = "a" * 253
+    long = _ingress(name, {"ingressClassName": "weft",
+                           "rules": [_rule("long.example", "/", "shop", 80)]},
+                    annotations={NGINX + "limit-rps": "5"})  # fmt: skip
+    snap = _snapshot(tmp_path, [*_service("shop", 80, 9), long])
+    hosts = {h for routes in snap.routers.values() for lst in routes.listeners()
+             for h in lst.hosts.exact}  # fmt: skip
+    assert hosts == {"long.example"}
+    assert not snap.warnings, snap.warnings
