@@ -24,6 +24,7 @@ ways) and in `weft_tcp_connections_total` / `weft_tcp_bytes_total`.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import time
 from dataclasses import dataclass, field
@@ -48,6 +49,16 @@ HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"pro
                         b"proxy-authenticate", b"te", b"trailer", b"transfer-encoding",
                         b"upgrade"))  # fmt: skip
 ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
+
+
+_DNS_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})")  # or an IPv4 literal
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == 6
+    except ValueError:
+        return False
 
 
 class BadRequest(Exception):
@@ -190,18 +201,23 @@ async def _open(
 
 
 def _split_authority(authority: str, default_port: int) -> tuple[str, int] | None:
-    """(host, port) of `host`, `host:port`, `[v6]` or `[v6]:port`; None when malformed."""
+    """(host, port) of `host`, `host:port`, `[v6]` or `[v6]:port`; None when malformed
+    (a host that is neither a DNS name nor an IP literal among them)."""
     if authority.startswith("["):
         end = authority.find("]")
         rest = authority[end + 1 :] if end > 0 else "x"
         if rest and not rest.startswith(":"):
             return None
         host, port = authority[1:end], rest[1:]
+        if not _is_ipv6(host):
+            return None
     elif authority.count(":") <= 1:
         host, _, port = authority.partition(":")
+        if not _DNS_NAME.fullmatch(host):
+            return None
     else:
         return None
-    if not host or (port and not port.isdigit()):
+    if port and not port.isdigit():
         return None
     number = int(port) if port else default_port
     return (host.lower(), number) if 0 <= number < 65536 else None
@@ -237,9 +253,11 @@ async def _forward(
             text = b"send absolute-form requests (http://host/path), or CONNECT for https\n"
             await conn.send_all(simple_response(400, text, close=True))
             return
-        rest = head.target[len("http://") :]
-        authority, slash, path = rest.partition("/")
-        target = _split_authority(authority.rpartition("@")[2], 80)
+        rest = head.target[len("http://") :].partition("#")[0]
+        end = next((i for i, c in enumerate(rest) if c in "/?"), len(rest))
+        authority = rest[:end].rpartition("@")[2]  # no userinfo
+        origin_form = rest[end:] if rest[end:].startswith("/") else "/" + rest[end:]
+        target = _split_authority(authority, 80)
         if target is None:
             await conn.send_all(simple_response(400, b"bad target\n", close=True))
             return
@@ -256,9 +274,10 @@ async def _forward(
         upstream, status, result = await _open(policy, host, port, conn)
         if upstream is None:
             return
-        lines = [f"{head.method} {slash}{path} HTTP/1.1".encode("latin-1")]
-        # RFC 9112 §3.2.2: the target's authority is the Host, whatever the client said
-        lines.append(b"Host: " + authority.rpartition("@")[2].encode("latin-1"))
+        # RFC 9112 §3.2.1: origin form ("/" when the URI has no path); §3.2.2: the
+        # target's authority is the Host, whatever the client said
+        lines = [f"{head.method} {origin_form} HTTP/1.1".encode("latin-1")]
+        lines.append(b"Host: " + authority.encode("latin-1"))
         lines += [n + b": " + v for n, v in head.headers
                   if n.lower() not in HOP_BY_HOP and n.lower() != b"host"]  # fmt: skip
         lines.append(b"Connection: close")

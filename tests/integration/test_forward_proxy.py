@@ -190,4 +190,14 @@ async def test_hostile_requests_reach_no_destination(tmp_path: Path) -> None:
             assert answer.startswith(b"HTTP/1.")
             assert [r["path"] for r in allowed.received] == ["/one"]
             assert allowed.received[0]["body_length"] == 3
+            # an absolute URI without a path reaches the origin as "/" (RFC 9112 3.2.1)
+            for target, want in ((b"", "/"), (b"?q=1", "/?q=1")):
+                bare = b"GET http://%b%b HTTP/1.1\r\nHost: x\r\n\r\n" % (origin, target)
+                assert (await send(bare)).startswith(b"HTTP/1.1 200")
+                assert allowed.received[-1]["path"] == want
+            # a host that is no DNS name or IP literal is refused, never looked up or sent
+            for host in (b"local%0ahost", b"localhost\\", b"[localhost]", b"a,b"):
+                odd = b"GET http://%b:%d/ HTTP/1.1\r\nHost: x\r\n\r\n" % (host, allowed.port)
+                assert (await send(odd)).startswith(b"HTTP/1.1 400"), host
+            assert len(allowed.received) == 3
             nursery.cancel_scope.cancel()

@@ -102,10 +102,7 @@ async def test_class_port_names_tls_and_a_gateway_beside(tmp_path: Path) -> None
              "spec": {"parentRefs": [{"name": "api"}],
                       "rules": [{"backendRefs": [{"name": "admin", "port": 80}]}]}},
         ]  # fmt: skip
-        path = tmp_path / "all.yaml"
-        path.write_text(yaml.safe_dump_all(docs))
-        server = EdgeServer([str(path)], admin_port=0, bind=lambda key: (key.address, 0),
-                            watch_interval_s=0, ingress=LISTENERS)  # fmt: skip
+        server = _edge(tmp_path, docs)
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
             assert (await _get(server, "blog.example")).json()["pod"] == "blog"
@@ -118,6 +115,14 @@ async def test_class_port_names_tls_and_a_gateway_beside(tmp_path: Path) -> None
                 beside = await http.get(f"http://127.0.0.10:{port}/")
             assert beside.json()["pod"] == "admin"
             nursery.cancel_scope.cancel()
+
+
+def _edge(tmp_path: Path, docs: list[dict[str, Any]]) -> EdgeServer:
+    """An edge serving `docs` from a file, Ingresses on LISTENERS, every port chosen by the OS."""
+    path = tmp_path / "edge.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    return EdgeServer([str(path)], admin_port=0, bind=lambda key: (key.address, 0),
+                      watch_interval_s=0, ingress=LISTENERS)  # fmt: skip
 
 
 def _snapshot(tmp_path: Path, docs: list[dict[str, Any]]) -> Any:
@@ -243,10 +248,7 @@ async def test_ingress_nginx_annotations_as_users_rely_on_them(tmp_path: Path) -
             ing("split-canary", "split.example", "canary", **{
                 "canary": "true", "canary-weight": "100", "canary-by-header": "x-canary"}),
         ]  # fmt: skip
-        path = tmp_path / "nginx.yaml"
-        path.write_text(yaml.safe_dump_all(docs))
-        server = EdgeServer([str(path)], admin_port=0, bind=lambda key: (key.address, 0),
-                            watch_interval_s=0, ingress=LISTENERS)  # fmt: skip
+        server = _edge(tmp_path, docs)
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
             port = server.bound_port(ADDRESS, 80)
