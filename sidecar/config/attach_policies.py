@@ -13,7 +13,9 @@ from sidecar.config.model import RouteAction
 from sidecar.filters.apikey import ApiKeyFilter, KeySources, digest
 from sidecar.filters.authorization import AuthorizationFilter
 from sidecar.filters.chain import Filter
+from sidecar.filters.compress import CompressFilter
 from sidecar.filters.cors import CorsFilter
+from sidecar.filters.decompress import DecompressFilter
 from sidecar.filters.jwks import RemoteJwks
 from sidecar.filters.ratelimit import RateLimitFilter
 
@@ -41,6 +43,7 @@ class PolicyFilters:
         self.limiters: dict[str, RateLimitFilter] = {}  # by policy: their buckets' owners
         self.global_limiters: dict[str, GlobalRateLimitFilter] = {}  # by policy (Redis)
         self.made: dict[str, tuple[CorsFilter | None, list[Filter]]] = {}  # by policy
+        self.compressors: dict[str, CompressFilter] = {}  # by policy
         self.remotes: list[RemoteJwks] = []  # JWKS endpoints of the JWT filters made
 
     def secured(
@@ -61,8 +64,13 @@ class PolicyFilters:
             filters.append(cors)  # a route's own CORS filter wins
         filters.extend(action.filters)
         filters.extend(checks)
-        if limit is not None and limit.rate_limit:
-            filters.append(self._limiter(limit))
+        if limit is not None:
+            if limit.rate_limit:
+                filters.append(self._limiter(limit))
+            if limit.max_inflated is not None:  # bodies are decoded before any body check
+                filters.append(DecompressFilter(limit.max_inflated))
+            if limit.compression is not None:
+                filters.append(self._compressor(limit))
         return dataclasses.replace(action, filters=tuple(filters))
 
     def _security(self, policy: r.SecurityPolicy) -> tuple[CorsFilter | None, list[Filter]]:
@@ -159,6 +167,14 @@ class PolicyFilters:
             self.warnings.append(f"SecurityPolicy {_nn(policy.meta)}: extAuth: {why}; "
                                  "its checks fail")  # fmt: skip
         return ExtAuthFilter(auth, cluster, _nn(policy.meta))
+
+    def _compressor(self, policy: r.BackendTrafficPolicy) -> CompressFilter:
+        name = _nn(policy.meta)
+        found = self.compressors.get(name)
+        if found is None:
+            assert policy.compression is not None
+            found = self.compressors[name] = CompressFilter(policy.compression)
+        return found
 
     def _limiter(self, policy: r.BackendTrafficPolicy) -> Filter:
         """One filter per policy, shared by every route it applies to: its buckets (or

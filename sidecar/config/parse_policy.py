@@ -18,6 +18,7 @@ from sidecar.config.model import (
 )
 from sidecar.config.reader import NAME_RE, Reader
 from sidecar.config.resources import WEFT_GROUP, BackendTrafficPolicy, Meta, RouteRetry
+from sidecar.filters.compress import CODINGS, CompressionSpec
 from sidecar.filters.ratelimit import UNITS, CidrSelector, HeaderSelector, LimitRule
 
 # Envoy Gateway's names, and ours
@@ -204,8 +205,8 @@ _CLUSTER_SECTIONS = ("loadBalancer", "timeout", "retry", "circuitBreaker", "outl
 
 
 def _route_traffic_policy(spec: Reader, meta: Meta) -> BackendTrafficPolicy:
-    """A BackendTrafficPolicy that targets Gateways or routes: its rate limit (what Weft
-    applies per route); the cluster sections apply per Service."""
+    """A BackendTrafficPolicy that targets Gateways or routes: what Weft applies per route
+    (rate limit, compression); the cluster sections apply per Service."""
     from sidecar.config.parse_security import parse_targets
 
     targets = parse_targets(spec)
@@ -213,7 +214,29 @@ def _route_traffic_policy(spec: Reader, meta: Meta) -> BackendTrafficPolicy:
         if spec.has(key):
             spec.fail(key, "applies per Service in Weft: put it in a BackendTrafficPolicy whose "
                       "targetRef is the Service")  # fmt: skip
-    rr = spec.req_obj("rateLimit")
+    if not any(spec.has(k) for k in _ROUTE_SECTIONS):
+        spec.fail(None, f"a policy for routes needs one of {', '.join(_ROUTE_SECTIONS)}")
+    rules: tuple[LimitRule, ...] | None = None
+    shared = False
+    if (rr := spec.obj("rateLimit")) is not None:
+        rules, shared = _rate_limit(rr)
+    compression = _compression(spec) if spec.has("compression") else None
+    if compression is None and spec.has("compressionOptions"):
+        spec.fail("compressionOptions", "needs compression")
+    inflated = None
+    if (dr := spec.obj("requestDecompression")) is not None:
+        inflated = dr.integer("maxInflatedBytes", 8 << 20, lo=1, hi=1 << 30)
+        dr.finish()
+    spec.finish()
+    return BackendTrafficPolicy(meta=meta, target="", targets=targets, rate_limit=rules,
+                                rate_limit_global=shared, compression=compression,
+                                max_inflated=inflated)  # fmt: skip
+
+
+_ROUTE_SECTIONS = ("rateLimit", "compression", "requestDecompression")
+
+
+def _rate_limit(rr: Reader) -> tuple[tuple[LimitRule, ...], bool]:
     kind = rr.text("type", "Local", choices=("Local", "Global"))
     shared = kind == "Global"
     lr = rr.req_obj("global" if shared else "local")
@@ -229,9 +252,39 @@ def _route_traffic_policy(spec: Reader, meta: Meta) -> BackendTrafficPolicy:
                     "window keeps one entry per admitted request)")  # fmt: skip
     lr.finish()
     rr.finish()
-    spec.finish()
-    return BackendTrafficPolicy(meta=meta, target="", targets=targets, rate_limit=rules,
-                                rate_limit_global=shared)  # fmt: skip
+    return rules, shared
+
+
+def _compression(spec: Reader) -> CompressionSpec:
+    """Envoy Gateway's `compression` list (`type: Gzip | Brotli`, and Zstd), with Weft's
+    `compressionOptions` beside it."""
+    codings: list[str] = []
+    for cr in spec.objs("compression", max_items=3):
+        kind = cr.text("type", choices=tuple(CODINGS))
+        if CODINGS[kind] in codings:
+            cr.fail("type", f"{kind} is listed twice")
+        codings.append(CODINGS[kind])
+        if (own := cr.obj(kind.lower())) is not None:  # Envoy Gateway's per-type block
+            own.finish()
+        cr.finish()
+    if not codings:
+        spec.fail("compression", "must list at least one type")
+    out = CompressionSpec(codings=tuple(codings))
+    if (o := spec.obj("compressionOptions")) is not None:
+        types = o.str_list("contentTypes", pattern=_MEDIA_RANGE)
+        out = CompressionSpec(
+            codings=out.codings,
+            min_length=o.integer("minContentLength", out.min_length, lo=0, hi=1 << 30),
+            content_types=tuple(t.lower() for t in types) if types else out.content_types,
+            gzip_level=o.integer("gzipLevel", out.gzip_level, lo=1, hi=9),
+            brotli_quality=o.integer("brotliQuality", out.brotli_quality, lo=0, hi=11),
+            zstd_level=o.integer("zstdLevel", out.zstd_level, lo=1, hi=22),
+        )
+        o.finish()
+    return out
+
+
+_MEDIA_RANGE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+/(\*|[!#$%&'*+.^_`|~0-9A-Za-z-]+)$")
 
 
 GLOBAL_MAX_REQUESTS = 100_000

@@ -19,6 +19,7 @@ from sidecar.config.model import (
     RetryBudget,
     RetryPolicy,
 )
+from sidecar.filters.compress import CompressionSpec
 from sidecar.filters.ratelimit import LimitRule
 
 if TYPE_CHECKING:  # PyJWT loads only where a policy checks JWTs
@@ -366,6 +367,8 @@ class BackendTrafficPolicy:
     targets: tuple[PolicyTarget, ...] = ()
     rate_limit: tuple[LimitRule, ...] | None = None
     rate_limit_global: bool = False  # counted in Redis, across every edge process
+    compression: CompressionSpec | None = None
+    max_inflated: int | None = None  # requestDecompression: request bodies decoded, up to this
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

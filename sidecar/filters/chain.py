@@ -26,6 +26,7 @@ from sidecar.config.headerops import HeaderOps
 
 if TYPE_CHECKING:
     from sidecar.http.context import ProxyContext
+    from sidecar.http.downstream import ResponseWriter
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -48,6 +49,17 @@ class Exchange:
     max_body: int = 0  # a route's body limit (413 as the body streams); 0: the listener's
     # a check of the whole body (read before forwarding, at most max_body bytes)
     body_check: Callable[[bytes], LocalReply | None] | None = None
+    # the body the upstream gets instead (a decoded one), or a reply (read as body_check)
+    body_rewrite: Callable[[bytes], bytes | LocalReply] | None = None
+    # what filters do to the answer (http/staged.py): each wraps the writer it goes to
+    stages: list[Callable[[ResponseWriter], ResponseWriter]] | None = None
+
+    def add_stage(self, stage: Callable[[ResponseWriter], ResponseWriter]) -> None:
+        """Have the answer pass through `stage` (the last added sees it first)."""
+        if self.stages is None:
+            self.stages = [stage]
+        else:
+            self.stages.append(stage)
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of field `name` (lower case), or None."""

@@ -36,6 +36,7 @@ from sidecar.http.request import (
     upstream_request,
 )
 from sidecar.http.router import normalize_host
+from sidecar.http.staged import Staged
 from sidecar.http.tries import H2_PROTOCOLS, NoHealthyUpstream, Overloaded, Tries
 from sidecar.protocol.grpc import GRPC_DEADLINE_EXCEEDED, grpc_timeout, is_grpc
 from sidecar.protocol.http1 import End, RequestHead
@@ -177,7 +178,7 @@ class RequestHandler:
                 reply = run_filters(action.filters, x)
                 if reply is not None and not isinstance(reply, LocalReply):
                     reply = await reply
-                if reply is None and (x.max_body or x.body_check is not None):
+                if reply is None and (x.max_body or x.body_check or x.body_rewrite):
                     reply = await _check_body(ds, head, x)
                 if reply is not None:
                     outcome.answered(reply.status)
@@ -231,6 +232,8 @@ class RequestHandler:
             if x is not None:
                 ops = (*ops, *x.request_ops)
                 tries.response_ops = (*tries.response_ops, *x.response_ops)
+                if x.stages and not head.tunnel:  # filters that act on the answer
+                    tries.ds = Staged(ds, x.stages)
             fields = None
             if spec.protocol in H2_PROTOCOLS:
                 buffered = bytearray()
@@ -383,21 +386,34 @@ _METHOD = re.compile(r"[A-Z]{1,20}\Z")
 
 
 async def _check_body(ds: Downstream, head: RequestHead, x: Exchange) -> LocalReply | None:
-    """A route's body rules: its size limit from here on, and a check of the whole body
-    (read, checked, then put back to be forwarded as it came)."""
+    """A route's body rules: its size limit from here on, and a rewrite (decoding) and a
+    check of the whole body (read, then put back to be forwarded as it came or rewritten)."""
     if x.max_body:
         ds.limit_body(head, x.max_body)
-    if x.body_check is None:
+    if x.body_check is None and x.body_rewrite is None:
         return None
-    if not head.has_body:
-        return x.body_check(b"")
-    if head.expect_continue:
-        await ds.send_continue()
-        head.expect_continue = False
     body = bytearray()
-    while not isinstance(ev := await ds.next_event(), End):
-        body += ev
-    reply = x.body_check(bytes(body))
-    if reply is None:
-        ds.unread([bytes(body), ev] if body else [ev])
+    had_body = head.has_body
+    if had_body:
+        if head.expect_continue:
+            await ds.send_continue()
+            head.expect_continue = False
+        while not isinstance(ev := await ds.next_event(), End):
+            body += ev
+    else:
+        ev = End()
+    data = bytes(body)
+    reply = None
+    if x.body_rewrite is not None and had_body:
+        rewritten = x.body_rewrite(data)
+        if isinstance(rewritten, LocalReply):
+            reply = rewritten
+        else:
+            data = rewritten
+            head.content_length, head.chunked = len(data), False
+            head.raw = None  # the fields are rebuilt, with the new length
+    if reply is None and x.body_check is not None:
+        reply = x.body_check(data)
+    if had_body:  # forwarded as if not read yet; or, refused, read to its end
+        ds.unread([data, ev] if reply is None and data else [ev])
     return reply

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -13,23 +10,17 @@ import trio
 
 from tests.support.edge import config, start_edge
 from tests.support.net import free_port
+from tests.support.nginx import NGINX, nginx
 
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 pytestmark = pytest.mark.skipif(
     NGINX is None, reason="nginx is not installed (make test installs it)"
 )
 
 
 async def test_keepalive_pool_against_nginx_that_retires_connections(tmp_path: Path) -> None:
-    assert NGINX is not None
     port = free_port()
     (tmp_path / "big.bin").write_bytes(bytes(range(256)) * 4096)
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(f"""
-{"user root;" if os.geteuid() == 0 else ""}
-worker_processes 1; daemon off; pid {tmp_path}/nginx.pid; error_log stderr notice;
-events {{ worker_connections 256; }}
-http {{
+    server = f"""
   log_format conn '$connection $request_uri';
   access_log {tmp_path}/access.log conn;
   keepalive_requests 25;
@@ -37,19 +28,8 @@ http {{
     listen 127.0.0.1:{port};
     location /small {{ return 200 "small"; }}
     location /big.bin {{ root {tmp_path}; }}
-  }}
-}}
-""")
-    proc = await trio.lowlevel.open_process([NGINX, "-c", str(conf)], stderr=subprocess.PIPE)
-    try:
-        # nginx logs "start worker process" once its sockets are bound.
-        assert proc.stderr is not None
-        log = b""
-        with trio.fail_after(10):
-            while b"start worker process" not in log:
-                chunk = await proc.stderr.receive_some(4096)
-                assert chunk, log.decode()
-                log += chunk
+  }}"""
+    async with nginx(tmp_path, server):
         text = config({"nginx": port}, [("r", "/", "nginx")])
         async with trio.open_nursery() as nursery:
             _, edge_port = await start_edge(nursery, tmp_path / "edge.yaml", text)
@@ -59,10 +39,6 @@ http {{
                     assert r.status_code == 200, r.text
                     assert len(r.content) == (5 if i % 10 else 1 << 20)
             nursery.cancel_scope.cancel()
-    finally:
-        proc.terminate()
-        with trio.fail_after(5):
-            await proc.wait()
     lines = (tmp_path / "access.log").read_text().splitlines()
     assert len(lines) == 100  # nothing retried twice, nothing lost
     connections = {line.split()[0] for line in lines}

@@ -82,6 +82,33 @@ spec:
         "spec.from[0].ipBlocks: unknown field",
     ),
 }
+BTP = """apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: BackendTrafficPolicy
+metadata: {name: p}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: r}]
+"""
+CASES |= {
+    "route policy with nothing": (BTP, "a policy for routes needs one of rateLimit"),
+    "unknown coding": (BTP + "  compression: [{type: Deflate}]\n", "spec.compression[0].type"),
+    "coding twice": (BTP + "  compression: [{type: Gzip}, {type: Gzip}]\n", "Gzip is listed twice"),
+    "options alone": (
+        BTP + "  requestDecompression: {}\n  compressionOptions: {gzipLevel: 3}\n",
+        "spec.compressionOptions: needs compression",
+    ),
+    "bad level": (
+        BTP + "  compression: [{type: Gzip}]\n  compressionOptions: {gzipLevel: 12}\n",
+        "spec.compressionOptions.gzipLevel: must be between 1 and 9",
+    ),
+    "bad content type": (
+        BTP + "  compression: [{type: Gzip}]\n  compressionOptions: {contentTypes: [json]}\n",
+        "spec.compressionOptions.contentTypes[0]",
+    ),
+    "inflate limit": (
+        BTP + "  requestDecompression: {maxInflatedBytes: 0}\n",
+        "spec.requestDecompression.maxInflatedBytes",
+    ),
+}
 
 
 @pytest.mark.parametrize(("text", "message"), CASES.values(), ids=CASES.keys())
