@@ -1,4 +1,5 @@
-"""The admin endpoint (127.0.0.1:15000): /live, /ready, /metrics, /config_dump, /drain."""
+"""The admin endpoint (127.0.0.1:15000): /live, /ready, /metrics, /config_dump, /drain,
+and /cache/purge (POST `?url=http://host/path`, or `?prefix=http://host/path/`)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class AdminState:
     problem: Callable[[], str] = str  # why not ready, when something was refused ("" else)
     # answers /metrics and /config_dump instead (an edge's supervisor asks its workers)
     remote: Callable[[str], Awaitable[str]] | None = None
+    purge: Callable[[str, bool], int] | None = None  # (url, as a prefix) -> URLs dropped
 
 
 _REMOTE = {"/metrics": _PROM, "/config_dump": _JSON}
@@ -80,6 +82,8 @@ def _respond(state: AdminState, head: RequestHead) -> bytearray:
             return simple_response(405, b"use POST\n", headers=[(b"allow", b"POST")])
         state.drain()
         return simple_response(200, b"draining\n")
+    if path == "/cache/purge" and state.purge is not None:
+        return _purge(state.purge, head)
     if method not in ("GET", "HEAD"):
         return simple_response(405, b"use GET\n", headers=[(b"allow", b"GET, HEAD")])
     head_only = method == "HEAD"
@@ -98,3 +102,16 @@ def _respond(state: AdminState, head: RequestHead) -> bytearray:
         body = json.dumps(state.dump(), indent=2, sort_keys=True).encode() + b"\n"
         return simple_response(200, body, headers=_JSON, head_only=head_only)
     return simple_response(404, b"unknown admin path\n", head_only=head_only)
+
+
+def _purge(purge: Callable[[str, bool], int], head: RequestHead) -> bytearray:
+    from urllib.parse import parse_qs
+
+    if head.method not in ("POST", "DELETE"):
+        return simple_response(405, b"use POST\n", headers=[(b"allow", b"POST, DELETE")])
+    query = parse_qs(head.target.partition("?")[2])
+    urls, prefixes = query.get("url", []), query.get("prefix", [])
+    if len(urls) + len(prefixes) != 1:
+        return simple_response(400, b"give one url=... or prefix=...\n")
+    dropped = purge(urls[0], False) if urls else purge(prefixes[0], True)
+    return simple_response(200, json.dumps({"purged": dropped}).encode() + b"\n", headers=_JSON)

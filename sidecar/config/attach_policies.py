@@ -12,6 +12,7 @@ from sidecar.config import resources as r
 from sidecar.config.model import RouteAction
 from sidecar.filters.apikey import ApiKeyFilter, KeySources, digest
 from sidecar.filters.authorization import AuthorizationFilter
+from sidecar.filters.cache import CacheFilter
 from sidecar.filters.chain import Filter
 from sidecar.filters.compress import CompressFilter
 from sidecar.filters.cors import CorsFilter
@@ -44,6 +45,7 @@ class PolicyFilters:
         self.global_limiters: dict[str, GlobalRateLimitFilter] = {}  # by policy (Redis)
         self.made: dict[str, tuple[CorsFilter | None, list[Filter]]] = {}  # by policy
         self.compressors: dict[str, CompressFilter] = {}  # by policy
+        self.caches: dict[str, CacheFilter] = {}  # by policy: their stores' owners
         self.remotes: list[RemoteJwks] = []  # JWKS endpoints of the JWT filters made
 
     def secured(
@@ -69,6 +71,8 @@ class PolicyFilters:
                 filters.append(self._limiter(limit))
             if limit.max_inflated is not None:  # bodies are decoded before any body check
                 filters.append(DecompressFilter(limit.max_inflated))
+            if limit.cache is not None:  # after the checks; its stage after compression's
+                filters.append(self._cache(limit))
             if limit.compression is not None:
                 filters.append(self._compressor(limit))
         return dataclasses.replace(action, filters=tuple(filters))
@@ -167,6 +171,14 @@ class PolicyFilters:
             self.warnings.append(f"SecurityPolicy {_nn(policy.meta)}: extAuth: {why}; "
                                  "its checks fail")  # fmt: skip
         return ExtAuthFilter(auth, cluster, _nn(policy.meta))
+
+    def _cache(self, policy: r.BackendTrafficPolicy) -> CacheFilter:
+        name = _nn(policy.meta)
+        found = self.caches.get(name)
+        if found is None:
+            assert policy.cache is not None
+            found = self.caches[name] = CacheFilter(name, policy.cache)
+        return found
 
     def _compressor(self, policy: r.BackendTrafficPolicy) -> CompressFilter:
         name = _nn(policy.meta)

@@ -237,6 +237,7 @@ class _Compiler:
             limiters=tuple(self.policies.limiters.values()),
             jwks=tuple(self.policies.remotes),
             global_limiters=tuple(self.policies.global_limiters.values()),
+            caches=tuple(self.policies.caches.values()),
         )
 
     def _egress(self, gw: r.Gateway, listener: str) -> EgressPolicy:

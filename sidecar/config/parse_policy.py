@@ -18,6 +18,7 @@ from sidecar.config.model import (
 )
 from sidecar.config.reader import NAME_RE, Reader
 from sidecar.config.resources import WEFT_GROUP, BackendTrafficPolicy, Meta, RouteRetry
+from sidecar.filters.cache import CacheSpec
 from sidecar.filters.compress import CODINGS, CompressionSpec
 from sidecar.filters.ratelimit import UNITS, CidrSelector, HeaderSelector, LimitRule
 
@@ -223,6 +224,7 @@ def _route_traffic_policy(spec: Reader, meta: Meta) -> BackendTrafficPolicy:
     compression = _compression(spec) if spec.has("compression") else None
     if compression is None and spec.has("compressionOptions"):
         spec.fail("compressionOptions", "needs compression")
+    cache = _cache(spec.obj("cache")) if spec.has("cache") else None
     inflated = None
     if (dr := spec.obj("requestDecompression")) is not None:
         inflated = dr.integer("maxInflatedBytes", 8 << 20, lo=1, hi=1 << 30)
@@ -230,10 +232,24 @@ def _route_traffic_policy(spec: Reader, meta: Meta) -> BackendTrafficPolicy:
     spec.finish()
     return BackendTrafficPolicy(meta=meta, target="", targets=targets, rate_limit=rules,
                                 rate_limit_global=shared, compression=compression,
-                                max_inflated=inflated)  # fmt: skip
+                                max_inflated=inflated, cache=cache)  # fmt: skip
 
 
-_ROUTE_SECTIONS = ("rateLimit", "compression", "requestDecompression")
+_ROUTE_SECTIONS = ("rateLimit", "compression", "requestDecompression", "cache")
+
+
+def _cache(cr: Reader | None) -> CacheSpec:
+    if cr is None:
+        return CacheSpec()
+    d = CacheSpec()
+    out = CacheSpec(
+        max_bytes=cr.integer("maxBytes", d.max_bytes, lo=1024, hi=1 << 40),
+        max_body=cr.integer("maxBodyBytes", d.max_body, lo=0, hi=1 << 30),
+        coalesce=cr.flag("coalesce", d.coalesce),
+        lock_timeout_s=_duration(cr, "lockTimeout") or d.lock_timeout_s,
+    )
+    cr.finish()
+    return out
 
 
 def _rate_limit(rr: Reader) -> tuple[tuple[LimitRule, ...], bool]:

@@ -19,6 +19,7 @@ from sidecar.config.model import (
     RetryBudget,
     RetryPolicy,
 )
+from sidecar.filters.cache import CacheSpec
 from sidecar.filters.compress import CompressionSpec
 from sidecar.filters.ratelimit import LimitRule
 
@@ -369,6 +370,7 @@ class BackendTrafficPolicy:
     rate_limit_global: bool = False  # counted in Redis, across every edge process
     compression: CompressionSpec | None = None
     max_inflated: int | None = None  # requestDecompression: request bodies decoded, up to this
+    cache: CacheSpec | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

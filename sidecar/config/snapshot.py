@@ -15,6 +15,7 @@ from sidecar.config.model import ClusterSpec, Limits, ListenerKey
 if TYPE_CHECKING:
     from sidecar.authz import Policy
     from sidecar.config.mesh import MeshNames
+    from sidecar.filters.cache import CacheFilter
     from sidecar.filters.global_ratelimit import GlobalRateLimitFilter
     from sidecar.filters.jwks import RemoteJwks
     from sidecar.filters.ratelimit import RateLimitFilter
@@ -38,3 +39,5 @@ class Snapshot:
     jwks: tuple[RemoteJwks, ...] = ()
     # global (Redis) rate-limit filters: the process's GlobalLimits is their connection
     global_limiters: tuple[GlobalRateLimitFilter, ...] = ()
+    # response caches: the process's CacheState keeps their stores across reloads
+    caches: tuple[CacheFilter, ...] = ()

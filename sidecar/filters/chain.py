@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sidecar.config.headerops import HeaderOps
 
 if TYPE_CHECKING:
+    from sidecar.config.model import RouteAction
     from sidecar.http.context import ProxyContext
     from sidecar.http.downstream import ResponseWriter
 
@@ -53,6 +54,16 @@ class Exchange:
     body_rewrite: Callable[[bytes], bytes | LocalReply] | None = None
     # what filters do to the answer (http/staged.py): each wraps the writer it goes to
     stages: list[Callable[[ResponseWriter], ResponseWriter]] | None = None
+    route: RouteAction | None = None  # the rule's action (filters that call its backend)
+    # the answer when the upstream cannot give one (a cache's stale-if-error), or None
+    fallback: Callable[[], LocalReply | None] | None = None
+    done: list[Callable[[], None]] | None = None  # run when the request ends, however
+
+    def add_done(self, hook: Callable[[], None]) -> None:
+        if self.done is None:
+            self.done = [hook]
+        else:
+            self.done.append(hook)
 
     def add_stage(self, stage: Callable[[ResponseWriter], ResponseWriter]) -> None:
         """Have the answer pass through `stage` (the last added sees it first)."""

@@ -147,6 +147,7 @@ class RequestHandler:
         upstream_at = 0.0
         span = ctx.tracer.begin(head, ctx.direction) if ctx.tracer is not None else None
         trace = span.headers if span is not None else b""
+        x: Exchange | None = None  # the request as filters see it (routes with filters)
         try:
             if misdirected:
                 outcome.answered(421)
@@ -169,12 +170,11 @@ class RequestHandler:
                 return await ds.local_reply(head, 404, b"no route\n")
             action = match.action
             route_label = action.route
-            x = None
             if action.filters:  # the rule's chain: it may answer, or edit what goes on
                 client = client_address(self.peer_text, head.forwarded_for,
                                         snapshot.limits.trusted_hops)  # fmt: skip
                 x = Exchange(head.method, authority, path, query, head.headers, client,
-                             self.scheme, ctx=self.ctx)  # fmt: skip
+                             self.scheme, ctx=self.ctx, route=action)  # fmt: skip
                 reply = run_filters(action.filters, x)
                 if reply is not None and not isinstance(reply, LocalReply):
                     reply = await reply
@@ -276,6 +276,10 @@ class RequestHandler:
                 if grpc_deadline is not None:  # gRPC clients read the status from trailers
                     outcome.answered(200, grpc_status=4)  # DEADLINE_EXCEEDED
                     return await ds.local_reply(head, 200, b"", GRPC_DEADLINE_EXCEEDED)
+                if (stale := _fallback(x)) is not None:
+                    outcome.answered(stale.status)
+                    detail = stale.detail
+                    return await ds.local_reply(head, stale.status, stale.body, list(stale.headers))
                 outcome.answered(504)
                 return await ds.local_reply(
                     head, 504, b"upstream timed out\n", [(PROXY_ERROR_HEADER, b"upstream_timeout")],
@@ -292,6 +296,10 @@ class RequestHandler:
             detail = type(exc).__name__
             if outcome.response_started:
                 return False
+            if (stale := _fallback(x)) is not None:
+                outcome.answered(stale.status)
+                detail = stale.detail
+                return await ds.local_reply(head, stale.status, stale.body, list(stale.headers))
             outcome.answered(exc.status)
             body = f"upstream error: {exc}\n".encode("utf-8", "replace")
             # A caller's sidecar may retry what never reached the app, whatever its method.
@@ -301,6 +309,10 @@ class RequestHandler:
             )
         except NoHealthyUpstream:
             detail = "no_healthy_upstream"
+            if (stale := _fallback(x)) is not None:
+                outcome.answered(stale.status)
+                detail = stale.detail
+                return await ds.local_reply(head, stale.status, stale.body, list(stale.headers))
             outcome.answered(503)
             return await ds.local_reply(
                 head, 503, b"no healthy upstream\n", [(PROXY_ERROR_HEADER, b"no_healthy_upstream")]
@@ -316,6 +328,9 @@ class RequestHandler:
                 [(b"x-weft-overload", why), (PROXY_ERROR_HEADER, b"overload")],
             )  # fmt: skip
         finally:
+            if x is not None and x.done is not None:
+                for hook in x.done:
+                    hook()
             if counted:
                 ctx.client_requests.leave(self.peer_text)
             duration = time.perf_counter() - start
@@ -383,6 +398,11 @@ def log_refused(
 
 
 _METHOD = re.compile(r"[A-Z]{1,20}\Z")
+
+
+def _fallback(x: Exchange | None) -> LocalReply | None:
+    """What a filter answers when the upstream could not (a cache's stale entry)."""
+    return x.fallback() if x is not None and x.fallback is not None else None
 
 
 async def _check_body(ds: Downstream, head: RequestHead, x: Exchange) -> LocalReply | None:

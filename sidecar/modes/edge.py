@@ -31,6 +31,7 @@ from sidecar.config.snapshot import Snapshot
 from sidecar.config.store import SnapshotStore
 from sidecar.entry import serve_downstream
 from sidecar.errors import ConfigError
+from sidecar.filters.cache import CacheState
 from sidecar.filters.jwks import JwksState
 from sidecar.filters.ratelimit import RateLimitState
 from sidecar.http.context import ProxyContext
@@ -129,6 +130,7 @@ class EdgeServer:
         self.clusters = ClusterManager(connector=connector)
         self.limits_state = RateLimitState()  # rate-limit buckets, kept across reloads
         self.jwks_state = JwksState(trust, self.metrics)  # fetched JWT keys, likewise
+        self.cache_state = CacheState()  # response caches' entries, likewise
         self.global_limits = ratelimit  # None: Global rate limits are refused
         if ratelimit is not None:
             ratelimit.metrics = self.metrics
@@ -244,6 +246,7 @@ class EdgeServer:
         """Give the snapshot's filters and clusters the state kept across snapshots."""
         self.clusters.sync(snap.clusters, time.perf_counter())
         self.limits_state.sync(snap.limiters)
+        self.cache_state.sync(snap.caches)
         self.jwks_state.sync(snap.jwks)
         if self.global_limits is not None:
             self.global_limits.sync(snap.global_limiters)
@@ -359,6 +362,7 @@ class EdgeServer:
             metrics=self.metrics,
             drain=self.drain,
             ready=lambda: self.store is not None and not self.draining,
+            purge=self.cache_state.purge,
         )
         nursery.start_soon(accept_loop, sock, functools.partial(serve_admin, state), nursery)
 
