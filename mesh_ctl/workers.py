@@ -15,6 +15,7 @@ counts are per worker (docs/edge.md), Global rate limits are shared through Redi
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import signal
 import subprocess
@@ -191,7 +192,20 @@ class Supervisor:
 
     async def remote(self, path: str) -> str:
         """/metrics: every worker's, summed; /config_dump: the first worker's (they all
-        run the same files)."""
+        run the same files); /cache/purge: done by every worker, the URLs they dropped summed."""
+        if path.startswith("/cache/purge"):
+            purged = 0
+
+            async def purge(w: Worker) -> None:
+                nonlocal purged
+                with trio.move_on_after(FETCH_TIMEOUT_S), contextlib.suppress(OSError, ValueError):
+                    answer = json.loads(await _get(w.admin_port, path, "POST"))
+                    purged += answer["purged"]  # after the await: tasks share the total
+
+            async with trio.open_nursery() as nursery:
+                for w in self.workers:
+                    nursery.start_soon(purge, w)
+            return json.dumps({"purged": purged}) + "\n"
         if path != "/metrics":
             with trio.move_on_after(FETCH_TIMEOUT_S):
                 with contextlib.suppress(OSError):
@@ -210,11 +224,11 @@ class Supervisor:
         return merge_metrics([*texts, self.metrics.render()])
 
 
-async def _get(port: int, path: str) -> str:
-    """The body of a GET to a worker's admin listener."""
+async def _get(port: int, path: str, method: str = "GET") -> str:
+    """The body of a request to a worker's admin listener."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
-        await stream.send_all(f"GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n".encode())
+        await stream.send_all(f"{method} {path} HTTP/1.0\r\nHost: admin\r\n\r\n".encode())
         data = bytearray()
         while chunk := await stream.receive_some(65536):
             data += chunk

@@ -61,6 +61,9 @@ async def serve_admin(state: AdminState, conn: Conn) -> None:
                     reply = simple_response(
                         200, body, headers=_REMOTE[path], head_only=head.method == "HEAD"
                     )
+                elif state.remote is not None and path == "/cache/purge" and head.method == "POST":
+                    body = (await state.remote(head.target)).encode()  # every worker's caches
+                    reply = simple_response(200, body, headers=_JSON)
                 else:
                     reply = _respond(state, head)
                 await conn.send_all(reply)

@@ -54,6 +54,16 @@ def _requests(text: str, route: str = "default/r") -> int:
     )  # fmt: skip
 
 
+CACHE = """---
+apiVersion: weft.dev/v1alpha1
+kind: BackendTrafficPolicy
+metadata: {name: cache}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: r}]
+  cache: {}
+"""
+
+
 class Edge:
     """`meshctl edge --workers 2` on one route to an echo backend; its log (the supervisor's
     and the workers', one stderr) is read as it comes, so tests wait for lines."""
@@ -86,7 +96,7 @@ async def _edge(tmp_path: Path) -> AsyncIterator[tuple[Edge, int, int]]:
     port, admin = free_port(), free_port()
     with EchoServer("one") as one:
         cfg = tmp_path / "edge.yaml"
-        cfg.write_text(config({"one": one.port}, [("r", "/", "one")], port=port))
+        cfg.write_text(config({"one": one.port}, [("r", "/", "one")], port=port) + CACHE)
         command = [sys.executable, "-m", "mesh_ctl", "edge", "--workers", "2", "-f", str(cfg),
                    "--admin-port", str(admin), "--access-log", "off", "--drain-timeout", "5"]  # fmt: skip
         proc = await trio.lowlevel.open_process(
@@ -107,11 +117,17 @@ async def test_two_workers_share_the_port_and_one_admin_port_sums_them(tmp_path:
         workers = _children(edge.proc.pid)
         assert len(workers) == 2
         # New connections, so that the kernel spreads them over both workers.
+        cacheable = {"x-echo-set-header": "Cache-Control: max-age=60"}
         for _ in range(60):
             async with httpx.AsyncClient() as c:
-                assert (await c.get(f"http://127.0.0.1:{port}/x")).status_code == 200
+                got = await c.get(f"http://127.0.0.1:{port}/x", headers=cacheable)
+                assert got.status_code == 200
         each = [_requests(await edge.metrics(p)) for p in workers.values()]
         assert sum(each) == 60 and min(each) > 0, each
+        async with httpx.AsyncClient() as c:  # each worker's cache holds /x: both purge it
+            purge = await c.post(f"http://127.0.0.1:{admin}/cache/purge",
+                                 params={"url": f"http://127.0.0.1:{port}/x"})  # fmt: skip
+        assert purge.json() == {"purged": 2}
         summed = await edge.metrics(admin)
         assert _requests(summed) == 60
         assert "weft_workers 2" in summed and "weft_config_version 1" in summed
