@@ -34,6 +34,7 @@ from sidecar.config.snapshot import Snapshot
 from sidecar.config.split import SmoothWeighted
 from sidecar.filters.chain import Filter, FixedReply, LocalReply
 from sidecar.filters.cors import CorsFilter
+from sidecar.filters.transform import TransformFilter
 from sidecar.filters.validate import ValidationFilter
 from sidecar.http.router import CompiledMatch, Condition, HostTable, ListenerRoutes, PortRouter
 from sidecar.proxy.egress import EgressPolicy, applying, compiled
@@ -68,6 +69,7 @@ class _Index:
     traffic: dict[tuple[str, str], r.BackendTrafficPolicy] = field(default_factory=dict)
     grants: list[r.ReferenceGrant] = field(default_factory=list)
     validations: dict[tuple[str, str], r.RequestValidation] = field(default_factory=dict)
+    transforms: dict[tuple[str, str], r.Transform] = field(default_factory=dict)
     egress: list[r.EgressPolicy] = field(default_factory=list)
     # (namespace, route) -> the PythonFilters that target it, by name, in order
     python: dict[tuple[str, str], list[str]] = field(default_factory=dict)
@@ -109,6 +111,8 @@ def compile_snapshot(
                 idx.python.setdefault((res.meta.namespace, route_name), []).append(res.meta.name)
         elif isinstance(res, r.RequestValidation):
             idx.validations[(res.meta.namespace, res.meta.name)] = res
+        elif isinstance(res, r.Transform):
+            idx.transforms[(res.meta.namespace, res.meta.name)] = res
         elif isinstance(res, r.ClientTrafficPolicy):
             idx.client_policies.append(res)
         elif isinstance(res, r.ConfigMap):
@@ -480,6 +484,8 @@ class _Compiler:
             loaded = self.extensions.get(key)
             if loaded is not None:
                 return loaded
+        if kind == "Transform" and (t := self.idx.transforms.get(key)) is not None:
+            return TransformFilter(f"{t.meta.namespace}/{t.meta.name}", t.spec)
         found = self.idx.validations.get(key) if kind == "RequestValidation" else None
         if found is None:
             why = f"{kind} {route.meta.namespace}/{name} not found"

@@ -30,6 +30,7 @@ from sidecar.config.parse_routes import (
     parse_stream_route,
 )
 from sidecar.config.parse_security import parse_security_policy
+from sidecar.config.parse_transform import parse_transform
 from sidecar.config.parse_validation import parse_request_validation
 from sidecar.config.reader import HOSTNAME_RE, NAME_RE, Reader
 from sidecar.config.resources import (
@@ -421,6 +422,7 @@ _PARSERS: dict[tuple[str, str], Callable[..., Any]] = {
     (WEFT_GROUP, "MeshConfig"): _mesh_config,
     (WEFT_GROUP, "SecurityPolicy"): parse_security_policy,
     (WEFT_GROUP, "RequestValidation"): parse_request_validation,
+    (WEFT_GROUP, "Transform"): parse_transform,
     (WEFT_GROUP, "ClientTrafficPolicy"): parse_client_traffic_policy,
     (ENVOY_GATEWAY_GROUP, "ClientTrafficPolicy"): parse_client_traffic_policy,
     ("", "ConfigMap"): parse_config_map,

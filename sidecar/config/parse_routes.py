@@ -455,7 +455,7 @@ def _filter(fr: Reader) -> RouteFilter:
     if ftype == "ExtensionRef":
         er = fr.req_obj("extensionRef")
         group = er.text("group", choices=(WEFT_GROUP,))
-        kind = er.text("kind", choices=("RequestValidation", "PythonFilter"))
+        kind = er.text("kind", choices=("RequestValidation", "PythonFilter", "Transform"))
         name = er.text("name", pattern=NAME_RE)
         er.finish()
         fr.finish()

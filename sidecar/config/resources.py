@@ -22,6 +22,7 @@ from sidecar.config.model import (
 from sidecar.filters.cache import CacheSpec
 from sidecar.filters.compress import CompressionSpec
 from sidecar.filters.ratelimit import LimitRule
+from sidecar.filters.transform import TransformSpec
 
 if TYPE_CHECKING:  # PyJWT loads only where a policy checks JWTs
     from sidecar.filters.jwt_auth import Provider
@@ -520,6 +521,14 @@ class RequestValidation:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Transform:
+    """weft.dev Transform, used by HTTPRoute rules through an ExtensionRef filter."""
+
+    meta: Meta
+    spec: TransformSpec
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PythonFilter:
     """weft.dev PythonFilter: a user's filter class, from a file or a module, and its
     configuration (filters/python.py loads it; routes use it through an ExtensionRef)."""
@@ -602,6 +611,7 @@ Resource = (
     | MeshConfig
     | SecurityPolicy
     | RequestValidation
+    | Transform
     | ConfigMap
     | ClientTrafficPolicy
     | Ingress

@@ -37,7 +37,7 @@ from sidecar.filters.cache_rules import (
     refusal,
     satisfied,
 )
-from sidecar.filters.chain import Exchange, LocalReply, Verdict
+from sidecar.filters.chain import ORDER_CACHE, Exchange, LocalReply, Verdict
 
 if TYPE_CHECKING:
     from sidecar.http.context import ProxyContext
@@ -204,7 +204,7 @@ class CacheFilter:
             x.add_done(lambda: _release(store, key, event))
         if x.method == "GET" and b"no-store" not in cc:
             stage = Filling(store, key, x, cc, entry, validating, now)
-            x.add_stage(stage.wrap)
+            x.add_stage(stage.wrap, ORDER_CACHE)
             if entry is not None and entry.stale_if_error and not entry.no_stale:
                 x.fallback = lambda: _stale_if_error(store, entry, x)
         return None

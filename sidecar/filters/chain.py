@@ -53,7 +53,8 @@ class Exchange:
     # the body the upstream gets instead (a decoded one), or a reply (read as body_check)
     body_rewrite: Callable[[bytes], bytes | LocalReply] | None = None
     # what filters do to the answer (http/staged.py): each wraps the writer it goes to
-    stages: list[Callable[[ResponseWriter], ResponseWriter]] | None = None
+    stages: list[tuple[int, Callable[[ResponseWriter], ResponseWriter]]] | None = None
+    target: str | None = None  # the request target forwarded instead (path and query)
     route: RouteAction | None = None  # the rule's action (filters that call its backend)
     # the answer when the upstream cannot give one (a cache's stale-if-error), or None
     fallback: Callable[[], LocalReply | None] | None = None
@@ -65,12 +66,30 @@ class Exchange:
         else:
             self.done.append(hook)
 
-    def add_stage(self, stage: Callable[[ResponseWriter], ResponseWriter]) -> None:
-        """Have the answer pass through `stage` (the last added sees it first)."""
+    def add_stage(self, stage: Callable[[ResponseWriter], ResponseWriter], order: int) -> None:
+        """Have the answer pass through `stage`; stages of a lower `order` see it first
+        (ORDER_TRANSFORM, then ORDER_COMPRESS, then ORDER_CACHE, nearest the client)."""
         if self.stages is None:
-            self.stages = [stage]
+            self.stages = [(order, stage)]
         else:
-            self.stages.append(stage)
+            self.stages.append((order, stage))
+
+    def add_body_rewrite(
+        self, rewrite: Callable[[bytes], bytes | LocalReply], *, first: bool = False
+    ) -> None:
+        """Forward the body `rewrite` makes of it: after the rewrites added before, or
+        before them (`first`: decoding, which every other rewrite must see done)."""
+        other = self.body_rewrite
+        if other is None:
+            self.body_rewrite = rewrite
+            return
+        one, two = (rewrite, other) if first else (other, rewrite)
+
+        def both(body: bytes) -> bytes | LocalReply:
+            done = one(body)
+            return done if isinstance(done, LocalReply) else two(done)
+
+        self.body_rewrite = both
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of field `name` (lower case), or None."""
@@ -91,6 +110,8 @@ class LocalReply:
 
 
 Verdict = LocalReply | None
+# The order response stages see the answer in: upstream first, the client's side last.
+ORDER_TRANSFORM, ORDER_COMPRESS, ORDER_CACHE = 0, 1, 2
 
 
 class Filter(Protocol):

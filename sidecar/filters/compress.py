@@ -21,7 +21,7 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sidecar.filters.chain import Exchange
+from sidecar.filters.chain import ORDER_COMPRESS, Exchange
 
 if TYPE_CHECKING:
     from sidecar.http.downstream import ResponseWriter
@@ -63,7 +63,7 @@ class CompressFilter:
     def on_request(self, x: Exchange) -> None:
         coding = negotiate(x.header(b"accept-encoding") or b"", self.spec.codings)
         metrics = x.ctx.metrics if x.ctx is not None else None
-        x.add_stage(lambda writer: CompressWriter(writer, self, coding, metrics))
+        x.add_stage(lambda writer: CompressWriter(writer, self, coding, metrics), ORDER_COMPRESS)
 
     def compressible(self, content_type: bytes) -> bool:
         kind = content_type.split(b";", 1)[0].strip().lower().decode("latin-1")

@@ -38,7 +38,7 @@ class DecompressFilter:
         if name is None:
             return UNSUPPORTED
         limit = self.max_inflated
-        x.body_rewrite = lambda body: inflate(name, body, limit)
+        x.add_body_rewrite(lambda body: inflate(name, body, limit), first=True)
         x.request_ops.append(_DROP_ENCODING)
         return None
 

@@ -184,6 +184,8 @@ class RequestHandler:
                     outcome.answered(reply.status)
                     detail = reply.detail
                     return await ds.local_reply(head, reply.status, reply.body, list(reply.headers))
+                if x.target is not None:  # a filter changed the query
+                    target = x.target
             if action.redirect is not None:
                 lst = router.listener_for(host) if router is not None else None
                 port = lst.port if lst is not None else self.listener.port

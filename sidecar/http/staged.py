@@ -5,7 +5,8 @@ Theory of operation. A filter that needs the response adds a stage to the Exchan
 function that takes the writer the answer would go to (the `ResponseWriter` protocol:
 start, data, end) and returns the writer to use instead. The handler then forwards through
 `Staged`, which is the downstream in every respect but two: its `response_writer` is the
-downstream's wrapped in the stages (the last added sees the upstream's answer first), and
+downstream's wrapped in the stages (in their order: transformations see the upstream's
+answer first, then compression, then the cache, nearest the client), and
 its `relay` — the path of HTTP/1.1 upstreams — parses the answer into writer calls instead
 of relaying its bytes. Routes without such filters never reach this module.
 """
@@ -26,7 +27,7 @@ from sidecar.tcp.relay import Counts
 from sidecar.transport.io import Conn
 
 Headers = list[tuple[bytes, bytes]]
-Stage = Callable[[ResponseWriter], ResponseWriter]
+Stage = tuple[int, Callable[[ResponseWriter], ResponseWriter]]  # (order, wrap)
 
 
 class Staged:
@@ -46,8 +47,8 @@ class Staged:
         self, head: RequestHead, ops: tuple[HeaderOps, ...], outcome: Outcome
     ) -> ResponseWriter:
         writer = self.ds.response_writer(head, ops, outcome)
-        for stage in self.stages:
-            writer = stage(writer)
+        for _, wrap in sorted(self.stages, key=_order, reverse=True):  # the client's side first
+            writer = wrap(writer)
         return writer
 
     # -- the rest is the downstream's --------------------------------------------------
@@ -82,6 +83,10 @@ class Staged:
         close: bool = False,
     ) -> bool:
         return await self.ds.local_reply(head, status, body, headers, close=close)
+
+
+def _order(stage: Stage) -> int:
+    return stage[0]
 
 
 async def relay_to_writer(

@@ -83,7 +83,7 @@ class EchoServer:
                 if self.path.startswith("/delay/"):  # /delay/<ms>/...: answer late
                     time.sleep(int(self.path.split("/")[2]) / 1000)
                 if self.path.startswith("/bytes/"):
-                    self._stream_zeros(int(self.path.split("/")[2]))
+                    self._stream_zeros(int(self.path.partition("?")[0].split("/")[2]))
                     return
                 body_length, body_sha256 = self._body()
                 headers: dict[str, list[str]] = {}

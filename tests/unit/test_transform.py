@@ -1,0 +1,57 @@
+"""Templates over a request (JWT claims included) and JSON path edits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sidecar.filters.chain import Exchange
+from sidecar.filters.transform import JsonEdits, Template, TemplateError, parse_json_path
+
+
+def _x() -> Exchange:
+    x = Exchange("GET", "shop.example", "/a", "q=1", [(b"X-Tenant", b"acme")], "10.0.0.9")
+    x.jwt = ("idp", {"sub": "ada", "admin": True, "groups": ["a", "b"], "evil": "a\r\nb: c"})
+    return x
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("${jwt.sub}@${header.x-tenant}", "ada@acme"),
+        ("${jwt.admin}", "true"),
+        ("${jwt.groups}", '["a","b"]'),
+        ("${jwt.missing}", None),  # not set at all
+        ("${jwt.evil}", None),  # a control character is never written
+        ("${method} ${host}${path} from ${client}", "GET shop.example/a from 10.0.0.9"),
+        ("plain", "plain"),
+    ],
+)
+def test_templates(text: str, want: str | None) -> None:
+    assert Template.parse(text).render(_x(), {}, {"q": "1"}) == want
+
+
+@pytest.mark.parametrize("text", ["${nope}", "${query}", "${method.x}", "${path.id}", "a${b"])
+def test_bad_templates(text: str) -> None:
+    with pytest.raises(TemplateError):
+        Template.parse(text)
+
+
+def test_json_paths_and_edits() -> None:
+    assert parse_json_path("$.a.b[2].c") == ("a", "b", 2, "c")
+    assert parse_json_path("a") == ("a",)
+    for bad in ("$", "$..a", "$.a[x]", "$a", ""):
+        with pytest.raises(ValueError):
+            parse_json_path(bad)
+    edits = JsonEdits(
+        set=((parse_json_path("$.new.deep"), "1"), (parse_json_path("$.list[5]"), "0")),
+        remove=(parse_json_path("$.gone"), parse_json_path("$.list[0]")),
+        rename=((parse_json_path("$.old"), parse_json_path("$.renamed.here")),),
+    )
+    out = edits.apply(b'{"old": 1, "gone": 2, "list": [1, 2]}')
+    assert out is not None
+    assert json.loads(out) == {"renamed": {"here": 1}, "list": [2], "new": {"deep": 1}}
+    assert edits.apply(b"[1, 2]") is not None  # edits that do not fit are skipped
+    assert edits.apply(b"{not json") is None
+    assert edits.apply(b"[" * 100_000) is None  # too deep: refused, never a crash
