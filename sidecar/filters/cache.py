@@ -38,6 +38,7 @@ from sidecar.filters.cache_rules import (
     satisfied,
 )
 from sidecar.filters.chain import ORDER_CACHE, Exchange, LocalReply, Verdict
+from sidecar.http.staged import pause
 
 if TYPE_CHECKING:
     from sidecar.http.context import ProxyContext
@@ -398,6 +399,9 @@ class Filling:
             else:
                 self.body += data
         await self.next.data(data)
+
+    async def pause(self) -> None:
+        await pause(self.next)
 
     async def end(self, trailers: Headers | None) -> None:
         if self.replaced:

@@ -7,10 +7,12 @@ adds a response stage (http/staged.py). When the answer's head arrives the stage
 a body it may compress — a type the policy lists, at least `min_length` bytes when the
 length is known, not already encoded, not `no-transform`, not a 204/206/304 — loses its
 Content-Length, gains Content-Encoding, and its strong ETag becomes weak (the bytes
-differ; the resource does not). Each chunk the upstream sends is compressed and flushed
-at once, so a streamed answer (server-sent events, NDJSON) still streams and memory stays
-at one chunk. Every answer of a type the policy compresses says `Vary: Accept-Encoding`,
-compressed or not, so a cache never gives one client's coding to another.
+differ; the resource does not). Each chunk the upstream sends is compressed as it comes,
+and what the compressor holds is flushed whenever the upstream pauses (http/staged.py's
+`pause`): a streamed answer (server-sent events, NDJSON) still streams, a body that keeps
+coming is compressed in long runs, and memory stays at one chunk. Every answer of a type
+the policy compresses says `Vary: Accept-Encoding`, compressed or not, so a cache never
+gives one client's coding to another.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sidecar.filters.chain import ORDER_COMPRESS, Exchange
+from sidecar.http.staged import pause
 
 if TYPE_CHECKING:
     from sidecar.http.downstream import ResponseWriter
@@ -182,6 +185,14 @@ class CompressWriter:
         if out:
             await self.next.data(out)
 
+    async def pause(self) -> None:
+        """The upstream paused: what the compressor holds goes out, decodable."""
+        if self.encoder is not None:
+            out = self.encoder.flush()
+            if out:
+                await self.next.data(out)
+        await pause(self.next)
+
     async def end(self, trailers: Headers | None) -> None:
         encoder = self.encoder
         if encoder is not None:
@@ -203,7 +214,7 @@ def _lists(value: bytes, token: bytes) -> bool:
 
 
 class Encoder:
-    """One body's compressor; each chunk comes out flushed (a reader may decode all of it)."""
+    """One body's compressor."""
 
     __slots__ = ("coding", "impl", "out")
 
@@ -224,15 +235,23 @@ class Encoder:
         self.impl = impl
 
     def chunk(self, data: bytes) -> bytes:
+        """What the compressor gives for `data` now (it may hold some until `flush`)."""
+        impl = self.impl
+        out = impl.process(data) if self.coding == "br" else impl.compress(data)
+        self.out += len(out)
+        return bytes(out)
+
+    def flush(self) -> bytes:
+        """Everything held so far, in a form a reader can decode (a sync flush)."""
         impl = self.impl
         if self.coding == "gzip":
-            out = impl.compress(data) + impl.flush(zlib.Z_SYNC_FLUSH)
+            out = impl.flush(zlib.Z_SYNC_FLUSH)
         elif self.coding == "br":
-            out = impl.process(data) + impl.flush()
+            out = impl.flush()
         else:
             import zstandard
 
-            out = impl.compress(data) + impl.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+            out = impl.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
         self.out += len(out)
         return bytes(out)
 

@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 from sidecar.config.headerops import HeaderOps
 from sidecar.filters.chain import ORDER_TRANSFORM, Exchange, LocalReply
+from sidecar.http.staged import pause
 
 if TYPE_CHECKING:
     from sidecar.http.downstream import ResponseWriter
@@ -351,6 +352,10 @@ class Reshaping:
         assert self.spec.response_json is not None
         if len(self.body) > self.spec.response_json.max_bytes:
             await self._refuse(b"the upstream's answer is too large to transform\n")
+
+    async def pause(self) -> None:
+        if not (self.holding or self.skip or self.failed):
+            await pause(self.next)
 
     async def end(self, trailers: Headers | None) -> None:
         if self.skip or self.failed:

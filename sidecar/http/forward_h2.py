@@ -95,7 +95,10 @@ async def _send_body(stream: UpstreamStream, ds: Any, body: bytes, outcome: Outc
 
 
 async def _relay(stream: UpstreamStream, writer: ResponseWriter, outcome: Outcome) -> None:
+    staged = hasattr(writer, "pause")  # a route's response stages (http/staged.py)
     while True:
+        if staged and not stream.events:
+            await writer.pause()  # type: ignore[attr-defined]
         ev = await stream.next_event()
         if isinstance(ev, Response):
             outcome.response(ev.status, ev)

@@ -85,6 +85,14 @@ class Staged:
         return await self.ds.local_reply(head, status, body, headers, close=close)
 
 
+async def pause(writer: ResponseWriter) -> None:
+    """Tell a stage the upstream has nothing more for now (a compressor flushes then: a
+    stream's events go out as they come, a body that keeps coming is compressed whole)."""
+    hook = getattr(writer, "pause", None)
+    if hook is not None:
+        await hook()
+
+
 def _order(stage: Stage) -> int:
     return stage[0]
 
@@ -99,7 +107,12 @@ async def relay_to_writer(
     writer: ResponseWriter | None = None
     keep_upstream = True
     while True:
-        if not feed_response(parser, await conn.recv()):
+        data = conn.recv_ready() if writer is not None else None
+        if data is None:
+            if writer is not None:  # the upstream paused: what the stages hold goes out
+                await pause(writer)
+            data = await conn.recv()
+        if not feed_response(parser, data):
             keep_upstream = False
         while events:
             ev = events.popleft()

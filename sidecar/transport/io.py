@@ -75,6 +75,19 @@ class Conn:
                     sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
             return data
 
+    def recv_ready(self, size: int = RECV_SIZE) -> bytes | None:
+        """The bytes already here (b"" at end of stream), or None when a read would wait."""
+        try:
+            data = self.sock.recv(size)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno in _RESET_ERRNOS:
+                raise ConnectionLost(str(exc)) from None
+            raise
+        self.activity += 1
+        return data
+
     def send_now(self, data: bytes | bytearray | memoryview) -> int:
         """Send what the kernel takes without waiting; the count sent. The data path calls
         this and awaits `send_rest` only after a partial write, saving a coroutine a send."""

@@ -47,13 +47,13 @@ def test_the_policys_codings_only() -> None:
 
 
 @pytest.mark.parametrize("coding", OFFERED)
-def test_each_chunk_decodes_on_its_own(coding: str) -> None:
-    """A reader holding only what was sent so far can decode all of it (streaming)."""
+def test_what_a_pause_flushes_decodes_on_its_own(coding: str) -> None:
+    """A reader holding only what was sent until a pause can decode all of it."""
     enc = Encoder(coding, CompressionSpec(codings=OFFERED))
     parts = [b"event %d\n" % i * 50 for i in range(5)]
     sent = b""
     for i, part in enumerate(parts):
-        sent += enc.chunk(part)
+        sent += enc.chunk(part) + enc.flush()  # what goes out when the upstream pauses
         if coding == "gzip":
             got = __import__("zlib").decompressobj(31).decompress(sent)
         elif coding == "br":
