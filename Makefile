@@ -87,6 +87,7 @@ bench: $(STAMP) sysdeps-bench compile
 	$(PY) -m bench.attacks
 	$(PY) -m bench.global_ratelimit
 	$(PY) -m bench.workers
+	$(PY) -m bench.gateway
 
 bench-instructions: $(STAMP) sysdeps-bench compile
 	$(PY) -m bench.instructions
