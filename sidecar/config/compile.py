@@ -32,6 +32,7 @@ from sidecar.config.model import (
 from sidecar.config.parse_policy import NON_IDEMPOTENT_ANNOTATION
 from sidecar.config.snapshot import Snapshot
 from sidecar.config.split import SmoothWeighted
+from sidecar.filters.aggregate import AggregateFilter
 from sidecar.filters.chain import Filter, FixedReply, LocalReply
 from sidecar.filters.cors import CorsFilter
 from sidecar.filters.transform import TransformFilter
@@ -70,6 +71,7 @@ class _Index:
     grants: list[r.ReferenceGrant] = field(default_factory=list)
     validations: dict[tuple[str, str], r.RequestValidation] = field(default_factory=dict)
     transforms: dict[tuple[str, str], r.Transform] = field(default_factory=dict)
+    aggregations: dict[tuple[str, str], r.Aggregation] = field(default_factory=dict)
     egress: list[r.EgressPolicy] = field(default_factory=list)
     # (namespace, route) -> the PythonFilters that target it, by name, in order
     python: dict[tuple[str, str], list[str]] = field(default_factory=dict)
@@ -113,6 +115,8 @@ def compile_snapshot(
             idx.validations[(res.meta.namespace, res.meta.name)] = res
         elif isinstance(res, r.Transform):
             idx.transforms[(res.meta.namespace, res.meta.name)] = res
+        elif isinstance(res, r.Aggregation):
+            idx.aggregations[(res.meta.namespace, res.meta.name)] = res
         elif isinstance(res, r.ClientTrafficPolicy):
             idx.client_policies.append(res)
         elif isinstance(res, r.ConfigMap):
@@ -486,6 +490,8 @@ class _Compiler:
                 return loaded
         if kind == "Transform" and (t := self.idx.transforms.get(key)) is not None:
             return TransformFilter(f"{t.meta.namespace}/{t.meta.name}", t.spec)
+        if kind == "Aggregation" and (a := self.idx.aggregations.get(key)) is not None:
+            return self._aggregation(route, a)
         found = self.idx.validations.get(key) if kind == "RequestValidation" else None
         if found is None:
             why = f"{kind} {route.meta.namespace}/{name} not found"
@@ -498,6 +504,18 @@ class _Compiler:
         if made is None:
             made = self.validators[key] = ValidationFilter(found)
         return made
+
+    def _aggregation(self, route: r.HTTPRoute, a: r.Aggregation) -> AggregateFilter:
+        """The Aggregation with its parts' backends resolved (as a route's would be: a
+        Service in another namespace needs a ReferenceGrant to the route's)."""
+        parts = []
+        for part, ref in zip(a.spec.parts, a.refs, strict=True):
+            cluster, why = self._resolve(ref, route.meta.namespace, route.kind)
+            if cluster is None:
+                self.warnings.append(f"Aggregation {_nn(a.meta)} part {part.name}: {why}")
+            parts.append(dataclasses.replace(part, cluster=cluster, authority=ref.name, why=why))
+        spec = dataclasses.replace(a.spec, parts=tuple(parts))
+        return AggregateFilter(_nn(a.meta), spec)
 
     def _retry(
         self, route: r.HTTPRoute, rule: r.RouteRule, cluster: str | None

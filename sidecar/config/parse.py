@@ -18,6 +18,7 @@ from typing import Any
 
 from ca.spiffe import DEFAULT_TRUST_DOMAIN, TRUST_DOMAIN_RE, InvalidSpiffeId, SpiffeId
 from sidecar.authz import Operation, Policy, Source
+from sidecar.config.parse_aggregate import parse_aggregation
 from sidecar.config.parse_client_traffic import parse_client_traffic_policy, parse_config_map
 from sidecar.config.parse_egress import parse_egress_policy
 from sidecar.config.parse_ingress import parse_ingress, parse_ingress_class
@@ -423,6 +424,7 @@ _PARSERS: dict[tuple[str, str], Callable[..., Any]] = {
     (WEFT_GROUP, "SecurityPolicy"): parse_security_policy,
     (WEFT_GROUP, "RequestValidation"): parse_request_validation,
     (WEFT_GROUP, "Transform"): parse_transform,
+    (WEFT_GROUP, "Aggregation"): parse_aggregation,
     (WEFT_GROUP, "ClientTrafficPolicy"): parse_client_traffic_policy,
     (ENVOY_GATEWAY_GROUP, "ClientTrafficPolicy"): parse_client_traffic_policy,
     ("", "ConfigMap"): parse_config_map,

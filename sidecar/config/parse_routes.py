@@ -450,12 +450,15 @@ _FILTER_KEYS = {
 }
 
 
+EXTENSION_KINDS = ("RequestValidation", "PythonFilter", "Transform", "Aggregation")
+
+
 def _filter(fr: Reader) -> RouteFilter:
     ftype = fr.text("type", choices=(*_FILTER_KEYS, "ExtensionRef"))
     if ftype == "ExtensionRef":
         er = fr.req_obj("extensionRef")
         group = er.text("group", choices=(WEFT_GROUP,))
-        kind = er.text("kind", choices=("RequestValidation", "PythonFilter", "Transform"))
+        kind = er.text("kind", choices=EXTENSION_KINDS)
         name = er.text("name", pattern=NAME_RE)
         er.finish()
         fr.finish()

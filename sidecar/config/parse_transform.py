@@ -45,7 +45,7 @@ def parse_transform(top: Reader, meta: Meta) -> Transform:
         text = spec.text("pathTemplate", max_len=1024)
         if not text.startswith("/"):
             spec.fail("pathTemplate", "must start with /")
-        pattern, names = _path_template(spec, text)
+        pattern, names = path_template(spec, text)
     out = TransformSpec(path_template=pattern)
     req, resp = spec.obj("request"), spec.obj("response")
     if req is not None:
@@ -103,7 +103,7 @@ def _statuses(r: Reader) -> list[int]:
     return value
 
 
-def _path_template(r: Reader, text: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
+def path_template(r: Reader, text: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
     """`/orders/{id}` as a pattern whose groups are the named segments."""
     names: list[str] = []
     out = "^"

@@ -19,6 +19,7 @@ from sidecar.config.model import (
     RetryBudget,
     RetryPolicy,
 )
+from sidecar.filters.aggregate import AggregateSpec
 from sidecar.filters.cache import CacheSpec
 from sidecar.filters.compress import CompressionSpec
 from sidecar.filters.ratelimit import LimitRule
@@ -529,6 +530,16 @@ class Transform:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Aggregation:
+    """weft.dev Aggregation, used by HTTPRoute rules through an ExtensionRef filter; its
+    parts' backends (`refs`, in their order) resolve when the configuration compiles."""
+
+    meta: Meta
+    spec: AggregateSpec
+    refs: tuple[BackendObjectRef, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PythonFilter:
     """weft.dev PythonFilter: a user's filter class, from a file or a module, and its
     configuration (filters/python.py loads it; routes use it through an ExtensionRef)."""
@@ -612,6 +623,7 @@ Resource = (
     | SecurityPolicy
     | RequestValidation
     | Transform
+    | Aggregation
     | ConfigMap
     | ClientTrafficPolicy
     | Ingress

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from sidecar.config.model import RouteAction
     from sidecar.http.context import ProxyContext
     from sidecar.http.downstream import ResponseWriter
+    from sidecar.observe.tracing import Span
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -56,6 +57,7 @@ class Exchange:
     stages: list[tuple[int, Callable[[ResponseWriter], ResponseWriter]]] | None = None
     target: str | None = None  # the request target forwarded instead (path and query)
     route: RouteAction | None = None  # the rule's action (filters that call its backend)
+    span: Span | None = None  # the request's trace span, when tracing is on
     # the answer when the upstream cannot give one (a cache's stale-if-error), or None
     fallback: Callable[[], LocalReply | None] | None = None
     done: list[Callable[[], None]] | None = None  # run when the request ends, however

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 Headers = list[tuple[bytes, bytes]]
 _REF = re.compile(r"\$\{([a-z]+)(?:\.([^}]+))?\}")
-SOURCES = ("method", "host", "path", "client", "query", "header", "jwt")
+SOURCES = ("method", "host", "path", "client", "query", "header", "jwt", "part")
 _SAFE_VALUE = re.compile(r"^[\t\x20-\x7e\x80-\xff]*$")
 _STEP = re.compile(r"\.([^.\[\]]+)|\[(\d+)\]")
 
@@ -49,46 +49,68 @@ class Template:
     parts: tuple[str | tuple[str, str], ...]
 
     @staticmethod
-    def parse(text: str, path_names: tuple[str, ...] = ()) -> Template:
-        parts: list[str | tuple[str, str]] = []
+    def parse(
+        text: str, path_names: tuple[str, ...] = (), parts: tuple[str, ...] | None = None
+    ) -> Template:
+        """`parts`: the names a `${part.NAME.json.path}` may refer to (an Aggregation's
+        parts; None elsewhere)."""
+        out: list[str | tuple[str, str]] = []
         at = 0
         for m in _REF.finditer(text):
             source, name = m.group(1), m.group(2) or ""
-            if source not in SOURCES:
-                raise TemplateError(f"${{{source}}}: unknown (one of {', '.join(SOURCES)})")
-            if source in ("query", "header", "jwt") and not name:
+            if source not in SOURCES or (source == "part" and parts is None):
+                known = [s for s in SOURCES if s != "part" or parts is not None]
+                raise TemplateError(f"${{{source}}}: unknown (one of {', '.join(known)})")
+            if source in ("query", "header", "jwt", "part") and not name:
                 raise TemplateError(f"${{{source}.NAME}} needs a name")
             if source == "path" and name and name not in path_names:
                 raise TemplateError(f"${{path.{name}}}: not a parameter of pathTemplate")
             if source in ("method", "host", "client") and name:
                 raise TemplateError(f"${{{source}}} takes no name")
+            if source == "part":
+                part = re.split(r"[.\[]", name, maxsplit=1)[0]
+                if parts is None or part not in parts:
+                    raise TemplateError(f"${{part.{name}}}: no part named {part!r}")
+                if part != name:
+                    parse_json_path("$" + name[len(part) :])
             if m.start() > at:
-                parts.append(text[at : m.start()])
-            parts.append((source, name.lower() if source == "header" else name))
+                out.append(text[at : m.start()])
+            out.append((source, name.lower() if source == "header" else name))
             at = m.end()
         if at < len(text):
-            parts.append(text[at:])
-        if "${" in "".join(p for p in parts if isinstance(p, str)):
+            out.append(text[at:])
+        if "${" in "".join(p for p in out if isinstance(p, str)):
             raise TemplateError(f"{text!r}: an unclosed or malformed ${{…}}")
-        return Template(tuple(parts))
+        return Template(tuple(out))
 
-    def render(self, x: Exchange, params: dict[str, str], query: dict[str, str]) -> str | None:
-        """The value for this request; None when a reference has no value here."""
+    def refers_to(self, source: str) -> list[str]:
+        """The names this template takes from `source`."""
+        return [p[1] for p in self.parts if isinstance(p, tuple) and p[0] == source]
+
+    def render(
+        self, x: Exchange, params: dict[str, str], query: dict[str, str],
+        parts: dict[str, Any] | None = None, *, encode: bool = False,
+    ) -> str | None:  # fmt: skip
+        """The value for this request; None when a reference has no value here.
+        `encode`: values go into a URL (percent-encoded, but for `${path.…}`, which is
+        taken from the request's path as it came)."""
         out = []
         for part in self.parts:
             if isinstance(part, str):
                 out.append(part)
                 continue
-            value = _lookup(x, part[0], part[1], params, query)
+            value = _lookup(x, part[0], part[1], params, query, parts)
             if value is None:
                 return None
+            if encode and part[0] != "path":
+                value = quote(value, safe="-._~")
             out.append(value)
         text = "".join(out)
         return text if _SAFE_VALUE.match(text) else None
 
 
 def _lookup(x: Exchange, source: str, name: str, params: dict[str, str],
-            query: dict[str, str]) -> str | None:  # fmt: skip
+            query: dict[str, str], parts: dict[str, Any] | None) -> str | None:  # fmt: skip
     if source == "method":
         return x.method
     if source == "host":
@@ -102,12 +124,39 @@ def _lookup(x: Exchange, source: str, name: str, params: dict[str, str],
     if source == "header":
         value = x.header(name.encode("latin-1"))
         return value.decode("latin-1") if value is not None else None
+    if source == "part":
+        found, got = _part_value(parts or {}, name)  # (not `value`: bytes above, compiled)
+        return _text(got) if found else None
     if x.jwt is None:  # jwt
         return None
     claim = x.jwt[1].get(name)
-    if claim is None or isinstance(claim, dict | list):
-        return None if claim is None else json.dumps(claim, separators=(",", ":"))
-    return str(claim).lower() if isinstance(claim, bool) else str(claim)
+    return None if claim is None else _text(claim)
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def _part_value(parts: dict[str, Any], name: str) -> tuple[bool, Any]:
+    part = re.split(r"[.\[]", name, maxsplit=1)[0]
+    if part not in parts:
+        return False, None
+    node = parts[part]
+    rest = name[len(part) :]
+    for step in parse_json_path("$" + rest) if rest else ():
+        if isinstance(step, int):
+            if not isinstance(node, list) or step >= len(node):
+                return False, None
+        elif not isinstance(node, dict) or step not in node:
+            return False, None
+        node = node[step]
+    return True, node
 
 
 # -- JSON paths -----------------------------------------------------------------------------

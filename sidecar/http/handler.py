@@ -174,7 +174,7 @@ class RequestHandler:
                 client = client_address(self.peer_text, head.forwarded_for,
                                         snapshot.limits.trusted_hops)  # fmt: skip
                 x = Exchange(head.method, authority, path, query, head.headers, client,
-                             self.scheme, ctx=self.ctx, route=action)  # fmt: skip
+                             self.scheme, ctx=self.ctx, route=action, span=span)  # fmt: skip
                 reply = run_filters(action.filters, x)
                 if reply is not None and not isinstance(reply, LocalReply):
                     reply = await reply
