@@ -72,6 +72,7 @@ class _Index:
     validations: dict[tuple[str, str], r.RequestValidation] = field(default_factory=dict)
     transforms: dict[tuple[str, str], r.Transform] = field(default_factory=dict)
     aggregations: dict[tuple[str, str], r.Aggregation] = field(default_factory=dict)
+    transcoders: dict[tuple[str, str], r.GrpcJsonTranscoder] = field(default_factory=dict)
     egress: list[r.EgressPolicy] = field(default_factory=list)
     # (namespace, route) -> the PythonFilters that target it, by name, in order
     python: dict[tuple[str, str], list[str]] = field(default_factory=dict)
@@ -117,6 +118,8 @@ def compile_snapshot(
             idx.transforms[(res.meta.namespace, res.meta.name)] = res
         elif isinstance(res, r.Aggregation):
             idx.aggregations[(res.meta.namespace, res.meta.name)] = res
+        elif isinstance(res, r.GrpcJsonTranscoder):
+            idx.transcoders[(res.meta.namespace, res.meta.name)] = res
         elif isinstance(res, r.ClientTrafficPolicy):
             idx.client_policies.append(res)
         elif isinstance(res, r.ConfigMap):
@@ -492,6 +495,10 @@ class _Compiler:
             return TransformFilter(f"{t.meta.namespace}/{t.meta.name}", t.spec)
         if kind == "Aggregation" and (a := self.idx.aggregations.get(key)) is not None:
             return self._aggregation(route, a)
+        if kind == "GrpcJsonTranscoder" and (g := self.idx.transcoders.get(key)) is not None:
+            from sidecar.filters.grpc_json import TranscoderFilter
+
+            return TranscoderFilter(_nn(g.meta), g.spec)
         found = self.idx.validations.get(key) if kind == "RequestValidation" else None
         if found is None:
             why = f"{kind} {route.meta.namespace}/{name} not found"

@@ -31,7 +31,7 @@ from sidecar.config.parse_routes import (
     parse_stream_route,
 )
 from sidecar.config.parse_security import parse_security_policy
-from sidecar.config.parse_transform import parse_transform
+from sidecar.config.parse_transform import parse_grpc_json_transcoder, parse_transform
 from sidecar.config.parse_validation import parse_request_validation
 from sidecar.config.reader import HOSTNAME_RE, NAME_RE, Reader
 from sidecar.config.resources import (
@@ -101,7 +101,7 @@ def parse_resource(doc: object, source: str, base_dir: Path | None = None) -> Re
     top.source = source
     meta = _meta(top.req_obj("metadata"))
     top.ignore("status")
-    if parser is _tls_certificate or parser is _python_filter:
+    if parser in (_tls_certificate, _python_filter, parse_grpc_json_transcoder):
         resource: Resource = parser(top, meta, base_dir)
     else:
         resource = parser(top, meta)
@@ -425,6 +425,7 @@ _PARSERS: dict[tuple[str, str], Callable[..., Any]] = {
     (WEFT_GROUP, "RequestValidation"): parse_request_validation,
     (WEFT_GROUP, "Transform"): parse_transform,
     (WEFT_GROUP, "Aggregation"): parse_aggregation,
+    (WEFT_GROUP, "GrpcJsonTranscoder"): parse_grpc_json_transcoder,
     (WEFT_GROUP, "ClientTrafficPolicy"): parse_client_traffic_policy,
     (ENVOY_GATEWAY_GROUP, "ClientTrafficPolicy"): parse_client_traffic_policy,
     ("", "ConfigMap"): parse_config_map,

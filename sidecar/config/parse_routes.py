@@ -450,7 +450,8 @@ _FILTER_KEYS = {
 }
 
 
-EXTENSION_KINDS = ("RequestValidation", "PythonFilter", "Transform", "Aggregation")
+EXTENSION_KINDS = ("RequestValidation", "PythonFilter", "Transform", "Aggregation",
+                   "GrpcJsonTranscoder")  # fmt: skip
 
 
 def _filter(fr: Reader) -> RouteFilter:

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 from sidecar.config.headerops import HOP_WRITTEN, field_key
 from sidecar.config.reader import Reader
-from sidecar.config.resources import Meta, Transform
+from sidecar.config.resources import GrpcJsonTranscoder, Meta, Transform
 from sidecar.filters.transform import (
     HeaderEdits,
     JsonEdits,
@@ -173,3 +174,30 @@ def _json(r: Reader | None) -> JsonEdits | None:
                       max_bytes=r.integer("maxBytes", 1 << 20, lo=1, hi=64 << 20))  # fmt: skip
     r.finish()
     return edits
+
+
+def parse_grpc_json_transcoder(
+    top: Reader, meta: Meta, base_dir: Path | None
+) -> GrpcJsonTranscoder:
+    """GrpcJsonTranscoder (weft.dev/v1alpha1): JSON over HTTP for a gRPC service, from the
+    `google.api.http` options in its descriptor set (filters/grpc_json.py)."""
+    from sidecar.filters.grpc_json import TranscodeError, TranscoderSpec, load
+
+    spec = top.req_obj("spec")
+    path = Path(spec.text("descriptorSet", max_len=4096))
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    services = tuple(spec.str_list("services", max_len=256))
+    try:
+        bindings = load(path.read_bytes(), services)
+    except OSError as exc:
+        spec.fail("descriptorSet", f"cannot read {path}: {exc.strerror}")
+    except TranscodeError as exc:
+        spec.fail("descriptorSet", f"{path}: {exc}")
+    out = TranscoderSpec(
+        bindings=bindings,
+        max_bytes=spec.integer("maxBytes", 1 << 20, lo=1, hi=64 << 20),
+        proto_names=spec.flag("preserveProtoFieldNames", False),
+    )
+    spec.finish()
+    return GrpcJsonTranscoder(meta=meta, spec=out)

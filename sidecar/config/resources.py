@@ -25,7 +25,8 @@ from sidecar.filters.compress import CompressionSpec
 from sidecar.filters.ratelimit import LimitRule
 from sidecar.filters.transform import TransformSpec
 
-if TYPE_CHECKING:  # PyJWT loads only where a policy checks JWTs
+if TYPE_CHECKING:  # PyJWT and protobuf load only where a policy uses them
+    from sidecar.filters.grpc_json import TranscoderSpec
     from sidecar.filters.jwt_auth import Provider
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
@@ -530,6 +531,14 @@ class Transform:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class GrpcJsonTranscoder:
+    """weft.dev GrpcJsonTranscoder, used by HTTPRoute rules through an ExtensionRef filter."""
+
+    meta: Meta
+    spec: TranscoderSpec
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Aggregation:
     """weft.dev Aggregation, used by HTTPRoute rules through an ExtensionRef filter; its
     parts' backends (`refs`, in their order) resolve when the configuration compiles."""
@@ -624,6 +633,7 @@ Resource = (
     | RequestValidation
     | Transform
     | Aggregation
+    | GrpcJsonTranscoder
     | ConfigMap
     | ClientTrafficPolicy
     | Ingress

@@ -56,6 +56,8 @@ class Exchange:
     # what filters do to the answer (http/staged.py): each wraps the writer it goes to
     stages: list[tuple[int, Callable[[ResponseWriter], ResponseWriter]]] | None = None
     target: str | None = None  # the request target forwarded instead (path and query)
+    forward_method: str | None = None  # the method forwarded instead (transcoding: POST)
+    body_always: bool = False  # body_rewrite makes a body even for a request without one
     route: RouteAction | None = None  # the rule's action (filters that call its backend)
     span: Span | None = None  # the request's trace span, when tracing is on
     # the answer when the upstream cannot give one (a cache's stale-if-error), or None

@@ -184,8 +184,10 @@ class RequestHandler:
                     outcome.answered(reply.status)
                     detail = reply.detail
                     return await ds.local_reply(head, reply.status, reply.body, list(reply.headers))
-                if x.target is not None:  # a filter changed the query
+                if x.target is not None:  # a filter changed the query or the path
                     target = x.target
+                if x.forward_method is not None:  # (the log keeps the client's: x.method)
+                    head.method = x.forward_method
             if action.redirect is not None:
                 lst = router.listener_for(host) if router is not None else None
                 port = lst.port if lst is not None else self.listener.port
@@ -348,7 +350,8 @@ class RequestHandler:
                 ctx.tracer.finish(
                     (span.kind, span.trace_id, span.span_id, span.parent_id, client_id,
                      began, upstream_at - start if upstream_at else 0.0, duration,
-                     head.method, match.template if match is not None else "", route_label,
+                     x.method if x is not None else head.method,
+                     match.template if match is not None else "", route_label,
                      self.scheme, authority, path, outcome.status, peer_service,
                      outcome.upstream, retries, head.version, self.peer_text,
                      self.peer_uri, detail, path[1:] if is_grpc(head) else "",
@@ -360,7 +363,7 @@ class RequestHandler:
                     start=began,
                     duration_s=duration,
                     downstream=self.peer_text,
-                    method=head.method,
+                    method=x.method if x is not None else head.method,
                     authority=authority,
                     path=head.target,
                     protocol=ds.protocol(head),
@@ -408,25 +411,25 @@ def _fallback(x: Exchange | None) -> LocalReply | None:
 
 
 async def _check_body(ds: Downstream, head: RequestHead, x: Exchange) -> LocalReply | None:
-    """A route's body rules: its size limit from here on, and a rewrite (decoding) and a
-    check of the whole body (read, then put back to be forwarded as it came or rewritten)."""
+    """A route's body rules: its size limit from here on, and a rewrite (decoding,
+    transcoding) and a check of the whole body (read, then put back to be forwarded as it
+    came or rewritten). `x.body_always`: the rewrite makes a body for a request without one."""
     if x.max_body:
         ds.limit_body(head, x.max_body)
     if x.body_check is None and x.body_rewrite is None:
         return None
     body = bytearray()
-    had_body = head.has_body
-    if had_body:
-        if head.expect_continue:
-            await ds.send_continue()
-            head.expect_continue = False
-        while not isinstance(ev := await ds.next_event(), End):
-            body += ev
-    else:
-        ev = End()
+    reads = head.has_body or (x.body_always and x.body_rewrite is not None)
+    if not reads:  # nothing to read, nothing to put back
+        return x.body_check(b"") if x.body_check is not None else None
+    if head.expect_continue:
+        await ds.send_continue()
+        head.expect_continue = False
+    while not isinstance(ev := await ds.next_event(), End):
+        body += ev
     data = bytes(body)
     reply = None
-    if x.body_rewrite is not None and had_body:
+    if x.body_rewrite is not None:
         rewritten = x.body_rewrite(data)
         if isinstance(rewritten, LocalReply):
             reply = rewritten
@@ -436,6 +439,6 @@ async def _check_body(ds: Downstream, head: RequestHead, x: Exchange) -> LocalRe
             head.raw = None  # the fields are rebuilt, with the new length
     if reply is None and x.body_check is not None:
         reply = x.body_check(data)
-    if had_body:  # forwarded as if not read yet; or, refused, read to its end
-        ds.unread([data, ev] if reply is None and data else [ev])
+    # forwarded as if not read yet; or, refused, read to its end
+    ds.unread([data, ev] if reply is None and data else [ev])
     return reply

@@ -55,3 +55,35 @@ def test_json_paths_and_edits() -> None:
     assert edits.apply(b"[1, 2]") is not None  # edits that do not fit are skipped
     assert edits.apply(b"{not json") is None
     assert edits.apply(b"[" * 100_000) is None  # too deep: refused, never a crash
+
+
+@pytest.mark.parametrize(
+    ("template", "path", "groups"),
+    [
+        ("/v1/items/{sku}", "/v1/items/mug", {"v0": "mug"}),
+        ("/v1/items/{sku}", "/v1/items/a/b", None),
+        ("/v1/{name=shelves/*}", "/v1/shelves/7", {"v0": "shelves/7"}),
+        ("/v1/{name=shelves/*/books/*}", "/v1/shelves/7/books/9", {"v0": "shelves/7/books/9"}),
+        ("/v1/{path=**}", "/v1/a/b/c", {"v0": "a/b/c"}),
+        ("/v1/items/{sku}:rate", "/v1/items/tea:rate", {"v0": "tea"}),
+        ("/v1/items:watch", "/v1/items:watch", {}),
+        ("/v1/items:watch", "/v1/items", None),
+        ("/v1/*/x", "/v1/anything/x", {}),
+    ],
+)
+def test_http_rule_templates(template: str, path: str, groups: dict[str, str] | None) -> None:
+    from sidecar.filters.grpc_json import compile_template
+
+    pattern, _ = compile_template(template)
+    m = pattern.match(path)
+    assert (m.groupdict() if m else None) == groups
+
+
+def test_grpc_status_maps_to_http() -> None:
+    from sidecar.filters.grpc_json import HTTP_STATUS, _grpc_status
+
+    assert [HTTP_STATUS[c] for c in (0, 3, 5, 7, 8, 12, 14, 16)] == [
+        200, 400, 404, 403, 429, 501, 503, 401]  # fmt: skip
+    assert _grpc_status([(b"grpc-status", b"5"), (b"grpc-message", b"no%20item")], 200) == (
+        5, "no item")  # fmt: skip
+    assert _grpc_status([], 503) == (14, "the upstream answered HTTP 503")

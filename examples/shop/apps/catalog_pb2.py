@@ -4,36 +4,62 @@
 # source: catalog.proto
 # Protobuf Python Version: 7.35.1
 """Generated protocol buffer code."""
-
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pool as _descriptor_pool
 from google.protobuf import runtime_version as _runtime_version
 from google.protobuf import symbol_database as _symbol_database
 from google.protobuf.internal import builder as _builder
-
 _runtime_version.ValidateProtobufRuntimeVersion(
-    _runtime_version.Domain.PUBLIC, 7, 35, 1, "", "catalog.proto"
+    _runtime_version.Domain.PUBLIC,
+    7,
+    35,
+    1,
+    '',
+    'catalog.proto'
 )
 # @@protoc_insertion_point(imports)
 
 _sym_db = _symbol_database.Default()
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(
-    b'\n\rcatalog.proto\x12\x0fshop.catalog.v1"\r\n\x0bListRequest"6\n\x04Item\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bprice_cents\x18\x03 \x01(\x05"1\n\tListReply\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.shop.catalog.v1.Item2K\n\x07\x43\x61talog\x12@\n\x04List\x12\x1c.shop.catalog.v1.ListRequest\x1a\x1a.shop.catalog.v1.ListReplyb\x06proto3'
-)
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+
+
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rcatalog.proto\x12\x0fshop.catalog.v1\x1a\x1cgoogle/api/annotations.proto\"\r\n\x0bListRequest\"E\n\x04Item\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bprice_cents\x18\x03 \x01(\x05\x12\r\n\x05stars\x18\x04 \x01(\x01\"1\n\tListReply\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.shop.catalog.v1.Item\"\x19\n\nGetRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\"[\n\rSearchRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x17\n\x0fmax_price_cents\x18\x02 \x01(\x05\x12#\n\x04page\x18\x03 \x01(\x0b\x32\x15.shop.catalog.v1.Page\"\x14\n\x04Page\x12\x0c\n\x04size\x18\x01 \x01(\x05\"\x1e\n\x0cWatchRequest\x12\x0e\n\x06repeat\x18\x01 \x01(\x05\"(\n\x06Rating\x12\r\n\x05stars\x18\x01 \x01(\x05\x12\x0f\n\x07\x63omment\x18\x02 \x01(\t\"C\n\x0bRateRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\'\n\x06rating\x18\x02 \x01(\x0b\x32\x17.shop.catalog.v1.Rating2\xc9\x03\n\x07\x43\x61talog\x12S\n\x04List\x12\x1c.shop.catalog.v1.ListRequest\x1a\x1a.shop.catalog.v1.ListReply\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/items\x12R\n\x03Get\x12\x1b.shop.catalog.v1.GetRequest\x1a\x15.shop.catalog.v1.Item\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/items/{sku}\x12X\n\x06Search\x12\x1e.shop.catalog.v1.SearchRequest\x1a\x1a.shop.catalog.v1.ListReply\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/search\x12X\n\x05Watch\x12\x1d.shop.catalog.v1.WatchRequest\x1a\x15.shop.catalog.v1.Item\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/items:watch0\x01\x12\x61\n\x04Rate\x12\x1c.shop.catalog.v1.RateRequest\x1a\x15.shop.catalog.v1.Item\"$\x82\xd3\xe4\x93\x02\x1e\"\x14/v1/items/{sku}:rate:\x06ratingb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
-_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, "catalog_pb2", _globals)
+_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'catalog_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-    DESCRIPTOR._loaded_options = None
-    _globals["_LISTREQUEST"]._serialized_start = 34
-    _globals["_LISTREQUEST"]._serialized_end = 47
-    _globals["_ITEM"]._serialized_start = 49
-    _globals["_ITEM"]._serialized_end = 103
-    _globals["_LISTREPLY"]._serialized_start = 105
-    _globals["_LISTREPLY"]._serialized_end = 154
-    _globals["_CATALOG"]._serialized_start = 156
-    _globals["_CATALOG"]._serialized_end = 231
+  DESCRIPTOR._loaded_options = None
+  _globals['_CATALOG'].methods_by_name['List']._loaded_options = None
+  _globals['_CATALOG'].methods_by_name['List']._serialized_options = b'\202\323\344\223\002\013\022\t/v1/items'
+  _globals['_CATALOG'].methods_by_name['Get']._loaded_options = None
+  _globals['_CATALOG'].methods_by_name['Get']._serialized_options = b'\202\323\344\223\002\021\022\017/v1/items/{sku}'
+  _globals['_CATALOG'].methods_by_name['Search']._loaded_options = None
+  _globals['_CATALOG'].methods_by_name['Search']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/search'
+  _globals['_CATALOG'].methods_by_name['Watch']._loaded_options = None
+  _globals['_CATALOG'].methods_by_name['Watch']._serialized_options = b'\202\323\344\223\002\021\022\017/v1/items:watch'
+  _globals['_CATALOG'].methods_by_name['Rate']._loaded_options = None
+  _globals['_CATALOG'].methods_by_name['Rate']._serialized_options = b'\202\323\344\223\002\036\"\024/v1/items/{sku}:rate:\006rating'
+  _globals['_LISTREQUEST']._serialized_start=64
+  _globals['_LISTREQUEST']._serialized_end=77
+  _globals['_ITEM']._serialized_start=79
+  _globals['_ITEM']._serialized_end=148
+  _globals['_LISTREPLY']._serialized_start=150
+  _globals['_LISTREPLY']._serialized_end=199
+  _globals['_GETREQUEST']._serialized_start=201
+  _globals['_GETREQUEST']._serialized_end=226
+  _globals['_SEARCHREQUEST']._serialized_start=228
+  _globals['_SEARCHREQUEST']._serialized_end=319
+  _globals['_PAGE']._serialized_start=321
+  _globals['_PAGE']._serialized_end=341
+  _globals['_WATCHREQUEST']._serialized_start=343
+  _globals['_WATCHREQUEST']._serialized_end=373
+  _globals['_RATING']._serialized_start=375
+  _globals['_RATING']._serialized_end=415
+  _globals['_RATEREQUEST']._serialized_start=417
+  _globals['_RATEREQUEST']._serialized_end=484
+  _globals['_CATALOG']._serialized_start=487
+  _globals['_CATALOG']._serialized_end=944
 # @@protoc_insertion_point(module_scope)
