@@ -108,10 +108,11 @@ FUZZ_SECONDS ?= 120
 FUZZ_RUN := $(PY) -m fuzz
 fuzz: $(STAMP) compile
 	WEFT_PURE=1 $(PY) -m pip install -q -e '.[test,fuzz]'
-	@mkdir -p fuzz/findings .cache/fuzz/http1 .cache/fuzz/config .cache/fuzz/h2 .cache/fuzz/h2core
+	@mkdir -p fuzz/findings .cache/fuzz/http1 .cache/fuzz/config .cache/fuzz/h2 .cache/fuzz/h2core .cache/fuzz/gateway
 	cp -n tests/fuzz/http1/* .cache/fuzz/http1/ 2>/dev/null || true
 	cp -n tests/fuzz/config/* .cache/fuzz/config/ 2>/dev/null || true
-	for h in http1_forward:http1 h2_request:h2 h2_core:h2core config:config; do \
+	cp -n tests/fuzz/gateway/* .cache/fuzz/gateway/ 2>/dev/null || true
+	for h in http1_forward:http1 h2_request:h2 h2_core:h2core config:config gateway:gateway; do \
 	  WEFT_PURE=1 $(FUZZ_RUN).$${h%%:*} -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
 	    -artifact_prefix=fuzz/findings/ .cache/fuzz/$${h##*:} || exit 1; \
 	  $(FUZZ_RUN).$${h%%:*} -runs=0 -artifact_prefix=fuzz/findings/ .cache/fuzz/$${h##*:} || exit 1; done

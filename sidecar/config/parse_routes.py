@@ -558,7 +558,7 @@ def _check_filters(r: Reader, key: str, filters: tuple[RouteFilter, ...]) -> Non
     for f in filters:
         counts[f.type] = counts.get(f.type, 0) + 1
     for t, n in counts.items():
-        if n > 1 and t != "RequestMirror":
+        if n > 1 and t not in ("RequestMirror", "ExtensionRef"):  # as Gateway API allows
             r.fail(key, f"{t} may appear only once")
     if counts.get("RequestRedirect") and counts.get("URLRewrite"):
         r.fail(key, "RequestRedirect and URLRewrite cannot be combined")

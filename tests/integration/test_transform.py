@@ -156,3 +156,28 @@ def test_bad_transforms_are_refused(tmp_path: Path, spec: str, message: str) -> 
     (tmp_path / "c.yaml").write_text(config({"app": 1}, []) + ROUTE.format(name="t", spec=spec))
     with pytest.raises(ConfigError, match=message):
         load_snapshot([str(tmp_path / "c.yaml")], version=1, gateway_class="weft")
+
+
+async def test_a_rule_can_use_several_extension_filters(tmp_path: Path) -> None:
+    """Gateway API lets ExtensionRef repeat on a rule: a Transform beside a RequestValidation."""
+    text = (
+        config({"app": 1}, [])
+        + ROUTE.format(name="t", spec=MAINTENANCE).replace(
+            "Transform, name: t}}]",
+            "Transform, name: t}}, {type: ExtensionRef, extensionRef: "
+            "{group: weft.dev, kind: RequestValidation, name: v}}]",
+        )
+        + """---
+apiVersion: weft.dev/v1alpha1
+kind: RequestValidation
+metadata: {name: v}
+spec: {methods: [GET]}
+"""
+    )
+    (tmp_path / "c.yaml").write_text(text)
+    snapshot = load_snapshot([str(tmp_path / "c.yaml")], version=1, gateway_class="weft")
+    router = next(iter(snapshot.routers.values()))
+    match = router.route("t.example", "/", "GET", [], "")
+    assert match is not None
+    assert [type(f).__name__ for f in match.action.filters] == ["TransformFilter",
+                                                                "ValidationFilter"]  # fmt: skip
