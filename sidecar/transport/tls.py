@@ -87,6 +87,22 @@ class TlsConn(Conn):
             self.activity += 1
             return data
 
+    def recv_ready(self, size: int = RECV_SIZE) -> bytes | None:
+        try:
+            data = self.sock.recv(size)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return None  # recv() waits for what the record layer needs
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            return b""
+        except ssl.SSLError as tls_error:
+            raise ConnectionLost(_reason(tls_error)) from None
+        except OSError as exc:
+            if exc.errno in _RESET_ERRNOS:
+                raise ConnectionLost(str(exc)) from None
+            raise
+        self.activity += 1
+        return data
+
     def send_now(self, data: bytes | bytearray | memoryview) -> int:
         self.activity += 1
         try:
