@@ -96,7 +96,7 @@ class Store:
         while self.bytes > self.spec.max_bytes and self.entries:
             _, evicted = self.entries.popitem(last=False)
             self.bytes -= sum(e.size for e in evicted)
-            self._count("weft_cache_evictions_total", len(evicted))
+            self.count("weft_cache_evictions_total", len(evicted))
 
     def purge(self, host: str, path: str, prefix: bool) -> int:
         """Drop the entries of a URL, or of every URL under a prefix; how many URLs."""
@@ -109,7 +109,7 @@ class Store:
             self.bytes -= sum(e.size for e in self.entries.pop(k))
         return len(keys)
 
-    def _count(self, name: str, n: int = 1, result: str = "") -> None:
+    def count(self, name: str, n: int = 1, result: str = "") -> None:
         if self.metrics is not None:
             labels = (("policy", self.name), ("result", result)) if result else (
                 ("policy", self.name),)  # fmt: skip
@@ -170,7 +170,7 @@ class CacheFilter:
                 and (limit is None or (limit.isdigit() and age <= int(limit)))
             )  # fmt: skip
             if fresh:
-                store._count("weft_cache_hits_total", result="hit")
+                store.count("weft_cache_hits_total", result="hit")
                 return _served(x, entry, age, "HIT", "hit")
             stale_by = age - entry.lifetime
             if (
@@ -181,11 +181,11 @@ class CacheFilter:
                 and 0 < stale_by <= entry.stale_while_revalidate
                 and self._revalidate_later(x, key, entry)
             ):
-                store._count("weft_cache_hits_total", result="stale")
+                store.count("weft_cache_hits_total", result="stale")
                 return _served(x, entry, age, "STALE", "fwd=stale")
         if entry is None and b"only-if-cached" in cc:
             return LocalReply(504, b"not in the cache\n", (), "cache_only_if_cached")
-        store._count("weft_cache_misses_total")
+        store.count("weft_cache_misses_total")
         validating = False
         if entry is not None:  # validate what we have
             conditional: list[tuple[str, str]] = []
@@ -263,7 +263,7 @@ def _stale_if_error(store: Store, entry: Entry, x: Exchange) -> LocalReply | Non
     stale_by = entry.age(time.time()) - entry.lifetime
     if stale_by > entry.stale_if_error:
         return None
-    store._count("weft_cache_hits_total", result="stale_if_error")
+    store.count("weft_cache_hits_total", result="stale_if_error")
     return _served(x, entry, entry.age(time.time()), "STALE", "fwd=stale; detail=upstream-error")
 
 
@@ -356,7 +356,7 @@ class Filling:
         if entry is not None and self.validating and status == 304:
             entry = freshened(entry, headers, self.sent, time.time())
             store.put(self.key, entry)
-            store._count("weft_cache_hits_total", result="revalidated")
+            store.count("weft_cache_hits_total", result="revalidated")
             await self._replace(_served(x, entry, entry.age(time.time()), "REVALIDATED",
                                         "fwd=stale; fwd-status=304"))  # fmt: skip
             return
@@ -417,7 +417,7 @@ class Filling:
                            self.sent, time.time())  # fmt: skip
         if entry is not None:
             self.store.put(self.key, entry)
-            self.store._count("weft_cache_stored_total")
+            self.store.count("weft_cache_stored_total")
 
 
 class CacheState:

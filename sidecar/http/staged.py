@@ -46,7 +46,7 @@ class Staged:
     def response_writer(
         self, head: RequestHead, ops: tuple[HeaderOps, ...], outcome: Outcome
     ) -> ResponseWriter:
-        writer = self.ds.response_writer(head, ops, outcome)
+        writer: ResponseWriter = Sent(self.ds.response_writer(head, ops, outcome), outcome)
         for _, wrap in sorted(self.stages, key=_order, reverse=True):  # the client's side first
             writer = wrap(writer)
         return writer
@@ -83,6 +83,27 @@ class Staged:
         close: bool = False,
     ) -> bool:
         return await self.ds.local_reply(head, status, body, headers, close=close)
+
+
+class Sent:
+    """Nearest the client: records the status the stages actually sent (a cache's 200 for
+    the upstream's 304, a transcoder's 404 for gRPC's NOT_FOUND), for metrics and the log."""
+
+    __slots__ = ("next", "outcome")
+
+    def __init__(self, writer: ResponseWriter, outcome: Outcome) -> None:
+        self.next = writer
+        self.outcome = outcome
+
+    async def start(self, status: int, headers: Headers, *, end: bool) -> None:
+        self.outcome.answered(status)
+        await self.next.start(status, headers, end=end)
+
+    async def data(self, data: bytes) -> None:
+        await self.next.data(data)
+
+    async def end(self, trailers: Headers | None) -> None:
+        await self.next.end(trailers)
 
 
 async def pause(writer: ResponseWriter) -> None:

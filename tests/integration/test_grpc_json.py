@@ -82,7 +82,7 @@ async def test_json_clients_call_the_grpc_catalog(tmp_path: Path) -> None:
     descriptors = descriptor_set(tmp_path / "catalog.pb")
     with catalog_server() as port:
         async with trio.open_nursery() as nursery:
-            _, edge = await start_edge(
+            server, edge = await start_edge(
                 nursery, tmp_path / "c.yaml", _text(tmp_path, port, descriptors)
             )
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{edge}", timeout=10) as http:
@@ -102,8 +102,10 @@ async def test_json_clients_call_the_grpc_catalog(tmp_path: Path) -> None:
                 ["curl", "-sS", "-N", "-D", "-", f"http://127.0.0.1:{edge}/v1/items:watch?repeat=2"],
                 capture_stdout=True,
             )  # fmt: skip
+            codes = {key[4] for key in server.metrics.requests}
             nursery.cancel_scope.cancel()
 
+    assert {404, 400} <= codes  # what the clients got (gRPC answered HTTP 200 to each)
     assert listed.status_code == 200 and listed.headers["content-type"] == "application/json"
     assert [i["sku"] for i in listed.json()["items"]] == ["tea", "mug", "teapot"]
     assert one.json() == {"sku": "mug", "name": "Stoneware mug", "priceCents": 1200}
