@@ -71,6 +71,12 @@ class DownstreamClosed(WeftError):
     """The client went away (or reset its stream) in the middle of a request."""
 
 
+class ResponseAborted(WeftError):
+    """A response stage failed after the answer began (a user filter's body hook raised):
+    the answer is cut and the connection (or HTTP/2 stream) closes, so the client sees an
+    incomplete response, never a wrong one."""
+
+
 def unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The one exception a nursery raised (trio wraps even a single one in a group), so
     that `except UpstreamError` and friends still see it; a real group stays a group.

@@ -18,7 +18,7 @@ import trio
 from sidecar.config.mesh import Destination, MeshNames, destination_host, mesh_unknown
 from sidecar.config.model import Backend, ListenerKey
 from sidecar.config.snapshot import Snapshot
-from sidecar.errors import ProtocolError, UpstreamError
+from sidecar.errors import ProtocolError, ResponseAborted, UpstreamError
 from sidecar.filters.chain import Exchange, LocalReply, client_address
 from sidecar.filters.chain import run as run_filters
 from sidecar.http.context import ProxyContext
@@ -290,6 +290,9 @@ class RequestHandler:
                     close=True,
                 )  # fmt: skip
             return outcome.request_complete and outcome.downstream_keep_alive
+        except ResponseAborted:
+            detail = "filter_error"
+            return False
         except ProtocolError as broken:  # the client broke framing or a limit mid-body
             detail = "body_too_large" if broken.status == 413 else "downstream_protocol_error"
             if outcome.response_started:

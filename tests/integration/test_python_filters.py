@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import shutil
 from pathlib import Path
 
@@ -184,3 +185,55 @@ spec:
                 seen = (await http.get(f"http://127.0.0.1:{port}/x")).json()["headers"]
             nursery.cancel_scope.cancel()
     assert seen["x-gateway-signature"][0].startswith("t=")
+
+
+RESHAPER = """
+class Reshaper:
+    def __init__(self, config):
+        self.seen = 0
+    def on_request(self, request):
+        return None
+    async def on_response(self, response):
+        if response.header("x-echo-fail") or response.status == 418:
+            raise RuntimeError("the hook's own bug")
+        response.set_header("x-upstream-status", str(response.status))
+        response.remove_header("server")
+        if response.status == 201:
+            response.status = 202
+        if response.status == 404:
+            response.status = 204  # a bodyless status for an answer with a body: refused
+    def on_response_body(self, chunk, end):
+        if b"explode" in chunk:
+            raise ValueError("cannot read this")
+        self.seen += len(chunk)
+        return chunk.upper() + (b"\\n-- %d bytes" % self.seen if end else b"")
+"""
+
+
+async def test_response_hooks_edit_the_answer_and_its_body(tmp_path: Path) -> None:
+    (tmp_path / "reshaper.py").write_text(RESHAPER)
+    with EchoServer("app") as app:
+        text = config({"app": app.port}, []) + ROUTE.format(
+            name="reshape", host="reshape.example", file="reshaper.py", cls="Reshaper",
+            config="{}")  # fmt: skip
+        async with trio.open_nursery() as nursery:
+            edge, port = await start_edge(nursery, tmp_path / "c.yaml", text)
+            url = f"http://127.0.0.1:{port}"
+            async with httpx.AsyncClient(timeout=10, headers={"Host": "reshape.example"}) as http:
+                ok = await http.get(url + "/status/201/hello")
+                assert ok.status_code == 202 and ok.headers["x-upstream-status"] == "201"
+                assert "server" not in ok.headers
+                body, _, tail = ok.content.partition(b"\n-- ")
+                assert json.loads(body.lower())["path"] == "/status/201/hello"
+                assert tail == b"%d bytes" % len(body)  # every chunk went through the hook
+                failed = await http.get(url + "/x", headers={"x-echo-set-header": "x-echo-fail: 1"})
+                assert failed.status_code == 500 and "x-echo-fail" not in failed.headers
+                assert (await http.get(url + "/status/404/x")).status_code == 500
+                with pytest.raises(httpx.RemoteProtocolError):  # cut, never passed on unread
+                    await http.get(url + "/explode")
+                again = await http.get(url + "/after")  # the next request is fine
+                assert again.status_code == 200
+            metrics = edge.metrics.counters[("weft_filter_errors_total",
+                                             (("filter", "default/reshape"),))]  # fmt: skip
+            assert metrics == 3
+            nursery.cancel_scope.cancel()
