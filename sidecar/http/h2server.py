@@ -39,7 +39,7 @@ from sidecar.http.downstream import Relay
 from sidecar.http.forward import response_parser
 from sidecar.http.handler import RequestHandler, log_refused
 from sidecar.http.outcome import Outcome
-from sidecar.http.pace import BodyPace, too_slow
+from sidecar.http.pace import DISCARD_LIMIT, DISCARD_S, BodyPace, too_slow
 from sidecar.protocol.grpc import is_grpc
 from sidecar.protocol.h2core import (
     ENHANCE_YOUR_CALM,
@@ -221,7 +221,21 @@ class H2Stream(FlowStream):
         self.send_headers(local_headers(status, body, headers), end=not body_out)
         if body_out:
             await self.send_data(body_out, end=True)
+        if not self.request_ended and not self.too_large and self.reset_code is None:
+            await self._discard()
         return True
+
+    async def _discard(self) -> None:
+        """Read what is left of a small body the answer did not need, so the stream ends
+        without a reset: clients still sending one (curl) report a reset after the answer
+        as an error. Past DISCARD_LIMIT bytes or DISCARD_S, the reset (RFC 9113 §8.1)."""
+        budget = DISCARD_LIMIT
+        with trio.move_on_after(DISCARD_S), contextlib.suppress(ProtocolError, DownstreamClosed):
+            while budget >= 0:
+                ev = await self.next_event()
+                if isinstance(ev, End):
+                    return
+                budget -= len(ev)
 
     # -- sending --------------------------------------------------------------------------
     def send_headers(self, headers: Headers, *, end: bool) -> None:

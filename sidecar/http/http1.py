@@ -24,7 +24,7 @@ from sidecar.http.downstream import Relay, ResponseWriter
 from sidecar.http.forward import Http1Writer, relay_http1
 from sidecar.http.handler import RequestHandler, log_refused
 from sidecar.http.outcome import Outcome
-from sidecar.http.pace import BodyPace, too_slow
+from sidecar.http.pace import DISCARD_LIMIT, DISCARD_S, BodyPace, too_slow
 from sidecar.protocol.http1 import (
     EDGE_KINDS,
     EDGE_TRACE_KINDS,
@@ -43,9 +43,6 @@ if TYPE_CHECKING:  # HTTP/2 and TLS load on first use: a plain gateway stays sma
     from ca.spiffe import SpiffeId
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-# Bodies of requests answered locally are read and dropped up to this size so the
-# connection stays usable; past it the connection is closed instead.
-DISCARD_LIMIT = 256 * 1024
 
 
 async def serve_http1(
@@ -240,7 +237,7 @@ class _Http1(RequestHandler):
         if head.expect_continue:
             return False  # the client waits for 100 before sending; we will not ask
         budget = DISCARD_LIMIT
-        with trio.move_on_after(1.0):
+        with trio.move_on_after(DISCARD_S):
             while True:
                 ev = await self.next_event()
                 if isinstance(ev, End):

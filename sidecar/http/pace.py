@@ -13,6 +13,12 @@ from __future__ import annotations
 from sidecar.config.model import Limits
 from sidecar.errors import ProtocolError
 
+# The body of a request answered before it was read is read and dropped up to this size
+# (HTTP/1: the connection stays usable; HTTP/2: the stream ends without a reset), within
+# DISCARD_S; past either, the connection closes or the stream is reset instead.
+DISCARD_LIMIT = 256 * 1024
+DISCARD_S = 1.0
+
 
 class BodyPace:
     __slots__ = ("deadline", "per_byte_s")

@@ -178,3 +178,31 @@ async def test_a_client_that_stops_reading_stops_the_upstream(
         nursery.cancel_scope.cancel()
     assert stalled_at < 24 * 1024 * 1024  # socket buffers + windows, not the whole body
     assert received == total
+
+
+async def test_an_answer_before_the_body_ends_the_stream_without_a_reset(
+    tmp_path: Path, echo: EchoServer
+) -> None:
+    """A request refused before its body was read (no route: 404) while the client still
+    sends the body: the small rest is read and dropped, so the stream ends cleanly instead
+    of with RST_STREAM (which curl reports as an error after the answer)."""
+    from tests.support.h2raw import Answer, RawH2, get
+
+    text = config({"api": echo.port}, [("api", "/api", "api")])
+    async with trio.open_nursery() as nursery:
+        _, port = await start_edge(nursery, tmp_path / "c.yaml", text)
+        client = await RawH2.connect(port)
+        sid = client.h2.get_next_available_stream_id()
+        client.h2.send_headers(sid, get(b"/nowhere", method=b"POST"), end_stream=False)
+        client.answers[sid] = Answer()
+        await client.flush()
+        [refused] = await client.wait(sid)
+        assert refused.status == 404 and refused.reset is None
+        client.h2.send_data(sid, b"the rest of the body", end_stream=True)
+        await client.flush()
+        after = await client.request(get(b"/api/x"))
+        [ok] = await client.wait(after)  # frames are ordered: a reset would be here by now
+        assert ok.status == 200
+        assert client.answers[sid].reset is None
+        await client.aclose()
+        nursery.cancel_scope.cancel()
