@@ -564,6 +564,10 @@ class _Compiler:
         if svc.service_type == "ExternalName":
             return None, f"Service {ns}/{ref.name} of type ExternalName is not supported"
         name = f"{ns}/{ref.name}:{ref.port}"
+        protocol = sport.protocol
+        if ref.protocol is not None and protocol not in (ref.protocol, "TCP"):
+            protocol = ref.protocol  # the route says how, over the port's own
+            name += f"+{protocol.lower()}"
         endpoints = self._endpoints(svc, sport)
         if ref.version is not None:  # a subset: the instances of one version
             name += f"@{ref.version}"
@@ -574,7 +578,7 @@ class _Compiler:
                     name=name,
                     service=ref.name,
                     namespace=ns,
-                    protocol=sport.protocol,
+                    protocol=protocol,
                     endpoints=endpoints,
                 ),
                 self.idx.traffic.get((ns, ref.name)),

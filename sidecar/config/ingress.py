@@ -103,6 +103,10 @@ class _Translation:
         self.warnings: list[str] = []
         self.granted: set[str] = set()
         self.canaries: dict[Path, tuple[str, dict[str, Any], nginx.Canary]] = {}
+        # (namespace, Service) -> (the Ingress, seconds) of a proxy-connect-timeout made
+        self.connect_timeouts: dict[tuple[str, str], tuple[str, int]] = {}
+        self.service_policies = {(x.meta.namespace, x.target) for x in resources
+                                 if isinstance(x, r.BackendTrafficPolicy) and x.target}  # fmt: skip
         self.joined: set[Path] = set()
 
     def canary(self, ing: r.Ingress, settings: nginx.NginxSettings) -> None:
@@ -111,7 +115,7 @@ class _Translation:
         where = f"Ingress {ing.meta.namespace}/{ing.meta.name}"
         for host, paths in _routes(ing):
             for p in paths:
-                ref = self._backend(ing, p)
+                ref = self._backend(ing, p, settings)
                 if ref is not None:
                     key = (host, p.path, p.path_type)
                     self.canaries[key] = (where, ref, settings.canary)
@@ -176,7 +180,9 @@ class _Translation:
                 self.docs.append(_grant(ns))
         return hosts_out
 
-    def _backend(self, ing: r.Ingress, p: r.IngressPath) -> dict[str, Any] | None:
+    def _backend(
+        self, ing: r.Ingress, p: r.IngressPath, settings: nginx.NginxSettings
+    ) -> dict[str, Any] | None:
         ns = ing.meta.namespace
         port = _port(self.services.get((ns, p.backend.service)), p.backend.port)
         if port is None:
@@ -184,13 +190,42 @@ class _Translation:
             self.warnings.append(f"Ingress {ns}/{ing.meta.name}: Service {svc!r} has no port "
                                  f"{p.backend.port!r}; {p.path} is not served")  # fmt: skip
             return None
-        return {"name": p.backend.service, "port": port}
+        ref: dict[str, Any] = {"name": p.backend.service, "port": port}
+        if settings.backend_protocol is not None:  # backend-protocol: GRPC speaks HTTP/2
+            ref["protocol"] = settings.backend_protocol
+        if settings.connect_timeout_s:
+            self._connect_timeout(ing, p.backend.service, settings.connect_timeout_s)
+        return ref
+
+    def _connect_timeout(self, ing: r.Ingress, service: str, seconds: int) -> None:
+        """proxy-connect-timeout: connections are per Service in Weft, so the timeout is a
+        BackendTrafficPolicy on the Service (every route to it). A policy of the user's for
+        the Service, or another Ingress's timeout for it, wins, and this one is a warning."""
+        key = (ing.meta.namespace, service)
+        where = f"Ingress {ing.meta.namespace}/{ing.meta.name}"
+        owner = self.connect_timeouts.get(key)
+        if owner == (where, seconds):
+            return
+        if owner is not None or key in self.service_policies:
+            by = owner[0] if owner is not None else "a BackendTrafficPolicy for it"
+            self.warnings.append(f"{where}: annotation {nginx.PREFIX}proxy-connect-timeout: "
+                                 f"Service {service} has its connect timeout from {by} "
+                                 "(ignored)")  # fmt: skip
+            return
+        self.connect_timeouts[key] = (where, seconds)
+        self.docs.append({
+            "apiVersion": "weft.dev/v1alpha1", "kind": "BackendTrafficPolicy",
+            "metadata": {"name": _derived(f"weft-ingress-{ing.meta.name}-{service}"),
+                         "namespace": ing.meta.namespace},
+            "spec": {"targetRef": {"kind": "Service", "name": service},
+                     "timeout": {"connect": _duration(seconds)}},
+        })  # fmt: skip
 
     def _rules(
         self, ing: r.Ingress, host: str | None, p: r.IngressPath, settings: nginx.NginxSettings
     ) -> list[dict[str, Any]]:
         """The route rules of one Ingress path: a canary's header rules first."""
-        ref = self._backend(ing, p)
+        ref = self._backend(ing, p, settings)
         if ref is None:
             return []
         match: dict[str, Any] = {"path": _path(p)}

@@ -51,6 +51,8 @@ class NginxSettings:
     canary: Canary | None = None
     use_regex: bool = False  # paths are case-insensitive regexes (use-regex, rewrite-target)
     rewrite_target: str = ""  # the new path, $1… its groups (rewrite-target)
+    backend_protocol: str | None = None  # backend-protocol: GRPC (HTTP/2) or HTTP
+    connect_timeout_s: int | None = None  # proxy-connect-timeout
 
     @property
     def security(self) -> bool:
@@ -63,8 +65,11 @@ TRANSLATED = (
     "cors-allow-methods", "cors-allow-headers", "cors-expose-headers",
     "cors-allow-credentials", "cors-max-age", "auth-type", "auth-secret", "auth-realm",
     "canary", "canary-weight", "canary-weight-total", "canary-by-header",
-    "canary-by-header-value", "rewrite-target", "use-regex",
+    "canary-by-header-value", "rewrite-target", "use-regex", "backend-protocol",
+    "proxy-connect-timeout",
 )  # fmt: skip
+# backend-protocol values, as the cluster protocol they take (None: not translated, why)
+BACKEND_PROTOCOLS = {"HTTP": "HTTP", "GRPC": "GRPC"}
 
 
 def parse(
@@ -107,6 +112,15 @@ def parse(
         else:
             out.max_body = int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
     out.read_timeout_s = number("proxy-read-timeout")
+    out.connect_timeout_s = number("proxy-connect-timeout") or None
+    if "backend-protocol" in got:
+        value = got["backend-protocol"].upper()
+        if value in BACKEND_PROTOCOLS:
+            out.backend_protocol = BACKEND_PROTOCOLS[value]
+        elif value in ("HTTPS", "GRPCS"):
+            bad("backend-protocol", f"{value}: the edge does not speak TLS to backends yet")
+        else:
+            bad("backend-protocol", f"{got['backend-protocol']!r}: HTTP and GRPC are translated")
     for cidr in (c.strip() for c in got.get("whitelist-source-range", "").split(",")):
         if not cidr:
             continue

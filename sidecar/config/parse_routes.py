@@ -572,6 +572,7 @@ def backend_object_ref(r: Reader, *, finish: bool = False) -> BackendObjectRef:
         namespace=r.text("namespace", None, pattern=NAME_RE, max_len=63),
         port=r.integer("port", None, lo=1, hi=65535),
         version=r.text("version", None, pattern=NAME_RE, max_len=63),
+        protocol=r.text("protocol", None, choices=("HTTP", "HTTP2", "GRPC")),
     )
     if finish:
         r.finish()

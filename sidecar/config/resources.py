@@ -178,6 +178,8 @@ class BackendObjectRef:
     namespace: str | None = None
     port: int | None = None
     version: str | None = None  # Weft: the subset of the Service's instances of this version
+    # Weft: how to speak to it, over the Service port's own (an Ingress's backend-protocol)
+    protocol: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -334,3 +334,59 @@ def test_an_ingress_with_the_longest_name_is_served(tmp_path: Path) -> None:
              for h in lst.hosts.exact}  # fmt: skip
     assert hosts == {"long.example"}
     assert not snap.warnings, snap.warnings
+
+
+async def test_backend_protocol_grpc_and_proxy_connect_timeout(tmp_path: Path) -> None:
+    """backend-protocol: GRPC makes the edge speak HTTP/2 to a Service whose port says
+    nothing of it (a grpcio client through the Ingress calls the shop's catalog);
+    proxy-connect-timeout becomes the Service's connect timeout, unless the user's own
+    policy for the Service sets it."""
+    import grpc
+
+    from tests.integration.test_grpc_json import catalog_server
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "shop" / "apps"))
+    try:
+        import catalog_pb2
+        import catalog_pb2_grpc
+    finally:
+        sys.path.pop(0)
+    rule = _rule("grpc.example", "/", "catalog", 80)
+    with catalog_server() as app_port:
+        docs = [
+            *_service("catalog", 80, app_port), *_service("other", 80, 9),
+            _ingress("catalog", {"ingressClassName": "weft", "rules": [rule]}, annotations={
+                NGINX + "backend-protocol": "GRPC", NGINX + "proxy-connect-timeout": "3"}),
+            _ingress("other", {"ingressClassName": "weft",
+                               "rules": [_rule("o.example", "/", "other", 80)]},
+                     annotations={NGINX + "proxy-connect-timeout": "7",
+                                  NGINX + "backend-protocol": "HTTPS"}),
+            {"apiVersion": "weft.dev/v1alpha1", "kind": "BackendTrafficPolicy",
+             "metadata": {"name": "mine", "namespace": "shop"},
+             "spec": {"targetRef": {"kind": "Service", "name": "other"},
+                      "timeout": {"connect": "2s"}}},
+        ]  # fmt: skip
+        server = _edge(tmp_path, docs)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            port = server.bound_port(ADDRESS, 80)
+
+            def call() -> list[str]:
+                with grpc.insecure_channel(f"{ADDRESS}:{port}", options=[
+                        ("grpc.default_authority", "grpc.example")]) as channel:  # fmt: skip
+                    stub = catalog_pb2_grpc.CatalogStub(channel)
+                    reply = stub.List(catalog_pb2.ListRequest(), timeout=10)
+                    return [i.sku for i in reply.items]
+
+            assert await trio.to_thread.run_sync(call) == ["tea", "mug", "teapot"]
+            nursery.cancel_scope.cancel()
+    snap = server.snapshot
+    assert snap is not None
+    clusters = {name: spec for name, spec in snap.clusters.items() if "shop/" in name}
+    assert clusters["shop/catalog:80+grpc"].protocol == "GRPC"
+    assert clusters["shop/catalog:80+grpc"].connect_timeout_s == 3
+    assert clusters["shop/other:80"].connect_timeout_s == 2  # the user's policy wins
+    said = "\n".join(snap.warnings)
+    assert "proxy-connect-timeout: Service other has its connect timeout from a " \
+        "BackendTrafficPolicy for it (ignored)" in said  # fmt: skip
+    assert "backend-protocol: HTTPS: the edge does not speak TLS to backends yet" in said
