@@ -19,6 +19,7 @@ from sidecar.filters.cors import CorsFilter
 from sidecar.filters.decompress import DecompressFilter
 from sidecar.filters.jwks import RemoteJwks
 from sidecar.filters.ratelimit import RateLimitFilter
+from sidecar.filters.transform import TransformFilter
 
 if TYPE_CHECKING:  # loaded when a policy uses them: a plain gateway stays small
     from sidecar.filters.basic import BasicAuthFilter
@@ -64,8 +65,10 @@ class PolicyFilters:
         filters: list[Filter] = []
         if cors is not None and not any(isinstance(f, CorsFilter) for f in action.filters):
             filters.append(cors)  # a route's own CORS filter wins
-        filters.extend(action.filters)
+        filters.extend(f for f in action.filters if not isinstance(f, TransformFilter))
         filters.extend(checks)
+        # Transforms after the checks: their templates see what authentication verified
+        filters.extend(f for f in action.filters if isinstance(f, TransformFilter))
         if limit is not None:
             if limit.rate_limit:
                 filters.append(self._limiter(limit))

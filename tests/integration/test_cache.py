@@ -92,6 +92,22 @@ async def test_what_is_stored_served_and_revalidated(tmp_path: Path) -> None:
         assert cond[":status"] == ["304"], cond
         assert empty == b"", empty
         assert cond["x-cache"] == ["HIT"], cond
+        # A browser's reload (Chrome, Firefox): max-age=0 with its validators. The cache asks
+        # the origin with the stored validators; the origin's 304 becomes the client's 304.
+        before = len(_origin(tmp_path))
+        reload, empty = await get("/fresh.json", "-H", "Cache-Control: max-age=0",
+                                  "-H", f"If-None-Match: {first['etag'][0]}",
+                                  "-H", f"If-Modified-Since: {first['last-modified'][0]}")  # fmt: skip
+        assert reload[":status"] == ["304"] and empty == b""
+        assert reload["x-cache"] == ["REVALIDATED"]
+        assert _origin(tmp_path)[before:] == ["/fresh.json 304"]
+        # A hard reload: no validators, no-cache and Pragma; the stored body comes back
+        # after the origin's 304.
+        hard, again = await get("/fresh.json", "-H", "Cache-Control: no-cache",
+                                "-H", "Pragma: no-cache")  # fmt: skip
+        assert hard[":status"] == ["200"] and again == body
+        assert hard["x-cache"] == ["REVALIDATED"]
+        assert _origin(tmp_path)[before + 1 :] == ["/fresh.json 304"]
         # A query is another URL; no-cache from the client goes to the origin.
         assert (await get("/fresh.json?v=2"))[0]["x-cache"] == ["MISS"]
         assert (await get("/fresh.json", "-H", "Cache-Control: no-cache"))[0]["x-cache"] != ["HIT"]

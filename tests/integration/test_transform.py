@@ -181,3 +181,38 @@ spec: {methods: [GET]}
     assert match is not None
     assert [type(f).__name__ for f in match.action.filters] == ["TransformFilter",
                                                                 "ValidationFilter"]  # fmt: skip
+
+
+async def test_templates_read_the_claims_a_security_policy_verified(tmp_path: Path) -> None:
+    """${jwt.CLAIM} in a Transform: the route's SecurityPolicy verifies the token first."""
+    from tests.support.tokens import JWKS, token
+
+    spec = """  request:
+    headers:
+      set: [{name: x-user, value: "user ${jwt.sub} of ${jwt.tenant}"}]
+"""
+    policy = f"""---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: SecurityPolicy
+metadata: {{name: jwt}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: claims}}]
+  jwt:
+    providers:
+    - name: idp
+      issuer: https://idp.example
+      audiences: [api]
+      localJWKS: {{type: Inline, inline: {json.dumps(JWKS)}}}
+"""
+    with EchoServer("app") as app:
+        text = config({"app": app.port}, []) + ROUTE.format(name="claims", spec=spec) + policy
+        async with trio.open_nursery() as nursery:
+            _, port = await start_edge(nursery, tmp_path / "c.yaml", text)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+                signed = {"authorization": f"Bearer {token(tenant='acme')}",
+                          "Host": "claims.example"}  # fmt: skip
+                ok = await http.get("/", headers=signed)
+                refused = await http.get("/", headers={"Host": "claims.example"})
+            nursery.cancel_scope.cancel()
+    assert ok.status_code == 200 and refused.status_code == 401
+    assert ok.json()["headers"]["x-user"] == ["user u-1 of acme"]
