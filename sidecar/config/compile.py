@@ -29,6 +29,7 @@ from sidecar.config.model import (
     RewriteAction,
     RouteAction,
 )
+from sidecar.config.parse_backend_tls import upstream_tls
 from sidecar.config.parse_policy import NON_IDEMPOTENT_ANNOTATION
 from sidecar.config.snapshot import Snapshot
 from sidecar.config.split import SmoothWeighted
@@ -73,6 +74,7 @@ class _Index:
     transforms: dict[tuple[str, str], r.Transform] = field(default_factory=dict)
     aggregations: dict[tuple[str, str], r.Aggregation] = field(default_factory=dict)
     transcoders: dict[tuple[str, str], r.GrpcJsonTranscoder] = field(default_factory=dict)
+    backend_tls: dict[tuple[str, str], list[r.BackendTLSPolicy]] = field(default_factory=dict)
     egress: list[r.EgressPolicy] = field(default_factory=list)
     # (namespace, route) -> the PythonFilters that target it, by name, in order
     python: dict[tuple[str, str], list[str]] = field(default_factory=dict)
@@ -120,6 +122,9 @@ def compile_snapshot(
             idx.aggregations[(res.meta.namespace, res.meta.name)] = res
         elif isinstance(res, r.GrpcJsonTranscoder):
             idx.transcoders[(res.meta.namespace, res.meta.name)] = res
+        elif isinstance(res, r.BackendTLSPolicy):
+            for service, _ in res.targets:
+                idx.backend_tls.setdefault((res.meta.namespace, service), []).append(res)
         elif isinstance(res, r.ClientTrafficPolicy):
             idx.client_policies.append(res)
         elif isinstance(res, r.ConfigMap):
@@ -580,6 +585,14 @@ class _Compiler:
                     namespace=ns,
                     protocol=protocol,
                     endpoints=endpoints,
+                    tls=upstream_tls(
+                        self.idx.backend_tls.get((ns, ref.name), ()),
+                        ns,
+                        ref.name,
+                        sport.name,
+                        self.idx.config_maps,
+                        self.warnings,
+                    ),
                 ),
                 self.idx.traffic.get((ns, ref.name)),
             )

@@ -107,6 +107,13 @@ class _Translation:
         self.connect_timeouts: dict[tuple[str, str], tuple[str, int]] = {}
         self.service_policies = {(x.meta.namespace, x.target) for x in resources
                                  if isinstance(x, r.BackendTrafficPolicy) and x.target}  # fmt: skip
+        # Services that have TLS: the user's BackendTLSPolicies, and those made here
+        self.tls_services = {
+            (x.meta.namespace, name)
+            for x in resources
+            if isinstance(x, r.BackendTLSPolicy)
+            for name, _ in x.targets
+        }
         self.joined: set[Path] = set()
 
     def canary(self, ing: r.Ingress, settings: nginx.NginxSettings) -> None:
@@ -195,6 +202,8 @@ class _Translation:
             ref["protocol"] = settings.backend_protocol
         if settings.connect_timeout_s:
             self._connect_timeout(ing, p.backend.service, settings.connect_timeout_s)
+        if settings.backend_tls:
+            self._backend_tls(ing, p.backend.service)
         return ref
 
     def _connect_timeout(self, ing: r.Ingress, service: str, seconds: int) -> None:
@@ -219,6 +228,22 @@ class _Translation:
                          "namespace": ing.meta.namespace},
             "spec": {"targetRef": {"kind": "Service", "name": service},
                      "timeout": {"connect": _duration(seconds)}},
+        })  # fmt: skip
+
+    def _backend_tls(self, ing: r.Ingress, service: str) -> None:
+        """backend-protocol HTTPS or GRPCS: TLS to the Service, unverified as ingress-nginx
+        does by default (a weft.dev BackendTLSPolicy with insecureSkipVerify), unless a
+        BackendTLSPolicy of the user's covers the Service (then that one, verified)."""
+        key = (ing.meta.namespace, service)
+        if key in self.tls_services:
+            return
+        self.tls_services.add(key)
+        self.docs.append({
+            "apiVersion": "weft.dev/v1alpha1", "kind": "BackendTLSPolicy",
+            "metadata": {"name": _derived(f"weft-ingress-{service}-tls"),
+                         "namespace": ing.meta.namespace},
+            "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": service}],
+                     "validation": {"hostname": service, "insecureSkipVerify": True}},
         })  # fmt: skip
 
     def _rules(

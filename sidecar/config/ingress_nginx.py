@@ -52,6 +52,7 @@ class NginxSettings:
     use_regex: bool = False  # paths are case-insensitive regexes (use-regex, rewrite-target)
     rewrite_target: str = ""  # the new path, $1… its groups (rewrite-target)
     backend_protocol: str | None = None  # backend-protocol: GRPC (HTTP/2) or HTTP
+    backend_tls: bool = False  # backend-protocol: HTTPS or GRPCS
     connect_timeout_s: int | None = None  # proxy-connect-timeout
 
     @property
@@ -68,8 +69,9 @@ TRANSLATED = (
     "canary-by-header-value", "rewrite-target", "use-regex", "backend-protocol",
     "proxy-connect-timeout",
 )  # fmt: skip
-# backend-protocol values, as the cluster protocol they take (None: not translated, why)
-BACKEND_PROTOCOLS = {"HTTP": "HTTP", "GRPC": "GRPC"}
+# backend-protocol values: (the cluster protocol, over TLS)
+BACKEND_PROTOCOLS = {"HTTP": ("HTTP", False), "GRPC": ("GRPC", False),
+                     "HTTPS": ("HTTP", True), "GRPCS": ("GRPC", True)}  # fmt: skip
 
 
 def parse(
@@ -116,11 +118,10 @@ def parse(
     if "backend-protocol" in got:
         value = got["backend-protocol"].upper()
         if value in BACKEND_PROTOCOLS:
-            out.backend_protocol = BACKEND_PROTOCOLS[value]
-        elif value in ("HTTPS", "GRPCS"):
-            bad("backend-protocol", f"{value}: the edge does not speak TLS to backends yet")
+            out.backend_protocol, out.backend_tls = BACKEND_PROTOCOLS[value]
         else:
-            bad("backend-protocol", f"{got['backend-protocol']!r}: HTTP and GRPC are translated")
+            bad("backend-protocol", f"{got['backend-protocol']!r}: HTTP, HTTPS, GRPC and "
+                "GRPCS are translated")  # fmt: skip
     for cidr in (c.strip() for c in got.get("whitelist-source-range", "").split(",")):
         if not cidr:
             continue

@@ -93,6 +93,16 @@ class HealthCheckPolicy:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamTls:
+    """TLS to a cluster's endpoints (a BackendTLSPolicy): the name to ask for and check,
+    and the roots to check it with (None: the system's; `verify` False: no check)."""
+
+    hostname: str
+    ca_pem: bytes | None = None
+    verify: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClusterSpec:
     """An upstream cluster: one service port and its endpoints."""
 
@@ -114,6 +124,7 @@ class ClusterSpec:
     # Below this % of endpoints taking traffic, balance over all of them (Envoy's panic).
     panic_threshold: int = 50
     policy: str = ""  # "namespace/name" of the BackendTrafficPolicy, for logs
+    tls: UpstreamTls | None = None  # a BackendTLSPolicy's: TLS to every endpoint
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -19,6 +19,7 @@ from typing import Any
 from ca.spiffe import DEFAULT_TRUST_DOMAIN, TRUST_DOMAIN_RE, InvalidSpiffeId, SpiffeId
 from sidecar.authz import Operation, Policy, Source
 from sidecar.config.parse_aggregate import parse_aggregation
+from sidecar.config.parse_backend_tls import parse_backend_tls_policy
 from sidecar.config.parse_client_traffic import parse_client_traffic_policy, parse_config_map
 from sidecar.config.parse_egress import parse_egress_policy
 from sidecar.config.parse_ingress import parse_ingress, parse_ingress_class
@@ -410,6 +411,12 @@ _PARSERS: dict[tuple[str, str], Callable[..., Any]] = {
     (GATEWAY_GROUP, "TCPRoute"): lambda top, meta: parse_stream_route(top, meta, "TCPRoute"),
     (GATEWAY_GROUP, "TLSRoute"): lambda top, meta: parse_stream_route(top, meta, "TLSRoute"),
     (GATEWAY_GROUP, "ReferenceGrant"): parse_reference_grant,
+    (GATEWAY_GROUP, "BackendTLSPolicy"): lambda top, meta: parse_backend_tls_policy(
+        top, meta, weft=False
+    ),
+    (WEFT_GROUP, "BackendTLSPolicy"): lambda top, meta: parse_backend_tls_policy(
+        top, meta, weft=True
+    ),
     ("", "Service"): _k8s_service,
     ("", "Namespace"): _namespace,
     ("", "Secret"): _secret,

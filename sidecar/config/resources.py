@@ -533,6 +533,18 @@ class Transform:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BackendTLSPolicy:
+    """Gateway API BackendTLSPolicy: TLS from the edge to a Service's endpoints."""
+
+    meta: Meta
+    targets: tuple[tuple[str, str | None], ...]  # (Service, sectionName: one of its ports)
+    hostname: str  # the name asked for (SNI) and checked in the certificate
+    ca_refs: tuple[str, ...] = ()  # ConfigMaps holding `ca.crt`
+    system: bool = False  # wellKnownCACertificates: System
+    verify: bool = True  # False: weft.dev's insecureSkipVerify
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GrpcJsonTranscoder:
     """weft.dev GrpcJsonTranscoder, used by HTTPRoute rules through an ExtensionRef filter."""
 
@@ -636,6 +648,7 @@ Resource = (
     | Transform
     | Aggregation
     | GrpcJsonTranscoder
+    | BackendTLSPolicy
     | ConfigMap
     | ClientTrafficPolicy
     | Ingress

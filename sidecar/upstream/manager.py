@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 import trio
 
 from sidecar.config.model import ClusterSpec
-from sidecar.transport.io import Connector, connect_within
+from sidecar.transport.io import Conn, Connector, connect_within
 from sidecar.upstream.cluster import Cluster
 from sidecar.upstream.health import run_checks
 
@@ -21,7 +21,18 @@ ConnectorFactory = Callable[[ClusterSpec], Connector]
 
 
 def plain(spec: ClusterSpec) -> Connector:
-    return connect_within
+    """TCP, or TLS when a BackendTLSPolicy covers the cluster's Service port."""
+    tls = spec.tls
+    if tls is None:
+        return connect_within
+    from sidecar.transport import origin_tls
+
+    h2 = spec.protocol in ("HTTP2", "GRPC")
+
+    async def connect(address: str, port: int, timeout_s: float) -> Conn:
+        return await origin_tls.connect(tls, h2, address, port, timeout_s)
+
+    return connect
 
 
 class ClusterManager:

@@ -360,7 +360,7 @@ async def test_backend_protocol_grpc_and_proxy_connect_timeout(tmp_path: Path) -
             _ingress("other", {"ingressClassName": "weft",
                                "rules": [_rule("o.example", "/", "other", 80)]},
                      annotations={NGINX + "proxy-connect-timeout": "7",
-                                  NGINX + "backend-protocol": "HTTPS"}),
+                                  NGINX + "backend-protocol": "FCGI"}),
             {"apiVersion": "weft.dev/v1alpha1", "kind": "BackendTrafficPolicy",
              "metadata": {"name": "mine", "namespace": "shop"},
              "spec": {"targetRef": {"kind": "Service", "name": "other"},
@@ -389,4 +389,4 @@ async def test_backend_protocol_grpc_and_proxy_connect_timeout(tmp_path: Path) -
     said = "\n".join(snap.warnings)
     assert "proxy-connect-timeout: Service other has its connect timeout from a " \
         "BackendTrafficPolicy for it (ignored)" in said  # fmt: skip
-    assert "backend-protocol: HTTPS: the edge does not speak TLS to backends yet" in said
+    assert "backend-protocol: 'FCGI': HTTP, HTTPS, GRPC and GRPCS are translated" in said
