@@ -18,7 +18,7 @@ from ca.spiffe import InvalidSpiffeId, SpiffeId
 from sidecar.errors import UpstreamConnectError
 from sidecar.identity.svid import Svid
 from sidecar.transport.io import Conn, connect_within
-from sidecar.transport.tls import ALPN_HTTP, TlsConn, TlsHandshakeError, load_chain
+from sidecar.transport.tls import ALPN_HTTP, TlsConn, client_handshake, load_chain
 
 
 def _context(svid: Svid, purpose: ssl.Purpose, alpn: Sequence[str]) -> ssl.SSLContext:
@@ -66,17 +66,7 @@ async def connect(
 ) -> TlsConn:
     """An mTLS connection to a peer sidecar that proved it is `expected`."""
     conn = await connect_within(address, port, timeout_s)
-    try:
-        sock = ctx.wrap_socket(conn.sock, server_side=False, do_handshake_on_connect=False)
-    except (OSError, ValueError) as exc:
-        conn.close()
-        raise UpstreamConnectError(f"TLS to {address}:{port}: {exc}") from None
-    tconn = TlsConn(sock, conn.peer)
-    try:
-        await tconn.handshake()
-    except TlsHandshakeError as failed:
-        tconn.close()
-        raise UpstreamConnectError(f"mTLS handshake with {address}:{port}: {failed}") from None
+    tconn = await client_handshake(ctx, conn, None, f"mTLS handshake with {address}:{port}")
     got = peer_identity(tconn)
     if got != expected:
         tconn.close()

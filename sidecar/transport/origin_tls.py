@@ -9,7 +9,7 @@ import ssl
 from sidecar.config.model import UpstreamTls
 from sidecar.errors import UpstreamConnectError
 from sidecar.transport.io import Conn, connect_within
-from sidecar.transport.tls import TlsConn, TlsHandshakeError
+from sidecar.transport.tls import client_handshake
 
 
 @functools.lru_cache(maxsize=64)
@@ -33,18 +33,9 @@ async def connect(tls: UpstreamTls, h2: bool, address: str, port: int, timeout_s
     policy says not to check); UpstreamConnectError otherwise."""
     conn = await connect_within(address, port, timeout_s)
     try:
-        sock = client_context(tls, h2).wrap_socket(
-            conn.sock, server_side=False, server_hostname=tls.hostname,
-            do_handshake_on_connect=False,
-        )  # fmt: skip
-    except (OSError, ValueError, ssl.SSLError) as exc:
+        ctx = client_context(tls, h2)
+    except (OSError, ValueError) as exc:  # roots that do not load (none, or not PEM)
         conn.close()
         raise UpstreamConnectError(f"TLS to {address}:{port}: {exc}") from None
-    tconn = TlsConn(sock, conn.peer)
-    try:
-        await tconn.handshake()
-    except TlsHandshakeError as failed:
-        tconn.close()
-        raise UpstreamConnectError(f"TLS handshake with {address}:{port} "
-                                   f"({tls.hostname}): {failed}") from None  # fmt: skip
-    return tconn
+    return await client_handshake(ctx, conn, tls.hostname,
+                                  f"TLS with {address}:{port} ({tls.hostname})")  # fmt: skip

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import trio
 
 from sidecar.config.certs import CertificatePair, ClientValidation
-from sidecar.errors import ConfigError
+from sidecar.errors import ConfigError, UpstreamConnectError
 from sidecar.transport.io import _RESET_ERRNOS, RECV_SIZE, Conn, ConnectionLost
 
 # TLS 1.2 suites: forward secrecy and AEAD only (Mozilla "intermediate"); TLS 1.3 suites are
@@ -211,3 +211,23 @@ def load_chain(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
             with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
                 f.write(pem)
         ctx.load_cert_chain(*paths)
+
+
+async def client_handshake(
+    ctx: ssl.SSLContext, conn: Conn, server_hostname: str | None, what: str
+) -> TlsConn:
+    """`conn` (just connected) as a TLS client, handshake done; UpstreamConnectError
+    naming `what` when it cannot be (the connection is closed then)."""
+    try:
+        sock = ctx.wrap_socket(conn.sock, server_side=False, server_hostname=server_hostname,
+                               do_handshake_on_connect=False)  # fmt: skip
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        conn.close()
+        raise UpstreamConnectError(f"{what}: {exc}") from None
+    tconn = TlsConn(sock, conn.peer)
+    try:
+        await tconn.handshake()
+    except TlsHandshakeError as failed:
+        tconn.close()
+        raise UpstreamConnectError(f"{what}: {failed}") from None
+    return tconn
