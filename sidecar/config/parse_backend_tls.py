@@ -64,9 +64,21 @@ def upstream_tls(
     for ref in policy.ca_refs:
         cm = config_maps.get((ns, ref))
         ca = dict(cm.data).get("ca.crt") if cm is not None else None
-        if ca is None:
+        if ca is None or not _certificates(ca):
+            what = "with key ca.crt not found" if ca is None else "has no certificate in ca.crt"
             warnings.append(f"BackendTLSPolicy {ns}/{policy.meta.name}: ConfigMap {ns}/{ref} "
-                            "with key ca.crt not found; its endpoints are not trusted")  # fmt: skip
+                            f"{what}; its endpoints are not trusted")  # fmt: skip
             continue
         pem += ca.encode() + b"\n"
     return UpstreamTls(hostname=policy.hostname, ca_pem=pem)
+
+
+def _certificates(pem: str) -> bool:
+    """Does `pem` hold certificates the TLS library loads?"""
+    import ssl
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=pem)
+    except (ssl.SSLError, ValueError):
+        return False
+    return True

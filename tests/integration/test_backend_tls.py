@@ -49,31 +49,37 @@ async def test_tls_to_backends_verified_and_refused(tmp_path: Path) -> None:
     config_map = yaml.safe_dump({"apiVersion": "v1", "kind": "ConfigMap",
                                  "metadata": {"name": "backend-ca"},
                                  "data": {"ca.crt": ca.pem.decode()}})  # fmt: skip
-    services = {"good": port, "wrongname": port, "noroot": port, "plain": port}
+    services = {"good": port, "wrongname": port, "noroot": port, "badroot": port, "plain": port}
     text = config(services, [(n, f"/{n}", n) for n in services])
     text += POLICY.format(name="good", service="good", hostname="secure.backend", ca="backend-ca")
     text += POLICY.format(name="wrongname", service="wrongname", hostname="other.backend",
                           ca="backend-ca")  # fmt: skip
     text += POLICY.format(name="noroot", service="noroot", hostname="secure.backend",
                           ca="missing")  # fmt: skip
+    text += POLICY.format(name="badroot", service="badroot", hostname="secure.backend",
+                          ca="not-pem")  # fmt: skip
     text += "---\n" + config_map
+    text += "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: not-pem}\n"
+    text += "data: {ca.crt: 'not a certificate'}\n"
     async with nginx(tmp_path, _https_backend(tmp_path, ca, port)), trio.open_nursery() as n:
         edge, eport = await start_edge(n, tmp_path / "c.yaml", text)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{eport}", timeout=10) as http:
             good = await http.get("/good")
             wrong = await http.get("/wrongname")
             noroot = await http.get("/noroot")
+            badroot = await http.get("/badroot")
             plain = await http.get("/plain")  # no policy: plain HTTP to a TLS port
         n.cancel_scope.cancel()
     assert good.status_code == 200 and good.text == "secret"
-    assert wrong.status_code == 503 and noroot.status_code == 503
+    assert wrong.status_code == 503 and noroot.status_code == 503 == badroot.status_code
     assert plain.status_code in (400, 502)  # nginx: "plain HTTP request sent to HTTPS port"
     assert edge.snapshot is not None
-    assert any("ConfigMap default/missing with key ca.crt not found" in w
-               for w in edge.snapshot.warnings)  # fmt: skip
+    said = "\n".join(edge.snapshot.warnings)
+    assert "ConfigMap default/missing with key ca.crt not found" in said
+    assert "ConfigMap default/not-pem has no certificate in ca.crt" in said
     log = (tmp_path / "backend.log").read_text().split("\n")
     assert "/good on" in log  # over TLS
-    assert not any(line.startswith(("/wrongname", "/noroot")) for line in log)  # never sent
+    assert not any(line.startswith(("/wrongname", "/noroot", "/badroot")) for line in log)
 
 
 async def test_ingress_backend_protocol_https(tmp_path: Path) -> None:
