@@ -72,7 +72,7 @@ async def test_tls_to_backends_verified_and_refused(tmp_path: Path) -> None:
         n.cancel_scope.cancel()
     assert good.status_code == 200 and good.text == "secret"
     assert wrong.status_code == 503 and noroot.status_code == 503 == badroot.status_code
-    assert plain.status_code in (400, 502)  # nginx: "plain HTTP request sent to HTTPS port"
+    assert plain.status_code == 400  # nginx: "plain HTTP request sent to HTTPS port"
     assert edge.snapshot is not None
     said = "\n".join(edge.snapshot.warnings)
     assert "ConfigMap default/missing with key ca.crt not found" in said
