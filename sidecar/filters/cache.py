@@ -69,6 +69,7 @@ class Store:
         self.bytes = 0
         self.fetching: dict[Key, trio.Event] = {}  # URLs a miss is fetching (coalescing)
         self.revalidating: set[Key] = set()  # URLs a background request is validating
+        self.validated = trio.Event()  # set (and replaced) as each background one ends
         self.metrics: Metrics | None = None
 
     def find(self, key: Key, x: Exchange) -> Entry | None:
@@ -141,8 +142,6 @@ class CacheFilter:
 
     def on_request(self, x: Exchange) -> Verdict | Awaitable[Verdict]:
         store = self.store
-        if x.ctx is not None:
-            store.metrics = x.ctx.metrics
         key = _key(x)
         if x.method not in SAFE:  # RFC 9111 §4.4: the URL's entries are no longer trusted
             store.entries.pop(key, None)
@@ -301,6 +300,8 @@ async def _revalidate(
         pass  # the stale entry stays until its windows close
     finally:
         store.revalidating.discard(key)
+        store.validated.set()
+        store.validated = trio.Event()
 
 
 def _field(headers: Headers, name: bytes) -> bytes | None:
@@ -424,8 +425,9 @@ class CacheState:
     """The stores of the cache filters in force, kept across snapshots (a filter of an
     unchanged policy gets its predecessor's entries), and purged from the admin port."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics | None = None) -> None:
         self.stores: dict[str, Store] = {}
+        self.metrics = metrics  # where the stores count hits, misses and evictions
 
     def sync(self, filters: Iterable[CacheFilter]) -> None:
         kept: dict[str, Store] = {}
@@ -433,6 +435,7 @@ class CacheState:
             old = kept.get(f.name) or self.stores.get(f.name)
             if old is not None and old.spec == f.spec:
                 f.store = old
+            f.store.metrics = self.metrics
             kept[f.name] = f.store
         self.stores = kept
 

@@ -20,6 +20,7 @@ from sidecar.config.model import Endpoint
 from sidecar.errors import unwrap
 from sidecar.http.downstream import ResponseWriter
 from sidecar.http.outcome import Outcome
+from sidecar.http.staged import Staged, pause
 from sidecar.protocol.http1 import End, RequestHead
 from sidecar.upstream.h2client import Response, Trailers, UpstreamRefused, UpstreamStream
 from sidecar.upstream.pool import H2Pool
@@ -43,6 +44,7 @@ async def exchange_h2(
 ) -> None:
     """Forward one request to an HTTP/2 upstream; UpstreamError while nothing was sent."""
     retried = False
+    staged = isinstance(downstream, Staged)
     while True:
         client = await pool.connection(nursery, endpoint.address, endpoint.port, connect_timeout_s)
         stream = client.open(headers, end_stream=body_done and not body)
@@ -51,14 +53,16 @@ async def exchange_h2(
                 if body:
                     await stream.send_data(body, end=True)
                 outcome.request_sent()
-                await _relay(stream, downstream.response_writer(head, ops, outcome), outcome)
+                await _relay(stream, downstream.response_writer(head, ops, outcome), outcome,
+                             staged)  # fmt: skip
             else:
                 try:
                     async with trio.open_nursery() as n:
                         n.start_soon(_send_body, stream, downstream, body, outcome)
                         await _relay(
-                            stream, downstream.response_writer(head, ops, outcome), outcome
-                        )
+                            stream, downstream.response_writer(head, ops, outcome), outcome,
+                            staged,
+                        )  # fmt: skip
                         n.cancel_scope.cancel()  # the upstream answered before reading it all
                 except BaseExceptionGroup as group:
                     raise unwrap(group) from None
@@ -94,11 +98,13 @@ async def _send_body(stream: UpstreamStream, ds: Any, body: bytes, outcome: Outc
         await stream.send_data(ev, end=False)
 
 
-async def _relay(stream: UpstreamStream, writer: ResponseWriter, outcome: Outcome) -> None:
-    staged = hasattr(writer, "pause")  # a route's response stages (http/staged.py)
+async def _relay(
+    stream: UpstreamStream, writer: ResponseWriter, outcome: Outcome, staged: bool
+) -> None:
+    """`staged`: the writer is a route's response stages, told when the upstream pauses."""
     while True:
         if staged and not stream.events:
-            await writer.pause()  # type: ignore[attr-defined]
+            await pause(writer)
         ev = await stream.next_event()
         if isinstance(ev, Response):
             outcome.response(ev.status, ev)

@@ -181,9 +181,8 @@ class RequestHandler:
                 if reply is None and (x.max_body or x.body_check or x.body_rewrite):
                     reply = await _check_body(ds, head, x)
                 if reply is not None:
-                    outcome.answered(reply.status)
                     detail = reply.detail
-                    return await ds.local_reply(head, reply.status, reply.body, list(reply.headers))
+                    return await _reply(ds, head, outcome, reply)
                 if x.target is not None:  # a filter changed the query or the path
                     target = x.target
                 if x.forward_method is not None:  # (the log keeps the client's: x.method)
@@ -281,9 +280,8 @@ class RequestHandler:
                     outcome.answered(200, grpc_status=4)  # DEADLINE_EXCEEDED
                     return await ds.local_reply(head, 200, b"", GRPC_DEADLINE_EXCEEDED)
                 if (stale := _fallback(x)) is not None:
-                    outcome.answered(stale.status)
                     detail = stale.detail
-                    return await ds.local_reply(head, stale.status, stale.body, list(stale.headers))
+                    return await _reply(ds, head, outcome, stale)
                 outcome.answered(504)
                 return await ds.local_reply(
                     head, 504, b"upstream timed out\n", [(PROXY_ERROR_HEADER, b"upstream_timeout")],
@@ -304,9 +302,8 @@ class RequestHandler:
             if outcome.response_started:
                 return False
             if (stale := _fallback(x)) is not None:
-                outcome.answered(stale.status)
                 detail = stale.detail
-                return await ds.local_reply(head, stale.status, stale.body, list(stale.headers))
+                return await _reply(ds, head, outcome, stale)
             outcome.answered(exc.status)
             body = f"upstream error: {exc}\n".encode("utf-8", "replace")
             # A caller's sidecar may retry what never reached the app, whatever its method.
@@ -317,9 +314,8 @@ class RequestHandler:
         except NoHealthyUpstream:
             detail = "no_healthy_upstream"
             if (stale := _fallback(x)) is not None:
-                outcome.answered(stale.status)
                 detail = stale.detail
-                return await ds.local_reply(head, stale.status, stale.body, list(stale.headers))
+                return await _reply(ds, head, outcome, stale)
             outcome.answered(503)
             return await ds.local_reply(
                 head, 503, b"no healthy upstream\n", [(PROXY_ERROR_HEADER, b"no_healthy_upstream")]
@@ -406,6 +402,12 @@ def log_refused(
 
 
 _METHOD = re.compile(r"[A-Z]{1,20}\Z")
+
+
+async def _reply(ds: Downstream, head: RequestHead, outcome: Outcome, reply: LocalReply) -> bool:
+    """Answer with a filter's reply (counted as the proxy's own answer)."""
+    outcome.answered(reply.status)
+    return await ds.local_reply(head, reply.status, reply.body, list(reply.headers))
 
 
 def _fallback(x: Exchange | None) -> LocalReply | None:

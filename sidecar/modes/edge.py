@@ -130,7 +130,7 @@ class EdgeServer:
         self.clusters = ClusterManager(connector=connector)
         self.limits_state = RateLimitState()  # rate-limit buckets, kept across reloads
         self.jwks_state = JwksState(trust, self.metrics)  # fetched JWT keys, likewise
-        self.cache_state = CacheState()  # response caches' entries, likewise
+        self.cache_state = CacheState(self.metrics)  # response caches' entries, likewise
         self.global_limits = ratelimit  # None: Global rate limits are refused
         if ratelimit is not None:
             ratelimit.metrics = self.metrics

@@ -60,16 +60,10 @@ class Conn:
         # wait_readable costs are saved. When they have not, wait as usual.
         await trio.lowlevel.checkpoint()
         while True:
-            try:
-                data = sock.recv(size)
-            except BlockingIOError:
+            data = self.recv_ready(size)
+            if data is None:
                 await trio.lowlevel.wait_readable(sock)
                 continue
-            except OSError as exc:
-                if exc.errno in _RESET_ERRNOS:
-                    raise ConnectionLost(str(exc)) from None
-                raise
-            self.activity += 1
             if self.quickack and data:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
