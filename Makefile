@@ -101,7 +101,8 @@ proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. mesh_ctl/api/*.proto
 	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. sidecar/filters/proto/*.proto
 
-# Coverage-guided fuzzing (atheris), FUZZ_SECONDS per harness; findings go to fuzz/findings/.
+# Coverage-guided fuzzing (atheris), FUZZ_SECONDS per harness; findings go to fuzz/findings/
+# (an input that runs over 10 s is one: a hang or a backtracking pattern).
 # atheris follows coverage through Python bytecode, so the guided runs use the sources; what
 # they keep is then replayed on the compiled build, whose type checks are stricter.
 FUZZ_SECONDS ?= 120
@@ -113,7 +114,7 @@ fuzz: $(STAMP) compile
 	cp -n tests/fuzz/config/* .cache/fuzz/config/ 2>/dev/null || true
 	cp -n tests/fuzz/gateway/* .cache/fuzz/gateway/ 2>/dev/null || true
 	for h in http1_forward:http1 h2_request:h2 h2_core:h2core config:config gateway:gateway; do \
-	  WEFT_PURE=1 $(FUZZ_RUN).$${h%%:*} -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	  WEFT_PURE=1 $(FUZZ_RUN).$${h%%:*} -max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=1 \
 	    -artifact_prefix=fuzz/findings/ .cache/fuzz/$${h##*:} || exit 1; \
 	  $(FUZZ_RUN).$${h%%:*} -runs=0 -artifact_prefix=fuzz/findings/ .cache/fuzz/$${h##*:} || exit 1; done
 	@seed=$$(od -An -N2 -tu2 /dev/urandom | tr -d ' '); echo "HTTP/2 frame sequences, seed $$seed (WEFT_H2_SEED=$$seed to replay)"; \

@@ -141,42 +141,63 @@ def load(descriptor_set: bytes, services: tuple[str, ...]) -> tuple[Binding, ...
     return tuple(bindings)
 
 
-_SEGMENT = re.compile(r"\{([^}=]+)(?:=([^}]*))?\}|(\*\*)|(\*)|([^/{}*]+)|(/)")
+_VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)(?:=([^{}]+))?\}")
+_LITERAL = re.compile(r"[^/{}*:]+")
 
 
 def compile_template(template: str) -> tuple[re.Pattern[str], tuple[tuple[str, str], ...]]:
-    """google.api.http's path template as a pattern: `*` one segment, `**` any number,
-    `{field}` or `{field=segments}` captured, a trailing `:verb` literal."""
+    """google.api.http's path template as a pattern. Its grammar, segment by segment: `*`
+    is one segment, `**` any number (last only), `{field}` or `{field=segments}` is
+    captured, anything else is literal; a `:verb` may end it. Whole segments only: the
+    pattern matches in linear time, whatever the template."""
+    bad = TranscodeError(f"path template {template!r} is malformed")
     if not template.startswith("/"):
         raise TranscodeError(f"path template {template!r} must start with /")
-    path, verb = template, ""
-    last = template.rsplit("/", 1)[-1]
-    if ":" in last and "}" not in last.split(":", 1)[1]:
-        path, verb = template[: -len(last.split(":", 1)[1]) - 1], last.split(":", 1)[1]
-    out, at = "^", 0
+    segments = _split(template[1:])
+    verb = ""
+    if segments and ":" in segments[-1] and not segments[-1].endswith("}"):
+        segments[-1], _, verb = segments[-1].rpartition(":")
+        if not _LITERAL.fullmatch(verb):
+            raise bad
     variables: list[tuple[str, str]] = []
-    for m in _SEGMENT.finditer(path):
-        if m.start() != at:
-            raise TranscodeError(f"path template {template!r} is malformed")
-        at = m.end()
-        if m.group(1):
-            group = f"v{len(variables)}"
-            inner = m.group(2) or "*"
-            sub = "".join(".+" if s == "**" else "[^/]+" if s == "*" else re.escape(s)
-                          for s in re.split(r"(\*\*|\*)", inner) if s)  # fmt: skip
-            out += f"(?P<{group}>{sub})"
-            variables.append((group, m.group(1).strip()))
-        elif m.group(3):
-            out += ".*"
-        elif m.group(4):
-            out += "[^/]+"
-        else:
-            out += re.escape(m.group(0))
-    if at != len(path):
-        raise TranscodeError(f"path template {template!r} is malformed")
-    if verb:
-        out = out.replace("[^/]+", "[^/]+?") + re.escape(":" + verb)
-    return re.compile(out + "$"), tuple(variables)
+    out = []
+    for i, seg in enumerate(segments):
+        last = i == len(segments) - 1
+        m = _VARIABLE.fullmatch(seg)
+        if m is None:
+            out.append(_segment(seg, last, bad))
+            continue
+        inner = (m.group(2) or "*").split("/")
+        group = f"v{len(variables)}"
+        sub = "/".join(_segment(x, last and j == len(inner) - 1, bad) for j, x in enumerate(inner))
+        out.append(f"(?P<{group}>{sub})")
+        variables.append((group, m.group(1)))
+    pattern = "^/" + "/".join(out)
+    if verb:  # the last segment stops where the verb starts
+        pattern = pattern.replace("[^/]+", "[^/:]+") + re.escape(":" + verb)
+    return re.compile(pattern + "$"), tuple(variables)
+
+
+def _split(path: str) -> list[str]:
+    """Segments at the slashes outside `{…}`."""
+    out, depth, at = [], 0, 0
+    for i, c in enumerate(path):
+        depth += (c == "{") - (c == "}")
+        if c == "/" and depth == 0:
+            out.append(path[at:i])
+            at = i + 1
+    out.append(path[at:])
+    return out
+
+
+def _segment(seg: str, last: bool, bad: TranscodeError) -> str:
+    if seg == "*":
+        return "[^/]+"
+    if seg == "**" and last:
+        return ".*"
+    if _LITERAL.fullmatch(seg):
+        return re.escape(seg)
+    raise bad
 
 
 def field_path(desc: Descriptor, path: str, where: str) -> Any:

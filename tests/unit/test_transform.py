@@ -87,3 +87,17 @@ def test_grpc_status_maps_to_http() -> None:
     assert _grpc_status([(b"grpc-status", b"5"), (b"grpc-message", b"no%20item")], 200) == (
         5, "no item")  # fmt: skip
     assert _grpc_status([], 503) == (14, "the upstream answered HTTP 503")
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["/a/**/b", "/a***", "/a/*x", "/v1/{name=a**}", "/{sku", "/a:", "/a/{x}/{y=**}/c",
+     "/" + "*" * 60 + "H" + ";" * 10],
+)  # fmt: skip
+def test_http_rule_templates_that_are_not_the_grammar_are_refused(template: str) -> None:
+    """Only whole segments: a run of stars inside a segment would be a pattern that
+    backtracks for minutes (the gateway fuzzer found one)."""
+    from sidecar.filters.grpc_json import TranscodeError, compile_template
+
+    with pytest.raises(TranscodeError):
+        compile_template(template)
